@@ -1,0 +1,224 @@
+//! The configuration file as an operator writes it (YAML). Every field is optional here so that
+//! validation, not the parser, decides what is missing and can report all of it at once; the
+//! defaults and ranges are documented on each field and applied in [`crate::validate`].
+//! Reference: `docs/configuration.md`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::lenient::{DurationText, Lenient};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/config`).
+    pub admin: Option<Lenient<AdminFile>>,
+    /// Process-wide settings.
+    pub runtime: Option<Lenient<RuntimeFile>>,
+    /// Port settings every port inherits unless it sets its own.
+    pub defaults: Option<Lenient<PortSettingsFile>>,
+    /// The services Gantry exposes.
+    #[serde(default)]
+    pub services: Vec<Lenient<ServiceFile>>,
+}
+
+/// `admin:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Address of the admin listener. Default `127.0.0.1:9901`: never a public address unless
+    /// the operator writes one.
+    pub listen: Option<String>,
+}
+
+/// `runtime:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFile {
+    /// Worker threads of the proxy. Default: one per CPU. Read at start only.
+    pub workers: Option<usize>,
+    /// How long SIGTERM (or a removed port) lets in-flight work finish. Default `30s`.
+    pub shutdown_grace: Option<DurationText>,
+    /// How often the config and certificate files are checked for changes. Default `2s`.
+    pub watch_interval: Option<DurationText>,
+    /// Log one line per request or TCP connection (target `gantry::access`). Default `false`.
+    pub access_log: Option<bool>,
+}
+
+/// One item of `services:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// Unique name, also the `service` label in metrics. Required.
+    pub name: Option<String>,
+    /// The address this service's ports listen on (its load-balancer IP). Default `0.0.0.0`.
+    pub address: Option<String>,
+    /// The ports of the service; at least one.
+    #[serde(default)]
+    pub ports: Vec<Lenient<PortFile>>,
+}
+
+/// One item of `services[].ports:`.
+#[derive(Debug, Deserialize)]
+pub struct PortFile {
+    /// Name, unique within the service. Required when the service has several ports; defaults
+    /// to the port number.
+    pub name: Option<String>,
+    /// The port to listen on (0 = any free port, useful in tests). Required.
+    pub port: Option<u16>,
+    /// `tcp` (default), `tls`, `http` or `https`.
+    pub protocol: Option<ProtocolFile>,
+    /// Where traffic goes: `"ip:port"` or `{address: "ip:port", weight: N}`.
+    #[serde(default)]
+    pub backends: Vec<Lenient<BackendFile>>,
+    /// Certificates, for `tls` and `https` ports.
+    pub tls: Option<Lenient<TlsFile>>,
+    /// Send a PROXY protocol header (`v1` or `v2`) to backends; `tcp` and `tls` ports only.
+    pub proxy_protocol: Option<ProxyProtocolFile>,
+    /// How `http`/`https` ports talk to backends: `http1` (default) or `h2c` (gRPC backends).
+    pub backend_protocol: Option<BackendProtocolFile>,
+    /// Settings that override `defaults:` for this port.
+    #[serde(flatten)]
+    pub settings: PortSettingsFile,
+    /// Any other key: reported as unknown (serde cannot deny unknown fields with `flatten`).
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// Settings a port may set itself or inherit from `defaults:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSettingsFile {
+    /// Timeouts.
+    pub timeouts: Option<Lenient<TimeoutsFile>>,
+    /// Limits that protect the proxy from clients.
+    pub limits: Option<Lenient<LimitsFile>>,
+    /// Further backends tried after a failed connect. Default 2.
+    pub retries: Option<u32>,
+    /// How long a backend whose connect failed is skipped.
+    pub backoff: Option<Lenient<BackoffFile>>,
+    /// Clients (CIDRs) whose `X-Forwarded-For`/`-Proto` headers are kept and appended to;
+    /// from anyone else those headers are replaced. Default: none.
+    pub trusted_proxies: Option<Vec<String>>,
+}
+
+/// `timeouts:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    /// Connecting to a backend. Default `5s`.
+    pub connect: Option<DurationText>,
+    /// Receiving a whole HTTP/1 request head, counted from its first byte. Default `10s`.
+    pub header_read: Option<DurationText>,
+    /// Completing a TLS handshake. Default `10s`.
+    pub tls_handshake: Option<DurationText>,
+    /// An HTTP client connection waiting for its next request. Default `60s`.
+    pub client_idle: Option<DurationText>,
+    /// A TCP or TLS-terminated connection with no bytes either way. Default `1h`.
+    pub tcp_idle: Option<DurationText>,
+    /// Waiting for a backend to send the next bytes of a response. Default `60s`.
+    pub upstream_read: Option<DurationText>,
+    /// A pooled keep-alive backend connection left unused. Default `60s`.
+    pub upstream_idle: Option<DurationText>,
+}
+
+/// `limits:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Open client connections per port; more wait in the kernel's accept queue. Default 10000.
+    pub max_connections: Option<u32>,
+    /// Size of an HTTP request head (request line and headers). Default 65536; answer 431.
+    pub max_header_bytes: Option<u32>,
+    /// Number of HTTP request headers. Default 100, at most 256; answer 431.
+    pub max_headers: Option<u32>,
+}
+
+/// `backoff:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffFile {
+    /// First skip after a failed connect. Default `2s`.
+    pub initial: Option<DurationText>,
+    /// Longest skip; each further consecutive failure doubles it. Default `30s`.
+    pub max: Option<DurationText>,
+}
+
+/// `ports[].protocol`
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolFile {
+    /// Layer-4 proxy.
+    Tcp,
+    /// TLS terminated by Gantry, then layer-4.
+    Tls,
+    /// HTTP/1.1 (and h2c prior knowledge) proxy.
+    Http,
+    /// TLS terminated by Gantry, HTTP/1.1 and HTTP/2 by ALPN.
+    Https,
+}
+
+/// `ports[].proxy_protocol`
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolFile {
+    /// Text header.
+    V1,
+    /// Binary header.
+    V2,
+}
+
+/// `ports[].backend_protocol`
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendProtocolFile {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 over cleartext, prior knowledge.
+    H2c,
+}
+
+/// One backend: `"ip:port"` or a map.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BackendFile {
+    /// `"10.0.0.1:8080"`
+    Address(String),
+    /// `{address: "10.0.0.1:8080", weight: 2}`
+    Detailed(BackendDetailFile),
+}
+
+/// The map form of a backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendDetailFile {
+    /// `ip:port`. Required.
+    pub address: Option<String>,
+    /// Relative share of new connections, 0 to 256 (0 = no new traffic). Default 1.
+    pub weight: Option<u32>,
+}
+
+/// `ports[].tls:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Certificates offered by SNI; the first is the default for clients that send no (or an
+    /// unknown) server name.
+    #[serde(default)]
+    pub certificates: Vec<Lenient<CertificateFile>>,
+}
+
+/// One item of `tls.certificates:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    /// PEM file with the certificate chain, leaf first. Required.
+    pub cert: Option<String>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1). Required.
+    pub key: Option<String>,
+    /// Server names this certificate answers (`*.example.com` allowed). Default: the DNS names
+    /// in the certificate's subjectAltName.
+    pub names: Option<Vec<String>>,
+}

@@ -1,0 +1,76 @@
+//! `lb-config`: Gantry's configuration model.
+//!
+//! Three stages, as in Sozu and River: the file as written ([`file`], all-optional serde types),
+//! validation that reports **every** problem with its field path ([`Problems`]), and the
+//! immutable [`Model`] the runtime consumes. [`diff`] compares two models into typed
+//! [`Change`]s so a reload applies only what changed. No sockets and no async here; the only
+//! IO is reading the config file and the certificate files it names.
+
+pub mod diff;
+pub mod file;
+mod lenient;
+pub mod model;
+mod problems;
+mod tls;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use diff::{diff, Change};
+pub use model::*;
+pub use problems::{Problem, Problems};
+pub use validate::{builtin_port_settings, DEFAULT_ADMIN_LISTEN, MAX_WEIGHT};
+
+/// Why a configuration could not become a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The text is not YAML of the expected overall shape.
+    #[error("{0}")]
+    Syntax(String),
+    /// The file parsed; these are all the problems with its contents.
+    #[error("{} problem{}:\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0)]
+    Invalid(Problems),
+}
+
+/// Reads, parses and validates a configuration file. Relative certificate paths resolve
+/// against the file's folder.
+pub fn load_file(path: &Path) -> Result<Model, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    parse_str(&text, base_dir)
+}
+
+/// Parses and validates configuration text; relative paths resolve against `base_dir`.
+pub fn parse_str(text: &str, base_dir: &Path) -> Result<Model, ConfigError> {
+    let file = parse_file(text)?;
+    validate::build_model(file, base_dir).map_err(ConfigError::Invalid)
+}
+
+fn parse_file(text: &str) -> Result<file::FileConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(file::FileConfig::default());
+    }
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match path.as_str() {
+            "." | "" => ConfigError::Syntax(inner.to_string()),
+            _ => ConfigError::Syntax(format!("{path}: {inner}")),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+//! The validated, immutable model the runtime consumes. Every default is applied and every
+//! reference resolved (certificate files are read and checked), so the runtime never has to
+//! second-guess it. It serializes to JSON for `/config` with key material left out.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rustls::sign::CertifiedKey;
+use serde::{Serialize, Serializer};
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Model {
+    /// The admin listener.
+    pub admin: Admin,
+    /// Process-wide settings.
+    pub runtime: Runtime,
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+}
+
+impl Model {
+    /// Every port of every service, in name order.
+    pub fn ports(&self) -> impl Iterator<Item = &Port> {
+        self.services.values().flat_map(|s| s.ports.values())
+    }
+
+    /// The port with this key, if any.
+    pub fn port(&self, key: &ListenerKey) -> Option<&Port> {
+        self.services.get(&key.service)?.ports.get(&key.port)
+    }
+
+    /// Files whose contents the model depends on besides the config file itself (certificates
+    /// and keys): a change to any of them means the model must be rebuilt.
+    pub fn referenced_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .ports()
+            .filter_map(|p| p.tls.as_ref())
+            .flat_map(|tls| tls.certificates.iter())
+            .flat_map(|c| [c.cert_path.clone(), c.key_path.clone()])
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+}
+
+/// `admin:`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Admin {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// `runtime:`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Runtime {
+    /// Worker threads; `None` = one per CPU.
+    pub workers: Option<usize>,
+    /// Grace period for draining on shutdown and on port removal.
+    #[serde(with = "duration_text")]
+    pub shutdown_grace: Duration,
+    /// Poll interval for file changes.
+    #[serde(with = "duration_text")]
+    pub watch_interval: Duration,
+    /// Whether to emit access log lines.
+    pub access_log: bool,
+}
+
+/// A service: a name, an address and ports.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Service {
+    /// Unique name.
+    pub name: String,
+    /// Listen address of its ports.
+    pub address: IpAddr,
+    /// Ports by name.
+    pub ports: BTreeMap<String, Port>,
+}
+
+/// Identity of a listener across reloads: a reload that keeps the key and the bind address
+/// keeps the socket.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ListenerKey {
+    /// Service name.
+    pub service: String,
+    /// Port name within the service.
+    pub port: String,
+}
+
+impl fmt::Display for ListenerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.service, self.port)
+    }
+}
+
+/// One listening port and everything about how it is served.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Port {
+    /// Service and port name.
+    pub key: ListenerKey,
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// What is spoken on the port.
+    pub protocol: Protocol,
+    /// Where traffic goes, in file order.
+    pub backends: Vec<Backend>,
+    /// Certificates, for `tls` and `https`.
+    pub tls: Option<Arc<TlsSettings>>,
+    /// PROXY protocol header sent to backends (`tcp`/`tls`).
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// HTTP version spoken to backends (`http`/`https`).
+    pub backend_protocol: BackendProtocol,
+    /// Timeouts, limits and retry policy.
+    pub settings: PortSettings,
+}
+
+/// What a port speaks to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Layer-4 proxy.
+    Tcp,
+    /// TLS terminated, then layer-4.
+    Tls,
+    /// HTTP proxy.
+    Http,
+    /// TLS terminated, then HTTP proxy.
+    Https,
+}
+
+impl Protocol {
+    /// True for `tls` and `https`.
+    pub fn terminates_tls(self) -> bool {
+        matches!(self, Protocol::Tls | Protocol::Https)
+    }
+
+    /// True for `http` and `https`.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
+    }
+
+    /// The lowercase name used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+        }
+    }
+}
+
+/// PROXY protocol version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// Text header.
+    V1,
+    /// Binary header.
+    V2,
+}
+
+/// HTTP version spoken to backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 cleartext, prior knowledge.
+    H2c,
+}
+
+/// A backend address and its weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Relative share of new work; 0 = none.
+    pub weight: u32,
+}
+
+/// Timeouts, limits and retry policy of one port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PortSettings {
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Limits.
+    pub limits: Limits,
+    /// Further backends tried after a failed connect.
+    pub retries: u32,
+    /// Skip time after failed connects.
+    pub backoff: Backoff,
+    /// Clients whose forwarding headers are trusted.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// All timeouts of a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    /// Backend connect.
+    #[serde(with = "duration_text")]
+    pub connect: Duration,
+    /// HTTP/1 request head, from its first byte.
+    #[serde(with = "duration_text")]
+    pub header_read: Duration,
+    /// TLS handshake.
+    #[serde(with = "duration_text")]
+    pub tls_handshake: Duration,
+    /// HTTP keep-alive wait for the next request.
+    #[serde(with = "duration_text")]
+    pub client_idle: Duration,
+    /// Layer-4 connection with no traffic.
+    #[serde(with = "duration_text")]
+    pub tcp_idle: Duration,
+    /// Backend response read.
+    #[serde(with = "duration_text")]
+    pub upstream_read: Duration,
+    /// Pooled backend connection idle.
+    #[serde(with = "duration_text")]
+    pub upstream_idle: Duration,
+}
+
+/// Client-facing limits of a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Open client connections.
+    pub max_connections: u32,
+    /// HTTP request head size.
+    pub max_header_bytes: u32,
+    /// HTTP request header count.
+    pub max_headers: u32,
+}
+
+/// Passive back-off after failed connects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Backoff {
+    /// First skip.
+    #[serde(with = "duration_text")]
+    pub initial: Duration,
+    /// Longest skip.
+    #[serde(with = "duration_text")]
+    pub max: Duration,
+}
+
+/// Certificates of a TLS port.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TlsSettings {
+    /// In file order; the first is the default.
+    pub certificates: Vec<Certificate>,
+}
+
+/// A loaded, checked certificate chain with its key.
+#[derive(Clone, Serialize)]
+pub struct Certificate {
+    /// Lowercase server names (exact or `*.` wildcard) this certificate answers.
+    pub names: Vec<String>,
+    /// Where the chain was read from.
+    #[serde(rename = "cert")]
+    pub cert_path: PathBuf,
+    /// Where the key was read from (the key itself is never serialized).
+    #[serde(rename = "key")]
+    pub key_path: PathBuf,
+    /// SHA-256 of the leaf certificate, hex: what operators compare with `openssl x509`.
+    pub sha256: String,
+    /// SHA-256 over the whole chain and the key, to tell a changed pair from an unchanged one.
+    #[serde(skip)]
+    pub(crate) material_digest: [u8; 32],
+    /// The chain and signing key, ready for rustls.
+    #[serde(skip)]
+    pub certified_key: Arc<CertifiedKey>,
+}
+
+impl PartialEq for Certificate {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names
+            && self.cert_path == other.cert_path
+            && self.key_path == other.key_path
+            && self.material_digest == other.material_digest
+    }
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("names", &self.names)
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Durations print in `/config` the way they are written in the file.
+mod duration_text {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}

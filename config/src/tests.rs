@@ -1,0 +1,333 @@
+//! Tests of parsing, validation and diffing, on inline YAML and generated certificates.
+
+use std::path::Path;
+
+use super::*;
+
+fn parse(yaml: &str) -> Result<Model, ConfigError> {
+    parse_str(yaml, Path::new("/nonexistent"))
+}
+
+fn problems_of(yaml: &str, dir: &Path) -> Vec<String> {
+    match parse_str(yaml, dir) {
+        Err(ConfigError::Invalid(problems)) => problems.iter().map(|p| p.to_string()).collect(),
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+/// Writes a self-signed certificate for `names` and its key into `dir`.
+fn write_cert(dir: &Path, stem: &str, names: &[&str]) -> (String, String) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let generated = rcgen::generate_simple_self_signed(names).expect("rcgen");
+    let cert = dir.join(format!("{stem}.crt"));
+    let key = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert, generated.cert.pem()).expect("write cert");
+    std::fs::write(&key, generated.key_pair.serialize_pem()).expect("write key");
+    (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+#[test]
+fn an_empty_file_is_a_valid_model_with_a_loopback_admin() {
+    let model = parse("").expect("empty is valid");
+    assert!(model.services.is_empty());
+    assert_eq!(model.admin.listen, DEFAULT_ADMIN_LISTEN);
+    assert!(model.admin.listen.ip().is_loopback());
+}
+
+#[test]
+fn defaults_apply_and_ports_override_them() {
+    let model = parse(
+        r#"
+defaults:
+  timeouts: { connect: 2s }
+  retries: 1
+services:
+  - name: web
+    address: 127.0.0.1
+    ports:
+      - port: 8080
+        protocol: http
+        backends: ["127.0.0.1:9001", { address: "127.0.0.1:9002", weight: 3 }]
+        timeouts: { header_read: 3s }
+"#,
+    )
+    .expect("valid");
+    let port = model.ports().next().expect("one port");
+    assert_eq!(port.key.to_string(), "web/8080");
+    assert_eq!(port.bind, "127.0.0.1:8080".parse().expect("addr"));
+    assert_eq!(port.protocol, Protocol::Http);
+    assert_eq!(port.settings.timeouts.connect.as_secs(), 2);
+    assert_eq!(port.settings.timeouts.header_read.as_secs(), 3);
+    assert_eq!(port.settings.timeouts.client_idle.as_secs(), 60);
+    assert_eq!(port.settings.retries, 1);
+    assert_eq!(port.settings.limits.max_header_bytes, 65536);
+    assert_eq!(port.settings.limits.max_headers, 100);
+    assert_eq!(port.backends[1].weight, 3);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_field_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = write_cert(dir.path(), "a", &["a.example"]);
+    let yaml = format!(
+        r#"
+runtime: {{ shutdown_grace: soon }}
+services:
+  - name: one
+    ports:
+      - port: 70000
+  - name: two
+    address: not-an-ip
+    ports:
+      - port: 81
+        protocol: htp
+  - name: three
+    ports:
+      - port: 443
+        protocol: https
+        tls:
+          certificates:
+            - {{ cert: "{cert}", key: "{key}" }}
+            - {{ cert: "{cert}", key: missing.key }}
+        backends: ["10.0.0.1"]
+        timeouts: {{ connect: 0s }}
+        limits: {{ max_headers: 1000 }}
+        colour: blue
+"#
+    );
+    let problems = problems_of(&yaml, dir.path());
+    let missing_key = dir.path().join("missing.key");
+    let expected = [
+        "runtime.shutdown_grace: invalid duration `soon`".to_string(),
+        "services[0].ports[0].port: invalid value: integer `70000`".to_string(),
+        "services[1].ports[0].protocol: unknown variant `htp`".to_string(),
+        "services[1].address: `not-an-ip` is not an IP address".to_string(),
+        "services[2].ports[0]: unknown field `colour`".to_string(),
+        format!(
+            "services[2].ports[0].tls.certificates[1].key: file not found: {}",
+            missing_key.display()
+        ),
+        "services[2].ports[0].backends[0]: `10.0.0.1` is not ip:port".to_string(),
+        "services[2].ports[0].timeouts.connect: must be greater than zero".to_string(),
+        "services[2].ports[0].limits.max_headers: 1000 is out of range 1..=256".to_string(),
+    ];
+    for want in &expected {
+        assert!(
+            problems.iter().any(|p| p.starts_with(want.as_str())),
+            "missing {want:?} in\n{}",
+            problems.join("\n")
+        );
+    }
+}
+
+#[test]
+fn a_yaml_syntax_error_is_located() {
+    let err = parse("services:\n  - name: [unclosed\n").expect_err("syntax");
+    let text = err.to_string();
+    assert!(matches!(err, ConfigError::Syntax(_)));
+    assert!(text.contains("line"), "{text}");
+}
+
+#[test]
+fn tls_is_required_exactly_where_tls_is_terminated() {
+    let problems = problems_of(
+        r#"
+services:
+  - name: s
+    ports:
+      - { name: a, port: 1, protocol: https }
+      - { name: b, port: 2, protocol: tcp, tls: { certificates: [] } }
+      - { name: c, port: 3, protocol: http, proxy_protocol: v2 }
+      - { name: d, port: 4, protocol: tcp, backend_protocol: h2c }
+"#,
+        Path::new("/"),
+    );
+    let joined = problems.join("\n");
+    assert!(
+        joined.contains("services[0].ports[0].tls: required for https ports"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("services[0].ports[1].tls: only for tls and https ports"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("services[0].ports[2].proxy_protocol: only for tcp and tls"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("services[0].ports[3].backend_protocol: only for http"),
+        "{joined}"
+    );
+}
+
+#[test]
+fn names_come_from_the_certificate_or_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = write_cert(dir.path(), "multi", &["A.example.com", "*.b.example.com"]);
+    let yaml = format!(
+        r#"
+services:
+  - name: s
+    ports:
+      - port: 443
+        protocol: https
+        tls:
+          certificates:
+            - {{ cert: "{cert}", key: "{key}" }}
+            - {{ cert: "{cert}", key: "{key}", names: [Other.example] }}
+"#
+    );
+    let model = parse_str(&yaml, dir.path()).expect("valid");
+    let tls = model
+        .ports()
+        .next()
+        .and_then(|p| p.tls.clone())
+        .expect("tls");
+    assert_eq!(
+        tls.certificates[0].names,
+        ["a.example.com", "*.b.example.com"]
+    );
+    assert_eq!(tls.certificates[1].names, ["other.example"]);
+    assert_eq!(tls.certificates[0].sha256.len(), 64);
+}
+
+#[test]
+fn a_key_from_another_certificate_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, _) = write_cert(dir.path(), "one", &["one.example"]);
+    let (_, other_key) = write_cert(dir.path(), "two", &["two.example"]);
+    let not_pem = dir.path().join("garbage.crt");
+    std::fs::write(&not_pem, "hello").expect("write");
+    let yaml = format!(
+        r#"
+services:
+  - name: s
+    ports:
+      - port: 443
+        protocol: tls
+        tls:
+          certificates:
+            - {{ cert: "{cert}", key: "{other_key}" }}
+            - {{ cert: "{}", key: "{other_key}" }}
+"#,
+        not_pem.display()
+    );
+    let joined = problems_of(&yaml, dir.path()).join("\n");
+    assert!(
+        joined.contains("certificates[0].key: private key"),
+        "{joined}"
+    );
+    assert!(joined.contains("does not match certificate"), "{joined}");
+    assert!(joined.contains("certificates[1].cert:"), "{joined}");
+    assert!(joined.contains("no CERTIFICATE block"), "{joined}");
+}
+
+#[test]
+fn conflicting_binds_and_duplicate_names_are_refused() {
+    let problems = problems_of(
+        r#"
+admin: { listen: "127.0.0.1:9000" }
+services:
+  - name: a
+    address: 0.0.0.0
+    ports: [{ port: 80 }, { port: 80 }]
+  - name: a
+    ports: [{ port: 81 }]
+  - name: b
+    address: 127.0.0.1
+    ports: [{ port: 80 }, { name: x, port: 9000 }]
+"#,
+        Path::new("/"),
+    );
+    let joined = problems.join("\n");
+    assert!(
+        joined.contains("services[0].ports[0].name: required when"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("services[1].name: duplicate service name `a`"),
+        "{joined}"
+    );
+    assert!(joined.contains("127.0.0.1:9000"), "{joined}");
+}
+
+#[test]
+fn port_zero_never_conflicts() {
+    let model = parse(
+        "services:\n  - name: a\n    address: 127.0.0.1\n    ports: [{name: x, port: 0}, {name: y, port: 0}]\n",
+    )
+    .expect("valid");
+    assert_eq!(model.ports().count(), 2);
+}
+
+const BASE: &str = r#"
+services:
+  - name: web
+    address: 127.0.0.1
+    ports:
+      - { name: http, port: 8080, protocol: http, backends: ["127.0.0.1:1", "127.0.0.1:2"] }
+      - { name: tcp, port: 9000, backends: ["127.0.0.1:3"] }
+"#;
+
+#[test]
+fn an_unchanged_model_has_no_diff() {
+    let a = parse(BASE).expect("valid");
+    let b = parse(BASE).expect("valid");
+    assert_eq!(diff(&a, &b), Vec::<Change>::new());
+}
+
+#[test]
+fn the_diff_names_each_kind_of_change() {
+    let old = parse(BASE).expect("valid");
+    let new = parse(
+        r#"
+services:
+  - name: web
+    address: 127.0.0.1
+    ports:
+      - { name: http, port: 8080, protocol: http, backends: ["127.0.0.1:1"], retries: 0 }
+      - { name: tcp, port: 9001, backends: ["127.0.0.1:3"] }
+      - { name: extra, port: 9002 }
+"#,
+    )
+    .expect("valid");
+    let key = |port: &str| ListenerKey {
+        service: "web".into(),
+        port: port.into(),
+    };
+    assert_eq!(
+        diff(&old, &new),
+        vec![
+            Change::ListenerAdded(key("extra")),
+            Change::ListenerSettingsChanged(key("http")),
+            Change::BackendsChanged(key("http")),
+            Change::ListenerRebound {
+                key: key("tcp"),
+                from: "127.0.0.1:9000".parse().expect("addr"),
+                to: "127.0.0.1:9001".parse().expect("addr"),
+            },
+        ]
+    );
+    let removed = diff(&new, &old);
+    assert!(removed.contains(&Change::ListenerRemoved(key("extra"))));
+}
+
+#[test]
+fn the_config_dump_never_contains_key_material() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = write_cert(dir.path(), "s", &["s.example"]);
+    let key_pem = std::fs::read_to_string(&key).expect("read key");
+    let yaml = format!(
+        "services:\n  - name: s\n    ports:\n      - port: 443\n        protocol: https\n        tls: {{ certificates: [{{ cert: \"{cert}\", key: \"{key}\" }}] }}\n"
+    );
+    let model = parse_str(&yaml, dir.path()).expect("valid");
+    let json = serde_json::to_string(&model).expect("json");
+    let key_body: String = key_pem.lines().nth(1).expect("pem body").to_owned();
+    assert!(!json.contains(&key_body));
+    assert!(json.contains("\"sha256\""));
+    assert!(json.contains("s.example"));
+}
