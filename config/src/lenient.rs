@@ -19,6 +19,16 @@ pub enum Lenient<T> {
     },
 }
 
+impl<T> Lenient<T> {
+    /// The parsed value, if it parsed.
+    pub fn parsed(&self) -> Option<&T> {
+        match self {
+            Lenient::Parsed(value) => Some(value),
+            Lenient::Invalid { .. } => None,
+        }
+    }
+}
+
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // Buffer the section as a YAML value first: a syntax error still fails the whole file

@@ -57,6 +57,34 @@ pub fn parse_str(text: &str, base_dir: &Path) -> Result<Model, ConfigError> {
     validate::build_model(file, base_dir).map_err(ConfigError::Invalid)
 }
 
+/// Every certificate and key file a configuration names, read from whatever parts of it parse,
+/// resolved like [`load_file`] resolves them. A reload watcher watches these even when the file
+/// is invalid, so fixing a missing key file is noticed.
+pub fn files_named_by(path: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let Ok(file) = parse_file(&text) else {
+        return Vec::new();
+    };
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let mut files = Vec::new();
+    for service in file.services.iter().filter_map(lenient::Lenient::parsed) {
+        for port in service.ports.iter().filter_map(lenient::Lenient::parsed) {
+            let Some(tls) = port.tls.as_ref().and_then(lenient::Lenient::parsed) else {
+                continue;
+            };
+            for cert in tls.certificates.iter().filter_map(lenient::Lenient::parsed) {
+                let named: [&Option<String>; 2] = [&cert.cert, &cert.key];
+                files.extend(named.into_iter().flatten().map(|f| base_dir.join(f)));
+            }
+        }
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
 fn parse_file(text: &str) -> Result<file::FileConfig, ConfigError> {
     if text.trim().is_empty() {
         return Ok(file::FileConfig::default());

@@ -1,1 +1,31 @@
-//! placeholder
+//! `lb-core`: the Gantry load-balancer appliance as a library; the `gantry` binary is a thin
+//! command line over it.
+//!
+//! Data flow: a [`lb_config::Model`] (from the static file today) is applied by [`Gantry`],
+//! which keeps one [`listener`] per service port. Each accepted connection loads the port's
+//! current [`route::Route`] (an immutable snapshot swapped whole on reload) and is served as
+//! layer 4 ([`tcp`]), TLS-terminated layer 4, or HTTP through pingora ([`http`]). Backends are
+//! chosen by a [`balancer::Balancer`] over a [`pool::BackendPool`].
+
+pub mod admin;
+pub mod app;
+pub mod balancer;
+mod connection;
+pub mod demo;
+pub mod http;
+pub mod http_server;
+mod listener;
+pub mod logging;
+pub mod metrics;
+pub mod pool;
+pub mod proxy_protocol;
+pub mod reload;
+pub mod route;
+pub mod run;
+pub mod tcp;
+pub mod tls;
+
+#[cfg(test)]
+mod test_certs;
+
+pub use app::{ApplyError, Gantry, ReloadError};

@@ -1,1 +1,161 @@
-fn main() {}
+//! `gantry`: the command line. Parses arguments, loads the configuration and hands over to the
+//! `lb-core` library; nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lb_core::demo::{Demo, DemoOptions};
+use lb_core::logging::{self, LogFormat};
+use lb_core::Gantry;
+
+#[derive(Parser)]
+#[command(name = "gantry", version, about = "Gantry load-balancer appliance")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the services in a configuration file (reloads on SIGHUP and on change).
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = "/etc/gantry/gantry.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print every problem found.
+    Check {
+        /// The configuration file.
+        #[arg(long, short, default_value = "/etc/gantry/gantry.yaml")]
+        config: PathBuf,
+    },
+    /// Start demo backends on loopback and Gantry balancing across them.
+    Demo {
+        /// The proxy's address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The admin endpoint's address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Number of demo backends.
+        #[arg(long, default_value_t = 3)]
+        backends: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Gantry uses ring through rustls and nothing else; pinning it process-wide keeps any
+    // library that asks for "the default provider" on the same one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    logging::init(cli.log_format, &cli.log_level);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(config),
+        Command::Demo {
+            listen,
+            admin,
+            backends,
+        } => demo(DemoOptions {
+            listen,
+            admin,
+            backends,
+        }),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match lb_config::load_file(path) {
+        Ok(model) => {
+            let ports = model.ports().count();
+            println!(
+                "{}: OK ({} service(s), {ports} port(s))",
+                path.display(),
+                model.services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{}: {err}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().thread_name("gantry-worker").build()
+}
+
+fn run(config: PathBuf) -> ExitCode {
+    let model = match lb_config::load_file(&config) {
+        Ok(model) => model,
+        Err(err) => {
+            eprintln!("{}: {err}", config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match runtime(model.runtime.workers) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let gantry = match Gantry::start(model).await {
+            Ok(gantry) => gantry,
+            Err(err) => {
+                tracing::error!("cannot start: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match lb_core::run::serve_until_signalled(gantry, Some(config)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!("signal handling failed: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn demo(options: DemoOptions) -> ExitCode {
+    let runtime = match runtime(None) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let demo = match Demo::start(options).await {
+            Ok(demo) => demo,
+            Err(err) => {
+                eprintln!("cannot start the demo: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("{}", demo.banner());
+        let result = lb_core::run::serve_until_signalled(demo.gantry.clone(), None).await;
+        demo.stop_backends().await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("signal handling failed: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

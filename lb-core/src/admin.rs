@@ -1,0 +1,81 @@
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process answers),
+//! `/readyz` (the first configuration is serving and no shutdown has begun) and `/config` (the
+//! running model and live listener state as JSON; certificate keys are never included).
+//! It binds to loopback unless the operator configures another address.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+/// What the admin endpoints read from the running appliance.
+pub trait AdminView: Send + Sync {
+    /// Prometheus text exposition.
+    fn metrics_text(&self) -> String;
+    /// Whether traffic should be sent here.
+    fn is_ready(&self) -> bool;
+    /// The running configuration and listener state.
+    fn config_json(&self) -> serde_json::Value;
+}
+
+/// The admin HTTP application.
+pub struct AdminApp {
+    view: Arc<dyn AdminView>,
+}
+
+impl AdminApp {
+    /// Answers from `view`.
+    pub fn new(view: Arc<dyn AdminView>) -> Self {
+        AdminApp { view }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+    let body = body.into();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Ok(value) = content_type.parse() {
+        headers.insert(http::header::CONTENT_TYPE, value);
+    }
+    let length = response.body().len().to_string();
+    if let Ok(value) = length.parse() {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, value);
+    }
+    response
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let head = session.req_header();
+        if head.method != Method::GET && head.method != Method::HEAD {
+            return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+        }
+        match head.uri.path() {
+            "/metrics" => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.view.metrics_text(),
+            ),
+            "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
+            "/readyz" if self.view.is_ready() => respond(StatusCode::OK, "text/plain", "ready\n"),
+            "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),
+            "/config" => {
+                let mut body = serde_json::to_vec_pretty(&self.view.config_json())
+                    .unwrap_or_else(|_| b"{}".to_vec());
+                body.push(b'\n');
+                respond(StatusCode::OK, "application/json", body)
+            }
+            _ => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found; try /metrics, /healthz, /readyz or /config\n",
+            ),
+        }
+    }
+}

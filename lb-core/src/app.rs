@@ -1,0 +1,471 @@
+//! The running appliance. [`Gantry::apply`] moves it from the running model to a new one by the
+//! typed diff, in two phases: first everything that can fail (binding new sockets, TLS state,
+//! building routes) with nothing live touched, then the swaps, which cannot fail. A reload that
+//! fails therefore changes nothing. Starting is applying the first model to an empty one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use lb_config::{Change, ConfigError, ListenerKey, Model, Port};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{AdminApp, AdminView};
+use crate::balancer::{BalancerFactory, RoundRobin};
+use crate::http_server::SmallServer;
+use crate::listener::{Listener, ListenerShared};
+use crate::metrics::Metrics;
+use crate::route::{Route, RouteContext};
+use crate::tls::TlsEndpoint;
+
+/// Why a model could not be applied; the running model keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A port's socket could not be bound.
+    #[error("cannot listen on {address} for {key}: {source}")]
+    Bind {
+        /// The port.
+        key: ListenerKey,
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The admin socket could not be bound.
+    #[error("cannot listen on {address} for the admin endpoint: {source}")]
+    Admin {
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TLS state could not be set up.
+    #[error("TLS setup for {key} failed: {source}")]
+    Tls {
+        /// The port.
+        key: ListenerKey,
+        /// The rustls error.
+        source: rustls::Error,
+    },
+}
+
+/// Why a reload from a file failed; the running model keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is invalid (the same messages as `gantry check`).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The new model could not be applied.
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+}
+
+/// A running Gantry.
+#[derive(Clone)]
+pub struct Gantry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    model: ArcSwap<Model>,
+    /// Only the control plane (apply, shutdown) takes this lock; it also serializes reloads.
+    listeners: tokio::sync::Mutex<BTreeMap<ListenerKey, Listener>>,
+    /// Lock-free view of the listeners for the admin endpoint and tests.
+    live: ArcSwap<BTreeMap<ListenerKey, LiveListener>>,
+    metrics: Metrics,
+    balancer: Arc<dyn BalancerFactory>,
+    admin: Mutex<Option<SmallServer>>,
+    ready: AtomicBool,
+    /// Listeners removed by reloads, finishing their connections.
+    draining: TaskTracker,
+}
+
+#[derive(Clone)]
+struct LiveListener {
+    local_addr: SocketAddr,
+    shared: Arc<ListenerShared>,
+    connections: TaskTracker,
+}
+
+/// A swap prepared for a kept listener.
+struct PreparedSwap {
+    key: ListenerKey,
+    route: Route,
+    /// TLS state created for a port that did not terminate TLS before.
+    new_endpoint: Option<Arc<TlsEndpoint>>,
+}
+
+impl Gantry {
+    /// Starts serving `model` with the native round-robin balancer.
+    pub async fn start(model: Model) -> Result<Gantry, ApplyError> {
+        Self::start_with(model, Arc::new(RoundRobin)).await
+    }
+
+    /// Starts serving `model`, balancing with `balancer`.
+    pub async fn start_with(
+        model: Model,
+        balancer: Arc<dyn BalancerFactory>,
+    ) -> Result<Gantry, ApplyError> {
+        let empty = Model {
+            admin: model.admin.clone(),
+            runtime: model.runtime.clone(),
+            services: BTreeMap::new(),
+        };
+        let gantry = Gantry {
+            inner: Arc::new(Inner {
+                model: ArcSwap::from_pointee(empty),
+                listeners: tokio::sync::Mutex::new(BTreeMap::new()),
+                live: ArcSwap::default(),
+                metrics: Metrics::new(),
+                balancer,
+                admin: Mutex::new(None),
+                ready: AtomicBool::new(false),
+                draining: TaskTracker::new(),
+            }),
+        };
+        let admin = gantry.start_admin(model.admin.listen).await?;
+        gantry.set_admin(admin);
+        if let Err(err) = gantry.apply(model).await {
+            gantry.stop_admin().await;
+            return Err(err);
+        }
+        gantry.inner.ready.store(true, Ordering::Release);
+        Ok(gantry)
+    }
+
+    /// Moves to `new`, changing only what differs; returns what changed.
+    pub async fn apply(&self, new: Model) -> Result<Vec<Change>, ApplyError> {
+        let inner = &self.inner;
+        let mut listeners = inner.listeners.lock().await;
+        let old = inner.model.load_full();
+        let changes = lb_config::diff(&old, &new);
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+
+        // Phase 1: everything that can fail, with nothing live touched.
+        let mut starts = Vec::new();
+        let mut stops = Vec::new();
+        let mut swapped = BTreeSet::new();
+        let mut swaps = Vec::new();
+        let mut admin_target = None;
+        for change in &changes {
+            match change {
+                Change::ListenerAdded(key) => starts.push(self.bind(port_of(&new, key), &new)?),
+                Change::ListenerRemoved(key) => stops.push(key.clone()),
+                Change::ListenerRebound { key, .. } => {
+                    stops.push(key.clone());
+                    starts.push(self.bind(port_of(&new, key), &new)?);
+                }
+                Change::BackendsChanged(key)
+                | Change::CertificatesChanged(key)
+                | Change::ListenerSettingsChanged(key) => {
+                    if swapped.insert(key.clone()) {
+                        if let Some(listener) = listeners.get(key) {
+                            swaps.push(self.prepare_swap(listener, port_of(&new, key), &new)?);
+                        }
+                    }
+                }
+                Change::AdminChanged { to, .. } => admin_target = Some(*to),
+                Change::RuntimeChanged => {
+                    if old.runtime.workers != new.runtime.workers {
+                        tracing::warn!("runtime.workers takes effect at the next start");
+                    }
+                }
+            }
+        }
+
+        // Last, as it is the one preparation that is live at once.
+        let new_admin = match admin_target {
+            Some(address) => Some(self.start_admin(address).await?),
+            None => None,
+        };
+
+        // Phase 2: commit; nothing below can fail.
+        for swap in swaps {
+            let Some(listener) = listeners.get_mut(&swap.key) else {
+                continue;
+            };
+            let port = &swap.route.port;
+            if let (Some(tls), Some(endpoint)) = (&port.tls, listener.tls()) {
+                if old.port(&swap.key).map(|p| &p.tls) != Some(&port.tls) {
+                    endpoint.replace_certificates(tls);
+                }
+            }
+            if let Some(endpoint) = swap.new_endpoint {
+                listener.set_tls(endpoint);
+            }
+            let previous = listener.swap(swap.route);
+            let current = listener.shared().route.load();
+            for departed in previous.departed_backends(&current) {
+                inner
+                    .metrics
+                    .forget_backend(&swap.key.service, &swap.key.port, departed);
+            }
+        }
+        for key in stops {
+            if let Some(listener) = listeners.remove(&key) {
+                self.drain_in_background(listener, new.runtime.shutdown_grace);
+            }
+        }
+        for mut listener in starts {
+            listener.start();
+            listeners.insert(listener.key().clone(), listener);
+        }
+        if let Some(admin) = new_admin {
+            let previous = self.set_admin(admin);
+            if let Some(previous) = previous {
+                tokio::spawn(previous.stop());
+            }
+        }
+        inner.model.store(Arc::new(new));
+        inner.live.store(Arc::new(
+            listeners
+                .iter()
+                .map(|(key, l)| {
+                    let live = LiveListener {
+                        local_addr: l.local_addr(),
+                        shared: l.shared().clone(),
+                        connections: l.connections().clone(),
+                    };
+                    (key.clone(), live)
+                })
+                .collect(),
+        ));
+        for change in &changes {
+            inner.metrics.change(change.kind());
+            tracing::info!(change = %change, "applied");
+        }
+        Ok(changes)
+    }
+
+    /// Loads `path` and applies it; on any error the running model keeps serving. Counted in
+    /// `gantry_config_reloads_total`.
+    pub async fn reload_from_file(&self, path: &Path) -> Result<Vec<Change>, ReloadError> {
+        let result = match lb_config::load_file(path) {
+            Ok(model) => self.apply(model).await.map_err(ReloadError::from),
+            Err(err) => Err(ReloadError::from(err)),
+        };
+        self.inner.metrics.reload(result.is_ok());
+        match &result {
+            Ok(changes) if changes.is_empty() => {
+                tracing::info!(file = %path.display(), "reload: no change")
+            }
+            Ok(changes) => {
+                tracing::info!(file = %path.display(), changes = changes.len(), "reload applied")
+            }
+            Err(err) => {
+                tracing::error!(file = %path.display(), "reload rejected, previous configuration keeps serving: {err}")
+            }
+        }
+        result
+    }
+
+    /// Stops accepting everywhere, lets open work finish for up to `grace`, then closes what
+    /// is left and the admin listener.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.ready.store(false, Ordering::Release);
+        let listeners = std::mem::take(&mut *self.inner.listeners.lock().await);
+        let mut draining = tokio::task::JoinSet::new();
+        for (_, mut listener) in listeners {
+            listener.begin_drain();
+            draining.spawn(async move { listener.finish_drain(grace).await });
+        }
+        while draining.join_next().await.is_some() {}
+        self.inner.draining.close();
+        self.inner.draining.wait().await;
+        self.inner.live.store(Arc::default());
+        self.stop_admin().await;
+    }
+
+    /// The address a port is bound to (the actual port when configured as 0).
+    pub fn listener_addr(&self, service: &str, port: &str) -> Option<SocketAddr> {
+        let key = ListenerKey {
+            service: service.to_owned(),
+            port: port.to_owned(),
+        };
+        self.inner.live.load().get(&key).map(|l| l.local_addr)
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner
+            .admin
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(SmallServer::local_addr)
+    }
+
+    /// The model being served.
+    pub fn model(&self) -> Arc<Model> {
+        self.inner.model.load_full()
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    fn route_context<'a>(
+        &'a self,
+        tls: Option<&'a TlsEndpoint>,
+        model: &Model,
+    ) -> RouteContext<'a> {
+        RouteContext {
+            metrics: &self.inner.metrics,
+            balancer: self.inner.balancer.as_ref(),
+            tls,
+            access_log: model.runtime.access_log,
+        }
+    }
+
+    fn bind(&self, port: &Port, model: &Model) -> Result<Listener, ApplyError> {
+        let tls_error = |source| ApplyError::Tls {
+            key: port.key.clone(),
+            source,
+        };
+        let endpoint = match &port.tls {
+            Some(tls) => Some(Arc::new(TlsEndpoint::new(tls).map_err(tls_error)?)),
+            None => None,
+        };
+        let cx = self.route_context(endpoint.as_deref(), model);
+        let route = Route::build(port, None, &cx).map_err(tls_error)?;
+        Listener::bind(port.key.clone(), port.bind, route, endpoint).map_err(|source| {
+            ApplyError::Bind {
+                key: port.key.clone(),
+                address: port.bind,
+                source,
+            }
+        })
+    }
+
+    fn prepare_swap(
+        &self,
+        listener: &Listener,
+        port: &Port,
+        model: &Model,
+    ) -> Result<PreparedSwap, ApplyError> {
+        let tls_error = |source| ApplyError::Tls {
+            key: port.key.clone(),
+            source,
+        };
+        let new_endpoint = match (&port.tls, listener.tls()) {
+            (Some(tls), None) => Some(Arc::new(TlsEndpoint::new(tls).map_err(tls_error)?)),
+            _ => None,
+        };
+        let endpoint = new_endpoint.as_deref().or(listener.tls().map(Arc::as_ref));
+        let previous = listener.shared().route.load();
+        let cx = self.route_context(endpoint, model);
+        let route = Route::build(port, Some(&previous), &cx).map_err(tls_error)?;
+        Ok(PreparedSwap {
+            key: port.key.clone(),
+            route,
+            new_endpoint,
+        })
+    }
+
+    fn drain_in_background(&self, mut listener: Listener, grace: Duration) {
+        listener.begin_drain();
+        let inner = self.inner.clone();
+        self.inner.draining.spawn(async move {
+            listener.finish_drain(grace).await;
+            let key = listener.key();
+            // A rebound port reuses its label sets; only a port that is gone is forgotten.
+            if inner.model.load().port(key).is_none() {
+                let route = listener.shared().route.load();
+                for backend in route.pool.backends() {
+                    inner
+                        .metrics
+                        .forget_backend(&key.service, &key.port, &backend.label);
+                }
+                inner
+                    .metrics
+                    .forget_backend(&key.service, &key.port, "none");
+                inner.metrics.forget_port(&key.service, &key.port);
+            }
+        });
+    }
+
+    async fn start_admin(&self, address: SocketAddr) -> Result<SmallServer, ApplyError> {
+        let admin_error = |source| ApplyError::Admin { address, source };
+        let socket = TcpListener::bind(address).await.map_err(admin_error)?;
+        let view: Arc<dyn AdminView> = self.inner.clone();
+        let server = SmallServer::start(socket, AdminApp::new(view)).map_err(admin_error)?;
+        tracing::info!(address = %server.local_addr(), "admin listening");
+        Ok(server)
+    }
+
+    fn set_admin(&self, server: SmallServer) -> Option<SmallServer> {
+        match self.inner.admin.lock() {
+            Ok(mut slot) => slot.replace(server),
+            Err(poisoned) => poisoned.into_inner().replace(server),
+        }
+    }
+
+    async fn stop_admin(&self) {
+        let server = match self.inner.admin.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(server) = server {
+            server.stop().await;
+        }
+    }
+}
+
+/// A key the diff named is in the model it came from.
+fn port_of<'a>(model: &'a Model, key: &ListenerKey) -> &'a Port {
+    model
+        .port(key)
+        .expect("the diff names only ports present in the new model")
+}
+
+impl AdminView for Inner {
+    fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        let live = self.live.load();
+        let listeners: serde_json::Map<String, serde_json::Value> = live
+            .iter()
+            .map(|(key, l)| {
+                let route = l.shared.route.load();
+                let backends: Vec<_> = route
+                    .pool
+                    .backends()
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "address": b.label,
+                            "backing_off": b.is_backing_off(),
+                            "in_flight": b.metrics.in_flight.get(),
+                        })
+                    })
+                    .collect();
+                let state = serde_json::json!({
+                    "address": l.local_addr.to_string(),
+                    "protocol": route.port.protocol.as_str(),
+                    "policy": route.pool.policy(),
+                    "open_connections": l.connections.len(),
+                    "backends": backends,
+                });
+                (key.to_string(), state)
+            })
+            .collect();
+        serde_json::json!({
+            "config": &*self.model.load_full(),
+            "listeners": listeners,
+        })
+    }
+}

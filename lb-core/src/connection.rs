@@ -1,0 +1,121 @@
+//! One accepted client connection, from the socket to the protocol handler the route names:
+//! TLS handshake (bounded by `tls_handshake`) where the port terminates TLS, then the TCP relay
+//! or the HTTP driver.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use lb_config::Protocol;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::tls::TlsStream;
+use pingora::protocols::SocketDigest;
+use pingora::protocols::{GetSocketDigest, Ssl};
+use tokio::net::TcpStream;
+
+use crate::http;
+use crate::listener::ListenerShared;
+use crate::route::Route;
+use crate::tcp::{self, ClientInfo};
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection<'a>(&'a Route);
+
+impl<'a> OpenConnection<'a> {
+    fn new(route: &'a Route) -> Self {
+        route.metrics.connections.inc();
+        route.metrics.active.inc();
+        OpenConnection(route)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.active.dec();
+    }
+}
+
+/// Serves one accepted connection with `route`.
+pub(crate) async fn serve(
+    shared: &ListenerShared,
+    route: Arc<Route>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _open = OpenConnection::new(&route);
+    let local = match stream.local_addr() {
+        Ok(local) => local,
+        Err(_) => return, // the client is already gone
+    };
+    let protocol = route.port.protocol;
+    if protocol == Protocol::Tcp {
+        let info = ClientInfo {
+            peer,
+            local,
+            server_name: None,
+        };
+        return tcp::proxy(&route, stream, info).await;
+    }
+
+    let stream = pingora_stream(stream, peer, local);
+    match protocol {
+        Protocol::Tcp => {}
+        Protocol::Http => {
+            if let Some(app) = shared.http.load_full() {
+                http::serve_cleartext(&app, &shared.route, stream, shared.drain.clone()).await;
+            }
+        }
+        Protocol::Tls | Protocol::Https => {
+            let Some(tls) = handshake(&route, stream).await else {
+                return;
+            };
+            if protocol == Protocol::Tls {
+                let server_name = tls
+                    .get_ssl()
+                    .and_then(|s| s.server_name())
+                    .map(str::to_owned);
+                let info = ClientInfo {
+                    peer,
+                    local,
+                    server_name: server_name.as_deref(),
+                };
+                tcp::proxy(&route, tls, info).await;
+            } else if let Some(app) = shared.http.load_full() {
+                http::serve_tls(&app, &shared.route, Box::new(tls), shared.drain.clone()).await;
+            }
+        }
+    }
+}
+
+/// Wraps an accepted socket for pingora, recording the addresses pingora reports to the proxy
+/// logic (it only learns them itself when it accepts the socket).
+pub(crate) fn pingora_stream(stream: TcpStream, peer: SocketAddr, local: SocketAddr) -> L4Stream {
+    let mut stream = L4Stream::from(stream);
+    use std::os::fd::AsRawFd;
+    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(peer)));
+    let _ = digest.local_addr.set(Some(PingoraAddr::Inet(local)));
+    stream.set_socket_digest(digest);
+    stream
+}
+
+async fn handshake(route: &Route, stream: L4Stream) -> Option<TlsStream<L4Stream>> {
+    let acceptor = route.tls.as_ref()?;
+    let timeout = route.port.settings.timeouts.tls_handshake;
+    match tokio::time::timeout(timeout, acceptor.tls_handshake(stream)).await {
+        Ok(Ok(tls)) => {
+            route.metrics.tls_handshakes.inc();
+            Some(tls)
+        }
+        Ok(Err(err)) => {
+            route.metrics.tls_handshake_failures.inc();
+            tracing::debug!(port = %route.port.key, %err, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            route.metrics.tls_handshake_failures.inc();
+            tracing::debug!(port = %route.port.key, "TLS handshake timed out");
+            None
+        }
+    }
+}

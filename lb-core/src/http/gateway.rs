@@ -1,0 +1,328 @@
+//! Gantry's pingora `ProxyHttp`: per request, load the listener's current route, pick a backend
+//! through the pool (retrying another after a failed connect), rewrite the forwarding headers,
+//! and account the outcome in metrics and the access log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use lb_config::BackendProtocol;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use tokio::time::Instant;
+
+use crate::balancer::PickContext;
+use crate::metrics::Rejection;
+use crate::pool::{BackendLease, BackendState, Tried};
+use crate::route::{Route, RouteCell};
+
+/// The proxy logic of one HTTP listener.
+pub struct Gateway {
+    route: RouteCell,
+}
+
+impl Gateway {
+    /// Serves whatever route `route` holds at each request.
+    pub fn new(route: RouteCell) -> Self {
+        Gateway { route }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    route: Arc<Route>,
+    started: Instant,
+    /// The backend now in use, counted in flight while held.
+    lease: Option<(usize, BackendLease)>,
+    /// The last backend chosen, kept for accounting after its lease is dropped.
+    backend: Option<Arc<BackendState>>,
+    tried: Tried,
+}
+
+fn client_ip(session: &Session) -> Option<SocketAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).copied()
+}
+
+/// The name the client asked for: `Host` (or `:authority`), without a port; SNI otherwise.
+fn authority(session: &Session) -> Option<&str> {
+    let header = session.req_header();
+    let host = header
+        .uri
+        .host()
+        .or_else(|| header.headers.get(http::header::HOST)?.to_str().ok());
+    host.map(strip_port)
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(end) = host.strip_prefix('[').and_then(|rest| rest.find(']')) {
+        return &host[..end + 2]; // an IPv6 literal keeps its brackets
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            route: self.route.load_full(),
+            started: Instant::now(),
+            lease: None,
+            backend: None,
+            tried: Tried::default(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // HTTP/1 heads were checked by the head reader. An HTTP/2 header list is bounded in
+        // bytes by the h2 settings; its count is checked here.
+        let limit = ctx.route.port.settings.limits.max_headers as usize;
+        if session.is_http2() && session.req_header().headers.len() > limit {
+            ctx.route.metrics.rejected(Rejection::TooManyHeaders);
+            session.respond_error(431).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let cx = PickContext {
+            client: client_ip(session),
+            authority: authority(session),
+            protocol: ctx.route.port.protocol,
+        };
+        let Some((index, backend)) = ctx.route.pool.select(&cx, &ctx.tried) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no backend available",
+            ));
+        };
+        let mut peer = HttpPeer::new(backend.address, false, String::new());
+        let timeouts = &ctx.route.port.settings.timeouts;
+        peer.options.connection_timeout = Some(timeouts.connect);
+        peer.options.read_timeout = Some(timeouts.upstream_read);
+        peer.options.idle_timeout = Some(timeouts.upstream_idle);
+        if ctx.route.port.backend_protocol == BackendProtocol::H2c {
+            peer.options.set_http_version(2, 2);
+        }
+        ctx.lease = Some((index, backend.lease()));
+        ctx.backend = Some(backend);
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (false, Some(backend)) = (reused, &ctx.backend) {
+            ctx.route.pool.connect_succeeded(backend);
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some((index, lease)) = ctx.lease.take() {
+            ctx.route.pool.connect_failed(lease.backend());
+            ctx.tried.push(index);
+            // Nothing was sent yet, so any method may go to another backend.
+            e.set_retry(ctx.tried.len() <= ctx.route.pool.retries() as usize);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let proto = if ctx.route.port.protocol.terminates_tls() {
+            "https"
+        } else {
+            "http"
+        };
+        let client = client_ip(session).map(|a| a.ip());
+        let trusted = client.is_some_and(|ip| is_trusted(&ctx.route, ip));
+        let forwarded_for = forwarded_for(upstream, client, trusted);
+        // Headers from an untrusted client are dropped: they would let it claim any address.
+        if !trusted || upstream.headers.get("x-forwarded-proto").is_none() {
+            upstream.insert_header("x-forwarded-proto", proto)?;
+        }
+        match forwarded_for {
+            Some(value) => upstream.insert_header("x-forwarded-for", value)?,
+            None => {
+                upstream.remove_header("x-forwarded-for");
+            }
+        }
+        Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _e: &Error) -> bool {
+        // `logging` reports failures once, with the service, port and backend.
+        true
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = status_for(e);
+        if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let backend = ctx.backend.as_deref();
+        let metrics = backend.map_or(&ctx.route.unrouted, |b| &b.metrics);
+        let elapsed = ctx.started.elapsed();
+        metrics.request(status, elapsed);
+        metrics
+            .bytes_received
+            .inc_by(session.body_bytes_read() as u64);
+        metrics.bytes_sent.inc_by(session.body_bytes_sent() as u64);
+        let key = &ctx.route.port.key;
+        let backend_label = backend.map_or("none", |b| b.label.as_str());
+        if let Some(e) = e {
+            tracing::warn!(
+                service = %key.service, port = %key.port, backend = backend_label,
+                status = status.unwrap_or(0), error = %e, "request failed"
+            );
+        }
+        if ctx.route.access_log {
+            let head = session.req_header();
+            tracing::info!(
+                target: "gantry::access",
+                service = %key.service,
+                port = %key.port,
+                client = %client_ip(session).map_or_else(String::new, |a| a.to_string()),
+                method = %head.method,
+                path = head.uri.path_and_query().map_or("/", |p| p.as_str()),
+                status = status.unwrap_or(0),
+                backend = backend_label,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes_sent = session.body_bytes_sent(),
+            );
+        }
+    }
+}
+
+fn is_trusted(route: &Route, ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    route
+        .port
+        .settings
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&ip))
+}
+
+/// The `X-Forwarded-For` to send: the client's address, appended to what a trusted proxy sent.
+fn forwarded_for(
+    upstream: &RequestHeader,
+    client: Option<IpAddr>,
+    trusted: bool,
+) -> Option<String> {
+    let prior: Vec<&str> = if trusted {
+        upstream
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut parts = prior;
+    let client = client.map(|ip| ip.to_string());
+    if let Some(client) = &client {
+        parts.push(client);
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// Timeouts toward a backend are 504; other backend failures 502; a status chosen by the
+/// proxy (503 when no backend) is kept; a client that went away gets nothing.
+fn status_for(e: &Error) -> u16 {
+    match (e.etype(), e.esource()) {
+        (ErrorType::HTTPStatus(code), _) => *code,
+        (
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ErrorSource::Upstream,
+        ) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ErrorSource::Downstream,
+        ) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        _ => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped_from_host_names_and_ipv6_literals() {
+        assert_eq!(strip_port("a.test:8080"), "a.test");
+        assert_eq!(strip_port("a.test"), "a.test");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn forwarded_for_is_replaced_unless_the_client_is_trusted() {
+        let mut head = RequestHeader::build("GET", b"/", None).expect("head");
+        head.append_header("x-forwarded-for", "203.0.113.9")
+            .expect("header");
+        let client = Some(IpAddr::from([192, 0, 2, 1]));
+        assert_eq!(
+            forwarded_for(&head, client, false).as_deref(),
+            Some("192.0.2.1")
+        );
+        assert_eq!(
+            forwarded_for(&head, client, true).as_deref(),
+            Some("203.0.113.9, 192.0.2.1")
+        );
+    }
+
+    #[test]
+    fn upstream_timeouts_are_504_and_other_upstream_errors_502() {
+        let timeout = Error::new(ErrorType::ReadTimedout).into_up();
+        assert_eq!(status_for(&timeout), 504);
+        let refused = Error::new(ErrorType::ConnectRefused).into_up();
+        assert_eq!(status_for(&refused), 502);
+        let chosen = Error::new(ErrorType::HTTPStatus(503));
+        assert_eq!(status_for(&chosen), 503);
+    }
+}

@@ -1,0 +1,227 @@
+//! Reading an HTTP/1 request head before pingora parses it, to enforce what pingora does not:
+//! a deadline on the whole head counted from its first byte (pingora only bounds each read, so
+//! a client trickling a byte at a time would hold the connection), the operator's size and
+//! count limits answered with 431, and RFC 9112 §6.3 framing: a request with both
+//! `Content-Length` and `Transfer-Encoding`, or with conflicting lengths, is refused with 400
+//! and never forwarded (pingora would drop the length and forward it).
+//!
+//! The bytes read are handed to pingora unchanged as the session's prefix, so nothing is parsed
+//! differently from what pingora would have done; anything this reader cannot classify is left
+//! to pingora's own parser and its own 400.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::metrics::Rejection;
+
+/// pingora's HTTP/1 parser holds at most this many headers; limits are validated against it.
+const PARSER_HEADER_SLOTS: usize = 256;
+
+/// The limits and timeouts a head is read under.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    /// Largest request head, in bytes.
+    pub max_bytes: usize,
+    /// Most headers.
+    pub max_headers: usize,
+    /// From the first byte of the head to its end.
+    pub header_timeout: Duration,
+    /// Waiting for the first byte of a request on an open connection.
+    pub idle_timeout: Duration,
+}
+
+/// The outcome of reading one request head.
+#[derive(Debug)]
+pub enum Head {
+    /// A complete head (and possibly the start of the body) to hand to pingora.
+    Ready(BytesMut),
+    /// The client closed, stayed idle past the idle timeout, or the listener is draining.
+    Closed,
+    /// The request must be refused with this answer, then the connection closed.
+    Refused(Rejection),
+}
+
+/// Reads one request head from `io`, or decides why not.
+pub async fn read_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    limits: HeadLimits,
+    drain: &mut watch::Receiver<bool>,
+) -> Head {
+    let mut buf = BytesMut::with_capacity(4096);
+    // Waiting for a request is idleness, bounded by the idle timeout and cut short by a drain.
+    let first = tokio::select! {
+        biased;
+        read = io.read_buf(&mut buf) => read,
+        _ = tokio::time::sleep(limits.idle_timeout) => return Head::Closed,
+        _ = drain.wait_for(|draining| *draining) => return Head::Closed,
+    };
+    if !matches!(first, Ok(n) if n > 0) {
+        return Head::Closed;
+    }
+    let deadline = Instant::now() + limits.header_timeout;
+    loop {
+        match inspect(&buf, limits) {
+            Inspection::Complete => return Head::Ready(buf),
+            Inspection::Refuse(why) => return Head::Refused(why),
+            Inspection::Partial => {}
+        }
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Err(_elapsed) => return Head::Refused(Rejection::HeaderTimeout),
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Head::Closed,
+        }
+    }
+}
+
+enum Inspection {
+    Complete,
+    Partial,
+    Refuse(Rejection),
+}
+
+fn inspect(buf: &[u8], limits: HeadLimits) -> Inspection {
+    let mut slots = [httparse::EMPTY_HEADER; PARSER_HEADER_SLOTS];
+    let slots = &mut slots[..limits.max_headers.min(PARSER_HEADER_SLOTS)];
+    let mut request = httparse::Request::new(slots);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > limits.max_bytes => {
+            Inspection::Refuse(Rejection::HeaderTooLarge)
+        }
+        Ok(httparse::Status::Complete(_)) => match framing_is_ambiguous(request.headers) {
+            true => Inspection::Refuse(Rejection::AmbiguousLength),
+            false => Inspection::Complete,
+        },
+        Ok(httparse::Status::Partial) if buf.len() > limits.max_bytes => {
+            Inspection::Refuse(Rejection::HeaderTooLarge)
+        }
+        Ok(httparse::Status::Partial) => Inspection::Partial,
+        Err(httparse::Error::TooManyHeaders) => Inspection::Refuse(Rejection::TooManyHeaders),
+        // Anything else malformed: pingora's parser has the final word (and answers 400).
+        Err(_) => Inspection::Complete,
+    }
+}
+
+/// Both framings at once, or `Content-Length` values that disagree (across repeated headers or
+/// within one comma-separated header), make the body's end ambiguous: the classic
+/// request-smuggling setup, refused outright.
+fn framing_is_ambiguous(headers: &[httparse::Header<'_>]) -> bool {
+    let mut transfer_encoding = false;
+    let mut length: Option<&[u8]> = None;
+    for header in headers {
+        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            for value in header.value.split(|b| *b == b',') {
+                let value = value.trim_ascii();
+                match length {
+                    Some(seen) if seen != value => return true,
+                    _ => length = Some(value),
+                }
+            }
+        }
+    }
+    transfer_encoding && length.is_some()
+}
+
+/// The response sent for a refused request; the connection is closed after it.
+pub fn refusal_response(why: Rejection) -> &'static [u8] {
+    match why {
+        Rejection::HeaderTooLarge | Rejection::TooManyHeaders => {
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        }
+        Rejection::HeaderTimeout => {
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        }
+        Rejection::AmbiguousLength => {
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_bytes: 256,
+        max_headers: 4,
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+    };
+
+    fn classify(raw: &str) -> &'static str {
+        match inspect(raw.as_bytes(), LIMITS) {
+            Inspection::Complete => "complete",
+            Inspection::Partial => "partial",
+            Inspection::Refuse(why) => why.label(),
+        }
+    }
+
+    #[test]
+    fn heads_are_classified() {
+        assert_eq!(classify("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), "complete");
+        assert_eq!(classify("GET / HTTP/1.1\r\nHost: a\r\n"), "partial");
+        assert_eq!(
+            classify(&format!("GET /{} HTTP/1.1\r\n", "a".repeat(300))),
+            "header_too_large"
+        );
+        assert_eq!(
+            classify("GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\n\r\n"),
+            "too_many_headers"
+        );
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for raw in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
+        ] {
+            assert_eq!(classify(raw), "ambiguous_length", "{raw:?}");
+        }
+        assert_eq!(
+            classify("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            "complete",
+            "identical repeats are one length (RFC 9110 §8.6)"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_times_out_from_its_first_byte() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let (_tx, mut drain) = watch::channel(false);
+        let reader = tokio::spawn(async move { read_head(&mut server, LIMITS, &mut drain).await });
+        use tokio::io::AsyncWriteExt;
+        for byte in b"GET / HTTP/1.1\r\n" {
+            // Writes fail once the reader gave up and closed its end; that is the point.
+            let _ = client.write_all(&[*byte]).await;
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let head = reader.await.expect("join");
+        assert!(
+            matches!(head, Head::Refused(Rejection::HeaderTimeout)),
+            "{head:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_closes_quietly_and_a_drain_ends_the_wait() {
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let (_tx, mut drain) = watch::channel(false);
+        let head = read_head(&mut server, LIMITS, &mut drain).await;
+        assert!(matches!(head, Head::Closed));
+
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let (tx, mut drain) = watch::channel(false);
+        let reader = tokio::spawn(async move { read_head(&mut server, LIMITS, &mut drain).await });
+        tx.send_replace(true);
+        assert!(matches!(reader.await.expect("join"), Head::Closed));
+    }
+}

@@ -1,0 +1,129 @@
+//! HTTP listeners. Gantry drives each client connection itself and hands requests to a pingora
+//! `HttpProxy`: HTTP/2 (ALPN `h2`, or the h2c preface on cleartext) goes to pingora whole;
+//! HTTP/1 runs a loop in which [`head::read_head`] reads and checks each request head under
+//! Gantry's limits before pingora parses it. One pingora app lives as long as its listener, so
+//! upstream keep-alive pools survive backend changes.
+
+pub mod gateway;
+pub mod head;
+
+use std::sync::Arc;
+
+use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{Stream, ALPN};
+use pingora::proxy::HttpProxy;
+use pingora::server::configuration::ServerConf;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+use self::gateway::Gateway;
+use self::head::{read_head, refusal_response, Head, HeadLimits};
+use crate::route::{Route, RouteCell};
+
+/// The pingora application of one HTTP listener.
+pub type HttpApp = HttpProxy<Gateway>;
+
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4), enough to tell h2c from HTTP/1.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Builds the app serving `route`. `max_header_bytes` also bounds HTTP/2 header lists; when it
+/// changes the app is rebuilt.
+pub fn build_app(route: RouteCell, max_header_bytes: u32) -> Arc<HttpApp> {
+    let mut proxy = HttpProxy::new(Gateway::new(route), Arc::new(ServerConf::default()));
+    proxy.handle_init_modules();
+    let mut options = HttpServerOptions::default();
+    // Lets pingora accept the h2c connections `serve_cleartext` hands it.
+    options.h2c = true;
+    proxy.server_options = Some(options);
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(max_header_bytes);
+    proxy.h2_options = Some(h2);
+    Arc::new(proxy)
+}
+
+fn head_limits(route: &Route) -> HeadLimits {
+    let settings = &route.port.settings;
+    HeadLimits {
+        max_bytes: settings.limits.max_header_bytes as usize,
+        max_headers: settings.limits.max_headers as usize,
+        header_timeout: settings.timeouts.header_read,
+        idle_timeout: settings.timeouts.client_idle,
+    }
+}
+
+/// Serves a cleartext connection: h2c by prior knowledge, else HTTP/1.
+pub async fn serve_cleartext(
+    app: &Arc<HttpApp>,
+    route: &RouteCell,
+    mut stream: L4Stream,
+    mut drain: watch::Receiver<bool>,
+) {
+    let first = read_head(&mut stream, head_limits(&route.load()), &mut drain).await;
+    if let Head::Ready(bytes) = &first {
+        if bytes.starts_with(H2_PREFACE_START) {
+            stream.rewind(bytes);
+            ServerApp::process_new(app, Box::new(stream), &drain).await;
+            return;
+        }
+    }
+    serve_http1(app, route, Box::new(stream), Some(first), drain).await;
+}
+
+/// Serves a TLS connection: HTTP/2 when ALPN chose it, else HTTP/1.
+pub async fn serve_tls(
+    app: &Arc<HttpApp>,
+    route: &RouteCell,
+    stream: Stream,
+    drain: watch::Receiver<bool>,
+) {
+    if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        ServerApp::process_new(app, stream, &drain).await;
+    } else {
+        serve_http1(app, route, stream, None, drain).await;
+    }
+}
+
+/// The HTTP/1 keep-alive loop: read a head under the current limits, let pingora proxy the
+/// request, repeat while the connection stays reusable.
+async fn serve_http1(
+    app: &Arc<HttpApp>,
+    route: &RouteCell,
+    mut stream: Stream,
+    mut pending: Option<Head>,
+    mut drain: watch::Receiver<bool>,
+) {
+    loop {
+        let current = route.load_full();
+        let limits = head_limits(&current);
+        let head = match pending.take() {
+            Some(head) => head,
+            None => read_head(&mut stream, limits, &mut drain).await,
+        };
+        match head {
+            Head::Ready(prefix) => {
+                let mut session = ServerSession::new_http1(stream);
+                session.set_pipelined_prefix(prefix);
+                // Any non-zero value lets pingora keep the connection; the idle wait itself
+                // is `read_head`'s.
+                session.set_keepalive(Some(limits.idle_timeout.as_secs().max(1)));
+                match app.process_new_http(session, &drain).await {
+                    Some(reused) => stream = reused.consume().0,
+                    None => return,
+                }
+            }
+            Head::Closed => return,
+            Head::Refused(why) => {
+                current.metrics.rejected(why);
+                let key = &current.port.key;
+                tracing::debug!(service = %key.service, port = %key.port, reason = why.label(), "request refused");
+                if stream.write_all(refusal_response(why)).await.is_ok() {
+                    let _ = stream.flush().await;
+                }
+                let _ = stream.shutdown().await;
+                return;
+            }
+        }
+    }
+}

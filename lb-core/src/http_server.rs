@@ -1,0 +1,86 @@
+//! A minimal HTTP server for Gantry's own small endpoints (the admin listener and the demo's
+//! backends): pingora's `ServeHttp` apps behind a plain accept loop that stops on request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora::apps::http_app::ServeHttp;
+use pingora::apps::ServerApp;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::pingora_stream;
+
+/// A running server; dropping it without [`SmallServer::stop`] leaves it running.
+pub struct SmallServer {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    close: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl SmallServer {
+    /// Serves `app` on `listener` until stopped.
+    pub fn start<A>(listener: TcpListener, app: A) -> std::io::Result<SmallServer>
+    where
+        A: ServeHttp + Send + Sync + 'static,
+    {
+        let local_addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let connections = TaskTracker::new();
+        let close = CancellationToken::new();
+        let app = Arc::new(app);
+        let tracker = connections.clone();
+        let closing = close.clone();
+        tokio::spawn(async move {
+            let mut stopped = stop_rx.clone();
+            loop {
+                let (stream, peer) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(err) => {
+                            tracing::warn!(%err, "accept failed");
+                            continue;
+                        }
+                    },
+                    _ = stopped.wait_for(|s| *s) => return,
+                };
+                let Ok(local) = stream.local_addr() else {
+                    continue;
+                };
+                let app = app.clone();
+                let shutdown = stop_rx.clone();
+                let closing = closing.clone();
+                tracker.spawn(async move {
+                    let stream = pingora_stream(stream, peer, local);
+                    tokio::select! {
+                        _ = ServerApp::process_new(&app, Box::new(stream), &shutdown) => {}
+                        _ = closing.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Ok(SmallServer {
+            local_addr,
+            stop,
+            close,
+            connections,
+        })
+    }
+
+    /// The address served.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and closes open connections: these endpoints answer in microseconds,
+    /// so there is nothing worth draining, and an idle keep-alive client must not delay exit.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        self.close.cancel();
+        self.connections.close();
+        self.connections.wait().await;
+    }
+}

@@ -1,0 +1,320 @@
+//! One listening socket and the connections it accepted. The accept loop loads the current
+//! [`Route`] per connection, so a reload swaps what a listener serves without touching its
+//! socket. Removing a listener closes the socket at once, asks open connections to finish
+//! (HTTP/1 closes after the current response, HTTP/2 sends GOAWAY, TCP runs on), and closes
+//! whatever is left when the grace period ends.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use lb_config::ListenerKey;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection;
+use crate::http::{self, HttpApp};
+use crate::route::{Route, RouteCell};
+use crate::tls::TlsEndpoint;
+
+/// Pending connections the kernel queues while Gantry is at its connection limit.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// Caps open connections; at the cap the accept loop waits and the kernel queues new ones.
+pub(crate) struct ConnLimiter {
+    active: AtomicUsize,
+    max: AtomicU32,
+    released: Notify,
+}
+
+/// One open connection's place under the cap.
+pub(crate) struct ConnPermit(Arc<ConnLimiter>);
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.released.notify_one();
+    }
+}
+
+impl ConnLimiter {
+    fn new(max: u32) -> Arc<Self> {
+        Arc::new(ConnLimiter {
+            active: AtomicUsize::new(0),
+            max: AtomicU32::new(max),
+            released: Notify::new(),
+        })
+    }
+
+    fn set_max(&self, max: u32) {
+        self.max.store(max, Ordering::Release);
+        // A raised cap may admit waiting connections now.
+        self.released.notify_one();
+    }
+
+    async fn acquire(self: &Arc<Self>) -> ConnPermit {
+        loop {
+            let released = self.released.notified();
+            let active = self.active.load(Ordering::Acquire);
+            if active < self.max.load(Ordering::Acquire) as usize
+                && self
+                    .active
+                    .compare_exchange(active, active + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                return ConnPermit(self.clone());
+            }
+            if active >= self.max.load(Ordering::Acquire) as usize {
+                released.await;
+            }
+        }
+    }
+}
+
+/// What connection tasks share with their listener.
+pub(crate) struct ListenerShared {
+    /// The current route.
+    pub(crate) route: RouteCell,
+    /// The pingora app, for HTTP ports.
+    pub(crate) http: ArcSwapOption<HttpApp>,
+    /// Flips to `true` when the listener drains.
+    pub(crate) drain: watch::Receiver<bool>,
+    limiter: Arc<ConnLimiter>,
+}
+
+/// A bound listener. It accepts once [`Listener::start`] is called; dropped before that, its
+/// socket simply closes (how a failed reload rolls back).
+pub(crate) struct Listener {
+    key: ListenerKey,
+    local_addr: SocketAddr,
+    shared: Arc<ListenerShared>,
+    /// Long-lived TLS state, once the port terminates TLS.
+    tls: Option<Arc<TlsEndpoint>>,
+    /// The header limit the current HTTP app was built with; `None` when not HTTP.
+    http_header_limit: Option<u32>,
+    socket: Option<TcpListener>,
+    drain: watch::Sender<bool>,
+    stop_accepting: CancellationToken,
+    force_close: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl Listener {
+    /// Binds `bind` for `route`; nothing is accepted until [`Listener::start`].
+    pub(crate) fn bind(
+        key: ListenerKey,
+        bind: SocketAddr,
+        route: Route,
+        tls: Option<Arc<TlsEndpoint>>,
+    ) -> std::io::Result<Listener> {
+        let socket = bind_socket(bind)?;
+        let local_addr = socket.local_addr()?;
+        let limiter = ConnLimiter::new(route.port.settings.limits.max_connections);
+        let (drain, drain_rx) = watch::channel(false);
+        let http_header_limit = http_header_limit(&route);
+        let route: RouteCell = Arc::new(ArcSwap::from_pointee(route));
+        let http = http_header_limit.map(|limit| http::build_app(route.clone(), limit));
+        Ok(Listener {
+            key,
+            local_addr,
+            shared: Arc::new(ListenerShared {
+                route,
+                http: ArcSwapOption::new(http),
+                drain: drain_rx,
+                limiter,
+            }),
+            tls,
+            http_header_limit,
+            socket: Some(socket),
+            drain,
+            stop_accepting: CancellationToken::new(),
+            force_close: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        })
+    }
+
+    /// Starts accepting.
+    pub(crate) fn start(&mut self) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        tokio::spawn(accept_loop(
+            socket,
+            self.shared.clone(),
+            self.stop_accepting.clone(),
+            self.force_close.clone(),
+            self.connections.clone(),
+        ));
+        tracing::info!(service = %self.key.service, port = %self.key.port, address = %self.local_addr, "listening");
+    }
+
+    /// The address actually bound (differs from the configured one for port 0).
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The key.
+    pub(crate) fn key(&self) -> &ListenerKey {
+        &self.key
+    }
+
+    /// What connection tasks share.
+    pub(crate) fn shared(&self) -> &Arc<ListenerShared> {
+        &self.shared
+    }
+
+    /// The listener's TLS state, if it has any yet.
+    pub(crate) fn tls(&self) -> Option<&Arc<TlsEndpoint>> {
+        self.tls.as_ref()
+    }
+
+    /// Keeps `endpoint` as the listener's TLS state.
+    pub(crate) fn set_tls(&mut self, endpoint: Arc<TlsEndpoint>) {
+        self.tls = Some(endpoint);
+    }
+
+    /// Serves `route` from the next connection or request on; returns the route it replaced.
+    pub(crate) fn swap(&mut self, route: Route) -> Arc<Route> {
+        self.shared
+            .limiter
+            .set_max(route.port.settings.limits.max_connections);
+        let wanted = http_header_limit(&route);
+        if wanted == self.http_header_limit {
+            return self.shared.route.swap(Arc::new(route));
+        }
+        self.http_header_limit = wanted;
+        // The app must exist before a route that needs it, and outlive a route that did.
+        match wanted {
+            Some(limit) => {
+                let app = http::build_app(self.shared.route.clone(), limit);
+                self.shared.http.store(Some(app));
+                self.shared.route.swap(Arc::new(route))
+            }
+            None => {
+                let old = self.shared.route.swap(Arc::new(route));
+                self.shared.http.store(None);
+                old
+            }
+        }
+    }
+
+    /// The listener's open connections (for counting them).
+    pub(crate) fn connections(&self) -> &TaskTracker {
+        &self.connections
+    }
+
+    /// Stops accepting (the socket closes now) and asks open connections to finish.
+    pub(crate) fn begin_drain(&mut self) {
+        self.socket = None;
+        self.stop_accepting.cancel();
+        self.connections.close();
+        self.drain.send_replace(true);
+    }
+
+    /// Waits for open connections to finish, up to `grace`; then closes the rest.
+    pub(crate) async fn finish_drain(&self, grace: Duration) {
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                service = %self.key.service, port = %self.key.port,
+                remaining = self.connections.len(),
+                "grace period over; closing remaining connections"
+            );
+            self.force_close.cancel();
+            self.connections.wait().await;
+        }
+    }
+}
+
+/// HTTP/2 header lists are bounded by the app's settings, so the app follows this limit.
+fn http_header_limit(route: &Route) -> Option<u32> {
+    route
+        .port
+        .protocol
+        .is_http()
+        .then_some(route.port.settings.limits.max_header_bytes)
+}
+
+fn bind_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Rebinding a port whose old connections sit in TIME_WAIT must not fail after a restart.
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    shared: Arc<ListenerShared>,
+    stop: CancellationToken,
+    force_close: CancellationToken,
+    connections: TaskTracker,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = shared.limiter.acquire() => permit,
+            _ = stop.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = stop.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors (or similar): back off instead of spinning; the
+                // kernel keeps queueing meanwhile.
+                tracing::error!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let route = shared.route.load_full();
+        let shared = shared.clone();
+        let force_close = force_close.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = connection::serve(&shared, route, stream, peer) => {}
+                _ = force_close.cancelled() => {}
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_limiter_admits_up_to_its_cap_and_follows_a_new_cap() {
+        let limiter = ConnLimiter::new(1);
+        let first = limiter.acquire().await;
+        let waiting = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.acquire().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        let second = waiting.await.expect("admitted after a release");
+        let third = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.acquire().await })
+        };
+        limiter.set_max(2);
+        let _third = third.await.expect("admitted after the cap rose");
+        drop(second);
+    }
+}

@@ -1,0 +1,37 @@
+//! Log setup: `tracing` to stderr, human-readable by default or one JSON object per line.
+//! The filter comes from `RUST_LOG` when set, else from the level given; pingora's own `log`
+//! records are bridged in, kept at `warn` because Gantry reports request failures itself.
+//! Access log lines use the target `gantry::access` and are enabled by `runtime.access_log`.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global subscriber; call once, first thing in `main`.
+pub fn init(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{level},pingora_core=warn,pingora_proxy=warn,pingora=warn"
+        ))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Err(err) = result {
+        eprintln!("logging already initialised: {err}");
+    }
+}

@@ -1,0 +1,61 @@
+//! Live reload on file change: the config file and every certificate and key file it names are
+//! polled every `runtime.watch_interval` by content, which sees in-place edits, atomic renames
+//! and the symlink swaps of Kubernetes-mounted secrets alike. A change triggers
+//! [`Gantry::reload_from_file`]; an invalid file is logged and the running config keeps serving
+//! until the files change again (or SIGHUP).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Gantry;
+
+/// What the watched files contain, as one hash; a missing file is a state of its own.
+fn fingerprint(files: &[PathBuf]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for file in files {
+        file.hash(&mut hasher);
+        std::fs::read(file).ok().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// The config file, the files the running model depends on, and those the file names now.
+fn watched_files(gantry: &Gantry, config: &Path) -> Vec<PathBuf> {
+    let mut files = vec![config.to_owned()];
+    files.extend(gantry.model().referenced_files());
+    files.extend(lb_config::files_named_by(config));
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Polls until `stop` is cancelled, reloading `config` whenever a watched file changes.
+pub async fn watch_files(gantry: Gantry, config: PathBuf, stop: CancellationToken) {
+    let mut files = watched_files(&gantry, &config);
+    let mut last = fingerprint(&files);
+    loop {
+        let interval = gantry.model().runtime.watch_interval;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        let current = fingerprint(&files);
+        if current == last {
+            continue;
+        }
+        tracing::info!(file = %config.display(), "configuration files changed; reloading");
+        let _ = gantry.reload_from_file(&config).await;
+        // The fingerprint taken before the reload read the files is the baseline, so an edit
+        // made during the reload is seen next time. Only a changed file set is re-read.
+        let now_watched = watched_files(&gantry, &config);
+        last = if now_watched == files {
+            current
+        } else {
+            fingerprint(&now_watched)
+        };
+        files = now_watched;
+    }
+}

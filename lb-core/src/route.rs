@@ -1,0 +1,95 @@
+//! What one listener serves, as an immutable snapshot: the port's model, its backend pool, its
+//! TLS acceptor and pre-resolved metric handles. A reload builds a new [`Route`] off the data
+//! path and swaps it in; each new connection (and each HTTP request) loads the current one.
+
+use std::sync::Arc;
+
+use lb_config::Port;
+use pingora::listeners::tls::Acceptor;
+
+use crate::balancer::BalancerFactory;
+use crate::metrics::{BackendMetrics, Metrics, PortMetrics};
+use crate::pool::BackendPool;
+use crate::tls::{Alpn, TlsEndpoint};
+
+/// A listener's serving state.
+pub struct Route {
+    /// The port as configured.
+    pub port: Port,
+    /// Port-level metric handles.
+    pub metrics: PortMetrics,
+    /// Metrics for work that found no backend (`backend="none"`).
+    pub unrouted: BackendMetrics,
+    /// Backends and the balancer.
+    pub pool: BackendPool,
+    /// Handshakes for `tls` and `https` ports.
+    pub tls: Option<Acceptor>,
+    /// Emit access log lines.
+    pub access_log: bool,
+}
+
+/// Inputs to [`Route::build`] that come from outside the port's own model.
+pub struct RouteContext<'a> {
+    /// Metric registry.
+    pub metrics: &'a Metrics,
+    /// The balancing policy.
+    pub balancer: &'a dyn BalancerFactory,
+    /// The listener's TLS state, for TLS ports.
+    pub tls: Option<&'a TlsEndpoint>,
+    /// `runtime.access_log`.
+    pub access_log: bool,
+}
+
+impl Route {
+    /// Builds the route for `port`, carrying backend state over from `previous`.
+    pub fn build(
+        port: &Port,
+        previous: Option<&Route>,
+        cx: &RouteContext<'_>,
+    ) -> Result<Route, rustls::Error> {
+        let (service, name) = (port.key.service.as_str(), port.key.port.as_str());
+        let pool = BackendPool::build(
+            &port.backends,
+            cx.balancer,
+            port.settings.retries,
+            port.settings.backoff,
+            previous.map(|r| &r.pool),
+            |backend| cx.metrics.backend(service, name, backend),
+        );
+        let alpn = if port.protocol.is_http() {
+            Alpn::Http
+        } else {
+            Alpn::None
+        };
+        let tls = match (port.protocol.terminates_tls(), cx.tls) {
+            (true, Some(endpoint)) => Some(endpoint.acceptor(alpn)?),
+            _ => None,
+        };
+        Ok(Route {
+            metrics: cx.metrics.port(service, name),
+            unrouted: cx.metrics.backend(service, name, "none"),
+            pool,
+            tls,
+            access_log: cx.access_log,
+            port: port.clone(),
+        })
+    }
+
+    /// Backends `self` had that `next` no longer has (their metrics can be forgotten).
+    pub fn departed_backends<'a>(&'a self, next: &'a Route) -> impl Iterator<Item = &'a str> {
+        self.pool
+            .backends()
+            .iter()
+            .filter(|old| {
+                !next
+                    .pool
+                    .backends()
+                    .iter()
+                    .any(|new| new.address == old.address)
+            })
+            .map(|old| old.label.as_str())
+    }
+}
+
+/// Shared handle to a listener's current route.
+pub type RouteCell = Arc<arc_swap::ArcSwap<Route>>;
