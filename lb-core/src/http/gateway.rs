@@ -99,8 +99,11 @@ impl ProxyHttp for Gateway {
             protocol: ctx.route.port.protocol,
         };
         let Some((index, backend)) = ctx.route.pool.select(&cx, &ctx.tried) else {
+            // Nothing to try at all is "unavailable"; everything tried and failed is a bad
+            // gateway.
+            let status = if ctx.tried.is_empty() { 503 } else { 502 };
             return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
+                ErrorType::HTTPStatus(status),
                 "no backend available",
             ));
         };
@@ -142,8 +145,12 @@ impl ProxyHttp for Gateway {
         if let Some((index, lease)) = ctx.lease.take() {
             ctx.route.pool.connect_failed(lease.backend());
             ctx.tried.push(index);
-            // Nothing was sent yet, so any method may go to another backend.
-            e.set_retry(ctx.tried.len() <= ctx.route.pool.retries() as usize);
+            // Nothing was sent yet, so any method may go to another backend, if one is left.
+            let tried = ctx.tried.len();
+            e.set_retry(
+                tried <= ctx.route.pool.retries() as usize
+                    && tried < ctx.route.pool.backends().len(),
+            );
         }
         e
     }

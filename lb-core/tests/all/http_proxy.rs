@@ -1,0 +1,235 @@
+//! HTTP/1.1 and h2c proxying: balancing, forwarding headers, failover, WebSocket, gRPC-style
+//! trailers over h2c, and the status codes of failure.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::client::{get, H1, H2};
+use crate::support::origin::{
+    read_ws_frame, websocket_accept, ws_frame, HttpOrigin, OriginProtocol,
+};
+use crate::support::{addr, metric, start};
+
+/// An address nothing listens on: bound, then closed.
+async fn dead_address() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_rotate_across_backends_on_new_and_kept_alive_connections() {
+    let origins = [
+        HttpOrigin::start("a", OriginProtocol::Http1).await,
+        HttpOrigin::start("b", OriginProtocol::Http1).await,
+        HttpOrigin::start("c", OriginProtocol::Http1).await,
+    ];
+    let gantry = start(&format!(
+        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\", \"{}\", \"{}\"] }}\n",
+        origins[0].addr, origins[1].addr, origins[2].addr
+    ))
+    .await;
+    let proxy = addr(&gantry, "web", "http");
+
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        let answer = get(proxy, "/").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        served.push(answer.header("x-origin").to_owned());
+    }
+    let mut kept = H1::connect(proxy).await.expect("connect");
+    for _ in 0..6 {
+        let answer = kept.get("/").await.expect("kept-alive request");
+        served.push(answer.header("x-origin").to_owned());
+    }
+    assert_eq!(served[..3], ["a", "b", "c"]);
+    for origin in &origins {
+        assert_eq!(origin.requests(), 4, "origin {} got its share", origin.name);
+    }
+    let text = gantry.metrics().render();
+    let series = format!(
+        "gantry_requests_total{{backend=\"{}\",class=\"2xx\",port=\"http\",service=\"web\"}}",
+        origins[0].addr
+    );
+    assert_eq!(metric(&text, &series), 4.0);
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_replaced_for_clients_and_appended_for_trusted_proxies() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = start(&format!(
+        r#"
+services:
+  - name: web
+    address: 127.0.0.1
+    ports:
+      - {{ name: public, port: 0, protocol: http, backends: ["{o}"] }}
+      - {{ name: behind-lb, port: 0, protocol: http, backends: ["{o}"], trusted_proxies: [127.0.0.0/8] }}
+"#,
+        o = origin.addr
+    ))
+    .await;
+    let spoofed = |port: &str| {
+        Request::get("/")
+            .header("host", port)
+            .header("x-forwarded-for", "203.0.113.66")
+            .header("x-forwarded-proto", "https")
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let mut public = H1::connect(addr(&gantry, "web", "public"))
+        .await
+        .expect("connect");
+    let answer = public.send(spoofed("public")).await.expect("response");
+    assert_eq!(answer.header("x-seen-xff"), "127.0.0.1");
+    assert_eq!(answer.header("x-seen-xfp"), "http");
+
+    let mut trusted = H1::connect(addr(&gantry, "web", "behind-lb"))
+        .await
+        .expect("connect");
+    let answer = trusted.send(spoofed("behind-lb")).await.expect("response");
+    assert_eq!(answer.header("x-seen-xff"), "203.0.113.66, 127.0.0.1");
+    assert_eq!(answer.header("x-seen-xfp"), "https");
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_backend_is_retried_elsewhere_then_skipped_while_it_backs_off() {
+    let origin = HttpOrigin::start("live", OriginProtocol::Http1).await;
+    let dead = dead_address().await;
+    let gantry = start(&format!(
+        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{dead}\", \"{}\"], backoff: {{ initial: 1h, max: 1h }} }}\n",
+        origin.addr
+    ))
+    .await;
+    let proxy = addr(&gantry, "web", "http");
+    for _ in 0..6 {
+        let answer = get(proxy, "/").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("x-origin"), "live");
+    }
+    let text = gantry.metrics().render();
+    let labels = format!("{{backend=\"{dead}\",port=\"http\",service=\"web\"}}");
+    assert_eq!(
+        metric(
+            &text,
+            &format!("gantry_upstream_connect_errors_total{labels}")
+        ),
+        1.0
+    );
+    assert_eq!(metric(&text, &format!("gantry_backend_up{labels}")), 0.0);
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backend_is_503_and_unreachable_backends_are_502() {
+    let (dead_a, dead_b) = (dead_address().await, dead_address().await);
+    let gantry = start(&format!(
+        r#"
+services:
+  - name: web
+    address: 127.0.0.1
+    ports:
+      - {{ name: empty, port: 0, protocol: http }}
+      - {{ name: down, port: 0, protocol: http, backends: ["{dead_a}", "{dead_b}"] }}
+"#
+    ))
+    .await;
+    assert_eq!(
+        get(addr(&gantry, "web", "empty"), "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        get(addr(&gantry, "web", "down"), "/").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    let text = gantry.metrics().render();
+    let none = "{backend=\"none\",class=\"5xx\",port=\"empty\",service=\"web\"}";
+    assert_eq!(metric(&text, &format!("gantry_requests_total{none}")), 1.0);
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_is_tunnelled_both_ways() {
+    let origin = HttpOrigin::start("ws", OriginProtocol::Http1).await;
+    let gantry = start(&format!(
+        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\"] }}\n",
+        origin.addr
+    ))
+    .await;
+    let mut stream = TcpStream::connect(addr(&gantry, "web", "http"))
+        .await
+        .expect("connect");
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    stream
+        .write_all(
+            format!(
+                "GET /ws HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains(&format!(
+            "sec-websocket-accept: {}",
+            websocket_accept(key).to_lowercase()
+        )),
+        "{head}"
+    );
+    for message in ["hello", "through the proxy"] {
+        let frame = ws_frame(0x1, message.as_bytes(), Some([1, 2, 3, 4]));
+        stream.write_all(&frame).await.expect("send frame");
+        let (opcode, payload) = read_ws_frame(&mut stream).await.expect("echo frame");
+        assert_eq!((opcode, payload.as_slice()), (0x1, message.as_bytes()));
+    }
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_and_h2c_backends_carry_grpc_trailers() {
+    let origin = HttpOrigin::start("grpc", OriginProtocol::H2c).await;
+    let gantry = start(&format!(
+        "services:\n  - name: api\n    address: 127.0.0.1\n    ports:\n      - {{ name: grpc, port: 0, protocol: http, backend_protocol: h2c, backends: [\"{}\"] }}\n",
+        origin.addr
+    ))
+    .await;
+    let proxy = addr(&gantry, "api", "grpc");
+    let stream = TcpStream::connect(proxy).await.expect("connect");
+    let mut h2 = H2::over(stream).await;
+    let request = Request::post(format!("http://{proxy}/grpc"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("request");
+    let (status, trailers) = h2.trailers(request).await;
+    assert_eq!(status, StatusCode::OK);
+    let trailers = trailers.expect("trailers reach the client");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    let answer = h2.get(&format!("http://{proxy}/plain")).await;
+    assert_eq!(
+        (answer.status, answer.version),
+        (StatusCode::OK, Version::HTTP_2)
+    );
+    assert_eq!(origin.requests(), 2);
+    gantry.shutdown(Duration::from_secs(1)).await;
+}

@@ -1,0 +1,7 @@
+//! Integration tests: Gantry in-process (and the `gantry` binary) against real origins and
+//! clients on loopback, with ephemeral ports and generated certificates.
+
+#![allow(unreachable_pub, missing_docs)]
+
+mod http_proxy;
+mod support;

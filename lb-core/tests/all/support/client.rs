@@ -1,0 +1,169 @@
+//! Clients the tests drive Gantry with: hyper for well-formed HTTP/1.1 and HTTP/2 (over TLS with
+//! ALPN, or h2c), raw sockets for malformed or slow input, and a TLS connector that trusts the
+//! test CA.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+pub fn get_request(authority: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", authority)
+        .body(Full::new(Bytes::new()))
+        .expect("request")
+}
+
+async fn read_answer(response: http::Response<hyper::body::Incoming>) -> hyper::Result<Answer> {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// An HTTP/1.1 keep-alive connection.
+pub struct H1 {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl H1 {
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<H1> {
+        let stream = TcpStream::connect(addr).await?;
+        Self::over(stream, addr.to_string()).await
+    }
+
+    pub async fn over<S>(io: S, authority: String) -> std::io::Result<H1>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn.with_upgrades());
+        Ok(H1 { sender, authority })
+    }
+
+    pub async fn get(&mut self, path: &str) -> hyper::Result<Answer> {
+        let request = get_request(&self.authority, path);
+        self.send(request).await
+    }
+
+    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> hyper::Result<Answer> {
+        self.sender.ready().await?;
+        read_answer(self.sender.send_request(request).await?).await
+    }
+}
+
+/// One GET on a new HTTP/1.1 connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Answer {
+    H1::connect(addr)
+        .await
+        .expect("connect")
+        .get(path)
+        .await
+        .expect("response")
+}
+
+/// An HTTP/2 connection (TLS with ALPN h2, or cleartext prior knowledge).
+pub struct H2 {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+}
+
+impl H2 {
+    pub async fn over<S>(io: S) -> H2
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        H2 { sender }
+    }
+
+    pub async fn get(&mut self, uri: &str) -> Answer {
+        let request = Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        self.send(request).await
+    }
+
+    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Answer {
+        self.sender.ready().await.expect("h2 ready");
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .expect("h2 response");
+        read_answer(response).await.expect("h2 body")
+    }
+
+    /// Sends a request and returns the status and the trailers, for gRPC-style exchanges.
+    pub async fn trailers(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> (StatusCode, Option<HeaderMap>) {
+        self.sender.ready().await.expect("h2 ready");
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .expect("h2 response");
+        let status = response.status();
+        let collected = response.into_body().collect().await.expect("body");
+        (status, collected.trailers().cloned())
+    }
+}
+
+/// A TLS connection to `addr` asking for `server_name`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(server_name.to_owned()).map_err(std::io::Error::other)?;
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// Writes `bytes` (without closing) and reads until the server closes the connection.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}

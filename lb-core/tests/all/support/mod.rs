@@ -1,0 +1,57 @@
+//! Shared test support: certificates, origins, clients, and starting Gantry from YAML.
+
+pub mod certs;
+pub mod client;
+pub mod origin;
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use lb_config::Model;
+use lb_core::Gantry;
+
+/// Parses test YAML (absolute paths only).
+pub fn model(yaml: &str) -> Model {
+    lb_config::parse_str(yaml, Path::new("/"))
+        .unwrap_or_else(|err| panic!("test config: {err}\n{yaml}"))
+}
+
+/// Starts Gantry on `yaml`; the admin listener goes to an ephemeral port.
+pub async fn start(yaml: &str) -> Gantry {
+    let yaml = format!("admin: {{ listen: \"127.0.0.1:0\" }}\n{yaml}");
+    Gantry::start(model(&yaml)).await.expect("gantry starts")
+}
+
+/// The bound address of `service`/`port`.
+pub fn addr(gantry: &Gantry, service: &str, port: &str) -> std::net::SocketAddr {
+    gantry
+        .listener_addr(service, port)
+        .unwrap_or_else(|| panic!("no listener {service}/{port}"))
+}
+
+/// The value of one series in `/metrics` text, e.g.
+/// `gantry_upstream_connect_errors_total{backend="127.0.0.1:1",port="p",service="s"}`;
+/// 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls `condition` until it holds, failing the test after 10 s. For conditions that become
+/// true through another task; the short pause between polls is not a timing assumption.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
