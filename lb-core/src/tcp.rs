@@ -74,7 +74,10 @@ where
 }
 
 /// Connects to a backend, trying others after failures, within the retry budget.
-async fn connect(route: &Route, info: &ClientInfo<'_>) -> Option<(BackendLease, TcpStream)> {
+pub(crate) async fn connect(
+    route: &Route,
+    info: &ClientInfo<'_>,
+) -> Option<(BackendLease, TcpStream)> {
     let cx = PickContext {
         client: Some(info.peer),
         authority: info.server_name,

@@ -2,7 +2,7 @@
 //! through the pool (retrying another after a failed connect), rewrite the forwarding headers,
 //! and account the outcome in metrics and the access log.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -13,6 +13,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use tokio::time::Instant;
 
+use super::forwarding::forwarded;
 use crate::balancer::PickContext;
 use crate::metrics::Rejection;
 use crate::pool::{BackendLease, BackendState, Tried};
@@ -161,19 +162,19 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let proto = if ctx.route.port.protocol.terminates_tls() {
-            "https"
-        } else {
-            "http"
-        };
         let client = client_ip(session).map(|a| a.ip());
-        let trusted = client.is_some_and(|ip| is_trusted(&ctx.route, ip));
-        let forwarded_for = forwarded_for(upstream, client, trusted);
-        // Headers from an untrusted client are dropped: they would let it claim any address.
-        if !trusted || upstream.headers.get("x-forwarded-proto").is_none() {
-            upstream.insert_header("x-forwarded-proto", proto)?;
-        }
-        match forwarded_for {
+        let prior_for = upstream
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let prior_proto = upstream
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok());
+        let headers = forwarded(&ctx.route, client, prior_for, prior_proto);
+        upstream.insert_header("x-forwarded-proto", headers.forwarded_proto)?;
+        match headers.forwarded_for {
             Some(value) => upstream.insert_header("x-forwarded-for", value)?,
             None => {
                 upstream.remove_header("x-forwarded-for");
@@ -239,43 +240,6 @@ impl ProxyHttp for Gateway {
     }
 }
 
-fn is_trusted(route: &Route, ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    route
-        .port
-        .settings
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&ip))
-}
-
-/// The `X-Forwarded-For` to send: the client's address, appended to what a trusted proxy sent.
-fn forwarded_for(
-    upstream: &RequestHeader,
-    client: Option<IpAddr>,
-    trusted: bool,
-) -> Option<String> {
-    let prior: Vec<&str> = if trusted {
-        upstream
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut parts = prior;
-    let client = client.map(|ip| ip.to_string());
-    if let Some(client) = &client {
-        parts.push(client);
-    }
-    (!parts.is_empty()).then(|| parts.join(", "))
-}
-
 /// Timeouts toward a backend are 504; other backend failures 502; a status chosen by the
 /// proxy (503 when no backend) is kept; a client that went away gets nothing.
 fn status_for(e: &Error) -> u16 {
@@ -305,22 +269,6 @@ mod tests {
         assert_eq!(strip_port("a.test"), "a.test");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
-    }
-
-    #[test]
-    fn forwarded_for_is_replaced_unless_the_client_is_trusted() {
-        let mut head = RequestHeader::build("GET", b"/", None).expect("head");
-        head.append_header("x-forwarded-for", "203.0.113.9")
-            .expect("header");
-        let client = Some(IpAddr::from([192, 0, 2, 1]));
-        assert_eq!(
-            forwarded_for(&head, client, false).as_deref(),
-            Some("192.0.2.1")
-        );
-        assert_eq!(
-            forwarded_for(&head, client, true).as_deref(),
-            Some("203.0.113.9, 192.0.2.1")
-        );
     }
 
     #[test]

@@ -128,19 +128,23 @@ fn framing_is_ambiguous(headers: &[httparse::Header<'_>]) -> bool {
     transfer_encoding && length.is_some()
 }
 
-/// The response sent for a refused request; the connection is closed after it.
-pub fn refusal_response(why: Rejection) -> &'static [u8] {
+/// The status a refused request is answered with.
+pub fn refusal_status(why: Rejection) -> u16 {
     match why {
-        Rejection::HeaderTooLarge | Rejection::TooManyHeaders => {
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        }
-        Rejection::HeaderTimeout => {
-            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        }
-        Rejection::AmbiguousLength => {
-            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        }
+        Rejection::HeaderTooLarge | Rejection::TooManyHeaders => 431,
+        Rejection::HeaderTimeout => 408,
+        Rejection::AmbiguousLength => 400,
     }
+}
+
+/// A bodiless HTTP/1.1 response that announces the connection closes after it.
+pub fn close_response(status: u16) -> Vec<u8> {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .into_bytes()
 }
 
 #[cfg(test)]

@@ -4,9 +4,12 @@
 //! Gantry's limits before pingora parses it. One pingora app lives as long as its listener, so
 //! upstream keep-alive pools survive backend changes.
 
+pub mod forwarding;
 pub mod gateway;
 pub mod head;
+pub mod upgrade;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
@@ -19,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use self::gateway::Gateway;
-use self::head::{read_head, refusal_response, Head, HeadLimits};
+use self::head::{close_response, read_head, refusal_status, Head, HeadLimits};
 use crate::route::{Route, RouteCell};
 
 /// The pingora application of one HTTP listener.
@@ -102,6 +105,12 @@ async fn serve_http1(
             None => read_head(&mut stream, limits, &mut drain).await,
         };
         match head {
+            Head::Ready(prefix) if upgrade::is_upgrade(&prefix) => {
+                if let Some((peer, local)) = addresses(&stream) {
+                    upgrade::tunnel(&current, stream, prefix, peer, local).await;
+                }
+                return;
+            }
             Head::Ready(prefix) => {
                 let mut session = ServerSession::new_http1(stream);
                 session.set_pipelined_prefix(prefix);
@@ -118,7 +127,11 @@ async fn serve_http1(
                 current.metrics.rejected(why);
                 let key = &current.port.key;
                 tracing::debug!(service = %key.service, port = %key.port, reason = why.label(), "request refused");
-                if stream.write_all(refusal_response(why)).await.is_ok() {
+                if stream
+                    .write_all(&close_response(refusal_status(why)))
+                    .await
+                    .is_ok()
+                {
                     let _ = stream.flush().await;
                 }
                 let _ = stream.shutdown().await;
@@ -126,4 +139,12 @@ async fn serve_http1(
             }
         }
     }
+}
+
+/// The client's and the local address, as recorded when the connection was accepted.
+fn addresses(stream: &Stream) -> Option<(SocketAddr, SocketAddr)> {
+    let digest = stream.get_socket_digest()?;
+    let peer = *digest.peer_addr()?.as_inet()?;
+    let local = *digest.local_addr()?.as_inet()?;
+    Some((peer, local))
 }

@@ -14,7 +14,7 @@ use crate::support::client::{get, H1, H2};
 use crate::support::origin::{
     read_ws_frame, websocket_accept, ws_frame, HttpOrigin, OriginProtocol,
 };
-use crate::support::{addr, metric, start};
+use crate::support::{addr, eventually, metric, start};
 
 /// An address nothing listens on: bound, then closed.
 async fn dead_address() -> SocketAddr {
@@ -199,6 +199,17 @@ async fn a_websocket_upgrade_is_tunnelled_both_ways() {
         let (opcode, payload) = read_ws_frame(&mut stream).await.expect("echo frame");
         assert_eq!((opcode, payload.as_slice()), (0x1, message.as_bytes()));
     }
+    drop(stream);
+    let series = format!(
+        "gantry_requests_total{{backend=\"{}\",class=\"1xx\",port=\"http\",service=\"web\"}}",
+        origin.addr
+    );
+    eventually("the closed tunnel to be counted as a 101", || {
+        let text = gantry.metrics().render();
+        let series = series.clone();
+        async move { metric(&text, &series) == 1.0 }
+    })
+    .await;
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 

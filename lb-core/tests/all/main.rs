@@ -5,3 +5,5 @@
 
 mod http_proxy;
 mod support;
+mod tcp_proxy;
+mod tls;

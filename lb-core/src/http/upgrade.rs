@@ -1,0 +1,208 @@
+//! HTTP/1 upgrades (WebSocket, or any `Upgrade:` protocol), tunnelled by Gantry itself.
+//!
+//! pingora 0.9.1 tears an upgraded connection down the moment it is established whenever the
+//! backend's `101` is read before the request's own empty body (cloudflare/pingora#946, still
+//! open), which a fast backend does routinely. So Gantry forwards the upgrade request head
+//! itself (forwarding headers rewritten by the same policy as every request), relays the
+//! backend's response head and counts its status, then relays bytes both ways exactly as a TCP
+//! port does. The connection is not reused for further requests afterwards.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::forwarding::forwarded;
+use super::head::close_response;
+use crate::route::Route;
+use crate::tcp::{self, ClientInfo};
+
+/// Largest backend response head accepted before the tunnel starts.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// True when the request asks to switch protocols (`Connection: upgrade` and `Upgrade:`).
+pub fn is_upgrade(head: &[u8]) -> bool {
+    let mut slots = [httparse::EMPTY_HEADER; 256];
+    let mut request = httparse::Request::new(&mut slots);
+    if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+        return false;
+    }
+    let has = |name: &str| {
+        request
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name))
+    };
+    let connection_upgrade = request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("connection")
+            && h.value
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    connection_upgrade && has("upgrade")
+}
+
+/// Tunnels one upgrade request whose head (and any bytes after it) is `head`.
+pub async fn tunnel<C>(
+    route: &Route,
+    mut client: C,
+    head: BytesMut,
+    peer: SocketAddr,
+    local: SocketAddr,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let (request, host) = match rewrite_head(route, &head, peer) {
+        Some(rewritten) => rewritten,
+        None => {
+            let _ = client.write_all(&close_response(400)).await;
+            return;
+        }
+    };
+    let info = ClientInfo {
+        peer,
+        local,
+        server_name: host.as_deref(),
+    };
+    let Some((lease, mut upstream)) = tcp::connect(route, &info).await else {
+        route.unrouted.request(Some(502), started.elapsed());
+        let _ = client.write_all(&close_response(502)).await;
+        return;
+    };
+    let backend = lease.backend();
+    let timeout = route.port.settings.timeouts.upstream_read;
+    let status = match exchange_heads(&mut upstream, &request, timeout).await {
+        Some((status, response)) => {
+            if client.write_all(&response).await.is_err() {
+                return;
+            }
+            status
+        }
+        None => {
+            backend.metrics.request(Some(502), started.elapsed());
+            let _ = client.write_all(&close_response(502)).await;
+            return;
+        }
+    };
+    let outcome = tcp::relay(
+        client,
+        upstream,
+        route.port.settings.timeouts.tcp_idle,
+        &backend.metrics.bytes_received,
+        &backend.metrics.bytes_sent,
+    )
+    .await;
+    backend.metrics.request(Some(status), started.elapsed());
+    if route.access_log {
+        let key = &route.port.key;
+        tracing::info!(
+            target: "gantry::access",
+            service = %key.service,
+            port = %key.port,
+            client = %peer,
+            upgrade = true,
+            status,
+            backend = %backend.label,
+            outcome = ?outcome,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+/// The request head to send upstream (with anything the client sent after it), and the host.
+fn rewrite_head(route: &Route, head: &[u8], peer: SocketAddr) -> Option<(Vec<u8>, Option<String>)> {
+    let mut slots = [httparse::EMPTY_HEADER; 256];
+    let mut request = httparse::Request::new(&mut slots);
+    let httparse::Status::Complete(length) = request.parse(head).ok()? else {
+        return None;
+    };
+    let text = |v: &[u8]| std::str::from_utf8(v).ok().map(str::to_owned);
+    let named = |name: &'static str| {
+        request
+            .headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+    };
+    let headers = forwarded(
+        route,
+        Some(peer.ip()),
+        named("x-forwarded-for"),
+        named("x-forwarded-proto").next(),
+    );
+    let host = named("host")
+        .next()
+        .map(|h| h.split(':').next().unwrap_or(h).to_owned());
+    let mut out = String::with_capacity(length + 128);
+    let _ = write!(
+        out,
+        "{} {} HTTP/1.{}\r\n",
+        request.method?, request.path?, request.version?
+    );
+    for header in request.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("x-forwarded-for")
+            || name.eq_ignore_ascii_case("x-forwarded-proto")
+        {
+            continue;
+        }
+        let _ = write!(out, "{name}: {}\r\n", text(header.value)?);
+    }
+    if let Some(value) = headers.forwarded_for {
+        let _ = write!(out, "x-forwarded-for: {value}\r\n");
+    }
+    let _ = write!(
+        out,
+        "x-forwarded-proto: {}\r\n\r\n",
+        headers.forwarded_proto
+    );
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&head[length..]);
+    Some((bytes, host))
+}
+
+/// Sends the request head and reads the backend's response head (and whatever came with it).
+async fn exchange_heads(
+    upstream: &mut TcpStream,
+    request: &[u8],
+    timeout: Duration,
+) -> Option<(u16, BytesMut)> {
+    upstream.write_all(request).await.ok()?;
+    let mut response = BytesMut::with_capacity(1024);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let read = tokio::time::timeout_at(deadline, upstream.read_buf(&mut response)).await;
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            return None;
+        }
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut parsed = httparse::Response::new(&mut slots);
+        match parsed.parse(&response) {
+            Ok(httparse::Status::Complete(_)) => return Some((parsed.code?, response)),
+            Ok(httparse::Status::Partial) if response.len() < MAX_RESPONSE_HEAD => {}
+            _ => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connection_upgrade_with_an_upgrade_header_is_an_upgrade() {
+        assert!(is_upgrade(
+            b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(!is_upgrade(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"));
+        assert!(!is_upgrade(
+            b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n"
+        ));
+        assert!(!is_upgrade(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+    }
+}
