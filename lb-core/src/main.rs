@@ -99,6 +99,7 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(config: PathBuf) -> ExitCode {
+    let baseline = lb_core::reload::Baseline::before_loading(&config);
     let model = match lb_config::load_file(&config) {
         Ok(model) => model,
         Err(err) => {
@@ -121,7 +122,7 @@ fn run(config: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match lb_core::run::serve_until_signalled(gantry, Some(config)).await {
+        match lb_core::run::serve_until_signalled(gantry, Some((config, baseline))).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!("signal handling failed: {err}");

@@ -22,6 +22,27 @@ fn fingerprint(files: &[PathBuf]) -> u64 {
     hasher.finish()
 }
 
+/// The watched files and their fingerprint at one moment.
+pub struct Baseline {
+    files: Vec<PathBuf>,
+    fingerprint: u64,
+}
+
+impl Baseline {
+    /// Takes the baseline of `config` and the files it names. Take it *before* loading the
+    /// config, so a change made between loading and watching is still seen.
+    pub fn before_loading(config: &Path) -> Baseline {
+        let mut files = vec![config.to_owned()];
+        files.extend(lb_config::files_named_by(config));
+        files.sort();
+        files.dedup();
+        Baseline {
+            fingerprint: fingerprint(&files),
+            files,
+        }
+    }
+}
+
 /// The config file, the files the running model depends on, and those the file names now.
 fn watched_files(gantry: &Gantry, config: &Path) -> Vec<PathBuf> {
     let mut files = vec![config.to_owned()];
@@ -32,10 +53,18 @@ fn watched_files(gantry: &Gantry, config: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Polls until `stop` is cancelled, reloading `config` whenever a watched file changes.
-pub async fn watch_files(gantry: Gantry, config: PathBuf, stop: CancellationToken) {
-    let mut files = watched_files(&gantry, &config);
-    let mut last = fingerprint(&files);
+/// Polls until `stop` is cancelled, reloading `config` whenever a watched file differs from
+/// what it was (starting from `baseline`).
+pub async fn watch_files(
+    gantry: Gantry,
+    config: PathBuf,
+    baseline: Baseline,
+    stop: CancellationToken,
+) {
+    let Baseline {
+        mut files,
+        fingerprint: mut last,
+    } = baseline;
     loop {
         let interval = gantry.model().runtime.watch_interval;
         tokio::select! {

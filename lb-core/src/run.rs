@@ -8,18 +8,30 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Gantry;
-use crate::reload::watch_files;
+use crate::reload::{watch_files, Baseline};
 
-/// Serves until SIGTERM or SIGINT, then drains. With `config`, SIGHUP and file changes reload
-/// it.
-pub async fn serve_until_signalled(gantry: Gantry, config: Option<PathBuf>) -> std::io::Result<()> {
+/// Serves until SIGTERM or SIGINT, then drains. With `config` (and the baseline taken before
+/// it was loaded), SIGHUP and file changes reload it.
+pub async fn serve_until_signalled(
+    gantry: Gantry,
+    config: Option<(PathBuf, Baseline)>,
+) -> std::io::Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let stop_watching = CancellationToken::new();
-    let watcher = config
-        .clone()
-        .map(|path| tokio::spawn(watch_files(gantry.clone(), path, stop_watching.clone())));
+    let (config, watcher) = match config {
+        Some((path, baseline)) => {
+            let watch = watch_files(
+                gantry.clone(),
+                path.clone(),
+                baseline,
+                stop_watching.clone(),
+            );
+            (Some(path), Some(tokio::spawn(watch)))
+        }
+        None => (None, None),
+    };
     loop {
         tokio::select! {
             _ = hangup.recv() => match &config {

@@ -4,6 +4,8 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod http_proxy;
+mod limits;
+mod reload;
 mod support;
 mod tcp_proxy;
 mod tls;

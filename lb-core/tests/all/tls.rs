@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::certs::TestCa;
 use crate::support::client::{tls_connect, H1, H2};
 use crate::support::origin::{HttpOrigin, OriginProtocol, TcpOrigin};
-use crate::support::{addr, metric, start};
+use crate::support::{addr, eventually, metric, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_speaks_http2_when_alpn_offers_it_and_http1_otherwise() {

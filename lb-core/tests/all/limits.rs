@@ -1,0 +1,202 @@
+//! The protective limits: request head size and header count (431), the request-head deadline
+//! against slow clients (408), ambiguous framing refused and never forwarded (400), and the
+//! per-port connection cap.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::certs::TestCa;
+use crate::support::client::{raw_exchange, tls_connect, H1, H2};
+use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::{addr, metric, start};
+
+async fn limited(origin: &HttpOrigin) -> lb_core::Gantry {
+    start(&format!(
+        r#"
+services:
+  - name: web
+    address: 127.0.0.1
+    ports:
+      - name: http
+        port: 0
+        protocol: http
+        backends: ["{}"]
+        limits: {{ max_header_bytes: 1024, max_headers: 8 }}
+        timeouts: {{ header_read: 300ms }}
+"#,
+        origin.addr
+    ))
+    .await
+}
+
+fn rejected(gantry: &lb_core::Gantry, reason: &str) -> f64 {
+    let text = gantry.metrics().render();
+    metric(
+        &text,
+        &format!(
+            "gantry_requests_rejected_total{{port=\"http\",reason=\"{reason}\",service=\"web\"}}"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_and_too_many_headers_get_431_and_never_reach_the_backend() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = limited(&origin).await;
+    let proxy = addr(&gantry, "web", "http");
+
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(2000)
+    );
+    let answer = raw_exchange(proxy, big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+
+    let many: String = (0..12).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let answer = raw_exchange(
+        proxy,
+        format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+
+    let fine = raw_exchange(
+        proxy,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(fine.starts_with("HTTP/1.1 200 "), "{fine}");
+    assert_eq!(
+        origin.requests(),
+        1,
+        "only the acceptable request was forwarded"
+    );
+    assert_eq!(rejected(&gantry, "header_too_large"), 1.0);
+    assert_eq!(rejected(&gantry, "too_many_headers"), 1.0);
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_request_head_is_answered_408_and_closed() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = limited(&origin).await;
+    let mut stream = TcpStream::connect(addr(&gantry, "web", "http"))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .expect("write");
+    // Nothing more is sent; Gantry must end the connection by itself.
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .await
+        .expect("read until closed");
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert_eq!(origin.requests(), 0);
+    assert_eq!(rejected(&gantry, "header_timeout"), 1.0);
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_message_framing_is_refused_and_never_forwarded() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = limited(&origin).await;
+    let proxy = addr(&gantry, "web", "http");
+    let smuggling = [
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
+    ];
+    for request in smuggling {
+        // `raw_exchange` reads until the server closes: a kept-open connection would hang here.
+        let answer = raw_exchange(proxy, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(
+            !answer.contains("HTTP/1.1 200"),
+            "nothing after the refusal is answered"
+        );
+    }
+    assert_eq!(origin.requests(), 0);
+    assert_eq!(rejected(&gantry, "ambiguous_length"), 2.0);
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_with_too_many_headers_get_431() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new();
+    let leaf = ca.issue(dir.path(), "web", &["web.test"]);
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = start(&format!(
+        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: https, port: 0, protocol: https, backends: [\"{}\"], limits: {{ max_headers: 8 }}, tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }} }}\n",
+        origin.addr,
+        leaf.cert_path.display(),
+        leaf.key_path.display()
+    ))
+    .await;
+    let tls = tls_connect(
+        addr(&gantry, "web", "https"),
+        ca.client_config(&[b"h2"]),
+        "web.test",
+    )
+    .await
+    .expect("tls");
+    let mut h2 = H2::over(tls).await;
+    let mut request = Request::get("https://web.test/");
+    for i in 0..12 {
+        request = request.header(format!("x-h{i}"), "v");
+    }
+    let answer = h2
+        .send(request.body(Full::new(Bytes::new())).expect("request"))
+        .await;
+    assert_eq!(answer.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let answer = h2.get("https://web.test/").await;
+    assert_eq!(answer.status, StatusCode::OK, "the connection stays usable");
+    assert_eq!(origin.requests(), 1);
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = start(&format!(
+        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\"], limits: {{ max_connections: 1 }} }}\n",
+        origin.addr
+    ))
+    .await;
+    let proxy = addr(&gantry, "web", "http");
+    let mut first = H1::connect(proxy).await.expect("first");
+    assert_eq!(
+        first.get("/").await.expect("first answer").status,
+        StatusCode::OK
+    );
+
+    // The second connection is queued by the kernel, not refused; its request waits.
+    let mut second = H1::connect(proxy).await.expect("second connects");
+    let mut waiting = tokio::spawn(async move { second.get("/").await.map(|a| a.status) });
+    // A negative check needs some time; it can only pass wrongly, never fail wrongly.
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "the second request must not be served while the first is open"
+    );
+
+    drop(first);
+    let status = waiting.await.expect("join").expect("second answer");
+    assert_eq!(status, StatusCode::OK);
+    let text = gantry.metrics().render();
+    assert_eq!(
+        metric(
+            &text,
+            "gantry_connections_total{port=\"http\",service=\"web\"}"
+        ),
+        2.0
+    );
+    gantry.shutdown(Duration::from_secs(1)).await;
+}

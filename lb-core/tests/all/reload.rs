@@ -1,0 +1,377 @@
+//! Live reload: a reload under load touches only what changed, an invalid file changes
+//! nothing, replaced certificates are served without a restart (by reload and by the file
+//! watcher), and a removed port drains its in-flight requests.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use lb_config::Change;
+use lb_core::reload::{watch_files, Baseline};
+use lb_core::Gantry;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::certs::{Leaf, TestCa};
+use crate::support::client::{get, tls_connect, H1};
+use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::{addr, eventually, metric};
+
+/// Writes `yaml` (with an ephemeral admin port) to `path` and starts Gantry from the file.
+async fn start_from(path: &Path, yaml: &str) -> Gantry {
+    write_config(path, yaml);
+    let model = lb_config::load_file(path).expect("valid config");
+    Gantry::start(model).await.expect("gantry starts")
+}
+
+fn write_config(path: &Path, yaml: &str) {
+    let yaml =
+        format!("admin: {{ listen: \"127.0.0.1:0\" }}\nruntime: {{ shutdown_grace: 5s }}\n{yaml}");
+    std::fs::write(path, yaml).expect("write config");
+}
+
+/// Requests `port` in a loop (keep-alive, plus a new connection each tenth request) until
+/// stopped, counting successes and failures.
+struct Load {
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(target: SocketAddr) -> Load {
+        let (ok, failed, stop) = (
+            Arc::<AtomicUsize>::default(),
+            Arc::<AtomicUsize>::default(),
+            Arc::<AtomicBool>::default(),
+        );
+        let (ok2, failed2, stop2) = (ok.clone(), failed.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut kept = H1::connect(target).await.expect("connect");
+            let mut n = 0usize;
+            while !stop2.load(Ordering::SeqCst) {
+                n += 1;
+                let result = if n % 10 == 0 {
+                    Ok(get(target, "/").await)
+                } else {
+                    kept.get("/").await
+                };
+                match result {
+                    Ok(answer) if answer.status == StatusCode::OK => {
+                        ok2.fetch_add(1, Ordering::SeqCst)
+                    }
+                    _ => failed2.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        });
+        Load {
+            ok,
+            failed,
+            stop,
+            task,
+        }
+    }
+
+    async fn wait_for_more(&self, more: usize) {
+        let target = self.ok.load(Ordering::SeqCst) + more;
+        let ok = self.ok.clone();
+        eventually("more requests under load", || {
+            let ok = ok.clone();
+            async move { ok.load(Ordering::SeqCst) >= target }
+        })
+        .await;
+    }
+
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("load task");
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_under_load_changes_only_what_changed_and_fails_no_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let (a, b) = (
+        HttpOrigin::start("a", OriginProtocol::Http1).await,
+        HttpOrigin::start("b", OriginProtocol::Http1).await,
+    );
+    let ports = |changing: &str, extra: &str| {
+        format!(
+            "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: stable, port: 0, protocol: http, backends: [\"{a}\"] }}\n      - {{ name: changing, port: 0, protocol: http, backends: [{changing}] }}\n{extra}",
+            a = a.addr
+        )
+    };
+    let before = ports(
+        &format!("\"{}\"", a.addr),
+        "      - { name: retired, port: 0, protocol: http }\n",
+    );
+    let after = ports(
+        &format!("\"{}\", \"{}\"", a.addr, b.addr),
+        &format!(
+            "      - {{ name: added, port: 0, protocol: http, backends: [\"{}\"] }}\n",
+            b.addr
+        ),
+    );
+    let gantry = start_from(&config, &before).await;
+    let stable = addr(&gantry, "web", "stable");
+    let changing = addr(&gantry, "web", "changing");
+    let retired = addr(&gantry, "web", "retired");
+
+    let (stable_load, changing_load) = (Load::start(stable), Load::start(changing));
+    stable_load.wait_for_more(50).await;
+    write_config(&config, &after);
+    let changes = gantry
+        .reload_from_file(&config)
+        .await
+        .expect("reload applies");
+    let key = |port: &str| lb_config::ListenerKey {
+        service: "web".into(),
+        port: port.into(),
+    };
+    assert_eq!(
+        changes,
+        [
+            Change::ListenerAdded(key("added")),
+            Change::BackendsChanged(key("changing")),
+            Change::ListenerRemoved(key("retired")),
+        ]
+    );
+    stable_load.wait_for_more(50).await;
+    changing_load.wait_for_more(50).await;
+    let (stable_ok, stable_failed) = stable_load.finish().await;
+    let (changing_ok, changing_failed) = changing_load.finish().await;
+    assert_eq!(stable_failed, 0, "{stable_ok} ok");
+    assert_eq!(changing_failed, 0, "{changing_ok} ok");
+
+    assert_eq!(
+        addr(&gantry, "web", "stable"),
+        stable,
+        "the unchanged port kept its socket"
+    );
+    assert!(b.requests() > 0, "the changed backend set took effect");
+    assert_eq!(
+        get(addr(&gantry, "web", "added"), "/")
+            .await
+            .header("x-origin"),
+        "b"
+    );
+    assert!(
+        TcpStream::connect(retired).await.is_err(),
+        "the removed port stopped listening"
+    );
+    let text = gantry.metrics().render();
+    assert_eq!(
+        metric(&text, "gantry_config_reloads_total{result=\"success\"}"),
+        1.0
+    );
+    // Three listeners at start, one more by the reload.
+    assert_eq!(
+        metric(
+            &text,
+            "gantry_config_changes_total{kind=\"listener_added\"}"
+        ),
+        4.0
+    );
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_reload_is_refused_with_every_problem_and_service_continues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = start_from(
+        &config,
+        &format!(
+            "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\"] }}\n",
+            origin.addr
+        ),
+    )
+    .await;
+    let proxy = addr(&gantry, "web", "http");
+    let mut kept = H1::connect(proxy).await.expect("connect");
+    assert_eq!(kept.get("/").await.expect("answer").status, StatusCode::OK);
+    let model_before = gantry.model();
+
+    std::fs::write(
+        &config,
+        "services:\n  - name: web\n    ports:\n      - { name: http, port: 99999, protocol: http }\n      - { name: tls, port: 443, protocol: https, tls: { certificates: [{ cert: /nonexistent.crt, key: /nonexistent.key }] } }\n",
+    )
+    .expect("write");
+    let err = gantry.reload_from_file(&config).await.expect_err("invalid");
+    let message = err.to_string();
+    for expected in [
+        "services[0].ports[0].port",
+        "services[0].ports[1].tls.certificates[0].cert: file not found: /nonexistent.crt",
+        "services[0].ports[1].tls.certificates[0].key: file not found: /nonexistent.key",
+    ] {
+        assert!(
+            message.contains(expected),
+            "missing {expected:?} in {message}"
+        );
+    }
+    assert!(
+        Arc::ptr_eq(&model_before, &gantry.model()),
+        "the running model is untouched"
+    );
+    assert_eq!(
+        kept.get("/").await.expect("still served").status,
+        StatusCode::OK
+    );
+    assert_eq!(get(proxy, "/").await.status, StatusCode::OK);
+    let text = gantry.metrics().render();
+    assert_eq!(
+        metric(&text, "gantry_config_reloads_total{result=\"failure\"}"),
+        1.0
+    );
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+fn tls_yaml(origin: SocketAddr, leaf: &Leaf) -> String {
+    format!(
+        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: https, port: 0, protocol: https, backends: [\"{origin}\"], tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }} }}\n",
+        leaf.cert_path.display(),
+        leaf.key_path.display()
+    )
+}
+
+async fn served_certificate(gantry: &Gantry, ca: &TestCa) -> Vec<u8> {
+    let tls = tls_connect(
+        addr(gantry, "web", "https"),
+        ca.client_config(&[b"http/1.1"]),
+        "web.test",
+    )
+    .await
+    .expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("certificate")[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_certificate_is_served_without_restart_and_a_broken_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let ca = TestCa::new();
+    let first = ca.issue(dir.path(), "web", &["web.test"]);
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = start_from(&config, &tls_yaml(origin.addr, &first)).await;
+    assert_eq!(served_certificate(&gantry, &ca).await, first.der.to_vec());
+    let tls = tls_connect(
+        addr(&gantry, "web", "https"),
+        ca.client_config(&[b"http/1.1"]),
+        "web.test",
+    )
+    .await
+    .expect("handshake");
+    let mut open = H1::over(tls, "web.test".into()).await.expect("h1");
+    assert_eq!(open.get("/").await.expect("answer").status, StatusCode::OK);
+
+    // Same file names, new contents: what certificate rotation does.
+    let second = ca.issue(dir.path(), "web", &["web.test"]);
+    let changes = gantry.reload_from_file(&config).await.expect("reload");
+    assert!(
+        matches!(changes[..], [Change::CertificatesChanged(_)]),
+        "{changes:?}"
+    );
+    assert_eq!(served_certificate(&gantry, &ca).await, second.der.to_vec());
+    assert_eq!(
+        open.get("/").await.expect("open connection kept").status,
+        StatusCode::OK
+    );
+
+    std::fs::write(&second.key_path, "not a key").expect("break the key");
+    let err = gantry
+        .reload_from_file(&config)
+        .await
+        .expect_err("broken key");
+    assert!(err.to_string().contains("tls.certificates[0].key"), "{err}");
+    assert_eq!(
+        served_certificate(&gantry, &ca).await,
+        second.der.to_vec(),
+        "old certificate keeps serving"
+    );
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_watcher_picks_up_a_rotated_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let ca = TestCa::new();
+    let first = ca.issue(dir.path(), "web", &["web.test"]);
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let yaml = tls_yaml(origin.addr, &first)
+        .replace("services:", "runtime: { watch_interval: 100ms }\nservices:");
+    std::fs::write(
+        &config,
+        format!("admin: {{ listen: \"127.0.0.1:0\" }}\n{yaml}"),
+    )
+    .expect("write");
+    let baseline = Baseline::before_loading(&config);
+    let gantry = Gantry::start(lb_config::load_file(&config).expect("valid"))
+        .await
+        .expect("start");
+    let stop = CancellationToken::new();
+    let watcher = tokio::spawn(watch_files(
+        gantry.clone(),
+        config.clone(),
+        baseline,
+        stop.clone(),
+    ));
+
+    let second = ca.issue(dir.path(), "web", &["web.test"]);
+    let expected = second.der.to_vec();
+    eventually("the rotated certificate to be served", || {
+        let (gantry, ca, expected) = (&gantry, &ca, expected.clone());
+        async move { served_certificate(gantry, ca).await == expected }
+    })
+    .await;
+    stop.cancel();
+    watcher.await.expect("watcher stops");
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_port_stops_accepting_and_lets_in_flight_requests_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let origin = HttpOrigin::start("slow", OriginProtocol::Http1).await;
+    let gantry = start_from(
+        &config,
+        &format!(
+            "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: going, port: 0, protocol: http, backends: [\"{}\"] }}\n",
+            origin.addr
+        ),
+    )
+    .await;
+    let going = addr(&gantry, "web", "going");
+    let in_flight = tokio::spawn(async move { get(going, "/slow").await.status });
+    let parked = origin.clone();
+    eventually("the request to reach the origin", || {
+        let parked = parked.clone();
+        async move { parked.parked() == 1 }
+    })
+    .await;
+
+    write_config(&config, "services: []\n");
+    gantry.reload_from_file(&config).await.expect("reload");
+    assert!(
+        TcpStream::connect(going).await.is_err(),
+        "no new connections"
+    );
+    origin.release(1);
+    assert_eq!(
+        in_flight.await.expect("join"),
+        StatusCode::OK,
+        "the in-flight request finished"
+    );
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
