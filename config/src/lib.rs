@@ -36,7 +36,7 @@ pub enum ConfigError {
     #[error("{0}")]
     Syntax(String),
     /// The file parsed; these are all the problems with its contents.
-    #[error("{} problem{}:\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0)]
+    #[error("{} problem{}:\n  {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.to_string().replace('\n', "\n  "))]
     Invalid(Problems),
 }
 

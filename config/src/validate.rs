@@ -292,7 +292,7 @@ fn build_port(
     };
     let backends = build_backends(file.backends, &path.field("backends"), p);
     let tls = build_tls(file.tls, protocol, cx.base_dir, &path.field("tls"), p);
-    let proxy_protocol = file.proxy_protocol.and_then(|v| {
+    let proxy_protocol = file.proxy_protocol.map(|v| {
         if protocol.is_http() {
             p.push(
                 &path.field("proxy_protocol"),
@@ -300,10 +300,10 @@ fn build_port(
             );
             ok = false;
         }
-        Some(match v {
+        match v {
             ProxyProtocolFile::V1 => ProxyProtocol::V1,
             ProxyProtocolFile::V2 => ProxyProtocol::V2,
-        })
+        }
     });
     let backend_protocol = match file.backend_protocol {
         None | Some(BackendProtocolFile::Http1) => BackendProtocol::Http1,

@@ -3,6 +3,8 @@
 
 #![allow(unreachable_pub, missing_docs)]
 
+mod admin;
+mod binary;
 mod http_proxy;
 mod limits;
 mod reload;

@@ -55,7 +55,7 @@ impl Load {
             let mut n = 0usize;
             while !stop2.load(Ordering::SeqCst) {
                 n += 1;
-                let result = if n % 10 == 0 {
+                let result = if n.is_multiple_of(10) {
                     Ok(get(target, "/").await)
                 } else {
                     kept.get("/").await

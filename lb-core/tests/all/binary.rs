@@ -1,0 +1,225 @@
+//! The `gantry` binary itself: `check` output and exit codes (and the shipped examples pass
+//! it), and `run` reloading on SIGHUP and draining on SIGTERM before exiting 0.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::support::client::get;
+use crate::support::origin::{HttpOrigin, OriginProtocol};
+
+const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
+
+fn check(config: &Path) -> std::process::Output {
+    std::process::Command::new(GANTRY)
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run gantry check")
+}
+
+#[test]
+fn check_prints_every_problem_with_its_path_and_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.yaml");
+    std::fs::write(
+        &config,
+        "services:\n  - name: a\n    ports:\n      - { port: 80, protocol: htp }\n  - name: b\n    address: nowhere\n    ports:\n      - { port: 443, protocol: https, tls: { certificates: [{ cert: a.crt, key: a.key }] } }\n",
+    )
+    .expect("write");
+    let output = check(&config);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "4 problems",
+        "services[0].ports[0].protocol: unknown variant `htp`",
+        "services[1].address: `nowhere` is not an IP address",
+        "services[1].ports[0].tls.certificates[0].cert: file not found:",
+        "services[1].ports[0].tls.certificates[0].key: file not found:",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_shipped_examples_pass_check() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).expect("examples folder") {
+        let example = entry.expect("entry").path();
+        if example.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        // Run each example where the certificates it names exist, issued for the name in the
+        // file name (`certs/api.example.com.crt` is a certificate for api.example.com).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join(example.file_name().expect("name"));
+        std::fs::copy(&example, &copy).expect("copy");
+        for file in lb_config::files_named_by(&copy) {
+            if file.extension().is_some_and(|e| e == "crt") {
+                write_self_signed(&file);
+            }
+        }
+        let output = check(&copy);
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            example.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "expected the four documented examples, found {checked}"
+    );
+}
+
+fn write_self_signed(cert: &Path) {
+    let name = cert
+        .file_stem()
+        .expect("stem")
+        .to_string_lossy()
+        .into_owned();
+    let generated = rcgen::generate_simple_self_signed(vec![name]).expect("rcgen");
+    std::fs::create_dir_all(cert.parent().expect("folder")).expect("mkdir");
+    std::fs::write(cert, generated.cert.pem()).expect("cert");
+    std::fs::write(
+        cert.with_extension("key"),
+        generated.key_pair.serialize_pem(),
+    )
+    .expect("key");
+}
+
+/// A `gantry run` process, killed if the test ends early; its JSON log lines arrive on a
+/// channel.
+struct Running {
+    child: Child,
+    logs: mpsc::UnboundedReceiver<serde_json::Value>,
+}
+
+impl Running {
+    fn start(config: &Path) -> Running {
+        let mut child = Command::new(GANTRY)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn gantry");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, logs) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(value) = serde_json::from_str(&line) {
+                    let _ = tx.send(value);
+                }
+            }
+        });
+        Running { child, logs }
+    }
+
+    /// Waits for a log line with this message, returning it.
+    async fn log(&mut self, message: &str) -> serde_json::Value {
+        let wait = async {
+            while let Some(line) = self.logs.recv().await {
+                if line["message"] == message {
+                    return line;
+                }
+            }
+            panic!("gantry exited before logging {message:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {message:?} log line"))
+    }
+
+    async fn address(&mut self, message: &str) -> SocketAddr {
+        let line = self.log(message).await;
+        line["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line}"))
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+fn write(config: &PathBuf, backends: &[SocketAddr]) {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    std::fs::write(
+        config,
+        format!(
+            "admin: {{ listen: \"127.0.0.1:0\" }}\nruntime: {{ shutdown_grace: 20s, watch_interval: 1h }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [{}] }}\n",
+            list.join(", ")
+        ),
+    )
+    .expect("write config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reloads_on_sighup_and_drains_on_sigterm_then_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let (a, b) = (
+        HttpOrigin::start("a", OriginProtocol::Http1).await,
+        HttpOrigin::start("b", OriginProtocol::Http1).await,
+    );
+    write(&config, &[a.addr]);
+    let mut gantry = Running::start(&config);
+    let admin = gantry.address("admin listening").await;
+    let proxy = gantry.address("listening").await;
+    assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
+    assert_eq!(get(proxy, "/").await.header("x-origin"), "a");
+
+    // The file watcher is off (1h); only the signal can bring b in.
+    write(&config, &[a.addr, b.addr]);
+    gantry.signal("HUP");
+    gantry.log("reload applied").await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(get(proxy, "/").await.header("x-origin").to_owned());
+    }
+    assert!(seen.contains(&"b".to_owned()), "{seen:?}");
+
+    // A request in flight when SIGTERM arrives completes; new connections are refused.
+    let in_flight = tokio::spawn(async move { get(proxy, "/slow").await.status });
+    let parked = (a.clone(), b.clone());
+    crate::support::eventually("the slow request to reach an origin", || {
+        let parked = parked.clone();
+        async move { parked.0.parked() + parked.1.parked() == 1 }
+    })
+    .await;
+    gantry.signal("TERM");
+    gantry.log("shutting down: draining connections").await;
+    crate::support::eventually("the listener to close", || async move {
+        TcpStream::connect(proxy).await.is_err()
+    })
+    .await;
+    a.release(1);
+    b.release(1);
+    assert_eq!(in_flight.await.expect("join"), StatusCode::OK);
+    let status = tokio::time::timeout(Duration::from_secs(20), gantry.child.wait())
+        .await
+        .expect("exits after draining")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
