@@ -135,6 +135,7 @@ impl Gantry {
             return Err(err);
         }
         gantry.inner.ready.store(true, Ordering::Release);
+        tracing::info!("ready");
         Ok(gantry)
     }
 
@@ -210,7 +211,8 @@ impl Gantry {
         }
         for key in stops {
             if let Some(listener) = listeners.remove(&key) {
-                self.drain_in_background(listener, new.runtime.shutdown_grace);
+                self.drain_in_background(listener, new.runtime.shutdown_grace)
+                    .await;
             }
         }
         for mut listener in starts {
@@ -273,7 +275,7 @@ impl Gantry {
         let listeners = std::mem::take(&mut *self.inner.listeners.lock().await);
         let mut draining = tokio::task::JoinSet::new();
         for (_, mut listener) in listeners {
-            listener.begin_drain();
+            listener.begin_drain().await;
             draining.spawn(async move { listener.finish_drain(grace).await });
         }
         while draining.join_next().await.is_some() {}
@@ -370,8 +372,9 @@ impl Gantry {
         })
     }
 
-    fn drain_in_background(&self, mut listener: Listener, grace: Duration) {
-        listener.begin_drain();
+    /// Closes the listener's socket now; its connections finish in the background.
+    async fn drain_in_background(&self, mut listener: Listener, grace: Duration) {
+        listener.begin_drain().await;
         let inner = self.inner.clone();
         self.inner.draining.spawn(async move {
             listener.finish_drain(grace).await;

@@ -13,6 +13,7 @@ use pingora::protocols::SocketDigest;
 use pingora::protocols::{GetSocketDigest, Ssl};
 use tokio::net::TcpStream;
 
+use crate::coalesce::CoalescedWrites;
 use crate::http;
 use crate::listener::ListenerShared;
 use crate::route::Route;
@@ -87,19 +88,27 @@ pub(crate) async fn serve(
     }
 }
 
-/// Wraps an accepted socket for pingora, recording the addresses pingora reports to the proxy
-/// logic (it only learns them itself when it accepts the socket).
-pub(crate) fn pingora_stream(stream: TcpStream, peer: SocketAddr, local: SocketAddr) -> L4Stream {
+/// An accepted client connection as pingora sees it.
+pub(crate) type ClientStream = CoalescedWrites<L4Stream>;
+
+/// Wraps an accepted socket for pingora: with the write buffering pingora's HTTP code expects
+/// (see [`crate::coalesce`]), and with the addresses pingora reports to the proxy logic
+/// recorded (it only learns them itself when it accepts the socket).
+pub(crate) fn pingora_stream(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> ClientStream {
     let mut stream = L4Stream::from(stream);
     use std::os::fd::AsRawFd;
     let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
     let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(peer)));
     let _ = digest.local_addr.set(Some(PingoraAddr::Inet(local)));
     stream.set_socket_digest(digest);
-    stream
+    CoalescedWrites::new(stream)
 }
 
-async fn handshake(route: &Route, stream: L4Stream) -> Option<TlsStream<L4Stream>> {
+async fn handshake(route: &Route, stream: ClientStream) -> Option<TlsStream<ClientStream>> {
     let acceptor = route.tls.as_ref()?;
     let timeout = route.port.settings.timeouts.tls_handshake;
     match tokio::time::timeout(timeout, acceptor.tls_handshake(stream)).await {

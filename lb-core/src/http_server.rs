@@ -16,6 +16,7 @@ use crate::connection::pingora_stream;
 /// A running server; dropping it without [`SmallServer::stop`] leaves it running.
 pub struct SmallServer {
     local_addr: SocketAddr,
+    accept_task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
     close: CancellationToken,
     connections: TaskTracker,
@@ -34,7 +35,7 @@ impl SmallServer {
         let app = Arc::new(app);
         let tracker = connections.clone();
         let closing = close.clone();
-        tokio::spawn(async move {
+        let accept_task = tokio::spawn(async move {
             let mut stopped = stop_rx.clone();
             loop {
                 let (stream, peer) = tokio::select! {
@@ -64,6 +65,7 @@ impl SmallServer {
         });
         Ok(SmallServer {
             local_addr,
+            accept_task,
             stop,
             close,
             connections,
@@ -79,6 +81,8 @@ impl SmallServer {
     /// so there is nothing worth draining, and an idle keep-alive client must not delay exit.
     pub async fn stop(self) {
         self.stop.send_replace(true);
+        // The socket is closed once the accept loop has returned.
+        let _ = self.accept_task.await;
         self.close.cancel();
         self.connections.close();
         self.connections.wait().await;

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod balancer;
+pub mod coalesce;
 mod connection;
 pub mod demo;
 pub mod http;

@@ -97,6 +97,7 @@ pub(crate) struct Listener {
     /// The header limit the current HTTP app was built with; `None` when not HTTP.
     http_header_limit: Option<u32>,
     socket: Option<TcpListener>,
+    accept_task: Option<tokio::task::JoinHandle<()>>,
     drain: watch::Sender<bool>,
     stop_accepting: CancellationToken,
     force_close: CancellationToken,
@@ -130,6 +131,7 @@ impl Listener {
             tls,
             http_header_limit,
             socket: Some(socket),
+            accept_task: None,
             drain,
             stop_accepting: CancellationToken::new(),
             force_close: CancellationToken::new(),
@@ -142,13 +144,13 @@ impl Listener {
         let Some(socket) = self.socket.take() else {
             return;
         };
-        tokio::spawn(accept_loop(
+        self.accept_task = Some(tokio::spawn(accept_loop(
             socket,
             self.shared.clone(),
             self.stop_accepting.clone(),
             self.force_close.clone(),
             self.connections.clone(),
-        ));
+        )));
         tracing::info!(service = %self.key.service, port = %self.key.port, address = %self.local_addr, "listening");
     }
 
@@ -207,10 +209,15 @@ impl Listener {
         &self.connections
     }
 
-    /// Stops accepting (the socket closes now) and asks open connections to finish.
-    pub(crate) fn begin_drain(&mut self) {
+    /// Stops accepting and asks open connections to finish. The socket is closed when this
+    /// returns: new connections are refused from then on.
+    pub(crate) async fn begin_drain(&mut self) {
         self.socket = None;
         self.stop_accepting.cancel();
+        if let Some(task) = self.accept_task.take() {
+            // The loop owns the socket; it returns as soon as it sees the cancellation.
+            let _ = task.await;
+        }
         self.connections.close();
         self.drain.send_replace(true);
     }

@@ -1,6 +1,8 @@
 //! Log setup: `tracing` to stderr, human-readable by default or one JSON object per line.
 //! The filter comes from `RUST_LOG` when set, else from the level given; pingora's own `log`
-//! records are bridged in, kept at `warn` because Gantry reports request failures itself.
+//! records are bridged in, kept at `warn` because Gantry reports request failures itself, and
+//! rustls at `error`: it warns once per handshake about things clients control (an IP address
+//! sent as SNI), which would let any client flood the log.
 //! Access log lines use the target `gantry::access` and are enabled by `runtime.access_log`.
 
 use std::io::IsTerminal;

@@ -34,11 +34,20 @@ pub struct HeadLimits {
     pub idle_timeout: Duration,
 }
 
+/// A complete request head as read, with what the proxy needs to know about it.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// The head and whatever followed it (the start of a body, or of a tunnel).
+    pub bytes: BytesMut,
+    /// The request asks to switch protocols (`Connection: upgrade` with `Upgrade:`).
+    pub upgrade: bool,
+}
+
 /// The outcome of reading one request head.
 #[derive(Debug)]
 pub enum Head {
-    /// A complete head (and possibly the start of the body) to hand to pingora.
-    Ready(BytesMut),
+    /// A complete head, for pingora or the upgrade tunnel.
+    Ready(RequestHead),
     /// The client closed, stayed idle past the idle timeout, or the listener is draining.
     Closed,
     /// The request must be refused with this answer, then the connection closed.
@@ -65,7 +74,12 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     let deadline = Instant::now() + limits.header_timeout;
     loop {
         match inspect(&buf, limits) {
-            Inspection::Complete => return Head::Ready(buf),
+            Inspection::Complete { upgrade } => {
+                return Head::Ready(RequestHead {
+                    bytes: buf,
+                    upgrade,
+                })
+            }
             Inspection::Refuse(why) => return Head::Refused(why),
             Inspection::Partial => {}
         }
@@ -79,7 +93,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
 }
 
 enum Inspection {
-    Complete,
+    Complete { upgrade: bool },
     Partial,
     Refuse(Rejection),
 }
@@ -92,9 +106,9 @@ fn inspect(buf: &[u8], limits: HeadLimits) -> Inspection {
         Ok(httparse::Status::Complete(len)) if len > limits.max_bytes => {
             Inspection::Refuse(Rejection::HeaderTooLarge)
         }
-        Ok(httparse::Status::Complete(_)) => match framing_is_ambiguous(request.headers) {
-            true => Inspection::Refuse(Rejection::AmbiguousLength),
-            false => Inspection::Complete,
+        Ok(httparse::Status::Complete(_)) => match classify(request.headers) {
+            Ok(upgrade) => Inspection::Complete { upgrade },
+            Err(why) => Inspection::Refuse(why),
         },
         Ok(httparse::Status::Partial) if buf.len() > limits.max_bytes => {
             Inspection::Refuse(Rejection::HeaderTooLarge)
@@ -102,30 +116,43 @@ fn inspect(buf: &[u8], limits: HeadLimits) -> Inspection {
         Ok(httparse::Status::Partial) => Inspection::Partial,
         Err(httparse::Error::TooManyHeaders) => Inspection::Refuse(Rejection::TooManyHeaders),
         // Anything else malformed: pingora's parser has the final word (and answers 400).
-        Err(_) => Inspection::Complete,
+        Err(_) => Inspection::Complete { upgrade: false },
     }
 }
 
-/// Both framings at once, or `Content-Length` values that disagree (across repeated headers or
-/// within one comma-separated header), make the body's end ambiguous: the classic
+/// One pass over the headers: refuses ambiguous framing, and tells whether the request is an
+/// upgrade. Both framings at once, or `Content-Length` values that disagree (across repeated
+/// headers or within one comma-separated header), make the body's end ambiguous: the classic
 /// request-smuggling setup, refused outright.
-fn framing_is_ambiguous(headers: &[httparse::Header<'_>]) -> bool {
+fn classify(headers: &[httparse::Header<'_>]) -> Result<bool, Rejection> {
     let mut transfer_encoding = false;
     let mut length: Option<&[u8]> = None;
+    let (mut connection_upgrade, mut upgrade_header) = (false, false);
     for header in headers {
-        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
-        } else if header.name.eq_ignore_ascii_case("content-length") {
+        } else if name.eq_ignore_ascii_case("content-length") {
             for value in header.value.split(|b| *b == b',') {
                 let value = value.trim_ascii();
                 match length {
-                    Some(seen) if seen != value => return true,
+                    Some(seen) if seen != value => return Err(Rejection::AmbiguousLength),
                     _ => length = Some(value),
                 }
             }
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection_upgrade |= header
+                .value
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_header = true;
         }
     }
-    transfer_encoding && length.is_some()
+    if transfer_encoding && length.is_some() {
+        return Err(Rejection::AmbiguousLength);
+    }
+    Ok(connection_upgrade && upgrade_header)
 }
 
 /// The status a refused request is answered with.
@@ -160,7 +187,8 @@ mod tests {
 
     fn classify(raw: &str) -> &'static str {
         match inspect(raw.as_bytes(), LIMITS) {
-            Inspection::Complete => "complete",
+            Inspection::Complete { upgrade: true } => "upgrade",
+            Inspection::Complete { upgrade: false } => "complete",
             Inspection::Partial => "partial",
             Inspection::Refuse(why) => why.label(),
         }
@@ -194,6 +222,24 @@ mod tests {
             classify("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
             "complete",
             "identical repeats are one length (RFC 9110 §8.6)"
+        );
+    }
+
+    #[test]
+    fn only_connection_upgrade_with_an_upgrade_header_is_an_upgrade() {
+        assert_eq!(
+            classify(
+                "GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            ),
+            "upgrade"
+        );
+        assert_eq!(
+            classify("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+            "complete"
+        );
+        assert_eq!(
+            classify("GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n"),
+            "complete"
         );
     }
 

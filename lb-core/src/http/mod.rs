@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use self::gateway::Gateway;
 use self::head::{close_response, read_head, refusal_status, Head, HeadLimits};
+use crate::coalesce::CoalescedWrites;
 use crate::route::{Route, RouteCell};
 
 /// The pingora application of one HTTP listener.
@@ -60,13 +61,14 @@ fn head_limits(route: &Route) -> HeadLimits {
 pub async fn serve_cleartext(
     app: &Arc<HttpApp>,
     route: &RouteCell,
-    mut stream: L4Stream,
+    mut stream: CoalescedWrites<L4Stream>,
     mut drain: watch::Receiver<bool>,
 ) {
     let first = read_head(&mut stream, head_limits(&route.load()), &mut drain).await;
-    if let Head::Ready(bytes) = &first {
-        if bytes.starts_with(H2_PREFACE_START) {
-            stream.rewind(bytes);
+    if let Head::Ready(head) = &first {
+        if head.bytes.starts_with(H2_PREFACE_START) {
+            // Nothing was written yet, so the inner stream can take the bytes back.
+            stream.get_mut().rewind(&head.bytes);
             ServerApp::process_new(app, Box::new(stream), &drain).await;
             return;
         }
@@ -105,15 +107,15 @@ async fn serve_http1(
             None => read_head(&mut stream, limits, &mut drain).await,
         };
         match head {
-            Head::Ready(prefix) if upgrade::is_upgrade(&prefix) => {
+            Head::Ready(head) if head.upgrade => {
                 if let Some((peer, local)) = addresses(&stream) {
-                    upgrade::tunnel(&current, stream, prefix, peer, local).await;
+                    upgrade::tunnel(&current, stream, head.bytes, peer, local).await;
                 }
                 return;
             }
-            Head::Ready(prefix) => {
+            Head::Ready(head) => {
                 let mut session = ServerSession::new_http1(stream);
-                session.set_pipelined_prefix(prefix);
+                session.set_pipelined_prefix(head.bytes);
                 // Any non-zero value lets pingora keep the connection; the idle wait itself
                 // is `read_head`'s.
                 session.set_keepalive(Some(limits.idle_timeout.as_secs().max(1)));

@@ -24,28 +24,6 @@ use crate::tcp::{self, ClientInfo};
 /// Largest backend response head accepted before the tunnel starts.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// True when the request asks to switch protocols (`Connection: upgrade` and `Upgrade:`).
-pub fn is_upgrade(head: &[u8]) -> bool {
-    let mut slots = [httparse::EMPTY_HEADER; 256];
-    let mut request = httparse::Request::new(&mut slots);
-    if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
-        return false;
-    }
-    let has = |name: &str| {
-        request
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case(name))
-    };
-    let connection_upgrade = request.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("connection")
-            && h.value
-                .split(|b| *b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-    });
-    connection_upgrade && has("upgrade")
-}
-
 /// Tunnels one upgrade request whose head (and any bytes after it) is `head`.
 pub async fn tunnel<C>(
     route: &Route,
@@ -59,10 +37,7 @@ pub async fn tunnel<C>(
     let started = Instant::now();
     let (request, host) = match rewrite_head(route, &head, peer) {
         Some(rewritten) => rewritten,
-        None => {
-            let _ = client.write_all(&close_response(400)).await;
-            return;
-        }
+        None => return refuse(client, 400).await,
     };
     let info = ClientInfo {
         peer,
@@ -71,22 +46,21 @@ pub async fn tunnel<C>(
     };
     let Some((lease, mut upstream)) = tcp::connect(route, &info).await else {
         route.unrouted.request(Some(502), started.elapsed());
-        let _ = client.write_all(&close_response(502)).await;
-        return;
+        return refuse(client, 502).await;
     };
     let backend = lease.backend();
     let timeout = route.port.settings.timeouts.upstream_read;
     let status = match exchange_heads(&mut upstream, &request, timeout).await {
         Some((status, response)) => {
-            if client.write_all(&response).await.is_err() {
+            // The client stream gathers writes until flushed (see `coalesce`).
+            if client.write_all(&response).await.is_err() || client.flush().await.is_err() {
                 return;
             }
             status
         }
         None => {
             backend.metrics.request(Some(502), started.elapsed());
-            let _ = client.write_all(&close_response(502)).await;
-            return;
+            return refuse(client, 502).await;
         }
     };
     let outcome = tcp::relay(
@@ -111,6 +85,13 @@ pub async fn tunnel<C>(
             outcome = ?outcome,
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         );
+    }
+}
+
+/// Answers `status` and closes.
+async fn refuse<C: tokio::io::AsyncWrite + Unpin>(mut client: C, status: u16) {
+    if client.write_all(&close_response(status)).await.is_ok() {
+        let _ = client.shutdown().await;
     }
 }
 
@@ -187,22 +168,5 @@ async fn exchange_heads(
             Ok(httparse::Status::Partial) if response.len() < MAX_RESPONSE_HEAD => {}
             _ => return None,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_connection_upgrade_with_an_upgrade_header_is_an_upgrade() {
-        assert!(is_upgrade(
-            b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
-        ));
-        assert!(!is_upgrade(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"));
-        assert!(!is_upgrade(
-            b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n"
-        ));
-        assert!(!is_upgrade(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
     }
 }

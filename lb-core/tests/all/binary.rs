@@ -187,6 +187,7 @@ async fn run_reloads_on_sighup_and_drains_on_sigterm_then_exits_zero() {
     let mut gantry = Running::start(&config);
     let admin = gantry.address("admin listening").await;
     let proxy = gantry.address("listening").await;
+    gantry.log("ready").await;
     assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
     assert_eq!(get(proxy, "/").await.header("x-origin"), "a");
 

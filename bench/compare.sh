@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Gantry beside HAProxy on this machine, in one run, with equivalent one-thread configurations.
+#
+#   bash bench/compare.sh                 # ROUNDS=3 DURATION=10s CONNECTIONS=50 by default
+#   ROUNDS=5 DURATION=20s bash bench/compare.sh
+#
+# One nginx origin on loopback serves a small response. wrk drives, in turn:
+#   http   HTTP/1.1 keep-alive requests: direct to nginx, through HAProxy, through Gantry
+#   tcp    the same HTTP traffic through a layer-4 proxy (HAProxy `mode tcp`, Gantry `tcp`)
+#   tls    a new TLS connection per request (`Connection: close`), ECDSA P-256, TLS 1.3
+# Each proxy runs one worker thread pinned to CPU 0; wrk and nginx share CPU 1, so the proxy's
+# own cost decides its figures. Each cell is the median of ROUNDS runs. The last column is
+# Gantry / HAProxy (higher is better for req/s, lower for latency).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+
+need=()
+for tool in haproxy nginx wrk openssl taskset python3; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "installing haproxy nginx-light wrk openssl (missing: ${need[*]})" >&2
+  sudo_if() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+  sudo_if apt-get update -qq
+  sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light wrk openssl util-linux
+fi
+bash .ci/setup
+cargo build --release --locked -p lb-core --bin gantry >&2
+GANTRY=$PWD/target/release/gantry
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  exit 1
+}
+
+ORIGIN=$(free_port); ADMIN=$(free_port)
+G_HTTP=$(free_port); G_TCP=$(free_port); G_TLS=$(free_port)
+H_HTTP=$(free_port); H_TCP=$(free_port); H_TLS=$(free_port)
+
+# One certificate for both proxies.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+
+mkdir -p "$work/nginx"
+cat > "$work/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx/pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/nginx;
+  server {
+    listen 127.0.0.1:$ORIGIN;
+    location / { return 200 "hello from the origin\n"; }
+  }
+}
+EOF
+
+cat > "$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 8000
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend http
+  bind 127.0.0.1:$H_HTTP
+  option forwardfor
+  default_backend origin
+frontend tls
+  bind 127.0.0.1:$H_TLS ssl crt $work/haproxy.pem alpn http/1.1
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https
+  default_backend origin
+backend origin
+  server o 127.0.0.1:$ORIGIN
+listen tcp
+  mode tcp
+  bind 127.0.0.1:$H_TCP
+  server o 127.0.0.1:$ORIGIN
+EOF
+
+cat > "$work/gantry.yaml" <<EOF
+admin: { listen: "127.0.0.1:$ADMIN" }
+runtime: { workers: 1 }
+services:
+  - name: bench
+    address: 127.0.0.1
+    ports:
+      - { name: http, port: $G_HTTP, protocol: http, backends: ["127.0.0.1:$ORIGIN"] }
+      - { name: tcp, port: $G_TCP, protocol: tcp, backends: ["127.0.0.1:$ORIGIN"] }
+      - name: tls
+        port: $G_TLS
+        protocol: https
+        backends: ["127.0.0.1:$ORIGIN"]
+        tls: { certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem" }] }
+EOF
+
+taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!)
+taskset -c 0 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+taskset -c 0 "$GANTRY" --log-level warn run --config "$work/gantry.yaml" & pids+=($!)
+for port in $ORIGIN $H_HTTP $H_TCP $H_TLS $G_HTTP $G_TCP $G_TLS; do wait_port "$port"; done
+
+# Prints "req/s p50_ms p99_ms" for one wrk run.
+measure() {
+  local url=$1; shift
+  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" 2>/dev/null | python3 -c '
+import re, sys
+text = sys.stdin.read()
+def ms(v):
+    n, unit = float(re.match(r"[\d.]+", v).group()), re.sub(r"[\d.]+", "", v)
+    return n * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
+p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", text)
+print(f"{rps:.0f} {p50:.3f} {p99:.3f}" + (" ERRORS" if errors else ""))'
+}
+
+# Median, per column, of ROUNDS measurements.
+median_of_rounds() {
+  local url=$1; shift
+  for _ in $(seq 1 "$ROUNDS"); do measure "$url" "$@"; done | python3 -c '
+import statistics, sys
+rows = [line.split() for line in sys.stdin if line.strip()]
+flag = " ERRORS" if any(len(r) > 3 for r in rows) else ""
+cols = [statistics.median(float(r[i]) for r in rows) for i in range(3)]
+print(f"{cols[0]:.0f} {cols[1]:.3f} {cols[2]:.3f}{flag}")'
+}
+
+close=(-H "Connection: close")
+declare -A result
+result[http_direct]=$(median_of_rounds "http://127.0.0.1:$ORIGIN/")
+result[http_haproxy]=$(median_of_rounds "http://127.0.0.1:$H_HTTP/")
+result[http_gantry]=$(median_of_rounds "http://127.0.0.1:$G_HTTP/")
+result[tcp_haproxy]=$(median_of_rounds "http://127.0.0.1:$H_TCP/")
+result[tcp_gantry]=$(median_of_rounds "http://127.0.0.1:$G_TCP/")
+result[tls_haproxy]=$(median_of_rounds "https://127.0.0.1:$H_TLS/" "${close[@]}")
+result[tls_gantry]=$(median_of_rounds "https://127.0.0.1:$G_TLS/" "${close[@]}")
+
+echo
+echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(haproxy -v | head -1 | cut -d' ' -f1-3); wrk -t1 -c$CONNECTIONS -d$DURATION, median of $ROUNDS"
+pairs=()
+for key in "${!result[@]}"; do pairs+=("$key" "${result[$key]}"); done
+python3 - "${pairs[@]}" <<'EOF'
+import sys
+pairs = sys.argv[1:]
+r = {pairs[i]: pairs[i + 1].split() for i in range(0, len(pairs), 2)}
+print(f"{'test':<22}{'target':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   gantry/haproxy")
+names = {"http": "http keep-alive", "tcp": "tcp (http over L4)", "tls": "tls new conn/s"}
+for test in ("http", "tcp", "tls"):
+    for target in ("direct", "haproxy", "gantry"):
+        row = r.get(f"{test}_{target}")
+        if not row:
+            continue
+        note = ""
+        if target == "gantry":
+            h = r[f"{test}_haproxy"]
+            note = f"   req/s x{float(row[0]) / float(h[0]):.2f}, p50 x{float(row[1]) / float(h[1]):.2f}, p99 x{float(row[2]) / float(h[2]):.2f}"
+        if len(row) > 3:
+            note += "  (errors!)"
+        print(f"{names[test]:<22}{target:<9}{float(row[0]):>10.0f}{float(row[1]):>9.3f}{float(row[2]):>9.3f}{note}")
+EOF
