@@ -5,7 +5,9 @@
 #   ROUNDS=5 DURATION=20s bash bench/compare.sh
 #
 # One nginx origin on loopback serves a small response. wrk drives, in turn:
-#   http   HTTP/1.1 keep-alive requests: direct to nginx, through HAProxy, through Gantry
+#   http   HTTP/1.1 keep-alive requests: direct to nginx, through HAProxy, through pingora
+#          alone (lb-core/examples/pingora_baseline.rs: pingora's server and the smallest
+#          proxy), and through Gantry, which is built on pingora
 #   tcp    the same HTTP traffic through a layer-4 proxy (HAProxy `mode tcp`, Gantry `tcp`)
 #   tls    a new TLS connection per request (`Connection: close`), ECDSA P-256, TLS 1.3
 # Each proxy runs one worker thread pinned to CPU 0; wrk and nginx share CPU 1, so the proxy's
@@ -29,8 +31,9 @@ if [ "${#need[@]}" -gt 0 ]; then
   sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light wrk openssl util-linux
 fi
 bash .ci/setup
-cargo build --release --locked -p lb-core --bin gantry >&2
+cargo build --release --locked -p lb-core --bin gantry --example pingora_baseline >&2
 GANTRY=$PWD/target/release/gantry
+PINGORA=$PWD/target/release/examples/pingora_baseline
 
 work=$(mktemp -d)
 pids=()
@@ -54,6 +57,7 @@ wait_port() {
 ORIGIN=$(free_port); ADMIN=$(free_port)
 G_HTTP=$(free_port); G_TCP=$(free_port); G_TLS=$(free_port)
 H_HTTP=$(free_port); H_TCP=$(free_port); H_TLS=$(free_port)
+P_HTTP=$(free_port)
 
 # One certificate for both proxies.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -126,7 +130,8 @@ EOF
 taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!)
 taskset -c 0 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 taskset -c 0 "$GANTRY" --log-level warn run --config "$work/gantry.yaml" & pids+=($!)
-for port in $ORIGIN $H_HTTP $H_TCP $H_TLS $G_HTTP $G_TCP $G_TLS; do wait_port "$port"; done
+taskset -c 0 "$PINGORA" "127.0.0.1:$P_HTTP" "127.0.0.1:$ORIGIN" 2>/dev/null & pids+=($!)
+for port in $ORIGIN $H_HTTP $H_TCP $H_TLS $G_HTTP $G_TCP $G_TLS $P_HTTP; do wait_port "$port"; done
 
 # Prints "req/s p50_ms p99_ms" for one wrk run.
 measure() {
@@ -159,6 +164,7 @@ close=(-H "Connection: close")
 declare -A result
 result[http_direct]=$(median_of_rounds "http://127.0.0.1:$ORIGIN/")
 result[http_haproxy]=$(median_of_rounds "http://127.0.0.1:$H_HTTP/")
+result[http_pingora]=$(median_of_rounds "http://127.0.0.1:$P_HTTP/")
 result[http_gantry]=$(median_of_rounds "http://127.0.0.1:$G_HTTP/")
 result[tcp_haproxy]=$(median_of_rounds "http://127.0.0.1:$H_TCP/")
 result[tcp_gantry]=$(median_of_rounds "http://127.0.0.1:$G_TCP/")
@@ -176,7 +182,7 @@ r = {pairs[i]: pairs[i + 1].split() for i in range(0, len(pairs), 2)}
 print(f"{'test':<22}{'target':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   gantry/haproxy")
 names = {"http": "http keep-alive", "tcp": "tcp (http over L4)", "tls": "tls new conn/s"}
 for test in ("http", "tcp", "tls"):
-    for target in ("direct", "haproxy", "gantry"):
+    for target in ("direct", "haproxy", "pingora", "gantry"):
         row = r.get(f"{test}_{target}")
         if not row:
             continue
@@ -184,6 +190,8 @@ for test in ("http", "tcp", "tls"):
         if target == "gantry":
             h = r[f"{test}_haproxy"]
             note = f"   req/s x{float(row[0]) / float(h[0]):.2f}, p50 x{float(row[1]) / float(h[1]):.2f}, p99 x{float(row[2]) / float(h[2]):.2f}"
+            if f"{test}_pingora" in r:
+                note += f"  (req/s x{float(row[0]) / float(r[test + '_pingora'][0]):.2f} of pingora alone)"
         if len(row) > 3:
             note += "  (errors!)"
         print(f"{names[test]:<22}{target:<9}{float(row[0]):>10.0f}{float(row[1]):>9.3f}{float(row[2]):>9.3f}{note}")

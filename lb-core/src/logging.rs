@@ -22,7 +22,7 @@ pub enum LogFormat {
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "{level},pingora_core=warn,pingora_proxy=warn,pingora=warn"
+            "{level},pingora_core=warn,pingora_proxy=warn,pingora=warn,rustls=error"
         ))
     });
     let builder = tracing_subscriber::fmt()
