@@ -136,17 +136,23 @@ for port in $ORIGIN $H_HTTP $H_TCP $H_TLS $G_HTTP $G_TCP $G_TLS $P_HTTP; do wait
 # Prints "req/s p50_ms p99_ms" for one wrk run.
 measure() {
   local url=$1; shift
-  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" 2>/dev/null | python3 -c '
+  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" 2>&1 | python3 -c '
 import re, sys
 text = sys.stdin.read()
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 def ms(v):
-    n, unit = float(re.match(r"[\d.]+", v).group()), re.sub(r"[\d.]+", "", v)
-    return n * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
-p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+    return float(m.group(1)) * UNITS[m.group(2)] if m else None
+rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+p50 = re.search(r"50%\s+(\S+)", text)
+p99 = re.search(r"99%\s+(\S+)", text)
+values = [float(rps.group(1)) if rps else None] + [ms(m.group(1)) if m else None for m in (p50, p99)]
+if None in values:
+    # A run that cannot be read is left out of the median, and shown.
+    sys.stderr.write("unreadable wrk output:\n" + text + "\n")
+    sys.exit(0)
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", text)
-print(f"{rps:.0f} {p50:.3f} {p99:.3f}" + (" ERRORS" if errors else ""))'
+print(f"{values[0]:.0f} {values[1]:.3f} {values[2]:.3f}" + (" ERRORS" if errors else ""))'
 }
 
 # Median, per column, of ROUNDS measurements.
@@ -155,6 +161,9 @@ median_of_rounds() {
   for _ in $(seq 1 "$ROUNDS"); do measure "$url" "$@"; done | python3 -c '
 import statistics, sys
 rows = [line.split() for line in sys.stdin if line.strip()]
+if not rows:
+    print("0 0 0 ERRORS")
+    sys.exit(0)
 flag = " ERRORS" if any(len(r) > 3 for r in rows) else ""
 cols = [statistics.median(float(r[i]) for r in rows) for i in range(3)]
 print(f"{cols[0]:.0f} {cols[1]:.3f} {cols[2]:.3f}{flag}")'

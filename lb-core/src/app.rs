@@ -81,6 +81,8 @@ struct Inner {
     balancer: Arc<dyn BalancerFactory>,
     admin: Mutex<Option<SmallServer>>,
     ready: AtomicBool,
+    /// `runtime.access_log`, read by every route.
+    access_log: Arc<AtomicBool>,
     /// Listeners removed by reloads, finishing their connections.
     draining: TaskTracker,
 }
@@ -125,6 +127,7 @@ impl Gantry {
                 balancer,
                 admin: Mutex::new(None),
                 ready: AtomicBool::new(false),
+                access_log: Arc::new(AtomicBool::new(model.runtime.access_log)),
                 draining: TaskTracker::new(),
             }),
         };
@@ -157,18 +160,18 @@ impl Gantry {
         let mut admin_target = None;
         for change in &changes {
             match change {
-                Change::ListenerAdded(key) => starts.push(self.bind(port_of(&new, key), &new)?),
+                Change::ListenerAdded(key) => starts.push(self.bind(port_of(&new, key))?),
                 Change::ListenerRemoved(key) => stops.push(key.clone()),
                 Change::ListenerRebound { key, .. } => {
                     stops.push(key.clone());
-                    starts.push(self.bind(port_of(&new, key), &new)?);
+                    starts.push(self.bind(port_of(&new, key))?);
                 }
                 Change::BackendsChanged(key)
                 | Change::CertificatesChanged(key)
                 | Change::ListenerSettingsChanged(key) => {
                     if swapped.insert(key.clone()) {
                         if let Some(listener) = listeners.get(key) {
-                            swaps.push(self.prepare_swap(listener, port_of(&new, key), &new)?);
+                            swaps.push(self.prepare_swap(listener, port_of(&new, key))?);
                         }
                     }
                 }
@@ -225,6 +228,9 @@ impl Gantry {
                 tokio::spawn(previous.stop());
             }
         }
+        inner
+            .access_log
+            .store(new.runtime.access_log, Ordering::Relaxed);
         inner.model.store(Arc::new(new));
         inner.live.store(Arc::new(
             listeners
@@ -314,20 +320,16 @@ impl Gantry {
         &self.inner.metrics
     }
 
-    fn route_context<'a>(
-        &'a self,
-        tls: Option<&'a TlsEndpoint>,
-        model: &Model,
-    ) -> RouteContext<'a> {
+    fn route_context<'a>(&'a self, tls: Option<&'a TlsEndpoint>) -> RouteContext<'a> {
         RouteContext {
             metrics: &self.inner.metrics,
             balancer: self.inner.balancer.as_ref(),
             tls,
-            access_log: model.runtime.access_log,
+            access_log: &self.inner.access_log,
         }
     }
 
-    fn bind(&self, port: &Port, model: &Model) -> Result<Listener, ApplyError> {
+    fn bind(&self, port: &Port) -> Result<Listener, ApplyError> {
         let tls_error = |source| ApplyError::Tls {
             key: port.key.clone(),
             source,
@@ -336,7 +338,7 @@ impl Gantry {
             Some(tls) => Some(Arc::new(TlsEndpoint::new(tls).map_err(tls_error)?)),
             None => None,
         };
-        let cx = self.route_context(endpoint.as_deref(), model);
+        let cx = self.route_context(endpoint.as_deref());
         let route = Route::build(port, None, &cx).map_err(tls_error)?;
         Listener::bind(port.key.clone(), port.bind, route, endpoint).map_err(|source| {
             ApplyError::Bind {
@@ -347,12 +349,7 @@ impl Gantry {
         })
     }
 
-    fn prepare_swap(
-        &self,
-        listener: &Listener,
-        port: &Port,
-        model: &Model,
-    ) -> Result<PreparedSwap, ApplyError> {
+    fn prepare_swap(&self, listener: &Listener, port: &Port) -> Result<PreparedSwap, ApplyError> {
         let tls_error = |source| ApplyError::Tls {
             key: port.key.clone(),
             source,
@@ -363,7 +360,7 @@ impl Gantry {
         };
         let endpoint = new_endpoint.as_deref().or(listener.tls().map(Arc::as_ref));
         let previous = listener.shared().route.load();
-        let cx = self.route_context(endpoint, model);
+        let cx = self.route_context(endpoint);
         let route = Route::build(port, Some(&previous), &cx).map_err(tls_error)?;
         Ok(PreparedSwap {
             key: port.key.clone(),

@@ -2,6 +2,7 @@
 //! TLS acceptor and pre-resolved metric handles. A reload builds a new [`Route`] off the data
 //! path and swaps it in; each new connection (and each HTTP request) loads the current one.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use lb_config::Port;
@@ -24,8 +25,9 @@ pub struct Route {
     pub pool: BackendPool,
     /// Handshakes for `tls` and `https` ports.
     pub tls: Option<Acceptor>,
-    /// Emit access log lines.
-    pub access_log: bool,
+    /// `runtime.access_log`, shared by every route so a reload that changes only `runtime:`
+    /// switches it everywhere at once.
+    access_log: Arc<AtomicBool>,
 }
 
 /// Inputs to [`Route::build`] that come from outside the port's own model.
@@ -36,8 +38,8 @@ pub struct RouteContext<'a> {
     pub balancer: &'a dyn BalancerFactory,
     /// The listener's TLS state, for TLS ports.
     pub tls: Option<&'a TlsEndpoint>,
-    /// `runtime.access_log`.
-    pub access_log: bool,
+    /// The process-wide `runtime.access_log` switch.
+    pub access_log: &'a Arc<AtomicBool>,
 }
 
 impl Route {
@@ -70,9 +72,14 @@ impl Route {
             unrouted: cx.metrics.backend(service, name, "none"),
             pool,
             tls,
-            access_log: cx.access_log,
+            access_log: cx.access_log.clone(),
             port: port.clone(),
         })
+    }
+
+    /// Whether to emit access log lines now.
+    pub fn logs_access(&self) -> bool {
+        self.access_log.load(Ordering::Relaxed)
     }
 
     /// Backends `self` had that `next` no longer has (their metrics can be forgotten).

@@ -60,7 +60,7 @@ where
         &backend.metrics.bytes_sent,
     )
     .await;
-    if route.access_log {
+    if route.logs_access() {
         tracing::info!(
             target: "gantry::access",
             service = %key.service,

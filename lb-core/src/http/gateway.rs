@@ -216,13 +216,20 @@ impl ProxyHttp for Gateway {
         metrics.bytes_sent.inc_by(session.body_bytes_sent() as u64);
         let key = &ctx.route.port.key;
         let backend_label = backend.map_or("none", |b| b.label.as_str());
-        if let Some(e) = e {
-            tracing::warn!(
+        match e {
+            // A client that goes away is the client's business: keep it out of the warnings,
+            // which any client could otherwise flood.
+            Some(e) if *e.esource() == ErrorSource::Downstream => tracing::debug!(
+                service = %key.service, port = %key.port, backend = backend_label,
+                error = %e, "client ended the request"
+            ),
+            Some(e) => tracing::warn!(
                 service = %key.service, port = %key.port, backend = backend_label,
                 status = status.unwrap_or(0), error = %e, "request failed"
-            );
+            ),
+            None => {}
         }
-        if ctx.route.access_log {
+        if ctx.route.logs_access() {
             let head = session.req_header();
             tracing::info!(
                 target: "gantry::access",

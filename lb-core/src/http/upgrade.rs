@@ -72,7 +72,7 @@ pub async fn tunnel<C>(
     )
     .await;
     backend.metrics.request(Some(status), started.elapsed());
-    if route.access_log {
+    if route.logs_access() {
         let key = &route.port.key;
         tracing::info!(
             target: "gantry::access",

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::certs::{Leaf, TestCa};
 use crate::support::client::{get, tls_connect, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
-use crate::support::{addr, eventually, metric};
+use crate::support::{access_log, addr, eventually, metric};
 
 /// Writes `yaml` (with an ephemeral admin port) to `path` and starts Gantry from the file.
 async fn start_from(path: &Path, yaml: &str) -> Gantry {
@@ -336,6 +336,53 @@ async fn the_file_watcher_picks_up_a_rotated_certificate() {
     .await;
     stop.cancel();
     watcher.await.expect("watcher stops");
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_follows_a_reload_that_changes_only_runtime_settings() {
+    access_log::capture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let service = |access_log: bool| {
+        format!(
+            "runtime: {{ access_log: {access_log} }}\nservices:\n  - name: audited\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\"] }}\n",
+            origin.addr
+        )
+    };
+    std::fs::write(
+        &config,
+        format!("admin: {{ listen: \"127.0.0.1:0\" }}\n{}", service(false)),
+    )
+    .expect("write");
+    let gantry = Gantry::start(lb_config::load_file(&config).expect("valid"))
+        .await
+        .expect("start");
+    let proxy = addr(&gantry, "audited", "http");
+    get(proxy, "/quiet").await;
+    assert!(access_log::lines_for("audited").is_empty());
+
+    std::fs::write(
+        &config,
+        format!("admin: {{ listen: \"127.0.0.1:0\" }}\n{}", service(true)),
+    )
+    .expect("write");
+    let changes = gantry.reload_from_file(&config).await.expect("reload");
+    assert_eq!(changes, [Change::RuntimeChanged]);
+    get(proxy, "/logged").await;
+    // The line is written once the response is out, so possibly after the client has it.
+    eventually("the access log line", || async {
+        !access_log::lines_for("audited").is_empty()
+    })
+    .await;
+    let lines = access_log::lines_for("audited");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("path=/logged") && lines[0].contains("status=200"),
+        "{}",
+        lines[0]
+    );
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 

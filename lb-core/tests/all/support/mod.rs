@@ -1,5 +1,6 @@
 //! Shared test support: certificates, origins, clients, and starting Gantry from YAML.
 
+pub mod access_log;
 pub mod certs;
 pub mod client;
 pub mod origin;
