@@ -144,8 +144,9 @@ def ms(v):
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
     return float(m.group(1)) * UNITS[m.group(2)] if m else None
 rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-p50 = re.search(r"50%\s+(\S+)", text)
-p99 = re.search(r"99%\s+(\S+)", text)
+# Anchored: "89.50%" in the stdev column also ends in "50%".
+p50 = re.search(r"^\s+50%\s+(\S+)", text, re.M)
+p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M)
 values = [float(rps.group(1)) if rps else None] + [ms(m.group(1)) if m else None for m in (p50, p99)]
 if None in values:
     # A run that cannot be read is left out of the median, and shown.
