@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::balancer::PickContext;
-use crate::pool::{BackendLease, Tried};
+use crate::pool::{BackendLease, BackendState, Tried};
 use crate::proxy_protocol;
 use crate::route::Route;
 
@@ -52,14 +52,7 @@ where
         }
     }
     let started = Instant::now();
-    let outcome = relay(
-        client,
-        upstream,
-        route.port.settings.timeouts.tcp_idle,
-        &backend.metrics.bytes_received,
-        &backend.metrics.bytes_sent,
-    )
-    .await;
+    let outcome = relay_to_backend(route, backend, client, upstream).await;
     if route.logs_access() {
         tracing::info!(
             target: "gantry::access",
@@ -124,6 +117,28 @@ impl RelayOutcome {
             RelayOutcome::IdleTimeout => "idle_timeout",
         }
     }
+}
+
+/// Relays between a client and `backend` under the port's idle timeout, counting the bytes in
+/// the backend's metrics.
+pub(crate) async fn relay_to_backend<A, B>(
+    route: &Route,
+    backend: &BackendState,
+    client: A,
+    upstream: B,
+) -> RelayOutcome
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    relay(
+        client,
+        upstream,
+        route.port.settings.timeouts.tcp_idle,
+        &backend.metrics.bytes_received,
+        &backend.metrics.bytes_sent,
+    )
+    .await
 }
 
 /// Copies bytes both ways until both directions end, counting them as they pass.

@@ -63,14 +63,7 @@ pub async fn tunnel<C>(
             return refuse(client, 502).await;
         }
     };
-    let outcome = tcp::relay(
-        client,
-        upstream,
-        route.port.settings.timeouts.tcp_idle,
-        &backend.metrics.bytes_received,
-        &backend.metrics.bytes_sent,
-    )
-    .await;
+    let outcome = tcp::relay_to_backend(route, backend, client, upstream).await;
     backend.metrics.request(Some(status), started.elapsed());
     if route.logs_access() {
         let key = &route.port.key;
