@@ -40,7 +40,13 @@ where
     let key = &route.port.key;
     let Some((lease, mut upstream)) = connect(route, &info).await else {
         route.unrouted.connections.inc();
-        tracing::warn!(service = %key.service, port = %key.port, client = %info.peer, "no backend reachable; closing connection");
+        // No backends at all is a configuration state (visible in /config and metrics), not
+        // something to repeat per connection; backends that all failed are worth a warning.
+        if route.pool.backends().is_empty() {
+            tracing::debug!(service = %key.service, port = %key.port, "no backends; closing connection");
+        } else {
+            tracing::warn!(service = %key.service, port = %key.port, client = %info.peer, "no backend reachable; closing connection");
+        }
         return;
     };
     let backend = lease.backend();

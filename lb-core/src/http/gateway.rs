@@ -223,6 +223,11 @@ impl ProxyHttp for Gateway {
                 service = %key.service, port = %key.port, backend = backend_label,
                 error = %e, "client ended the request"
             ),
+            // No backends at all is a configuration state (in /config and metrics), answered
+            // 503; not worth a warning per request.
+            Some(e) if ctx.route.pool.backends().is_empty() => tracing::debug!(
+                service = %key.service, port = %key.port, error = %e, "no backends"
+            ),
             Some(e) => tracing::warn!(
                 service = %key.service, port = %key.port, backend = backend_label,
                 status = status.unwrap_or(0), error = %e, "request failed"
