@@ -1,0 +1,136 @@
+//! `gantry-plugin-sdk`: write a Gantry policy plugin in a few dozen lines.
+//!
+//! A balancer is a type implementing [`Balancer`], exported with [`export_balancer!`]:
+//!
+//! ```ignore
+//! use gantry_plugin_sdk::{export_balancer, Backend, Balancer, Params, Request};
+//!
+//! struct First(Vec<u32>);
+//!
+//! impl Balancer for First {
+//!     fn configure(params: &Params) -> Result<Self, String> {
+//!         params.reject_unknown(&[])?;
+//!         Ok(First(Vec::new()))
+//!     }
+//!     fn set_backends(&mut self, backends: Vec<Backend>) {
+//!         self.0 = backends.iter().filter(|b| b.weight > 0).map(|b| b.id).collect();
+//!     }
+//!     fn pick(&mut self, _request: &Request, attempt: u32) -> Option<u32> {
+//!         self.0.get(attempt as usize).copied()
+//!     }
+//! }
+//!
+//! export_balancer!(First);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file is the plugin.
+//! The contract is the WIT package `gantry:plugins@0.1.0` in `plugins-wit/`; its documentation
+//! says what each call means and promises. `docs/plugins.md` walks through a whole plugin.
+
+mod params;
+
+pub use params::Params;
+
+// The generated bindings name this crate by its external path, also from inside it.
+extern crate self as gantry_plugin_sdk;
+
+/// Generated bindings of the `balancer` world. Use the re-exports below instead.
+#[doc(hidden)]
+pub mod balancer_bindings {
+    #![allow(missing_docs)]
+    wit_bindgen::generate!({
+        world: "balancer",
+        path: "../../plugins-wit/wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_balancer_world",
+        default_bindings_module: "gantry_plugin_sdk::balancer_bindings",
+        runtime_path: "gantry_plugin_sdk::__wit_bindgen::rt",
+    });
+}
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+pub use balancer_bindings::gantry::plugins::host;
+pub use balancer_bindings::gantry::plugins::types::{Backend, IpAddress, Protocol, Request};
+
+/// A balancing policy. Each Gantry worker thread holds its own instance, so `&mut self` is
+/// never shared; figures shared by all threads come from [`host::backend_figures`].
+pub trait Balancer: Sized + 'static {
+    /// Builds the policy from the operator's parameters; an `Err` message is shown to the
+    /// operator and the plugin is not used.
+    fn configure(params: &Params) -> Result<Self, String>;
+
+    /// The full backend set, at start and on every change: build tables here.
+    fn set_backends(&mut self, backends: Vec<Backend>);
+
+    /// The id of the backend for this request, or `None` to let Gantry choose. `attempt`
+    /// counts earlier answers for the same request that Gantry could not use.
+    fn pick(&mut self, request: &Request, attempt: u32) -> Option<u32>;
+}
+
+/// Exports a [`Balancer`] implementation as the plugin's `balancer` world.
+#[macro_export]
+macro_rules! export_balancer {
+    ($balancer:ty) => {
+        #[doc(hidden)]
+        struct __GantryBalancer;
+
+        ::std::thread_local! {
+            static __GANTRY_BALANCER: ::std::cell::RefCell<::std::option::Option<$balancer>> =
+                const { ::std::cell::RefCell::new(::std::option::Option::None) };
+        }
+
+        impl $crate::balancer_bindings::Guest for __GantryBalancer {
+            fn configure(
+                parameters: ::std::vec::Vec<$crate::balancer_bindings::gantry::plugins::types::Parameter>,
+            ) -> ::std::result::Result<(), ::std::string::String> {
+                let params = $crate::Params::from_pairs(
+                    parameters.into_iter().map(|p| (p.name, p.value)).collect(),
+                );
+                let policy = <$balancer as $crate::Balancer>::configure(&params)?;
+                __GANTRY_BALANCER.with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(policy));
+                ::std::result::Result::Ok(())
+            }
+
+            fn set_backends(backends: ::std::vec::Vec<$crate::Backend>) {
+                __GANTRY_BALANCER.with(|slot| {
+                    if let ::std::option::Option::Some(policy) = slot.borrow_mut().as_mut() {
+                        $crate::Balancer::set_backends(policy, backends);
+                    }
+                });
+            }
+
+            fn pick(request: $crate::Request, attempt: u32) -> ::std::option::Option<u32> {
+                __GANTRY_BALANCER.with(|slot| {
+                    slot.borrow_mut()
+                        .as_mut()
+                        .and_then(|policy| $crate::Balancer::pick(policy, &request, attempt))
+                })
+            }
+        }
+
+        $crate::balancer_bindings::__export_balancer_world!(__GantryBalancer);
+    };
+}
+
+/// Backends that may take new work (weight above 0), with their weights.
+pub fn weighted(backends: &[Backend]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    backends
+        .iter()
+        .filter(|b| b.weight > 0)
+        .map(|b| (b.id, b.weight))
+}
+
+/// `ip:port` of a backend: the identity consistent-hashing plugins hash, so that every replica
+/// and every reload places a backend at the same points whatever its id.
+pub fn backend_key(backend: &Backend) -> String {
+    match backend.address {
+        IpAddress::V4((a, b, c, d)) => format!("{a}.{b}.{c}.{d}:{}", backend.port),
+        IpAddress::V6(segments) => {
+            let (a, b, c, d, e, f, g, h) = segments;
+            let ip = std::net::Ipv6Addr::new(a, b, c, d, e, f, g, h);
+            format!("[{ip}]:{}", backend.port)
+        }
+    }
+}
