@@ -30,6 +30,8 @@ pub enum Change {
     CertificatesChanged(ListenerKey),
     /// Protocol, timeouts, limits or retry policy changed: swap what new connections use.
     ListenerSettingsChanged(ListenerKey),
+    /// The balancing policy, its parameters, or its plugin file changed: load it, swap it.
+    BalancerChanged(ListenerKey),
     /// The admin listener moved.
     AdminChanged {
         /// Old address.
@@ -51,6 +53,7 @@ impl Change {
             Change::BackendsChanged(_) => "backends_changed",
             Change::CertificatesChanged(_) => "certificates_changed",
             Change::ListenerSettingsChanged(_) => "listener_settings_changed",
+            Change::BalancerChanged(_) => "balancer_changed",
             Change::AdminChanged { .. } => "admin_changed",
             Change::RuntimeChanged => "runtime_changed",
         }
@@ -64,7 +67,8 @@ impl fmt::Display for Change {
             | Change::ListenerRemoved(k)
             | Change::BackendsChanged(k)
             | Change::CertificatesChanged(k)
-            | Change::ListenerSettingsChanged(k) => write!(f, "{} {k}", self.kind()),
+            | Change::ListenerSettingsChanged(k)
+            | Change::BalancerChanged(k) => write!(f, "{} {k}", self.kind()),
             Change::ListenerRebound { key, from, to } => {
                 write!(f, "{} {key} {from} -> {to}", self.kind())
             }
@@ -83,7 +87,7 @@ pub fn diff(old: &Model, new: &Model) -> Vec<Change> {
             to: new.admin.listen,
         });
     }
-    if old.runtime != new.runtime {
+    if old.runtime != new.runtime || old.plugin_limits != new.plugin_limits {
         changes.push(Change::RuntimeChanged);
     }
     let keys: BTreeSet<&ListenerKey> = old.ports().chain(new.ports()).map(|p| &p.key).collect();
@@ -118,6 +122,9 @@ fn port_changes(before: &Port, after: &Port, out: &mut Vec<Change>) {
     }
     if before.tls != after.tls {
         out.push(Change::CertificatesChanged(key.clone()));
+    }
+    if before.balancer != after.balancer {
+        out.push(Change::BalancerChanged(key.clone()));
     }
     if before.backends != after.backends {
         out.push(Change::BackendsChanged(key.clone()));

@@ -19,6 +19,10 @@ pub struct FileConfig {
     pub runtime: Option<Lenient<RuntimeFile>>,
     /// Port settings every port inherits unless it sets its own.
     pub defaults: Option<Lenient<PortSettingsFile>>,
+    /// Policy plugins written by users, by the name ports refer to them with.
+    pub plugins: Option<BTreeMap<String, Lenient<PluginFile>>>,
+    /// Sandbox limits every plugin runs under.
+    pub plugin_limits: Option<Lenient<PluginLimitsFile>>,
     /// The services Gantry exposes.
     #[serde(default)]
     pub services: Vec<Lenient<ServiceFile>>,
@@ -79,6 +83,8 @@ pub struct PortFile {
     pub proxy_protocol: Option<ProxyProtocolFile>,
     /// How `http`/`https` ports talk to backends: `http1` (default) or `h2c` (gRPC backends).
     pub backend_protocol: Option<BackendProtocolFile>,
+    /// The balancing policy. Default: `builtin:round-robin`.
+    pub balancer: Option<Lenient<BalancerFile>>,
     /// Settings that override `defaults:` for this port.
     #[serde(flatten)]
     pub settings: PortSettingsFile,
@@ -144,6 +150,44 @@ pub struct BackoffFile {
     pub initial: Option<DurationText>,
     /// Longest skip; each further consecutive failure doubles it. Default `30s`.
     pub max: Option<DurationText>,
+}
+
+/// `ports[].balancer:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerFile {
+    /// `builtin:NAME` or the name of an entry under `plugins:`. Default `builtin:round-robin`.
+    pub policy: Option<String>,
+    /// Parameters handed to the plugin's `configure`; values are scalars, passed as text.
+    pub params: Option<BTreeMap<String, serde_yaml::Value>>,
+    /// What the request's hash key is made of: `client_ip` (default), `header:NAME` or
+    /// `cookie:NAME` (falling back to the client IP when absent).
+    pub hash_key: Option<String>,
+}
+
+/// One entry of `plugins:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginFile {
+    /// The component file (`.wasm`). Required.
+    pub file: Option<String>,
+    /// Expected SHA-256 of the file, hex; a different file is refused.
+    pub sha256: Option<String>,
+}
+
+/// `plugin_limits:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimitsFile {
+    /// Longest a `pick` may run before it is interrupted. Default `2ms`.
+    pub call_deadline: Option<DurationText>,
+    /// Longest `configure` or `set-backends` (table building) may run. Default `1s`.
+    pub setup_deadline: Option<DurationText>,
+    /// Linear memory one plugin instance may grow to, MiB (1 to 4096). Default 16.
+    pub memory_mib: Option<u32>,
+    /// Consecutive faults after which a plugin is no longer called until its file changes.
+    /// Default 10.
+    pub quarantine_after: Option<u32>,
 }
 
 /// `ports[].protocol`

@@ -10,6 +10,7 @@ pub mod diff;
 pub mod file;
 mod lenient;
 pub mod model;
+mod policy;
 mod problems;
 mod tls;
 mod validate;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use diff::{diff, Change};
 pub use model::*;
+pub use policy::{BUILTIN_BALANCERS, DEFAULT_BALANCER};
 pub use problems::{Problem, Problems};
 pub use validate::{builtin_port_settings, DEFAULT_ADMIN_LISTEN, MAX_WEIGHT};
 
@@ -79,6 +81,10 @@ pub fn files_named_by(path: &Path) -> Vec<PathBuf> {
                 files.extend(named.into_iter().flatten().map(|f| base_dir.join(f)));
             }
         }
+    }
+    let plugins = file.plugins.iter().flatten();
+    for plugin in plugins.filter_map(|(_, p)| p.parsed()) {
+        files.extend(plugin.file.iter().map(|f| base_dir.join(f)));
     }
     files.sort();
     files.dedup();

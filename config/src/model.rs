@@ -20,6 +20,8 @@ pub struct Model {
     pub admin: Admin,
     /// Process-wide settings.
     pub runtime: Runtime,
+    /// Sandbox limits of policy plugins.
+    pub plugin_limits: PluginLimits,
     /// Services by name.
     pub services: BTreeMap<String, Service>,
 }
@@ -43,11 +45,30 @@ impl Model {
             .filter_map(|p| p.tls.as_ref())
             .flat_map(|tls| tls.certificates.iter())
             .flat_map(|c| [c.cert_path.clone(), c.key_path.clone()])
+            .chain(self.ports().filter_map(|p| match &p.balancer.policy {
+                PolicySource::File(plugin) => Some(plugin.file.clone()),
+                PolicySource::Builtin(_) => None,
+            }))
             .collect();
         files.sort();
         files.dedup();
         files
     }
+}
+
+/// `plugin_limits:`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PluginLimits {
+    /// Deadline of one `pick`.
+    #[serde(with = "duration_text")]
+    pub call_deadline: Duration,
+    /// Deadline of `configure` and `set-backends`.
+    #[serde(with = "duration_text")]
+    pub setup_deadline: Duration,
+    /// Linear memory cap per instance, bytes.
+    pub memory_bytes: u64,
+    /// Consecutive faults before quarantine.
+    pub quarantine_after: u32,
 }
 
 /// `admin:`
@@ -116,8 +137,110 @@ pub struct Port {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// HTTP version spoken to backends (`http`/`https`).
     pub backend_protocol: BackendProtocol,
+    /// The balancing policy.
+    pub balancer: BalancerPolicy,
     /// Timeouts, limits and retry policy.
     pub settings: PortSettings,
+    /// Where in the file this port was written, for diagnostics about it found later.
+    #[serde(skip)]
+    pub origin: FieldOrigin,
+}
+
+/// The field path a part of the model came from (`services[2].ports[0]`). Not part of what a
+/// port *is*: moving a port within the file changes nothing, so it always compares equal.
+#[derive(Clone, Debug, Default)]
+pub struct FieldOrigin(pub String);
+
+impl PartialEq for FieldOrigin {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Display for FieldOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A port's balancing policy.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BalancerPolicy {
+    /// Which plugin.
+    pub policy: PolicySource,
+    /// The operator's parameters, sorted by name.
+    pub params: Vec<(String, String)>,
+    /// What the request's hash key is made of.
+    pub hash_key: HashKey,
+}
+
+/// Where a policy plugin comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicySource {
+    /// Embedded in Gantry (`builtin:NAME`).
+    Builtin(String),
+    /// A user's component file, named under `plugins:`.
+    File(Arc<PluginBinary>),
+}
+
+impl Serialize for PolicySource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PolicySource::Builtin(name) => s.serialize_str(&format!("builtin:{name}")),
+            PolicySource::File(plugin) => plugin.serialize(s),
+        }
+    }
+}
+
+/// A user's plugin file, read and hashed when the configuration was loaded.
+#[derive(Clone, Serialize)]
+pub struct PluginBinary {
+    /// Its name under `plugins:`.
+    pub name: String,
+    /// The file.
+    pub file: PathBuf,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
+    /// The component, as read.
+    #[serde(skip)]
+    pub bytes: Arc<[u8]>,
+}
+
+impl PartialEq for PluginBinary {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.file == other.file && self.sha256 == other.sha256
+    }
+}
+
+impl fmt::Debug for PluginBinary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginBinary")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request's hash key is computed from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// A request header (lowercase name); the client IP when absent.
+    Header(String),
+    /// A cookie; the client IP when absent.
+    Cookie(String),
+}
+
+impl Serialize for HashKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HashKey::ClientIp => s.serialize_str("client_ip"),
+            HashKey::Header(name) => s.serialize_str(&format!("header:{name}")),
+            HashKey::Cookie(name) => s.serialize_str(&format!("cookie:{name}")),
+        }
+    }
 }
 
 /// What a port speaks to clients.

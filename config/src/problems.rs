@@ -84,6 +84,7 @@ pub(crate) struct FieldPath(Vec<Segment>);
 #[derive(Clone, Debug)]
 enum Segment {
     Field(&'static str),
+    Key(String),
     Index(usize),
 }
 
@@ -96,6 +97,13 @@ impl FieldPath {
     pub(crate) fn field(&self, name: &'static str) -> Self {
         let mut next = self.clone();
         next.0.push(Segment::Field(name));
+        next
+    }
+
+    /// `self.key` for a key chosen by the operator (a map entry).
+    pub(crate) fn key(&self, key: &str) -> Self {
+        let mut next = self.clone();
+        next.0.push(Segment::Key(key.to_owned()));
         next
     }
 
@@ -113,6 +121,7 @@ impl fmt::Display for FieldPath {
             match segment {
                 Segment::Field(name) if i == 0 => f.write_str(name)?,
                 Segment::Field(name) => write!(f, ".{name}")?,
+                Segment::Key(key) => write!(f, ".{key}")?,
                 Segment::Index(index) => write!(f, "[{index}]")?,
             }
         }

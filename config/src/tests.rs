@@ -331,3 +331,75 @@ fn the_config_dump_never_contains_key_material() {
     assert!(json.contains("\"sha256\""));
     assert!(json.contains("s.example"));
 }
+
+#[test]
+fn a_port_without_a_balancer_uses_the_builtin_round_robin_keyed_by_client_ip() {
+    let model = parse("services:\n  - name: s\n    ports: [{ port: 1 }]\n").expect("valid");
+    let port = model.ports().next().expect("port");
+    assert_eq!(
+        port.balancer.policy,
+        PolicySource::Builtin("round-robin".into())
+    );
+    assert_eq!(port.balancer.hash_key, HashKey::ClientIp);
+    assert_eq!(port.origin.to_string(), "services[0].ports[0]");
+}
+
+#[test]
+fn balancer_policies_params_and_hash_keys_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = dir.path().join("canary.wasm");
+    std::fs::write(&wasm, b"\0asm not really").expect("write");
+    let yaml = r#"
+plugins:
+  canary: { file: canary.wasm, sha256: "0000000000000000000000000000000000000000000000000000000000000000" }
+  broken: { file: missing.wasm }
+plugin_limits: { memory_mib: 9000 }
+services:
+  - name: s
+    ports:
+      - { name: a, port: 1, balancer: { policy: "builtin:nope" } }
+      - { name: b, port: 2, balancer: { policy: other } }
+      - { name: c, port: 3, balancer: { policy: broken } }
+      - { name: d, port: 4, balancer: { policy: "builtin:maglev", params: { table_size: [1] }, hash_key: "body:x" } }
+"#;
+    let problems = problems_of(yaml, dir.path()).join("\n");
+    for expected in [
+        "plugins.canary.sha256: ",
+        "not the pinned 0000",
+        "plugins.broken.file: file not found:",
+        "plugin_limits.memory_mib: 9000 is out of range",
+        "services[0].ports[0].balancer.policy: unknown built-in `nope`; built-ins are builtin:round-robin",
+        "services[0].ports[1].balancer.policy: `other` is neither a built-in",
+        "services[0].ports[3].balancer.params.table_size: must be a string, a number or a boolean",
+        "services[0].ports[3].balancer.hash_key: `body:x` is not",
+    ] {
+        assert!(problems.contains(expected), "missing {expected:?} in\n{problems}");
+    }
+    assert!(
+        !problems.contains("ports[2].balancer"),
+        "a plugin whose file failed is reported once, under plugins:\n{problems}"
+    );
+}
+
+#[test]
+fn a_changed_plugin_file_is_a_changed_balancer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = dir.path().join("p.wasm");
+    let yaml = "plugins:\n  mine: { file: p.wasm }\nservices:\n  - name: s\n    ports: [{ port: 1, balancer: { policy: mine, params: { weight: 3, on: true }, hash_key: \"header:X-User\" } }]\n";
+    std::fs::write(&wasm, b"one").expect("write");
+    let before = parse_str(yaml, dir.path()).expect("valid");
+    let port = before.ports().next().expect("port");
+    assert_eq!(
+        port.balancer.params,
+        [
+            ("on".to_string(), "true".to_string()),
+            ("weight".into(), "3".into())
+        ]
+    );
+    assert_eq!(port.balancer.hash_key, HashKey::Header("x-user".into()));
+    assert!(before.referenced_files().contains(&wasm));
+    std::fs::write(&wasm, b"two").expect("write");
+    let after = parse_str(yaml, dir.path()).expect("valid");
+    let key = port.key.clone();
+    assert_eq!(diff(&before, &after), [Change::BalancerChanged(key)]);
+}

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use crate::file::*;
 use crate::lenient::{DurationText, Lenient};
 use crate::model::*;
+use crate::policy::{build_balancer, build_plugin_limits, build_plugins, Plugins};
 use crate::problems::{FieldPath, Problems};
 use crate::tls::{load_certificate, CertificateRequest};
 
@@ -69,6 +70,27 @@ pub(crate) fn build_model(file: FileConfig, base_dir: &Path) -> Result<Model, Pr
         None => builtin_port_settings(),
     };
 
+    let plugins = build_plugins(
+        file.plugins,
+        base_dir,
+        &root.field("plugins"),
+        &mut problems,
+    );
+    let plugin_limits = build_plugin_limits(
+        take(
+            file.plugin_limits,
+            &root.field("plugin_limits"),
+            &mut problems,
+        ),
+        &root.field("plugin_limits"),
+        &mut problems,
+    );
+    let shared = Shared {
+        defaults: &defaults,
+        base_dir,
+        plugins: &plugins,
+    };
+
     let mut services = BTreeMap::new();
     let mut first_seen: HashMap<String, usize> = HashMap::new();
     let services_path = root.field("services");
@@ -77,8 +99,7 @@ pub(crate) fn build_model(file: FileConfig, base_dir: &Path) -> Result<Model, Pr
         let Some(service) = take(Some(item), &path, &mut problems) else {
             continue;
         };
-        let Some(service) = build_service(service, &defaults, base_dir, &path, &mut problems)
-        else {
+        let Some(service) = build_service(service, &shared, &path, &mut problems) else {
             continue;
         };
         if let Some(first) = first_seen.get(&service.name) {
@@ -98,6 +119,7 @@ pub(crate) fn build_model(file: FileConfig, base_dir: &Path) -> Result<Model, Pr
     let model = Model {
         admin,
         runtime,
+        plugin_limits,
         services,
     };
     check_bind_conflicts(&model, &first_seen, &mut problems);
@@ -159,10 +181,16 @@ fn build_runtime(
     }
 }
 
+/// What every service and port is validated against.
+struct Shared<'a> {
+    defaults: &'a PortSettings,
+    base_dir: &'a Path,
+    plugins: &'a Plugins,
+}
+
 fn build_service(
     file: ServiceFile,
-    defaults: &PortSettings,
-    base_dir: &Path,
+    shared: &Shared<'_>,
     path: &FieldPath,
     p: &mut Problems,
 ) -> Option<Service> {
@@ -210,8 +238,7 @@ fn build_service(
             service: name.as_deref(),
             address,
             several_ports,
-            defaults,
-            base_dir,
+            shared,
         };
         let Some(port) = build_port(port_file, &context, &port_path, p) else {
             continue;
@@ -241,11 +268,11 @@ struct PortContext<'a> {
     service: Option<&'a str>,
     address: Option<IpAddr>,
     several_ports: bool,
-    defaults: &'a PortSettings,
-    base_dir: &'a Path,
+    shared: &'a Shared<'a>,
 }
 
-const PORT_FIELDS: &str = "name, port, protocol, backends, tls, proxy_protocol, backend_protocol, \
+const PORT_FIELDS: &str =
+    "name, port, protocol, backends, tls, proxy_protocol, backend_protocol, balancer, \
                            timeouts, limits, retries, backoff, trusted_proxies";
 
 fn build_port(
@@ -291,7 +318,13 @@ fn build_port(
         ProtocolFile::Https => Protocol::Https,
     };
     let backends = build_backends(file.backends, &path.field("backends"), p);
-    let tls = build_tls(file.tls, protocol, cx.base_dir, &path.field("tls"), p);
+    let tls = build_tls(
+        file.tls,
+        protocol,
+        cx.shared.base_dir,
+        &path.field("tls"),
+        p,
+    );
     let proxy_protocol = file.proxy_protocol.map(|v| {
         if protocol.is_http() {
             p.push(
@@ -317,7 +350,21 @@ fn build_port(
             BackendProtocol::H2c
         }
     };
-    let settings = apply_settings(cx.defaults, &file.settings, path, p);
+    let settings = apply_settings(cx.shared.defaults, &file.settings, path, p);
+    let balancer_path = path.field("balancer");
+    let balancer = match file.balancer {
+        Some(Lenient::Invalid {
+            path: inner,
+            message,
+        }) => {
+            p.push_nested(&balancer_path, &inner, &message);
+            None
+        }
+        Some(Lenient::Parsed(spec)) => {
+            build_balancer(Some(spec), cx.shared.plugins, &balancer_path, p)
+        }
+        None => build_balancer(None, cx.shared.plugins, &balancer_path, p),
+    };
 
     if !ok {
         return None;
@@ -338,7 +385,9 @@ fn build_port(
         },
         proxy_protocol,
         backend_protocol,
+        balancer: balancer?,
         settings,
+        origin: FieldOrigin(path.to_string()),
     })
 }
 

@@ -116,6 +116,7 @@ impl Gantry {
         let empty = Model {
             admin: model.admin.clone(),
             runtime: model.runtime.clone(),
+            plugin_limits: model.plugin_limits,
             services: BTreeMap::new(),
         };
         let gantry = Gantry {
@@ -168,7 +169,8 @@ impl Gantry {
                 }
                 Change::BackendsChanged(key)
                 | Change::CertificatesChanged(key)
-                | Change::ListenerSettingsChanged(key) => {
+                | Change::ListenerSettingsChanged(key)
+                | Change::BalancerChanged(key) => {
                     if swapped.insert(key.clone()) {
                         if let Some(listener) = listeners.get(key) {
                             swaps.push(self.prepare_swap(listener, port_of(&new, key))?);

@@ -1,0 +1,267 @@
+//! Validation of the policy parts of a configuration: the `plugins:` files (read, hashed and
+//! checked against their pins here, so a changed file is a changed model), each port's
+//! `balancer:`, and the sandbox `plugin_limits:`. Whether a plugin's `configure` accepts its
+//! parameters is for the host to say (it runs the plugin); this module checks the rest.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::file::{BalancerFile, PluginFile, PluginLimitsFile};
+use crate::lenient::Lenient;
+use crate::model::{BalancerPolicy, HashKey, PluginBinary, PluginLimits, PolicySource};
+use crate::problems::{FieldPath, Problems};
+
+/// The balancers embedded in Gantry, usable as `builtin:NAME`. The `gantry` build embeds
+/// exactly these (a test in lb-core holds the two lists together).
+pub const BUILTIN_BALANCERS: &[&str] = &[
+    "round-robin",
+    "random",
+    "least-request",
+    "maglev",
+    "ring-hash",
+];
+
+/// The policy of a port that names none.
+pub const DEFAULT_BALANCER: &str = "round-robin";
+
+/// User plugins by name; `declared` also holds the names whose file failed to load, so a port
+/// naming one is not reported a second time.
+pub(crate) struct Plugins {
+    loaded: BTreeMap<String, Arc<PluginBinary>>,
+    declared: BTreeSet<String>,
+}
+
+pub(crate) fn build_plugins(
+    file: Option<BTreeMap<String, Lenient<PluginFile>>>,
+    base_dir: &Path,
+    path: &FieldPath,
+    p: &mut Problems,
+) -> Plugins {
+    let mut plugins = Plugins {
+        loaded: BTreeMap::new(),
+        declared: BTreeSet::new(),
+    };
+    for (name, item) in file.unwrap_or_default() {
+        let entry_path = path.key(&name);
+        plugins.declared.insert(name.clone());
+        if name.starts_with("builtin:") || name.is_empty() {
+            p.push(
+                &entry_path,
+                "plugin names may not be empty or start with `builtin:`",
+            );
+            continue;
+        }
+        let item = match item {
+            Lenient::Parsed(item) => item,
+            Lenient::Invalid {
+                path: inner,
+                message,
+            } => {
+                p.push_nested(&entry_path, &inner, &message);
+                continue;
+            }
+        };
+        let Some(file) = item.file else {
+            p.push(&entry_path.field("file"), "required");
+            continue;
+        };
+        let file = base_dir.join(file);
+        let bytes = match std::fs::read(&file) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                p.push(
+                    &entry_path.field("file"),
+                    format!("file not found: {}", file.display()),
+                );
+                continue;
+            }
+            Err(err) => {
+                p.push(
+                    &entry_path.field("file"),
+                    format!("cannot read {}: {err}", file.display()),
+                );
+                continue;
+            }
+        };
+        let sha256: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Some(pin) = item.sha256 {
+            let pin = pin.trim().to_ascii_lowercase();
+            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                p.push(&entry_path.field("sha256"), "must be 64 hex digits");
+                continue;
+            }
+            if pin != sha256 {
+                p.push(
+                    &entry_path.field("sha256"),
+                    format!(
+                        "{} has SHA-256 {sha256}, not the pinned {pin}",
+                        file.display()
+                    ),
+                );
+                continue;
+            }
+        }
+        let plugin = PluginBinary {
+            name: name.clone(),
+            file,
+            sha256,
+            bytes: bytes.into(),
+        };
+        plugins.loaded.insert(name, Arc::new(plugin));
+    }
+    plugins
+}
+
+pub(crate) fn build_plugin_limits(
+    file: Option<PluginLimitsFile>,
+    path: &FieldPath,
+    p: &mut Problems,
+) -> PluginLimits {
+    let file = file.unwrap_or_default();
+    let mut limits = PluginLimits {
+        call_deadline: Duration::from_millis(2),
+        setup_deadline: Duration::from_secs(1),
+        memory_bytes: 16 << 20,
+        quarantine_after: 10,
+    };
+    for (value, slot, name) in [
+        (
+            file.call_deadline,
+            &mut limits.call_deadline,
+            "call_deadline",
+        ),
+        (
+            file.setup_deadline,
+            &mut limits.setup_deadline,
+            "setup_deadline",
+        ),
+    ] {
+        match value {
+            Some(d) if d.0 < Duration::from_micros(100) => {
+                p.push(&path.field(name), "must be at least 100us")
+            }
+            Some(d) => *slot = d.0,
+            None => {}
+        }
+    }
+    match file.memory_mib {
+        Some(mib @ 1..=4096) => limits.memory_bytes = u64::from(mib) << 20,
+        Some(mib) => p.push(
+            &path.field("memory_mib"),
+            format!("{mib} is out of range 1..=4096"),
+        ),
+        None => {}
+    }
+    match file.quarantine_after {
+        Some(0) => p.push(&path.field("quarantine_after"), "must be at least 1"),
+        Some(n) => limits.quarantine_after = n,
+        None => {}
+    }
+    limits
+}
+
+pub(crate) fn build_balancer(
+    file: Option<BalancerFile>,
+    plugins: &Plugins,
+    path: &FieldPath,
+    p: &mut Problems,
+) -> Option<BalancerPolicy> {
+    let file = file.unwrap_or_default();
+    let text = file
+        .policy
+        .unwrap_or_else(|| format!("builtin:{DEFAULT_BALANCER}"));
+    let policy = if let Some(name) = text.strip_prefix("builtin:") {
+        if BUILTIN_BALANCERS.contains(&name) {
+            Some(PolicySource::Builtin(name.to_owned()))
+        } else {
+            p.push(
+                &path.field("policy"),
+                format!(
+                    "unknown built-in `{name}`; built-ins are {}",
+                    builtin_list()
+                ),
+            );
+            None
+        }
+    } else if let Some(plugin) = plugins.loaded.get(&text) {
+        Some(PolicySource::File(plugin.clone()))
+    } else if plugins.declared.contains(&text) {
+        None // its own problem is already reported under `plugins:`
+    } else {
+        p.push(
+            &path.field("policy"),
+            format!(
+                "`{text}` is neither a built-in ({}) nor a plugin named under `plugins:`",
+                builtin_list()
+            ),
+        );
+        None
+    };
+
+    let mut params = Vec::new();
+    let mut ok = true;
+    for (name, value) in file.params.unwrap_or_default() {
+        let text = match value {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            _ => {
+                p.push(
+                    &path.field("params").key(&name),
+                    "must be a string, a number or a boolean",
+                );
+                ok = false;
+                continue;
+            }
+        };
+        params.push((name, text));
+    }
+
+    let hash_key = match file.hash_key.as_deref() {
+        None | Some("client_ip") => Some(HashKey::ClientIp),
+        Some(spec) => match spec.split_once(':') {
+            Some(("header", name)) if http_token(name) => {
+                Some(HashKey::Header(name.to_ascii_lowercase()))
+            }
+            Some(("cookie", name)) if http_token(name) => Some(HashKey::Cookie(name.to_owned())),
+            _ => {
+                p.push(
+                    &path.field("hash_key"),
+                    format!("`{spec}` is not `client_ip`, `header:NAME` or `cookie:NAME`"),
+                );
+                None
+            }
+        },
+    };
+    if !ok {
+        return None;
+    }
+    Some(BalancerPolicy {
+        policy: policy?,
+        params,
+        hash_key: hash_key?,
+    })
+}
+
+fn builtin_list() -> String {
+    BUILTIN_BALANCERS
+        .iter()
+        .map(|n| format!("builtin:{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An HTTP token (RFC 9110 §5.6.2), as header and cookie names are.
+fn http_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
