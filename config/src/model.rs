@@ -47,7 +47,7 @@ impl Model {
             .flat_map(|c| [c.cert_path.clone(), c.key_path.clone()])
             .chain(self.ports().filter_map(|p| match &p.balancer.policy {
                 PolicySource::File(plugin) => Some(plugin.file.clone()),
-                PolicySource::Builtin(_) => None,
+                PolicySource::Builtin(_) | PolicySource::Native => None,
             }))
             .collect();
         files.sort();
@@ -177,6 +177,9 @@ pub struct BalancerPolicy {
 /// Where a policy plugin comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PolicySource {
+    /// Gantry's own round-robin, no plugin involved (`native:round-robin`): what answers when
+    /// a plugin faults, and the baseline a plugin's cost is measured against.
+    Native,
     /// Embedded in Gantry (`builtin:NAME`).
     Builtin(String),
     /// A user's component file, named under `plugins:`.
@@ -186,6 +189,7 @@ pub enum PolicySource {
 impl Serialize for PolicySource {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
+            PolicySource::Native => s.serialize_str("native:round-robin"),
             PolicySource::Builtin(name) => s.serialize_str(&format!("builtin:{name}")),
             PolicySource::File(plugin) => plugin.serialize(s),
         }

@@ -177,7 +177,9 @@ pub(crate) fn build_balancer(
     let text = file
         .policy
         .unwrap_or_else(|| format!("builtin:{DEFAULT_BALANCER}"));
-    let policy = if let Some(name) = text.strip_prefix("builtin:") {
+    let policy = if text == "native:round-robin" {
+        Some(PolicySource::Native)
+    } else if let Some(name) = text.strip_prefix("builtin:") {
         if BUILTIN_BALANCERS.contains(&name) {
             Some(PolicySource::Builtin(name.to_owned()))
         } else {
@@ -198,7 +200,7 @@ pub(crate) fn build_balancer(
         p.push(
             &path.field("policy"),
             format!(
-                "`{text}` is neither a built-in ({}) nor a plugin named under `plugins:`",
+                "`{text}` is neither a built-in ({}), native:round-robin, nor a plugin named under `plugins:`",
                 builtin_list()
             ),
         );

@@ -16,10 +16,11 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminApp, AdminView};
-use crate::balancer::{BalancerFactory, RoundRobin};
+use crate::balancer::BalancerFactory;
 use crate::http_server::SmallServer;
 use crate::listener::{Listener, ListenerShared};
 use crate::metrics::Metrics;
+use crate::plugins::{PluginError, PluginHost};
 use crate::route::{Route, RouteContext};
 use crate::tls::TlsEndpoint;
 
@@ -44,6 +45,13 @@ pub enum ApplyError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A port's balancing plugin cannot be used (it failed to load, or refused the port's
+    /// parameters).
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    /// The plugin engine could not start.
+    #[error("{0}")]
+    Plugins(PluginError),
     /// TLS state could not be set up.
     #[error("TLS setup for {key} failed: {source}")]
     Tls {
@@ -52,6 +60,16 @@ pub enum ApplyError {
         /// The rustls error.
         source: rustls::Error,
     },
+}
+
+/// A plugin problem found while applying, with the field path of the port that uses it.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}.balancer: {source}")]
+pub struct PolicyError {
+    /// Where the port is in the configuration (`services[0].ports[1]`).
+    pub origin: String,
+    /// What is wrong with its plugin.
+    pub source: PluginError,
 }
 
 /// Why a reload from a file failed; the running model keeps serving.
@@ -77,8 +95,8 @@ struct Inner {
     listeners: tokio::sync::Mutex<BTreeMap<ListenerKey, Listener>>,
     /// Lock-free view of the listeners for the admin endpoint and tests.
     live: ArcSwap<BTreeMap<ListenerKey, LiveListener>>,
-    metrics: Metrics,
-    balancer: Arc<dyn BalancerFactory>,
+    metrics: Arc<Metrics>,
+    plugins: PluginHost,
     admin: Mutex<Option<SmallServer>>,
     ready: AtomicBool,
     /// `runtime.access_log`, read by every route.
@@ -103,16 +121,14 @@ struct PreparedSwap {
 }
 
 impl Gantry {
-    /// Starts serving `model` with the native round-robin balancer.
+    /// Starts serving `model`.
     pub async fn start(model: Model) -> Result<Gantry, ApplyError> {
-        Self::start_with(model, Arc::new(RoundRobin)).await
-    }
-
-    /// Starts serving `model`, balancing with `balancer`.
-    pub async fn start_with(
-        model: Model,
-        balancer: Arc<dyn BalancerFactory>,
-    ) -> Result<Gantry, ApplyError> {
+        let metrics = Arc::new(Metrics::new());
+        let workers = model.runtime.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let plugins = PluginHost::new(&model.plugin_limits, metrics.clone(), workers)
+            .map_err(ApplyError::Plugins)?;
         let empty = Model {
             admin: model.admin.clone(),
             runtime: model.runtime.clone(),
@@ -124,8 +140,8 @@ impl Gantry {
                 model: ArcSwap::from_pointee(empty),
                 listeners: tokio::sync::Mutex::new(BTreeMap::new()),
                 live: ArcSwap::default(),
-                metrics: Metrics::new(),
-                balancer,
+                metrics,
+                plugins,
                 admin: Mutex::new(None),
                 ready: AtomicBool::new(false),
                 access_log: Arc::new(AtomicBool::new(model.runtime.access_log)),
@@ -161,11 +177,11 @@ impl Gantry {
         let mut admin_target = None;
         for change in &changes {
             match change {
-                Change::ListenerAdded(key) => starts.push(self.bind(port_of(&new, key))?),
+                Change::ListenerAdded(key) => starts.push(self.bind(port_of(&new, key), &new)?),
                 Change::ListenerRemoved(key) => stops.push(key.clone()),
                 Change::ListenerRebound { key, .. } => {
                     stops.push(key.clone());
-                    starts.push(self.bind(port_of(&new, key))?);
+                    starts.push(self.bind(port_of(&new, key), &new)?);
                 }
                 Change::BackendsChanged(key)
                 | Change::CertificatesChanged(key)
@@ -173,7 +189,12 @@ impl Gantry {
                 | Change::BalancerChanged(key) => {
                     if swapped.insert(key.clone()) {
                         if let Some(listener) = listeners.get(key) {
-                            swaps.push(self.prepare_swap(listener, port_of(&new, key))?);
+                            swaps.push(self.prepare_swap(
+                                listener,
+                                port_of(&new, key),
+                                &new,
+                                false,
+                            )?);
                         }
                     }
                 }
@@ -182,6 +203,19 @@ impl Gantry {
                     if old.runtime.workers != new.runtime.workers {
                         tracing::warn!("runtime.workers takes effect at the next start");
                     }
+                    if old.plugin_limits.memory_bytes != new.plugin_limits.memory_bytes {
+                        tracing::warn!("plugin_limits.memory_mib takes effect at the next start");
+                    }
+                }
+            }
+        }
+        // New deadlines or quarantine threshold: every kept port gets a new factory.
+        if old.plugin_limits != new.plugin_limits {
+            for port in new.ports() {
+                if let (true, Some(listener)) =
+                    (swapped.insert(port.key.clone()), listeners.get(&port.key))
+                {
+                    swaps.push(self.prepare_swap(listener, port, &new, true)?);
                 }
             }
         }
@@ -230,6 +264,7 @@ impl Gantry {
                 tokio::spawn(previous.stop());
             }
         }
+        inner.plugins.retain_used_by(&new);
         inner
             .access_log
             .store(new.runtime.access_log, Ordering::Relaxed);
@@ -325,13 +360,37 @@ impl Gantry {
     fn route_context<'a>(&'a self, tls: Option<&'a TlsEndpoint>) -> RouteContext<'a> {
         RouteContext {
             metrics: &self.inner.metrics,
-            balancer: self.inner.balancer.as_ref(),
             tls,
             access_log: &self.inner.access_log,
         }
     }
 
-    fn bind(&self, port: &Port) -> Result<Listener, ApplyError> {
+    /// The balancer factory for `port`: the previous route's while its policy is unchanged
+    /// (no reload of the plugin for a backend change), else a fresh one from the plugin host.
+    fn factory_for(
+        &self,
+        port: &Port,
+        previous: Option<&Route>,
+        model: &Model,
+        limits_changed: bool,
+    ) -> Result<Arc<dyn BalancerFactory>, ApplyError> {
+        if let Some(previous) = previous {
+            if previous.port.balancer == port.balancer && !limits_changed {
+                return Ok(previous.factory.clone());
+            }
+        }
+        self.inner
+            .plugins
+            .factory(&port.balancer, &model.plugin_limits)
+            .map_err(|source| {
+                ApplyError::Policy(PolicyError {
+                    origin: port.origin.to_string(),
+                    source,
+                })
+            })
+    }
+
+    fn bind(&self, port: &Port, model: &Model) -> Result<Listener, ApplyError> {
         let tls_error = |source| ApplyError::Tls {
             key: port.key.clone(),
             source,
@@ -340,8 +399,9 @@ impl Gantry {
             Some(tls) => Some(Arc::new(TlsEndpoint::new(tls).map_err(tls_error)?)),
             None => None,
         };
+        let factory = self.factory_for(port, None, model, false)?;
         let cx = self.route_context(endpoint.as_deref());
-        let route = Route::build(port, None, &cx).map_err(tls_error)?;
+        let route = Route::build(port, None, factory, &cx).map_err(tls_error)?;
         Listener::bind(port.key.clone(), port.bind, route, endpoint).map_err(|source| {
             ApplyError::Bind {
                 key: port.key.clone(),
@@ -351,7 +411,13 @@ impl Gantry {
         })
     }
 
-    fn prepare_swap(&self, listener: &Listener, port: &Port) -> Result<PreparedSwap, ApplyError> {
+    fn prepare_swap(
+        &self,
+        listener: &Listener,
+        port: &Port,
+        model: &Model,
+        limits_changed: bool,
+    ) -> Result<PreparedSwap, ApplyError> {
         let tls_error = |source| ApplyError::Tls {
             key: port.key.clone(),
             source,
@@ -362,8 +428,9 @@ impl Gantry {
         };
         let endpoint = new_endpoint.as_deref().or(listener.tls().map(Arc::as_ref));
         let previous = listener.shared().route.load();
+        let factory = self.factory_for(port, Some(&previous), model, limits_changed)?;
         let cx = self.route_context(endpoint);
-        let route = Route::build(port, Some(&previous), &cx).map_err(tls_error)?;
+        let route = Route::build(port, Some(&previous), factory, &cx).map_err(tls_error)?;
         Ok(PreparedSwap {
             key: port.key.clone(),
             route,

@@ -4,10 +4,12 @@
 //! plugins implement this same pair; the native [`RoundRobin`] here is the default and the
 //! fallback when a plugin faults.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use lb_config::{Backend, Protocol};
+use lb_config::{Backend, HashKey, Protocol};
+use xxhash_rust::xxh3::xxh3_64;
 
 /// What a balancer may know about the connection or request it places.
 #[derive(Clone, Copy, Debug)]
@@ -18,6 +20,63 @@ pub struct PickContext<'a> {
     pub authority: Option<&'a str>,
     /// What the port speaks.
     pub protocol: Protocol,
+    /// The request's hash key (see [`hash_key`]).
+    pub hash_key: u64,
+    /// The HTTP request's headers, for policies that ask for one.
+    pub headers: Option<&'a http::HeaderMap>,
+}
+
+/// Live figures of one backend, as policies see them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Figures {
+    /// Work in progress.
+    pub in_flight: u32,
+    /// Recent connect-to-response time, microseconds; 0 when unknown.
+    pub latency_micros: u32,
+    /// False while backing off or failing health checks.
+    pub healthy: bool,
+}
+
+/// Live figures of the backends a balancer was built for, by index.
+pub trait BackendFigures: Send + Sync {
+    /// Figures of the backend at `index`, if there is one.
+    fn figures(&self, index: usize) -> Option<Figures>;
+}
+
+/// The request's hash key, as the `gantry:plugins` contract specifies it: XXH3-64 (seed 0)
+/// of the configured header's or cookie's value, or of the client IP's bytes (IPv4-mapped IPv6
+/// counts as IPv4, so a dual-stack listener hashes a client as a v4 one does). Stable across
+/// replicas and versions, which is what makes consistent hashing consistent.
+pub fn hash_key(spec: &HashKey, client: Option<IpAddr>, headers: Option<&http::HeaderMap>) -> u64 {
+    let chosen = match (spec, headers) {
+        (HashKey::Header(name), Some(headers)) => headers.get(name).map(|v| v.as_bytes()),
+        (HashKey::Cookie(name), Some(headers)) => cookie(headers, name),
+        _ => None,
+    };
+    if let Some(value) = chosen {
+        return xxh3_64(value);
+    }
+    match client {
+        Some(IpAddr::V4(v4)) => xxh3_64(&v4.octets()),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => xxh3_64(&v4.octets()),
+            None => xxh3_64(&v6.octets()),
+        },
+        None => 0,
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|header| header.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (key, value) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+            (key == name.as_bytes()).then_some(&value[1..])
+        })
 }
 
 /// Chooses a backend for each connection or request.
@@ -37,8 +96,9 @@ pub trait BalancerFactory: Send + Sync {
     /// The policy's name.
     fn name(&self) -> &str;
 
-    /// A balancer for exactly these backends, in this order.
-    fn build(&self, backends: &[Backend]) -> Box<dyn Balancer>;
+    /// A balancer for exactly these backends, in this order; `figures` reads their live state
+    /// by the same indices.
+    fn build(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) -> Box<dyn Balancer>;
 }
 
 /// Smooth weighted round-robin (nginx's algorithm), precomputed into a schedule when the set
@@ -51,7 +111,7 @@ impl BalancerFactory for RoundRobin {
         "round-robin"
     }
 
-    fn build(&self, backends: &[Backend]) -> Box<dyn Balancer> {
+    fn build(&self, backends: &[Backend], _figures: Arc<dyn BackendFigures>) -> Box<dyn Balancer> {
         Box::new(Schedule {
             order: smooth_weighted_schedule(backends),
             next: AtomicUsize::new(0),
@@ -135,12 +195,22 @@ mod tests {
             .collect()
     }
 
+    struct NoFigures;
+
+    impl BackendFigures for NoFigures {
+        fn figures(&self, _index: usize) -> Option<Figures> {
+            None
+        }
+    }
+
     fn picks(weights: &[u32], n: usize) -> Vec<usize> {
-        let balancer = RoundRobin.build(&backends(weights));
+        let balancer = RoundRobin.build(&backends(weights), Arc::new(NoFigures));
         let cx = PickContext {
             client: None,
             authority: None,
             protocol: Protocol::Tcp,
+            hash_key: 0,
+            headers: None,
         };
         (0..n).filter_map(|_| balancer.pick(&cx, 0)).collect()
     }
@@ -160,6 +230,34 @@ mod tests {
         assert_eq!(
             smooth_weighted_schedule(&backends(&[200, 100, 0])),
             [0, 1, 0]
+        );
+    }
+
+    #[test]
+    fn hash_keys_follow_the_contract() {
+        let v4: IpAddr = "192.0.2.7".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        let ip_key = hash_key(&HashKey::ClientIp, Some(v4), None);
+        assert_eq!(ip_key, xxh3_64(&[192, 0, 2, 7]));
+        assert_eq!(hash_key(&HashKey::ClientIp, Some(mapped), None), ip_key);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-user", "alice".parse().expect("value"));
+        headers.append("cookie", "a=1; session=s3cr3t".parse().expect("value"));
+        let by_header = HashKey::Header("x-user".into());
+        assert_eq!(
+            hash_key(&by_header, Some(v4), Some(&headers)),
+            xxh3_64(b"alice")
+        );
+        let by_cookie = HashKey::Cookie("session".into());
+        assert_eq!(
+            hash_key(&by_cookie, Some(v4), Some(&headers)),
+            xxh3_64(b"s3cr3t")
+        );
+        let absent = HashKey::Cookie("other".into());
+        assert_eq!(
+            hash_key(&absent, Some(v4), Some(&headers)),
+            ip_key,
+            "falls back to the client IP"
         );
     }
 

@@ -18,6 +18,7 @@ pub mod http_server;
 mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod plugins;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod reload;

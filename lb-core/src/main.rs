@@ -75,6 +75,18 @@ fn main() -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match lb_config::load_file(path) {
         Ok(model) => {
+            // What only running the plugins can tell: does each accept its port's parameters?
+            let problems = lb_core::plugins::check(&model);
+            if !problems.is_empty() {
+                let count = problems.len();
+                let plural = if count == 1 { "" } else { "s" };
+                eprintln!(
+                    "{}: {count} problem{plural}:\n  {}",
+                    path.display(),
+                    problems.join("\n  ")
+                );
+                return ExitCode::FAILURE;
+            }
             let ports = model.ports().count();
             println!(
                 "{}: OK ({} service(s), {ports} port(s))",

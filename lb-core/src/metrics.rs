@@ -67,6 +67,8 @@ pub struct Metrics {
     backend_up: IntGaugeVec,
     reloads: IntCounterVec,
     changes: IntCounterVec,
+    plugin_faults: IntCounterVec,
+    plugin_quarantined: IntGaugeVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -199,6 +201,18 @@ impl Metrics {
                 "Changes applied by reloads, by kind.",
                 &["kind"],
             ),
+            plugin_faults: counter_vec(
+                &r,
+                "gantry_plugin_faults_total",
+                "Plugin calls answered by the native fallback, by fault.",
+                &["plugin", "kind"],
+            ),
+            plugin_quarantined: gauge_vec(
+                &r,
+                "gantry_plugin_quarantined",
+                "1 while a plugin is no longer called after repeated faults.",
+                &["plugin"],
+            ),
             registry: r,
         }
     }
@@ -273,6 +287,29 @@ impl Metrics {
                 .requests
                 .remove_label_values(&[service, port, backend, class]);
         }
+    }
+
+    /// Handles for one loaded plugin: fault counters (in [`crate::plugins::policy::FaultKind`]
+    /// order) and its quarantine gauge.
+    pub fn plugin(&self, plugin: &str) -> ([IntCounter; 4], IntGauge) {
+        let counters = crate::plugins::policy::FaultKind::ALL.map(|kind| {
+            self.plugin_faults
+                .with_label_values(&[plugin, kind.label()])
+        });
+        (
+            counters,
+            self.plugin_quarantined.with_label_values(&[plugin]),
+        )
+    }
+
+    /// Deletes a plugin's label sets (after it was unloaded).
+    pub fn forget_plugin(&self, plugin: &str) {
+        for kind in crate::plugins::policy::FaultKind::ALL {
+            let _ = self
+                .plugin_faults
+                .remove_label_values(&[plugin, kind.label()]);
+        }
+        let _ = self.plugin_quarantined.remove_label_values(&[plugin]);
     }
 
     /// Counts one reload attempt.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use lb_config::{Backend, Backoff};
 use tokio::time::Instant;
 
-use crate::balancer::{Balancer, BalancerFactory, PickContext};
+use crate::balancer::{BackendFigures, Balancer, BalancerFactory, Figures, PickContext};
 use crate::metrics::BackendMetrics;
 
 /// One backend and its live state. Shared by every snapshot that still lists its address.
@@ -26,6 +26,8 @@ pub struct BackendState {
     consecutive_failures: AtomicU32,
     /// Milliseconds since [`clock_origin`] until which the backend is skipped; 0 = usable.
     down_until_ms: AtomicU64,
+    /// Moving average of connect-to-response time, microseconds; 0 until measured.
+    latency_micros: AtomicU32,
 }
 
 impl BackendState {
@@ -37,6 +39,32 @@ impl BackendState {
             metrics,
             consecutive_failures: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
+            latency_micros: AtomicU32::new(0),
+        }
+    }
+
+    /// Folds one observed connect-to-response time into the moving average (weight 1/8, as
+    /// TCP's SRTT): recent enough to follow a slowing backend, smooth enough not to jump.
+    pub fn record_latency(&self, elapsed: Duration) {
+        let sample = u32::try_from(elapsed.as_micros())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let old = self.latency_micros.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        // A racing update may win; either value is a fair average.
+        self.latency_micros.store(new, Ordering::Relaxed);
+    }
+
+    /// The figures policies read.
+    pub fn figures(&self) -> Figures {
+        Figures {
+            in_flight: u32::try_from(self.metrics.in_flight.get().max(0)).unwrap_or(u32::MAX),
+            latency_micros: self.latency_micros.load(Ordering::Relaxed),
+            healthy: !self.is_backing_off(),
         }
     }
 
@@ -98,6 +126,15 @@ impl Tried {
     }
 }
 
+/// The live figures of a pool's backends, by index, for its balancer.
+struct PoolFigures(Vec<Arc<BackendState>>);
+
+impl BackendFigures for PoolFigures {
+    fn figures(&self, index: usize) -> Option<Figures> {
+        self.0.get(index).map(|b| b.figures())
+    }
+}
+
 /// An immutable backend set with its balancer and retry policy.
 pub struct BackendPool {
     backends: Vec<Arc<BackendState>>,
@@ -117,7 +154,7 @@ impl BackendPool {
         previous: Option<&BackendPool>,
         make_metrics: impl Fn(&str) -> BackendMetrics,
     ) -> Self {
-        let states = backends
+        let states: Vec<Arc<BackendState>> = backends
             .iter()
             .map(|b| {
                 previous
@@ -131,10 +168,11 @@ impl BackendPool {
                     })
             })
             .collect();
+        let figures = Arc::new(PoolFigures(states.clone()));
         BackendPool {
             backends: states,
             weights: backends.iter().map(|b| b.weight).collect(),
-            balancer: factory.build(backends),
+            balancer: factory.build(backends, figures),
             retries,
             backoff,
         }
@@ -208,7 +246,7 @@ impl BackendPool {
 }
 
 /// The instant all back-off deadlines count from; tokio's clock, so paused-time tests work.
-fn clock_origin() -> Instant {
+pub(crate) fn clock_origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     *ORIGIN.get_or_init(Instant::now)
 }
@@ -233,6 +271,8 @@ mod tests {
         client: None,
         authority: None,
         protocol: Protocol::Tcp,
+        hash_key: 0,
+        headers: None,
     };
 
     fn pool(weights: &[u32], metrics: &Metrics) -> BackendPool {

@@ -23,6 +23,8 @@ pub struct Route {
     pub unrouted: BackendMetrics,
     /// Backends and the balancer.
     pub pool: BackendPool,
+    /// What built the balancer; reused while the port's policy stays the same.
+    pub factory: Arc<dyn BalancerFactory>,
     /// Handshakes for `tls` and `https` ports.
     pub tls: Option<Acceptor>,
     /// `runtime.access_log`, shared by every route so a reload that changes only `runtime:`
@@ -34,8 +36,6 @@ pub struct Route {
 pub struct RouteContext<'a> {
     /// Metric registry.
     pub metrics: &'a Metrics,
-    /// The balancing policy.
-    pub balancer: &'a dyn BalancerFactory,
     /// The listener's TLS state, for TLS ports.
     pub tls: Option<&'a TlsEndpoint>,
     /// The process-wide `runtime.access_log` switch.
@@ -43,16 +43,18 @@ pub struct RouteContext<'a> {
 }
 
 impl Route {
-    /// Builds the route for `port`, carrying backend state over from `previous`.
+    /// Builds the route for `port`, balanced by `factory`, carrying backend state over from
+    /// `previous`.
     pub fn build(
         port: &Port,
         previous: Option<&Route>,
+        factory: Arc<dyn BalancerFactory>,
         cx: &RouteContext<'_>,
     ) -> Result<Route, rustls::Error> {
         let (service, name) = (port.key.service.as_str(), port.key.port.as_str());
         let pool = BackendPool::build(
             &port.backends,
-            cx.balancer,
+            factory.as_ref(),
             port.settings.retries,
             port.settings.backoff,
             previous.map(|r| &r.pool),
@@ -71,6 +73,7 @@ impl Route {
             metrics: cx.metrics.port(service, name),
             unrouted: cx.metrics.backend(service, name, "none"),
             pool,
+            factory,
             tls,
             access_log: cx.access_log.clone(),
             port: port.clone(),

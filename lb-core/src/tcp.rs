@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::balancer::PickContext;
+use crate::balancer::{hash_key, PickContext};
 use crate::pool::{BackendLease, BackendState, Tried};
 use crate::proxy_protocol;
 use crate::route::Route;
@@ -81,15 +81,19 @@ pub(crate) async fn connect(
         client: Some(info.peer),
         authority: info.server_name,
         protocol: route.port.protocol,
+        hash_key: hash_key(&route.port.balancer.hash_key, Some(info.peer.ip()), None),
+        headers: None,
     };
     let mut tried = Tried::default();
     let timeout = route.port.settings.timeouts.connect;
     loop {
         let (index, backend) = route.pool.select(&cx, &tried)?;
         let lease = backend.lease();
+        let started = Instant::now();
         match tokio::time::timeout(timeout, TcpStream::connect(backend.address)).await {
             Ok(Ok(stream)) => {
                 route.pool.connect_succeeded(&backend);
+                backend.record_latency(started.elapsed());
                 let _ = stream.set_nodelay(true);
                 return Some((lease, stream));
             }

@@ -14,7 +14,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use tokio::time::Instant;
 
 use super::forwarding::forwarded;
-use crate::balancer::PickContext;
+use crate::balancer::{hash_key, PickContext};
 use crate::metrics::Rejection;
 use crate::pool::{BackendLease, BackendState, Tried};
 use crate::route::{Route, RouteCell};
@@ -94,10 +94,18 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        let client = client_ip(session);
+        let headers = &session.req_header().headers;
         let cx = PickContext {
-            client: client_ip(session),
+            client,
             authority: authority(session),
             protocol: ctx.route.port.protocol,
+            hash_key: hash_key(
+                &ctx.route.port.balancer.hash_key,
+                client.map(|c| c.ip()),
+                Some(headers),
+            ),
+            headers: Some(headers),
         };
         let Some((index, backend)) = ctx.route.pool.select(&cx, &ctx.tried) else {
             // Nothing to try at all is "unavailable"; everything tried and failed is a bad
@@ -210,6 +218,9 @@ impl ProxyHttp for Gateway {
         let metrics = backend.map_or(&ctx.route.unrouted, |b| &b.metrics);
         let elapsed = ctx.started.elapsed();
         metrics.request(status, elapsed);
+        if let (Some(backend), Some(_)) = (backend, status) {
+            backend.record_latency(elapsed);
+        }
         metrics
             .bytes_received
             .inc_by(session.body_bytes_read() as u64);

@@ -62,7 +62,7 @@ services:
         listener["address"],
         addr(&gantry, "web", "http").to_string()
     );
-    assert_eq!(listener["policy"], "round-robin");
+    assert_eq!(listener["policy"], "builtin:round-robin");
     assert_eq!(listener["backends"][0]["address"], origin.addr.to_string());
     let cert = &json["config"]["services"]["web"]["ports"]["https"]["tls"]["certificates"][0];
     assert_eq!(cert["names"][0], "web.test");

@@ -83,13 +83,16 @@ macro_rules! export_balancer {
 
         impl $crate::balancer_bindings::Guest for __GantryBalancer {
             fn configure(
-                parameters: ::std::vec::Vec<$crate::balancer_bindings::gantry::plugins::types::Parameter>,
+                parameters: ::std::vec::Vec<
+                    $crate::balancer_bindings::gantry::plugins::types::Parameter,
+                >,
             ) -> ::std::result::Result<(), ::std::string::String> {
                 let params = $crate::Params::from_pairs(
                     parameters.into_iter().map(|p| (p.name, p.value)).collect(),
                 );
                 let policy = <$balancer as $crate::Balancer>::configure(&params)?;
-                __GANTRY_BALANCER.with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(policy));
+                __GANTRY_BALANCER
+                    .with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(policy));
                 ::std::result::Result::Ok(())
             }
 

@@ -40,9 +40,9 @@ impl Params {
     pub fn reject_unknown(&self, known: &[&str]) -> Result<(), String> {
         match self.0.iter().find(|(n, _)| !known.contains(&n.as_str())) {
             None => Ok(()),
-            Some((name, _)) if known.is_empty() => {
-                Err(format!("unknown parameter `{name}`: this plugin takes none"))
-            }
+            Some((name, _)) if known.is_empty() => Err(format!(
+                "unknown parameter `{name}`: this plugin takes none"
+            )),
             Some((name, _)) => Err(format!(
                 "unknown parameter `{name}`: this plugin takes {}",
                 known.join(", ")

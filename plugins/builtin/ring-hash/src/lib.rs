@@ -45,7 +45,9 @@ impl Balancer for RingHash {
         if self.ring.is_empty() {
             return None;
         }
-        let start = self.ring.partition_point(|(point, _)| *point < request.hash_key);
+        let start = self
+            .ring
+            .partition_point(|(point, _)| *point < request.hash_key);
         let mut seen: Vec<u32> = Vec::new();
         for step in 0..self.ring.len() {
             let (_, id) = self.ring[(start + step) % self.ring.len()];

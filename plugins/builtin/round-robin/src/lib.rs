@@ -1,27 +1,27 @@
 //! `builtin:round-robin`: smooth weighted round-robin (nginx's algorithm). The whole cycle is
-//! computed when the backend set changes, so a pick is an index into it.
+//! computed when the backend set changes, so a pick is an index into it, chosen by the host's
+//! shared `sequence` so that the rotation runs across all worker threads, not per thread.
 //! Weights 5, 1, 1 give `a a b a c a a`: interleaved, never bunched.
 
-use gantry_plugin_sdk::{export_balancer, weighted, Backend, Balancer, Params, Request};
+use gantry_plugin_sdk::{export_balancer, host, weighted, Backend, Balancer, Params, Request};
 
 struct RoundRobin {
     cycle: Vec<u32>,
-    next: usize,
 }
 
 impl Balancer for RoundRobin {
     fn configure(params: &Params) -> Result<Self, String> {
         params.reject_unknown(&[])?;
-        Ok(RoundRobin {
-            cycle: Vec::new(),
-            next: 0,
-        })
+        Ok(RoundRobin { cycle: Vec::new() })
     }
 
     fn set_backends(&mut self, backends: Vec<Backend>) {
         let members: Vec<(u32, u32)> = weighted(&backends).collect();
         let divisor = members.iter().fold(0, |g, (_, w)| gcd(g, *w)).max(1);
-        let weights: Vec<i64> = members.iter().map(|(_, w)| i64::from(w / divisor)).collect();
+        let weights: Vec<i64> = members
+            .iter()
+            .map(|(_, w)| i64::from(w / divisor))
+            .collect();
         let total: i64 = weights.iter().sum();
         let mut current = vec![0i64; members.len()];
         self.cycle.clear();
@@ -36,16 +36,14 @@ impl Balancer for RoundRobin {
             current[best] -= total;
             self.cycle.push(members[best].0);
         }
-        self.next = 0;
     }
 
     fn pick(&mut self, _request: &Request, _attempt: u32) -> Option<u32> {
         if self.cycle.is_empty() {
             return None;
         }
-        let id = self.cycle[self.next % self.cycle.len()];
-        self.next = self.next.wrapping_add(1);
-        Some(id)
+        let turn = host::sequence() % self.cycle.len() as u64;
+        Some(self.cycle[turn as usize])
     }
 }
 

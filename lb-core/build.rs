@@ -1,0 +1,97 @@
+//! Builds the built-in policy plugins (the `plugins/` workspace, target `wasm32-wasip2`) and
+//! embeds them in `gantry`, so a plain `cargo build` of the workspace produces a complete
+//! binary. The nested build uses its own target directory under the outer one, shared by every
+//! profile, so it runs once and is then incremental.
+
+use std::env;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let workspace = manifest_dir.join("..");
+    let plugins = workspace.join("plugins");
+    for watched in [
+        "plugins/Cargo.toml",
+        "plugins/Cargo.lock",
+        "plugins/sdk",
+        "plugins/builtin",
+        "plugins-wit/wit",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
+    }
+
+    // Each folder of plugins/builtin is a crate named as users write it after `builtin:`.
+    let mut builtins: Vec<String> = std::fs::read_dir(plugins.join("builtin"))
+        .expect("plugins/builtin")
+        .filter_map(|entry| Some(entry.ok()?.file_name().to_str()?.to_owned()))
+        .collect();
+    builtins.sort();
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
+    let target_dir = shared_target_dir(&out_dir).join("plugins");
+    let mut cargo = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .current_dir(&plugins)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for name in &builtins {
+        cargo.args(["-p", name]);
+    }
+    // Settings meant for the outer build (flags, wrappers, the host target) must not leak in.
+    for (key, _) in env::vars() {
+        let outer_only = key == "RUSTFLAGS"
+            || key == "RUSTC_WRAPPER"
+            || key == "RUSTC_WORKSPACE_WRAPPER"
+            || (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_NET_OFFLINE");
+        if outer_only {
+            cargo.env_remove(&key);
+        }
+    }
+    let status = cargo
+        .status()
+        .expect("cannot run cargo to build the plugins");
+    if !status.success() {
+        panic!(
+            "building the built-in plugins failed (see above). They need the wasm32-wasip2 \
+             target: `rustup target add wasm32-wasip2` (or run `bash .ci/setup`)."
+        );
+    }
+
+    let built = target_dir.join("wasm32-wasip2").join("release");
+    let mut table = String::from("/// Built-in balancers: (name, component bytes).\npub(crate) const BUILTIN_BALANCERS: &[(&str, &[u8])] = &[\n");
+    for name in &builtins {
+        let file = built.join(format!("{}.wasm", name.replace('-', "_")));
+        assert!(file.exists(), "missing {}", file.display());
+        let _ = writeln!(
+            table,
+            "    ({name:?}, include_bytes!({:?})),",
+            file.display().to_string()
+        );
+    }
+    table.push_str("];\n");
+    std::fs::write(out_dir.join("builtin_plugins.rs"), table).expect("write builtin table");
+}
+
+/// `<target>/` of the outer build, found from `OUT_DIR` (`<target>/<profile>/build/<pkg>/out`),
+/// so every profile shares one plugin build.
+fn shared_target_dir(out_dir: &Path) -> PathBuf {
+    out_dir
+        .ancestors()
+        .find(|dir| dir.file_name().is_some_and(|n| n == "build"))
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| out_dir.join("plugins-target"))
+}

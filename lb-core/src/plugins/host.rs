@@ -1,0 +1,143 @@
+//! What a plugin instance's store holds, and the `gantry:plugins/host` functions it may call:
+//! log (rate-limited), monotonic time, random bits, the live figures of its backends, and the
+//! current request's headers.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{HostImports, Level, TypesImports, WitFigures};
+use crate::balancer::BackendFigures;
+
+/// Log lines one instance may write per second; the rest are dropped (and counted in the
+/// last line of the next second).
+const LOG_LINES_PER_SECOND: u32 = 20;
+
+scoped_tls::scoped_thread_local! {
+    /// The headers of the HTTP request being placed, while a `pick` runs.
+    pub(crate) static CURRENT_HEADERS: http::HeaderMap
+}
+
+/// The state of one plugin instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    plugin: Arc<str>,
+    figures: Arc<dyn BackendFigures>,
+    sequence: Arc<AtomicU64>,
+    random: u64,
+    log_window: Instant,
+    log_lines: u32,
+    log_dropped: u32,
+}
+
+impl HostState {
+    /// State for an instance of `plugin` reading `figures` and sharing `sequence` with the
+    /// other instances of its backend set, with at most `memory_bytes` of linear memory.
+    pub fn new(
+        plugin: Arc<str>,
+        figures: Arc<dyn BackendFigures>,
+        sequence: Arc<AtomicU64>,
+        memory_bytes: u64,
+    ) -> Self {
+        HostState {
+            // No arguments, environment, stdin or preopened directories; output discarded.
+            wasi: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+            // One component instance holds several core instances (the guest and its WASI
+            // adapter), so only memory is capped here; the pool bounds instance counts.
+            limits: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(memory_bytes).unwrap_or(usize::MAX))
+                .build(),
+            plugin,
+            figures,
+            sequence,
+            // Seeded per instance from the process's random keys; xorshift after that.
+            random: RandomState::new().hash_one(Instant::now()) | 1,
+            log_window: Instant::now(),
+            log_lines: 0,
+            log_dropped: 0,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl TypesImports for HostState {}
+
+impl HostImports for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        if self.log_window.elapsed().as_secs() >= 1 {
+            self.log_window = Instant::now();
+            self.log_lines = 0;
+            if self.log_dropped > 0 {
+                tracing::warn!(plugin = %self.plugin, dropped = self.log_dropped, "plugin log lines dropped (rate limit)");
+                self.log_dropped = 0;
+            }
+        }
+        if self.log_lines >= LOG_LINES_PER_SECOND {
+            self.log_dropped += 1;
+            return;
+        }
+        self.log_lines += 1;
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(plugin, "{message}"),
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn monotonic_now(&mut self) -> u64 {
+        u64::try_from(crate::pool::clock_origin().elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*: fast, and plenty for spreading load; not for secrets.
+        let mut x = self.random;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.random = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn sequence(&mut self) -> u64 {
+        // Relaxed: a rotation needs distinct values, not ordering with other memory.
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn backend_figures(&mut self, id: u32) -> Option<WitFigures> {
+        let figures = self.figures.figures(usize::try_from(id).ok()?)?;
+        Some(WitFigures {
+            in_flight: figures.in_flight,
+            latency_micros: figures.latency_micros,
+            healthy: figures.healthy,
+        })
+    }
+
+    fn request_header(&mut self, name: String) -> Option<String> {
+        if !CURRENT_HEADERS.is_set() {
+            return None;
+        }
+        CURRENT_HEADERS.with(|headers| {
+            let value = headers.get(name.as_str())?;
+            value.to_str().ok().map(str::to_owned)
+        })
+    }
+}

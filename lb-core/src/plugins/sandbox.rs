@@ -1,0 +1,189 @@
+//! The one place the WebAssembly engine and its sandbox are configured. Each knob says why.
+//!
+//! What a plugin can reach is decided twice: the linker offers only the `gantry:plugins` host
+//! interface and the harmless parts of WASI a Rust `std` guest imports (`wasi:cli` with an
+//! empty environment and no stdin, output discarded; `wasi:io`; `wasi:random`), and
+//! [`Sandbox::compile`] refuses any component that imports more (files, sockets, clocks),
+//! naming the import, before it can run.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use lb_config::PluginLimits;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use super::bindings::{BalancerPre, BalancerWorld};
+use super::host::HostState;
+use super::PluginError;
+
+/// How often the engine's epoch advances: the granularity of call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Instance slots in the pool: enough for one instance per worker thread per port, twice over
+/// (a reload briefly holds old and new); beyond it instantiation fails, which the host treats
+/// as a fault and answers with its native round-robin.
+const POOLED_INSTANCES: u32 = 1000;
+
+/// Interface prefixes a plugin may import.
+const ALLOWED_IMPORTS: &[&str] = &["gantry:plugins/", "wasi:io/", "wasi:cli/", "wasi:random/"];
+
+/// The engine, its linker, and compiled plugins by content hash.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    compiled: Mutex<HashMap<String, BalancerPre<HostState>>>,
+    ticker: EpochTicker,
+}
+
+impl Sandbox {
+    /// An engine for plugins under `limits` (the memory cap is fixed for the engine's life).
+    pub fn new(limits: &PluginLimits) -> Result<Sandbox, PluginError> {
+        let memory = limits.memory_bytes;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOLED_INSTANCES)
+            .total_core_instances(POOLED_INSTANCES * 4)
+            .total_memories(POOLED_INSTANCES)
+            .total_tables(POOLED_INSTANCES * 2)
+            // The memory cap: growing past it fails inside the guest (its allocator traps).
+            .max_memory_size(usize::try_from(memory).unwrap_or(usize::MAX));
+
+        let mut config = Config::new();
+        config
+            // Plugins are components: typed WIT interfaces instead of raw pointers.
+            .wasm_component_model(true)
+            // Deadlines: an epoch check in loops and calls costs little, unlike fuel metering,
+            // and a ticker thread moves the epoch for every store at once.
+            .epoch_interruption(true)
+            // Instantiation in microseconds from preallocated slots, and a hard bound on how
+            // many instances and how much memory plugins can ever hold.
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Reserve only the cap (not 4 GiB per memory): bounds checks stay, but a thousand
+            // slots do not claim terabytes of address space.
+            .memory_reservation(memory)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0)
+            // Deep recursion traps instead of exhausting the worker thread's stack.
+            .max_wasm_stack(256 << 10)
+            .cranelift_opt_level(OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        BalancerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Sandbox {
+            engine,
+            linker,
+            compiled: Mutex::new(HashMap::new()),
+            ticker,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles (or finds already compiled) a balancer component, checks what it imports, and
+    /// prepares it for fast instantiation.
+    pub fn compile(
+        &self,
+        sha256: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<BalancerPre<HostState>, PluginError> {
+        if let Some(pre) = self
+            .compiled
+            .lock()
+            .ok()
+            .and_then(|c| c.get(sha256).cloned())
+        {
+            return Ok(pre);
+        }
+        let invalid = |message: String| PluginError::Invalid {
+            plugin: name.to_owned(),
+            message,
+        };
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| invalid(format!("not a WebAssembly component: {e:#}")))?;
+        let component_type = component.component_type();
+        for (import, _) in component_type.imports(&self.engine) {
+            if !ALLOWED_IMPORTS
+                .iter()
+                .any(|prefix| import.starts_with(prefix))
+            {
+                return Err(invalid(format!(
+                    "imports `{import}`, which plugins cannot have (they may import only gantry:plugins, wasi:io, wasi:cli and wasi:random)"
+                )));
+            }
+        }
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            invalid(format!(
+                "does not fit the gantry:plugins balancer world: {e:#}"
+            ))
+        })?;
+        let pre = BalancerPre::new(instance_pre)
+            .map_err(|e| invalid(format!("does not export the balancer world: {e:#}")))?;
+        if let Ok(mut compiled) = self.compiled.lock() {
+            compiled.insert(sha256.to_owned(), pre.clone());
+        }
+        Ok(pre)
+    }
+
+    /// Keeps only the compiled plugins whose hashes are in `keep` (after a reload).
+    pub fn retain(&self, keep: &[&str]) {
+        if let Ok(mut compiled) = self.compiled.lock() {
+            compiled.retain(|sha, _| keep.contains(&sha.as_str()));
+        }
+    }
+
+    /// Epoch ticks a call may run for, given its deadline: one more than the deadline covers,
+    /// as the first tick may come at any moment after the call starts.
+    pub fn ticks_for(deadline: Duration) -> u64 {
+        let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
+        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
+    }
+
+    /// True while the ticker runs (it stops when the sandbox is dropped).
+    pub fn ticking(&self) -> bool {
+        !self.ticker.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// A thread that advances the engine's epoch every [`EPOCH_TICK`].
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("gantry-plugin-epoch".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        EpochTicker { stop, thread }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
