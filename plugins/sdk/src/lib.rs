@@ -37,7 +37,8 @@ extern crate self as gantry_plugin_sdk;
 /// Generated bindings of the `balancer` world. Use the re-exports below instead.
 #[doc(hidden)]
 pub mod balancer_bindings {
-    #![allow(missing_docs)]
+    // Generated code: its shape is wit-bindgen's, not ours.
+    #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
         world: "balancer",
         path: "../../plugins-wit/wit",
