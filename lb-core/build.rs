@@ -1,6 +1,7 @@
-//! Builds the built-in policy plugins (the `plugins/` workspace, target `wasm32-wasip2`) and
-//! embeds them in `gantry`, so a plain `cargo build` of the workspace produces a complete
-//! binary. The nested build uses its own target directory under the outer one, shared by every
+//! Builds the policy plugins (the `plugins/` workspace, target `wasm32-wasip2`) and embeds the
+//! built-ins in `gantry`, so a plain `cargo build` of the workspace produces a complete
+//! binary. The example and test plugins are built too; `GANTRY_PLUGIN_DIR` tells tests where.
+//! The nested build uses its own target directory under the outer one, shared by every
 //! profile, so it runs once and is then incremental.
 
 use std::env;
@@ -17,6 +18,8 @@ fn main() {
         "plugins/Cargo.lock",
         "plugins/sdk",
         "plugins/builtin",
+        "plugins/examples",
+        "plugins/testing",
         "plugins-wit/wit",
     ] {
         println!(
@@ -41,14 +44,12 @@ fn main() {
             "build",
             "--release",
             "--locked",
+            "--workspace",
             "--target",
             "wasm32-wasip2",
         ])
         .arg("--target-dir")
         .arg(&target_dir);
-    for name in &builtins {
-        cargo.args(["-p", name]);
-    }
     // Settings meant for the outer build (flags, wrappers, the host target) must not leak in.
     for (key, _) in env::vars() {
         let outer_only = key == "RUSTFLAGS"
@@ -70,6 +71,7 @@ fn main() {
     }
 
     let built = target_dir.join("wasm32-wasip2").join("release");
+    println!("cargo:rustc-env=GANTRY_PLUGIN_DIR={}", built.display());
     let mut table = String::from("/// Built-in balancers: (name, component bytes).\npub(crate) const BUILTIN_BALANCERS: &[(&str, &[u8])] = &[\n");
     for name in &builtins {
         let file = built.join(format!("{}.wasm", name.replace('-', "_")));

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::time::Instant;
+use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{HostImports, Level, TypesImports, WitFigures};
 use crate::balancer::BackendFigures;
@@ -25,8 +25,8 @@ scoped_tls::scoped_thread_local! {
 
 /// The state of one plugin instance.
 pub struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
+    /// The instance's WASI resources (streams, pollables).
+    pub(super) table: ResourceTable,
     pub(crate) limits: StoreLimits,
     plugin: Arc<str>,
     figures: Arc<dyn BackendFigures>,
@@ -47,8 +47,6 @@ impl HostState {
         memory_bytes: u64,
     ) -> Self {
         HostState {
-            // No arguments, environment, stdin or preopened directories; output discarded.
-            wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
             // One component instance holds several core instances (the guest and its WASI
             // adapter), so only memory is capped here; the pool bounds instance counts.
@@ -67,19 +65,20 @@ impl HostState {
     }
 }
 
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+impl HostState {
+    /// The next bits of the instance's fast generator (xorshift64*): plenty for spreading
+    /// load; not for secrets.
+    pub(super) fn next_random(&mut self) -> u64 {
+        let mut x = self.random;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.random = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-}
 
-impl TypesImports for HostState {}
-
-impl HostImports for HostState {
-    fn log(&mut self, level: Level, message: String) {
+    /// Whether one more log line fits this second's allowance.
+    fn may_log(&mut self) -> bool {
         if self.log_window.elapsed().as_secs() >= 1 {
             self.log_window = Instant::now();
             self.log_lines = 0;
@@ -90,9 +89,33 @@ impl HostImports for HostState {
         }
         if self.log_lines >= LOG_LINES_PER_SECOND {
             self.log_dropped += 1;
-            return;
+            return false;
         }
         self.log_lines += 1;
+        true
+    }
+
+    /// A line the plugin wrote to stdout or stderr (a panic message, say).
+    pub(super) fn log_output(&mut self, stderr: bool, line: &str) {
+        if !self.may_log() {
+            return;
+        }
+        let plugin = &*self.plugin;
+        if stderr {
+            tracing::warn!(plugin, stream = "stderr", "{line}");
+        } else {
+            tracing::info!(plugin, stream = "stdout", "{line}");
+        }
+    }
+}
+
+impl TypesImports for HostState {}
+
+impl HostImports for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        if !self.may_log() {
+            return;
+        }
         let plugin = &*self.plugin;
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
@@ -108,13 +131,7 @@ impl HostImports for HostState {
     }
 
     fn random(&mut self) -> u64 {
-        // xorshift64*: fast, and plenty for spreading load; not for secrets.
-        let mut x = self.random;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.random = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.next_random()
     }
 
     fn sequence(&mut self) -> u64 {

@@ -11,6 +11,7 @@ mod bindings;
 mod host;
 pub mod policy;
 pub mod sandbox;
+mod wasi;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,8 +1,9 @@
 //! The one place the WebAssembly engine and its sandbox are configured. Each knob says why.
 //!
 //! What a plugin can reach is decided twice: the linker offers only the `gantry:plugins` host
-//! interface and the harmless parts of WASI a Rust `std` guest imports (`wasi:cli` with an
-//! empty environment and no stdin, output discarded; `wasi:io`; `wasi:random`), and
+//! interface and the harmless parts of WASI a Rust `std` guest imports, implemented in
+//! [`super::wasi`] (`wasi:cli` with no environment and no stdin, output to the log;
+//! `wasi:io`; `wasi:random`), and
 //! [`Sandbox::compile`] refuses any component that imports more (files, sockets, clocks),
 //! naming the import, before it can run.
 
@@ -18,6 +19,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllo
 
 use super::bindings::{BalancerPre, BalancerWorld};
 use super::host::HostState;
+use super::wasi::SandboxWorld;
 use super::PluginError;
 
 /// How often the engine's epoch advances: the granularity of call deadlines.
@@ -72,7 +74,7 @@ impl Sandbox {
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        SandboxWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         BalancerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(e.to_string()))?;

@@ -8,6 +8,7 @@ mod binary;
 mod http_proxy;
 mod limits;
 mod reload;
+mod sandbox;
 mod support;
 mod tcp_proxy;
 mod tls;

@@ -1,0 +1,175 @@
+//! The plugin sandbox, through real sockets: a plugin that traps, loops forever, grows its
+//! memory past the cap, or answers an unknown backend never fails a request; the fault is
+//! counted, the plugin is quarantined after repeated faults, and a changed file lifts the
+//! quarantine. Plugins that cannot be used are refused at load with a clear message.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::StatusCode;
+use lb_core::{ApplyError, Gantry};
+
+use crate::support::client::H1;
+use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::{addr, metric};
+
+/// A plugin built from `plugins/`, by crate name.
+pub fn plugin(name: &str) -> PathBuf {
+    Path::new(env!("GANTRY_PLUGIN_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+fn config(plugin_file: &Path, mode: &str, backends: &[&HttpOrigin]) -> String {
+    let list: Vec<String> = backends.iter().map(|o| format!("\"{}\"", o.addr)).collect();
+    format!(
+        r#"admin: {{ listen: "127.0.0.1:0" }}
+plugins:
+  bad: {{ file: "{}" }}
+plugin_limits: {{ quarantine_after: 5, call_deadline: 2ms, memory_mib: 16 }}
+services:
+  - name: web
+    address: 127.0.0.1
+    ports:
+      - {{ name: http, port: 0, protocol: http, backends: [{}], balancer: {{ policy: bad, params: {{ mode: {mode} }} }} }}
+"#,
+        plugin_file.display(),
+        list.join(", ")
+    )
+}
+
+async fn start_with_mode(mode: &str, origins: &[&HttpOrigin]) -> Gantry {
+    let yaml = config(&plugin("misbehave"), mode, origins);
+    let model = lb_config::parse_str(&yaml, Path::new("/")).expect("valid config");
+    Gantry::start(model).await.expect("gantry starts")
+}
+
+fn faults(gantry: &Gantry, kind: &str) -> f64 {
+    let text = gantry.metrics().render();
+    metric(
+        &text,
+        &format!("gantry_plugin_faults_total{{kind=\"{kind}\",plugin=\"bad\"}}"),
+    )
+}
+
+fn quarantined(gantry: &Gantry) -> f64 {
+    metric(
+        &gantry.metrics().render(),
+        "gantry_plugin_quarantined{plugin=\"bad\"}",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_plugin_fault_is_answered_by_the_fallback_and_quarantined() {
+    let (a, b) = (
+        HttpOrigin::start("a", OriginProtocol::Http1).await,
+        HttpOrigin::start("b", OriginProtocol::Http1).await,
+    );
+    for (mode, kind) in [
+        ("trap", "trap"),
+        ("loop", "deadline"),
+        ("grow", "trap"),
+        ("invalid", "invalid_answer"),
+    ] {
+        let gantry = start_with_mode(mode, &[&a, &b]).await;
+        let mut client = H1::connect(addr(&gantry, "web", "http"))
+            .await
+            .expect("connect");
+        let mut served = Vec::new();
+        for _ in 0..12 {
+            let answer = client.get("/").await.expect("answered");
+            assert_eq!(answer.status, StatusCode::OK, "mode {mode}");
+            served.push(answer.header("x-origin").to_owned());
+        }
+        assert!(
+            faults(&gantry, kind) >= 5.0,
+            "mode {mode}: {} {kind} faults",
+            faults(&gantry, kind)
+        );
+        assert_eq!(quarantined(&gantry), 1.0, "mode {mode}");
+        // The native round-robin answered: both backends served.
+        assert!(
+            served.contains(&"a".to_owned()) && served.contains(&"b".to_owned()),
+            "{served:?}"
+        );
+        gantry.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_plugin_file_lifts_its_quarantine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.wasm");
+    std::fs::copy(plugin("misbehave"), &file).expect("copy");
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let config_path = dir.path().join("gantry.yaml");
+    std::fs::write(&config_path, config(&file, "trap", &[&origin])).expect("write");
+    let gantry = Gantry::start(lb_config::load_file(&config_path).expect("valid"))
+        .await
+        .expect("start");
+    let mut client = H1::connect(addr(&gantry, "web", "http"))
+        .await
+        .expect("connect");
+    for _ in 0..6 {
+        assert_eq!(
+            client.get("/").await.expect("answered").status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(quarantined(&gantry), 1.0);
+
+    // The operator ships a fixed plugin under the same name and file.
+    std::fs::copy(plugin("round-robin"), &file).expect("replace");
+    std::fs::write(
+        &config_path,
+        config(&file, "trap", &[&origin]).replace("params: { mode: trap }", "params: {}"),
+    )
+    .expect("write");
+    gantry.reload_from_file(&config_path).await.expect("reload");
+    for _ in 0..6 {
+        assert_eq!(
+            client.get("/").await.expect("answered").status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        quarantined(&gantry),
+        0.0,
+        "a new file is a new plugin, not quarantined"
+    );
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+async fn start_error(yaml: &str) -> String {
+    let model = lb_config::parse_str(yaml, Path::new("/")).expect("valid config");
+    match Gantry::start(model).await {
+        Ok(_) => panic!("the plugin should have been refused"),
+        Err(err @ ApplyError::Policy(_)) => err.to_string(),
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_plugins_are_refused_at_load_with_the_reason() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let rejected = start_error(&config(&plugin("misbehave"), "reject", &[&origin])).await;
+    assert_eq!(
+        rejected,
+        "services[0].ports[0].balancer: plugin `bad` refused its parameters: mode `reject` refuses every configuration"
+    );
+
+    let reads_files = config(&plugin("reads-files"), "good", &[&origin]);
+    let refused = start_error(&reads_files).await;
+    assert!(
+        refused.starts_with("services[0].ports[0].balancer: plugin `bad` imports `wasi:"),
+        "{refused}"
+    );
+    assert!(refused.contains("which plugins cannot have"), "{refused}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x01\0\0\0 but not a component").expect("write");
+    let not_component = start_error(&config(&garbage, "good", &[&origin])).await;
+    assert!(
+        not_component.contains("not a WebAssembly component"),
+        "{not_component}"
+    );
+}

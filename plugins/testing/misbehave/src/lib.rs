@@ -1,0 +1,68 @@
+//! Test fixture for Gantry's sandbox: a balancer that misbehaves on every `pick` as its
+//! `mode` parameter says, so tests can prove each fault is contained.
+//!
+//! Modes: `good` (first backend), `trap` (panics), `loop` (never returns), `grow` (allocates
+//! without end), `invalid` (answers an id that does not exist), `reject` (refuses its
+//! parameters in `configure`).
+
+use gantry_plugin_sdk::{export_balancer, Backend, Balancer, Params, Request};
+
+enum Mode {
+    Good,
+    Trap,
+    Loop,
+    Grow,
+    Invalid,
+}
+
+struct Misbehave {
+    mode: Mode,
+    first: Option<u32>,
+    hoard: Vec<Vec<u8>>,
+}
+
+impl Balancer for Misbehave {
+    fn configure(params: &Params) -> Result<Self, String> {
+        let mode = match params.get("mode").unwrap_or("good") {
+            "good" => Mode::Good,
+            "trap" => Mode::Trap,
+            "loop" => Mode::Loop,
+            "grow" => Mode::Grow,
+            "invalid" => Mode::Invalid,
+            "reject" => return Err("mode `reject` refuses every configuration".into()),
+            other => return Err(format!("unknown mode `{other}`")),
+        };
+        Ok(Misbehave {
+            mode,
+            first: None,
+            hoard: Vec::new(),
+        })
+    }
+
+    fn set_backends(&mut self, backends: Vec<Backend>) {
+        self.first = backends.first().map(|b| b.id);
+    }
+
+    fn pick(&mut self, request: &Request, _attempt: u32) -> Option<u32> {
+        match self.mode {
+            Mode::Good => self.first,
+            Mode::Trap => panic!("misbehave: trapping as asked"),
+            Mode::Loop => {
+                let mut spin = request.hash_key;
+                loop {
+                    spin = spin.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    if spin == 0 && request.client_port == 0 {
+                        return Some(0);
+                    }
+                }
+            }
+            // Reserving without writing reaches the memory cap at once, not after the deadline.
+            Mode::Grow => loop {
+                self.hoard.push(Vec::with_capacity(1 << 20));
+            },
+            Mode::Invalid => Some(9_999),
+        }
+    }
+}
+
+export_balancer!(Misbehave);
