@@ -13,6 +13,9 @@ pub mod policy;
 pub mod sandbox;
 mod wasi;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

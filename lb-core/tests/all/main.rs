@@ -7,6 +7,7 @@ mod admin;
 mod binary;
 mod http_proxy;
 mod limits;
+mod policies;
 mod reload;
 mod sandbox;
 mod support;

@@ -2,7 +2,9 @@
 //! prime size M (at least 100 × the backend count; default 65537) is filled from each
 //! backend's own permutation of slots, each backend taking turns in proportion to its weight.
 //! A request goes to `table[hash-key mod M]`, so the same key reaches the same backend on
-//! every replica, and removing one backend of n moves only about 1/n of the keys.
+//! every replica, and removing one backend of n moves only a little more than 1/n of the
+//! keys: with 100 backends, 1.49 to 1.61 times 1/n at the default size, 1.33 to 1.41 times
+//! at 131071 (measured over every possible removal; a larger table disrupts less).
 //!
 //! Parameters: `table_size` (prime, default 65537; raised to the next prime ≥ 100·n when the
 //! backend set is larger).
