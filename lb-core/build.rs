@@ -28,11 +28,14 @@ fn main() {
         );
     }
 
-    // Each folder of plugins/builtin is a crate named as users write it after `builtin:`.
-    let mut builtins: Vec<String> = std::fs::read_dir(plugins.join("builtin"))
-        .expect("plugins/builtin")
-        .filter_map(|entry| Some(entry.ok()?.file_name().to_str()?.to_owned()))
-        .collect();
+    // plugins/builtin/KIND/NAME is the crate users name `builtin:NAME` where a KIND policy
+    // goes (balancer, affinity, health).
+    let mut builtins: Vec<(String, String)> = Vec::new();
+    for kind in folders(&plugins.join("builtin")) {
+        for name in folders(&plugins.join("builtin").join(&kind)) {
+            builtins.push((kind.clone(), name));
+        }
+    }
     builtins.sort();
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
@@ -72,18 +75,30 @@ fn main() {
 
     let built = target_dir.join("wasm32-wasip2").join("release");
     println!("cargo:rustc-env=GANTRY_PLUGIN_DIR={}", built.display());
-    let mut table = String::from("/// Built-in balancers: (name, component bytes).\npub(crate) const BUILTIN_BALANCERS: &[(&str, &[u8])] = &[\n");
-    for name in &builtins {
+    let mut table = String::from("/// Built-in policies: (kind, name, component bytes).\npub(crate) const BUILTINS: &[(&str, &str, &[u8])] = &[\n");
+    for (kind, name) in &builtins {
         let file = built.join(format!("{}.wasm", name.replace('-', "_")));
         assert!(file.exists(), "missing {}", file.display());
         let _ = writeln!(
             table,
-            "    ({name:?}, include_bytes!({:?})),",
+            "    ({kind:?}, {name:?}, include_bytes!({:?})),",
             file.display().to_string()
         );
     }
     table.push_str("];\n");
     std::fs::write(out_dir.join("builtin_plugins.rs"), table).expect("write builtin table");
+}
+
+/// The names of the folders in `dir`.
+fn folders(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            entry.file_type().ok()?.is_dir().then_some(())?;
+            Some(entry.file_name().to_str()?.to_owned())
+        })
+        .collect()
 }
 
 /// `<target>/` of the outer build, found from `OUT_DIR` (`<target>/<profile>/build/<pkg>/out`),

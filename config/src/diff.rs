@@ -30,7 +30,8 @@ pub enum Change {
     CertificatesChanged(ListenerKey),
     /// Protocol, timeouts, limits or retry policy changed: swap what new connections use.
     ListenerSettingsChanged(ListenerKey),
-    /// The balancing policy, its parameters, or its plugin file changed: load it, swap it.
+    /// The balancing or affinity policy, its parameters, or its plugin file changed: load
+    /// it, swap it.
     BalancerChanged(ListenerKey),
     /// The admin listener moved.
     AdminChanged {
@@ -123,7 +124,7 @@ fn port_changes(before: &Port, after: &Port, out: &mut Vec<Change>) {
     if before.tls != after.tls {
         out.push(Change::CertificatesChanged(key.clone()));
     }
-    if before.balancer != after.balancer {
+    if before.balancer != after.balancer || before.affinity != after.affinity {
         out.push(Change::BalancerChanged(key.clone()));
     }
     if before.backends != after.backends {

@@ -85,6 +85,8 @@ pub struct PortFile {
     pub backend_protocol: Option<BackendProtocolFile>,
     /// The balancing policy. Default: `builtin:round-robin`.
     pub balancer: Option<Lenient<BalancerFile>>,
+    /// Session affinity. Default: none.
+    pub affinity: Option<Lenient<AffinityFile>>,
     /// Settings that override `defaults:` for this port.
     #[serde(flatten)]
     pub settings: PortSettingsFile,
@@ -163,6 +165,19 @@ pub struct BalancerFile {
     /// What the request's hash key is made of: `client_ip` (default), `header:NAME` or
     /// `cookie:NAME` (falling back to the client IP when absent).
     pub hash_key: Option<String>,
+}
+
+/// `ports[].affinity:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffinityFile {
+    /// `builtin:client-ip`, `builtin:cookie`, or the name of an entry under `plugins:`.
+    /// Required.
+    pub policy: Option<String>,
+    /// Parameters handed to the plugin's `configure`; values are scalars, passed as text.
+    pub params: Option<BTreeMap<String, serde_yaml::Value>>,
+    /// Most keys the port's affinity table remembers (1 to 16777216). Default 262144.
+    pub max_entries: Option<u32>,
 }
 
 /// One entry of `plugins:`.

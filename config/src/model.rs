@@ -45,10 +45,14 @@ impl Model {
             .filter_map(|p| p.tls.as_ref())
             .flat_map(|tls| tls.certificates.iter())
             .flat_map(|c| [c.cert_path.clone(), c.key_path.clone()])
-            .chain(self.ports().filter_map(|p| match &p.balancer.policy {
-                PolicySource::File(plugin) => Some(plugin.file.clone()),
-                PolicySource::Builtin(_) | PolicySource::Native => None,
-            }))
+            .chain(
+                self.ports()
+                    .flat_map(Port::policies)
+                    .filter_map(|policy| match policy {
+                        PolicySource::File(plugin) => Some(plugin.file.clone()),
+                        PolicySource::Builtin(_) | PolicySource::Native => None,
+                    }),
+            )
             .collect();
         files.sort();
         files.dedup();
@@ -139,11 +143,20 @@ pub struct Port {
     pub backend_protocol: BackendProtocol,
     /// The balancing policy.
     pub balancer: BalancerPolicy,
+    /// Session affinity, if any.
+    pub affinity: Option<AffinityPolicy>,
     /// Timeouts, limits and retry policy.
     pub settings: PortSettings,
     /// Where in the file this port was written, for diagnostics about it found later.
     #[serde(skip)]
     pub origin: FieldOrigin,
+}
+
+impl Port {
+    /// The plugins this port runs: its balancer's, then its affinity's.
+    pub fn policies(&self) -> impl Iterator<Item = &PolicySource> {
+        std::iter::once(&self.balancer.policy).chain(self.affinity.as_ref().map(|a| &a.policy))
+    }
 }
 
 /// The field path a part of the model came from (`services[2].ports[0]`). Not part of what a
@@ -172,6 +185,17 @@ pub struct BalancerPolicy {
     pub params: Vec<(String, String)>,
     /// What the request's hash key is made of.
     pub hash_key: HashKey,
+}
+
+/// A port's session-affinity policy.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AffinityPolicy {
+    /// Which plugin (never [`PolicySource::Native`]).
+    pub policy: PolicySource,
+    /// The operator's parameters, sorted by name.
+    pub params: Vec<(String, String)>,
+    /// Capacity of the port's table of remembered keys.
+    pub max_entries: u32,
 }
 
 /// Where a policy plugin comes from.

@@ -1,6 +1,6 @@
 //! Validation of the policy parts of a configuration: the `plugins:` files (read, hashed and
 //! checked against their pins here, so a changed file is a changed model), each port's
-//! `balancer:`, and the sandbox `plugin_limits:`. Whether a plugin's `configure` accepts its
+//! `balancer:` and `affinity:`, and the sandbox `plugin_limits:`. Whether a plugin's `configure` accepts its
 //! parameters is for the host to say (it runs the plugin); this module checks the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::file::{BalancerFile, PluginFile, PluginLimitsFile};
+use crate::file::{AffinityFile, BalancerFile, PluginFile, PluginLimitsFile};
 use crate::lenient::Lenient;
-use crate::model::{BalancerPolicy, HashKey, PluginBinary, PluginLimits, PolicySource};
+use crate::model::{
+    AffinityPolicy, BalancerPolicy, HashKey, PluginBinary, PluginLimits, PolicySource,
+};
 use crate::problems::{FieldPath, Problems};
 
 /// The balancers embedded in Gantry, usable as `builtin:NAME`. The `gantry` build embeds
@@ -27,6 +29,12 @@ pub const BUILTIN_BALANCERS: &[&str] = &[
 
 /// The policy of a port that names none.
 pub const DEFAULT_BALANCER: &str = "round-robin";
+
+/// The session-affinity policies embedded in Gantry.
+pub const BUILTIN_AFFINITIES: &[&str] = &["client-ip", "cookie"];
+
+/// Default capacity of a port's affinity table.
+pub const DEFAULT_AFFINITY_ENTRIES: u32 = 1 << 18;
 
 /// User plugins by name; `declared` also holds the names whose file failed to load, so a port
 /// naming one is not reported a second time.
@@ -179,52 +187,17 @@ pub(crate) fn build_balancer(
         .unwrap_or_else(|| format!("builtin:{DEFAULT_BALANCER}"));
     let policy = if text == "native:round-robin" {
         Some(PolicySource::Native)
-    } else if let Some(name) = text.strip_prefix("builtin:") {
-        if BUILTIN_BALANCERS.contains(&name) {
-            Some(PolicySource::Builtin(name.to_owned()))
-        } else {
-            p.push(
-                &path.field("policy"),
-                format!(
-                    "unknown built-in `{name}`; built-ins are {}",
-                    builtin_list()
-                ),
-            );
-            None
-        }
-    } else if let Some(plugin) = plugins.loaded.get(&text) {
-        Some(PolicySource::File(plugin.clone()))
-    } else if plugins.declared.contains(&text) {
-        None // its own problem is already reported under `plugins:`
     } else {
-        p.push(
-            &path.field("policy"),
-            format!(
-                "`{text}` is neither a built-in ({}), native:round-robin, nor a plugin named under `plugins:`",
-                builtin_list()
-            ),
-        );
-        None
+        policy_source(
+            &text,
+            BUILTIN_BALANCERS,
+            "native:round-robin, ",
+            plugins,
+            path,
+            p,
+        )
     };
-
-    let mut params = Vec::new();
-    let mut ok = true;
-    for (name, value) in file.params.unwrap_or_default() {
-        let text = match value {
-            serde_yaml::Value::String(s) => s,
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::Bool(b) => b.to_string(),
-            _ => {
-                p.push(
-                    &path.field("params").key(&name),
-                    "must be a string, a number or a boolean",
-                );
-                ok = false;
-                continue;
-            }
-        };
-        params.push((name, text));
-    }
+    let params = build_params(file.params, path, p);
 
     let hash_key = match file.hash_key.as_deref() {
         None | Some("client_ip") => Some(HashKey::ClientIp),
@@ -242,18 +215,115 @@ pub(crate) fn build_balancer(
             }
         },
     };
-    if !ok {
-        return None;
-    }
     Some(BalancerPolicy {
         policy: policy?,
-        params,
+        params: params?,
         hash_key: hash_key?,
     })
 }
 
-fn builtin_list() -> String {
-    BUILTIN_BALANCERS
+pub(crate) fn build_affinity(
+    file: AffinityFile,
+    plugins: &Plugins,
+    path: &FieldPath,
+    p: &mut Problems,
+) -> Option<AffinityPolicy> {
+    let policy = match file.policy {
+        Some(text) => policy_source(&text, BUILTIN_AFFINITIES, "", plugins, path, p),
+        None => {
+            p.push(
+                &path.field("policy"),
+                format!("required: one of {}", builtin_list(BUILTIN_AFFINITIES)),
+            );
+            None
+        }
+    };
+    let params = build_params(file.params, path, p);
+    let max_entries = match file.max_entries {
+        None => Some(DEFAULT_AFFINITY_ENTRIES),
+        Some(n @ 1..=16_777_216) => Some(n),
+        Some(n) => {
+            p.push(
+                &path.field("max_entries"),
+                format!("{n} is out of range 1..=16777216"),
+            );
+            None
+        }
+    };
+    Some(AffinityPolicy {
+        policy: policy?,
+        params: params?,
+        max_entries: max_entries?,
+    })
+}
+
+/// The plugin `text` names: `builtin:NAME` from `builtins`, or an entry of `plugins:`.
+/// `also` lists further accepted spellings for the message.
+fn policy_source(
+    text: &str,
+    builtins: &[&str],
+    also: &str,
+    plugins: &Plugins,
+    path: &FieldPath,
+    p: &mut Problems,
+) -> Option<PolicySource> {
+    if let Some(name) = text.strip_prefix("builtin:") {
+        if builtins.contains(&name) {
+            return Some(PolicySource::Builtin(name.to_owned()));
+        }
+        p.push(
+            &path.field("policy"),
+            format!(
+                "unknown built-in `{name}`; built-ins are {}",
+                builtin_list(builtins)
+            ),
+        );
+        return None;
+    }
+    if let Some(plugin) = plugins.loaded.get(text) {
+        return Some(PolicySource::File(plugin.clone()));
+    }
+    if !plugins.declared.contains(text) {
+        p.push(
+            &path.field("policy"),
+            format!(
+                "`{text}` is neither a built-in ({}), {also}nor a plugin named under `plugins:`",
+                builtin_list(builtins)
+            ),
+        );
+    } // else its own problem is already reported under `plugins:`
+    None
+}
+
+/// `params:` as text; every non-scalar value is reported.
+fn build_params(
+    file: Option<BTreeMap<String, serde_yaml::Value>>,
+    path: &FieldPath,
+    p: &mut Problems,
+) -> Option<Vec<(String, String)>> {
+    let mut params = Vec::new();
+    let mut ok = true;
+    for (name, value) in file.unwrap_or_default() {
+        let text = match value {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            _ => {
+                p.push(
+                    &path.field("params").key(&name),
+                    "must be a string, a number or a boolean",
+                );
+                ok = false;
+                continue;
+            }
+        };
+        params.push((name, text));
+    }
+    ok.then_some(params)
+}
+
+fn builtin_list(builtins: &[&str]) -> String {
+    builtins
         .iter()
         .map(|n| format!("builtin:{n}"))
         .collect::<Vec<_>>()

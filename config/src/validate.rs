@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use crate::file::*;
 use crate::lenient::{DurationText, Lenient};
 use crate::model::*;
-use crate::policy::{build_balancer, build_plugin_limits, build_plugins, Plugins};
+use crate::policy::{build_affinity, build_balancer, build_plugin_limits, build_plugins, Plugins};
 use crate::problems::{FieldPath, Problems};
 use crate::tls::{load_certificate, CertificateRequest};
 
@@ -273,7 +273,7 @@ struct PortContext<'a> {
 
 const PORT_FIELDS: &str =
     "name, port, protocol, backends, tls, proxy_protocol, backend_protocol, balancer, \
-                           timeouts, limits, retries, backoff, trusted_proxies";
+                           affinity, timeouts, limits, retries, backoff, trusted_proxies";
 
 fn build_port(
     file: PortFile,
@@ -365,6 +365,27 @@ fn build_port(
         }
         None => build_balancer(None, cx.shared.plugins, &balancer_path, p),
     };
+    let affinity_path = path.field("affinity");
+    let affinity = match file.affinity {
+        Some(Lenient::Invalid {
+            path: inner,
+            message,
+        }) => {
+            p.push_nested(&affinity_path, &inner, &message);
+            ok = false;
+            None
+        }
+        Some(Lenient::Parsed(spec)) => {
+            match build_affinity(spec, cx.shared.plugins, &affinity_path, p) {
+                Some(affinity) => Some(affinity),
+                None => {
+                    ok = false;
+                    None
+                }
+            }
+        }
+        None => None,
+    };
 
     if !ok {
         return None;
@@ -386,6 +407,7 @@ fn build_port(
         proxy_protocol,
         backend_protocol,
         balancer: balancer?,
+        affinity,
         settings,
         origin: FieldOrigin(path.to_string()),
     })

@@ -16,12 +16,11 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminApp, AdminView};
-use crate::balancer::BalancerFactory;
 use crate::http_server::SmallServer;
 use crate::listener::{Listener, ListenerShared};
 use crate::metrics::Metrics;
 use crate::plugins::{PluginError, PluginHost};
-use crate::route::{Route, RouteContext};
+use crate::route::{Route, RouteContext, RoutePolicies};
 use crate::tls::TlsEndpoint;
 
 /// Why a model could not be applied; the running model keeps serving.
@@ -64,10 +63,12 @@ pub enum ApplyError {
 
 /// A plugin problem found while applying, with the field path of the port that uses it.
 #[derive(Debug, thiserror::Error)]
-#[error("{origin}.balancer: {source}")]
+#[error("{origin}.{field}: {source}")]
 pub struct PolicyError {
     /// Where the port is in the configuration (`services[0].ports[1]`).
     pub origin: String,
+    /// `balancer` or `affinity`.
+    pub field: &'static str,
     /// What is wrong with its plugin.
     pub source: PluginError,
 }
@@ -365,29 +366,49 @@ impl Gantry {
         }
     }
 
-    /// The balancer factory for `port`: the previous route's while its policy is unchanged
-    /// (no reload of the plugin for a backend change), else a fresh one from the plugin host.
-    fn factory_for(
+    /// The policy factories for `port`: the previous route's while a policy is unchanged (no
+    /// reload of the plugin for a backend change, and the affinity table is kept), else fresh
+    /// ones from the plugin host.
+    fn policies_for(
         &self,
         port: &Port,
         previous: Option<&Route>,
         model: &Model,
         limits_changed: bool,
-    ) -> Result<Arc<dyn BalancerFactory>, ApplyError> {
-        if let Some(previous) = previous {
-            if previous.port.balancer == port.balancer && !limits_changed {
-                return Ok(previous.factory.clone());
-            }
-        }
-        self.inner
-            .plugins
-            .factory(&port.balancer, &model.plugin_limits)
-            .map_err(|source| {
+    ) -> Result<RoutePolicies, ApplyError> {
+        let failed = |field| {
+            move |source| {
                 ApplyError::Policy(PolicyError {
                     origin: port.origin.to_string(),
+                    field,
                     source,
                 })
-            })
+            }
+        };
+        let kept = previous.filter(|_| !limits_changed);
+        let balancer = match kept {
+            Some(previous) if previous.port.balancer == port.balancer => {
+                previous.policies.balancer.clone()
+            }
+            _ => self
+                .inner
+                .plugins
+                .factory(&port.balancer, &model.plugin_limits)
+                .map_err(failed("balancer"))?,
+        };
+        let affinity = match (kept, &port.affinity) {
+            (_, None) => None,
+            (Some(previous), Some(policy)) if previous.port.affinity.as_ref() == Some(policy) => {
+                previous.policies.affinity.clone()
+            }
+            (_, Some(policy)) => Some(
+                self.inner
+                    .plugins
+                    .affinity_factory(policy, &model.plugin_limits)
+                    .map_err(failed("affinity"))?,
+            ),
+        };
+        Ok(RoutePolicies { balancer, affinity })
     }
 
     fn bind(&self, port: &Port, model: &Model) -> Result<Listener, ApplyError> {
@@ -399,9 +420,9 @@ impl Gantry {
             Some(tls) => Some(Arc::new(TlsEndpoint::new(tls).map_err(tls_error)?)),
             None => None,
         };
-        let factory = self.factory_for(port, None, model, false)?;
+        let policies = self.policies_for(port, None, model, false)?;
         let cx = self.route_context(endpoint.as_deref());
-        let route = Route::build(port, None, factory, &cx).map_err(tls_error)?;
+        let route = Route::build(port, None, policies, &cx).map_err(tls_error)?;
         Listener::bind(port.key.clone(), port.bind, route, endpoint).map_err(|source| {
             ApplyError::Bind {
                 key: port.key.clone(),
@@ -428,9 +449,9 @@ impl Gantry {
         };
         let endpoint = new_endpoint.as_deref().or(listener.tls().map(Arc::as_ref));
         let previous = listener.shared().route.load();
-        let factory = self.factory_for(port, Some(&previous), model, limits_changed)?;
+        let policies = self.policies_for(port, Some(&previous), model, limits_changed)?;
         let cx = self.route_context(endpoint);
-        let route = Route::build(port, Some(&previous), factory, &cx).map_err(tls_error)?;
+        let route = Route::build(port, Some(&previous), policies, &cx).map_err(tls_error)?;
         Ok(PreparedSwap {
             key: port.key.clone(),
             route,

@@ -8,6 +8,7 @@
 //! chosen by a [`balancer::Balancer`] over a [`pool::BackendPool`].
 
 pub mod admin;
+pub mod affinity;
 pub mod app;
 pub mod balancer;
 pub mod coalesce;

@@ -69,6 +69,7 @@ pub struct Metrics {
     changes: IntCounterVec,
     plugin_faults: IntCounterVec,
     plugin_quarantined: IntGaugeVec,
+    affinity: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -213,6 +214,12 @@ impl Metrics {
                 "1 while a plugin is no longer called after repeated faults.",
                 &["plugin"],
             ),
+            affinity: counter_vec(
+                &r,
+                "gantry_affinity_total",
+                "Session-affinity decisions: stuck to the remembered backend, new (nothing to stick to), or moved (the sticky backend was gone or unusable).",
+                &["service", "port", "outcome"],
+            ),
             registry: r,
         }
     }
@@ -227,6 +234,10 @@ impl Metrics {
             tls_handshake_failures: self.tls_handshake_failures.with_label_values(&l),
             rejected: Rejection::ALL
                 .map(|r| self.rejected.with_label_values(&[service, port, r.label()])),
+            affinity: AffinityCounters(
+                AffinityOutcome::ALL
+                    .map(|o| self.affinity.with_label_values(&[service, port, o.label()])),
+            ),
         }
     }
 
@@ -265,6 +276,11 @@ impl Metrics {
                 .rejected
                 .remove_label_values(&[service, port, r.label()]);
         }
+        for o in AffinityOutcome::ALL {
+            let _ = self
+                .affinity
+                .remove_label_values(&[service, port, o.label()]);
+        }
     }
 
     /// Deletes a backend's label sets (after it left its port).
@@ -289,10 +305,10 @@ impl Metrics {
         }
     }
 
-    /// Handles for one loaded plugin: fault counters (in [`crate::plugins::policy::FaultKind`]
+    /// Handles for one loaded plugin: fault counters (in [`crate::plugins::faults::FaultKind`]
     /// order) and its quarantine gauge.
     pub fn plugin(&self, plugin: &str) -> ([IntCounter; 4], IntGauge) {
-        let counters = crate::plugins::policy::FaultKind::ALL.map(|kind| {
+        let counters = crate::plugins::faults::FaultKind::ALL.map(|kind| {
             self.plugin_faults
                 .with_label_values(&[plugin, kind.label()])
         });
@@ -304,7 +320,7 @@ impl Metrics {
 
     /// Deletes a plugin's label sets (after it was unloaded).
     pub fn forget_plugin(&self, plugin: &str) {
-        for kind in crate::plugins::policy::FaultKind::ALL {
+        for kind in crate::plugins::faults::FaultKind::ALL {
             let _ = self
                 .plugin_faults
                 .remove_label_values(&[plugin, kind.label()]);
@@ -344,6 +360,50 @@ pub struct PortMetrics {
     /// Failed TLS handshakes.
     pub tls_handshake_failures: IntCounter,
     rejected: [IntCounter; 4],
+    /// Session-affinity decisions.
+    pub affinity: AffinityCounters,
+}
+
+/// How a session-affinity decision went (`outcome` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AffinityOutcome {
+    /// The request went to its sticky backend.
+    Stuck,
+    /// The request had nothing to stick to and was balanced.
+    New,
+    /// Its sticky backend was gone or unusable; it was balanced and the affinity moved.
+    Moved,
+}
+
+impl AffinityOutcome {
+    const ALL: [AffinityOutcome; 3] = [
+        AffinityOutcome::Stuck,
+        AffinityOutcome::New,
+        AffinityOutcome::Moved,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AffinityOutcome::Stuck => "stuck",
+            AffinityOutcome::New => "new",
+            AffinityOutcome::Moved => "moved",
+        }
+    }
+}
+
+/// Pre-resolved counters of one port's affinity decisions.
+#[derive(Clone)]
+pub struct AffinityCounters([IntCounter; 3]);
+
+impl AffinityCounters {
+    /// Counts one decision.
+    pub fn count(&self, outcome: AffinityOutcome) {
+        let index = AffinityOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.0[index].inc();
+    }
 }
 
 impl PortMetrics {

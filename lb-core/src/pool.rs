@@ -2,8 +2,11 @@
 //! live state shared across reloads (in-flight count, passive back-off, metric handles), plus
 //! the balancer built for exactly this set. Selection skips backends already tried for this
 //! unit of work and backends backing off after failed connects, and fails open (tries the one
-//! that backs off the least) rather than refuse when every backend is backing off.
+//! that backs off the least) rather than refuse when every backend is backing off. A port
+//! with session affinity sends a request to its sticky backend while that one is usable, and
+//! otherwise balances it and moves the affinity (see [`crate::affinity`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -12,8 +15,9 @@ use std::time::Duration;
 use lb_config::{Backend, Backoff};
 use tokio::time::Instant;
 
+use crate::affinity::{Affinity, AffinityFactory, AffinityTable, ResponseHeader, Stickiness};
 use crate::balancer::{BackendFigures, Balancer, BalancerFactory, Figures, PickContext};
-use crate::metrics::BackendMetrics;
+use crate::metrics::{AffinityCounters, AffinityOutcome, BackendMetrics};
 
 /// One backend and its live state. Shared by every snapshot that still lists its address.
 pub struct BackendState {
@@ -135,11 +139,44 @@ impl BackendFigures for PoolFigures {
     }
 }
 
-/// An immutable backend set with its balancer and retry policy.
+/// The policies a pool is built with.
+pub struct Policies<'a> {
+    /// Builds the balancer.
+    pub balancer: &'a dyn BalancerFactory,
+    /// Builds the session affinity, if the port has one.
+    pub affinity: Option<&'a dyn AffinityFactory>,
+    /// Where affinity decisions are counted.
+    pub affinity_counters: AffinityCounters,
+    /// Further backends a unit of work may try after a failed connect.
+    pub retries: u32,
+    /// How long a backend whose connect failed is skipped.
+    pub backoff: Backoff,
+}
+
+/// The port's session affinity over one backend set.
+struct Sticky {
+    affinity: Box<dyn Affinity>,
+    table: Option<Arc<AffinityTable>>,
+    by_address: HashMap<SocketAddr, usize>,
+    counters: AffinityCounters,
+}
+
+/// The backend chosen for a unit of work.
+pub struct Selected {
+    /// Its index in the pool.
+    pub index: usize,
+    /// The backend.
+    pub backend: Arc<BackendState>,
+    /// A header for the response that keeps the client on this backend (HTTP only).
+    pub response_header: Option<ResponseHeader>,
+}
+
+/// An immutable backend set with its balancer, affinity and retry policy.
 pub struct BackendPool {
     backends: Vec<Arc<BackendState>>,
     weights: Vec<u32>,
     balancer: Box<dyn Balancer>,
+    sticky: Option<Sticky>,
     retries: u32,
     backoff: Backoff,
 }
@@ -148,9 +185,7 @@ impl BackendPool {
     /// Builds the pool for `backends`, reusing the live state of addresses `previous` had.
     pub fn build(
         backends: &[Backend],
-        factory: &dyn BalancerFactory,
-        retries: u32,
-        backoff: Backoff,
+        policies: Policies<'_>,
         previous: Option<&BackendPool>,
         make_metrics: impl Fn(&str) -> BackendMetrics,
     ) -> Self {
@@ -169,12 +204,23 @@ impl BackendPool {
             })
             .collect();
         let figures = Arc::new(PoolFigures(states.clone()));
+        let sticky = policies.affinity.map(|factory| Sticky {
+            affinity: factory.build(backends, figures.clone()),
+            table: factory.table().cloned(),
+            by_address: backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (b.address, i))
+                .collect(),
+            counters: policies.affinity_counters,
+        });
         BackendPool {
             backends: states,
             weights: backends.iter().map(|b| b.weight).collect(),
-            balancer: factory.build(backends, figures),
-            retries,
-            backoff,
+            balancer: policies.balancer.build(backends, figures),
+            sticky,
+            retries: policies.retries,
+            backoff: policies.backoff,
         }
     }
 
@@ -193,12 +239,66 @@ impl BackendPool {
         self.balancer.name()
     }
 
-    /// The backend to try next, with its index; `None` when no backend is left to try.
-    pub fn select(
-        &self,
-        cx: &PickContext<'_>,
-        tried: &Tried,
-    ) -> Option<(usize, Arc<BackendState>)> {
+    /// The backend to try next; `None` when no backend is left to try.
+    pub fn select(&self, cx: &PickContext<'_>, tried: &Tried) -> Option<Selected> {
+        let Some(sticky) = &self.sticky else {
+            let (index, backend) = self.balance(cx, tried)?;
+            return Some(Selected {
+                index,
+                backend,
+                response_header: None,
+            });
+        };
+        let now = now_ms();
+        let stickiness = sticky.affinity.stick(cx);
+        let target = match stickiness {
+            Stickiness::None => None,
+            Stickiness::Remembered(key) => sticky
+                .table
+                .as_ref()
+                .and_then(|table| table.lookup(key, now))
+                .map(|address| sticky.by_address.get(&address).copied()),
+            Stickiness::Named(index) => Some(Some(index)),
+        };
+        let usable = |i: usize| {
+            i < self.backends.len()
+                && self.weights[i] > 0
+                && !tried.contains(i)
+                && self.backends[i].backing_off_until() <= now
+        };
+        let outcome = match target {
+            Some(Some(index)) if usable(index) => {
+                sticky.counters.count(AffinityOutcome::Stuck);
+                return Some(Selected {
+                    index,
+                    backend: self.backends[index].clone(),
+                    response_header: None,
+                });
+            }
+            // Gone from the set, drained, already failed or backing off: move it.
+            Some(_) => AffinityOutcome::Moved,
+            None => AffinityOutcome::New,
+        };
+        let (index, backend) = self.balance(cx, tried)?;
+        sticky.counters.count(outcome);
+        let response_header = match stickiness {
+            Stickiness::Remembered(key) => {
+                if let Some(table) = &sticky.table {
+                    table.remember(key, backend.address, now);
+                }
+                None
+            }
+            Stickiness::None | Stickiness::Named(_) => sticky.affinity.assigned(cx, index),
+        };
+        Some(Selected {
+            index,
+            backend,
+            response_header,
+        })
+    }
+
+    /// The balancer's choice among the backends not tried yet.
+    fn balance(&self, cx: &PickContext<'_>, tried: &Tried) -> Option<(usize, Arc<BackendState>)> {
         let usable = |i: usize| self.weights[i] > 0 && !tried.contains(i);
         let now = now_ms();
         let n = self.backends.len();
@@ -251,7 +351,7 @@ pub(crate) fn clock_origin() -> Instant {
     *ORIGIN.get_or_init(Instant::now)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     // +1 keeps every real deadline above 0, which means "not backing off".
     duration_ms(Instant::now().saturating_duration_since(clock_origin())) + 1
 }
@@ -275,6 +375,16 @@ mod tests {
         headers: None,
     };
 
+    fn policies(backoff: Backoff, metrics: &Metrics) -> Policies<'static> {
+        Policies {
+            balancer: &RoundRobin,
+            affinity: None,
+            affinity_counters: metrics.port("s", "p").affinity,
+            retries: 2,
+            backoff,
+        }
+    }
+
     fn pool(weights: &[u32], metrics: &Metrics) -> BackendPool {
         let backends: Vec<Backend> = weights
             .iter()
@@ -288,7 +398,7 @@ mod tests {
             initial: Duration::from_secs(2),
             max: Duration::from_secs(30),
         };
-        BackendPool::build(&backends, &RoundRobin, 2, backoff, None, |b| {
+        BackendPool::build(&backends, policies(backoff, metrics), None, |b| {
             metrics.backend("s", "p", b)
         })
     }
@@ -298,12 +408,21 @@ mod tests {
         let metrics = Metrics::new();
         let pool = pool(&[1, 1, 1], &metrics);
         let mut tried = Tried::default();
-        let (first, _) = pool.select(&CX, &tried).expect("a backend");
+        let first = pool
+            .select(&CX, &tried)
+            .map(|s| s.index)
+            .expect("a backend");
         tried.push(first);
-        let (second, _) = pool.select(&CX, &tried).expect("another backend");
+        let second = pool
+            .select(&CX, &tried)
+            .map(|s| s.index)
+            .expect("another backend");
         assert_ne!(first, second);
         tried.push(second);
-        let (third, _) = pool.select(&CX, &tried).expect("the last backend");
+        let third = pool
+            .select(&CX, &tried)
+            .map(|s| s.index)
+            .expect("the last backend");
         tried.push(third);
         assert!(pool.select(&CX, &tried).is_none());
     }
@@ -316,7 +435,10 @@ mod tests {
         pool.connect_failed(&failed);
         assert!(failed.is_backing_off());
         for _ in 0..4 {
-            let (i, _) = pool.select(&CX, &Tried::default()).expect("a backend");
+            let i = pool
+                .select(&CX, &Tried::default())
+                .map(|s| s.index)
+                .expect("a backend");
             assert_eq!(i, 1, "the backing-off backend is skipped");
         }
         tokio::time::advance(Duration::from_millis(2001)).await;
@@ -338,7 +460,10 @@ mod tests {
         pool.connect_failed(&pool.backends()[1]);
         tokio::time::advance(Duration::from_millis(500)).await;
         pool.connect_failed(&pool.backends()[0]);
-        let (i, _) = pool.select(&CX, &Tried::default()).expect("fail open");
+        let i = pool
+            .select(&CX, &Tried::default())
+            .map(|s| s.index)
+            .expect("fail open");
         assert_eq!(i, 1);
     }
 
@@ -347,7 +472,10 @@ mod tests {
         let metrics = Metrics::new();
         let pool = pool(&[0, 1], &metrics);
         for _ in 0..3 {
-            assert_eq!(pool.select(&CX, &Tried::default()).map(|(i, _)| i), Some(1));
+            assert_eq!(
+                pool.select(&CX, &Tried::default()).map(|s| s.index),
+                Some(1)
+            );
         }
         assert!(pool
             .select(&CX, &{
@@ -367,7 +495,7 @@ mod tests {
             address: old.backends()[1].address,
             weight: 1,
         }];
-        let new = BackendPool::build(&kept, &RoundRobin, 2, old.backoff, Some(&old), |b| {
+        let new = BackendPool::build(&kept, policies(old.backoff, &metrics), Some(&old), |b| {
             metrics.backend("s", "p", b)
         });
         assert!(Arc::ptr_eq(&new.backends()[0], &old.backends()[1]));

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use lb_config::Port;
 use pingora::listeners::tls::Acceptor;
 
+use crate::affinity::AffinityFactory;
 use crate::balancer::BalancerFactory;
 use crate::metrics::{BackendMetrics, Metrics, PortMetrics};
-use crate::pool::BackendPool;
+use crate::pool::{BackendPool, Policies};
 use crate::tls::{Alpn, TlsEndpoint};
 
 /// A listener's serving state.
@@ -23,13 +24,23 @@ pub struct Route {
     pub unrouted: BackendMetrics,
     /// Backends and the balancer.
     pub pool: BackendPool,
-    /// What built the balancer; reused while the port's policy stays the same.
-    pub factory: Arc<dyn BalancerFactory>,
+    /// What built the balancer and the affinity; reused while the port's policies stay the
+    /// same (which also keeps the affinity table).
+    pub policies: RoutePolicies,
     /// Handshakes for `tls` and `https` ports.
     pub tls: Option<Acceptor>,
     /// `runtime.access_log`, shared by every route so a reload that changes only `runtime:`
     /// switches it everywhere at once.
     access_log: Arc<AtomicBool>,
+}
+
+/// The policy factories of a port.
+#[derive(Clone)]
+pub struct RoutePolicies {
+    /// Builds the balancer for each backend set.
+    pub balancer: Arc<dyn BalancerFactory>,
+    /// Builds the session affinity for each backend set, if the port has one.
+    pub affinity: Option<Arc<dyn AffinityFactory>>,
 }
 
 /// Inputs to [`Route::build`] that come from outside the port's own model.
@@ -43,20 +54,25 @@ pub struct RouteContext<'a> {
 }
 
 impl Route {
-    /// Builds the route for `port`, balanced by `factory`, carrying backend state over from
+    /// Builds the route for `port` with `policies`, carrying backend state over from
     /// `previous`.
     pub fn build(
         port: &Port,
         previous: Option<&Route>,
-        factory: Arc<dyn BalancerFactory>,
+        policies: RoutePolicies,
         cx: &RouteContext<'_>,
     ) -> Result<Route, rustls::Error> {
         let (service, name) = (port.key.service.as_str(), port.key.port.as_str());
+        let metrics = cx.metrics.port(service, name);
         let pool = BackendPool::build(
             &port.backends,
-            factory.as_ref(),
-            port.settings.retries,
-            port.settings.backoff,
+            Policies {
+                balancer: policies.balancer.as_ref(),
+                affinity: policies.affinity.as_deref(),
+                affinity_counters: metrics.affinity.clone(),
+                retries: port.settings.retries,
+                backoff: port.settings.backoff,
+            },
             previous.map(|r| &r.pool),
             |backend| cx.metrics.backend(service, name, backend),
         );
@@ -70,10 +86,10 @@ impl Route {
             _ => None,
         };
         Ok(Route {
-            metrics: cx.metrics.port(service, name),
+            metrics,
             unrouted: cx.metrics.backend(service, name, "none"),
             pool,
-            factory,
+            policies,
             tls,
             access_log: cx.access_log.clone(),
             port: port.clone(),

@@ -87,7 +87,8 @@ pub(crate) async fn connect(
     let mut tried = Tried::default();
     let timeout = route.port.settings.timeouts.connect;
     loop {
-        let (index, backend) = route.pool.select(&cx, &tried)?;
+        let selected = route.pool.select(&cx, &tried)?;
+        let (index, backend) = (selected.index, selected.backend);
         let lease = backend.lease();
         let started = Instant::now();
         match tokio::time::timeout(timeout, TcpStream::connect(backend.address)).await {

@@ -1,19 +1,21 @@
 //! Gantry's pingora `ProxyHttp`: per request, load the listener's current route, pick a backend
 //! through the pool (retrying another after a failed connect), rewrite the forwarding headers,
-//! and account the outcome in metrics and the access log.
+//! add the affinity's response header (a `set-cookie`), and account the outcome in metrics
+//! and the access log.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use lb_config::BackendProtocol;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use tokio::time::Instant;
 
 use super::forwarding::forwarded;
+use crate::affinity::ResponseHeader as AffinityHeader;
 use crate::balancer::{hash_key, PickContext};
 use crate::metrics::Rejection;
 use crate::pool::{BackendLease, BackendState, Tried};
@@ -40,6 +42,8 @@ pub struct RequestCtx {
     /// The last backend chosen, kept for accounting after its lease is dropped.
     backend: Option<Arc<BackendState>>,
     tried: Tried,
+    /// The affinity's header for the response, from the last pick.
+    affinity_header: Option<AffinityHeader>,
 }
 
 fn client_ip(session: &Session) -> Option<SocketAddr> {
@@ -74,6 +78,7 @@ impl ProxyHttp for Gateway {
             lease: None,
             backend: None,
             tried: Tried::default(),
+            affinity_header: None,
         }
     }
 
@@ -107,7 +112,7 @@ impl ProxyHttp for Gateway {
             ),
             headers: Some(headers),
         };
-        let Some((index, backend)) = ctx.route.pool.select(&cx, &ctx.tried) else {
+        let Some(selected) = ctx.route.pool.select(&cx, &ctx.tried) else {
             // Nothing to try at all is "unavailable"; everything tried and failed is a bad
             // gateway.
             let status = if ctx.tried.is_empty() { 503 } else { 502 };
@@ -116,6 +121,8 @@ impl ProxyHttp for Gateway {
                 "no backend available",
             ));
         };
+        let backend = selected.backend;
+        ctx.affinity_header = selected.response_header;
         let mut peer = HttpPeer::new(backend.address, false, String::new());
         let timeouts = &ctx.route.port.settings.timeouts;
         peer.options.connection_timeout = Some(timeouts.connect);
@@ -124,7 +131,7 @@ impl ProxyHttp for Gateway {
         if ctx.route.port.backend_protocol == BackendProtocol::H2c {
             peer.options.set_http_version(2, 2);
         }
-        ctx.lease = Some((index, backend.lease()));
+        ctx.lease = Some((selected.index, backend.lease()));
         ctx.backend = Some(backend);
         Ok(Box::new(peer))
     }
@@ -187,6 +194,18 @@ impl ProxyHttp for Gateway {
             None => {
                 upstream.remove_header("x-forwarded-for");
             }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(header) = ctx.affinity_header.take() {
+            upstream.append_header(header.name, header.value)?;
         }
         Ok(())
     }

@@ -153,8 +153,22 @@ impl HostImports for HostState {
             return None;
         }
         CURRENT_HEADERS.with(|headers| {
-            let value = headers.get(name.as_str())?;
-            value.to_str().ok().map(str::to_owned)
+            // HTTP/2 clients may split `cookie` into one field per cookie (RFC 9113 §8.2.3).
+            let separator = if name.eq_ignore_ascii_case("cookie") {
+                "; "
+            } else {
+                ", "
+            };
+            let mut values = headers
+                .get_all(name.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            let first = values.next()?.to_owned();
+            Some(values.fold(first, |mut all, value| {
+                all.push_str(separator);
+                all.push_str(value);
+                all
+            }))
         })
     }
 }

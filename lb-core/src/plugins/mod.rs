@@ -1,15 +1,20 @@
 //! Policy plugins: WebAssembly components implementing the `gantry:plugins` worlds
-//! (`plugins-wit/`). The built-in balancers are plugins too, embedded at build time from
-//! `plugins/builtin`; users name their own files under `plugins:` in the configuration.
+//! (`plugins-wit/`). The built-in policies are plugins too, embedded at build time from
+//! `plugins/builtin/KIND/NAME`; users name their own files under `plugins:` in the
+//! configuration.
 //!
-//! [`PluginHost`] turns a port's [`BalancerPolicy`] into a [`BalancerFactory`]: it compiles a
-//! plugin once per content ([`sandbox`]), keeps one fault record per loaded plugin so
-//! quarantine survives reloads that do not change the file ([`policy`]), and checks the port's
-//! parameters against the plugin's `configure` before anything is swapped.
+//! [`PluginHost`] turns a port's [`BalancerPolicy`] into a [`BalancerFactory`] and its
+//! [`AffinityPolicy`] into an [`AffinityFactory`]: it compiles a plugin once per content
+//! ([`sandbox`]), keeps one fault record per loaded plugin so quarantine survives reloads that
+//! do not change the file ([`faults`]), and checks the port's parameters against the plugin's
+//! `configure` before anything is swapped. What running a plugin involves is in `instances`.
 
+mod affinity;
+mod balancer;
 mod bindings;
+pub mod faults;
 mod host;
-pub mod policy;
+mod instances;
 pub mod sandbox;
 mod wasi;
 
@@ -19,18 +24,26 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use lb_config::{BalancerPolicy, Model, PluginLimits, PolicySource};
+use lb_config::{AffinityPolicy, BalancerPolicy, Model, PluginLimits, PolicySource};
 
-use self::policy::{Faults, LoadedPolicy, WasmBalancerFactory};
+use self::affinity::WasmAffinityFactory;
+use self::balancer::WasmBalancerFactory;
+use self::bindings::{AffinityWorld, BalancerWorld};
+use self::faults::Faults;
+use self::instances::{Configured, LoadedPolicy, World};
 use self::sandbox::Sandbox;
+use crate::affinity::AffinityFactory;
 use crate::balancer::{BalancerFactory, RoundRobin};
 use crate::metrics::Metrics;
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
-/// The names of the embedded built-in balancers.
-pub fn builtin_names() -> impl Iterator<Item = &'static str> {
-    BUILTIN_BALANCERS.iter().map(|(name, _)| *name)
+/// The names of the embedded built-ins of one kind (`balancer`, `affinity`).
+pub fn builtin_names(kind: &str) -> impl Iterator<Item = &'static str> + '_ {
+    BUILTINS
+        .iter()
+        .filter(move |(k, _, _)| *k == kind)
+        .map(|(_, name, _)| *name)
 }
 
 /// Why a plugin cannot be used; the running configuration keeps serving.
@@ -39,7 +52,7 @@ pub enum PluginError {
     /// The WebAssembly engine could not be set up.
     #[error("plugin engine: {0}")]
     Engine(String),
-    /// The component is not a usable balancer.
+    /// The component is not a usable plugin of the kind asked for.
     #[error("plugin `{plugin}` {message}")]
     Invalid {
         /// Plugin name.
@@ -57,13 +70,16 @@ pub enum PluginError {
     },
 }
 
-/// Loads plugins and makes balancer factories from ports' policies.
+/// Loaded plugins of one world, by identity (`builtin:NAME`, or the file's SHA-256).
+type Loaded<W> = Mutex<HashMap<String, Arc<LoadedPolicy<W>>>>;
+
+/// Loads plugins and makes policy factories from ports' policies.
 pub struct PluginHost {
     sandbox: Sandbox,
     metrics: Arc<Metrics>,
     workers: usize,
-    /// Loaded policies by identity (`builtin:NAME`, or the file's SHA-256).
-    loaded: Mutex<HashMap<String, Arc<LoadedPolicy>>>,
+    balancers: Loaded<BalancerWorld>,
+    affinities: Loaded<AffinityWorld>,
 }
 
 impl PluginHost {
@@ -78,98 +94,146 @@ impl PluginHost {
             sandbox: Sandbox::new(limits)?,
             metrics,
             workers,
-            loaded: Mutex::new(HashMap::new()),
+            balancers: Mutex::default(),
+            affinities: Mutex::default(),
         })
     }
 
-    /// The factory for `policy`, with its parameters checked by the plugin itself.
+    /// The balancer factory for `policy`, with its parameters checked by the plugin itself.
     pub fn factory(
         &self,
         policy: &BalancerPolicy,
         limits: &PluginLimits,
     ) -> Result<Arc<dyn BalancerFactory>, PluginError> {
-        let loaded = match &policy.policy {
-            PolicySource::Native => return Ok(Arc::new(RoundRobin)),
+        if policy.policy == PolicySource::Native {
+            return Ok(Arc::new(RoundRobin));
+        }
+        let configured = self.configure(&self.balancers, &policy.policy, &policy.params, limits)?;
+        Ok(Arc::new(WasmBalancerFactory(configured)))
+    }
+
+    /// The affinity factory for `policy` (with a fresh table), its parameters checked by the
+    /// plugin itself.
+    pub fn affinity_factory(
+        &self,
+        policy: &AffinityPolicy,
+        limits: &PluginLimits,
+    ) -> Result<Arc<dyn AffinityFactory>, PluginError> {
+        let configured =
+            self.configure(&self.affinities, &policy.policy, &policy.params, limits)?;
+        Ok(Arc::new(WasmAffinityFactory::new(
+            configured,
+            policy.max_entries,
+        )))
+    }
+
+    fn configure<W: World>(
+        &self,
+        loaded: &Loaded<W>,
+        source: &PolicySource,
+        params: &[(String, String)],
+        limits: &PluginLimits,
+    ) -> Result<Configured<W>, PluginError> {
+        let policy = match source {
+            PolicySource::Native => {
+                return Err(PluginError::Invalid {
+                    plugin: "native:round-robin".into(),
+                    message: format!("is not a{} {} policy", article(W::NAME), W::NAME),
+                })
+            }
             PolicySource::Builtin(name) => {
-                let bytes = BUILTIN_BALANCERS
+                let identity = format!("builtin:{name}");
+                let bytes = BUILTINS
                     .iter()
-                    .find(|(builtin, _)| builtin == name)
-                    .map(|(_, bytes)| *bytes)
+                    .find(|(kind, builtin, _)| *kind == W::NAME && builtin == name)
+                    .map(|(_, _, bytes)| *bytes)
                     .ok_or_else(|| PluginError::Invalid {
-                        plugin: format!("builtin:{name}"),
-                        message: "is not built into this gantry".into(),
+                        plugin: identity.clone(),
+                        message: format!("is not a {} built into this gantry", W::NAME),
                     })?;
-                self.load(
-                    &format!("builtin:{name}"),
-                    &format!("builtin:{name}"),
-                    bytes,
-                    limits,
-                )?
+                self.load(loaded, &identity, &identity, bytes, limits)?
             }
             PolicySource::File(plugin) => {
-                self.load(&plugin.sha256, &plugin.name, &plugin.bytes, limits)?
+                self.load(loaded, &plugin.sha256, &plugin.name, &plugin.bytes, limits)?
             }
         };
-        let factory = WasmBalancerFactory::new(
-            loaded,
-            &policy.params,
+        Configured::new(
+            policy,
+            params,
             *limits,
             self.sandbox.engine().clone(),
             self.workers,
-        )?;
-        Ok(Arc::new(factory))
+        )
     }
 
-    fn load(
+    fn load<W: World>(
         &self,
+        loaded: &Loaded<W>,
         identity: &str,
         name: &str,
         bytes: &[u8],
         limits: &PluginLimits,
-    ) -> Result<Arc<LoadedPolicy>, PluginError> {
-        if let Some(found) = self
-            .loaded
-            .lock()
-            .ok()
-            .and_then(|l| l.get(identity).cloned())
-        {
+    ) -> Result<Arc<LoadedPolicy<W>>, PluginError> {
+        if let Some(found) = loaded.lock().ok().and_then(|l| l.get(identity).cloned()) {
             return Ok(found);
         }
         let pre = self.sandbox.compile(identity, name, bytes)?;
+        let pre = W::prepare(pre).map_err(|e| PluginError::Invalid {
+            plugin: name.to_owned(),
+            message: format!("is not a{} {} plugin: {e:#}", article(W::NAME), W::NAME),
+        })?;
         let name: Arc<str> = name.into();
         let (counters, gauge) = self.metrics.plugin(&name);
-        let loaded = Arc::new(LoadedPolicy {
+        let policy = Arc::new(LoadedPolicy {
             faults: Faults::new(name.clone(), counters, gauge, limits.quarantine_after),
             name,
             pre,
         });
-        if let Ok(mut all) = self.loaded.lock() {
-            all.insert(identity.to_owned(), loaded.clone());
+        if let Ok(mut all) = loaded.lock() {
+            all.insert(identity.to_owned(), policy.clone());
         }
-        Ok(loaded)
+        Ok(policy)
     }
 
     /// Forgets plugins `model` no longer uses (a changed file is a new plugin).
     pub fn retain_used_by(&self, model: &Model) {
         let used: Vec<String> = model
             .ports()
-            .filter_map(|p| match &p.balancer.policy {
+            .flat_map(lb_config::Port::policies)
+            .filter_map(|policy| match policy {
                 PolicySource::Native => None,
                 PolicySource::Builtin(name) => Some(format!("builtin:{name}")),
                 PolicySource::File(plugin) => Some(plugin.sha256.clone()),
             })
             .collect();
-        if let Ok(mut loaded) = self.loaded.lock() {
-            loaded.retain(|identity, policy| {
-                let keep = used.contains(identity);
-                if !keep {
-                    self.metrics.forget_plugin(&policy.name);
-                }
-                keep
-            });
+        let mut forgotten = Vec::new();
+        retain(&self.balancers, &used, &mut forgotten);
+        retain(&self.affinities, &used, &mut forgotten);
+        for name in forgotten {
+            self.metrics.forget_plugin(&name);
         }
         let keep: Vec<&str> = used.iter().map(String::as_str).collect();
         self.sandbox.retain(&keep);
+    }
+}
+
+fn retain<W: World>(loaded: &Loaded<W>, used: &[String], forgotten: &mut Vec<Arc<str>>) {
+    if let Ok(mut loaded) = loaded.lock() {
+        loaded.retain(|identity, policy| {
+            let keep = used.contains(identity);
+            if !keep {
+                forgotten.push(policy.name.clone());
+            }
+            keep
+        });
+    }
+}
+
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "n"
+    } else {
+        ""
     }
 }
 
@@ -180,11 +244,17 @@ pub fn check(model: &Model) -> Vec<String> {
         Ok(host) => host,
         Err(err) => return vec![err.to_string()],
     };
-    model
-        .ports()
-        .filter_map(|port| {
-            let err = host.factory(&port.balancer, &model.plugin_limits).err()?;
-            Some(format!("{}.balancer: {err}", port.origin))
-        })
-        .collect()
+    let limits = &model.plugin_limits;
+    let mut problems = Vec::new();
+    for port in model.ports() {
+        if let Err(err) = host.factory(&port.balancer, limits) {
+            problems.push(format!("{}.balancer: {err}", port.origin));
+        }
+        if let Some(affinity) = &port.affinity {
+            if let Err(err) = host.affinity_factory(affinity, limits) {
+                problems.push(format!("{}.affinity: {err}", port.origin));
+            }
+        }
+    }
+    problems
 }

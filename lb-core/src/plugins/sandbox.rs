@@ -14,10 +14,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use lb_config::PluginLimits;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
-use super::bindings::{BalancerPre, BalancerWorld};
+use super::bindings::BalancerWorld;
 use super::host::HostState;
 use super::wasi::SandboxWorld;
 use super::PluginError;
@@ -37,7 +37,7 @@ const ALLOWED_IMPORTS: &[&str] = &["gantry:plugins/", "wasi:io/", "wasi:cli/", "
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
-    compiled: Mutex<HashMap<String, BalancerPre<HostState>>>,
+    compiled: Mutex<HashMap<String, InstancePre<HostState>>>,
     ticker: EpochTicker,
 }
 
@@ -76,6 +76,7 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         SandboxWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
+        // Adds the shared `types` and `host` imports, which every plugin world has.
         BalancerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         let ticker = EpochTicker::start(engine.clone());
@@ -92,14 +93,15 @@ impl Sandbox {
         &self.engine
     }
 
-    /// Compiles (or finds already compiled) a balancer component, checks what it imports, and
-    /// prepares it for fast instantiation.
+    /// Compiles (or finds already compiled) a component, checks what it imports, and prepares
+    /// it for fast instantiation. Whether it exports the world its use needs is the caller's
+    /// check.
     pub fn compile(
         &self,
         sha256: &str,
         name: &str,
         bytes: &[u8],
-    ) -> Result<BalancerPre<HostState>, PluginError> {
+    ) -> Result<InstancePre<HostState>, PluginError> {
         if let Some(pre) = self
             .compiled
             .lock()
@@ -125,13 +127,11 @@ impl Sandbox {
                 )));
             }
         }
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             invalid(format!(
-                "does not fit the gantry:plugins balancer world: {e:#}"
+                "imports what gantry:plugins@0.1 does not provide: {e:#}"
             ))
         })?;
-        let pre = BalancerPre::new(instance_pre)
-            .map_err(|e| invalid(format!("does not export the balancer world: {e:#}")))?;
         if let Ok(mut compiled) = self.compiled.lock() {
             compiled.insert(sha256.to_owned(), pre.clone());
         }

@@ -70,11 +70,16 @@ fn placements(balancer: &dyn Balancer, set: &[Backend], keys: u64) -> Vec<Socket
 
 #[test]
 fn the_embedded_builtins_are_exactly_those_the_configuration_accepts() {
-    let mut embedded: Vec<&str> = super::builtin_names().collect();
-    let mut accepted = lb_config::BUILTIN_BALANCERS.to_vec();
-    embedded.sort_unstable();
-    accepted.sort_unstable();
-    assert_eq!(embedded, accepted);
+    for (kind, accepted) in [
+        ("balancer", lb_config::BUILTIN_BALANCERS),
+        ("affinity", lb_config::BUILTIN_AFFINITIES),
+    ] {
+        let mut embedded: Vec<&str> = super::builtin_names(kind).collect();
+        let mut accepted = accepted.to_vec();
+        embedded.sort_unstable();
+        accepted.sort_unstable();
+        assert_eq!(embedded, accepted, "{kind}");
+    }
 }
 
 /// Fills a Maglev table of `size` for 100 backends, checks its balance, and returns how many
@@ -155,4 +160,67 @@ fn ring_hash_moves_only_the_keys_of_the_backend_that_left() {
         (0.02..0.09).contains(&share),
         "the leaving backend held {share}"
     );
+}
+
+/// A pool of `n` backends balanced by the native round-robin, with `builtin:client-ip`
+/// affinity forgetting clients after `timeout_seconds`.
+fn sticky_pool(n: usize, timeout_seconds: u32, metrics: &Metrics) -> crate::pool::BackendPool {
+    let limits = lb_config::parse_str("", std::path::Path::new("/"))
+        .expect("defaults")
+        .plugin_limits;
+    let host = PluginHost::new(&limits, Arc::new(Metrics::new()), 1).expect("plugin host");
+    let affinity = host
+        .affinity_factory(
+            &lb_config::AffinityPolicy {
+                policy: PolicySource::Builtin("client-ip".into()),
+                params: vec![("timeout_seconds".into(), timeout_seconds.to_string())],
+                max_entries: 1000,
+            },
+            &limits,
+        )
+        .expect("affinity factory");
+    crate::pool::BackendPool::build(
+        &backends(n),
+        crate::pool::Policies {
+            balancer: &crate::balancer::RoundRobin,
+            affinity: Some(affinity.as_ref()),
+            affinity_counters: metrics.port("s", "p").affinity,
+            retries: 2,
+            backoff: lb_config::Backoff {
+                initial: std::time::Duration::from_secs(1),
+                max: std::time::Duration::from_secs(1),
+            },
+        },
+        None,
+        |b| metrics.backend("s", "p", b),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_ip_affinity_lasts_while_the_client_returns_within_its_timeout() {
+    let metrics = Metrics::new();
+    let pool = sticky_pool(3, 10, &metrics);
+    let from = |last: u8| PickContext {
+        client: Some(SocketAddr::from(([203, 0, 113, last], 40_000))),
+        authority: None,
+        protocol: Protocol::Tcp,
+        hash_key: 0,
+        headers: None,
+    };
+    let pick = |last: u8| {
+        pool.select(&from(last), &crate::pool::Tried::default())
+            .expect("a backend")
+            .index
+    };
+    let home = pick(1);
+    let other = pick(2);
+    assert_ne!(home, other, "a new client is balanced");
+    let step = std::time::Duration::from_secs(9);
+    for _ in 0..5 {
+        tokio::time::advance(step).await;
+        assert_eq!(pick(1), home, "back within 10 s of its last visit");
+    }
+    // Idle for longer than the timeout: forgotten, so balanced again (round-robin's next).
+    tokio::time::advance(std::time::Duration::from_secs(11)).await;
+    assert_ne!(pick(1), home);
 }

@@ -4,6 +4,7 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod admin;
+mod affinity;
 mod binary;
 mod http_proxy;
 mod limits;

@@ -23,6 +23,8 @@
 //! export_balancer!(First);
 //! ```
 //!
+//! A session-affinity policy implements [`Affinity`] and is exported with [`export_affinity!`].
+//!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file is the plugin.
 //! The contract is the WIT package `gantry:plugins@0.1.0` in `plugins-wit/`; its documentation
 //! says what each call means and promises. `docs/plugins.md` walks through a whole plugin.
@@ -49,8 +51,30 @@ pub mod balancer_bindings {
     });
 }
 
+/// Generated bindings of the `affinity` world, sharing the `types` and `host` bindings above.
+#[doc(hidden)]
+pub mod affinity_bindings {
+    #![allow(missing_docs, clippy::too_many_arguments)]
+    wit_bindgen::generate!({
+        world: "affinity",
+        path: "../../plugins-wit/wit",
+        with: {
+            "gantry:plugins/types@0.1.0": crate::balancer_bindings::gantry::plugins::types,
+            "gantry:plugins/host@0.1.0": crate::balancer_bindings::gantry::plugins::host,
+        },
+        pub_export_macro: true,
+        export_macro_name: "__export_affinity_world",
+        default_bindings_module: "gantry_plugin_sdk::affinity_bindings",
+        runtime_path: "gantry_plugin_sdk::__wit_bindgen::rt",
+    });
+}
+
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
+
+mod affinity;
+
+pub use affinity::{client_ip_key, Affinity, Header, Stickiness, TableSettings};
 
 pub use balancer_bindings::gantry::plugins::host;
 pub use balancer_bindings::gantry::plugins::types::{Backend, IpAddress, Protocol, Request};

@@ -288,18 +288,18 @@ pub struct ProxyHeader {
 pub struct TcpOrigin {
     pub addr: SocketAddr,
     headers: Arc<Mutex<Vec<ProxyHeader>>>,
+    accepting: tokio::task::AbortHandle,
 }
 
 impl TcpOrigin {
     pub async fn start(name: &str, expect_proxy_header: bool) -> TcpOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
-        let origin = TcpOrigin {
-            addr: listener.local_addr().expect("addr"),
-            headers: Arc::default(),
-        };
-        let headers = origin.headers.clone();
+        let addr = listener.local_addr().expect("addr");
+        let headers: Arc<Mutex<Vec<ProxyHeader>>> = Arc::default();
+        let serving = headers.clone();
         let name = name.to_owned();
-        tokio::spawn(async move {
+        let accepting = tokio::spawn(async move {
+            let headers = serving;
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
@@ -311,7 +311,20 @@ impl TcpOrigin {
                 });
             }
         });
-        origin
+        TcpOrigin {
+            addr,
+            headers,
+            accepting: accepting.abort_handle(),
+        }
+    }
+
+    /// Closes the listening socket; returns once connecting is refused.
+    pub async fn stop(&self) {
+        self.accepting.abort();
+        crate::support::eventually("the origin to refuse connections", || async {
+            TcpStream::connect(self.addr).await.is_err()
+        })
+        .await;
     }
 
     /// PROXY headers received so far.

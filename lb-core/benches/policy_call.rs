@@ -1,0 +1,167 @@
+//! `cargo bench -p lb-core --bench policy_call`: what one balancing decision costs, per
+//! policy, through the same `Balancer::pick` the proxy calls (for a Wasm policy that includes
+//! the per-thread instance lookup, marshalling the request summary and the backend figures
+//! into the guest, the epoch-deadline set-up, and validating the answer).
+//!
+//! Each call is timed on its own with the monotonic clock; the clock's own cost (measured in
+//! the same run, printed as `timer`) is subtracted, so figures are per call, not per batch.
+//! Prints p50/p90/p99 in nanoseconds for the native round-robin and every built-in, and the
+//! ratio of each p50 to the native one. The contract's target is p50 ≤ 1 µs per call.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lb_config::{Backend, BalancerPolicy, HashKey, PolicySource, Protocol};
+use lb_core::balancer::{
+    BackendFigures, Balancer, BalancerFactory, Figures, PickContext, RoundRobin,
+};
+use lb_core::metrics::Metrics;
+use lb_core::plugins::{builtin_names, PluginHost};
+
+/// Calls measured per policy, after as many warm-up calls.
+const CALLS: usize = 200_000;
+/// Backends in the set every policy balances.
+const BACKENDS: usize = 16;
+
+/// Figures that vary by backend, so least-request has real choices to make.
+struct Busy;
+
+impl BackendFigures for Busy {
+    fn figures(&self, index: usize) -> Option<Figures> {
+        Some(Figures {
+            in_flight: (index as u32 * 7) % 11,
+            latency_micros: 400 + index as u32 * 13,
+            healthy: true,
+        })
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and runs quickly.
+    let calls = if std::env::args().any(|a| a == "--bench") {
+        CALLS
+    } else {
+        1_000
+    };
+    let backends: Vec<Backend> = (0..BACKENDS)
+        .map(|i| Backend {
+            address: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080)),
+            weight: 1 + (i as u32 % 3),
+        })
+        .collect();
+    let limits = match lb_config::parse_str("", std::path::Path::new("/")) {
+        Ok(model) => model.plugin_limits,
+        Err(problems) => fail(&format!("default configuration: {problems:?}")),
+    };
+    let host = PluginHost::new(&limits, Arc::new(Metrics::new()), 1)
+        .unwrap_or_else(|e| fail(&format!("plugin host: {e}")));
+
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::HOST, "shop.example".parse().expect("header"));
+    headers.insert("x-canary", "no".parse().expect("header"));
+
+    println!("policy call cost, {BACKENDS} backends, {calls} calls each (ns per call)");
+    let timer = measure_timer(calls);
+    println!("{:<26} {:>8} {:>8} {:>8}", "", "p50", "p90", "p99");
+    println!(
+        "{:<26} {:>8} {:>8} {:>8}",
+        "timer (subtracted)", timer, "", ""
+    );
+
+    let native = RoundRobin.build(&backends, Arc::new(Busy));
+    let native_p50 = report(
+        "native:round-robin",
+        native.as_ref(),
+        calls,
+        timer,
+        None,
+        &headers,
+    );
+
+    let mut names: Vec<&str> = builtin_names("balancer").collect();
+    names.sort_unstable();
+    for name in names {
+        let policy = BalancerPolicy {
+            policy: PolicySource::Builtin(name.to_string()),
+            params: Default::default(),
+            hash_key: HashKey::ClientIp,
+        };
+        let factory = host
+            .factory(&policy, &limits)
+            .unwrap_or_else(|e| fail(&format!("builtin:{name}: {e}")));
+        let balancer = factory.build(&backends, Arc::new(Busy));
+        report(
+            &format!("builtin:{name}"),
+            balancer.as_ref(),
+            calls,
+            timer,
+            Some(native_p50),
+            &headers,
+        );
+    }
+}
+
+/// The median cost of reading the clock twice, which every sample includes.
+fn measure_timer(calls: usize) -> u64 {
+    let mut samples: Vec<u64> = (0..calls)
+        .map(|_| {
+            let start = Instant::now();
+            black_box(());
+            start.elapsed().as_nanos() as u64
+        })
+        .collect();
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+/// Times `calls` picks (after as many warm-up picks), prints the percentiles and returns p50.
+fn report(
+    label: &str,
+    balancer: &dyn Balancer,
+    calls: usize,
+    timer: u64,
+    native_p50: Option<u64>,
+    headers: &http::HeaderMap,
+) -> u64 {
+    let client = |i: usize| {
+        SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::from(0xc633_6400_u32 + (i as u32 % 4096))),
+            40_000 + (i % 20_000) as u16,
+        )
+    };
+    let pick = |i: usize| {
+        let cx = PickContext {
+            client: Some(client(i)),
+            authority: Some("shop.example"),
+            protocol: Protocol::Http,
+            hash_key: lb_core::balancer::hash_key(&HashKey::ClientIp, Some(client(i).ip()), None),
+            headers: Some(headers),
+        };
+        let start = Instant::now();
+        let answer = balancer.pick(black_box(&cx), 0);
+        let elapsed = start.elapsed().as_nanos() as u64;
+        if answer.is_none() {
+            fail(&format!("{label}: no answer"));
+        }
+        elapsed
+    };
+    for i in 0..calls {
+        pick(i);
+    }
+    let mut samples: Vec<u64> = (0..calls).map(|i| pick(i).saturating_sub(timer)).collect();
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    let (p50, p90, p99) = (at(0.50), at(0.90), at(0.99));
+    let ratio = native_p50
+        .map(|n| format!("  ×{:.1} native", p50 as f64 / n.max(1) as f64))
+        .unwrap_or_default();
+    println!("{label:<26} {p50:>8} {p90:>8} {p99:>8}{ratio}");
+    p50
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("policy_call: {message}");
+    std::process::exit(1);
+}

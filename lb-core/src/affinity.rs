@@ -1,0 +1,183 @@
+//! Session affinity: keeping a client on the backend it was given.
+//!
+//! An [`Affinity`] (a plugin, built per backend set like a balancer) says what a request
+//! sticks by; the [`AffinityTable`] (one per port policy, shared by every worker thread and
+//! every backend set, so entries survive backend changes and reloads that keep the policy)
+//! remembers keys with an idle timeout. The pool uses a sticky backend only while it is usable
+//! and otherwise balances and moves the affinity, so affinity never fails a request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lb_config::Backend;
+
+use crate::balancer::{BackendFigures, PickContext};
+
+/// What a request sticks by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stickiness {
+    /// Nothing: balance it, remember nothing.
+    None,
+    /// A key of the port's [`AffinityTable`].
+    Remembered(u64),
+    /// The backend at this index, named by the request itself (a cookie).
+    Named(usize),
+}
+
+/// A header to add to the response so the client comes back (`set-cookie`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseHeader {
+    /// Header name.
+    pub name: http::HeaderName,
+    /// Header value.
+    pub value: http::HeaderValue,
+}
+
+/// A session-affinity policy for one backend set.
+pub trait Affinity: Send + Sync {
+    /// What `cx` sticks by.
+    fn stick(&self, cx: &PickContext<'_>) -> Stickiness;
+
+    /// `cx` was balanced to the backend at `index`; the header that brings the client back.
+    fn assigned(&self, cx: &PickContext<'_>, index: usize) -> Option<ResponseHeader>;
+}
+
+/// Builds an [`Affinity`] for each backend set of a port, and owns the port's table.
+pub trait AffinityFactory: Send + Sync {
+    /// The policy's name.
+    fn name(&self) -> &str;
+
+    /// An affinity for exactly these backends, in this order.
+    fn build(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) -> Box<dyn Affinity>;
+
+    /// The table of remembered keys, when the policy uses one.
+    fn table(&self) -> Option<&Arc<AffinityTable>>;
+}
+
+/// Shards of the table: enough that worker threads rarely meet on one lock.
+const SHARDS: usize = 16;
+
+/// Remembered keys and the backend each went to, forgotten after an idle timeout. Bounded:
+/// when full, expired entries are swept (at most once a second per shard); when still full,
+/// a new key is not remembered (its request is still served).
+pub struct AffinityTable {
+    shards: Box<[Mutex<Shard>]>,
+    idle_ms: u64,
+    per_shard: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<u64, Entry>,
+    last_sweep_ms: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    backend: SocketAddr,
+    last_used_ms: u64,
+}
+
+impl AffinityTable {
+    /// A table forgetting keys unused for `idle`, holding at most about `max_entries`.
+    pub fn new(idle: Duration, max_entries: u32) -> Self {
+        AffinityTable {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+            per_shard: (max_entries as usize).div_ceil(SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, key: u64) -> &Mutex<Shard> {
+        // Keys are hashes already; the top bits pick the shard, the map hashes the rest.
+        &self.shards[(key >> 60) as usize % SHARDS]
+    }
+
+    /// The backend `key` was remembered with, if the entry is live at `now_ms`; a hit
+    /// restarts its idle timeout.
+    pub fn lookup(&self, key: u64, now_ms: u64) -> Option<SocketAddr> {
+        let mut shard = self.shard(key).lock().ok()?;
+        let entry = shard.entries.get_mut(&key)?;
+        if now_ms.saturating_sub(entry.last_used_ms) > self.idle_ms {
+            shard.entries.remove(&key);
+            return None;
+        }
+        entry.last_used_ms = now_ms;
+        Some(entry.backend)
+    }
+
+    /// Remembers `key` with `backend` from `now_ms`; false when the table is full.
+    pub fn remember(&self, key: u64, backend: SocketAddr, now_ms: u64) -> bool {
+        let Ok(mut shard) = self.shard(key).lock() else {
+            return false;
+        };
+        if shard.entries.len() >= self.per_shard && !shard.entries.contains_key(&key) {
+            if now_ms.saturating_sub(shard.last_sweep_ms) < 1000 {
+                return false;
+            }
+            shard.last_sweep_ms = now_ms;
+            let idle = self.idle_ms;
+            shard
+                .entries
+                .retain(|_, e| now_ms.saturating_sub(e.last_used_ms) <= idle);
+            if shard.entries.len() >= self.per_shard {
+                return false;
+            }
+        }
+        shard.entries.insert(
+            key,
+            Entry {
+                backend,
+                last_used_ms: now_ms,
+            },
+        );
+        true
+    }
+
+    /// Entries held now (live or not yet swept).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|s| s.entries.len()))
+            .sum()
+    }
+
+    /// Whether the table holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(last: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, last], 80))
+    }
+
+    #[test]
+    fn an_entry_lives_while_used_within_its_idle_timeout() {
+        let table = AffinityTable::new(Duration::from_secs(10), 100);
+        assert!(table.remember(7, at(1), 1_000));
+        assert_eq!(table.lookup(7, 10_999), Some(at(1)));
+        // The hit at 10.999 s restarted the timeout.
+        assert_eq!(table.lookup(7, 20_999), Some(at(1)));
+        assert_eq!(table.lookup(7, 31_000), None, "idle for more than 10 s");
+        assert!(table.is_empty(), "an expired entry found is dropped");
+    }
+
+    #[test]
+    fn a_full_table_sweeps_expired_entries_and_otherwise_refuses_new_keys() {
+        // One entry per shard; keys 0 and 1 share shard 0.
+        let table = AffinityTable::new(Duration::from_secs(1), SHARDS as u32);
+        assert!(table.remember(0, at(1), 5_000));
+        assert!(!table.remember(1, at(2), 5_500), "full, nothing expired");
+        assert!(table.remember(0, at(3), 5_600), "a known key is updated");
+        assert!(table.remember(1, at(2), 7_000), "the expired key was swept");
+        assert_eq!(table.lookup(0, 7_000), None);
+        assert_eq!(table.lookup(1, 7_000), Some(at(2)));
+    }
+}

@@ -1,0 +1,132 @@
+//! Session affinity run by a plugin. A [`WasmAffinityFactory`] is an affinity plugin with one
+//! port's parameters and the port's [`AffinityTable`], sized from what the plugin's
+//! `configure` asked for. A fault (trap, deadline, an id outside the set, a header that is not
+//! valid HTTP) leaves that request without affinity: it is balanced as if the port had none.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_config::Backend;
+
+use super::bindings::{AffinityWorld, WitHeader, WitStickiness};
+use super::faults::FaultKind;
+use super::instances::{wit_request, Configured, Generation};
+use crate::affinity::{Affinity, AffinityFactory, AffinityTable, ResponseHeader, Stickiness};
+use crate::balancer::{BackendFigures, PickContext};
+
+/// An affinity plugin with one port's parameters, and the port's table.
+pub(crate) struct WasmAffinityFactory {
+    configured: Configured<AffinityWorld>,
+    table: Option<Arc<AffinityTable>>,
+}
+
+impl WasmAffinityFactory {
+    pub(crate) fn new(configured: Configured<AffinityWorld>, max_entries: u32) -> Self {
+        let idle = configured.settings.idle_timeout_seconds;
+        WasmAffinityFactory {
+            table: (idle > 0).then(|| {
+                Arc::new(AffinityTable::new(
+                    Duration::from_secs(u64::from(idle)),
+                    max_entries,
+                ))
+            }),
+            configured,
+        }
+    }
+}
+
+impl AffinityFactory for WasmAffinityFactory {
+    fn name(&self) -> &str {
+        &self.configured.policy.name
+    }
+
+    fn build(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) -> Box<dyn Affinity> {
+        Box::new(WasmAffinity {
+            generation: self.configured.generation(backends, figures),
+            count: backends.len(),
+            remembers: self.table.is_some(),
+        })
+    }
+
+    fn table(&self) -> Option<&Arc<AffinityTable>> {
+        self.table.as_ref()
+    }
+}
+
+/// The affinity of one backend set, answered by the plugin.
+struct WasmAffinity {
+    generation: Arc<Generation<AffinityWorld>>,
+    count: usize,
+    remembers: bool,
+}
+
+impl Affinity for WasmAffinity {
+    fn stick(&self, cx: &PickContext<'_>) -> Stickiness {
+        let faults = self.generation.faults();
+        if faults.is_quarantined() {
+            return Stickiness::None;
+        }
+        let request = wit_request(cx);
+        let answer = self.generation.call(cx.headers, |bindings, store| {
+            bindings.call_stick(store, &request)
+        });
+        let stickiness = match answer {
+            Ok(WitStickiness::None) => Stickiness::None,
+            Ok(WitStickiness::Remembered(key)) if self.remembers => Stickiness::Remembered(key),
+            Ok(WitStickiness::Named(id)) if (id as usize) < self.count => {
+                Stickiness::Named(id as usize)
+            }
+            // A key without a table, or an id outside the set.
+            Ok(_) => {
+                faults.record(FaultKind::InvalidAnswer);
+                return Stickiness::None;
+            }
+            Err(kind) => {
+                faults.record(kind);
+                return Stickiness::None;
+            }
+        };
+        faults.success();
+        stickiness
+    }
+
+    fn assigned(&self, cx: &PickContext<'_>, index: usize) -> Option<ResponseHeader> {
+        let faults = self.generation.faults();
+        if !cx.protocol.is_http() || faults.is_quarantined() {
+            return None;
+        }
+        let request = wit_request(cx);
+        let id = u32::try_from(index).ok()?;
+        let answer = self.generation.call(cx.headers, |bindings, store| {
+            bindings.call_assigned(store, &request, id)
+        });
+        match answer {
+            Ok(None) => {
+                faults.success();
+                None
+            }
+            Ok(Some(header)) => match response_header(header) {
+                Some(header) => {
+                    faults.success();
+                    Some(header)
+                }
+                None => {
+                    faults.record(FaultKind::InvalidAnswer);
+                    None
+                }
+            },
+            Err(kind) => {
+                faults.record(kind);
+                None
+            }
+        }
+    }
+}
+
+/// The plugin's header, if it is valid HTTP.
+fn response_header(header: WitHeader) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        name: http::HeaderName::from_bytes(header.name.as_bytes()).ok()?,
+        value: http::HeaderValue::from_str(&header.value).ok()?,
+    })
+}
