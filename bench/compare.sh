@@ -55,7 +55,7 @@ wait_port() {
 }
 
 ORIGIN=$(free_port); ADMIN=$(free_port)
-G_HTTP=$(free_port); G_TCP=$(free_port); G_TLS=$(free_port)
+G_HTTP=$(free_port); G_NATIVE=$(free_port); G_TCP=$(free_port); G_TLS=$(free_port)
 H_HTTP=$(free_port); H_TCP=$(free_port); H_TLS=$(free_port)
 P_HTTP=$(free_port)
 
@@ -118,7 +118,10 @@ services:
   - name: bench
     address: 127.0.0.1
     ports:
+      # The default balancer, builtin:round-robin, is a Wasm plugin; http-native is the same
+      # round-robin in Rust, so the pair shows what the plugin call costs end to end.
       - { name: http, port: $G_HTTP, protocol: http, backends: ["127.0.0.1:$ORIGIN"] }
+      - { name: http-native, port: $G_NATIVE, protocol: http, backends: ["127.0.0.1:$ORIGIN"], balancer: { policy: "native:round-robin" } }
       - { name: tcp, port: $G_TCP, protocol: tcp, backends: ["127.0.0.1:$ORIGIN"] }
       - name: tls
         port: $G_TLS
@@ -131,7 +134,7 @@ taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!)
 taskset -c 0 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 taskset -c 0 "$GANTRY" --log-level warn run --config "$work/gantry.yaml" & pids+=($!)
 taskset -c 0 "$PINGORA" "127.0.0.1:$P_HTTP" "127.0.0.1:$ORIGIN" 2>/dev/null & pids+=($!)
-for port in $ORIGIN $H_HTTP $H_TCP $H_TLS $G_HTTP $G_TCP $G_TLS $P_HTTP; do wait_port "$port"; done
+for port in $ORIGIN $H_HTTP $H_TCP $H_TLS $G_HTTP $G_NATIVE $G_TCP $G_TLS $P_HTTP; do wait_port "$port"; done
 
 # Prints "req/s p50_ms p99_ms" for one wrk run.
 measure() {
@@ -176,6 +179,7 @@ result[http_direct]=$(median_of_rounds "http://127.0.0.1:$ORIGIN/")
 result[http_haproxy]=$(median_of_rounds "http://127.0.0.1:$H_HTTP/")
 result[http_pingora]=$(median_of_rounds "http://127.0.0.1:$P_HTTP/")
 result[http_gantry]=$(median_of_rounds "http://127.0.0.1:$G_HTTP/")
+result[http_native]=$(median_of_rounds "http://127.0.0.1:$G_NATIVE/")
 result[tcp_haproxy]=$(median_of_rounds "http://127.0.0.1:$H_TCP/")
 result[tcp_gantry]=$(median_of_rounds "http://127.0.0.1:$G_TCP/")
 result[tls_haproxy]=$(median_of_rounds "https://127.0.0.1:$H_TLS/" "${close[@]}")
@@ -192,7 +196,7 @@ r = {pairs[i]: pairs[i + 1].split() for i in range(0, len(pairs), 2)}
 print(f"{'test':<22}{'target':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   gantry/haproxy")
 names = {"http": "http keep-alive", "tcp": "tcp (http over L4)", "tls": "tls new conn/s"}
 for test in ("http", "tcp", "tls"):
-    for target in ("direct", "haproxy", "pingora", "gantry"):
+    for target in ("direct", "haproxy", "pingora", "native", "gantry"):
         row = r.get(f"{test}_{target}")
         if not row:
             continue
@@ -202,6 +206,8 @@ for test in ("http", "tcp", "tls"):
             note = f"   req/s x{float(row[0]) / float(h[0]):.2f}, p50 x{float(row[1]) / float(h[1]):.2f}, p99 x{float(row[2]) / float(h[2]):.2f}"
             if f"{test}_pingora" in r:
                 note += f"  (req/s x{float(row[0]) / float(r[test + '_pingora'][0]):.2f} of pingora alone)"
+            if f"{test}_native" in r:
+                note += f"  (Wasm balancer: req/s x{float(row[0]) / float(r[test + '_native'][0]):.2f} of native)"
         if len(row) > 3:
             note += "  (errors!)"
         print(f"{names[test]:<22}{target:<9}{float(row[0]):>10.0f}{float(row[1]):>9.3f}{float(row[2]):>9.3f}{note}")

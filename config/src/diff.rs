@@ -30,8 +30,8 @@ pub enum Change {
     CertificatesChanged(ListenerKey),
     /// Protocol, timeouts, limits or retry policy changed: swap what new connections use.
     ListenerSettingsChanged(ListenerKey),
-    /// The balancing or affinity policy, its parameters, or its plugin file changed: load
-    /// it, swap it.
+    /// The balancing, affinity or health policy, its parameters, or its plugin file changed:
+    /// load it, swap it.
     BalancerChanged(ListenerKey),
     /// The admin listener moved.
     AdminChanged {
@@ -124,7 +124,10 @@ fn port_changes(before: &Port, after: &Port, out: &mut Vec<Change>) {
     if before.tls != after.tls {
         out.push(Change::CertificatesChanged(key.clone()));
     }
-    if before.balancer != after.balancer || before.affinity != after.affinity {
+    if before.balancer != after.balancer
+        || before.affinity != after.affinity
+        || before.health != after.health
+    {
         out.push(Change::BalancerChanged(key.clone()));
     }
     if before.backends != after.backends {

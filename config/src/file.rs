@@ -87,6 +87,8 @@ pub struct PortFile {
     pub balancer: Option<Lenient<BalancerFile>>,
     /// Session affinity. Default: none.
     pub affinity: Option<Lenient<AffinityFile>>,
+    /// Health policies (active checks, passive outlier ejection). Default: none.
+    pub health: Option<Vec<Lenient<HealthFile>>>,
     /// Settings that override `defaults:` for this port.
     #[serde(flatten)]
     pub settings: PortSettingsFile,
@@ -178,6 +180,17 @@ pub struct AffinityFile {
     pub params: Option<BTreeMap<String, serde_yaml::Value>>,
     /// Most keys the port's affinity table remembers (1 to 16777216). Default 262144.
     pub max_entries: Option<u32>,
+}
+
+/// One entry of `ports[].health:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    /// `builtin:tcp-check`, `builtin:http-check`, `builtin:outlier`, or the name of an entry
+    /// under `plugins:`. Required.
+    pub policy: Option<String>,
+    /// Parameters handed to the plugin's `configure`; values are scalars, passed as text.
+    pub params: Option<BTreeMap<String, serde_yaml::Value>>,
 }
 
 /// One entry of `plugins:`.

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 pub use diff::{diff, Change};
 pub use model::*;
 pub use policy::{
-    BUILTIN_AFFINITIES, BUILTIN_BALANCERS, DEFAULT_AFFINITY_ENTRIES, DEFAULT_BALANCER,
+    BUILTIN_AFFINITIES, BUILTIN_BALANCERS, BUILTIN_HEALTH, DEFAULT_AFFINITY_ENTRIES,
+    DEFAULT_BALANCER,
 };
 pub use problems::{Problem, Problems};
 pub use validate::{builtin_port_settings, DEFAULT_ADMIN_LISTEN, MAX_WEIGHT};

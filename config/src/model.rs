@@ -145,6 +145,8 @@ pub struct Port {
     pub balancer: BalancerPolicy,
     /// Session affinity, if any.
     pub affinity: Option<AffinityPolicy>,
+    /// Health policies; a backend is healthy when none of them holds it out.
+    pub health: Vec<HealthPolicy>,
     /// Timeouts, limits and retry policy.
     pub settings: PortSettings,
     /// Where in the file this port was written, for diagnostics about it found later.
@@ -153,9 +155,11 @@ pub struct Port {
 }
 
 impl Port {
-    /// The plugins this port runs: its balancer's, then its affinity's.
+    /// The plugins this port runs: its balancer's, its affinity's, its health policies'.
     pub fn policies(&self) -> impl Iterator<Item = &PolicySource> {
-        std::iter::once(&self.balancer.policy).chain(self.affinity.as_ref().map(|a| &a.policy))
+        std::iter::once(&self.balancer.policy)
+            .chain(self.affinity.as_ref().map(|a| &a.policy))
+            .chain(self.health.iter().map(|h| &h.policy))
     }
 }
 
@@ -196,6 +200,15 @@ pub struct AffinityPolicy {
     pub params: Vec<(String, String)>,
     /// Capacity of the port's table of remembered keys.
     pub max_entries: u32,
+}
+
+/// One health policy of a port.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HealthPolicy {
+    /// Which plugin (never [`PolicySource::Native`]).
+    pub policy: PolicySource,
+    /// The operator's parameters, sorted by name.
+    pub params: Vec<(String, String)>,
 }
 
 /// Where a policy plugin comes from.

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::file::{AffinityFile, BalancerFile, PluginFile, PluginLimitsFile};
+use crate::file::{AffinityFile, BalancerFile, HealthFile, PluginFile, PluginLimitsFile};
 use crate::lenient::Lenient;
 use crate::model::{
-    AffinityPolicy, BalancerPolicy, HashKey, PluginBinary, PluginLimits, PolicySource,
+    AffinityPolicy, BalancerPolicy, HashKey, HealthPolicy, PluginBinary, PluginLimits, PolicySource,
 };
 use crate::problems::{FieldPath, Problems};
 
@@ -32,6 +32,9 @@ pub const DEFAULT_BALANCER: &str = "round-robin";
 
 /// The session-affinity policies embedded in Gantry.
 pub const BUILTIN_AFFINITIES: &[&str] = &["client-ip", "cookie"];
+
+/// The health policies embedded in Gantry.
+pub const BUILTIN_HEALTH: &[&str] = &["tcp-check", "http-check", "outlier"];
 
 /// Default capacity of a port's affinity table.
 pub const DEFAULT_AFFINITY_ENTRIES: u32 = 1 << 18;
@@ -254,6 +257,29 @@ pub(crate) fn build_affinity(
         policy: policy?,
         params: params?,
         max_entries: max_entries?,
+    })
+}
+
+pub(crate) fn build_health(
+    file: HealthFile,
+    plugins: &Plugins,
+    path: &FieldPath,
+    p: &mut Problems,
+) -> Option<HealthPolicy> {
+    let policy = match file.policy {
+        Some(text) => policy_source(&text, BUILTIN_HEALTH, "", plugins, path, p),
+        None => {
+            p.push(
+                &path.field("policy"),
+                format!("required: one of {}", builtin_list(BUILTIN_HEALTH)),
+            );
+            None
+        }
+    };
+    let params = build_params(file.params, path, p);
+    Some(HealthPolicy {
+        policy: policy?,
+        params: params?,
     })
 }
 

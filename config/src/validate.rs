@@ -13,7 +13,9 @@ use ipnet::IpNet;
 use crate::file::*;
 use crate::lenient::{DurationText, Lenient};
 use crate::model::*;
-use crate::policy::{build_affinity, build_balancer, build_plugin_limits, build_plugins, Plugins};
+use crate::policy::{
+    build_affinity, build_balancer, build_health, build_plugin_limits, build_plugins, Plugins,
+};
 use crate::problems::{FieldPath, Problems};
 use crate::tls::{load_certificate, CertificateRequest};
 
@@ -386,6 +388,27 @@ fn build_port(
         }
         None => None,
     };
+    let mut health = Vec::new();
+    for (i, item) in file.health.unwrap_or_default().into_iter().enumerate() {
+        let item_path = path.field("health").index(i);
+        match item {
+            Lenient::Invalid {
+                path: inner,
+                message,
+            } => {
+                p.push_nested(&item_path, &inner, &message);
+                ok = false;
+            }
+            Lenient::Parsed(spec) => match build_health(spec, cx.shared.plugins, &item_path, p) {
+                Some(policy) => health.push(policy),
+                None => ok = false,
+            },
+        }
+    }
+    if health.len() > 8 {
+        p.push(&path.field("health"), "at most 8 health policies per port");
+        ok = false;
+    }
 
     if !ok {
         return None;
@@ -408,6 +431,7 @@ fn build_port(
         backend_protocol,
         balancer: balancer?,
         affinity,
+        health,
         settings,
         origin: FieldOrigin(path.to_string()),
     })

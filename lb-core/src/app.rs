@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminApp, AdminView};
+use crate::health::HealthChecker;
 use crate::http_server::SmallServer;
 use crate::listener::{Listener, ListenerShared};
 use crate::metrics::Metrics;
@@ -61,13 +62,25 @@ pub enum ApplyError {
     },
 }
 
+/// `health[i]` field names, for messages.
+const HEALTH_FIELDS: [&str; 8] = [
+    "health[0]",
+    "health[1]",
+    "health[2]",
+    "health[3]",
+    "health[4]",
+    "health[5]",
+    "health[6]",
+    "health[7]",
+];
+
 /// A plugin problem found while applying, with the field path of the port that uses it.
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}.{field}: {source}")]
 pub struct PolicyError {
     /// Where the port is in the configuration (`services[0].ports[1]`).
     pub origin: String,
-    /// `balancer` or `affinity`.
+    /// `balancer`, `affinity` or `health[i]`.
     pub field: &'static str,
     /// What is wrong with its plugin.
     pub source: PluginError,
@@ -408,7 +421,29 @@ impl Gantry {
                     .map_err(failed("affinity"))?,
             ),
         };
-        Ok(RoutePolicies { balancer, affinity })
+        let health = match kept {
+            Some(previous) if previous.port.health == port.health => {
+                previous.policies.health.clone()
+            }
+            _ => {
+                let mut checkers = Vec::with_capacity(port.health.len());
+                for (slot, policy) in port.health.iter().enumerate() {
+                    let policy = self
+                        .inner
+                        .plugins
+                        .health_policy(policy, &model.plugin_limits)
+                        .map_err(failed(HEALTH_FIELDS[slot.min(7)]))?;
+                    let slot = u8::try_from(slot).unwrap_or(7);
+                    checkers.push(Arc::new(HealthChecker::start(policy, slot)));
+                }
+                checkers
+            }
+        };
+        Ok(RoutePolicies {
+            balancer,
+            affinity,
+            health,
+        })
     }
 
     fn bind(&self, port: &Port, model: &Model) -> Result<Listener, ApplyError> {
@@ -539,6 +574,7 @@ impl AdminView for Inner {
                         serde_json::json!({
                             "address": b.label,
                             "backing_off": b.is_backing_off(),
+                            "health": b.health_view(),
                             "in_flight": b.metrics.in_flight.get(),
                         })
                     })
@@ -547,6 +583,19 @@ impl AdminView for Inner {
                     "address": l.local_addr.to_string(),
                     "protocol": route.port.protocol.as_str(),
                     "policy": route.pool.policy(),
+                    "affinity": route.policies.affinity.as_ref().map(|a| a.name()),
+                    "affinity_entries": route
+                        .policies
+                        .affinity
+                        .as_ref()
+                        .and_then(|a| a.table())
+                        .map(|t| t.len()),
+                    "health": route
+                        .policies
+                        .health
+                        .iter()
+                        .map(|h| h.name())
+                        .collect::<Vec<_>>(),
                     "open_connections": l.connections.len(),
                     "backends": backends,
                 });

@@ -14,6 +14,7 @@ pub mod balancer;
 pub mod coalesce;
 mod connection;
 pub mod demo;
+pub mod health;
 pub mod http;
 pub mod http_server;
 mod listener;

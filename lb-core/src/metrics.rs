@@ -70,6 +70,9 @@ pub struct Metrics {
     plugin_faults: IntCounterVec,
     plugin_quarantined: IntGaugeVec,
     affinity: IntCounterVec,
+    backend_healthy: IntGaugeVec,
+    ejections: IntCounterVec,
+    observations_dropped: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -220,6 +223,24 @@ impl Metrics {
                 "Session-affinity decisions: stuck to the remembered backend, new (nothing to stick to), or moved (the sticky backend was gone or unusable).",
                 &["service", "port", "outcome"],
             ),
+            backend_healthy: gauge_vec(
+                &r,
+                "gantry_backend_healthy",
+                "1 while the port's health policies let the backend take new work.",
+                BACKEND,
+            ),
+            ejections: counter_vec(
+                &r,
+                "gantry_backend_ejections_total",
+                "Passive outlier ejections of the backend.",
+                BACKEND,
+            ),
+            observations_dropped: counter_vec(
+                &r,
+                "gantry_health_observations_dropped_total",
+                "Traffic outcomes not passed to a health policy because it fell behind.",
+                BACKEND,
+            ),
             registry: r,
         }
     }
@@ -257,6 +278,9 @@ impl Metrics {
             connect_errors: self.connect_errors.with_label_values(&l),
             in_flight: self.in_flight.with_label_values(&l),
             up: self.backend_up.with_label_values(&l),
+            healthy: self.backend_healthy.with_label_values(&l),
+            ejections: self.ejections.with_label_values(&l),
+            health_observations_dropped: self.observations_dropped.with_label_values(&l),
         }
     }
 
@@ -291,10 +315,12 @@ impl Metrics {
             &self.bytes_received,
             &self.bytes_sent,
             &self.connect_errors,
+            &self.ejections,
+            &self.observations_dropped,
         ] {
             let _ = vec.remove_label_values(&l);
         }
-        for vec in [&self.in_flight, &self.backend_up] {
+        for vec in [&self.in_flight, &self.backend_up, &self.backend_healthy] {
             let _ = vec.remove_label_values(&l);
         }
         let _ = self.duration.remove_label_values(&l);
@@ -431,6 +457,12 @@ pub struct BackendMetrics {
     pub in_flight: IntGauge,
     /// 0 while skipped after failed connects.
     pub up: IntGauge,
+    /// 0 while the port's health policies hold the backend out.
+    pub healthy: IntGauge,
+    /// Passive ejections.
+    pub ejections: IntCounter,
+    /// Traffic outcomes a health policy could not keep up with.
+    pub health_observations_dropped: IntCounter,
 }
 
 impl BackendMetrics {

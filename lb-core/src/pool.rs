@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::affinity::{Affinity, AffinityFactory, AffinityTable, ResponseHeader, Stickiness};
 use crate::balancer::{BackendFigures, Balancer, BalancerFactory, Figures, PickContext};
+use crate::health::HealthView;
 use crate::metrics::{AffinityCounters, AffinityOutcome, BackendMetrics};
 
 /// One backend and its live state. Shared by every snapshot that still lists its address.
@@ -32,11 +33,16 @@ pub struct BackendState {
     down_until_ms: AtomicU64,
     /// Moving average of connect-to-response time, microseconds; 0 until measured.
     latency_micros: AtomicU32,
+    /// One bit per health policy of the port that holds the backend out.
+    held_out: AtomicU8,
+    /// Milliseconds since [`clock_origin`] until which the backend is ejected; 0 = not.
+    ejected_until_ms: AtomicU64,
 }
 
 impl BackendState {
     fn new(address: SocketAddr, metrics: BackendMetrics) -> Self {
         metrics.up.set(1);
+        metrics.healthy.set(1);
         BackendState {
             label: address.to_string(),
             address,
@@ -44,7 +50,70 @@ impl BackendState {
             consecutive_failures: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
             latency_micros: AtomicU32::new(0),
+            held_out: AtomicU8::new(0),
+            ejected_until_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the port's health policies let the backend take new work.
+    pub fn is_healthy(&self) -> bool {
+        self.held_out.load(Ordering::Relaxed) == 0
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// Health as `/config` shows it.
+    pub fn health_view(&self) -> HealthView {
+        HealthView {
+            healthy: self.is_healthy(),
+            ejected_for_ms: self
+                .ejected_until_ms
+                .load(Ordering::Relaxed)
+                .saturating_sub(now_ms()),
+        }
+    }
+
+    /// Records health policy `slot`'s verdict: held out, or not.
+    pub(crate) fn set_held_out(&self, slot: u8, held_out: bool) {
+        let bit = 1u8 << slot.min(7);
+        if held_out {
+            self.held_out.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            self.held_out.fetch_and(!bit, Ordering::Relaxed);
+        }
+        self.show_health();
+    }
+
+    /// Takes the backend out for `duration` (passive outlier ejection).
+    pub(crate) fn eject(self: &Arc<Self>, duration: Duration) {
+        self.metrics.ejections.inc();
+        self.ejected_until_ms
+            .store(now_ms() + duration_ms(duration), Ordering::Relaxed);
+        self.show_health();
+        // The gauge follows the ejection's end, which no event marks.
+        let state = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            if let Some(state) = state.upgrade() {
+                state.show_health();
+            }
+        });
+    }
+
+    /// Ends an ejection early.
+    pub(crate) fn end_ejection(&self) {
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+        self.show_health();
+    }
+
+    /// Forgets every health verdict (the port's health policies changed).
+    pub(crate) fn reset_health(&self) {
+        self.held_out.store(0, Ordering::Relaxed);
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+        self.show_health();
+    }
+
+    fn show_health(&self) {
+        self.metrics.healthy.set(i64::from(self.is_healthy()));
     }
 
     /// Folds one observed connect-to-response time into the moving average (weight 1/8, as
@@ -68,7 +137,7 @@ impl BackendState {
         Figures {
             in_flight: u32::try_from(self.metrics.in_flight.get().max(0)).unwrap_or(u32::MAX),
             latency_micros: self.latency_micros.load(Ordering::Relaxed),
-            healthy: !self.is_backing_off(),
+            healthy: !self.is_backing_off() && self.is_healthy(),
         }
     }
 
@@ -229,6 +298,11 @@ impl BackendPool {
         &self.backends
     }
 
+    /// The backends' live figures, by index, as policies read them.
+    pub fn figures(&self) -> Arc<dyn BackendFigures> {
+        Arc::new(PoolFigures(self.backends.clone()))
+    }
+
     /// How many further backends a unit of work may try after a failed connect.
     pub fn retries(&self) -> u32 {
         self.retries
@@ -265,6 +339,7 @@ impl BackendPool {
                 && self.weights[i] > 0
                 && !tried.contains(i)
                 && self.backends[i].backing_off_until() <= now
+                && self.backends[i].is_healthy()
         };
         let outcome = match target {
             Some(Some(index)) if usable(index) => {
@@ -275,7 +350,7 @@ impl BackendPool {
                     response_header: None,
                 });
             }
-            // Gone from the set, drained, already failed or backing off: move it.
+            // Gone from the set, drained, already failed, backing off or unhealthy: move it.
             Some(_) => AffinityOutcome::Moved,
             None => AffinityOutcome::New,
         };
@@ -301,21 +376,25 @@ impl BackendPool {
     fn balance(&self, cx: &PickContext<'_>, tried: &Tried) -> Option<(usize, Arc<BackendState>)> {
         let usable = |i: usize| self.weights[i] > 0 && !tried.contains(i);
         let now = now_ms();
+        let ready = |i: usize| self.backends[i].backing_off_until() <= now;
         let n = self.backends.len();
         for attempt in 0..n as u32 {
             let Some(i) = self.balancer.pick(cx, attempt) else {
                 break;
             };
-            if i < n && usable(i) && self.backends[i].backing_off_until() <= now {
+            if i < n && usable(i) && ready(i) && self.backends[i].is_healthy() {
                 return Some((i, self.backends[i].clone()));
             }
         }
-        // The policy kept naming backends we cannot use: take any usable one that is not
-        // backing off, else fail open with the one whose back-off ends first.
+        // The policy kept naming backends we cannot use: take any healthy one that is not
+        // backing off; failing that (every backend unhealthy: health checks cannot be right
+        // about all of them at once, so traffic goes on, as Envoy's panic threshold does) any
+        // one not backing off; else fail open with the one whose back-off ends first.
         let candidates = (0..n).filter(|i| usable(*i));
         let pick = candidates
             .clone()
-            .find(|i| self.backends[*i].backing_off_until() <= now)
+            .find(|i| ready(*i) && self.backends[*i].is_healthy())
+            .or_else(|| candidates.clone().find(|i| ready(*i)))
             .or_else(|| candidates.min_by_key(|i| self.backends[*i].backing_off_until()))?;
         Some((pick, self.backends[pick].clone()))
     }

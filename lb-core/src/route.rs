@@ -10,7 +10,9 @@ use pingora::listeners::tls::Acceptor;
 
 use crate::affinity::AffinityFactory;
 use crate::balancer::BalancerFactory;
+use crate::health::{HealthChecker, Outcome};
 use crate::metrics::{BackendMetrics, Metrics, PortMetrics};
+use crate::pool::BackendState;
 use crate::pool::{BackendPool, Policies};
 use crate::tls::{Alpn, TlsEndpoint};
 
@@ -41,6 +43,8 @@ pub struct RoutePolicies {
     pub balancer: Arc<dyn BalancerFactory>,
     /// Builds the session affinity for each backend set, if the port has one.
     pub affinity: Option<Arc<dyn AffinityFactory>>,
+    /// The port's health policies at work, in configuration order.
+    pub health: Vec<Arc<HealthChecker>>,
 }
 
 /// Inputs to [`Route::build`] that come from outside the port's own model.
@@ -76,6 +80,23 @@ impl Route {
             previous.map(|r| &r.pool),
             |backend| cx.metrics.backend(service, name, backend),
         );
+        let same_checkers = previous.is_some_and(|p| {
+            p.policies.health.len() == policies.health.len()
+                && p.policies
+                    .health
+                    .iter()
+                    .zip(&policies.health)
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+        });
+        if !same_checkers {
+            // New policies judge afresh: earlier verdicts on carried-over backends are void.
+            for state in pool.backends() {
+                state.reset_health();
+            }
+        }
+        for checker in &policies.health {
+            checker.watch(&port.backends, pool.backends(), pool.figures());
+        }
         let alpn = if port.protocol.is_http() {
             Alpn::Http
         } else {
@@ -94,6 +115,13 @@ impl Route {
             access_log: cx.access_log.clone(),
             port: port.clone(),
         })
+    }
+
+    /// Reports how real traffic to `backend` went, to the health policies that watch traffic.
+    pub fn observe(&self, backend: &Arc<BackendState>, outcome: Outcome) {
+        for checker in &self.policies.health {
+            checker.observe(backend, outcome);
+        }
     }
 
     /// Whether to emit access log lines now.

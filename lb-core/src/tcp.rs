@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::balancer::{hash_key, PickContext};
+use crate::health::Outcome;
 use crate::pool::{BackendLease, BackendState, Tried};
 use crate::proxy_protocol;
 use crate::route::Route;
@@ -94,12 +95,19 @@ pub(crate) async fn connect(
         match tokio::time::timeout(timeout, TcpStream::connect(backend.address)).await {
             Ok(Ok(stream)) => {
                 route.pool.connect_succeeded(&backend);
+                route.observe(&backend, Outcome::Connected);
                 backend.record_latency(started.elapsed());
                 let _ = stream.set_nodelay(true);
                 return Some((lease, stream));
             }
-            Ok(Err(err)) => tracing::debug!(backend = %backend.label, %err, "connect failed"),
-            Err(_) => tracing::debug!(backend = %backend.label, "connect timed out"),
+            Ok(Err(err)) => {
+                tracing::debug!(backend = %backend.label, %err, "connect failed");
+                route.observe(&backend, Outcome::ConnectFailed);
+            }
+            Err(_) => {
+                tracing::debug!(backend = %backend.label, "connect timed out");
+                route.observe(&backend, Outcome::TimedOut);
+            }
         }
         route.pool.connect_failed(&backend);
         tried.push(index);

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::forwarding::forwarded;
 use crate::affinity::ResponseHeader as AffinityHeader;
 use crate::balancer::{hash_key, PickContext};
+use crate::health::Outcome;
 use crate::metrics::Rejection;
 use crate::pool::{BackendLease, BackendState, Tried};
 use crate::route::{Route, RouteCell};
@@ -160,6 +161,7 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         if let Some((index, lease)) = ctx.lease.take() {
             ctx.route.pool.connect_failed(lease.backend());
+            ctx.route.observe(lease.backend(), upstream_outcome(&e));
             ctx.tried.push(index);
             // Nothing was sent yet, so any method may go to another backend, if one is left.
             let tried = ctx.tried.len();
@@ -240,6 +242,15 @@ impl ProxyHttp for Gateway {
         if let (Some(backend), Some(_)) = (backend, status) {
             backend.record_latency(elapsed);
         }
+        if let Some(backend) = &ctx.backend {
+            match (e, status) {
+                (Some(e), _) if *e.esource() == ErrorSource::Upstream => {
+                    ctx.route.observe(backend, upstream_outcome(e));
+                }
+                (None, Some(status)) => ctx.route.observe(backend, Outcome::Responded(status)),
+                _ => {} // the client's doing, or no answer to judge the backend by
+            }
+        }
         metrics
             .bytes_received
             .inc_by(session.body_bytes_read() as u64);
@@ -284,6 +295,16 @@ impl ProxyHttp for Gateway {
 
 /// Timeouts toward a backend are 504; other backend failures 502; a status chosen by the
 /// proxy (503 when no backend) is kept; a client that went away gets nothing.
+/// How a failure on the backend's side counts for health policies.
+fn upstream_outcome(e: &Error) -> Outcome {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            Outcome::TimedOut
+        }
+        _ => Outcome::ConnectFailed,
+    }
+}
+
 fn status_for(e: &Error) -> u16 {
     match (e.etype(), e.esource()) {
         (ErrorType::HTTPStatus(code), _) => *code,

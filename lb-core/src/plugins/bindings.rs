@@ -22,6 +22,18 @@ mod affinity {
     });
 }
 
+#[allow(missing_docs, unreachable_pub)]
+mod health {
+    wasmtime::component::bindgen!({
+        world: "health",
+        path: "../plugins-wit/wit",
+        with: {
+            "gantry:plugins/types": super::balancer::gantry::plugins::types,
+            "gantry:plugins/host": super::balancer::gantry::plugins::host,
+        },
+    });
+}
+
 pub(crate) use affinity::{
     Affinity as AffinityWorld, AffinityPre, Header as WitHeader, Stickiness as WitStickiness,
     TableSettings,
@@ -34,3 +46,7 @@ pub(crate) use balancer::gantry::plugins::types::{
     Request as WitRequest,
 };
 pub(crate) use balancer::{Balancer as BalancerWorld, BalancerPre};
+pub(crate) use health::{
+    Health as HealthWorld, HealthPre, HealthSettings, Outcome as WitOutcome, ProbeKind,
+    Verdict as WitVerdict,
+};

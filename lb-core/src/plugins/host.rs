@@ -66,6 +66,11 @@ impl HostState {
 }
 
 impl HostState {
+    /// Points `backend-figures` at a new backend set (for a single instance kept across sets).
+    pub(super) fn set_figures(&mut self, figures: Arc<dyn BackendFigures>) {
+        self.figures = figures;
+    }
+
     /// The next bits of the instance's fast generator (xorshift64*): plenty for spreading
     /// load; not for secrets.
     pub(super) fn next_random(&mut self) -> u64 {

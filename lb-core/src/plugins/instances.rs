@@ -17,100 +17,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use lb_config::{Backend, PluginLimits, Protocol};
-use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store};
 
-use super::bindings::{
-    AffinityPre, AffinityWorld, BalancerPre, BalancerWorld, IpAddress, Parameter, TableSettings,
-    WitBackend, WitProtocol, WitRequest,
-};
+use super::bindings::{IpAddress, Parameter, WitBackend, WitProtocol, WitRequest};
 use super::faults::{FaultKind, Faults};
 use super::host::{HostState, CURRENT_HEADERS};
 use super::sandbox::Sandbox;
+use super::worlds::World;
 use super::PluginError;
 use crate::balancer::{BackendFigures, Figures, PickContext};
-
-/// A plugin world as the host drives it: how to instantiate it, configure it and hand it a
-/// backend set. The rest of its exports are called by the kind's own module.
-pub(crate) trait World: Sized + Send + 'static {
-    /// The world's pre-instantiated form.
-    type Pre: Clone + Send + Sync + 'static;
-    /// What `configure` returns besides success.
-    type Settings: Clone + Send + Sync + 'static;
-    /// The world's name, for messages.
-    const NAME: &'static str;
-
-    /// Checks that a compiled component exports this world.
-    fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre>;
-    /// A new instance.
-    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self>;
-    /// Calls `configure`.
-    fn configure(
-        &self,
-        store: &mut Store<HostState>,
-        params: &[Parameter],
-    ) -> wasmtime::Result<Result<Self::Settings, String>>;
-    /// Calls `set-backends`.
-    fn set_backends(
-        &self,
-        store: &mut Store<HostState>,
-        backends: &[WitBackend],
-    ) -> wasmtime::Result<()>;
-}
-
-impl World for BalancerWorld {
-    type Pre = BalancerPre<HostState>;
-    type Settings = ();
-    const NAME: &'static str = "balancer";
-
-    fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-        BalancerPre::new(pre)
-    }
-    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
-        pre.instantiate(store)
-    }
-    fn configure(
-        &self,
-        store: &mut Store<HostState>,
-        params: &[Parameter],
-    ) -> wasmtime::Result<Result<(), String>> {
-        self.call_configure(store, params)
-    }
-    fn set_backends(
-        &self,
-        store: &mut Store<HostState>,
-        backends: &[WitBackend],
-    ) -> wasmtime::Result<()> {
-        self.call_set_backends(store, backends)
-    }
-}
-
-impl World for AffinityWorld {
-    type Pre = AffinityPre<HostState>;
-    type Settings = TableSettings;
-    const NAME: &'static str = "affinity";
-
-    fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-        AffinityPre::new(pre)
-    }
-    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
-        pre.instantiate(store)
-    }
-    fn configure(
-        &self,
-        store: &mut Store<HostState>,
-        params: &[Parameter],
-    ) -> wasmtime::Result<Result<TableSettings, String>> {
-        self.call_configure(store, params)
-    }
-    fn set_backends(
-        &self,
-        store: &mut Store<HostState>,
-        backends: &[WitBackend],
-    ) -> wasmtime::Result<()> {
-        self.call_set_backends(store, backends)
-    }
-}
 
 /// A compiled plugin prepared for world `W`, and its fault record.
 pub(crate) struct LoadedPolicy<W: World> {
@@ -336,20 +251,127 @@ impl<W: World> Generation<W> {
             else {
                 return Err(FaultKind::Instantiate);
             };
-            let Instance { store, bindings } = instance;
-            store.set_epoch_deadline(Sandbox::ticks_for(self.limits.call_deadline));
-            let result = match headers {
-                Some(headers) => CURRENT_HEADERS.set(headers, || call(bindings, store)),
-                None => call(bindings, store),
-            };
-            result.map_err(|err| {
+            run(instance, self.limits.call_deadline, headers, call).inspect_err(|_| {
+                // After a trap the instance's own state may be half-updated: never reuse it.
                 instances.remove(&self.id);
-                match err.downcast_ref::<wasmtime::Trap>() {
-                    Some(wasmtime::Trap::Interrupt) => FaultKind::Deadline,
-                    _ => FaultKind::Trap,
-                }
             })
         })
+    }
+}
+
+/// Runs one call under `deadline`; a trap or an interrupted call is a fault.
+fn run<W: World, R>(
+    instance: &mut Instance<W>,
+    deadline: std::time::Duration,
+    headers: Option<&http::HeaderMap>,
+    call: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<R>,
+) -> Result<R, FaultKind> {
+    let Instance { store, bindings } = instance;
+    store.set_epoch_deadline(Sandbox::ticks_for(deadline));
+    let result = match headers {
+        Some(headers) => CURRENT_HEADERS.set(headers, || call(bindings, store)),
+        None => call(bindings, store),
+    };
+    result.map_err(|err| match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => FaultKind::Deadline,
+        _ => FaultKind::Trap,
+    })
+}
+
+/// A plugin with a single instance shared by every thread, called under a lock and off the
+/// request path: health policies, whose state must be one per backend. The backend set is
+/// replaced in place (`set-backends` on the same instance), so the plugin's state survives
+/// set changes; after a fault the instance is rebuilt on the next call.
+pub(crate) struct Exclusive<W: World> {
+    policy: Arc<LoadedPolicy<W>>,
+    params: Vec<Parameter>,
+    limits: PluginLimits,
+    engine: Engine,
+    state: Mutex<ExclusiveState<W>>,
+}
+
+struct ExclusiveState<W> {
+    instance: Option<Instance<W>>,
+    backends: Vec<WitBackend>,
+    figures: Arc<dyn BackendFigures>,
+}
+
+impl<W: World> Exclusive<W> {
+    /// The single instance of `configured`, made at the first call.
+    pub(crate) fn new(configured: &Configured<W>) -> Self {
+        Exclusive {
+            policy: configured.policy.clone(),
+            params: configured.params.clone(),
+            limits: configured.limits,
+            engine: configured.engine.clone(),
+            state: Mutex::new(ExclusiveState {
+                instance: None,
+                backends: Vec::new(),
+                figures: Arc::new(NoFigures),
+            }),
+        }
+    }
+
+    /// The plugin's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.policy.name
+    }
+
+    /// The plugin's fault record.
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.policy.faults
+    }
+
+    /// Hands the plugin a new backend set (under the setup deadline).
+    pub(crate) fn set_backends(
+        &self,
+        backends: &[Backend],
+        figures: Arc<dyn BackendFigures>,
+    ) -> Result<(), FaultKind> {
+        let Ok(mut state) = self.state.lock() else {
+            return Err(FaultKind::Instantiate);
+        };
+        state.backends = wit_backends(backends);
+        state.figures = figures.clone();
+        let backends = state.backends.clone();
+        let Some(instance) = state.instance.as_mut() else {
+            return Ok(()); // the next call instantiates with the new set
+        };
+        instance.store.data_mut().set_figures(figures);
+        let deadline = self.limits.setup_deadline;
+        run(instance, deadline, None, |bindings, store| {
+            bindings.set_backends(store, &backends)
+        })
+        .inspect_err(|_| state.instance = None)
+    }
+
+    /// Runs `call` on the instance under the call deadline.
+    pub(crate) fn call<R>(
+        &self,
+        call: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, FaultKind> {
+        let Ok(mut state) = self.state.lock() else {
+            return Err(FaultKind::Instantiate);
+        };
+        if state.instance.is_none() {
+            let recipe = Generation {
+                id: 0,
+                policy: self.policy.clone(),
+                params: self.params.clone(),
+                limits: self.limits,
+                engine: self.engine.clone(),
+                backends: state.backends.clone(),
+                figures: state.figures.clone(),
+                sequence: Arc::default(),
+                spare: Mutex::new(Vec::new()),
+            };
+            let (instance, _) = recipe.instantiate().map_err(|_| FaultKind::Instantiate)?;
+            state.instance = Some(instance);
+        }
+        let Some(instance) = state.instance.as_mut() else {
+            return Err(FaultKind::Instantiate);
+        };
+        run(instance, self.limits.call_deadline, None, call).inspect_err(|_| state.instance = None)
     }
 }
 

@@ -13,10 +13,12 @@ mod affinity;
 mod balancer;
 mod bindings;
 pub mod faults;
+mod health;
 mod host;
 mod instances;
 pub mod sandbox;
 mod wasi;
+mod worlds;
 
 #[cfg(test)]
 mod tests;
@@ -24,16 +26,21 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use lb_config::{AffinityPolicy, BalancerPolicy, Model, PluginLimits, PolicySource};
+use lb_config::{
+    AffinityPolicy, BalancerPolicy, HealthPolicy as HealthConfig, Model, PluginLimits, PolicySource,
+};
 
 use self::affinity::WasmAffinityFactory;
 use self::balancer::WasmBalancerFactory;
-use self::bindings::{AffinityWorld, BalancerWorld};
+use self::bindings::{AffinityWorld, BalancerWorld, HealthWorld};
 use self::faults::Faults;
-use self::instances::{Configured, LoadedPolicy, World};
+use self::health::WasmHealthPolicy;
+use self::instances::{Configured, LoadedPolicy};
 use self::sandbox::Sandbox;
+use self::worlds::World;
 use crate::affinity::AffinityFactory;
 use crate::balancer::{BalancerFactory, RoundRobin};
+use crate::health::HealthPolicy;
 use crate::metrics::Metrics;
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
@@ -80,6 +87,7 @@ pub struct PluginHost {
     workers: usize,
     balancers: Loaded<BalancerWorld>,
     affinities: Loaded<AffinityWorld>,
+    health: Loaded<HealthWorld>,
 }
 
 impl PluginHost {
@@ -96,6 +104,7 @@ impl PluginHost {
             workers,
             balancers: Mutex::default(),
             affinities: Mutex::default(),
+            health: Mutex::default(),
         })
     }
 
@@ -125,6 +134,16 @@ impl PluginHost {
             configured,
             policy.max_entries,
         )))
+    }
+
+    /// A health policy for `policy` (with fresh state), its parameters checked by the plugin.
+    pub fn health_policy(
+        &self,
+        policy: &HealthConfig,
+        limits: &PluginLimits,
+    ) -> Result<Arc<dyn HealthPolicy>, PluginError> {
+        let configured = self.configure(&self.health, &policy.policy, &policy.params, limits)?;
+        Ok(Arc::new(WasmHealthPolicy::new(configured)))
     }
 
     fn configure<W: World>(
@@ -209,6 +228,7 @@ impl PluginHost {
         let mut forgotten = Vec::new();
         retain(&self.balancers, &used, &mut forgotten);
         retain(&self.affinities, &used, &mut forgotten);
+        retain(&self.health, &used, &mut forgotten);
         for name in forgotten {
             self.metrics.forget_plugin(&name);
         }
@@ -253,6 +273,11 @@ pub fn check(model: &Model) -> Vec<String> {
         if let Some(affinity) = &port.affinity {
             if let Err(err) = host.affinity_factory(affinity, limits) {
                 problems.push(format!("{}.affinity: {err}", port.origin));
+            }
+        }
+        for (i, health) in port.health.iter().enumerate() {
+            if let Err(err) = host.health_policy(health, limits) {
+                problems.push(format!("{}.health[{i}]: {err}", port.origin));
             }
         }
     }

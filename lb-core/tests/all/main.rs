@@ -6,6 +6,7 @@
 mod admin;
 mod affinity;
 mod binary;
+mod health;
 mod http_proxy;
 mod limits;
 mod policies;

@@ -23,7 +23,8 @@
 //! export_balancer!(First);
 //! ```
 //!
-//! A session-affinity policy implements [`Affinity`] and is exported with [`export_affinity!`].
+//! A session-affinity policy implements [`Affinity`] and is exported with [`export_affinity!`];
+//! a health policy implements [`health::Health`] and is exported with [`export_health!`].
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file is the plugin.
 //! The contract is the WIT package `gantry:plugins@0.1.0` in `plugins-wit/`; its documentation
@@ -69,10 +70,29 @@ pub mod affinity_bindings {
     });
 }
 
+/// Generated bindings of the `health` world, sharing the `types` and `host` bindings above.
+#[doc(hidden)]
+pub mod health_bindings {
+    #![allow(missing_docs, clippy::too_many_arguments)]
+    wit_bindgen::generate!({
+        world: "health",
+        path: "../../plugins-wit/wit",
+        with: {
+            "gantry:plugins/types@0.1.0": crate::balancer_bindings::gantry::plugins::types,
+            "gantry:plugins/host@0.1.0": crate::balancer_bindings::gantry::plugins::host,
+        },
+        pub_export_macro: true,
+        export_macro_name: "__export_health_world",
+        default_bindings_module: "gantry_plugin_sdk::health_bindings",
+        runtime_path: "gantry_plugin_sdk::__wit_bindgen::rt",
+    });
+}
+
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
 mod affinity;
+pub mod health;
 
 pub use affinity::{client_ip_key, Affinity, Header, Stickiness, TableSettings};
 

@@ -36,6 +36,47 @@ impl Params {
         }
     }
 
+    /// `name` as a duration in milliseconds, written with a unit (`500ms`, `5s`, `2m`), or
+    /// `default` when not given; a value outside `range` is refused.
+    pub fn duration_ms_or(
+        &self,
+        name: &str,
+        default: u32,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Result<u32, String> {
+        let Some(text) = self.get(name) else {
+            return Ok(default);
+        };
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let factor = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            _ => {
+                return Err(format!(
+                    "parameter `{name}`: `{text}` is not a duration like 500ms, 5s or 2m"
+                ))
+            }
+        };
+        let ms = number
+            .parse::<u32>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+            .filter(|ms| range.contains(ms))
+            .ok_or_else(|| {
+                format!(
+                    "parameter `{name}`: `{text}` is out of range {}ms..={}ms",
+                    range.start(),
+                    range.end()
+                )
+            })?;
+        Ok(ms)
+    }
+
     /// Refuses parameters this plugin does not know, naming the ones it takes.
     pub fn reject_unknown(&self, known: &[&str]) -> Result<(), String> {
         match self.0.iter().find(|(n, _)| !known.contains(&n.as_str())) {

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -39,6 +39,8 @@ pub struct HttpOrigin {
     gate: Arc<Semaphore>,
     /// Requests parked on `/slow`.
     parked: Arc<AtomicUsize>,
+    /// The status `/healthz` answers.
+    health: Arc<AtomicU16>,
 }
 
 impl HttpOrigin {
@@ -50,6 +52,7 @@ impl HttpOrigin {
             requests: Arc::default(),
             gate: Arc::new(Semaphore::new(0)),
             parked: Arc::default(),
+            health: Arc::new(AtomicU16::new(200)),
         };
         let serving = origin.clone();
         tokio::spawn(async move {
@@ -98,7 +101,19 @@ impl HttpOrigin {
         self.gate.add_permits(n);
     }
 
+    /// Makes `/healthz` answer `status`.
+    pub fn set_health(&self, status: u16) {
+        self.health.store(status, Ordering::SeqCst);
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<TestBody> {
+        if req.uri().path() == "/healthz" {
+            // Health probes are not requests: `requests()` counts traffic only.
+            let mut response = Response::new(TestBody::full(Bytes::new()));
+            *response.status_mut() =
+                StatusCode::from_u16(self.health.load(Ordering::SeqCst)).expect("status");
+            return response;
+        }
         self.requests.fetch_add(1, Ordering::SeqCst);
         match req.uri().path() {
             "/ws" => self.websocket(req),

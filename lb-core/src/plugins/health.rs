@@ -1,0 +1,121 @@
+//! Health policies run by a plugin: one instance per port policy, shared by every thread (see
+//! [`Exclusive`]). A fault leaves the verdict unchanged for that call; a quarantined health
+//! plugin holds no backend out (`Verdict::Healthy` for every later result), so a broken
+//! plugin cannot take a whole service down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_config::Backend;
+
+use super::bindings::{HealthWorld, ProbeKind as WitProbeKind, WitOutcome, WitVerdict};
+use super::faults::FaultKind;
+use super::instances::{Configured, Exclusive};
+use crate::balancer::BackendFigures;
+use crate::health::{HealthPolicy, HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict};
+
+/// A health plugin with one port's parameters.
+pub(crate) struct WasmHealthPolicy {
+    instance: Exclusive<HealthWorld>,
+    settings: HealthSettings,
+}
+
+impl WasmHealthPolicy {
+    pub(crate) fn new(configured: Configured<HealthWorld>) -> Self {
+        let wit = &configured.settings;
+        let settings = HealthSettings {
+            probe: wit.probe.as_ref().map(|plan| ProbePlan {
+                kind: match &plan.kind {
+                    WitProbeKind::TcpConnect => ProbeKind::TcpConnect,
+                    WitProbeKind::Http(http) => ProbeKind::Http {
+                        path: http.path.clone(),
+                        host: http.host.clone(),
+                        tls: http.tls,
+                    },
+                },
+                // The contract's floor: a plugin cannot make the host probe in a busy loop.
+                interval: Duration::from_millis(u64::from(plan.interval_ms.max(100))),
+                timeout: Duration::from_millis(u64::from(plan.timeout_ms.max(1))),
+            }),
+            observe_traffic: wit.observe_traffic,
+        };
+        WasmHealthPolicy {
+            instance: Exclusive::new(&configured),
+            settings,
+        }
+    }
+
+    fn verdict(&self, answer: Result<WitVerdict, FaultKind>) -> Verdict {
+        let faults = self.instance.faults();
+        match answer {
+            Ok(verdict) => {
+                faults.success();
+                match verdict {
+                    WitVerdict::Unchanged => Verdict::Unchanged,
+                    WitVerdict::Healthy => Verdict::Healthy,
+                    WitVerdict::Unhealthy => Verdict::Unhealthy,
+                    WitVerdict::Eject(ms) => Verdict::Eject(Duration::from_millis(u64::from(ms))),
+                }
+            }
+            Err(kind) => {
+                faults.record(kind);
+                if faults.is_quarantined() {
+                    Verdict::Healthy
+                } else {
+                    Verdict::Unchanged
+                }
+            }
+        }
+    }
+}
+
+fn wit_outcome(outcome: Outcome) -> WitOutcome {
+    match outcome {
+        Outcome::Connected => WitOutcome::Connected,
+        Outcome::Responded(status) => WitOutcome::Responded(status),
+        Outcome::ConnectFailed => WitOutcome::ConnectFailed,
+        Outcome::TimedOut => WitOutcome::TimedOut,
+    }
+}
+
+impl HealthPolicy for WasmHealthPolicy {
+    fn name(&self) -> &str {
+        self.instance.name()
+    }
+
+    fn settings(&self) -> &HealthSettings {
+        &self.settings
+    }
+
+    fn set_backends(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) {
+        if let Err(kind) = self.instance.set_backends(backends, figures) {
+            self.instance.faults().record(kind);
+        }
+    }
+
+    fn probed(&self, index: usize, outcome: Outcome) -> Verdict {
+        if self.instance.faults().is_quarantined() {
+            return Verdict::Healthy;
+        }
+        let Ok(id) = u32::try_from(index) else {
+            return Verdict::Unchanged;
+        };
+        let answer = self
+            .instance
+            .call(|bindings, store| bindings.call_probed(store, id, wit_outcome(outcome)));
+        self.verdict(answer)
+    }
+
+    fn observed(&self, index: usize, outcome: Outcome) -> Verdict {
+        if self.instance.faults().is_quarantined() {
+            return Verdict::Healthy;
+        }
+        let Ok(id) = u32::try_from(index) else {
+            return Verdict::Unchanged;
+        };
+        let answer = self
+            .instance
+            .call(|bindings, store| bindings.call_observed(store, id, wit_outcome(outcome)));
+        self.verdict(answer)
+    }
+}

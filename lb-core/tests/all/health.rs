@@ -1,0 +1,146 @@
+//! Health policies through real sockets: active HTTP checks take a backend out and bring it
+//! back, TCP checks find a dead backend, passive outlier ejection takes out a failing backend
+//! but never more than its share, and the state shows in metrics and `/config`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use crate::support::client::get;
+use crate::support::origin::{HttpOrigin, OriginProtocol, TcpOrigin};
+use crate::support::{addr, eventually, metric, start};
+
+fn healthy(gantry: &lb_core::Gantry, port: &str, backend: SocketAddr) -> f64 {
+    metric(
+        &gantry.metrics().render(),
+        &format!("gantry_backend_healthy{{backend=\"{backend}\",port=\"{port}\",service=\"s\"}}"),
+    )
+}
+
+/// An address nothing listens on (a port just released).
+async fn closed_port() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_take_failing_backends_out_and_bring_them_back() {
+    let a = HttpOrigin::start("a", OriginProtocol::Http1).await;
+    let b = HttpOrigin::start("b", OriginProtocol::Http1).await;
+    let alive = TcpOrigin::start("alive", false).await;
+    let dead = closed_port().await;
+    let gantry = start(&format!(
+        "services:\n  - name: s\n    address: 127.0.0.1\n    ports:\n      - name: web\n        port: 0\n        protocol: http\n        backends: [\"{}\", \"{}\"]\n        health:\n          - {{ policy: \"builtin:http-check\", params: {{ path: /healthz, interval: 100ms, timeout: 100ms, healthy_threshold: 2, unhealthy_threshold: 2, expected_statuses: \"200-299\" }} }}\n      - name: db\n        port: 0\n        backends: [\"{}\", \"{dead}\"]\n        health: [{{ policy: \"builtin:tcp-check\", params: {{ interval: 100ms, timeout: 100ms }} }}]\n",
+        a.addr, b.addr, alive.addr
+    ))
+    .await;
+    let web = addr(&gantry, "s", "web");
+
+    a.set_health(503);
+    eventually("a to be taken out", || async {
+        healthy(&gantry, "web", a.addr) == 0.0
+    })
+    .await;
+    assert_eq!(healthy(&gantry, "web", b.addr), 1.0);
+    let served_before = a.requests();
+    for _ in 0..20 {
+        assert_eq!(get(web, "/").await.header("x-origin"), "b");
+    }
+    assert_eq!(
+        a.requests(),
+        served_before,
+        "an unhealthy backend gets no traffic"
+    );
+    let config = gantry_config(&gantry).await;
+    assert!(config.contains("\"healthy\": false"), "{config}");
+
+    a.set_health(204);
+    eventually("a to come back", || async {
+        healthy(&gantry, "web", a.addr) == 1.0
+    })
+    .await;
+    let seen: HashSet<String> = futures_of_gets(web, 6).await;
+    assert_eq!(seen.len(), 2, "both backends serve again: {seen:?}");
+
+    eventually("the dead TCP backend to be found", || async {
+        healthy(&gantry, "db", dead) == 0.0
+    })
+    .await;
+    assert_eq!(healthy(&gantry, "db", alive.addr), 1.0);
+    gantry.shutdown(std::time::Duration::from_secs(1)).await;
+}
+
+async fn futures_of_gets(proxy: SocketAddr, n: usize) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    for _ in 0..n {
+        seen.insert(get(proxy, "/").await.header("x-origin").to_owned());
+    }
+    seen
+}
+
+async fn gantry_config(gantry: &lb_core::Gantry) -> String {
+    let admin = gantry.admin_addr().expect("admin listener");
+    get(admin, "/config").await.body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_ejection_takes_out_failing_backends_but_never_more_than_its_share() {
+    let good = TcpOrigin::start("good", false).await;
+    let (bad_1, bad_2) = (closed_port().await, closed_port().await);
+    let gantry = start(&format!(
+        "services:\n  - name: s\n    address: 127.0.0.1\n    ports:\n      - name: db\n        port: 0\n        backends: [\"{}\", \"{bad_1}\", \"{bad_2}\"]\n        retries: 2\n        backoff: {{ initial: 1ms, max: 1ms }}\n        health: [{{ policy: \"builtin:outlier\", params: {{ consecutive_errors: 2, base_ejection: 10m, max_ejected_percent: 40 }} }}]\n",
+        good.addr
+    ))
+    .await;
+    let proxy = addr(&gantry, "s", "db");
+    let ejections = |gantry: &lb_core::Gantry| {
+        let text = gantry.metrics().render();
+        [bad_1, bad_2]
+            .iter()
+            .map(|b| {
+                metric(
+                    &text,
+                    &format!("gantry_backend_ejections_total{{backend=\"{b}\",port=\"db\",service=\"s\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    // Every connection is served (failed connects are retried on the good backend) while
+    // the failures are observed, until one bad backend is ejected.
+    let mut served = 0;
+    while ejections(&gantry) < 1.0 {
+        assert_eq!(tcp_exchange(proxy).await, "good:ping");
+        served += 1;
+        assert!(served < 1000, "no ejection after {served} connections");
+    }
+    for _ in 0..40 {
+        assert_eq!(tcp_exchange(proxy).await, "good:ping");
+    }
+    // 40% of three backends is one: the second bad backend keeps failing but stays in.
+    assert_eq!(ejections(&gantry), 1.0);
+    let text = gantry.metrics().render();
+    let unhealthy = [bad_1, bad_2]
+        .iter()
+        .filter(|b| {
+            metric(
+                &text,
+                &format!("gantry_backend_healthy{{backend=\"{b}\",port=\"db\",service=\"s\"}}"),
+            ) == 0.0
+        })
+        .count();
+    assert_eq!(unhealthy, 1);
+    gantry.shutdown(std::time::Duration::from_secs(1)).await;
+}
+
+async fn tcp_exchange(proxy: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    stream.write_all(b"ping").await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    answer
+}
