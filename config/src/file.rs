@@ -49,6 +49,10 @@ pub struct RuntimeFile {
     pub watch_interval: Option<DurationText>,
     /// Log one line per request or TCP connection (target `gantry::access`). Default `false`.
     pub access_log: Option<bool>,
+    /// Where compiled plugins are kept across restarts: a folder, `auto` (default: systemd's
+    /// `$CACHE_DIRECTORY`, else `$XDG_CACHE_HOME/gantry`, else `~/.cache/gantry`) or `off`.
+    /// Read at start only.
+    pub plugin_cache: Option<String>,
 }
 
 /// One item of `services:`.

@@ -95,6 +95,20 @@ pub struct Runtime {
     pub watch_interval: Duration,
     /// Whether to emit access log lines.
     pub access_log: bool,
+    /// Where compiled plugins are kept across restarts.
+    pub plugin_cache: PluginCache,
+}
+
+/// `runtime.plugin_cache`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginCache {
+    /// Compile at every start.
+    Off,
+    /// The service's cache folder, found from the environment.
+    Auto,
+    /// This folder.
+    Folder(PathBuf),
 }
 
 /// A service: a name, an address and ports.

@@ -61,7 +61,12 @@ pub(crate) fn build_model(file: FileConfig, base_dir: &Path) -> Result<Model, Pr
     let mut problems = Problems::default();
     let root = FieldPath::root();
     let admin = build_admin(file.admin, &root.field("admin"), &mut problems);
-    let runtime = build_runtime(file.runtime, &root.field("runtime"), &mut problems);
+    let runtime = build_runtime(
+        file.runtime,
+        base_dir,
+        &root.field("runtime"),
+        &mut problems,
+    );
     let defaults = match take(file.defaults, &root.field("defaults"), &mut problems) {
         Some(overrides) => apply_settings(
             &builtin_port_settings(),
@@ -159,6 +164,7 @@ fn build_admin(file: Option<Lenient<AdminFile>>, path: &FieldPath, p: &mut Probl
 
 fn build_runtime(
     file: Option<Lenient<RuntimeFile>>,
+    base_dir: &Path,
     path: &FieldPath,
     p: &mut Problems,
 ) -> Runtime {
@@ -180,6 +186,15 @@ fn build_runtime(
         shutdown_grace: file.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
         watch_interval,
         access_log: file.access_log.unwrap_or(false),
+        plugin_cache: match file.plugin_cache.as_deref() {
+            None | Some("auto") => PluginCache::Auto,
+            Some("off") => PluginCache::Off,
+            Some("") => {
+                p.push(&path.field("plugin_cache"), "a folder, `auto` or `off`");
+                PluginCache::Off
+            }
+            Some(folder) => PluginCache::Folder(base_dir.join(folder)),
+        },
     }
 }
 

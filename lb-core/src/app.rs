@@ -141,8 +141,13 @@ impl Gantry {
         let workers = model.runtime.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        let plugins = PluginHost::new(&model.plugin_limits, metrics.clone(), workers)
-            .map_err(ApplyError::Plugins)?;
+        let plugins = PluginHost::with_compile_cache(
+            &model.plugin_limits,
+            metrics.clone(),
+            workers,
+            &model.runtime.plugin_cache,
+        )
+        .map_err(ApplyError::Plugins)?;
         let empty = Model {
             admin: model.admin.clone(),
             runtime: model.runtime.clone(),
@@ -217,6 +222,9 @@ impl Gantry {
                     if old.runtime.workers != new.runtime.workers {
                         tracing::warn!("runtime.workers takes effect at the next start");
                     }
+                    if old.runtime.plugin_cache != new.runtime.plugin_cache {
+                        tracing::warn!("runtime.plugin_cache takes effect at the next start");
+                    }
                     if old.plugin_limits.memory_bytes != new.plugin_limits.memory_bytes {
                         tracing::warn!("plugin_limits.memory_mib takes effect at the next start");
                     }
@@ -256,6 +264,7 @@ impl Gantry {
             }
             let previous = listener.swap(swap.route);
             let current = listener.shared().route.load();
+            previous.retire_health_not_in(Some(&current));
             for departed in previous.departed_backends(&current) {
                 inner
                     .metrics
@@ -264,6 +273,7 @@ impl Gantry {
         }
         for key in stops {
             if let Some(listener) = listeners.remove(&key) {
+                listener.shared().route.load().retire_health_not_in(None);
                 self.drain_in_background(listener, new.runtime.shutdown_grace)
                     .await;
             }

@@ -124,6 +124,19 @@ impl Route {
         }
     }
 
+    /// Retires the health checkers of this route that `next` does not carry on (all of them
+    /// when the port is removed): a route kept alive by a long connection must not go on
+    /// judging backends.
+    pub fn retire_health_not_in(&self, next: Option<&Route>) {
+        for checker in &self.policies.health {
+            let kept =
+                next.is_some_and(|n| n.policies.health.iter().any(|c| Arc::ptr_eq(c, checker)));
+            if !kept {
+                checker.retire();
+            }
+        }
+    }
+
     /// Whether to emit access log lines now.
     pub fn logs_access(&self) -> bool {
         self.access_log.load(Ordering::Relaxed)

@@ -9,13 +9,14 @@
 
 pub mod probe;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use lb_config::Backend;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::balancer::BackendFigures;
 use crate::pool::BackendState;
@@ -99,11 +100,11 @@ pub trait HealthPolicy: Send + Sync {
 /// Observations waiting for the policy; beyond this they are dropped (and counted).
 const OBSERVATION_QUEUE: usize = 4096;
 
-/// Runs one health policy of one port. Dropping it stops its tasks.
+/// Runs one health policy of one port. Retiring or dropping it stops its tasks.
 pub struct HealthChecker {
     shared: Arc<Shared>,
     observations: Option<mpsc::Sender<(Arc<BackendState>, Outcome)>>,
-    tasks: JoinSet<()>,
+    tasks: Vec<AbortHandle>,
 }
 
 /// What the checker's tasks share.
@@ -112,6 +113,9 @@ struct Shared {
     /// This policy's bit in each backend's hold-out mask.
     slot: u8,
     backends: ArcSwap<Vec<Arc<BackendState>>>,
+    /// Set once the port no longer uses this policy: verdicts are no longer applied, even
+    /// by a round already under way.
+    retired: AtomicBool,
 }
 
 impl HealthChecker {
@@ -122,15 +126,18 @@ impl HealthChecker {
             policy,
             slot: slot.min(7),
             backends: ArcSwap::from_pointee(Vec::new()),
+            retired: AtomicBool::new(false),
         });
         let settings = shared.policy.settings().clone();
-        let mut tasks = JoinSet::new();
+        let mut tasks = Vec::new();
         if let Some(plan) = settings.probe {
-            tasks.spawn(probe_rounds(Arc::downgrade(&shared), plan));
+            let task = tokio::spawn(probe_rounds(Arc::downgrade(&shared), plan));
+            tasks.push(task.abort_handle());
         }
         let observations = settings.observe_traffic.then(|| {
             let (sender, receiver) = mpsc::channel(OBSERVATION_QUEUE);
-            tasks.spawn(judge_traffic(Arc::downgrade(&shared), receiver));
+            let task = tokio::spawn(judge_traffic(Arc::downgrade(&shared), receiver));
+            tasks.push(task.abort_handle());
             sender
         });
         HealthChecker {
@@ -167,15 +174,29 @@ impl HealthChecker {
     }
 }
 
+impl HealthChecker {
+    /// Stops checking: the port no longer uses this policy. Routes still held by open
+    /// connections keep the checker alive, but it no longer judges anything.
+    pub fn retire(&self) {
+        self.shared.retired.store(true, Ordering::Relaxed);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 impl Drop for HealthChecker {
     fn drop(&mut self) {
-        self.tasks.abort_all();
+        self.retire();
     }
 }
 
 impl Shared {
     /// Applies `verdict` on the backend `state`.
     fn apply(&self, state: &Arc<BackendState>, verdict: Verdict) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         match verdict {
             Verdict::Unchanged => {}
             Verdict::Healthy => {

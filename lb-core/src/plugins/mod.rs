@@ -27,7 +27,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use lb_config::{
-    AffinityPolicy, BalancerPolicy, HealthPolicy as HealthConfig, Model, PluginLimits, PolicySource,
+    AffinityPolicy, BalancerPolicy, HealthPolicy as HealthConfig, Model, PluginCache, PluginLimits,
+    PolicySource,
 };
 
 use self::affinity::WasmAffinityFactory;
@@ -92,14 +93,24 @@ pub struct PluginHost {
 
 impl PluginHost {
     /// A host whose instances are capped by `limits`, preparing `workers` instances (one per
-    /// worker thread) whenever a backend set changes.
+    /// worker thread) whenever a backend set changes. Compiles in memory only.
     pub fn new(
         limits: &PluginLimits,
         metrics: Arc<Metrics>,
         workers: usize,
     ) -> Result<Self, PluginError> {
+        Self::with_compile_cache(limits, metrics, workers, &PluginCache::Off)
+    }
+
+    /// As [`PluginHost::new`], keeping compiled plugins in `cache` across restarts.
+    pub fn with_compile_cache(
+        limits: &PluginLimits,
+        metrics: Arc<Metrics>,
+        workers: usize,
+        cache: &PluginCache,
+    ) -> Result<Self, PluginError> {
         Ok(PluginHost {
-            sandbox: Sandbox::new(limits)?,
+            sandbox: Sandbox::new(limits, cache)?,
             metrics,
             workers,
             balancers: Mutex::default(),

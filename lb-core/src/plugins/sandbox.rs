@@ -13,14 +13,37 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use lb_config::PluginLimits;
+use std::path::PathBuf;
+
+use lb_config::{PluginCache, PluginLimits};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, OptLevel,
+    PoolingAllocationConfig,
+};
 
 use super::bindings::BalancerWorld;
 use super::host::HostState;
 use super::wasi::SandboxWorld;
 use super::PluginError;
+
+/// The folder `runtime.plugin_cache` names: `auto` is systemd's `CacheDirectory=`, else the
+/// user's cache folder.
+fn cache_folder(cache: &PluginCache) -> Option<PathBuf> {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    match cache {
+        PluginCache::Off => None,
+        PluginCache::Folder(folder) => Some(folder.clone()),
+        PluginCache::Auto => env("CACHE_DIRECTORY")
+            .map(|dirs| {
+                // systemd lists several folders separated by `:` when asked for several.
+                let first = dirs.to_string_lossy().split(':').next().map(str::to_owned);
+                PathBuf::from(first.unwrap_or_default())
+            })
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("gantry")))
+            .or_else(|| env("HOME").map(|d| PathBuf::from(d).join(".cache").join("gantry"))),
+    }
+}
 
 /// How often the engine's epoch advances: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -42,8 +65,9 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// An engine for plugins under `limits` (the memory cap is fixed for the engine's life).
-    pub fn new(limits: &PluginLimits) -> Result<Sandbox, PluginError> {
+    /// An engine for plugins under `limits` (the memory cap is fixed for the engine's life),
+    /// keeping compiled code in `cache` across restarts.
+    pub fn new(limits: &PluginLimits, cache: &PluginCache) -> Result<Sandbox, PluginError> {
         let memory = limits.memory_bytes;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOLED_INSTANCES)
@@ -71,6 +95,21 @@ impl Sandbox {
             // Deep recursion traps instead of exhausting the worker thread's stack.
             .max_wasm_stack(256 << 10)
             .cranelift_opt_level(OptLevel::Speed);
+        // Compiled code on disk, keyed by the component's bytes, the engine's settings and
+        // wasmtime's version, so a restart does not recompile unchanged plugins. A cache that
+        // cannot be used costs only compile time.
+        if let Some(folder) = cache_folder(cache) {
+            let mut settings = CacheConfig::new();
+            settings.with_directory(folder.join("wasm"));
+            match Cache::new(settings) {
+                Ok(cache) => {
+                    config.cache(Some(cache));
+                }
+                Err(err) => {
+                    tracing::warn!(folder = %folder.display(), %err, "plugin compile cache not used")
+                }
+            }
+        }
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let mut linker = Linker::new(&engine);

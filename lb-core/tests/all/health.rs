@@ -68,6 +68,25 @@ async fn active_checks_take_failing_backends_out_and_bring_them_back() {
     })
     .await;
     assert_eq!(healthy(&gantry, "db", alive.addr), 1.0);
+
+    // Dropping the policy by a reload voids its verdicts at once: a, failing its checks
+    // again, gets traffic, and nothing takes it out later.
+    a.set_health(503);
+    eventually("a to be taken out again", || async {
+        healthy(&gantry, "web", a.addr) == 0.0
+    })
+    .await;
+    let without = format!(
+        "admin: {{ listen: \"127.0.0.1:0\" }}\nservices:\n  - name: s\n    address: 127.0.0.1\n    ports:\n      - {{ name: web, port: 0, protocol: http, backends: [\"{}\", \"{}\"] }}\n      - {{ name: db, port: 0, backends: [\"{}\"] }}\n",
+        a.addr, b.addr, alive.addr
+    );
+    gantry
+        .apply(crate::support::model(&without))
+        .await
+        .expect("reload");
+    assert_eq!(healthy(&gantry, "web", a.addr), 1.0);
+    let seen = futures_of_gets(addr(&gantry, "s", "web"), 4).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
     gantry.shutdown(std::time::Duration::from_secs(1)).await;
 }
 

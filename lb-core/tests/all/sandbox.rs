@@ -173,3 +173,55 @@ async fn unusable_plugins_are_refused_at_load_with_the_reason() {
         "{not_component}"
     );
 }
+
+/// The compiled code under `dir` (not the cache's own bookkeeping: usage statistics and
+/// cleanup markers, which its background worker updates), with modification times.
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => pending.push(path),
+                Ok(meta) => {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !name.starts_with('.') && !name.ends_with(".stats") {
+                        found.push((path, meta.modified().expect("mtime")));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_plugins_are_kept_on_disk_and_reused_by_the_next_start() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "runtime: {{ plugin_cache: \"{}\" }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\"], balancer: {{ policy: \"builtin:maglev\" }} }}\n",
+        cache.path().display(),
+        origin.addr
+    );
+    let first = crate::support::start(&yaml).await;
+    first.shutdown(Duration::from_secs(1)).await;
+    let written = files_under(cache.path());
+    assert!(!written.is_empty(), "nothing cached");
+
+    let second = crate::support::start(&yaml).await;
+    let answer = crate::support::client::get(addr(&second, "web", "http"), "/").await;
+    assert_eq!(answer.header("x-origin"), "o");
+    second.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(
+        files_under(cache.path()),
+        written,
+        "the second start compiled again"
+    );
+}
