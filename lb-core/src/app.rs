@@ -62,18 +62,6 @@ pub enum ApplyError {
     },
 }
 
-/// `health[i]` field names, for messages.
-const HEALTH_FIELDS: [&str; 8] = [
-    "health[0]",
-    "health[1]",
-    "health[2]",
-    "health[3]",
-    "health[4]",
-    "health[5]",
-    "health[6]",
-    "health[7]",
-];
-
 /// A plugin problem found while applying, with the field path of the port that uses it.
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}.{field}: {source}")]
@@ -81,7 +69,7 @@ pub struct PolicyError {
     /// Where the port is in the configuration (`services[0].ports[1]`).
     pub origin: String,
     /// `balancer`, `affinity` or `health[i]`.
-    pub field: &'static str,
+    pub field: String,
     /// What is wrong with its plugin.
     pub source: PluginError,
 }
@@ -399,7 +387,7 @@ impl Gantry {
         model: &Model,
         limits_changed: bool,
     ) -> Result<RoutePolicies, ApplyError> {
-        let failed = |field| {
+        let failed = |field: String| {
             move |source| {
                 ApplyError::Policy(PolicyError {
                     origin: port.origin.to_string(),
@@ -417,7 +405,7 @@ impl Gantry {
                 .inner
                 .plugins
                 .factory(&port.balancer, &model.plugin_limits)
-                .map_err(failed("balancer"))?,
+                .map_err(failed("balancer".into()))?,
         };
         let affinity = match (kept, &port.affinity) {
             (_, None) => None,
@@ -428,7 +416,7 @@ impl Gantry {
                 self.inner
                     .plugins
                     .affinity_factory(policy, &model.plugin_limits)
-                    .map_err(failed("affinity"))?,
+                    .map_err(failed("affinity".into()))?,
             ),
         };
         let health = match kept {
@@ -442,7 +430,7 @@ impl Gantry {
                         .inner
                         .plugins
                         .health_policy(policy, &model.plugin_limits)
-                        .map_err(failed(HEALTH_FIELDS[slot.min(7)]))?;
+                        .map_err(failed(format!("health[{slot}]")))?;
                     let slot = u8::try_from(slot).unwrap_or(7);
                     checkers.push(Arc::new(HealthChecker::start(policy, slot)));
                 }
