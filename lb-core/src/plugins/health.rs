@@ -7,12 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_config::Backend;
+use wasmtime::Store;
 
 use super::bindings::{HealthWorld, ProbeKind as WitProbeKind, WitOutcome, WitVerdict};
 use super::faults::FaultKind;
+use super::host::HostState;
 use super::instances::{Configured, Exclusive};
 use crate::balancer::BackendFigures;
 use crate::health::{HealthPolicy, HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict};
+
+/// `probed` or `observed`: the same shape.
+type Export =
+    fn(&HealthWorld, &mut Store<HostState>, u32, WitOutcome) -> wasmtime::Result<WitVerdict>;
 
 /// A health plugin with one port's parameters.
 pub(crate) struct WasmHealthPolicy {
@@ -43,6 +49,20 @@ impl WasmHealthPolicy {
             instance: Exclusive::new(&configured),
             settings,
         }
+    }
+
+    /// Asks the plugin (`export`: `probed` or `observed`) about the backend at `index`.
+    fn judge(&self, index: usize, outcome: Outcome, export: Export) -> Verdict {
+        if self.instance.faults().is_quarantined() {
+            return Verdict::Healthy;
+        }
+        let Ok(id) = u32::try_from(index) else {
+            return Verdict::Unchanged;
+        };
+        let answer = self
+            .instance
+            .call(|bindings, store| export(bindings, store, id, wit_outcome(outcome)));
+        self.verdict(answer)
     }
 
     fn verdict(&self, answer: Result<WitVerdict, FaultKind>) -> Verdict {
@@ -94,28 +114,14 @@ impl HealthPolicy for WasmHealthPolicy {
     }
 
     fn probed(&self, index: usize, outcome: Outcome) -> Verdict {
-        if self.instance.faults().is_quarantined() {
-            return Verdict::Healthy;
-        }
-        let Ok(id) = u32::try_from(index) else {
-            return Verdict::Unchanged;
-        };
-        let answer = self
-            .instance
-            .call(|bindings, store| bindings.call_probed(store, id, wit_outcome(outcome)));
-        self.verdict(answer)
+        self.judge(index, outcome, |b, store, id, o| {
+            b.call_probed(store, id, o)
+        })
     }
 
     fn observed(&self, index: usize, outcome: Outcome) -> Verdict {
-        if self.instance.faults().is_quarantined() {
-            return Verdict::Healthy;
-        }
-        let Ok(id) = u32::try_from(index) else {
-            return Verdict::Unchanged;
-        };
-        let answer = self
-            .instance
-            .call(|bindings, store| bindings.call_observed(store, id, wit_outcome(outcome)));
-        self.verdict(answer)
+        self.judge(index, outcome, |b, store, id, o| {
+            b.call_observed(store, id, o)
+        })
     }
 }
