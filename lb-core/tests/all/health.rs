@@ -163,3 +163,36 @@ async fn tcp_exchange(proxy: SocketAddr) -> String {
     stream.read_to_string(&mut answer).await.expect("read");
     answer
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_checks_speak_tls_to_the_backend() {
+    // The backend under check is an HTTPS endpoint: a second Gantry terminating TLS in front
+    // of an origin whose /healthz the test controls.
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leaf = crate::support::certs::TestCa::new().issue(dir.path(), "api", &["api.test"]);
+    let front = start(&format!(
+        "services:\n  - name: front\n    address: 127.0.0.1\n    ports:\n      - {{ name: tls, port: 0, protocol: https, backends: [\"{}\"], tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }} }}\n",
+        origin.addr,
+        leaf.cert_path.display(),
+        leaf.key_path.display()
+    ))
+    .await;
+    let secure = addr(&front, "front", "tls");
+    let gantry = start(&format!(
+        "services:\n  - name: s\n    address: 127.0.0.1\n    ports:\n      - {{ name: web, port: 0, protocol: http, backends: [\"{secure}\"], health: [{{ policy: \"builtin:http-check\", params: {{ path: /healthz, host: api.test, tls: true, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1 }} }}] }}\n"
+    ))
+    .await;
+    origin.set_health(500);
+    eventually("the HTTPS backend to fail its check", || async {
+        healthy(&gantry, "web", secure) == 0.0
+    })
+    .await;
+    origin.set_health(200);
+    eventually("the HTTPS backend to pass again", || async {
+        healthy(&gantry, "web", secure) == 1.0
+    })
+    .await;
+    gantry.shutdown(std::time::Duration::from_secs(1)).await;
+    front.shutdown(std::time::Duration::from_secs(1)).await;
+}
