@@ -3,6 +3,7 @@
 //! `configure` asked for. A fault (trap, deadline, an id outside the set, a header that is not
 //! valid HTTP) leaves that request without affinity: it is balanced as if the port had none.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +61,12 @@ struct WasmAffinity {
     remembers: bool,
 }
 
+thread_local! {
+    /// Whether this thread's last `stick` faulted. `stick` and the `assigned` that may follow
+    /// run on one thread within one pool selection, so this carries the request's outcome.
+    static STICK_FAULTED: Cell<bool> = const { Cell::new(false) };
+}
+
 impl Affinity for WasmAffinity {
     fn stick(&self, cx: &PickContext<'_>) -> Stickiness {
         let faults = self.generation.faults();
@@ -71,23 +78,31 @@ impl Affinity for WasmAffinity {
             bindings.call_stick(store, &request)
         });
         let stickiness = match answer {
-            Ok(WitStickiness::None) => Stickiness::None,
-            Ok(WitStickiness::Remembered(key)) if self.remembers => Stickiness::Remembered(key),
+            Ok(WitStickiness::None) => Ok(Stickiness::None),
+            Ok(WitStickiness::Remembered(key)) if self.remembers => Ok(Stickiness::Remembered(key)),
             Ok(WitStickiness::Named(id)) if (id as usize) < self.count => {
-                Stickiness::Named(id as usize)
+                Ok(Stickiness::Named(id as usize))
             }
             // A key without a table, or an id outside the set.
-            Ok(_) => {
-                faults.record(FaultKind::InvalidAnswer);
-                return Stickiness::None;
+            Ok(_) => Err(FaultKind::InvalidAnswer),
+            Err(kind) => Err(kind),
+        };
+        STICK_FAULTED.set(stickiness.is_err());
+        match stickiness {
+            Ok(stickiness) => {
+                // Faults count per request: an unstuck HTTP request goes on to `assigned`,
+                // which then speaks for the whole request, so a plugin failing in either call
+                // on every request still reaches its quarantine.
+                if !(cx.protocol.is_http() && stickiness == Stickiness::None) {
+                    faults.success();
+                }
+                stickiness
             }
             Err(kind) => {
                 faults.record(kind);
-                return Stickiness::None;
+                Stickiness::None
             }
-        };
-        faults.success();
-        stickiness
+        }
     }
 
     fn assigned(&self, cx: &PickContext<'_>, index: usize) -> Option<ResponseHeader> {
@@ -100,21 +115,20 @@ impl Affinity for WasmAffinity {
         let answer = self.generation.call(cx.headers, |bindings, store| {
             bindings.call_assigned(store, &request, id)
         });
-        match answer {
-            Ok(None) => {
-                faults.success();
-                None
-            }
-            Ok(Some(header)) => match response_header(header) {
-                Some(header) => {
+        let header = match answer {
+            Ok(None) => Ok(None),
+            Ok(Some(header)) => response_header(header)
+                .map(Some)
+                .ok_or(FaultKind::InvalidAnswer),
+            Err(kind) => Err(kind),
+        };
+        match header {
+            Ok(header) => {
+                if !STICK_FAULTED.get() {
                     faults.success();
-                    Some(header)
                 }
-                None => {
-                    faults.record(FaultKind::InvalidAnswer);
-                    None
-                }
-            },
+                header
+            }
             Err(kind) => {
                 faults.record(kind);
                 None

@@ -225,3 +225,42 @@ async fn compiled_plugins_are_kept_on_disk_and_reused_by_the_next_start() {
         "the second start compiled again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulting_affinity_plugin_leaves_requests_balanced_and_is_quarantined() {
+    let (a, b) = (
+        HttpOrigin::start("a", OriginProtocol::Http1).await,
+        HttpOrigin::start("b", OriginProtocol::Http1).await,
+    );
+    for (mode, kind) in [
+        ("trap", "trap"),
+        ("invalid", "invalid_answer"),
+        ("bad-header", "invalid_answer"),
+    ] {
+        let yaml = format!(
+            "plugins:\n  bad: {{ file: \"{}\" }}\nplugin_limits: {{ quarantine_after: 5 }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\", \"{}\"], affinity: {{ policy: bad, params: {{ mode: {mode} }} }} }}\n",
+            plugin("misbehave-affinity").display(),
+            a.addr,
+            b.addr
+        );
+        let gantry = crate::support::start(&yaml).await;
+        let mut client = H1::connect(addr(&gantry, "web", "http"))
+            .await
+            .expect("connect");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10 {
+            let answer = client.get("/").await.expect("answer");
+            assert_eq!(answer.status, StatusCode::OK, "{mode}");
+            assert_eq!(answer.header("set-cookie"), "", "{mode}");
+            seen.insert(answer.header("x-origin").to_owned());
+        }
+        assert_eq!(seen.len(), 2, "{mode}: requests are still balanced");
+        assert_eq!(
+            faults(&gantry, kind),
+            5.0,
+            "{mode}: counted until quarantined"
+        );
+        assert_eq!(quarantined(&gantry), 1.0, "{mode}");
+        gantry.shutdown(Duration::from_secs(1)).await;
+    }
+}
