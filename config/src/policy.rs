@@ -231,16 +231,7 @@ pub(crate) fn build_affinity(
     path: &FieldPath,
     p: &mut Problems,
 ) -> Option<AffinityPolicy> {
-    let policy = match file.policy {
-        Some(text) => policy_source(&text, BUILTIN_AFFINITIES, "", plugins, path, p),
-        None => {
-            p.push(
-                &path.field("policy"),
-                format!("required: one of {}", builtin_list(BUILTIN_AFFINITIES)),
-            );
-            None
-        }
-    };
+    let policy = required_policy(file.policy, BUILTIN_AFFINITIES, plugins, path, p);
     let params = build_params(file.params, path, p);
     let max_entries = match file.max_entries {
         None => Some(DEFAULT_AFFINITY_ENTRIES),
@@ -266,21 +257,30 @@ pub(crate) fn build_health(
     path: &FieldPath,
     p: &mut Problems,
 ) -> Option<HealthPolicy> {
-    let policy = match file.policy {
-        Some(text) => policy_source(&text, BUILTIN_HEALTH, "", plugins, path, p),
-        None => {
-            p.push(
-                &path.field("policy"),
-                format!("required: one of {}", builtin_list(BUILTIN_HEALTH)),
-            );
-            None
-        }
-    };
+    let policy = required_policy(file.policy, BUILTIN_HEALTH, plugins, path, p);
     let params = build_params(file.params, path, p);
     Some(HealthPolicy {
         policy: policy?,
         params: params?,
     })
+}
+
+/// A `policy:` that has no default (affinity, health): reported when missing.
+fn required_policy(
+    text: Option<String>,
+    builtins: &[&str],
+    plugins: &Plugins,
+    path: &FieldPath,
+    p: &mut Problems,
+) -> Option<PolicySource> {
+    let Some(text) = text else {
+        p.push(
+            &path.field("policy"),
+            format!("required: one of {}", builtin_list(builtins)),
+        );
+        return None;
+    };
+    policy_source(&text, builtins, "", plugins, path, p)
 }
 
 /// The plugin `text` names: `builtin:NAME` from `builtins`, or an entry of `plugins:`.

@@ -27,8 +27,26 @@ pub(crate) struct WasmHealthPolicy {
 }
 
 impl WasmHealthPolicy {
-    pub(crate) fn new(configured: Configured<HealthWorld>) -> Self {
+    /// The policy, or why its probe plan cannot be sent (a path or host that would not be a
+    /// single well-formed request line or header: the host never writes what a plugin
+    /// smuggled into them).
+    pub(crate) fn new(configured: Configured<HealthWorld>) -> Result<Self, String> {
         let wit = &configured.settings;
+        if let Some(WitProbeKind::Http(http)) = wit.probe.as_ref().map(|plan| &plan.kind) {
+            let visible =
+                |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
+            if !http.path.starts_with('/') || !visible(&http.path) {
+                return Err(format!(
+                    "asks to probe path {:?}, which is not a request path",
+                    http.path
+                ));
+            }
+            if let Some(host) = http.host.as_deref().filter(|h| !visible(h)) {
+                return Err(format!(
+                    "asks to probe with host {host:?}, which is not a host"
+                ));
+            }
+        }
         let settings = HealthSettings {
             probe: wit.probe.as_ref().map(|plan| ProbePlan {
                 kind: match &plan.kind {
@@ -45,10 +63,10 @@ impl WasmHealthPolicy {
             }),
             observe_traffic: wit.observe_traffic,
         };
-        WasmHealthPolicy {
+        Ok(WasmHealthPolicy {
             instance: Exclusive::new(&configured),
             settings,
-        }
+        })
     }
 
     /// Asks the plugin (`export`: `probed` or `observed`) about the backend at `index`.

@@ -154,7 +154,10 @@ impl PluginHost {
         limits: &PluginLimits,
     ) -> Result<Arc<dyn HealthPolicy>, PluginError> {
         let configured = self.configure(&self.health, &policy.policy, &policy.params, limits)?;
-        Ok(Arc::new(WasmHealthPolicy::new(configured)))
+        let plugin = configured.policy.name.to_string();
+        let policy = WasmHealthPolicy::new(configured)
+            .map_err(|message| PluginError::Invalid { plugin, message })?;
+        Ok(Arc::new(policy))
     }
 
     fn configure<W: World>(
