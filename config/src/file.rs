@@ -1,13 +1,19 @@
-//! The configuration file as an operator writes it (YAML). Every field is optional here so that
+//! The configuration as an operator writes it (YAML). Every field is optional here so that
 //! validation, not the parser, decides what is missing and can report all of it at once; the
-//! defaults and ranges are documented on each field and applied in [`crate::validate`].
+//! defaults and ranges are documented on each field and applied by [`crate::ModelBuilder`].
 //! Reference: `docs/configuration.md`.
+//!
+//! These are also the *spec* another source fills in from code (a Kubernetes Service becomes a
+//! [`ServiceFile`]), so everything passes the same validation. A few values only code can give
+//! are marked as such: a backend already resolved to an address ([`BackendFile::Resolved`])
+//! and certificate material held in memory ([`CertificateFile::pem`]).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 use crate::lenient::{DurationText, Lenient};
+use crate::model::Backend;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -56,7 +62,7 @@ pub struct RuntimeFile {
 }
 
 /// One item of `services:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
     /// Unique name, also the `service` label in metrics. Required.
@@ -69,7 +75,7 @@ pub struct ServiceFile {
 }
 
 /// One item of `services[].ports:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct PortFile {
     /// Name, unique within the service. Required when the service has several ports; defaults
     /// to the port number.
@@ -264,6 +270,9 @@ pub enum BackendFile {
     Address(String),
     /// `{address: "10.0.0.1:8080", weight: 2}`
     Detailed(BackendDetailFile),
+    /// An address and weight a source already knows as values (never read from a file).
+    #[serde(skip_deserializing)]
+    Resolved(Backend),
 }
 
 /// The map form of a backend.
@@ -277,7 +286,7 @@ pub struct BackendDetailFile {
 }
 
 /// `ports[].tls:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     /// Certificates offered by SNI; the first is the default for clients that send no (or an
@@ -287,7 +296,7 @@ pub struct TlsFile {
 }
 
 /// One item of `tls.certificates:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFile {
     /// PEM file with the certificate chain, leaf first. Required.
@@ -297,4 +306,28 @@ pub struct CertificateFile {
     /// Server names this certificate answers (`*.example.com` allowed). Default: the DNS names
     /// in the certificate's subjectAltName.
     pub names: Option<Vec<String>>,
+    /// The chain and key as PEM data instead of files (never read from a file: a source such
+    /// as a Kubernetes Secret gives them); `cert` and `key` are then left out.
+    #[serde(skip)]
+    pub pem: Option<PemMaterial>,
+}
+
+/// A certificate chain and its key as PEM data, with the name of where they came from.
+#[derive(Clone, Default)]
+pub struct PemMaterial {
+    /// For people and for `/config`: `secret default/shop-tls`.
+    pub from: String,
+    /// The chain, leaf first.
+    pub cert: Vec<u8>,
+    /// The private key.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PemMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("PemMaterial")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
 }

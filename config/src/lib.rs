@@ -1,30 +1,30 @@
 //! `lb-config`: Gantry's configuration model.
 //!
-//! Three stages, as in Sozu and River: the file as written ([`file`], all-optional serde types),
-//! validation that reports **every** problem with its field path ([`Problems`]), and the
-//! immutable [`Model`] the runtime consumes. [`diff`] compares two models into typed
-//! [`Change`]s so a reload applies only what changed. No sockets and no async here; the only
-//! IO is reading the config file and the certificate files it names.
+//! Three stages, as in Sozu and River: the input as written ([`file`], all-optional serde
+//! types that other sources also fill in from code), validation that reports **every** problem
+//! with its field path ([`Problems`], by one [`ModelBuilder`] that every source calls), and the
+//! immutable, source-neutral [`Model`] the runtime consumes. [`diff`] compares two models into
+//! typed [`Change`]s precise enough to act on, so a reload applies only what changed. No
+//! sockets and no async here; the only IO is reading the config file and the certificate and
+//! plugin files it names.
 
+mod build;
 pub mod diff;
 pub mod file;
 mod lenient;
 pub mod model;
-mod policy;
 mod problems;
-mod tls;
-mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use diff::{diff, Change};
-pub use model::*;
-pub use policy::{
-    BUILTIN_AFFINITIES, BUILTIN_BALANCERS, BUILTIN_HEALTH, DEFAULT_AFFINITY_ENTRIES,
-    DEFAULT_BALANCER,
+pub use build::{
+    builtin_port_settings, ModelBuilder, BUILTIN_AFFINITIES, BUILTIN_BALANCERS, BUILTIN_HEALTH,
+    DEFAULT_ADMIN_LISTEN, DEFAULT_AFFINITY_ENTRIES, DEFAULT_BALANCER, MAX_WEIGHT,
 };
-pub use problems::{Problem, Problems};
-pub use validate::{builtin_port_settings, DEFAULT_ADMIN_LISTEN, MAX_WEIGHT};
+pub use diff::{diff, Change, PortAspect, PortAspects, RuntimeAspect, RuntimeAspects};
+pub use lenient::{DurationText, Lenient};
+pub use model::*;
+pub use problems::{FieldPath, Problem, Problems};
 
 /// Why a configuration could not become a model.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,9 @@ pub fn load_file(path: &Path) -> Result<Model, ConfigError> {
 /// Parses and validates configuration text; relative paths resolve against `base_dir`.
 pub fn parse_str(text: &str, base_dir: &Path) -> Result<Model, ConfigError> {
     let file = parse_file(text)?;
-    validate::build_model(file, base_dir).map_err(ConfigError::Invalid)
+    ModelBuilder::from_file(file, base_dir)
+        .finish()
+        .map_err(ConfigError::Invalid)
 }
 
 /// Every certificate and key file a configuration names, read from whatever parts of it parse,
@@ -74,12 +76,12 @@ pub fn files_named_by(path: &Path) -> Vec<PathBuf> {
     };
     let base_dir = path.parent().unwrap_or(Path::new("."));
     let mut files = Vec::new();
-    for service in file.services.iter().filter_map(lenient::Lenient::parsed) {
-        for port in service.ports.iter().filter_map(lenient::Lenient::parsed) {
-            let Some(tls) = port.tls.as_ref().and_then(lenient::Lenient::parsed) else {
+    for service in file.services.iter().filter_map(Lenient::parsed) {
+        for port in service.ports.iter().filter_map(Lenient::parsed) {
+            let Some(tls) = port.tls.as_ref().and_then(Lenient::parsed) else {
                 continue;
             };
-            for cert in tls.certificates.iter().filter_map(lenient::Lenient::parsed) {
+            for cert in tls.certificates.iter().filter_map(Lenient::parsed) {
                 let named: [&Option<String>; 2] = [&cert.cert, &cert.key];
                 files.extend(named.into_iter().flatten().map(|f| base_dir.join(f)));
             }

@@ -1,6 +1,9 @@
 //! The validated, immutable model the runtime consumes. Every default is applied and every
-//! reference resolved (certificate files are read and checked), so the runtime never has to
-//! second-guess it. It serializes to JSON for `/config` with key material left out.
+//! reference resolved (certificates are read and checked), so the runtime never has to
+//! second-guess it. The model does not know which source it came from: certificate material
+//! carries its own [`CertificateSource`] (a file, or data handed over by another source such as
+//! a Kubernetes Secret), and only file sources are watched for changes. It serializes to JSON
+//! for `/config` with key material left out.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+use crate::problems::FieldPath;
 use rustls::sign::CertifiedKey;
 use serde::{Serialize, Serializer};
 
@@ -37,14 +42,18 @@ impl Model {
         self.services.get(&key.service)?.ports.get(&key.port)
     }
 
-    /// Files whose contents the model depends on besides the config file itself (certificates
-    /// and keys): a change to any of them means the model must be rebuilt.
+    /// Files whose contents the model depends on besides the config file itself (certificates,
+    /// keys and plugins read from files; material from other sources is not a file): a change
+    /// to any of them means the model must be rebuilt.
     pub fn referenced_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self
             .ports()
             .filter_map(|p| p.tls.as_ref())
             .flat_map(|tls| tls.certificates.iter())
-            .flat_map(|c| [c.cert_path.clone(), c.key_path.clone()])
+            .flat_map(|c| match &c.source {
+                CertificateSource::File { cert, key } => vec![cert.clone(), key.clone()],
+                CertificateSource::Inline { .. } => Vec::new(),
+            })
             .chain(
                 self.ports()
                     .flat_map(Port::policies)
@@ -180,7 +189,7 @@ impl Port {
 /// The field path a part of the model came from (`services[2].ports[0]`). Not part of what a
 /// port *is*: moving a port within the file changes nothing, so it always compares equal.
 #[derive(Clone, Debug, Default)]
-pub struct FieldOrigin(pub String);
+pub struct FieldOrigin(pub FieldPath);
 
 impl PartialEq for FieldOrigin {
     fn eq(&self, _other: &Self) -> bool {
@@ -190,7 +199,7 @@ impl PartialEq for FieldOrigin {
 
 impl fmt::Display for FieldOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        self.0.fmt(f)
     }
 }
 
@@ -438,12 +447,9 @@ pub struct TlsSettings {
 pub struct Certificate {
     /// Lowercase server names (exact or `*.` wildcard) this certificate answers.
     pub names: Vec<String>,
-    /// Where the chain was read from.
-    #[serde(rename = "cert")]
-    pub cert_path: PathBuf,
-    /// Where the key was read from (the key itself is never serialized).
-    #[serde(rename = "key")]
-    pub key_path: PathBuf,
+    /// Where the chain and key came from (the key itself is never serialized).
+    #[serde(flatten)]
+    pub source: CertificateSource,
     /// SHA-256 of the leaf certificate, hex: what operators compare with `openssl x509`.
     pub sha256: String,
     /// SHA-256 over the whole chain and the key, to tell a changed pair from an unchanged one.
@@ -454,11 +460,38 @@ pub struct Certificate {
     pub certified_key: Arc<CertifiedKey>,
 }
 
+/// Where a certificate's chain and key came from. Shown in `/config` as `cert` and `key` (the
+/// files) or `from` (a label such as `secret default/shop-tls`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CertificateSource {
+    /// PEM files, watched for changes.
+    File {
+        /// The chain's file.
+        cert: PathBuf,
+        /// The key's file.
+        key: PathBuf,
+    },
+    /// PEM data handed over by a source that is not a file.
+    Inline {
+        /// What it came from, for people: `secret default/shop-tls`.
+        from: String,
+    },
+}
+
+impl fmt::Display for CertificateSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CertificateSource::File { cert, .. } => write!(f, "{}", cert.display()),
+            CertificateSource::Inline { from } => f.write_str(from),
+        }
+    }
+}
+
 impl PartialEq for Certificate {
     fn eq(&self, other: &Self) -> bool {
         self.names == other.names
-            && self.cert_path == other.cert_path
-            && self.key_path == other.key_path
+            && self.source == other.source
             && self.material_digest == other.material_digest
     }
 }
@@ -467,8 +500,7 @@ impl fmt::Debug for Certificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Certificate")
             .field("names", &self.names)
-            .field("cert_path", &self.cert_path)
-            .field("key_path", &self.key_path)
+            .field("source", &self.source)
             .field("sha256", &self.sha256)
             .finish_non_exhaustive()
     }

@@ -1,6 +1,7 @@
 //! Diagnostics for configuration input: every problem carries the path of the field it is
-//! about (`services[2].ports[0].tls.certificates[1].key`), and validation collects all of them
-//! instead of stopping at the first, so an operator fixes a file in one pass.
+//! about (`services[2].ports[0].tls.certificates[1].key` in the file; `Service default/shop
+//! ports[0].tls` for a Kubernetes object), and validation collects all of them instead of
+//! stopping at the first, so an operator fixes a file (or an object) in one pass.
 
 use std::fmt;
 
@@ -43,20 +44,31 @@ impl Problems {
         self.0.is_empty()
     }
 
-    pub(crate) fn push(&mut self, path: &FieldPath, message: impl Into<String>) {
+    /// Records a problem at `path`.
+    pub fn push(&mut self, path: &FieldPath, message: impl Into<String>) {
         self.0.push(Problem {
             path: path.to_string(),
             message: message.into(),
         });
     }
 
+    /// Records every problem of `other`, in its order.
+    pub fn extend(&mut self, other: Problems) {
+        self.0.extend(other.0);
+    }
+
     /// Records a problem whose path is relative to `path` (a nested parse error).
     pub(crate) fn push_nested(&mut self, path: &FieldPath, inner: &str, message: &str) {
+        let separator = if matches!(path.0.last(), Some(Segment::Object(_))) {
+            " "
+        } else {
+            "."
+        };
         let full = match (path.to_string(), inner) {
             (outer, "" | ".") => outer,
             (outer, inner) if outer.is_empty() => inner.to_owned(),
             (outer, inner) if inner.starts_with('[') => format!("{outer}{inner}"),
-            (outer, inner) => format!("{outer}.{inner}"),
+            (outer, inner) => format!("{outer}{separator}{inner}"),
         };
         self.0.push(Problem {
             path: full,
@@ -77,38 +89,49 @@ impl fmt::Display for Problems {
     }
 }
 
-/// A field path under construction while walking the file; cheap to extend and print.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct FieldPath(Vec<Segment>);
+/// Where a part of the input is: a field path from the root of the file
+/// (`services[2].ports[0]`), or from an object of another source (`Service default/shop
+/// ports[0]`). Cheap to extend and print.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldPath(Vec<Segment>);
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {
+    /// An object that is the root of its own input (`Service default/shop`).
+    Object(String),
     Field(&'static str),
     Key(String),
     Index(usize),
 }
 
 impl FieldPath {
-    pub(crate) fn root() -> Self {
+    /// The root of the file.
+    pub fn root() -> Self {
         Self(Vec::new())
     }
 
+    /// The root of an object given by another source: its kind and name
+    /// (`FieldPath::object("Service", "default/shop")`).
+    pub fn object(kind: &str, name: &str) -> Self {
+        Self(vec![Segment::Object(format!("{kind} {name}"))])
+    }
+
     /// `self.name`
-    pub(crate) fn field(&self, name: &'static str) -> Self {
+    pub fn field(&self, name: &'static str) -> Self {
         let mut next = self.clone();
         next.0.push(Segment::Field(name));
         next
     }
 
     /// `self.key` for a key chosen by the operator (a map entry).
-    pub(crate) fn key(&self, key: &str) -> Self {
+    pub fn key(&self, key: &str) -> Self {
         let mut next = self.clone();
         next.0.push(Segment::Key(key.to_owned()));
         next
     }
 
     /// `self[i]`
-    pub(crate) fn index(&self, i: usize) -> Self {
+    pub fn index(&self, i: usize) -> Self {
         let mut next = self.clone();
         next.0.push(Segment::Index(i));
         next
@@ -117,13 +140,17 @@ impl FieldPath {
 
 impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut after_object = false;
         for (i, segment) in self.0.iter().enumerate() {
             match segment {
+                Segment::Object(object) => f.write_str(object)?,
                 Segment::Field(name) if i == 0 => f.write_str(name)?,
+                Segment::Field(name) if after_object => write!(f, " {name}")?,
                 Segment::Field(name) => write!(f, ".{name}")?,
                 Segment::Key(key) => write!(f, ".{key}")?,
                 Segment::Index(index) => write!(f, "[{index}]")?,
             }
+            after_object = matches!(segment, Segment::Object(_));
         }
         Ok(())
     }
@@ -142,6 +169,15 @@ mod tests {
             .index(0)
             .field("tls");
         assert_eq!(path.to_string(), "services[2].ports[0].tls");
+    }
+
+    #[test]
+    fn an_object_path_starts_with_its_kind_and_name() {
+        let path = FieldPath::object("Service", "default/shop")
+            .field("ports")
+            .index(1)
+            .field("tls");
+        assert_eq!(path.to_string(), "Service default/shop ports[1].tls");
     }
 
     #[test]

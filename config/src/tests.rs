@@ -303,8 +303,10 @@ services:
         diff(&old, &new),
         vec![
             Change::ListenerAdded(key("extra")),
-            Change::ListenerSettingsChanged(key("http")),
-            Change::BackendsChanged(key("http")),
+            Change::PortChanged {
+                key: key("http"),
+                what: PortAspects::of(&[PortAspect::Backends, PortAspect::Settings]),
+            },
             Change::ListenerRebound {
                 key: key("tcp"),
                 from: "127.0.0.1:9000".parse().expect("addr"),
@@ -401,5 +403,168 @@ fn a_changed_plugin_file_is_a_changed_balancer() {
     std::fs::write(&wasm, b"two").expect("write");
     let after = parse_str(yaml, dir.path()).expect("valid");
     let key = port.key.clone();
-    assert_eq!(diff(&before, &after), [Change::BalancerChanged(key)]);
+    assert_eq!(
+        diff(&before, &after),
+        [Change::PortChanged {
+            key,
+            what: PortAspects::of(&[PortAspect::Balancer]),
+        }]
+    );
+}
+
+#[test]
+fn every_duration_has_a_maximum() {
+    let problems = problems_of(
+        r#"
+runtime: { shutdown_grace: 2h, watch_interval: 50ms }
+plugin_limits: { call_deadline: 5s, setup_deadline: 2m, quarantine_after: 0 }
+defaults:
+  timeouts: { header_read: 300000000000y, tcp_idle: 8d, connect: 0s }
+  backoff: { initial: 2h }
+services:
+  - name: s
+    ports:
+      - { port: 1, timeouts: { upstream_read: 25h, client_idle: 24h } }
+"#,
+        Path::new("/"),
+    )
+    .join("\n");
+    for expected in [
+        "runtime.shutdown_grace: 2h is above the maximum of 1h",
+        "runtime.watch_interval: must be at least 100ms",
+        "plugin_limits.call_deadline: 5s is above the maximum of 1s",
+        "plugin_limits.setup_deadline: 2m is above the maximum of 1m",
+        "plugin_limits.quarantine_after: 0 is out of range 1..=1000000",
+        "defaults.timeouts.header_read: 300000000000years is above the maximum of 1h",
+        "defaults.timeouts.tcp_idle: 8days is above the maximum of 7days",
+        "defaults.timeouts.connect: must be greater than zero",
+        "defaults.backoff.initial: 2h is above the maximum of 1h",
+        "services[0].ports[0].timeouts.upstream_read: 1day 1h is above the maximum of 1day",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "missing {expected:?} in\n{problems}"
+        );
+    }
+    assert!(
+        !problems.contains("client_idle"),
+        "24h is the maximum itself:\n{problems}"
+    );
+}
+
+/// A service as another source builds it in code: typed backends, certificate material held
+/// in memory, problems located at the object.
+fn service_from_code(
+    name: &str,
+    port: u16,
+    weight: u32,
+    pem: Option<file::PemMaterial>,
+) -> file::ServiceFile {
+    let tls = pem.map(|pem| {
+        Lenient::Parsed(file::TlsFile {
+            certificates: vec![Lenient::Parsed(file::CertificateFile {
+                pem: Some(pem),
+                ..Default::default()
+            })],
+        })
+    });
+    file::ServiceFile {
+        name: Some(name.into()),
+        address: Some("127.0.0.1".into()),
+        ports: vec![Lenient::Parsed(file::PortFile {
+            name: Some("web".into()),
+            port: Some(port),
+            protocol: Some(if tls.is_some() {
+                file::ProtocolFile::Https
+            } else {
+                file::ProtocolFile::Http
+            }),
+            backends: vec![Lenient::Parsed(file::BackendFile::Resolved(Backend {
+                address: "198.51.100.7:8080".parse().expect("addr"),
+                weight,
+            }))],
+            tls,
+            ..Default::default()
+        })],
+    }
+}
+
+#[test]
+fn a_model_is_built_from_code_with_problems_located_at_the_object() {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["shop.example".to_string()]).expect("rcgen");
+    let key_pem = generated.key_pair.serialize_pem();
+    let pem = file::PemMaterial {
+        from: "secret default/shop-tls".into(),
+        cert: generated.cert.pem().into_bytes(),
+        key: key_pem.clone().into_bytes(),
+    };
+    let base = parse_file("").expect("empty");
+    let builder = ModelBuilder::from_file(base, Path::new("/"));
+    let origin = FieldPath::object("Service", "default/shop");
+
+    // The weight is out of range: the object's problem says where, starting with the object.
+    let problems = builder
+        .check_service(
+            &origin,
+            service_from_code("default/shop", 443, 300, Some(pem.clone())),
+        )
+        .expect_err("weight too large")
+        .to_string();
+    assert_eq!(
+        problems,
+        "Service default/shop ports[0].backends[0].weight: 300 is out of range 0..=256"
+    );
+
+    let spec = service_from_code("default/shop", 443, 1, Some(pem));
+    let mut builder = builder;
+    builder.add_service(origin, spec);
+    let model = builder.finish().expect("valid");
+    let port = model.ports().next().expect("port");
+    let cert = &port.tls.as_ref().expect("tls").certificates[0];
+    assert_eq!(cert.names, ["shop.example"]);
+    assert_eq!(
+        cert.source,
+        CertificateSource::Inline {
+            from: "secret default/shop-tls".into()
+        }
+    );
+    assert!(model.referenced_files().is_empty(), "nothing to watch");
+    let json = serde_json::to_string(&model).expect("json");
+    assert!(
+        json.contains("\"from\":\"secret default/shop-tls\""),
+        "{json}"
+    );
+    let key_body = key_pem.lines().nth(1).expect("pem body");
+    assert!(!json.contains(key_body), "no key material in the dump");
+}
+
+#[test]
+fn a_clash_between_sources_is_a_problem_with_both_origins() {
+    let file = parse_file(
+        "services:\n  - name: shop\n    address: 127.0.0.1\n    ports: [{ name: web, port: 8080, protocol: http }]\n",
+    )
+    .expect("yaml");
+    let mut builder = ModelBuilder::from_file(file, Path::new("/"));
+    builder.add_service(
+        FieldPath::object("Service", "default/other"),
+        service_from_code("other", 8080, 1, None),
+    );
+    builder.add_service(
+        FieldPath::object("Service", "default/shop"),
+        service_from_code("shop", 9090, 1, None),
+    );
+    let problems = builder.finish().expect_err("clashes").to_string();
+    assert!(
+        problems.contains(
+            "Service default/shop name: duplicate service name `shop` (also services[0])"
+        ),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(
+            "Service default/other ports: 127.0.0.1:8080 (Service default/other port `web`) is already used by services[0] port `web`"
+        ),
+        "{problems}"
+    );
 }

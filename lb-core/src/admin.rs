@@ -3,12 +3,16 @@
 //! running model and live listener state as JSON; certificate keys are never included).
 //! It binds to loopback unless the operator configures another address.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
+use lb_config::{ListenerKey, Model};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+
+use crate::route::Route;
 
 /// What the admin endpoints read from the running appliance.
 pub trait AdminView: Send + Sync {
@@ -78,4 +82,64 @@ impl ServeHttp for AdminApp {
             ),
         }
     }
+}
+
+/// One running listener, as `/config` shows it.
+pub struct ListenerState<'a> {
+    /// The port.
+    pub key: &'a ListenerKey,
+    /// The address it is bound to.
+    pub address: SocketAddr,
+    /// What it serves now.
+    pub route: Arc<Route>,
+    /// Connections open now.
+    pub open_connections: usize,
+}
+
+/// The `/config` document: the running model (certificates by source, never their keys) and
+/// the live state of each listener (backends with back-off and health, policies, open
+/// connections).
+pub fn config_document<'a>(
+    model: &Model,
+    listeners: impl Iterator<Item = ListenerState<'a>>,
+) -> serde_json::Value {
+    let listeners: serde_json::Map<String, serde_json::Value> = listeners
+        .map(|l| {
+            let route = &l.route;
+            let backends: Vec<_> = route
+                .pool
+                .backends()
+                .iter()
+                .map(|b| {
+                    serde_json::json!({
+                        "address": b.label,
+                        "backing_off": b.is_backing_off(),
+                        "health": b.health_view(),
+                        "in_flight": b.metrics.in_flight.get(),
+                    })
+                })
+                .collect();
+            let affinity = route.policies.affinity.as_ref();
+            let state = serde_json::json!({
+                "address": l.address.to_string(),
+                "protocol": route.port.protocol.as_str(),
+                "policy": route.pool.policy(),
+                "affinity": affinity.map(|a| a.name()),
+                "affinity_entries": affinity.and_then(|a| a.table()).map(|t| t.len()),
+                "health": route
+                    .policies
+                    .health
+                    .iter()
+                    .map(|h| h.name())
+                    .collect::<Vec<_>>(),
+                "open_connections": l.open_connections,
+                "backends": backends,
+            });
+            (l.key.to_string(), state)
+        })
+        .collect();
+    serde_json::json!({
+        "config": model,
+        "listeners": listeners,
+    })
 }

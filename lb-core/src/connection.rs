@@ -13,11 +13,25 @@ use pingora::protocols::SocketDigest;
 use pingora::protocols::{GetSocketDigest, Ssl};
 use tokio::net::TcpStream;
 
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
+
 use crate::coalesce::CoalescedWrites;
-use crate::http;
-use crate::listener::ListenerShared;
-use crate::route::Route;
+use crate::http::{self, HttpApp};
+use crate::limiter::ConnLimiter;
+use crate::route::{Route, RouteCell};
 use crate::tcp::{self, ClientInfo};
+
+/// What connection tasks share with their listener.
+pub(crate) struct ListenerShared {
+    /// The current route.
+    pub(crate) route: RouteCell,
+    /// The pingora app, for HTTP ports.
+    pub(crate) http: ArcSwapOption<HttpApp>,
+    /// Flips to `true` when the listener drains.
+    pub(crate) drain: watch::Receiver<bool>,
+    pub(crate) limiter: Arc<ConnLimiter>,
+}
 
 /// Counts a connection as open for as long as it lives.
 struct OpenConnection<'a>(&'a Route);

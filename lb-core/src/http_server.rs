@@ -13,6 +13,33 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::pingora_stream;
 
+/// A socket bound and listening for a server that does not serve yet: binding can fail,
+/// serving cannot, so a reload binds first and serves when it commits.
+pub struct BoundServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl BoundServer {
+    /// Binds `address`.
+    pub async fn bind(address: SocketAddr) -> std::io::Result<BoundServer> {
+        let listener = TcpListener::bind(address).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(BoundServer {
+            listener,
+            local_addr,
+        })
+    }
+
+    /// Serves `app` until stopped.
+    pub fn serve<A>(self, app: A) -> SmallServer
+    where
+        A: ServeHttp + Send + Sync + 'static,
+    {
+        SmallServer::start_on(self.listener, self.local_addr, app)
+    }
+}
+
 /// A running server; dropping it without [`SmallServer::stop`] leaves it running.
 pub struct SmallServer {
     local_addr: SocketAddr,
@@ -29,6 +56,13 @@ impl SmallServer {
         A: ServeHttp + Send + Sync + 'static,
     {
         let local_addr = listener.local_addr()?;
+        Ok(Self::start_on(listener, local_addr, app))
+    }
+
+    fn start_on<A>(listener: TcpListener, local_addr: SocketAddr, app: A) -> SmallServer
+    where
+        A: ServeHttp + Send + Sync + 'static,
+    {
         let (stop, stop_rx) = watch::channel(false);
         let connections = TaskTracker::new();
         let close = CancellationToken::new();
@@ -63,13 +97,13 @@ impl SmallServer {
                 });
             }
         });
-        Ok(SmallServer {
+        SmallServer {
             local_addr,
             accept_task,
             stop,
             close,
             connections,
-        })
+        }
     }
 
     /// The address served.

@@ -1,26 +1,26 @@
 //! `lb-core`: the Gantry load-balancer appliance as a library; the `gantry` binary is a thin
 //! command line over it.
 //!
-//! Data flow: a [`lb_config::Model`] (from the static file today) is applied by [`Gantry`],
-//! which keeps one [`listener`] per service port. Each accepted connection loads the port's
+//! Data flow: a [`lb_config::Model`] from a source (the static file today, [`reload`]) is
+//! applied by [`Gantry`], which reconciles by the typed diff ([`app`]: build, then activate)
+//! and keeps one `listener` per service port. Each accepted connection loads the port's
 //! current [`route::Route`] (an immutable snapshot swapped whole on reload) and is served as
 //! layer 4 ([`tcp`]), TLS-terminated layer 4, or HTTP through pingora ([`http`]). Backends are
-//! chosen by a [`balancer::Balancer`] over a [`pool::BackendPool`].
+//! chosen through the pool's attempt loop ([`pool::attempt`]) by policies behind the
+//! `lb-policy` traits, run as Wasm plugins by `lb-plugins`.
 
 pub mod admin;
-pub mod affinity;
 pub mod app;
-pub mod balancer;
 pub mod coalesce;
 mod connection;
 pub mod demo;
 pub mod health;
 pub mod http;
 pub mod http_server;
+mod limiter;
 mod listener;
 pub mod logging;
 pub mod metrics;
-pub mod plugins;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod reload;
@@ -32,4 +32,5 @@ pub mod tls;
 #[cfg(test)]
 mod test_certs;
 
-pub use app::{ApplyError, Gantry, ReloadError};
+pub use app::{ApplyError, Gantry, PolicyError};
+pub use reload::ReloadError;

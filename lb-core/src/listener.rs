@@ -5,86 +5,24 @@
 //! whatever is left when the grace period ends.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use lb_config::ListenerKey;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection;
-use crate::http::{self, HttpApp};
+use crate::connection::{self, ListenerShared};
+use crate::http;
+use crate::limiter::ConnLimiter;
 use crate::route::{Route, RouteCell};
 use crate::tls::TlsEndpoint;
 
 /// Pending connections the kernel queues while Gantry is at its connection limit.
 const ACCEPT_BACKLOG: u32 = 1024;
-
-/// Caps open connections; at the cap the accept loop waits and the kernel queues new ones.
-pub(crate) struct ConnLimiter {
-    active: AtomicUsize,
-    max: AtomicU32,
-    released: Notify,
-}
-
-/// One open connection's place under the cap.
-pub(crate) struct ConnPermit(Arc<ConnLimiter>);
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-        self.0.released.notify_one();
-    }
-}
-
-impl ConnLimiter {
-    fn new(max: u32) -> Arc<Self> {
-        Arc::new(ConnLimiter {
-            active: AtomicUsize::new(0),
-            max: AtomicU32::new(max),
-            released: Notify::new(),
-        })
-    }
-
-    fn set_max(&self, max: u32) {
-        self.max.store(max, Ordering::Release);
-        // A raised cap may admit waiting connections now.
-        self.released.notify_one();
-    }
-
-    async fn acquire(self: &Arc<Self>) -> ConnPermit {
-        loop {
-            let released = self.released.notified();
-            let active = self.active.load(Ordering::Acquire);
-            if active < self.max.load(Ordering::Acquire) as usize
-                && self
-                    .active
-                    .compare_exchange(active, active + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                return ConnPermit(self.clone());
-            }
-            if active >= self.max.load(Ordering::Acquire) as usize {
-                released.await;
-            }
-        }
-    }
-}
-
-/// What connection tasks share with their listener.
-pub(crate) struct ListenerShared {
-    /// The current route.
-    pub(crate) route: RouteCell,
-    /// The pingora app, for HTTP ports.
-    pub(crate) http: ArcSwapOption<HttpApp>,
-    /// Flips to `true` when the listener drains.
-    pub(crate) drain: watch::Receiver<bool>,
-    limiter: Arc<ConnLimiter>,
-}
 
 /// A bound listener. It accepts once [`Listener::start`] is called; dropped before that, its
 /// socket simply closes (how a failed reload rolls back).
@@ -167,6 +105,11 @@ impl Listener {
     /// What connection tasks share.
     pub(crate) fn shared(&self) -> &Arc<ListenerShared> {
         &self.shared
+    }
+
+    /// The route served now.
+    pub(crate) fn route(&self) -> Arc<Route> {
+        self.shared.route.load_full()
     }
 
     /// The listener's TLS state, if it has any yet.
@@ -297,31 +240,5 @@ async fn accept_loop(
                 _ = force_close.cancelled() => {}
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_limiter_admits_up_to_its_cap_and_follows_a_new_cap() {
-        let limiter = ConnLimiter::new(1);
-        let first = limiter.acquire().await;
-        let waiting = {
-            let limiter = limiter.clone();
-            tokio::spawn(async move { limiter.acquire().await })
-        };
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        drop(first);
-        let second = waiting.await.expect("admitted after a release");
-        let third = {
-            let limiter = limiter.clone();
-            tokio::spawn(async move { limiter.acquire().await })
-        };
-        limiter.set_max(2);
-        let _third = third.await.expect("admitted after the cap rose");
-        drop(second);
     }
 }

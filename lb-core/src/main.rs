@@ -73,20 +73,18 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match lb_config::load_file(path) {
+    // What only running the plugins can tell (does each accept its port's parameters?) is
+    // reported like the rest, with the field path of the policy.
+    let checked = lb_config::load_file(path).and_then(|model| {
+        let problems = lb_plugins::check(&model);
+        if problems.is_empty() {
+            Ok(model)
+        } else {
+            Err(lb_config::ConfigError::Invalid(problems))
+        }
+    });
+    match checked {
         Ok(model) => {
-            // What only running the plugins can tell: does each accept its port's parameters?
-            let problems = lb_core::plugins::check(&model);
-            if !problems.is_empty() {
-                let count = problems.len();
-                let plural = if count == 1 { "" } else { "s" };
-                eprintln!(
-                    "{}: {count} problem{plural}:\n  {}",
-                    path.display(),
-                    problems.join("\n  ")
-                );
-                return ExitCode::FAILURE;
-            }
             let ports = model.ports().count();
             println!(
                 "{}: OK ({} service(s), {ports} port(s))",

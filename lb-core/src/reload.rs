@@ -1,16 +1,52 @@
-//! Live reload on file change: the config file and every certificate and key file it names are
-//! polled every `runtime.watch_interval` by content, which sees in-place edits, atomic renames
-//! and the symlink swaps of Kubernetes-mounted secrets alike. A change triggers
-//! [`Gantry::reload_from_file`]; an invalid file is logged and the running config keeps serving
-//! until the files change again (or SIGHUP).
+//! The file source: reading the configuration file into a [`lb_config::Model`] and handing it
+//! to [`Gantry::apply`] ([`reload_from_file`], on SIGHUP and on change), and watching it: the
+//! config file and every certificate, key and plugin file it names are polled every
+//! `runtime.watch_interval` by content, which sees in-place edits, atomic renames and the
+//! symlink swaps of Kubernetes-mounted secrets alike. An invalid file is logged and the running
+//! config keeps serving until the files change again (or SIGHUP). Files are the only source
+//! watched here; material from other sources arrives as models.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
+use lb_config::{Change, ConfigError};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Gantry;
+use crate::app::{ApplyError, Gantry};
+
+/// Why a reload from a file failed; the running model keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is invalid (the same messages as `gantry check`).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The new model could not be applied.
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+}
+
+/// Loads `path` and applies it; on any error the running model keeps serving. Counted in
+/// `gantry_config_reloads_total`.
+pub async fn reload_from_file(gantry: &Gantry, path: &Path) -> Result<Vec<Change>, ReloadError> {
+    let result = match lb_config::load_file(path) {
+        Ok(model) => gantry.apply(model).await.map_err(ReloadError::from),
+        Err(err) => Err(ReloadError::from(err)),
+    };
+    gantry.metrics().reload(result.is_ok());
+    match &result {
+        Ok(changes) if changes.is_empty() => {
+            tracing::info!(file = %path.display(), "reload: no change")
+        }
+        Ok(changes) => {
+            tracing::info!(file = %path.display(), changes = changes.len(), "reload applied")
+        }
+        Err(err) => {
+            tracing::error!(file = %path.display(), "reload rejected, previous configuration keeps serving: {err}")
+        }
+    }
+    result
+}
 
 /// What the watched files contain, as one hash; a missing file is a state of its own.
 fn fingerprint(files: &[PathBuf]) -> u64 {
@@ -76,7 +112,7 @@ pub async fn watch_files(
             continue;
         }
         tracing::info!(file = %config.display(), "configuration files changed; reloading");
-        let _ = gantry.reload_from_file(&config).await;
+        let _ = reload_from_file(&gantry, &config).await;
         // The fingerprint taken before the reload read the files is the baseline, so an edit
         // made during the reload is seen next time. Only a changed file set is re-read.
         let now_watched = watched_files(&gantry, &config);

@@ -1,19 +1,23 @@
 //! What one listener serves, as an immutable snapshot: the port's model, its backend pool, its
-//! TLS acceptor and pre-resolved metric handles. A reload builds a new [`Route`] off the data
-//! path and swaps it in; each new connection (and each HTTP request) loads the current one.
+//! TLS acceptor and its metric handles. A reload builds a new [`Route`] off the data path and
+//! swaps it in; each new connection (and each HTTP request) loads the current one.
+//!
+//! Build, then activate, as pingora's `LoadBalancer` builds a selector and then stores it:
+//! [`Route::build`] only computes (a route built for a reload that is then refused is dropped
+//! with no trace); [`Route::activate`] is called at the commit, just before the swap, and does
+//! what makes the route live: its metric series appear, health checkers start or are pointed
+//! at the new set, and policies prepare what runs them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use lb_config::Port;
+use lb_policy::{AffinityFactory, BalancerFactory};
 use pingora::listeners::tls::Acceptor;
 
-use crate::affinity::AffinityFactory;
-use crate::balancer::BalancerFactory;
-use crate::health::{HealthChecker, Outcome};
+use crate::health::HealthChecker;
 use crate::metrics::{BackendMetrics, Metrics, PortMetrics};
-use crate::pool::BackendState;
-use crate::pool::{BackendPool, Policies};
+use crate::pool::{BackendPool, Policies, TrafficObserver};
 use crate::tls::{Alpn, TlsEndpoint};
 
 /// A listener's serving state.
@@ -24,8 +28,8 @@ pub struct Route {
     pub metrics: PortMetrics,
     /// Metrics for work that found no backend (`backend="none"`).
     pub unrouted: BackendMetrics,
-    /// Backends and the balancer.
-    pub pool: BackendPool,
+    /// Backends and the balancer; shared with the previous route when neither changed.
+    pub pool: Arc<BackendPool>,
     /// What built the balancer and the affinity; reused while the port's policies stay the
     /// same (which also keeps the affinity table).
     pub policies: RoutePolicies,
@@ -43,60 +47,61 @@ pub struct RoutePolicies {
     pub balancer: Arc<dyn BalancerFactory>,
     /// Builds the session affinity for each backend set, if the port has one.
     pub affinity: Option<Arc<dyn AffinityFactory>>,
-    /// The port's health policies at work, in configuration order.
+    /// The port's health policies, in configuration order.
     pub health: Vec<Arc<HealthChecker>>,
 }
 
 /// Inputs to [`Route::build`] that come from outside the port's own model.
 pub struct RouteContext<'a> {
-    /// Metric registry.
-    pub metrics: &'a Metrics,
     /// The listener's TLS state, for TLS ports.
     pub tls: Option<&'a TlsEndpoint>,
     /// The process-wide `runtime.access_log` switch.
     pub access_log: &'a Arc<AtomicBool>,
 }
 
+/// What a new route takes over from the one it replaces.
+pub enum Carry<'a> {
+    /// Nothing: a new port.
+    Nothing,
+    /// Backend state and metric handles (a port rebuilt whole, or rebound), but a new pool.
+    State(&'a Route),
+    /// Also the pool itself: neither the backends nor anything the pool is built from changed.
+    Pool(&'a Route),
+}
+
 impl Route {
-    /// Builds the route for `port` with `policies`, carrying backend state over from
-    /// `previous`.
+    /// Builds the route for `port` with `policies`, taking over from the route it replaces
+    /// what `carry` says. Computes only.
     pub fn build(
         port: &Port,
-        previous: Option<&Route>,
+        carry: Carry<'_>,
         policies: RoutePolicies,
         cx: &RouteContext<'_>,
     ) -> Result<Route, rustls::Error> {
-        let (service, name) = (port.key.service.as_str(), port.key.port.as_str());
-        let metrics = cx.metrics.port(service, name);
-        let pool = BackendPool::build(
-            &port.backends,
-            Policies {
-                balancer: policies.balancer.as_ref(),
-                affinity: policies.affinity.as_deref(),
-                affinity_counters: metrics.affinity.clone(),
-                retries: port.settings.retries,
-                backoff: port.settings.backoff,
-            },
-            previous.map(|r| &r.pool),
-            |backend| cx.metrics.backend(service, name, backend),
-        );
-        let same_checkers = previous.is_some_and(|p| {
-            p.policies.health.len() == policies.health.len()
-                && p.policies
-                    .health
-                    .iter()
-                    .zip(&policies.health)
-                    .all(|(a, b)| Arc::ptr_eq(a, b))
-        });
-        if !same_checkers {
-            // New policies judge afresh: earlier verdicts on carried-over backends are void.
-            for state in pool.backends() {
-                state.reset_health();
-            }
-        }
-        for checker in &policies.health {
-            checker.watch(&port.backends, pool.backends(), pool.figures());
-        }
+        let previous = match carry {
+            Carry::Nothing => None,
+            Carry::State(previous) | Carry::Pool(previous) => Some(previous),
+        };
+        let metrics = previous.map_or_else(PortMetrics::new, |p| p.metrics.clone());
+        let pool = match carry {
+            Carry::Pool(previous) => previous.pool.clone(),
+            Carry::Nothing | Carry::State(_) => Arc::new(BackendPool::build(
+                &port.backends,
+                Policies {
+                    balancer: policies.balancer.as_ref(),
+                    affinity: policies.affinity.as_deref(),
+                    affinity_counters: metrics.affinity.clone(),
+                    retries: port.settings.retries,
+                    backoff: port.settings.backoff,
+                    observers: policies
+                        .health
+                        .iter()
+                        .map(|checker| checker.clone() as Arc<dyn TrafficObserver>)
+                        .collect(),
+                },
+                previous.map(|p| p.pool.as_ref()),
+            )),
+        };
         let alpn = if port.protocol.is_http() {
             Alpn::Http
         } else {
@@ -108,7 +113,7 @@ impl Route {
         };
         Ok(Route {
             metrics,
-            unrouted: cx.metrics.backend(service, name, "none"),
+            unrouted: previous.map_or_else(BackendMetrics::new, |p| p.unrouted.clone()),
             pool,
             policies,
             tls,
@@ -117,10 +122,51 @@ impl Route {
         })
     }
 
-    /// Reports how real traffic to `backend` went, to the health policies that watch traffic.
-    pub fn observe(&self, backend: &Arc<BackendState>, outcome: Outcome) {
+    /// Makes this route live, just before it replaces `previous` (if any): the health
+    /// checkers `previous` had and this route does not are retired, new checkers start and
+    /// judge every backend afresh, all of them watch this route's backends, the pool's
+    /// policies prepare, and the port's series are shown.
+    pub fn activate(&self, previous: Option<&Route>, metrics: &Metrics) {
+        if let Some(previous) = previous {
+            previous.retire_health_not_in(Some(self));
+        }
+        let same_checkers = previous.is_some_and(|p| {
+            p.policies.health.len() == self.policies.health.len()
+                && p.policies
+                    .health
+                    .iter()
+                    .zip(&self.policies.health)
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+        });
+        if !same_checkers {
+            // New policies judge afresh: earlier verdicts on carried-over backends are void.
+            for state in self.pool.backends() {
+                state.reset_health();
+            }
+        }
+        let figures = self.pool.figures();
         for checker in &self.policies.health {
-            checker.observe(backend, outcome);
+            checker.watch(&self.port.backends, self.pool.backends(), figures.clone());
+            checker.start();
+        }
+        if !previous.is_some_and(|p| Arc::ptr_eq(&p.pool, &self.pool)) {
+            self.pool.activate();
+        }
+        let key = &self.port.key;
+        metrics.show_port(key, &self.metrics);
+        metrics.show_backend(key, "none", &self.unrouted);
+        for backend in self.pool.backends() {
+            metrics.show_backend(key, &backend.label, &backend.metrics);
+        }
+    }
+
+    /// This route was replaced by `next`: the series of backends `next` no longer has are
+    /// hidden.
+    pub fn replaced_by(&self, next: &Route, metrics: &Metrics) {
+        for old in self.pool.backends() {
+            if !next.pool.contains(old.address) {
+                metrics.hide_backend(&self.port.key, &old.label);
+            }
         }
     }
 
@@ -140,21 +186,6 @@ impl Route {
     /// Whether to emit access log lines now.
     pub fn logs_access(&self) -> bool {
         self.access_log.load(Ordering::Relaxed)
-    }
-
-    /// Backends `self` had that `next` no longer has (their metrics can be forgotten).
-    pub fn departed_backends<'a>(&'a self, next: &'a Route) -> impl Iterator<Item = &'a str> {
-        self.pool
-            .backends()
-            .iter()
-            .filter(|old| {
-                !next
-                    .pool
-                    .backends()
-                    .iter()
-                    .any(|new| new.address == old.address)
-            })
-            .map(|old| old.label.as_str())
     }
 }
 

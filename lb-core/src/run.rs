@@ -8,7 +8,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Gantry;
-use crate::reload::{watch_files, Baseline};
+use crate::reload::{reload_from_file, watch_files, Baseline};
 
 /// Serves until SIGTERM or SIGINT, then drains. With `config` (and the baseline taken before
 /// it was loaded), SIGHUP and file changes reload it.
@@ -37,7 +37,7 @@ pub async fn serve_until_signalled(
             _ = hangup.recv() => match &config {
                 Some(path) => {
                     tracing::info!("SIGHUP: reloading {}", path.display());
-                    let _ = gantry.reload_from_file(path).await;
+                    let _ = reload_from_file(&gantry, path).await;
                 }
                 None => tracing::info!("SIGHUP ignored: no configuration file to reload"),
             },

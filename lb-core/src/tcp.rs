@@ -1,6 +1,6 @@
-//! Layer-4 proxying for `tcp` and `tls` ports: connect to a backend (another one after a failed
-//! connect, within the retry budget), send the PROXY header if configured, then relay bytes
-//! both ways. A FIN from either side is passed on as a half-close while the other direction
+//! Layer-4 proxying for `tcp` and `tls` ports: connect to a backend through the pool's attempt
+//! loop (another one after a failed connect, by its retry rule), send the PROXY header if
+//! configured, then relay bytes both ways. A FIN from either side is passed on as a half-close while the other direction
 //! keeps flowing; the connection ends when both directions are done, on an error, or after
 //! `tcp_idle` with no byte in either direction.
 
@@ -13,9 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::balancer::{hash_key, PickContext};
-use crate::health::Outcome;
-use crate::pool::{BackendLease, BackendState, Tried};
+use lb_policy::{hash_key, Outcome, PickContext};
+
+use crate::pool::attempt::{self, Attempts};
+use crate::pool::{BackendLease, BackendState};
 use crate::proxy_protocol;
 use crate::route::Route;
 
@@ -73,7 +74,8 @@ where
     }
 }
 
-/// Connects to a backend, trying others after failures, within the retry budget.
+/// Connects to a backend through the attempt loop: another one after a failed connect, by
+/// the pool's retry rule.
 pub(crate) async fn connect(
     route: &Route,
     info: &ClientInfo<'_>,
@@ -85,33 +87,31 @@ pub(crate) async fn connect(
         hash_key: hash_key(&route.port.balancer.hash_key, Some(info.peer.ip()), None),
         headers: None,
     };
-    let mut tried = Tried::default();
+    let pool = &route.pool;
+    let mut attempts = Attempts::new();
     let timeout = route.port.settings.timeouts.connect;
     loop {
-        let selected = route.pool.select(&cx, &tried)?;
-        let (index, backend) = (selected.index, selected.backend);
-        let lease = backend.lease();
+        let attempt = attempts.next(pool, &cx).ok()?;
+        let backend = attempt.backend().clone();
         let started = Instant::now();
-        match tokio::time::timeout(timeout, TcpStream::connect(backend.address)).await {
+        let outcome = match tokio::time::timeout(timeout, TcpStream::connect(backend.address)).await
+        {
             Ok(Ok(stream)) => {
-                route.pool.connect_succeeded(&backend);
-                route.observe(&backend, Outcome::Connected);
-                backend.record_latency(started.elapsed());
+                attempts.connected(&attempt);
+                attempt::finished(pool, &backend, Outcome::Connected, started.elapsed());
                 let _ = stream.set_nodelay(true);
-                return Some((lease, stream));
+                return Some((attempt.into_lease(), stream));
             }
             Ok(Err(err)) => {
                 tracing::debug!(backend = %backend.label, %err, "connect failed");
-                route.observe(&backend, Outcome::ConnectFailed);
+                Outcome::ConnectFailed
             }
             Err(_) => {
                 tracing::debug!(backend = %backend.label, "connect timed out");
-                route.observe(&backend, Outcome::TimedOut);
+                Outcome::TimedOut
             }
-        }
-        route.pool.connect_failed(&backend);
-        tried.push(index);
-        if tried.len() > route.pool.retries() as usize {
+        };
+        if !attempts.failed(pool, attempt, outcome) {
             return None;
         }
     }
@@ -188,11 +188,12 @@ where
     };
     let idle_watch = async {
         loop {
-            let deadline = last_activity.last() + idle;
-            tokio::time::sleep_until(deadline).await;
-            if last_activity.last() + idle <= Instant::now() {
+            let since = last_activity.last().elapsed();
+            if since >= idle {
                 return;
             }
+            // A sleep of a duration never overflows the clock, however long `idle` is.
+            tokio::time::sleep(idle - since).await;
         }
     };
     tokio::select! {

@@ -6,96 +6,25 @@
 //! verdicts into each backend's shared state, where the pool reads them. A backend is healthy
 //! when no policy holds it out and it is not ejected. The checker lives as long as the port's
 //! health settings are unchanged; backend changes hand it the new set.
+//!
+//! Build, then activate: a new checker does nothing until [`HealthChecker::start`], and a kept
+//! one is pointed at a new set only by [`HealthChecker::watch`]; the runtime calls both when a
+//! reload commits, so a refused reload leaves every checker as it was.
 
 pub mod probe;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use lb_config::Backend;
+use lb_policy::{BackendFigures, HealthPolicy, Outcome, ProbePlan, Verdict};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::balancer::BackendFigures;
-use crate::pool::BackendState;
+use crate::pool::{BackendState, TrafficObserver};
 
-/// How one probe or one unit of traffic went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The TCP connection opened.
-    Connected,
-    /// An HTTP response arrived with this status.
-    Responded(u16),
-    /// The connection was refused or failed.
-    ConnectFailed,
-    /// No answer in time.
-    TimedOut,
-}
-
-/// What a policy concluded about a backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// No change.
-    Unchanged,
-    /// Give it traffic (ends an ejection too).
-    Healthy,
-    /// Give it no traffic until a later `Healthy`.
-    Unhealthy,
-    /// Give it no traffic for this long.
-    Eject(Duration),
-}
-
-/// What the host sends to probe a backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProbeKind {
-    /// Open a TCP connection, then close it.
-    TcpConnect,
-    /// `GET path` (over TLS when `tls`), reading the status.
-    Http {
-        /// Request target.
-        path: String,
-        /// `Host` header; the backend's address when none.
-        host: Option<String>,
-        /// Speak TLS (certificates not verified).
-        tls: bool,
-    },
-}
-
-/// Active checking on a schedule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProbePlan {
-    /// What to send.
-    pub kind: ProbeKind,
-    /// Between the starts of two probe rounds.
-    pub interval: Duration,
-    /// A probe not finished by then is `TimedOut`.
-    pub timeout: Duration,
-}
-
-/// What a health policy asks the host to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthSettings {
-    /// Active probes, if any.
-    pub probe: Option<ProbePlan>,
-    /// Whether real traffic's outcomes are passed to [`HealthPolicy::observed`].
-    pub observe_traffic: bool,
-}
-
-/// A health policy: one state for the port's backends, whatever thread asks.
-pub trait HealthPolicy: Send + Sync {
-    /// The policy's name.
-    fn name(&self) -> &str;
-    /// What it wants done.
-    fn settings(&self) -> &HealthSettings;
-    /// The backend set changed (indices below refer to it from now on).
-    fn set_backends(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>);
-    /// The outcome of a probe of the backend at `index`.
-    fn probed(&self, index: usize, outcome: Outcome) -> Verdict;
-    /// The outcome of real traffic to the backend at `index`.
-    fn observed(&self, index: usize, outcome: Outcome) -> Verdict;
-}
+type Observation = (Arc<BackendState>, Outcome);
 
 /// Observations waiting for the policy; beyond this they are dropped (and counted).
 const OBSERVATION_QUEUE: usize = 4096;
@@ -103,8 +32,10 @@ const OBSERVATION_QUEUE: usize = 4096;
 /// Runs one health policy of one port. Retiring or dropping it stops its tasks.
 pub struct HealthChecker {
     shared: Arc<Shared>,
-    observations: Option<mpsc::Sender<(Arc<BackendState>, Outcome)>>,
-    tasks: Vec<AbortHandle>,
+    observations: Option<mpsc::Sender<Observation>>,
+    /// The receiving end, until [`HealthChecker::start`] hands it to the judging task.
+    pending: Mutex<Option<mpsc::Receiver<Observation>>>,
+    tasks: Mutex<Vec<AbortHandle>>,
 }
 
 /// What the checker's tasks share.
@@ -119,31 +50,45 @@ struct Shared {
 }
 
 impl HealthChecker {
-    /// Starts checking with `policy`, the port's `slot`-th health policy (0 to 7), on the
-    /// current tokio runtime.
-    pub fn start(policy: Arc<dyn HealthPolicy>, slot: u8) -> Self {
-        let shared = Arc::new(Shared {
-            policy,
-            slot: slot.min(7),
-            backends: ArcSwap::from_pointee(Vec::new()),
-            retired: AtomicBool::new(false),
-        });
-        let settings = shared.policy.settings().clone();
-        let mut tasks = Vec::new();
-        if let Some(plan) = settings.probe {
-            let task = tokio::spawn(probe_rounds(Arc::downgrade(&shared), plan));
+    /// A checker for `policy`, the port's `slot`-th health policy (0 to 7). It does nothing
+    /// until started.
+    pub fn new(policy: Arc<dyn HealthPolicy>, slot: u8) -> Self {
+        let (observations, pending) = if policy.settings().observe_traffic {
+            let (sender, receiver) = mpsc::channel(OBSERVATION_QUEUE);
+            (Some(sender), Some(receiver))
+        } else {
+            (None, None)
+        };
+        HealthChecker {
+            shared: Arc::new(Shared {
+                policy,
+                slot: slot.min(7),
+                backends: ArcSwap::from_pointee(Vec::new()),
+                retired: AtomicBool::new(false),
+            }),
+            observations,
+            pending: Mutex::new(pending),
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts probing and judging traffic on the current tokio runtime; a second call does
+    /// nothing.
+    pub fn start(&self) {
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return;
+        };
+        if !tasks.is_empty() || self.shared.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(plan) = self.shared.policy.settings().probe.clone() {
+            let task = tokio::spawn(probe_rounds(Arc::downgrade(&self.shared), plan));
             tasks.push(task.abort_handle());
         }
-        let observations = settings.observe_traffic.then(|| {
-            let (sender, receiver) = mpsc::channel(OBSERVATION_QUEUE);
-            let task = tokio::spawn(judge_traffic(Arc::downgrade(&shared), receiver));
+        let receiver = self.pending.lock().ok().and_then(|mut p| p.take());
+        if let Some(receiver) = receiver {
+            let task = tokio::spawn(judge_traffic(Arc::downgrade(&self.shared), receiver));
             tasks.push(task.abort_handle());
-            sender
-        });
-        HealthChecker {
-            shared,
-            observations,
-            tasks,
         }
     }
 
@@ -163,24 +108,26 @@ impl HealthChecker {
         self.shared.policy.set_backends(backends, figures);
     }
 
-    /// Reports real traffic to `backend`, if this policy observes traffic. Never waits: when
-    /// the policy falls behind, the observation is dropped.
-    pub fn observe(&self, backend: &Arc<BackendState>, outcome: Outcome) {
-        if let Some(sender) = &self.observations {
-            if sender.try_send((backend.clone(), outcome)).is_err() {
-                backend.metrics.health_observations_dropped.inc();
+    /// Stops checking: the port no longer uses this policy. Routes still held by open
+    /// connections keep the checker alive, but it no longer judges anything.
+    pub fn retire(&self) {
+        self.shared.retired.store(true, Ordering::Relaxed);
+        if let Ok(tasks) = self.tasks.lock() {
+            for task in tasks.iter() {
+                task.abort();
             }
         }
     }
 }
 
-impl HealthChecker {
-    /// Stops checking: the port no longer uses this policy. Routes still held by open
-    /// connections keep the checker alive, but it no longer judges anything.
-    pub fn retire(&self) {
-        self.shared.retired.store(true, Ordering::Relaxed);
-        for task in &self.tasks {
-            task.abort();
+impl TrafficObserver for HealthChecker {
+    /// Reports real traffic to `backend`, if this policy observes traffic. Never waits: when
+    /// the policy falls behind, the observation is dropped (and counted).
+    fn observe(&self, backend: &Arc<BackendState>, outcome: Outcome) {
+        if let Some(sender) = &self.observations {
+            if sender.try_send((backend.clone(), outcome)).is_err() {
+                backend.metrics.health_observations_dropped.inc();
+            }
         }
     }
 }
@@ -261,10 +208,7 @@ async fn probe_rounds(shared: Weak<Shared>, plan: ProbePlan) {
 }
 
 /// Hands observed traffic to the policy, one at a time.
-async fn judge_traffic(
-    shared: Weak<Shared>,
-    mut observations: mpsc::Receiver<(Arc<BackendState>, Outcome)>,
-) {
+async fn judge_traffic(shared: Weak<Shared>, mut observations: mpsc::Receiver<Observation>) {
     while let Some((state, outcome)) = observations.recv().await {
         let Some(current) = shared.upgrade() else {
             return;
@@ -274,13 +218,4 @@ async fn judge_traffic(
             current.apply(&state, verdict);
         }
     }
-}
-
-/// A backend's health as `/config` shows it.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
-pub struct HealthView {
-    /// Gets new work (not held out, not ejected).
-    pub healthy: bool,
-    /// Milliseconds left of an ejection; 0 when not ejected.
-    pub ejected_for_ms: u64,
 }

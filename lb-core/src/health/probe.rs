@@ -12,7 +12,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Outcome, ProbeKind};
+use lb_policy::{Outcome, ProbeKind};
 
 /// The most of a response read while looking for the status line.
 const MAX_STATUS_LINE: usize = 1024;

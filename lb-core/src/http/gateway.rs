@@ -1,5 +1,6 @@
 //! Gantry's pingora `ProxyHttp`: per request, load the listener's current route, pick a backend
-//! through the pool (retrying another after a failed connect), rewrite the forwarding headers,
+//! through the pool's attempt loop (another after a failed connect, by its retry rule; pingora
+//! calls back for each try), rewrite the forwarding headers,
 //! add the affinity's response header (a `set-cookie`), and account the outcome in metrics
 //! and the access log.
 
@@ -14,12 +15,12 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use tokio::time::Instant;
 
+use lb_policy::{hash_key, Outcome, PickContext, ResponseHeader as AffinityHeader};
+
 use super::forwarding::forwarded;
-use crate::affinity::ResponseHeader as AffinityHeader;
-use crate::balancer::{hash_key, PickContext};
-use crate::health::Outcome;
 use crate::metrics::Rejection;
-use crate::pool::{BackendLease, BackendState, Tried};
+use crate::pool::attempt::{self, Attempt, Attempts, NoBackend};
+use crate::pool::BackendState;
 use crate::route::{Route, RouteCell};
 
 /// The proxy logic of one HTTP listener.
@@ -38,11 +39,11 @@ impl Gateway {
 pub struct RequestCtx {
     route: Arc<Route>,
     started: Instant,
-    /// The backend now in use, counted in flight while held.
-    lease: Option<(usize, BackendLease)>,
+    /// The try now under way, its backend counted in flight while held.
+    attempt: Option<Attempt>,
     /// The last backend chosen, kept for accounting after its lease is dropped.
     backend: Option<Arc<BackendState>>,
-    tried: Tried,
+    attempts: Attempts,
     /// The affinity's header for the response, from the last pick.
     affinity_header: Option<AffinityHeader>,
 }
@@ -76,9 +77,9 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             route: self.route.load_full(),
             started: Instant::now(),
-            lease: None,
+            attempt: None,
             backend: None,
-            tried: Tried::default(),
+            attempts: Attempts::new(),
             affinity_header: None,
         }
     }
@@ -113,17 +114,23 @@ impl ProxyHttp for Gateway {
             ),
             headers: Some(headers),
         };
-        let Some(selected) = ctx.route.pool.select(&cx, &ctx.tried) else {
+        let mut attempt = match ctx.attempts.next(&ctx.route.pool, &cx) {
+            Ok(attempt) => attempt,
             // Nothing to try at all is "unavailable"; everything tried and failed is a bad
             // gateway.
-            let status = if ctx.tried.is_empty() { 503 } else { 502 };
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(status),
-                "no backend available",
-            ));
+            Err(no) => {
+                let status = match no {
+                    NoBackend::Unavailable => 503,
+                    NoBackend::Exhausted => 502,
+                };
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "no backend available",
+                ));
+            }
         };
-        let backend = selected.backend;
-        ctx.affinity_header = selected.response_header;
+        let backend = attempt.backend().clone();
+        ctx.affinity_header = attempt.response_header.take();
         let mut peer = HttpPeer::new(backend.address, false, String::new());
         let timeouts = &ctx.route.port.settings.timeouts;
         peer.options.connection_timeout = Some(timeouts.connect);
@@ -132,7 +139,7 @@ impl ProxyHttp for Gateway {
         if ctx.route.port.backend_protocol == BackendProtocol::H2c {
             peer.options.set_http_version(2, 2);
         }
-        ctx.lease = Some((selected.index, backend.lease()));
+        ctx.attempt = Some(attempt);
         ctx.backend = Some(backend);
         Ok(Box::new(peer))
     }
@@ -146,8 +153,8 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (false, Some(backend)) = (reused, &ctx.backend) {
-            ctx.route.pool.connect_succeeded(backend);
+        if let (false, Some(attempt)) = (reused, &ctx.attempt) {
+            ctx.attempts.connected(attempt);
         }
         Ok(())
     }
@@ -159,16 +166,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some((index, lease)) = ctx.lease.take() {
-            ctx.route.pool.connect_failed(lease.backend());
-            ctx.route.observe(lease.backend(), upstream_outcome(&e));
-            ctx.tried.push(index);
-            // Nothing was sent yet, so any method may go to another backend, if one is left.
-            let tried = ctx.tried.len();
-            e.set_retry(
-                tried <= ctx.route.pool.retries() as usize
-                    && tried < ctx.route.pool.backends().len(),
-            );
+        if let Some(attempt) = ctx.attempt.take() {
+            // Nothing was sent yet, so any method may go to another backend (the retry rule).
+            let retry = ctx
+                .attempts
+                .failed(&ctx.route.pool, attempt, upstream_outcome(&e));
+            e.set_retry(retry);
         }
         e
     }
@@ -234,23 +237,28 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // Decided before the request is counted, so whoever sees the count knows the
+        // decision was taken.
+        let log_access = ctx.route.logs_access();
         let status = session.response_written().map(|r| r.status.as_u16());
         let backend = ctx.backend.as_deref();
         let metrics = backend.map_or(&ctx.route.unrouted, |b| &b.metrics);
         let elapsed = ctx.started.elapsed();
         metrics.request(status, elapsed);
-        if let (Some(backend), Some(_)) = (backend, status) {
-            backend.record_latency(elapsed);
-        }
         if let Some(backend) = &ctx.backend {
+            let pool = &ctx.route.pool;
             match (e, status) {
                 (Some(e), _) if *e.esource() == ErrorSource::Upstream => {
-                    ctx.route.observe(backend, upstream_outcome(e));
+                    attempt::finished(pool, backend, upstream_outcome(e), elapsed);
                 }
-                (None, Some(status)) => ctx.route.observe(backend, Outcome::Responded(status)),
+                (None, Some(status)) => {
+                    attempt::finished(pool, backend, Outcome::Responded(status), elapsed);
+                }
                 _ => {} // the client's doing, or no answer to judge the backend by
             }
         }
+        // The lease ends with the request.
+        ctx.attempt = None;
         metrics
             .bytes_received
             .inc_by(session.body_bytes_read() as u64);
@@ -275,7 +283,7 @@ impl ProxyHttp for Gateway {
             ),
             None => {}
         }
-        if ctx.route.logs_access() {
+        if log_access {
             let head = session.req_header();
             tracing::info!(
                 target: "gantry::access",

@@ -14,7 +14,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::metrics::Rejection;
 
@@ -71,7 +70,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     if !matches!(first, Ok(n) if n > 0) {
         return Head::Closed;
     }
-    let deadline = Instant::now() + limits.header_timeout;
+    let deadline = lb_policy::clock::instant_after(limits.header_timeout);
     loop {
         match inspect(&buf, limits) {
             Inspection::Complete { upgrade } => {

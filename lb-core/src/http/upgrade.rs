@@ -148,7 +148,7 @@ async fn exchange_heads(
 ) -> Option<(u16, BytesMut)> {
     upstream.write_all(request).await.ok()?;
     let mut response = BytesMut::with_capacity(1024);
-    let deadline = Instant::now() + timeout;
+    let deadline = lb_policy::clock::instant_after(timeout);
     loop {
         let read = tokio::time::timeout_at(deadline, upstream.read_buf(&mut response)).await;
         if !matches!(read, Ok(Ok(n)) if n > 0) {

@@ -163,7 +163,9 @@ async fn cookie_affinity_sets_a_cookie_follows_it_and_replaces_it_when_its_backe
         .filter(|o| o.name != first)
         .collect();
     std::fs::write(&config, cookie_config(&rest)).expect("write");
-    gantry.reload_from_file(&config).await.expect("reload");
+    lb_core::reload::reload_from_file(&gantry, &config)
+        .await
+        .expect("reload");
     let (moved, new_cookie) = get_with_cookie(proxy, Some(pair)).await;
     assert_ne!(moved, first);
     let new_pair = new_cookie.split(';').next().expect("pair");
@@ -196,9 +198,9 @@ fn an_affinity_must_name_an_affinity_plugin() {
         "{problems}"
     );
     let model = model("services:\n  - name: s\n    ports:\n      - { port: 1, backends: [\"127.0.0.1:1\"], affinity: { policy: \"builtin:client-ip\", params: { timeout_seconds: 86401 } } }\n");
-    let refused = lb_core::plugins::check(&model);
+    let refused = lb_plugins::check(&model).to_string();
     assert_eq!(
         refused,
-        ["services[0].ports[0].affinity: plugin `builtin:client-ip` refused its parameters: parameter `timeout_seconds`: 86401 is out of range 1..=86400"]
+        "services[0].ports[0].affinity: plugin `builtin:client-ip` refused its parameters: parameter `timeout_seconds`: 86401 is out of range 1..=86400"
     );
 }

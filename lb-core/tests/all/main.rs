@@ -10,6 +10,7 @@ mod health;
 mod http_proxy;
 mod limits;
 mod policies;
+mod refused_reload;
 mod reload;
 mod sandbox;
 mod support;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use lb_config::Change;
+use lb_config::{Change, PortAspect, PortAspects};
 use lb_core::Gantry;
 
 use crate::sandbox::plugin;
@@ -113,7 +113,9 @@ async fn least_request_sends_new_work_to_the_idle_backend() {
     .await;
     // ...then a second backend arrives; `busy` keeps its in-flight count across the reload.
     std::fs::write(&config, port_yaml(&[(&busy, 1), (&idle, 1)], policy)).expect("write");
-    gantry.reload_from_file(&config).await.expect("reload");
+    lb_core::reload::reload_from_file(&gantry, &config)
+        .await
+        .expect("reload");
     for _ in 0..20 {
         assert_eq!(get(proxy, "/").await.header("x-origin"), "idle");
     }
@@ -172,7 +174,9 @@ async fn hash_policies_keep_each_key_on_its_backend() {
         if policy.ends_with("ring-hash") {
             // Removing `c` moves only the keys that were on `c`.
             std::fs::write(&config, port_yaml(&all[..2], &balancer)).expect("write");
-            gantry.reload_from_file(&config).await.expect("reload");
+            lb_core::reload::reload_from_file(&gantry, &config)
+                .await
+                .expect("reload");
             for (user, before) in &placement {
                 let now = served_by(proxy, user).await;
                 if before != "c" {
@@ -274,9 +278,14 @@ async fn a_plugin_file_replaced_under_load_fails_no_request() {
     })
     .await;
     std::fs::copy(plugin("random"), &file).expect("replace the plugin");
-    let changes = gantry.reload_from_file(&config).await.expect("reload");
+    let changes = lb_core::reload::reload_from_file(&gantry, &config)
+        .await
+        .expect("reload");
     assert!(
-        matches!(changes[..], [Change::BalancerChanged(_)]),
+        matches!(
+            changes[..],
+            [Change::PortChanged { what, .. }] if what == PortAspects::of(&[PortAspect::Balancer])
+        ),
         "{changes:?}"
     );
     let target = ok.load(Ordering::SeqCst) + 200;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use lb_config::Change;
+use lb_config::{Change, PortAspect, PortAspects, RuntimeAspect, RuntimeAspects};
 use lb_core::reload::{watch_files, Baseline};
 use lb_core::Gantry;
 use tokio::net::TcpStream;
@@ -129,8 +129,7 @@ async fn a_reload_under_load_changes_only_what_changed_and_fails_no_request() {
     let (stable_load, changing_load) = (Load::start(stable), Load::start(changing));
     stable_load.wait_for_more(50).await;
     write_config(&config, &after);
-    let changes = gantry
-        .reload_from_file(&config)
+    let changes = lb_core::reload::reload_from_file(&gantry, &config)
         .await
         .expect("reload applies");
     let key = |port: &str| lb_config::ListenerKey {
@@ -141,7 +140,10 @@ async fn a_reload_under_load_changes_only_what_changed_and_fails_no_request() {
         changes,
         [
             Change::ListenerAdded(key("added")),
-            Change::BackendsChanged(key("changing")),
+            Change::PortChanged {
+                key: key("changing"),
+                what: PortAspects::of(&[PortAspect::Backends]),
+            },
             Change::ListenerRemoved(key("retired")),
         ]
     );
@@ -207,7 +209,9 @@ async fn an_invalid_reload_is_refused_with_every_problem_and_service_continues()
         "services:\n  - name: web\n    ports:\n      - { name: http, port: 99999, protocol: http }\n      - { name: tls, port: 443, protocol: https, tls: { certificates: [{ cert: /nonexistent.crt, key: /nonexistent.key }] } }\n",
     )
     .expect("write");
-    let err = gantry.reload_from_file(&config).await.expect_err("invalid");
+    let err = lb_core::reload::reload_from_file(&gantry, &config)
+        .await
+        .expect_err("invalid");
     let message = err.to_string();
     for expected in [
         "services[0].ports[0].port",
@@ -276,9 +280,14 @@ async fn a_replaced_certificate_is_served_without_restart_and_a_broken_one_is_re
 
     // Same file names, new contents: what certificate rotation does.
     let second = ca.issue(dir.path(), "web", &["web.test"]);
-    let changes = gantry.reload_from_file(&config).await.expect("reload");
+    let changes = lb_core::reload::reload_from_file(&gantry, &config)
+        .await
+        .expect("reload");
     assert!(
-        matches!(changes[..], [Change::CertificatesChanged(_)]),
+        matches!(
+            changes[..],
+            [Change::PortChanged { what, .. }] if what == PortAspects::of(&[PortAspect::Certificates])
+        ),
         "{changes:?}"
     );
     assert_eq!(served_certificate(&gantry, &ca).await, second.der.to_vec());
@@ -288,8 +297,7 @@ async fn a_replaced_certificate_is_served_without_restart_and_a_broken_one_is_re
     );
 
     std::fs::write(&second.key_path, "not a key").expect("break the key");
-    let err = gantry
-        .reload_from_file(&config)
+    let err = lb_core::reload::reload_from_file(&gantry, &config)
         .await
         .expect_err("broken key");
     assert!(err.to_string().contains("tls.certificates[0].key"), "{err}");
@@ -361,6 +369,15 @@ async fn the_access_log_follows_a_reload_that_changes_only_runtime_settings() {
         .expect("start");
     let proxy = addr(&gantry, "audited", "http");
     get(proxy, "/quiet").await;
+    // The request is counted after its access-log decision: once counted, it was decided.
+    let counted = format!(
+        "gantry_requests_total{{backend=\"{}\",class=\"2xx\",port=\"http\",service=\"audited\"}}",
+        origin.addr
+    );
+    eventually("the quiet request to be counted", || async {
+        metric(&gantry.metrics().render(), &counted) == 1.0
+    })
+    .await;
     assert!(access_log::lines_for("audited").is_empty());
 
     std::fs::write(
@@ -368,8 +385,15 @@ async fn the_access_log_follows_a_reload_that_changes_only_runtime_settings() {
         format!("admin: {{ listen: \"127.0.0.1:0\" }}\n{}", service(true)),
     )
     .expect("write");
-    let changes = gantry.reload_from_file(&config).await.expect("reload");
-    assert_eq!(changes, [Change::RuntimeChanged]);
+    let changes = lb_core::reload::reload_from_file(&gantry, &config)
+        .await
+        .expect("reload");
+    assert_eq!(
+        changes,
+        [Change::RuntimeChanged(RuntimeAspects::of(&[
+            RuntimeAspect::AccessLog
+        ]))]
+    );
     get(proxy, "/logged").await;
     // The line is written once the response is out, so possibly after the client has it.
     eventually("the access log line", || async {
@@ -409,7 +433,9 @@ async fn a_removed_port_stops_accepting_and_lets_in_flight_requests_finish() {
     .await;
 
     write_config(&config, "services: []\n");
-    gantry.reload_from_file(&config).await.expect("reload");
+    lb_core::reload::reload_from_file(&gantry, &config)
+        .await
+        .expect("reload");
     assert!(
         TcpStream::connect(going).await.is_err(),
         "no new connections"

@@ -15,7 +15,7 @@ use crate::support::{addr, metric};
 
 /// A plugin built from `plugins/`, by crate name.
 pub fn plugin(name: &str) -> PathBuf {
-    Path::new(env!("GANTRY_PLUGIN_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+    Path::new(lb_plugins::BUILT_PLUGIN_DIR).join(format!("{}.wasm", name.replace('-', "_")))
 }
 
 fn config(plugin_file: &Path, mode: &str, backends: &[&HttpOrigin]) -> String {
@@ -123,7 +123,9 @@ async fn a_changed_plugin_file_lifts_its_quarantine() {
         config(&file, "trap", &[&origin]).replace("params: { mode: trap }", "params: {}"),
     )
     .expect("write");
-    gantry.reload_from_file(&config_path).await.expect("reload");
+    lb_core::reload::reload_from_file(&gantry, &config_path)
+        .await
+        .expect("reload");
     for _ in 0..6 {
         assert_eq!(
             client.get("/").await.expect("answered").status,

@@ -32,12 +32,26 @@ pub fn addr(gantry: &Gantry, service: &str, port: &str) -> std::net::SocketAddr 
 }
 
 /// The value of one series in `/metrics` text, e.g.
-/// `gantry_upstream_connect_errors_total{backend="127.0.0.1:1",port="p",service="s"}`;
-/// 0 when absent.
+/// `gantry_upstream_connect_errors_total{backend="127.0.0.1:1",port="p",service="s"}`. A
+/// series that does not exist fails the test: a missing or renamed series must never read as
+/// a zero.
+#[track_caller]
 pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    series_value(text, series)
+        .unwrap_or_else(|| panic!("no series `{series}` in the metrics:\n{text}"))
+}
+
+/// Whether `/metrics` text has the series at all.
+pub fn has_series(text: &str, series: &str) -> bool {
+    series_value(text, series).is_some()
+}
+
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?;
+        // The whole series: `name{labels} value`, not a longer name or label set.
+        value.strip_prefix(' ')?.trim().parse().ok()
+    })
 }
 
 /// Polls `condition` until it holds, failing the test after 10 s. For conditions that become

@@ -3,7 +3,8 @@
 //!
 //! Modes: `good` (first backend), `trap` (panics), `loop` (never returns), `grow` (allocates
 //! without end), `invalid` (answers an id that does not exist), `reject` (refuses its
-//! parameters in `configure`).
+//! parameters in `configure`), `trap_on_backends` (accepts its parameters, then panics when
+//! given a backend set).
 
 use gantry_plugin_sdk::{export_balancer, Backend, Balancer, Params, Request};
 
@@ -13,6 +14,7 @@ enum Mode {
     Loop,
     Grow,
     Invalid,
+    TrapOnBackends,
 }
 
 struct Misbehave {
@@ -29,6 +31,7 @@ impl Balancer for Misbehave {
             "loop" => Mode::Loop,
             "grow" => Mode::Grow,
             "invalid" => Mode::Invalid,
+            "trap_on_backends" => Mode::TrapOnBackends,
             "reject" => return Err("mode `reject` refuses every configuration".into()),
             other => return Err(format!("unknown mode `{other}`")),
         };
@@ -40,12 +43,15 @@ impl Balancer for Misbehave {
     }
 
     fn set_backends(&mut self, backends: Vec<Backend>) {
+        if matches!(self.mode, Mode::TrapOnBackends) {
+            panic!("misbehave: trapping on a backend set as asked");
+        }
         self.first = backends.first().map(|b| b.id);
     }
 
     fn pick(&mut self, request: &Request, _attempt: u32) -> Option<u32> {
         match self.mode {
-            Mode::Good => self.first,
+            Mode::Good | Mode::TrapOnBackends => self.first,
             Mode::Trap => panic!("misbehave: trapping as asked"),
             Mode::Loop => {
                 let mut spin = request.hash_key;

@@ -1,11 +1,14 @@
 //! The balancing seam. A [`BalancerFactory`] sees the backend set when it changes and builds a
 //! [`Balancer`] for it off the data path (where a table-based policy builds its table); the
 //! balancer then answers one cheap [`Balancer::pick`] per connection or request. Wasm policy
-//! plugins implement this same pair; the native [`RoundRobin`] here is the default and the
-//! fallback when a plugin faults.
+//! plugins implement this same pair; the native [`crate::RoundRobin`] is the fallback when a
+//! plugin faults, and the baseline a plugin's cost is measured against.
+//!
+//! Building computes only: a balancer may be built for a reload that is then refused, and is
+//! dropped unused. What must happen once it serves (preparing per-thread instances, say) is
+//! done by [`Balancer::activate`], which the runtime calls when it commits.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use lb_config::{Backend, HashKey, Protocol};
@@ -89,6 +92,10 @@ pub trait Balancer: Send + Sync {
     /// use (a backend already tried, or backing off) is asked again with the next attempt.
     /// `None` means the policy has no answer; the host then scans for any usable backend.
     fn pick(&self, cx: &PickContext<'_>, attempt: u32) -> Option<usize>;
+
+    /// The balancer is about to serve: do what building must not (prepare what runs it).
+    /// Called once, when the reload that built it commits. Nothing by default.
+    fn activate(&self) {}
 }
 
 /// Builds a [`Balancer`] for a backend set; called whenever the set changes.
@@ -97,141 +104,14 @@ pub trait BalancerFactory: Send + Sync {
     fn name(&self) -> &str;
 
     /// A balancer for exactly these backends, in this order; `figures` reads their live state
-    /// by the same indices.
+    /// by the same indices. Computes only (see the module documentation).
     fn build(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) -> Box<dyn Balancer>;
-}
-
-/// Smooth weighted round-robin (nginx's algorithm), precomputed into a schedule when the set
-/// changes so that a pick is one atomic increment and one array read.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RoundRobin;
-
-impl BalancerFactory for RoundRobin {
-    fn name(&self) -> &str {
-        "round-robin"
-    }
-
-    fn build(&self, backends: &[Backend], _figures: Arc<dyn BackendFigures>) -> Box<dyn Balancer> {
-        Box::new(Schedule {
-            order: smooth_weighted_schedule(backends),
-            next: AtomicUsize::new(0),
-        })
-    }
-}
-
-struct Schedule {
-    order: Vec<u32>,
-    next: AtomicUsize,
-}
-
-impl Balancer for Schedule {
-    fn name(&self) -> &str {
-        "round-robin"
-    }
-
-    fn pick(&self, _cx: &PickContext<'_>, _attempt: u32) -> Option<usize> {
-        if self.order.is_empty() {
-            return None;
-        }
-        // Relaxed: the counter only spreads work; no other memory depends on its value.
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(self.order[turn % self.order.len()] as usize)
-    }
-}
-
-/// One full cycle of smooth weighted round-robin: each backend appears `weight / gcd` times,
-/// interleaved (weights 5,1,1 give a a b a c a a, not a a a a a b c). Weights are capped at
-/// [`lb_config::MAX_WEIGHT`], so a cycle holds at most 256 entries per backend.
-fn smooth_weighted_schedule(backends: &[Backend]) -> Vec<u32> {
-    let divisor = backends
-        .iter()
-        .map(|b| b.weight)
-        .filter(|w| *w > 0)
-        .fold(0, gcd);
-    if divisor == 0 {
-        return Vec::new();
-    }
-    let weights: Vec<i64> = backends
-        .iter()
-        .map(|b| i64::from(b.weight / divisor))
-        .collect();
-    let total: i64 = weights.iter().sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut order = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, weight) in weights.iter().enumerate() {
-            current[i] += weight;
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total;
-        order.push(best as u32);
-    }
-    order
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn backends(weights: &[u32]) -> Vec<Backend> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, w)| Backend {
-                address: SocketAddr::from(([192, 0, 2, 1], 8000 + i as u16)),
-                weight: *w,
-            })
-            .collect()
-    }
-
-    struct NoFigures;
-
-    impl BackendFigures for NoFigures {
-        fn figures(&self, _index: usize) -> Option<Figures> {
-            None
-        }
-    }
-
-    fn picks(weights: &[u32], n: usize) -> Vec<usize> {
-        let balancer = RoundRobin.build(&backends(weights), Arc::new(NoFigures));
-        let cx = PickContext {
-            client: None,
-            authority: None,
-            protocol: Protocol::Tcp,
-            hash_key: 0,
-            headers: None,
-        };
-        (0..n).filter_map(|_| balancer.pick(&cx, 0)).collect()
-    }
-
-    #[test]
-    fn equal_weights_rotate() {
-        assert_eq!(picks(&[1, 1, 1], 6), [0, 1, 2, 0, 1, 2]);
-    }
-
-    #[test]
-    fn weights_are_interleaved_not_bunched() {
-        assert_eq!(picks(&[5, 1, 1], 7), [0, 0, 1, 0, 2, 0, 0]);
-    }
-
-    #[test]
-    fn common_factors_shrink_the_cycle_and_zero_weight_is_never_picked() {
-        assert_eq!(
-            smooth_weighted_schedule(&backends(&[200, 100, 0])),
-            [0, 1, 0]
-        );
-    }
+    use xxhash_rust::xxh3::xxh3_64;
 
     #[test]
     fn hash_keys_follow_the_contract() {
@@ -259,11 +139,5 @@ mod tests {
             ip_key,
             "falls back to the client IP"
         );
-    }
-
-    #[test]
-    fn an_empty_or_all_zero_set_has_no_answer() {
-        assert!(picks(&[], 3).is_empty());
-        assert!(picks(&[0, 0], 3).is_empty());
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo bench -p lb-core --bench policy_call`: what one balancing decision costs, per
+//! `cargo bench -p lb-plugins --bench policy_call`: what one balancing decision costs, per
 //! policy, through the same `Balancer::pick` the proxy calls (for a Wasm policy that includes
 //! the per-thread instance lookup, marshalling the request summary and the backend figures
 //! into the guest, the epoch-deadline set-up, and validating the answer).
@@ -14,11 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lb_config::{Backend, BalancerPolicy, HashKey, PolicySource, Protocol};
-use lb_core::balancer::{
-    BackendFigures, Balancer, BalancerFactory, Figures, PickContext, RoundRobin,
-};
-use lb_core::metrics::Metrics;
-use lb_core::plugins::{builtin_names, PluginHost};
+use lb_plugins::{builtin_names, NoTelemetry, PluginHost};
+use lb_policy::{BackendFigures, Balancer, BalancerFactory, Figures, PickContext, RoundRobin};
 
 /// Calls measured per policy, after as many warm-up calls.
 const CALLS: usize = 200_000;
@@ -55,7 +52,7 @@ fn main() {
         Ok(model) => model.plugin_limits,
         Err(problems) => fail(&format!("default configuration: {problems:?}")),
     };
-    let host = PluginHost::new(&limits, Arc::new(Metrics::new()), 1)
+    let host = PluginHost::new(&limits, Arc::new(NoTelemetry), 1)
         .unwrap_or_else(|e| fail(&format!("plugin host: {e}")));
 
     let mut headers = http::HeaderMap::new();
@@ -89,9 +86,10 @@ fn main() {
             hash_key: HashKey::ClientIp,
         };
         let factory = host
-            .factory(&policy, &limits)
+            .factory(&policy)
             .unwrap_or_else(|e| fail(&format!("builtin:{name}: {e}")));
         let balancer = factory.build(&backends, Arc::new(Busy));
+        balancer.activate();
         report(
             &format!("builtin:{name}"),
             balancer.as_ref(),
@@ -136,7 +134,7 @@ fn report(
             client: Some(client(i)),
             authority: Some("shop.example"),
             protocol: Protocol::Http,
-            hash_key: lb_core::balancer::hash_key(&HashKey::ClientIp, Some(client(i).ip()), None),
+            hash_key: lb_policy::hash_key(&HashKey::ClientIp, Some(client(i).ip()), None),
             headers: Some(headers),
         };
         let start = Instant::now();

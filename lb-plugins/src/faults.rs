@@ -40,32 +40,76 @@ impl FaultKind {
     }
 }
 
+/// The metric handles of one loaded plugin: a fault counter per [`FaultKind`] (in
+/// [`FaultKind::ALL`] order) and its quarantine gauge. Made detached, with the plugin; shown by
+/// the [`PluginTelemetry`] only while a running configuration uses the plugin, so a plugin
+/// loaded for a reload that was then refused leaves no series behind.
+#[derive(Clone)]
+pub struct FaultHandles {
+    /// Faults by kind.
+    pub counters: [IntCounter; 4],
+    /// 1 while quarantined.
+    pub quarantined: IntGauge,
+}
+
+impl FaultHandles {
+    fn new() -> Self {
+        // Detached handles: the names only satisfy the constructor; the telemetry shows them
+        // under its own family names and labels.
+        let counter = || IntCounter::new("plugin_faults", "faults").expect("a static name");
+        FaultHandles {
+            counters: [counter(), counter(), counter(), counter()],
+            quarantined: IntGauge::new("plugin_quarantined", "quarantined").expect("a static name"),
+        }
+    }
+}
+
+/// Where the plugin host shows the fault metrics of the plugins in use: the appliance's
+/// metrics registry (`gantry_plugin_faults_total`, `gantry_plugin_quarantined`). A handle
+/// pointing down from the host, so the host never imports the appliance.
+pub trait PluginTelemetry: Send + Sync {
+    /// Shows `plugin`'s handles (replacing any shown under that name).
+    fn show(&self, plugin: &str, handles: &FaultHandles);
+    /// Stops showing `plugin`.
+    fn hide(&self, plugin: &str);
+}
+
+/// Telemetry that shows nothing (`gantry check`, tests of the host alone).
+pub struct NoTelemetry;
+
+impl PluginTelemetry for NoTelemetry {
+    fn show(&self, _plugin: &str, _handles: &FaultHandles) {}
+    fn hide(&self, _plugin: &str) {}
+}
+
 /// The fault record of one loaded policy, shared by every port and thread using it.
 pub struct Faults {
     plugin: Arc<str>,
     consecutive: AtomicU32,
     quarantined: AtomicBool,
     quarantine_after: AtomicU32,
-    counters: [IntCounter; 4],
-    gauge: IntGauge,
+    handles: FaultHandles,
 }
 
 impl Faults {
-    pub(crate) fn new(
-        plugin: Arc<str>,
-        counters: [IntCounter; 4],
-        gauge: IntGauge,
-        after: u32,
-    ) -> Self {
-        gauge.set(0);
+    pub(crate) fn new(plugin: Arc<str>, after: u32) -> Self {
         Faults {
             plugin,
             consecutive: AtomicU32::new(0),
             quarantined: AtomicBool::new(false),
             quarantine_after: AtomicU32::new(after),
-            counters,
-            gauge,
+            handles: FaultHandles::new(),
         }
+    }
+
+    /// The record's metric handles.
+    pub fn handles(&self) -> &FaultHandles {
+        &self.handles
+    }
+
+    /// Quarantine after this many faults in a row from now on.
+    pub(crate) fn set_quarantine_after(&self, after: u32) {
+        self.quarantine_after.store(after, Ordering::Relaxed);
     }
 
     /// True once the policy is no longer called.
@@ -82,7 +126,7 @@ impl Faults {
 
     pub(crate) fn record(&self, kind: FaultKind) {
         let index = FaultKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-        self.counters[index].inc();
+        self.handles.counters[index].inc();
         let in_a_row = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         if in_a_row == 1 {
             tracing::warn!(plugin = %self.plugin, fault = kind.label(), "plugin fault; the host answered this call without the plugin");
@@ -90,7 +134,7 @@ impl Faults {
         if in_a_row >= self.quarantine_after.load(Ordering::Relaxed)
             && !self.quarantined.swap(true, Ordering::Relaxed)
         {
-            self.gauge.set(1);
+            self.handles.quarantined.set(1);
             tracing::error!(
                 plugin = %self.plugin,
                 faults_in_a_row = in_a_row,

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use lb_config::{Backend, BalancerPolicy, HashKey, PolicySource, Protocol};
 
-use super::PluginHost;
-use crate::balancer::{BackendFigures, Balancer, Figures, PickContext};
-use crate::metrics::Metrics;
+use lb_policy::{BackendFigures, Balancer, Figures, PickContext};
+
+use super::{NoTelemetry, PluginHost};
 
 struct Idle;
 
@@ -39,7 +39,7 @@ fn balancer_with(name: &str, params: &[(&str, &str)], backends: &[Backend]) -> B
     let limits = lb_config::parse_str("", std::path::Path::new("/"))
         .expect("defaults")
         .plugin_limits;
-    let host = PluginHost::new(&limits, Arc::new(Metrics::new()), 1).expect("plugin host");
+    let host = PluginHost::new(&limits, Arc::new(NoTelemetry), 1).expect("plugin host");
     let policy = BalancerPolicy {
         policy: PolicySource::Builtin(name.into()),
         params: params
@@ -48,7 +48,7 @@ fn balancer_with(name: &str, params: &[(&str, &str)], backends: &[Backend]) -> B
             .collect(),
         hash_key: HashKey::ClientIp,
     };
-    let factory = host.factory(&policy, &limits).expect("factory");
+    let factory = host.factory(&policy).expect("factory");
     factory.build(backends, Arc::new(Idle))
 }
 
@@ -160,67 +160,4 @@ fn ring_hash_moves_only_the_keys_of_the_backend_that_left() {
         (0.02..0.09).contains(&share),
         "the leaving backend held {share}"
     );
-}
-
-/// A pool of `n` backends balanced by the native round-robin, with `builtin:client-ip`
-/// affinity forgetting clients after `timeout_seconds`.
-fn sticky_pool(n: usize, timeout_seconds: u32, metrics: &Metrics) -> crate::pool::BackendPool {
-    let limits = lb_config::parse_str("", std::path::Path::new("/"))
-        .expect("defaults")
-        .plugin_limits;
-    let host = PluginHost::new(&limits, Arc::new(Metrics::new()), 1).expect("plugin host");
-    let affinity = host
-        .affinity_factory(
-            &lb_config::AffinityPolicy {
-                policy: PolicySource::Builtin("client-ip".into()),
-                params: vec![("timeout_seconds".into(), timeout_seconds.to_string())],
-                max_entries: 1000,
-            },
-            &limits,
-        )
-        .expect("affinity factory");
-    crate::pool::BackendPool::build(
-        &backends(n),
-        crate::pool::Policies {
-            balancer: &crate::balancer::RoundRobin,
-            affinity: Some(affinity.as_ref()),
-            affinity_counters: metrics.port("s", "p").affinity,
-            retries: 2,
-            backoff: lb_config::Backoff {
-                initial: std::time::Duration::from_secs(1),
-                max: std::time::Duration::from_secs(1),
-            },
-        },
-        None,
-        |b| metrics.backend("s", "p", b),
-    )
-}
-
-#[tokio::test(start_paused = true)]
-async fn client_ip_affinity_lasts_while_the_client_returns_within_its_timeout() {
-    let metrics = Metrics::new();
-    let pool = sticky_pool(3, 10, &metrics);
-    let from = |last: u8| PickContext {
-        client: Some(SocketAddr::from(([203, 0, 113, last], 40_000))),
-        authority: None,
-        protocol: Protocol::Tcp,
-        hash_key: 0,
-        headers: None,
-    };
-    let pick = |last: u8| {
-        pool.select(&from(last), &crate::pool::Tried::default())
-            .expect("a backend")
-            .index
-    };
-    let home = pick(1);
-    let other = pick(2);
-    assert_ne!(home, other, "a new client is balanced");
-    let step = std::time::Duration::from_secs(9);
-    for _ in 0..5 {
-        tokio::time::advance(step).await;
-        assert_eq!(pick(1), home, "back within 10 s of its last visit");
-    }
-    // Idle for longer than the timeout: forgotten, so balanced again (round-robin's next).
-    tokio::time::advance(std::time::Duration::from_secs(11)).await;
-    assert_ne!(pick(1), home);
 }

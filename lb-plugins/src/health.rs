@@ -13,8 +13,9 @@ use super::bindings::{HealthWorld, ProbeKind as WitProbeKind, WitOutcome, WitVer
 use super::faults::FaultKind;
 use super::host::HostState;
 use super::instances::{Configured, Exclusive};
-use crate::balancer::BackendFigures;
-use crate::health::{HealthPolicy, HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict};
+use lb_policy::{
+    BackendFigures, HealthPolicy, HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict,
+};
 
 /// `probed` or `observed`: the same shape.
 type Export =

@@ -2,30 +2,32 @@
 //!
 //! A [`LoadedPolicy`] is one compiled plugin (a built-in, or a user's file by content) with its
 //! fault record, prepared for one world; it lives as long as the file is unchanged, so
-//! quarantine lasts until the file changes. A [`Generation`] is that plugin configured for one
-//! port with one backend set. It prepares, off the request path, one instance per worker
-//! thread with the parameters and the set already given to it (tables built). Each worker
-//! thread moves one into a thread-local map on its first call, so calls never share an
-//! instance and never wait on a lock. [`Generation::call`] runs one call under the call
-//! deadline and classifies what went wrong; the caller decides the fallback.
+//! quarantine lasts until the file changes. A [`Recipe`] is that plugin with one port's
+//! parameters: everything an instance is made from but the backend set. A [`Generation`] is
+//! the recipe given one backend set. When the route serving it is activated it prepares one
+//! instance per worker thread with the parameters and the set already given to it (tables
+//! built); each worker thread moves one into a thread-local map on its first call, so calls
+//! never share an instance and never wait on a lock. [`Generation::call`] runs one call under
+//! the call deadline and classifies what went wrong; the caller decides the fallback.
 
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-use lb_config::{Backend, PluginLimits, Protocol};
+use lb_config::{Backend, Protocol};
+use lb_policy::{BackendFigures, Figures, PickContext};
 use wasmtime::{Engine, Store};
 
 use super::bindings::{IpAddress, Parameter, WitBackend, WitProtocol, WitRequest};
 use super::faults::{FaultKind, Faults};
 use super::host::{HostState, CURRENT_HEADERS};
-use super::sandbox::Sandbox;
+use super::sandbox::{Deadlines, Sandbox};
 use super::worlds::World;
 use super::PluginError;
-use crate::balancer::{BackendFigures, Figures, PickContext};
 
 /// A compiled plugin prepared for world `W`, and its fault record.
 pub(crate) struct LoadedPolicy<W: World> {
@@ -33,107 +35,133 @@ pub(crate) struct LoadedPolicy<W: World> {
     pub name: Arc<str>,
     pub(crate) pre: W::Pre,
     /// Shared fault record.
-    pub faults: Faults,
+    pub faults: Arc<Faults>,
+}
+
+/// Everything an instance of a plugin with one port's parameters is made from, but the
+/// backend set.
+pub(crate) struct Recipe<W: World> {
+    pub(crate) policy: Arc<LoadedPolicy<W>>,
+    params: Vec<Parameter>,
+    deadlines: Arc<Deadlines>,
+    memory_bytes: u64,
+    engine: Engine,
+}
+
+impl<W: World> Clone for Recipe<W> {
+    fn clone(&self) -> Self {
+        Recipe {
+            policy: self.policy.clone(),
+            params: self.params.clone(),
+            deadlines: self.deadlines.clone(),
+            memory_bytes: self.memory_bytes,
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+/// What an instance is given besides its recipe.
+struct Inputs<'a> {
+    backends: &'a [WitBackend],
+    figures: Arc<dyn BackendFigures>,
+    sequence: Arc<AtomicU64>,
+}
+
+impl<W: World> Recipe<W> {
+    pub(crate) fn new(
+        policy: Arc<LoadedPolicy<W>>,
+        params: &[(String, String)],
+        sandbox: &Sandbox,
+    ) -> Self {
+        Recipe {
+            policy,
+            params: params
+                .iter()
+                .map(|(name, value)| Parameter {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            deadlines: sandbox.deadlines().clone(),
+            memory_bytes: sandbox.memory_bytes(),
+            engine: sandbox.engine().clone(),
+        }
+    }
+
+    /// A new instance, configured and (when there are any) given the backends.
+    fn instantiate(&self, inputs: Inputs<'_>) -> Result<(Instance<W>, W::Settings), Setup> {
+        let failed = |e: wasmtime::Error| Setup::Failed(format!("{e:#}"));
+        let state = HostState::new(
+            self.policy.name.clone(),
+            inputs.figures,
+            inputs.sequence,
+            self.memory_bytes,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(Sandbox::ticks_for(self.deadlines.setup()));
+        let bindings = W::instantiate(&self.policy.pre, &mut store).map_err(failed)?;
+        let settings = bindings
+            .configure(&mut store, &self.params)
+            .map_err(failed)?
+            .map_err(Setup::Rejected)?;
+        if !inputs.backends.is_empty() {
+            bindings
+                .set_backends(&mut store, inputs.backends)
+                .map_err(failed)?;
+        }
+        Ok((Instance { store, bindings }, settings))
+    }
 }
 
 /// A plugin with one port's parameters, as accepted by its `configure`.
 pub(crate) struct Configured<W: World> {
-    pub(crate) policy: Arc<LoadedPolicy<W>>,
-    params: Vec<Parameter>,
-    limits: PluginLimits,
-    engine: Engine,
+    pub(crate) recipe: Recipe<W>,
     workers: usize,
     /// What the plugin's `configure` returned.
     pub(crate) settings: W::Settings,
 }
 
 impl<W: World> Configured<W> {
-    /// Checks that `policy` accepts `params` by configuring a scratch instance.
-    pub(crate) fn new(
-        policy: Arc<LoadedPolicy<W>>,
-        params: &[(String, String)],
-        limits: PluginLimits,
-        engine: Engine,
-        workers: usize,
-    ) -> Result<Self, PluginError> {
-        let params: Vec<Parameter> = params
-            .iter()
-            .map(|(name, value)| Parameter {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect();
-        let scratch = Generation::<W> {
-            id: 0,
-            policy: policy.clone(),
-            params: params.clone(),
-            limits,
-            engine: engine.clone(),
-            backends: Vec::new(),
+    /// Checks that the recipe's plugin accepts its parameters by configuring a scratch
+    /// instance, which is then dropped.
+    pub(crate) fn new(recipe: Recipe<W>, workers: usize) -> Result<Self, PluginError> {
+        let plugin = recipe.policy.name.to_string();
+        let inputs = Inputs {
+            backends: &[],
             figures: Arc::new(NoFigures),
             sequence: Arc::default(),
-            spare: Mutex::new(Vec::new()),
         };
-        let settings = match scratch.instantiate() {
+        let settings = match recipe.instantiate(inputs) {
             Ok((_, settings)) => settings,
-            Err(Setup::Rejected(message)) => {
-                return Err(PluginError::Rejected {
-                    plugin: policy.name.to_string(),
-                    message,
-                })
-            }
-            Err(Setup::Failed(message)) => {
-                return Err(PluginError::Invalid {
-                    plugin: policy.name.to_string(),
-                    message,
-                })
-            }
+            Err(Setup::Rejected(message)) => return Err(PluginError::Rejected { plugin, message }),
+            Err(Setup::Failed(message)) => return Err(PluginError::Invalid { plugin, message }),
         };
         Ok(Configured {
-            policy,
-            params,
-            limits,
-            engine,
+            recipe,
             workers: workers.max(1),
             settings,
         })
     }
 
-    /// The plugin given `backends`, with an instance per worker thread made ready now (unless
-    /// the plugin is quarantined).
+    /// The plugin given `backends`. Computes only: instances are made by
+    /// [`Generation::prepare`] when the route serving it is activated.
     pub(crate) fn generation(
         &self,
         backends: &[Backend],
         figures: Arc<dyn BackendFigures>,
     ) -> Arc<Generation<W>> {
-        let generation = Arc::new(Generation {
+        Arc::new(Generation {
             id: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-            policy: self.policy.clone(),
-            params: self.params.clone(),
-            limits: self.limits,
-            engine: self.engine.clone(),
+            recipe: self.recipe.clone(),
             backends: wit_backends(backends),
             figures,
             sequence: Arc::default(),
+            workers: self.workers,
+            prepared: AtomicBool::new(false),
             spare: Mutex::new(Vec::new()),
-        });
-        if !self.policy.faults.is_quarantined() {
-            let mut spare = Vec::with_capacity(self.workers);
-            for _ in 0..self.workers {
-                match generation.instantiate() {
-                    Ok((instance, _)) => spare.push(instance),
-                    Err(Setup::Rejected(message) | Setup::Failed(message)) => {
-                        tracing::warn!(plugin = %self.policy.name, %message, "plugin instance could not be prepared");
-                        self.policy.faults.record(FaultKind::Instantiate);
-                        break;
-                    }
-                }
-            }
-            if let Ok(mut slot) = generation.spare.lock() {
-                *slot = spare;
-            }
-        }
-        generation
+        })
     }
 }
 
@@ -146,14 +174,13 @@ struct Instance<W> {
 /// Everything the instances of one plugin for one backend set of one port are made from.
 pub(crate) struct Generation<W: World> {
     id: u64,
-    policy: Arc<LoadedPolicy<W>>,
-    params: Vec<Parameter>,
-    limits: PluginLimits,
-    engine: Engine,
+    recipe: Recipe<W>,
     backends: Vec<WitBackend>,
     figures: Arc<dyn BackendFigures>,
     /// The `host.sequence` counter of this backend set.
     sequence: Arc<AtomicU64>,
+    workers: usize,
+    prepared: AtomicBool,
     /// Instances built with the set, waiting for a worker thread to take one.
     spare: Mutex<Vec<Instance<W>>>,
 }
@@ -192,37 +219,45 @@ enum Setup {
 impl<W: World> Generation<W> {
     /// The plugin's name.
     pub(crate) fn name(&self) -> &str {
-        &self.policy.name
+        &self.recipe.policy.name
     }
 
     /// The plugin's fault record.
     pub(crate) fn faults(&self) -> &Faults {
-        &self.policy.faults
+        &self.recipe.policy.faults
     }
 
-    fn instantiate(&self) -> Result<(Instance<W>, W::Settings), Setup> {
-        let failed = |e: wasmtime::Error| Setup::Failed(format!("{e:#}"));
-        let state = HostState::new(
-            self.policy.name.clone(),
-            self.figures.clone(),
-            self.sequence.clone(),
-            self.limits.memory_bytes,
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(Sandbox::ticks_for(self.limits.setup_deadline));
-        let bindings = W::instantiate(&self.policy.pre, &mut store).map_err(failed)?;
-        let settings = bindings
-            .configure(&mut store, &self.params)
-            .map_err(failed)?
-            .map_err(Setup::Rejected)?;
-        if !self.backends.is_empty() {
-            bindings
-                .set_backends(&mut store, &self.backends)
-                .map_err(failed)?;
+    fn instantiate(&self) -> Result<Instance<W>, Setup> {
+        let inputs = Inputs {
+            backends: &self.backends,
+            figures: self.figures.clone(),
+            sequence: self.sequence.clone(),
+        };
+        self.recipe
+            .instantiate(inputs)
+            .map(|(instance, _)| instance)
+    }
+
+    /// Makes an instance per worker thread ready now, off the request path (once; not while
+    /// the plugin is quarantined). Called when the route serving this set is activated.
+    pub(crate) fn prepare(&self) {
+        if self.prepared.swap(true, Ordering::Relaxed) || self.faults().is_quarantined() {
+            return;
         }
-        Ok((Instance { store, bindings }, settings))
+        let mut spare = Vec::with_capacity(self.workers);
+        for _ in 0..self.workers {
+            match self.instantiate() {
+                Ok(instance) => spare.push(instance),
+                Err(Setup::Rejected(message) | Setup::Failed(message)) => {
+                    tracing::warn!(plugin = %self.name(), %message, "plugin instance could not be prepared");
+                    self.faults().record(FaultKind::Instantiate);
+                    break;
+                }
+            }
+        }
+        if let Ok(mut slot) = self.spare.lock() {
+            *slot = spare;
+        }
     }
 
     /// Runs `call` on this thread's instance under the call deadline, with `headers` readable
@@ -239,7 +274,7 @@ impl<W: World> Generation<W> {
                 let spare = self.spare.lock().ok().and_then(|mut s| s.pop());
                 let instance = match spare {
                     Some(instance) => instance,
-                    None => self.instantiate().map_err(|_| FaultKind::Instantiate)?.0,
+                    None => self.instantiate().map_err(|_| FaultKind::Instantiate)?,
                 };
                 instances.retain(|_, (owner, _)| owner.strong_count() > 0);
                 let owner: Weak<dyn Owner> = Arc::downgrade(self) as Weak<Generation<W>>;
@@ -251,7 +286,7 @@ impl<W: World> Generation<W> {
             else {
                 return Err(FaultKind::Instantiate);
             };
-            run(instance, self.limits.call_deadline, headers, call).inspect_err(|_| {
+            run(instance, self.recipe.deadlines.call(), headers, call).inspect_err(|_| {
                 // After a trap the instance's own state may be half-updated: never reuse it.
                 instances.remove(&self.id);
             })
@@ -262,7 +297,7 @@ impl<W: World> Generation<W> {
 /// Runs one call under `deadline`; a trap or an interrupted call is a fault.
 fn run<W: World, R>(
     instance: &mut Instance<W>,
-    deadline: std::time::Duration,
+    deadline: Duration,
     headers: Option<&http::HeaderMap>,
     call: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<R>,
 ) -> Result<R, FaultKind> {
@@ -283,10 +318,7 @@ fn run<W: World, R>(
 /// replaced in place (`set-backends` on the same instance), so the plugin's state survives
 /// set changes; after a fault the instance is rebuilt on the next call.
 pub(crate) struct Exclusive<W: World> {
-    policy: Arc<LoadedPolicy<W>>,
-    params: Vec<Parameter>,
-    limits: PluginLimits,
-    engine: Engine,
+    recipe: Recipe<W>,
     state: Mutex<ExclusiveState<W>>,
 }
 
@@ -300,10 +332,7 @@ impl<W: World> Exclusive<W> {
     /// The single instance of `configured`, made at the first call.
     pub(crate) fn new(configured: &Configured<W>) -> Self {
         Exclusive {
-            policy: configured.policy.clone(),
-            params: configured.params.clone(),
-            limits: configured.limits,
-            engine: configured.engine.clone(),
+            recipe: configured.recipe.clone(),
             state: Mutex::new(ExclusiveState {
                 instance: None,
                 backends: Vec::new(),
@@ -314,12 +343,12 @@ impl<W: World> Exclusive<W> {
 
     /// The plugin's name.
     pub(crate) fn name(&self) -> &str {
-        &self.policy.name
+        &self.recipe.policy.name
     }
 
     /// The plugin's fault record.
     pub(crate) fn faults(&self) -> &Faults {
-        &self.policy.faults
+        &self.recipe.policy.faults
     }
 
     /// Hands the plugin a new backend set (under the setup deadline).
@@ -338,7 +367,7 @@ impl<W: World> Exclusive<W> {
             return Ok(()); // the next call instantiates with the new set
         };
         instance.store.data_mut().set_figures(figures);
-        let deadline = self.limits.setup_deadline;
+        let deadline = self.recipe.deadlines.setup();
         run(instance, deadline, None, |bindings, store| {
             bindings.set_backends(store, &backends)
         })
@@ -354,24 +383,22 @@ impl<W: World> Exclusive<W> {
             return Err(FaultKind::Instantiate);
         };
         if state.instance.is_none() {
-            let recipe = Generation {
-                id: 0,
-                policy: self.policy.clone(),
-                params: self.params.clone(),
-                limits: self.limits,
-                engine: self.engine.clone(),
-                backends: state.backends.clone(),
+            let inputs = Inputs {
+                backends: &state.backends,
                 figures: state.figures.clone(),
                 sequence: Arc::default(),
-                spare: Mutex::new(Vec::new()),
             };
-            let (instance, _) = recipe.instantiate().map_err(|_| FaultKind::Instantiate)?;
+            let (instance, _) = self
+                .recipe
+                .instantiate(inputs)
+                .map_err(|_| FaultKind::Instantiate)?;
             state.instance = Some(instance);
         }
         let Some(instance) = state.instance.as_mut() else {
             return Err(FaultKind::Instantiate);
         };
-        run(instance, self.limits.call_deadline, None, call).inspect_err(|_| state.instance = None)
+        let deadline = self.recipe.deadlines.call();
+        run(instance, deadline, None, call).inspect_err(|_| state.instance = None)
     }
 }
 

@@ -11,14 +11,14 @@ use lb_config::Backend;
 use super::bindings::BalancerWorld;
 use super::faults::FaultKind;
 use super::instances::{wit_request, Configured, Generation};
-use crate::balancer::{BackendFigures, Balancer, BalancerFactory, PickContext, RoundRobin};
+use lb_policy::{BackendFigures, Balancer, BalancerFactory, PickContext, RoundRobin};
 
 /// A balancer plugin with one port's parameters.
 pub(crate) struct WasmBalancerFactory(pub(crate) Configured<BalancerWorld>);
 
 impl BalancerFactory for WasmBalancerFactory {
     fn name(&self) -> &str {
-        &self.0.policy.name
+        &self.0.recipe.policy.name
     }
 
     fn build(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) -> Box<dyn Balancer> {
@@ -40,6 +40,10 @@ struct WasmBalancer {
 impl Balancer for WasmBalancer {
     fn name(&self) -> &str {
         self.generation.name()
+    }
+
+    fn activate(&self) {
+        self.generation.prepare();
     }
 
     fn pick(&self, cx: &PickContext<'_>, attempt: u32) -> Option<usize> {

@@ -1,13 +1,17 @@
-//! Policy plugins: WebAssembly components implementing the `gantry:plugins` worlds
-//! (`plugins-wit/`). The built-in policies are plugins too, embedded at build time from
+//! `lb-plugins`: Gantry's policy plugins, WebAssembly components implementing the
+//! `gantry:plugins` worlds (`plugins-wit/`), run by wasmtime behind the `lb-policy` traits.
+//! The built-in policies are plugins too, embedded at build time from
 //! `plugins/builtin/KIND/NAME`; users name their own files under `plugins:` in the
 //! configuration.
 //!
-//! [`PluginHost`] turns a port's [`BalancerPolicy`] into a [`BalancerFactory`] and its
-//! [`AffinityPolicy`] into an [`AffinityFactory`]: it compiles a plugin once per content
-//! ([`sandbox`]), keeps one fault record per loaded plugin so quarantine survives reloads that
-//! do not change the file ([`faults`]), and checks the port's parameters against the plugin's
-//! `configure` before anything is swapped. What running a plugin involves is in `instances`.
+//! [`PluginHost`] turns a port's [`BalancerPolicy`] into a [`BalancerFactory`], its
+//! [`AffinityPolicy`] into an [`AffinityFactory`] and each health policy into a
+//! [`HealthPolicy`]: it compiles a plugin once per content ([`sandbox`]), keeps one fault
+//! record per loaded plugin so quarantine survives reloads that do not change the file
+//! ([`faults`]), and checks the port's parameters against the plugin's `configure` before
+//! anything is swapped. Building computes only; [`PluginHost::commit`] makes the plugins a
+//! model uses visible (their metrics) and forgets the others. What running a plugin involves
+//! is in `instances`.
 
 mod affinity;
 mod balancer;
@@ -36,15 +40,18 @@ use self::balancer::WasmBalancerFactory;
 use self::bindings::{AffinityWorld, BalancerWorld, HealthWorld};
 use self::faults::Faults;
 use self::health::WasmHealthPolicy;
-use self::instances::{Configured, LoadedPolicy};
+use self::instances::{Configured, LoadedPolicy, Recipe};
 use self::sandbox::Sandbox;
 use self::worlds::World;
-use crate::affinity::AffinityFactory;
-use crate::balancer::{BalancerFactory, RoundRobin};
-use crate::health::HealthPolicy;
-use crate::metrics::Metrics;
+pub use faults::{FaultHandles, FaultKind, NoTelemetry, PluginTelemetry};
+use lb_config::{FieldPath, Problems};
+use lb_policy::{AffinityFactory, BalancerFactory, HealthPolicy, RoundRobin};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+
+/// Where the build put every plugin of `plugins/` (built-ins, examples, test plugins), as
+/// `CRATE_NAME.wasm`: for tests and benchmarks that load one as a user's file.
+pub const BUILT_PLUGIN_DIR: &str = env!("GANTRY_PLUGIN_DIR");
 
 /// The names of the embedded built-ins of one kind (`balancer`, `affinity`).
 pub fn builtin_names(kind: &str) -> impl Iterator<Item = &'static str> + '_ {
@@ -84,7 +91,9 @@ type Loaded<W> = Mutex<HashMap<String, Arc<LoadedPolicy<W>>>>;
 /// Loads plugins and makes policy factories from ports' policies.
 pub struct PluginHost {
     sandbox: Sandbox,
-    metrics: Arc<Metrics>,
+    telemetry: Arc<dyn PluginTelemetry>,
+    /// Faults in a row before a plugin loaded from now on is quarantined.
+    quarantine_after: std::sync::atomic::AtomicU32,
     workers: usize,
     balancers: Loaded<BalancerWorld>,
     affinities: Loaded<AffinityWorld>,
@@ -96,22 +105,23 @@ impl PluginHost {
     /// worker thread) whenever a backend set changes. Compiles in memory only.
     pub fn new(
         limits: &PluginLimits,
-        metrics: Arc<Metrics>,
+        telemetry: Arc<dyn PluginTelemetry>,
         workers: usize,
     ) -> Result<Self, PluginError> {
-        Self::with_compile_cache(limits, metrics, workers, &PluginCache::Off)
+        Self::with_compile_cache(limits, telemetry, workers, &PluginCache::Off)
     }
 
     /// As [`PluginHost::new`], keeping compiled plugins in `cache` across restarts.
     pub fn with_compile_cache(
         limits: &PluginLimits,
-        metrics: Arc<Metrics>,
+        telemetry: Arc<dyn PluginTelemetry>,
         workers: usize,
         cache: &PluginCache,
     ) -> Result<Self, PluginError> {
         Ok(PluginHost {
             sandbox: Sandbox::new(limits, cache)?,
-            metrics,
+            telemetry,
+            quarantine_after: limits.quarantine_after.into(),
             workers,
             balancers: Mutex::default(),
             affinities: Mutex::default(),
@@ -123,12 +133,11 @@ impl PluginHost {
     pub fn factory(
         &self,
         policy: &BalancerPolicy,
-        limits: &PluginLimits,
     ) -> Result<Arc<dyn BalancerFactory>, PluginError> {
         if policy.policy == PolicySource::Native {
             return Ok(Arc::new(RoundRobin));
         }
-        let configured = self.configure(&self.balancers, &policy.policy, &policy.params, limits)?;
+        let configured = self.configure(&self.balancers, &policy.policy, &policy.params)?;
         Ok(Arc::new(WasmBalancerFactory(configured)))
     }
 
@@ -137,10 +146,8 @@ impl PluginHost {
     pub fn affinity_factory(
         &self,
         policy: &AffinityPolicy,
-        limits: &PluginLimits,
     ) -> Result<Arc<dyn AffinityFactory>, PluginError> {
-        let configured =
-            self.configure(&self.affinities, &policy.policy, &policy.params, limits)?;
+        let configured = self.configure(&self.affinities, &policy.policy, &policy.params)?;
         Ok(Arc::new(WasmAffinityFactory::new(
             configured,
             policy.max_entries,
@@ -151,13 +158,23 @@ impl PluginHost {
     pub fn health_policy(
         &self,
         policy: &HealthConfig,
-        limits: &PluginLimits,
     ) -> Result<Arc<dyn HealthPolicy>, PluginError> {
-        let configured = self.configure(&self.health, &policy.policy, &policy.params, limits)?;
-        let plugin = configured.policy.name.to_string();
+        let configured = self.configure(&self.health, &policy.policy, &policy.params)?;
+        let plugin = configured.recipe.policy.name.to_string();
         let policy = WasmHealthPolicy::new(configured)
             .map_err(|message| PluginError::Invalid { plugin, message })?;
         Ok(Arc::new(policy))
+    }
+
+    /// Plugin calls run under `limits`' deadlines from now on, and loaded plugins are
+    /// quarantined after its count of faults in a row (the memory cap is the engine's, fixed
+    /// until the next start).
+    pub fn set_limits(&self, limits: &PluginLimits) {
+        self.sandbox.deadlines().set(limits);
+        self.quarantine_after.store(
+            limits.quarantine_after,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn configure<W: World>(
@@ -165,7 +182,6 @@ impl PluginHost {
         loaded: &Loaded<W>,
         source: &PolicySource,
         params: &[(String, String)],
-        limits: &PluginLimits,
     ) -> Result<Configured<W>, PluginError> {
         let policy = match source {
             PolicySource::Native => {
@@ -184,19 +200,13 @@ impl PluginHost {
                         plugin: identity.clone(),
                         message: format!("is not a {} built into this gantry", W::NAME),
                     })?;
-                self.load(loaded, &identity, &identity, bytes, limits)?
+                self.load(loaded, &identity, &identity, bytes)?
             }
             PolicySource::File(plugin) => {
-                self.load(loaded, &plugin.sha256, &plugin.name, &plugin.bytes, limits)?
+                self.load(loaded, &plugin.sha256, &plugin.name, &plugin.bytes)?
             }
         };
-        Configured::new(
-            policy,
-            params,
-            *limits,
-            self.sandbox.engine().clone(),
-            self.workers,
-        )
+        Configured::new(Recipe::new(policy, params, &self.sandbox), self.workers)
     }
 
     fn load<W: World>(
@@ -205,7 +215,6 @@ impl PluginHost {
         identity: &str,
         name: &str,
         bytes: &[u8],
-        limits: &PluginLimits,
     ) -> Result<Arc<LoadedPolicy<W>>, PluginError> {
         if let Some(found) = loaded.lock().ok().and_then(|l| l.get(identity).cloned()) {
             return Ok(found);
@@ -216,9 +225,12 @@ impl PluginHost {
             message: format!("is not a{} {} plugin: {e:#}", article(W::NAME), W::NAME),
         })?;
         let name: Arc<str> = name.into();
-        let (counters, gauge) = self.metrics.plugin(&name);
         let policy = Arc::new(LoadedPolicy {
-            faults: Faults::new(name.clone(), counters, gauge, limits.quarantine_after),
+            faults: Arc::new(Faults::new(
+                name.clone(),
+                self.quarantine_after
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )),
             name,
             pre,
         });
@@ -228,34 +240,55 @@ impl PluginHost {
         Ok(policy)
     }
 
-    /// Forgets plugins `model` no longer uses (a changed file is a new plugin).
-    pub fn retain_used_by(&self, model: &Model) {
+    /// The model is now serving: shows the metrics of the plugins it uses, applies its
+    /// quarantine threshold to them, and forgets the plugins it no longer uses (a changed file
+    /// is a new plugin).
+    pub fn commit(&self, model: &Model) {
         let used: Vec<String> = model
             .ports()
             .flat_map(lb_config::Port::policies)
-            .filter_map(|policy| match policy {
-                PolicySource::Native => None,
-                PolicySource::Builtin(name) => Some(format!("builtin:{name}")),
-                PolicySource::File(plugin) => Some(plugin.sha256.clone()),
-            })
+            .filter_map(identity)
             .collect();
+        let mut kept = Vec::new();
         let mut forgotten = Vec::new();
-        retain(&self.balancers, &used, &mut forgotten);
-        retain(&self.affinities, &used, &mut forgotten);
-        retain(&self.health, &used, &mut forgotten);
+        retain(&self.balancers, &used, &mut kept, &mut forgotten);
+        retain(&self.affinities, &used, &mut kept, &mut forgotten);
+        retain(&self.health, &used, &mut kept, &mut forgotten);
         for name in forgotten {
-            self.metrics.forget_plugin(&name);
+            self.telemetry.hide(&name);
+        }
+        for (name, faults) in kept {
+            faults.set_quarantine_after(model.plugin_limits.quarantine_after);
+            self.telemetry.show(&name, faults.handles());
         }
         let keep: Vec<&str> = used.iter().map(String::as_str).collect();
         self.sandbox.retain(&keep);
     }
 }
 
-fn retain<W: World>(loaded: &Loaded<W>, used: &[String], forgotten: &mut Vec<Arc<str>>) {
+/// The identity a loaded plugin is kept under: `builtin:NAME`, or a user file's SHA-256.
+fn identity(policy: &PolicySource) -> Option<String> {
+    match policy {
+        PolicySource::Native => None,
+        PolicySource::Builtin(name) => Some(format!("builtin:{name}")),
+        PolicySource::File(plugin) => Some(plugin.sha256.clone()),
+    }
+}
+
+/// Keeps the plugins in `used`, listing them in `kept` (with their fault records) and the
+/// others' names in `forgotten`.
+fn retain<W: World>(
+    loaded: &Loaded<W>,
+    used: &[String],
+    kept: &mut Vec<(Arc<str>, Arc<Faults>)>,
+    forgotten: &mut Vec<Arc<str>>,
+) {
     if let Ok(mut loaded) = loaded.lock() {
         loaded.retain(|identity, policy| {
             let keep = used.contains(identity);
-            if !keep {
+            if keep {
+                kept.push((policy.name.clone(), policy.faults.clone()));
+            } else {
                 forgotten.push(policy.name.clone());
             }
             keep
@@ -271,27 +304,30 @@ fn article(word: &str) -> &'static str {
     }
 }
 
-/// Every problem the plugins of `model` have with their ports' parameters, as
-/// `field path: message` lines, for `gantry check`.
-pub fn check(model: &Model) -> Vec<String> {
-    let host = match PluginHost::new(&model.plugin_limits, Arc::new(Metrics::new()), 1) {
+/// Every problem the plugins of `model` have with their ports' parameters, located at the
+/// field that names the policy, for `gantry check`.
+pub fn check(model: &Model) -> Problems {
+    let mut problems = Problems::default();
+    let host = match PluginHost::new(&model.plugin_limits, Arc::new(NoTelemetry), 1) {
         Ok(host) => host,
-        Err(err) => return vec![err.to_string()],
+        Err(err) => {
+            problems.push(&FieldPath::root().field("plugin_limits"), err.to_string());
+            return problems;
+        }
     };
-    let limits = &model.plugin_limits;
-    let mut problems = Vec::new();
     for port in model.ports() {
-        if let Err(err) = host.factory(&port.balancer, limits) {
-            problems.push(format!("{}.balancer: {err}", port.origin));
+        let at = &port.origin.0;
+        if let Err(err) = host.factory(&port.balancer) {
+            problems.push(&at.field("balancer"), err.to_string());
         }
         if let Some(affinity) = &port.affinity {
-            if let Err(err) = host.affinity_factory(affinity, limits) {
-                problems.push(format!("{}.affinity: {err}", port.origin));
+            if let Err(err) = host.affinity_factory(affinity) {
+                problems.push(&at.field("affinity"), err.to_string());
             }
         }
         for (i, health) in port.health.iter().enumerate() {
-            if let Err(err) = host.health_policy(health, limits) {
-                problems.push(format!("{}.health[{i}]: {err}", port.origin));
+            if let Err(err) = host.health_policy(health) {
+                problems.push(&at.field("health").index(i), err.to_string());
             }
         }
     }

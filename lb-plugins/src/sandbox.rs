@@ -8,7 +8,7 @@
 //! naming the import, before it can run.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -56,9 +56,48 @@ const POOLED_INSTANCES: u32 = 1000;
 /// Interface prefixes a plugin may import.
 const ALLOWED_IMPORTS: &[&str] = &["gantry:plugins/", "wasi:io/", "wasi:cli/", "wasi:random/"];
 
+/// The deadlines plugin calls run under now. A reload that changes `plugin_limits:` changes
+/// them in place, for every plugin at once.
+pub(crate) struct Deadlines {
+    call_nanos: AtomicU64,
+    setup_nanos: AtomicU64,
+}
+
+impl Deadlines {
+    fn new(limits: &PluginLimits) -> Self {
+        let deadlines = Deadlines {
+            call_nanos: AtomicU64::new(0),
+            setup_nanos: AtomicU64::new(0),
+        };
+        deadlines.set(limits);
+        deadlines
+    }
+
+    /// Takes `limits`' deadlines from now on.
+    pub(crate) fn set(&self, limits: &PluginLimits) {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.call_nanos
+            .store(nanos(limits.call_deadline), Ordering::Relaxed);
+        self.setup_nanos
+            .store(nanos(limits.setup_deadline), Ordering::Relaxed);
+    }
+
+    /// Deadline of one per-request call.
+    pub(crate) fn call(&self) -> Duration {
+        Duration::from_nanos(self.call_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Deadline of `configure` and `set-backends`.
+    pub(crate) fn setup(&self) -> Duration {
+        Duration::from_nanos(self.setup_nanos.load(Ordering::Relaxed))
+    }
+}
+
 /// The engine, its linker, and compiled plugins by content hash.
 pub struct Sandbox {
     engine: Engine,
+    deadlines: Arc<Deadlines>,
+    memory_bytes: u64,
     linker: Linker<HostState>,
     compiled: Mutex<HashMap<String, InstancePre<HostState>>>,
     ticker: EpochTicker,
@@ -121,6 +160,8 @@ impl Sandbox {
         let ticker = EpochTicker::start(engine.clone());
         Ok(Sandbox {
             engine,
+            deadlines: Arc::new(Deadlines::new(limits)),
+            memory_bytes: memory,
             linker,
             compiled: Mutex::new(HashMap::new()),
             ticker,
@@ -130,6 +171,16 @@ impl Sandbox {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The deadlines calls run under now.
+    pub(crate) fn deadlines(&self) -> &Arc<Deadlines> {
+        &self.deadlines
+    }
+
+    /// The linear memory cap of each instance, fixed for the engine's life.
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
     }
 
     /// Compiles (or finds already compiled) a component, checks what it imports, and prepares

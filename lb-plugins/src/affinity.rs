@@ -12,8 +12,10 @@ use lb_config::Backend;
 use super::bindings::{AffinityWorld, WitHeader, WitStickiness};
 use super::faults::FaultKind;
 use super::instances::{wit_request, Configured, Generation};
-use crate::affinity::{Affinity, AffinityFactory, AffinityTable, ResponseHeader, Stickiness};
-use crate::balancer::{BackendFigures, PickContext};
+use lb_policy::{
+    Affinity, AffinityFactory, AffinityTable, BackendFigures, PickContext, ResponseHeader,
+    Stickiness,
+};
 
 /// An affinity plugin with one port's parameters, and the port's table.
 pub(crate) struct WasmAffinityFactory {
@@ -38,7 +40,7 @@ impl WasmAffinityFactory {
 
 impl AffinityFactory for WasmAffinityFactory {
     fn name(&self) -> &str {
-        &self.configured.policy.name
+        &self.configured.recipe.policy.name
     }
 
     fn build(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) -> Box<dyn Affinity> {
@@ -68,6 +70,10 @@ thread_local! {
 }
 
 impl Affinity for WasmAffinity {
+    fn activate(&self) {
+        self.generation.prepare();
+    }
+
     fn stick(&self, cx: &PickContext<'_>) -> Stickiness {
         let faults = self.generation.faults();
         if faults.is_quarantined() {

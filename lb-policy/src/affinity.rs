@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use lb_config::Backend;
 
-use crate::balancer::{BackendFigures, PickContext};
+use crate::{BackendFigures, PickContext};
 
 /// What a request sticks by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +42,9 @@ pub trait Affinity: Send + Sync {
 
     /// `cx` was balanced to the backend at `index`; the header that brings the client back.
     fn assigned(&self, cx: &PickContext<'_>, index: usize) -> Option<ResponseHeader>;
+
+    /// The affinity is about to serve (see [`crate::Balancer::activate`]). Nothing by default.
+    fn activate(&self) {}
 }
 
 /// Builds an [`Affinity`] for each backend set of a port, and owns the port's table.
@@ -49,7 +52,7 @@ pub trait AffinityFactory: Send + Sync {
     /// The policy's name.
     fn name(&self) -> &str;
 
-    /// An affinity for exactly these backends, in this order.
+    /// An affinity for exactly these backends, in this order. Computes only.
     fn build(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) -> Box<dyn Affinity>;
 
     /// The table of remembered keys, when the policy uses one.

@@ -12,7 +12,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 
 use super::bindings::{HostImports, Level, TypesImports, WitFigures};
-use crate::balancer::BackendFigures;
+use lb_policy::BackendFigures;
 
 /// Log lines one instance may write per second; the rest are dropped (and counted in the
 /// last line of the next second).
@@ -132,7 +132,7 @@ impl HostImports for HostState {
     }
 
     fn monotonic_now(&mut self) -> u64 {
-        u64::try_from(crate::pool::clock_origin().elapsed().as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from(lb_policy::clock::since_origin().as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn random(&mut self) -> u64 {

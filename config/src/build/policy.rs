@@ -1,19 +1,18 @@
 //! Validation of the policy parts of a configuration: the `plugins:` files (read, hashed and
-//! checked against their pins here, so a changed file is a changed model), each port's
-//! `balancer:` and `affinity:`, and the sandbox `plugin_limits:`. Whether a plugin's `configure` accepts its
+//! checked against their pins here, so a changed file is a changed model) and each port's
+//! `balancer:`, `affinity:` and `health:`. Whether a plugin's `configure` accepts its
 //! parameters is for the host to say (it runs the plugin); this module checks the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::file::{AffinityFile, BalancerFile, HealthFile, PluginFile, PluginLimitsFile};
+use crate::file::{AffinityFile, BalancerFile, HealthFile, PluginFile};
 use crate::lenient::Lenient;
 use crate::model::{
-    AffinityPolicy, BalancerPolicy, HashKey, HealthPolicy, PluginBinary, PluginLimits, PolicySource,
+    AffinityPolicy, BalancerPolicy, HashKey, HealthPolicy, PluginBinary, PolicySource,
 };
 use crate::problems::{FieldPath, Problems};
 
@@ -41,12 +40,12 @@ pub const DEFAULT_AFFINITY_ENTRIES: u32 = 1 << 18;
 
 /// User plugins by name; `declared` also holds the names whose file failed to load, so a port
 /// naming one is not reported a second time.
-pub(crate) struct Plugins {
+pub(super) struct Plugins {
     loaded: BTreeMap<String, Arc<PluginBinary>>,
     declared: BTreeSet<String>,
 }
 
-pub(crate) fn build_plugins(
+pub(super) fn build_plugins(
     file: Option<BTreeMap<String, Lenient<PluginFile>>>,
     base_dir: &Path,
     path: &FieldPath,
@@ -130,55 +129,7 @@ pub(crate) fn build_plugins(
     plugins
 }
 
-pub(crate) fn build_plugin_limits(
-    file: Option<PluginLimitsFile>,
-    path: &FieldPath,
-    p: &mut Problems,
-) -> PluginLimits {
-    let file = file.unwrap_or_default();
-    let mut limits = PluginLimits {
-        call_deadline: Duration::from_millis(2),
-        setup_deadline: Duration::from_secs(1),
-        memory_bytes: 16 << 20,
-        quarantine_after: 10,
-    };
-    for (value, slot, name) in [
-        (
-            file.call_deadline,
-            &mut limits.call_deadline,
-            "call_deadline",
-        ),
-        (
-            file.setup_deadline,
-            &mut limits.setup_deadline,
-            "setup_deadline",
-        ),
-    ] {
-        match value {
-            Some(d) if d.0 < Duration::from_micros(100) => {
-                p.push(&path.field(name), "must be at least 100us")
-            }
-            Some(d) => *slot = d.0,
-            None => {}
-        }
-    }
-    match file.memory_mib {
-        Some(mib @ 1..=4096) => limits.memory_bytes = u64::from(mib) << 20,
-        Some(mib) => p.push(
-            &path.field("memory_mib"),
-            format!("{mib} is out of range 1..=4096"),
-        ),
-        None => {}
-    }
-    match file.quarantine_after {
-        Some(0) => p.push(&path.field("quarantine_after"), "must be at least 1"),
-        Some(n) => limits.quarantine_after = n,
-        None => {}
-    }
-    limits
-}
-
-pub(crate) fn build_balancer(
+pub(super) fn build_balancer(
     file: Option<BalancerFile>,
     plugins: &Plugins,
     path: &FieldPath,
@@ -225,7 +176,7 @@ pub(crate) fn build_balancer(
     })
 }
 
-pub(crate) fn build_affinity(
+pub(super) fn build_affinity(
     file: AffinityFile,
     plugins: &Plugins,
     path: &FieldPath,
@@ -251,7 +202,7 @@ pub(crate) fn build_affinity(
     })
 }
 
-pub(crate) fn build_health(
+pub(super) fn build_health(
     file: HealthFile,
     plugins: &Plugins,
     path: &FieldPath,

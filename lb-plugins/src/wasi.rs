@@ -1,5 +1,5 @@
 //! The WASI a plugin gets: exactly the interfaces a Rust `std` guest imports, implemented
-//! here, synchronously, with nothing to block on (`lb-core/wit/sandbox.wit`). There are no
+//! here, synchronously, with nothing to block on (`lb-plugins/wit/sandbox.wit`). There are no
 //! arguments and no environment; stdin is closed; what a plugin writes to stdout or stderr
 //! (a panic message, say) goes to Gantry's log through the same rate limit as `host.log`;
 //! `exit` ends the call as a trap; random bits come from the instance's generator.

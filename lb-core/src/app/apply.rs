@@ -1,0 +1,405 @@
+//! The reconcile: from the running model to a new one, driven by the typed diff.
+//!
+//! Build, then activate. [`Gantry::apply`] first *builds* a [`Plan`] from the changes: it binds
+//! new sockets (not accepting yet), creates TLS state, loads and checks plugins, and builds
+//! routes, all of which only compute; nothing live (a running listener, a health checker, a
+//! backend's state, a plugin instance, a metric series) is touched, so a reload that fails at
+//! any step of the build leaves no trace. Then it *commits* the plan, which cannot fail: routes
+//! are activated and swapped in, listeners start or drain, and the new model is stored.
+//!
+//! The build is a `match` over the changes; what a change names is all it acts on (Sozu's
+//! `ConfigState::diff` → requests). It compares no fields of its own.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_config::{
+    Change, ListenerKey, Model, Port, PortAspect, PortAspects, RuntimeAspect, RuntimeAspects,
+};
+use lb_plugins::PluginError;
+
+use super::{Gantry, LiveListener};
+use crate::health::HealthChecker;
+use crate::http_server::BoundServer;
+use crate::listener::Listener;
+use crate::route::{Carry, Route, RouteContext, RoutePolicies};
+use crate::tls::TlsEndpoint;
+
+/// Why a model could not be applied; the running model keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A port's socket could not be bound.
+    #[error("cannot listen on {address} for {key}: {source}")]
+    Bind {
+        /// The port.
+        key: ListenerKey,
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The admin socket could not be bound.
+    #[error("cannot listen on {address} for the admin endpoint: {source}")]
+    Admin {
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A port's policy plugin cannot be used (it failed to load, or refused the port's
+    /// parameters).
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    /// The plugin engine could not start.
+    #[error("{0}")]
+    Plugins(PluginError),
+    /// TLS state could not be set up.
+    #[error("TLS setup for {key} failed: {source}")]
+    Tls {
+        /// The port.
+        key: ListenerKey,
+        /// The rustls error.
+        source: rustls::Error,
+    },
+}
+
+/// A plugin problem found while applying, with the field path of the port that uses it.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}.{field}: {source}")]
+pub struct PolicyError {
+    /// Where the port is in its source (`services[0].ports[1]`).
+    pub origin: String,
+    /// `balancer`, `affinity` or `health[i]`.
+    pub field: String,
+    /// What is wrong with its plugin.
+    pub source: PluginError,
+}
+
+/// Everything a reload will do, built with nothing live touched.
+#[derive(Default)]
+struct Plan {
+    /// New listeners, bound but not accepting, each with the route it replaces (a rebound
+    /// port's old route, whose state it carries on).
+    starts: Vec<(Listener, Option<Arc<Route>>)>,
+    /// Listeners to drain.
+    stops: Vec<ListenerKey>,
+    /// New routes for kept listeners.
+    swaps: Vec<Swap>,
+    /// The admin listener's new socket.
+    admin: Option<BoundServer>,
+    /// Process-wide settings that changed.
+    runtime: RuntimeAspects,
+    /// Whether the plugins' sandbox limits changed.
+    plugin_limits: bool,
+}
+
+/// A new route for a kept listener.
+struct Swap {
+    key: ListenerKey,
+    route: Route,
+    /// TLS state for a port that did not terminate TLS before.
+    new_endpoint: Option<Arc<TlsEndpoint>>,
+    /// The listener's certificates are replaced.
+    certificates: bool,
+}
+
+/// The aspects a backend pool is built from: when none changed, a port keeps its pool.
+const POOL_ASPECTS: [PortAspect; 5] = [
+    PortAspect::Backends,
+    PortAspect::Settings,
+    PortAspect::Balancer,
+    PortAspect::Affinity,
+    PortAspect::Health,
+];
+
+impl Gantry {
+    /// Moves to `new`, changing only what differs; returns what changed. On an error nothing
+    /// changed.
+    pub async fn apply(&self, new: Model) -> Result<Vec<Change>, ApplyError> {
+        let mut listeners = self.inner.listeners.lock().await;
+        let old = self.inner.model.load_full();
+        let changes = lb_config::diff(&old, &new);
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let plan = self.build(&changes, &new, &listeners).await?;
+        self.commit(plan, new, &mut listeners).await;
+        for change in &changes {
+            self.inner.metrics.change(change.kind());
+            tracing::info!(change = %change, "applied");
+        }
+        Ok(changes)
+    }
+
+    /// Builds the plan for `changes`: every fallible step, nothing live touched.
+    async fn build(
+        &self,
+        changes: &[Change],
+        new: &Model,
+        listeners: &std::collections::BTreeMap<ListenerKey, Listener>,
+    ) -> Result<Plan, ApplyError> {
+        let mut plan = Plan::default();
+        for change in changes {
+            match change {
+                Change::ListenerAdded(key) => {
+                    plan.starts
+                        .push((self.bind(port_of(new, key), None)?, None));
+                }
+                Change::ListenerRemoved(key) => plan.stops.push(key.clone()),
+                Change::ListenerRebound { key, .. } => {
+                    let previous = listeners.get(key).map(Listener::route);
+                    let listener = self.bind(port_of(new, key), previous.as_deref())?;
+                    plan.stops.push(key.clone());
+                    plan.starts.push((listener, previous));
+                }
+                Change::PortChanged { key, what } => {
+                    if let Some(listener) = listeners.get(key) {
+                        plan.swaps
+                            .push(self.prepare_swap(listener, port_of(new, key), *what)?);
+                    }
+                }
+                Change::AdminChanged { to, .. } => {
+                    let bound =
+                        BoundServer::bind(*to)
+                            .await
+                            .map_err(|source| ApplyError::Admin {
+                                address: *to,
+                                source,
+                            })?;
+                    plan.admin = Some(bound);
+                }
+                Change::RuntimeChanged(what) => plan.runtime = *what,
+                Change::PluginLimitsChanged => plan.plugin_limits = true,
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Carries out `plan` and stores `new`; nothing here can fail.
+    async fn commit(
+        &self,
+        plan: Plan,
+        new: Model,
+        listeners: &mut std::collections::BTreeMap<ListenerKey, Listener>,
+    ) {
+        let inner = &self.inner;
+        if plan.plugin_limits {
+            inner.plugins.set_limits(&new.plugin_limits);
+            if inner.model.load().plugin_limits.memory_bytes != new.plugin_limits.memory_bytes {
+                tracing::warn!("plugin_limits.memory_mib takes effect at the next start");
+            }
+        }
+        for swap in plan.swaps {
+            let Some(listener) = listeners.get_mut(&swap.key) else {
+                continue;
+            };
+            if let (true, Some(endpoint), Some(tls)) =
+                (swap.certificates, listener.tls(), &swap.route.port.tls)
+            {
+                endpoint.replace_certificates(tls);
+            }
+            if let Some(endpoint) = swap.new_endpoint {
+                listener.set_tls(endpoint);
+            }
+            let previous = listener.route();
+            swap.route.activate(Some(&previous), &inner.metrics);
+            let previous = listener.swap(swap.route);
+            previous.replaced_by(&listener.route(), &inner.metrics);
+        }
+        for key in plan.stops {
+            if let Some(listener) = listeners.remove(&key) {
+                listener.route().retire_health_not_in(None);
+                self.drain_in_background(listener, new.runtime.shutdown_grace)
+                    .await;
+            }
+        }
+        for (mut listener, previous) in plan.starts {
+            listener
+                .route()
+                .activate(previous.as_deref(), &inner.metrics);
+            listener.start();
+            listeners.insert(listener.key().clone(), listener);
+        }
+        if let Some(bound) = plan.admin {
+            let previous = self.set_admin(self.serve_admin(bound));
+            if let Some(previous) = previous {
+                tokio::spawn(previous.stop());
+            }
+        }
+        for aspect in plan.runtime.iter() {
+            match aspect {
+                RuntimeAspect::AccessLog => inner
+                    .access_log
+                    .store(new.runtime.access_log, Ordering::Relaxed),
+                RuntimeAspect::Workers => {
+                    tracing::warn!("runtime.workers takes effect at the next start")
+                }
+                RuntimeAspect::PluginCache => {
+                    tracing::warn!("runtime.plugin_cache takes effect at the next start")
+                }
+                // Read where they are used: at the next drain, at the next poll.
+                RuntimeAspect::ShutdownGrace | RuntimeAspect::WatchInterval => {}
+            }
+        }
+        inner.plugins.commit(&new);
+        inner.model.store(Arc::new(new));
+        inner.live.store(Arc::new(
+            listeners
+                .iter()
+                .map(|(key, l)| {
+                    let live = LiveListener {
+                        local_addr: l.local_addr(),
+                        shared: l.shared().clone(),
+                        connections: l.connections().clone(),
+                    };
+                    (key.clone(), live)
+                })
+                .collect(),
+        ));
+    }
+
+    fn route_context<'a>(&'a self, tls: Option<&'a TlsEndpoint>) -> RouteContext<'a> {
+        RouteContext {
+            tls,
+            access_log: &self.inner.access_log,
+        }
+    }
+
+    /// The policies of `port` that `fresh` names are built anew from the plugin host; the
+    /// others are `previous`'s (no reload of the plugin for a backend change, and the
+    /// affinity table is kept).
+    fn policies(
+        &self,
+        port: &Port,
+        previous: Option<&RoutePolicies>,
+        fresh: PortAspects,
+    ) -> Result<RoutePolicies, ApplyError> {
+        let failed = |field: String| {
+            move |source| {
+                ApplyError::Policy(PolicyError {
+                    origin: port.origin.to_string(),
+                    field,
+                    source,
+                })
+            }
+        };
+        let plugins = &self.inner.plugins;
+        let kept = |aspect| previous.filter(|_| !fresh.contains(aspect));
+        let balancer = match kept(PortAspect::Balancer) {
+            Some(previous) => previous.balancer.clone(),
+            None => plugins
+                .factory(&port.balancer)
+                .map_err(failed("balancer".into()))?,
+        };
+        let affinity = match (kept(PortAspect::Affinity), &port.affinity) {
+            (Some(previous), _) => previous.affinity.clone(),
+            (None, None) => None,
+            (None, Some(policy)) => Some(
+                plugins
+                    .affinity_factory(policy)
+                    .map_err(failed("affinity".into()))?,
+            ),
+        };
+        let health = match kept(PortAspect::Health) {
+            Some(previous) => previous.health.clone(),
+            None => {
+                let mut checkers = Vec::with_capacity(port.health.len());
+                for (slot, policy) in port.health.iter().enumerate() {
+                    let policy = plugins
+                        .health_policy(policy)
+                        .map_err(failed(format!("health[{slot}]")))?;
+                    let slot = u8::try_from(slot).unwrap_or(7);
+                    checkers.push(Arc::new(HealthChecker::new(policy, slot)));
+                }
+                checkers
+            }
+        };
+        Ok(RoutePolicies {
+            balancer,
+            affinity,
+            health,
+        })
+    }
+
+    /// A listener for `port`, bound but not accepting, carrying the state of `previous` (the
+    /// route of the port it replaces at another address) with all-new policies.
+    fn bind(&self, port: &Port, previous: Option<&Route>) -> Result<Listener, ApplyError> {
+        let tls_error = |source| ApplyError::Tls {
+            key: port.key.clone(),
+            source,
+        };
+        let endpoint = match &port.tls {
+            Some(tls) => Some(Arc::new(TlsEndpoint::new(tls).map_err(tls_error)?)),
+            None => None,
+        };
+        let all = PortAspects::of(PortAspect::ALL);
+        let policies = self.policies(port, None, all)?;
+        let carry = previous.map_or(Carry::Nothing, Carry::State);
+        let cx = self.route_context(endpoint.as_deref());
+        let route = Route::build(port, carry, policies, &cx).map_err(tls_error)?;
+        Listener::bind(port.key.clone(), port.bind, route, endpoint).map_err(|source| {
+            ApplyError::Bind {
+                key: port.key.clone(),
+                address: port.bind,
+                source,
+            }
+        })
+    }
+
+    /// The new route of a kept listener whose port changed in `what`.
+    fn prepare_swap(
+        &self,
+        listener: &Listener,
+        port: &Port,
+        what: PortAspects,
+    ) -> Result<Swap, ApplyError> {
+        let tls_error = |source| ApplyError::Tls {
+            key: port.key.clone(),
+            source,
+        };
+        // A port that now terminates TLS needs the listener's long-lived TLS state.
+        let new_endpoint = match (&port.tls, listener.tls()) {
+            (Some(tls), None) => Some(Arc::new(TlsEndpoint::new(tls).map_err(tls_error)?)),
+            _ => None,
+        };
+        let endpoint = new_endpoint.as_deref().or(listener.tls().map(Arc::as_ref));
+        let previous = listener.route();
+        let policies = self.policies(port, Some(&previous.policies), what)?;
+        let carry = if POOL_ASPECTS.iter().any(|a| what.contains(*a)) {
+            Carry::State(&previous)
+        } else {
+            Carry::Pool(&previous)
+        };
+        let cx = self.route_context(endpoint);
+        let route = Route::build(port, carry, policies, &cx).map_err(tls_error)?;
+        Ok(Swap {
+            key: port.key.clone(),
+            route,
+            new_endpoint,
+            certificates: what.contains(PortAspect::Certificates),
+        })
+    }
+
+    /// Closes the listener's socket now; its connections finish in the background, then the
+    /// series of a port that is gone are hidden (a rebound port keeps them).
+    async fn drain_in_background(&self, mut listener: Listener, grace: Duration) {
+        listener.begin_drain().await;
+        let inner = self.inner.clone();
+        self.inner.draining.spawn(async move {
+            listener.finish_drain(grace).await;
+            let key = listener.key();
+            if inner.model.load().port(key).is_none() {
+                inner.metrics.hide_port(key);
+            }
+        });
+    }
+}
+
+/// A key the diff named is in the model it came from.
+fn port_of<'a>(model: &'a Model, key: &ListenerKey) -> &'a Port {
+    model
+        .port(key)
+        .expect("the diff names only ports present in the new model")
+}

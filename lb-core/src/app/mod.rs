@@ -1,0 +1,194 @@
+//! The running appliance. [`Gantry`] only ever receives [`Model`]s, whatever their source (the
+//! file source is `crate::reload`); [`Gantry::apply`] moves it from the running model to a new
+//! one by the typed diff ([`apply`]). Starting is applying the first model to an empty one.
+
+mod apply;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use lb_config::{ListenerKey, Model};
+use lb_plugins::PluginHost;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminApp, AdminView, ListenerState};
+use crate::connection::ListenerShared;
+use crate::http_server::{BoundServer, SmallServer};
+use crate::listener::Listener;
+use crate::metrics::Metrics;
+
+pub use apply::{ApplyError, PolicyError};
+
+/// A running Gantry.
+#[derive(Clone)]
+pub struct Gantry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    model: ArcSwap<Model>,
+    /// Only the control plane (apply, shutdown) takes this lock; it also serializes reloads.
+    listeners: tokio::sync::Mutex<BTreeMap<ListenerKey, Listener>>,
+    /// Lock-free view of the listeners for the admin endpoint and tests.
+    live: ArcSwap<BTreeMap<ListenerKey, LiveListener>>,
+    metrics: Arc<Metrics>,
+    plugins: PluginHost,
+    admin: Mutex<Option<SmallServer>>,
+    ready: AtomicBool,
+    /// `runtime.access_log`, read by every route.
+    access_log: Arc<AtomicBool>,
+    /// Listeners removed by reloads, finishing their connections.
+    draining: TaskTracker,
+}
+
+#[derive(Clone)]
+struct LiveListener {
+    local_addr: SocketAddr,
+    shared: Arc<ListenerShared>,
+    connections: TaskTracker,
+}
+
+impl Gantry {
+    /// Starts serving `model`.
+    pub async fn start(model: Model) -> Result<Gantry, ApplyError> {
+        let metrics = Arc::new(Metrics::new());
+        let workers = model.runtime.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let plugins = PluginHost::with_compile_cache(
+            &model.plugin_limits,
+            metrics.clone(),
+            workers,
+            &model.runtime.plugin_cache,
+        )
+        .map_err(ApplyError::Plugins)?;
+        let empty = Model {
+            admin: model.admin.clone(),
+            runtime: model.runtime.clone(),
+            plugin_limits: model.plugin_limits,
+            services: BTreeMap::new(),
+        };
+        let gantry = Gantry {
+            inner: Arc::new(Inner {
+                model: ArcSwap::from_pointee(empty),
+                listeners: tokio::sync::Mutex::new(BTreeMap::new()),
+                live: ArcSwap::default(),
+                metrics,
+                plugins,
+                admin: Mutex::new(None),
+                ready: AtomicBool::new(false),
+                access_log: Arc::new(AtomicBool::new(model.runtime.access_log)),
+                draining: TaskTracker::new(),
+            }),
+        };
+        let admin = BoundServer::bind(model.admin.listen)
+            .await
+            .map_err(|source| ApplyError::Admin {
+                address: model.admin.listen,
+                source,
+            })?;
+        gantry.set_admin(gantry.serve_admin(admin));
+        if let Err(err) = gantry.apply(model).await {
+            gantry.stop_admin().await;
+            return Err(err);
+        }
+        gantry.inner.ready.store(true, Ordering::Release);
+        tracing::info!("ready");
+        Ok(gantry)
+    }
+
+    /// Stops accepting everywhere, lets open work finish for up to `grace`, then closes what
+    /// is left and the admin listener.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.ready.store(false, Ordering::Release);
+        let listeners = std::mem::take(&mut *self.inner.listeners.lock().await);
+        let mut draining = tokio::task::JoinSet::new();
+        for (_, mut listener) in listeners {
+            listener.begin_drain().await;
+            draining.spawn(async move { listener.finish_drain(grace).await });
+        }
+        while draining.join_next().await.is_some() {}
+        self.inner.draining.close();
+        self.inner.draining.wait().await;
+        self.inner.live.store(Arc::default());
+        self.stop_admin().await;
+    }
+
+    /// The address a port is bound to (the actual port when configured as 0).
+    pub fn listener_addr(&self, service: &str, port: &str) -> Option<SocketAddr> {
+        let key = ListenerKey {
+            service: service.to_owned(),
+            port: port.to_owned(),
+        };
+        self.inner.live.load().get(&key).map(|l| l.local_addr)
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner
+            .admin
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(SmallServer::local_addr)
+    }
+
+    /// The model being served.
+    pub fn model(&self) -> Arc<Model> {
+        self.inner.model.load_full()
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    fn serve_admin(&self, bound: BoundServer) -> SmallServer {
+        let view: Arc<dyn AdminView> = self.inner.clone();
+        let server = bound.serve(AdminApp::new(view));
+        tracing::info!(address = %server.local_addr(), "admin listening");
+        server
+    }
+
+    fn set_admin(&self, server: SmallServer) -> Option<SmallServer> {
+        match self.inner.admin.lock() {
+            Ok(mut slot) => slot.replace(server),
+            Err(poisoned) => poisoned.into_inner().replace(server),
+        }
+    }
+
+    async fn stop_admin(&self) {
+        let server = match self.inner.admin.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(server) = server {
+            server.stop().await;
+        }
+    }
+}
+
+impl AdminView for Inner {
+    fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        let live = self.live.load();
+        let listeners = live.iter().map(|(key, l)| ListenerState {
+            key,
+            address: l.local_addr,
+            route: l.shared.route.load_full(),
+            open_connections: l.connections.len(),
+        });
+        admin::config_document(&self.model.load_full(), listeners)
+    }
+}

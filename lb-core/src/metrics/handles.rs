@@ -1,0 +1,216 @@
+//! The metric handles the data path holds: one set per port ([`PortMetrics`]) and one per
+//! backend of a port ([`BackendMetrics`]). They are made detached, while a reload is being
+//! built, and touch only atomics; the registry shows them once the reload commits (see
+//! [`super::Metrics::show_port`]), so a refused reload leaves no series behind.
+
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
+
+/// Buckets for request durations: a proxy's interesting range starts well under a millisecond.
+pub(super) const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Status classes counted per backend; `none` is a request that ended without a response.
+pub(super) const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+fn counter() -> IntCounter {
+    // Detached: the name only satisfies the constructor; the registry shows the handle under
+    // its family's name and labels.
+    IntCounter::new("detached", "detached").expect("a static name")
+}
+
+fn gauge() -> IntGauge {
+    IntGauge::new("detached", "detached").expect("a static name")
+}
+
+/// Why a request was refused before it reached a backend (`reason` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Request head larger than `limits.max_header_bytes` (431).
+    HeaderTooLarge,
+    /// More headers than `limits.max_headers` (431).
+    TooManyHeaders,
+    /// Request head not complete within `timeouts.header_read` (408).
+    HeaderTimeout,
+    /// Both `Content-Length` and `Transfer-Encoding`, or conflicting lengths (400).
+    AmbiguousLength,
+}
+
+impl Rejection {
+    pub(super) const ALL: [Rejection; 4] = [
+        Rejection::HeaderTooLarge,
+        Rejection::TooManyHeaders,
+        Rejection::HeaderTimeout,
+        Rejection::AmbiguousLength,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::HeaderTooLarge => "header_too_large",
+            Rejection::TooManyHeaders => "too_many_headers",
+            Rejection::HeaderTimeout => "header_timeout",
+            Rejection::AmbiguousLength => "ambiguous_length",
+        }
+    }
+}
+
+/// How a session-affinity decision went (`outcome` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AffinityOutcome {
+    /// The request went to its sticky backend.
+    Stuck,
+    /// The request had nothing to stick to and was balanced.
+    New,
+    /// Its sticky backend was gone or unusable; it was balanced and the affinity moved.
+    Moved,
+}
+
+impl AffinityOutcome {
+    pub(super) const ALL: [AffinityOutcome; 3] = [
+        AffinityOutcome::Stuck,
+        AffinityOutcome::New,
+        AffinityOutcome::Moved,
+    ];
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            AffinityOutcome::Stuck => "stuck",
+            AffinityOutcome::New => "new",
+            AffinityOutcome::Moved => "moved",
+        }
+    }
+}
+
+/// Counters of one port's affinity decisions.
+#[derive(Clone)]
+pub struct AffinityCounters(pub(super) [IntCounter; 3]);
+
+impl AffinityCounters {
+    /// Counts one decision.
+    pub fn count(&self, outcome: AffinityOutcome) {
+        let index = AffinityOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.0[index].inc();
+    }
+}
+
+/// Handles of one port.
+#[derive(Clone)]
+pub struct PortMetrics {
+    /// Accepted connections.
+    pub connections: IntCounter,
+    /// Open connections.
+    pub active: IntGauge,
+    /// Completed TLS handshakes.
+    pub tls_handshakes: IntCounter,
+    /// Failed TLS handshakes.
+    pub tls_handshake_failures: IntCounter,
+    pub(super) rejected: [IntCounter; 4],
+    /// Session-affinity decisions.
+    pub affinity: AffinityCounters,
+}
+
+impl PortMetrics {
+    /// Fresh, detached handles.
+    pub fn new() -> Self {
+        PortMetrics {
+            connections: counter(),
+            active: gauge(),
+            tls_handshakes: counter(),
+            tls_handshake_failures: counter(),
+            rejected: [counter(), counter(), counter(), counter()],
+            affinity: AffinityCounters([counter(), counter(), counter()]),
+        }
+    }
+
+    /// Counts a refused request.
+    pub fn rejected(&self, why: Rejection) {
+        let index = Rejection::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.rejected[index].inc();
+    }
+}
+
+impl Default for PortMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Handles of one backend of one port (or of `none`: work that found no backend).
+#[derive(Clone)]
+pub struct BackendMetrics {
+    /// Connections (TCP) or requests (HTTP) sent.
+    pub connections: IntCounter,
+    pub(super) requests: [IntCounter; 6],
+    pub(super) duration: Histogram,
+    /// Bytes from clients.
+    pub bytes_received: IntCounter,
+    /// Bytes to clients.
+    pub bytes_sent: IntCounter,
+    /// Failed connects.
+    pub connect_errors: IntCounter,
+    /// Work in progress.
+    pub in_flight: IntGauge,
+    /// 0 while skipped after failed connects.
+    pub up: IntGauge,
+    /// 0 while the port's health policies hold the backend out.
+    pub healthy: IntGauge,
+    /// Passive ejections.
+    pub ejections: IntCounter,
+    /// Traffic outcomes a health policy could not keep up with.
+    pub health_observations_dropped: IntCounter,
+}
+
+impl BackendMetrics {
+    /// Fresh, detached handles; the backend starts up and healthy.
+    pub fn new() -> Self {
+        let duration = Histogram::with_opts(
+            HistogramOpts::new("detached", "detached").buckets(DURATION_BUCKETS.to_vec()),
+        )
+        .expect("static buckets");
+        let metrics = BackendMetrics {
+            connections: counter(),
+            requests: [
+                counter(),
+                counter(),
+                counter(),
+                counter(),
+                counter(),
+                counter(),
+            ],
+            duration,
+            bytes_received: counter(),
+            bytes_sent: counter(),
+            connect_errors: counter(),
+            in_flight: gauge(),
+            up: gauge(),
+            healthy: gauge(),
+            ejections: counter(),
+            health_observations_dropped: counter(),
+        };
+        metrics.up.set(1);
+        metrics.healthy.set(1);
+        metrics
+    }
+
+    /// Counts a finished HTTP request by status (`None`: no response was sent).
+    pub fn request(&self, status: Option<u16>, elapsed: Duration) {
+        let class = match status {
+            Some(code @ 100..=599) => usize::from(code / 100 - 1),
+            _ => 5,
+        };
+        self.requests[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+impl Default for BackendMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
