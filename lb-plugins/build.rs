@@ -20,7 +20,7 @@ fn main() {
         "plugins/builtin",
         "plugins/examples",
         "plugins/testing",
-        "plugins-wit/wit",
+        "plugins-wit",
     ] {
         println!(
             "cargo:rerun-if-changed={}",

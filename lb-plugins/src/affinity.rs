@@ -8,24 +8,79 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_config::Backend;
-
-use super::bindings::{AffinityWorld, WitHeader, WitStickiness};
-use super::faults::FaultKind;
-use super::instances::{wit_request, Configured, Generation};
 use lb_policy::{
     Affinity, AffinityFactory, AffinityTable, BackendFigures, PickContext, ResponseHeader,
     Stickiness,
 };
+use wasmtime::component::{InstancePre, ResourceAny};
+use wasmtime::Store;
+
+use super::bindings::{v1, v2};
+use super::convert::{to_v1, to_v2};
+use super::faults::FaultKind;
+use super::host::HostState;
+use super::policy::{Configured, Kind, PerThread};
+
+/// The affinity kind. Its settings: the table's idle timeout, seconds (0: no table).
+pub(crate) struct AffinityKind;
+
+impl Kind for AffinityKind {
+    const NAME: &'static str = "affinity";
+    type V1 = v1::AffinityWorld;
+    type V2 = v2::AffinityWorld;
+    type Settings = u32;
+
+    fn from_v1(settings: v1::TableSettings) -> u32 {
+        settings.idle_timeout_seconds
+    }
+
+    fn from_v2(settings: v2::TableSettings) -> u32 {
+        settings.idle_timeout_seconds
+    }
+}
+
+impl super::v2::World for v2::AffinityWorld {
+    type Pre = v2::AffinityPre<HostState>;
+    type Settings = v2::TableSettings;
+
+    fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
+        v2::AffinityPre::new(pre)
+    }
+
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
+        pre.instantiate(store)
+    }
+
+    fn configure(
+        &self,
+        store: &mut Store<HostState>,
+        params: &[v2::Parameter],
+    ) -> wasmtime::Result<Result<(ResourceAny, v2::TableSettings), String>> {
+        self.gantry_plugins_affinities()
+            .call_configure(store, params)
+    }
+
+    fn set_backends(
+        &self,
+        store: &mut Store<HostState>,
+        policy: ResourceAny,
+        backends: &[v2::Backend],
+    ) -> wasmtime::Result<()> {
+        self.gantry_plugins_affinities()
+            .affinity()
+            .call_set_backends(store, policy, backends)
+    }
+}
 
 /// An affinity plugin with one port's parameters, and the port's table.
 pub(crate) struct WasmAffinityFactory {
-    configured: Configured<AffinityWorld>,
+    configured: Configured<AffinityKind>,
     table: Option<Arc<AffinityTable>>,
 }
 
 impl WasmAffinityFactory {
-    pub(crate) fn new(configured: Configured<AffinityWorld>, max_entries: u32) -> Self {
-        let idle = configured.settings.idle_timeout_seconds;
+    pub(crate) fn new(configured: Configured<AffinityKind>, max_entries: u32) -> Self {
+        let idle = configured.settings;
         WasmAffinityFactory {
             table: (idle > 0).then(|| {
                 Arc::new(AffinityTable::new(
@@ -40,12 +95,12 @@ impl WasmAffinityFactory {
 
 impl AffinityFactory for WasmAffinityFactory {
     fn name(&self) -> &str {
-        &self.configured.recipe.policy.name
+        self.configured.name()
     }
 
     fn build(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) -> Box<dyn Affinity> {
         Box::new(WasmAffinity {
-            generation: self.configured.generation(backends, figures),
+            plugin: self.configured.per_thread(backends, figures),
             count: backends.len(),
             remembers: self.table.is_some(),
         })
@@ -58,7 +113,7 @@ impl AffinityFactory for WasmAffinityFactory {
 
 /// The affinity of one backend set, answered by the plugin.
 struct WasmAffinity {
-    generation: Arc<Generation<AffinityWorld>>,
+    plugin: PerThread<AffinityKind>,
     count: usize,
     remembers: bool,
 }
@@ -69,24 +124,93 @@ thread_local! {
     static STICK_FAULTED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// What a plugin's `stick` answered, in either version.
+enum Answer {
+    None,
+    Remembered(u64),
+    Named(u32),
+}
+
+/// A header a plugin asked for, in either version.
+struct Header {
+    name: String,
+    value: String,
+}
+
+impl WasmAffinity {
+    fn call_stick(&self, cx: &PickContext<'_>) -> Result<Answer, FaultKind> {
+        match &self.plugin {
+            PerThread::V1(generation) => {
+                let request = to_v1::request(cx);
+                let answer = generation.call(cx.headers, |bindings, store| {
+                    bindings.call_stick(store, &request)
+                })?;
+                Ok(match answer {
+                    v1::Stickiness::None => Answer::None,
+                    v1::Stickiness::Remembered(key) => Answer::Remembered(key),
+                    v1::Stickiness::Named(id) => Answer::Named(id),
+                })
+            }
+            PerThread::V2(policy) => {
+                let request = to_v2::request(cx);
+                let answer = policy.call(cx.headers, |bindings, store, affinity| {
+                    bindings
+                        .gantry_plugins_affinities()
+                        .affinity()
+                        .call_stick(store, affinity, &request)
+                })?;
+                Ok(match answer {
+                    v2::Stickiness::None => Answer::None,
+                    v2::Stickiness::Remembered(key) => Answer::Remembered(key),
+                    v2::Stickiness::Named(id) => Answer::Named(id),
+                })
+            }
+        }
+    }
+
+    fn call_assigned(&self, cx: &PickContext<'_>, id: u32) -> Result<Option<Header>, FaultKind> {
+        match &self.plugin {
+            PerThread::V1(generation) => {
+                let request = to_v1::request(cx);
+                let header = generation.call(cx.headers, |bindings, store| {
+                    bindings.call_assigned(store, &request, id)
+                })?;
+                Ok(header.map(|h: v1::Header| Header {
+                    name: h.name,
+                    value: h.value,
+                }))
+            }
+            PerThread::V2(policy) => {
+                let request = to_v2::request(cx);
+                let header = policy.call(cx.headers, |bindings, store, affinity| {
+                    bindings
+                        .gantry_plugins_affinities()
+                        .affinity()
+                        .call_assigned(store, affinity, &request, id)
+                })?;
+                Ok(header.map(|h: v2::Header| Header {
+                    name: h.name,
+                    value: h.value,
+                }))
+            }
+        }
+    }
+}
+
 impl Affinity for WasmAffinity {
     fn activate(&self) {
-        self.generation.prepare();
+        self.plugin.prepare();
     }
 
     fn stick(&self, cx: &PickContext<'_>) -> Stickiness {
-        let faults = self.generation.faults();
+        let faults = self.plugin.faults();
         if faults.is_quarantined() {
             return Stickiness::None;
         }
-        let request = wit_request(cx);
-        let answer = self.generation.call(cx.headers, |bindings, store| {
-            bindings.call_stick(store, &request)
-        });
-        let stickiness = match answer {
-            Ok(WitStickiness::None) => Ok(Stickiness::None),
-            Ok(WitStickiness::Remembered(key)) if self.remembers => Ok(Stickiness::Remembered(key)),
-            Ok(WitStickiness::Named(id)) if (id as usize) < self.count => {
+        let stickiness = match self.call_stick(cx) {
+            Ok(Answer::None) => Ok(Stickiness::None),
+            Ok(Answer::Remembered(key)) if self.remembers => Ok(Stickiness::Remembered(key)),
+            Ok(Answer::Named(id)) if (id as usize) < self.count => {
                 Ok(Stickiness::Named(id as usize))
             }
             // A key without a table, or an id outside the set.
@@ -112,16 +236,12 @@ impl Affinity for WasmAffinity {
     }
 
     fn assigned(&self, cx: &PickContext<'_>, index: usize) -> Option<ResponseHeader> {
-        let faults = self.generation.faults();
+        let faults = self.plugin.faults();
         if !cx.protocol.is_http() || faults.is_quarantined() {
             return None;
         }
-        let request = wit_request(cx);
         let id = u32::try_from(index).ok()?;
-        let answer = self.generation.call(cx.headers, |bindings, store| {
-            bindings.call_assigned(store, &request, id)
-        });
-        let header = match answer {
+        let header = match self.call_assigned(cx, id) {
             Ok(None) => Ok(None),
             Ok(Some(header)) => response_header(header)
                 .map(Some)
@@ -144,7 +264,7 @@ impl Affinity for WasmAffinity {
 }
 
 /// The plugin's header, if it is valid HTTP.
-fn response_header(header: WitHeader) -> Option<ResponseHeader> {
+fn response_header(header: Header) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         name: http::HeaderName::from_bytes(header.name.as_bytes()).ok()?,
         value: http::HeaderValue::from_str(&header.value).ok()?,

@@ -7,23 +7,75 @@
 use std::sync::Arc;
 
 use lb_config::Backend;
-
-use super::bindings::BalancerWorld;
-use super::faults::FaultKind;
-use super::instances::{wit_request, Configured, Generation};
 use lb_policy::{BackendFigures, Balancer, BalancerFactory, PickContext, RoundRobin};
+use wasmtime::component::{InstancePre, ResourceAny};
+use wasmtime::Store;
+
+use super::bindings::{v1, v2};
+use super::convert::{to_v1, to_v2};
+use super::faults::FaultKind;
+use super::host::HostState;
+use super::policy::{Configured, Kind, PerThread};
+
+/// The balancer kind.
+pub(crate) struct BalancerKind;
+
+impl Kind for BalancerKind {
+    const NAME: &'static str = "balancer";
+    type V1 = v1::BalancerWorld;
+    type V2 = v2::BalancerWorld;
+    type Settings = ();
+
+    fn from_v1(_settings: ()) {}
+    fn from_v2(_settings: ()) {}
+}
+
+impl super::v2::World for v2::BalancerWorld {
+    type Pre = v2::BalancerPre<HostState>;
+    type Settings = ();
+
+    fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
+        v2::BalancerPre::new(pre)
+    }
+
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
+        pre.instantiate(store)
+    }
+
+    fn configure(
+        &self,
+        store: &mut Store<HostState>,
+        params: &[v2::Parameter],
+    ) -> wasmtime::Result<Result<(ResourceAny, ()), String>> {
+        let answer = self
+            .gantry_plugins_balancers()
+            .call_configure(store, params)?;
+        Ok(answer.map(|policy| (policy, ())))
+    }
+
+    fn set_backends(
+        &self,
+        store: &mut Store<HostState>,
+        policy: ResourceAny,
+        backends: &[v2::Backend],
+    ) -> wasmtime::Result<()> {
+        self.gantry_plugins_balancers()
+            .balancer()
+            .call_set_backends(store, policy, backends)
+    }
+}
 
 /// A balancer plugin with one port's parameters.
-pub(crate) struct WasmBalancerFactory(pub(crate) Configured<BalancerWorld>);
+pub(crate) struct WasmBalancerFactory(pub(crate) Configured<BalancerKind>);
 
 impl BalancerFactory for WasmBalancerFactory {
     fn name(&self) -> &str {
-        &self.0.recipe.policy.name
+        self.0.name()
     }
 
     fn build(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) -> Box<dyn Balancer> {
         Box::new(WasmBalancer {
-            generation: self.0.generation(backends, figures.clone()),
+            plugin: self.0.per_thread(backends, figures.clone()),
             fallback: RoundRobin.build(backends, figures),
             count: backends.len(),
         })
@@ -32,30 +84,48 @@ impl BalancerFactory for WasmBalancerFactory {
 
 /// A balancer for one backend set, answered by the plugin.
 struct WasmBalancer {
-    generation: Arc<Generation<BalancerWorld>>,
+    plugin: PerThread<BalancerKind>,
     fallback: Box<dyn Balancer>,
     count: usize,
 }
 
+impl WasmBalancer {
+    fn call_pick(&self, cx: &PickContext<'_>, attempt: u32) -> Result<Option<u32>, FaultKind> {
+        match &self.plugin {
+            PerThread::V1(generation) => {
+                let request = to_v1::request(cx);
+                generation.call(cx.headers, |bindings, store| {
+                    bindings.call_pick(store, &request, attempt)
+                })
+            }
+            PerThread::V2(policy) => {
+                let request = to_v2::request(cx);
+                policy.call(cx.headers, |bindings, store, balancer| {
+                    bindings
+                        .gantry_plugins_balancers()
+                        .balancer()
+                        .call_pick(store, balancer, &request, attempt)
+                })
+            }
+        }
+    }
+}
+
 impl Balancer for WasmBalancer {
     fn name(&self) -> &str {
-        self.generation.name()
+        self.plugin.name()
     }
 
     fn activate(&self) {
-        self.generation.prepare();
+        self.plugin.prepare();
     }
 
     fn pick(&self, cx: &PickContext<'_>, attempt: u32) -> Option<usize> {
-        let faults = self.generation.faults();
+        let faults = self.plugin.faults();
         if faults.is_quarantined() {
             return self.fallback.pick(cx, attempt);
         }
-        let request = wit_request(cx);
-        let answer = self.generation.call(cx.headers, |bindings, store| {
-            bindings.call_pick(store, &request, attempt)
-        });
-        match answer {
+        match self.call_pick(cx, attempt) {
             Ok(Some(id)) if (id as usize) < self.count => {
                 faults.success();
                 Some(id as usize)

@@ -1,52 +1,101 @@
-//! Host bindings generated from `plugins-wit/`, one module per world; the `types` and `host`
-//! interfaces are generated once (with the balancer world) and shared by the others. They stay
-//! private to `plugins`; the names the host uses are re-exported here.
+//! Host bindings generated from `plugins-wit/`, one module per contract version and world; in
+//! each version the `types` and `host` interfaces are generated once (with the balancer world)
+//! and shared by the others. They stay private to the crate; the names the host uses are
+//! re-exported here, under `v1` (`gantry:plugins@0.1.0`, frozen: one instance per port) and
+//! `v2` (`gantry:plugins@0.2.0`: one instance per plugin, a resource per port).
 
-#[allow(missing_docs, unreachable_pub)]
-mod balancer {
-    wasmtime::component::bindgen!({
-        world: "balancer",
-        path: "../plugins-wit/wit",
-    });
+/// `gantry:plugins@0.1.0`.
+pub(crate) mod v1 {
+    #[allow(missing_docs, unreachable_pub)]
+    mod balancer {
+        wasmtime::component::bindgen!({
+            world: "balancer",
+            path: "../plugins-wit/0.1.0",
+        });
+    }
+
+    #[allow(missing_docs, unreachable_pub)]
+    mod affinity {
+        wasmtime::component::bindgen!({
+            world: "affinity",
+            path: "../plugins-wit/0.1.0",
+            with: {
+                "gantry:plugins/types@0.1.0": super::balancer::gantry::plugins::types,
+                "gantry:plugins/host@0.1.0": super::balancer::gantry::plugins::host,
+            },
+        });
+    }
+
+    #[allow(missing_docs, unreachable_pub)]
+    mod health {
+        wasmtime::component::bindgen!({
+            world: "health",
+            path: "../plugins-wit/0.1.0",
+            with: {
+                "gantry:plugins/types@0.1.0": super::balancer::gantry::plugins::types,
+                "gantry:plugins/host@0.1.0": super::balancer::gantry::plugins::host,
+            },
+        });
+    }
+
+    pub(crate) use affinity::{
+        Affinity as AffinityWorld, AffinityPre, Header, Stickiness, TableSettings,
+    };
+    pub(crate) use balancer::gantry::plugins::host::{Figures, Host as HostImports, Level};
+    pub(crate) use balancer::gantry::plugins::types::{
+        Backend, Host as TypesImports, IpAddress, Parameter, Protocol, Request,
+    };
+    pub(crate) use balancer::{Balancer as BalancerWorld, BalancerPre};
+    pub(crate) use health::{
+        Health as HealthWorld, HealthPre, HealthSettings, Outcome, ProbeKind, Verdict,
+    };
 }
 
-#[allow(missing_docs, unreachable_pub)]
-mod affinity {
-    wasmtime::component::bindgen!({
-        world: "affinity",
-        path: "../plugins-wit/wit",
-        with: {
-            "gantry:plugins/types": super::balancer::gantry::plugins::types,
-            "gantry:plugins/host": super::balancer::gantry::plugins::host,
-        },
-    });
-}
+/// `gantry:plugins@0.2.0`.
+pub(crate) mod v2 {
+    #[allow(missing_docs, unreachable_pub)]
+    mod balancer {
+        wasmtime::component::bindgen!({
+            world: "balancer",
+            path: "../plugins-wit/0.2.0",
+        });
+    }
 
-#[allow(missing_docs, unreachable_pub)]
-mod health {
-    wasmtime::component::bindgen!({
-        world: "health",
-        path: "../plugins-wit/wit",
-        with: {
-            "gantry:plugins/types": super::balancer::gantry::plugins::types,
-            "gantry:plugins/host": super::balancer::gantry::plugins::host,
-        },
-    });
-}
+    #[allow(missing_docs, unreachable_pub)]
+    mod affinity {
+        wasmtime::component::bindgen!({
+            world: "affinity",
+            path: "../plugins-wit/0.2.0",
+            with: {
+                "gantry:plugins/types@0.2.0": super::balancer::gantry::plugins::types,
+                "gantry:plugins/host@0.2.0": super::balancer::gantry::plugins::host,
+            },
+        });
+    }
 
-pub(crate) use affinity::{
-    Affinity as AffinityWorld, AffinityPre, Header as WitHeader, Stickiness as WitStickiness,
-    TableSettings,
-};
-pub(crate) use balancer::gantry::plugins::host::{
-    Figures as WitFigures, Host as HostImports, Level,
-};
-pub(crate) use balancer::gantry::plugins::types::{
-    Backend as WitBackend, Host as TypesImports, IpAddress, Parameter, Protocol as WitProtocol,
-    Request as WitRequest,
-};
-pub(crate) use balancer::{Balancer as BalancerWorld, BalancerPre};
-pub(crate) use health::{
-    Health as HealthWorld, HealthPre, HealthSettings, Outcome as WitOutcome, ProbeKind,
-    Verdict as WitVerdict,
-};
+    #[allow(missing_docs, unreachable_pub)]
+    mod health {
+        wasmtime::component::bindgen!({
+            world: "health",
+            path: "../plugins-wit/0.2.0",
+            with: {
+                "gantry:plugins/types@0.2.0": super::balancer::gantry::plugins::types,
+                "gantry:plugins/host@0.2.0": super::balancer::gantry::plugins::host,
+            },
+        });
+    }
+
+    pub(crate) use affinity::exports::gantry::plugins::affinities::{
+        Header, Stickiness, TableSettings,
+    };
+    pub(crate) use affinity::{Affinity as AffinityWorld, AffinityPre};
+    pub(crate) use balancer::gantry::plugins::host::{Figures, Host as HostImports, Level};
+    pub(crate) use balancer::gantry::plugins::types::{
+        Backend, Host as TypesImports, IpAddress, Parameter, Protocol, Request,
+    };
+    pub(crate) use balancer::{Balancer as BalancerWorld, BalancerPre};
+    pub(crate) use health::exports::gantry::plugins::health_checks::{
+        HealthSettings, Outcome, ProbeKind, Verdict,
+    };
+    pub(crate) use health::{Health as HealthWorld, HealthPre};
+}

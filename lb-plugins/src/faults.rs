@@ -20,6 +20,15 @@ pub enum FaultKind {
     Instantiate,
 }
 
+/// What a failed call's error means: an interrupted call overran its deadline; anything else
+/// is a trap.
+pub(crate) fn classify(err: &wasmtime::Error) -> FaultKind {
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => FaultKind::Deadline,
+        _ => FaultKind::Trap,
+    }
+}
+
 impl FaultKind {
     /// All kinds, in metric order.
     pub const ALL: [FaultKind; 4] = [

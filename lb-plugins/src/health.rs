@@ -1,100 +1,214 @@
-//! Health policies run by a plugin: one instance per port policy, shared by every thread (see
-//! [`Exclusive`]). A fault leaves the verdict unchanged for that call; a quarantined health
-//! plugin holds no backend out (`Verdict::Healthy` for every later result), so a broken
-//! plugin cannot take a whole service down.
+//! Health policies run by a plugin: one state per port policy, shared by every thread (a
+//! single instance of its own for a 0.1.0 plugin, one resource in a shared instance for a
+//! 0.2.0 one). A fault leaves the verdict unchanged for that call; a quarantined health plugin
+//! holds no backend out (`Verdict::Healthy` for every later result), so a broken plugin
+//! cannot take a whole service down.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lb_config::Backend;
-use wasmtime::Store;
-
-use super::bindings::{HealthWorld, ProbeKind as WitProbeKind, WitOutcome, WitVerdict};
-use super::faults::FaultKind;
-use super::host::HostState;
-use super::instances::{Configured, Exclusive};
 use lb_policy::{
     BackendFigures, HealthPolicy, HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict,
 };
+use wasmtime::component::{InstancePre, ResourceAny};
+use wasmtime::Store;
 
-/// `probed` or `observed`: the same shape.
-type Export =
-    fn(&HealthWorld, &mut Store<HostState>, u32, WitOutcome) -> wasmtime::Result<WitVerdict>;
+use super::bindings::{v1, v2};
+use super::faults::FaultKind;
+use super::host::HostState;
+use super::policy::{Configured, Kind, Single};
+
+/// The health kind. Its settings: what the host must do for the policy, or why the plugin's
+/// answer cannot be used.
+pub(crate) struct HealthKind;
+
+/// A plugin's health settings, checked: a probe path or host that would not be a single
+/// well-formed request line or header is refused (the host never writes what a plugin
+/// smuggled into them).
+macro_rules! health_settings {
+    ($version:ident, $settings:expr) => {{
+        let wit: $version::HealthSettings = $settings;
+        let visible = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
+        let probe = match wit.probe {
+            None => Ok(None),
+            Some(plan) => {
+                let kind = match plan.kind {
+                    $version::ProbeKind::TcpConnect => Ok(ProbeKind::TcpConnect),
+                    $version::ProbeKind::Http(http) => {
+                        if !http.path.starts_with('/') || !visible(&http.path) {
+                            Err(format!(
+                                "asks to probe path {:?}, which is not a request path",
+                                http.path
+                            ))
+                        } else if let Some(host) = http.host.as_deref().filter(|h| !visible(h)) {
+                            Err(format!(
+                                "asks to probe with host {host:?}, which is not a host"
+                            ))
+                        } else {
+                            Ok(ProbeKind::Http {
+                                path: http.path,
+                                host: http.host,
+                                tls: http.tls,
+                            })
+                        }
+                    }
+                };
+                kind.map(|kind| {
+                    Some(ProbePlan {
+                        kind,
+                        // The contract's floor: a plugin cannot make the host probe in a
+                        // busy loop.
+                        interval: Duration::from_millis(u64::from(plan.interval_ms.max(100))),
+                        timeout: Duration::from_millis(u64::from(plan.timeout_ms.max(1))),
+                    })
+                })
+            }
+        };
+        probe.map(|probe| HealthSettings {
+            probe,
+            observe_traffic: wit.observe_traffic,
+        })
+    }};
+}
+
+impl Kind for HealthKind {
+    const NAME: &'static str = "health";
+    type V1 = v1::HealthWorld;
+    type V2 = v2::HealthWorld;
+    type Settings = Result<HealthSettings, String>;
+
+    fn from_v1(settings: v1::HealthSettings) -> Self::Settings {
+        health_settings!(v1, settings)
+    }
+
+    fn from_v2(settings: v2::HealthSettings) -> Self::Settings {
+        health_settings!(v2, settings)
+    }
+}
+
+impl super::v2::World for v2::HealthWorld {
+    type Pre = v2::HealthPre<HostState>;
+    type Settings = v2::HealthSettings;
+
+    fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
+        v2::HealthPre::new(pre)
+    }
+
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
+        pre.instantiate(store)
+    }
+
+    fn configure(
+        &self,
+        store: &mut Store<HostState>,
+        params: &[v2::Parameter],
+    ) -> wasmtime::Result<Result<(ResourceAny, v2::HealthSettings), String>> {
+        self.gantry_plugins_health_checks()
+            .call_configure(store, params)
+    }
+
+    fn set_backends(
+        &self,
+        store: &mut Store<HostState>,
+        policy: ResourceAny,
+        backends: &[v2::Backend],
+    ) -> wasmtime::Result<()> {
+        self.gantry_plugins_health_checks()
+            .checker()
+            .call_set_backends(store, policy, backends)
+    }
+}
+
+/// An outcome as a version's WIT value.
+macro_rules! to_wit {
+    ($version:ident, $outcome:expr) => {
+        match $outcome {
+            Outcome::Connected => $version::Outcome::Connected,
+            Outcome::Responded(status) => $version::Outcome::Responded(status),
+            Outcome::ConnectFailed => $version::Outcome::ConnectFailed,
+            Outcome::TimedOut => $version::Outcome::TimedOut,
+        }
+    };
+}
+
+/// A version's verdict as the host's.
+macro_rules! from_wit {
+    ($version:ident, $verdict:expr) => {
+        match $verdict {
+            $version::Verdict::Unchanged => Verdict::Unchanged,
+            $version::Verdict::Healthy => Verdict::Healthy,
+            $version::Verdict::Unhealthy => Verdict::Unhealthy,
+            $version::Verdict::Eject(ms) => Verdict::Eject(Duration::from_millis(u64::from(ms))),
+        }
+    };
+}
 
 /// A health plugin with one port's parameters.
 pub(crate) struct WasmHealthPolicy {
-    instance: Exclusive<HealthWorld>,
+    plugin: Single<HealthKind>,
     settings: HealthSettings,
 }
 
+/// `probed` or `observed`.
+#[derive(Clone, Copy)]
+enum Call {
+    Probed,
+    Observed,
+}
+
 impl WasmHealthPolicy {
-    /// The policy, or why its probe plan cannot be sent (a path or host that would not be a
-    /// single well-formed request line or header: the host never writes what a plugin
-    /// smuggled into them).
-    pub(crate) fn new(configured: Configured<HealthWorld>) -> Result<Self, String> {
-        let wit = &configured.settings;
-        if let Some(WitProbeKind::Http(http)) = wit.probe.as_ref().map(|plan| &plan.kind) {
-            let visible =
-                |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
-            if !http.path.starts_with('/') || !visible(&http.path) {
-                return Err(format!(
-                    "asks to probe path {:?}, which is not a request path",
-                    http.path
-                ));
-            }
-            if let Some(host) = http.host.as_deref().filter(|h| !visible(h)) {
-                return Err(format!(
-                    "asks to probe with host {host:?}, which is not a host"
-                ));
-            }
-        }
-        let settings = HealthSettings {
-            probe: wit.probe.as_ref().map(|plan| ProbePlan {
-                kind: match &plan.kind {
-                    WitProbeKind::TcpConnect => ProbeKind::TcpConnect,
-                    WitProbeKind::Http(http) => ProbeKind::Http {
-                        path: http.path.clone(),
-                        host: http.host.clone(),
-                        tls: http.tls,
-                    },
-                },
-                // The contract's floor: a plugin cannot make the host probe in a busy loop.
-                interval: Duration::from_millis(u64::from(plan.interval_ms.max(100))),
-                timeout: Duration::from_millis(u64::from(plan.timeout_ms.max(1))),
-            }),
-            observe_traffic: wit.observe_traffic,
-        };
+    /// The policy, or why the plugin's settings cannot be used.
+    pub(crate) fn new(configured: Configured<HealthKind>) -> Result<Self, String> {
+        // Spread the ports' health policies over the plugin's shared instances.
+        static NEXT_HOME: AtomicUsize = AtomicUsize::new(0);
+        let settings = configured.settings.clone()?;
         Ok(WasmHealthPolicy {
-            instance: Exclusive::new(&configured),
+            plugin: configured.single(NEXT_HOME.fetch_add(1, Ordering::Relaxed)),
             settings,
         })
     }
 
-    /// Asks the plugin (`export`: `probed` or `observed`) about the backend at `index`.
-    fn judge(&self, index: usize, outcome: Outcome, export: Export) -> Verdict {
-        if self.instance.faults().is_quarantined() {
+    fn call(&self, call: Call, id: u32, outcome: Outcome) -> Result<Verdict, FaultKind> {
+        match &self.plugin {
+            Single::V1(exclusive) => {
+                let outcome = to_wit!(v1, outcome);
+                let verdict = exclusive.call(|bindings, store| match call {
+                    Call::Probed => bindings.call_probed(store, id, outcome),
+                    Call::Observed => bindings.call_observed(store, id, outcome),
+                })?;
+                Ok(from_wit!(v1, verdict))
+            }
+            Single::V2(policy) => {
+                let outcome = to_wit!(v2, outcome);
+                let verdict = policy.call(None, |bindings, store, checker| {
+                    let checks = bindings.gantry_plugins_health_checks();
+                    match call {
+                        Call::Probed => checks.checker().call_probed(store, checker, id, outcome),
+                        Call::Observed => {
+                            checks.checker().call_observed(store, checker, id, outcome)
+                        }
+                    }
+                })?;
+                Ok(from_wit!(v2, verdict))
+            }
+        }
+    }
+
+    /// Asks the plugin about the backend at `index`.
+    fn judge(&self, call: Call, index: usize, outcome: Outcome) -> Verdict {
+        let faults = self.plugin.faults();
+        if faults.is_quarantined() {
             return Verdict::Healthy;
         }
         let Ok(id) = u32::try_from(index) else {
             return Verdict::Unchanged;
         };
-        let answer = self
-            .instance
-            .call(|bindings, store| export(bindings, store, id, wit_outcome(outcome)));
-        self.verdict(answer)
-    }
-
-    fn verdict(&self, answer: Result<WitVerdict, FaultKind>) -> Verdict {
-        let faults = self.instance.faults();
-        match answer {
+        match self.call(call, id, outcome) {
             Ok(verdict) => {
                 faults.success();
-                match verdict {
-                    WitVerdict::Unchanged => Verdict::Unchanged,
-                    WitVerdict::Healthy => Verdict::Healthy,
-                    WitVerdict::Unhealthy => Verdict::Unhealthy,
-                    WitVerdict::Eject(ms) => Verdict::Eject(Duration::from_millis(u64::from(ms))),
-                }
+                verdict
             }
             Err(kind) => {
                 faults.record(kind);
@@ -108,18 +222,9 @@ impl WasmHealthPolicy {
     }
 }
 
-fn wit_outcome(outcome: Outcome) -> WitOutcome {
-    match outcome {
-        Outcome::Connected => WitOutcome::Connected,
-        Outcome::Responded(status) => WitOutcome::Responded(status),
-        Outcome::ConnectFailed => WitOutcome::ConnectFailed,
-        Outcome::TimedOut => WitOutcome::TimedOut,
-    }
-}
-
 impl HealthPolicy for WasmHealthPolicy {
     fn name(&self) -> &str {
-        self.instance.name()
+        self.plugin.name()
     }
 
     fn settings(&self) -> &HealthSettings {
@@ -127,20 +232,16 @@ impl HealthPolicy for WasmHealthPolicy {
     }
 
     fn set_backends(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) {
-        if let Err(kind) = self.instance.set_backends(backends, figures) {
-            self.instance.faults().record(kind);
+        if let Err(kind) = self.plugin.set_backends(backends, figures) {
+            self.plugin.faults().record(kind);
         }
     }
 
     fn probed(&self, index: usize, outcome: Outcome) -> Verdict {
-        self.judge(index, outcome, |b, store, id, o| {
-            b.call_probed(store, id, o)
-        })
+        self.judge(Call::Probed, index, outcome)
     }
 
     fn observed(&self, index: usize, outcome: Outcome) -> Verdict {
-        self.judge(index, outcome, |b, store, id, o| {
-            b.call_observed(store, id, o)
-        })
+        self.judge(Call::Observed, index, outcome)
     }
 }

@@ -1,18 +1,20 @@
-//! What a plugin instance's store holds, and the `gantry:plugins/host` functions it may call:
-//! log (rate-limited), monotonic time, random bits, the live figures of its backends, and the
-//! current request's headers.
+//! What a plugin instance's store holds, and the `gantry:plugins/host` functions it may call
+//! (the same in every contract version): log (rate-limited), monotonic time, random bits, the
+//! live figures of the running policy's backends, the policy's shared sequence, and the
+//! current request's headers. Also the state of the running call's CPU deadline.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use lb_policy::{BackendFigures, Figures};
 use tokio::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 
-use super::bindings::{HostImports, Level, TypesImports, WitFigures};
-use lb_policy::BackendFigures;
+use super::bindings::{v1, v2};
 
 /// Log lines one instance may write per second; the rest are dropped (and counted in the
 /// last line of the next second).
@@ -23,14 +25,46 @@ scoped_tls::scoped_thread_local! {
     pub(crate) static CURRENT_HEADERS: http::HeaderMap
 }
 
+/// What the host functions answer for: the backend set (live figures) and the shared
+/// sequence of the policy being called.
+pub(crate) struct CallContext {
+    pub(crate) figures: Arc<dyn BackendFigures>,
+    pub(crate) sequence: AtomicU64,
+}
+
+impl CallContext {
+    pub(crate) fn new(figures: Arc<dyn BackendFigures>) -> Arc<Self> {
+        Arc::new(CallContext {
+            figures,
+            sequence: AtomicU64::new(0),
+        })
+    }
+
+    /// A context with no backends (configuring, before any set is given).
+    pub(crate) fn empty() -> Arc<Self> {
+        Self::new(Arc::new(NoFigures))
+    }
+}
+
+struct NoFigures;
+
+impl BackendFigures for NoFigures {
+    fn figures(&self, _index: usize) -> Option<Figures> {
+        None
+    }
+}
+
 /// The state of one plugin instance.
 pub struct HostState {
     /// The instance's WASI resources (streams, pollables).
     pub(super) table: ResourceTable,
     pub(crate) limits: StoreLimits,
     plugin: Arc<str>,
-    figures: Arc<dyn BackendFigures>,
-    sequence: Arc<AtomicU64>,
+    context: Arc<CallContext>,
+    /// CPU time the running call may use (see [`crate::cpu`]).
+    pub(crate) budget: Duration,
+    /// The thread's CPU time when the running call first outlived its wall deadline.
+    pub(crate) cpu_mark: Option<Duration>,
     random: u64,
     log_window: Instant,
     log_lines: u32,
@@ -38,14 +72,8 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// State for an instance of `plugin` reading `figures` and sharing `sequence` with the
-    /// other instances of its backend set, with at most `memory_bytes` of linear memory.
-    pub fn new(
-        plugin: Arc<str>,
-        figures: Arc<dyn BackendFigures>,
-        sequence: Arc<AtomicU64>,
-        memory_bytes: u64,
-    ) -> Self {
+    /// State for an instance of `plugin` with at most `memory_bytes` of linear memory.
+    pub fn new(plugin: Arc<str>, memory_bytes: u64) -> Self {
         HostState {
             table: ResourceTable::new(),
             // One component instance holds several core instances (the guest and its WASI
@@ -54,8 +82,9 @@ impl HostState {
                 .memory_size(usize::try_from(memory_bytes).unwrap_or(usize::MAX))
                 .build(),
             plugin,
-            figures,
-            sequence,
+            context: CallContext::empty(),
+            budget: Duration::ZERO,
+            cpu_mark: None,
             // Seeded per instance from the process's random keys; xorshift after that.
             random: RandomState::new().hash_one(Instant::now()) | 1,
             log_window: Instant::now(),
@@ -63,12 +92,12 @@ impl HostState {
             log_dropped: 0,
         }
     }
-}
 
-impl HostState {
-    /// Points `backend-figures` at a new backend set (for a single instance kept across sets).
-    pub(super) fn set_figures(&mut self, figures: Arc<dyn BackendFigures>) {
-        self.figures = figures;
+    /// Host functions answer for `context` from now on (cheap when it already does).
+    pub(crate) fn set_context(&mut self, context: &Arc<CallContext>) {
+        if !Arc::ptr_eq(&self.context, context) {
+            self.context = context.clone();
+        }
     }
 
     /// The next bits of the instance's fast generator (xorshift64*): plenty for spreading
@@ -112,48 +141,35 @@ impl HostState {
             tracing::info!(plugin, stream = "stdout", "{line}");
         }
     }
-}
 
-impl TypesImports for HostState {}
-
-impl HostImports for HostState {
-    fn log(&mut self, level: Level, message: String) {
+    fn log_line(&mut self, level: tracing::Level, message: &str) {
         if !self.may_log() {
             return;
         }
         let plugin = &*self.plugin;
         match level {
-            Level::Trace => tracing::trace!(plugin, "{message}"),
-            Level::Debug => tracing::debug!(plugin, "{message}"),
-            Level::Info => tracing::info!(plugin, "{message}"),
-            Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+            tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
         }
     }
 
-    fn monotonic_now(&mut self) -> u64 {
+    fn monotonic_nanos() -> u64 {
         u64::try_from(lb_policy::clock::since_origin().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn random(&mut self) -> u64 {
-        self.next_random()
-    }
-
-    fn sequence(&mut self) -> u64 {
+    fn next_in_sequence(&self) -> u64 {
         // Relaxed: a rotation needs distinct values, not ordering with other memory.
-        self.sequence.fetch_add(1, Ordering::Relaxed)
+        self.context.sequence.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn backend_figures(&mut self, id: u32) -> Option<WitFigures> {
-        let figures = self.figures.figures(usize::try_from(id).ok()?)?;
-        Some(WitFigures {
-            in_flight: figures.in_flight,
-            latency_micros: figures.latency_micros,
-            healthy: figures.healthy,
-        })
+    fn figures_of(&self, id: u32) -> Option<Figures> {
+        self.context.figures.figures(usize::try_from(id).ok()?)
     }
 
-    fn request_header(&mut self, name: String) -> Option<String> {
+    fn request_header(name: &str) -> Option<String> {
         if !CURRENT_HEADERS.is_set() {
             return None;
         }
@@ -164,10 +180,7 @@ impl HostImports for HostState {
             } else {
                 ", "
             };
-            let mut values = headers
-                .get_all(name.as_str())
-                .iter()
-                .filter_map(|v| v.to_str().ok());
+            let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
             let first = values.next()?.to_owned();
             Some(values.fold(first, |mut all, value| {
                 all.push_str(separator);
@@ -177,3 +190,52 @@ impl HostImports for HostState {
         })
     }
 }
+
+/// The host interface is the same in every version; each version's generated trait is
+/// implemented by the one body above.
+macro_rules! host_imports {
+    ($version:ident) => {
+        impl $version::TypesImports for HostState {}
+
+        impl $version::HostImports for HostState {
+            fn log(&mut self, level: $version::Level, message: String) {
+                let level = match level {
+                    $version::Level::Trace => tracing::Level::TRACE,
+                    $version::Level::Debug => tracing::Level::DEBUG,
+                    $version::Level::Info => tracing::Level::INFO,
+                    $version::Level::Warn => tracing::Level::WARN,
+                    $version::Level::Error => tracing::Level::ERROR,
+                };
+                self.log_line(level, &message);
+            }
+
+            fn monotonic_now(&mut self) -> u64 {
+                Self::monotonic_nanos()
+            }
+
+            fn random(&mut self) -> u64 {
+                self.next_random()
+            }
+
+            fn sequence(&mut self) -> u64 {
+                self.next_in_sequence()
+            }
+
+            fn backend_figures(&mut self, id: u32) -> Option<$version::Figures> {
+                let figures = self.figures_of(id)?;
+                Some($version::Figures {
+                    in_flight: figures.in_flight,
+                    latency_micros: figures.latency_micros,
+                    healthy: figures.healthy,
+                })
+            }
+
+            fn request_header(&mut self, name: String) -> Option<String> {
+                Self::request_header(&name)
+            }
+        }
+    };
+}
+
+host_imports!(v1);
+host_imports!(v2);

@@ -8,44 +8,52 @@
 //! [`AffinityPolicy`] into an [`AffinityFactory`] and each health policy into a
 //! [`HealthPolicy`]: it compiles a plugin once per content ([`sandbox`]), keeps one fault
 //! record per loaded plugin so quarantine survives reloads that do not change the file
-//! ([`faults`]), and checks the port's parameters against the plugin's `configure` before
-//! anything is swapped. Building computes only; [`PluginHost::commit`] makes the plugins a
-//! model uses visible (their metrics) and forgets the others. What running a plugin involves
-//! is in `instances`.
+//! ([`faults`]), and checks the port's parameters against the plugin's `configure` (on a
+//! scratch instance) before anything is swapped. Building computes only; activation prepares
+//! what runs a policy, and [`PluginHost::commit`] shows the metrics of the plugins a model uses
+//! and forgets the others.
+//!
+//! Two contract versions are served: plugins built against `gantry:plugins@0.2.0` share one
+//! instance per worker thread among all ports, each port a resource in it (`v2`); plugins
+//! built against the frozen 0.1.0 get instances of their own per port (`v1`). Each call's
+//! deadline counts the plugin's own CPU time (`cpu`).
 
 mod affinity;
 mod balancer;
 mod bindings;
+mod convert;
+mod cpu;
 pub mod faults;
 mod health;
 mod host;
-mod instances;
+mod policy;
 pub mod sandbox;
+mod stores;
+mod v1;
+mod v2;
 mod wasi;
-mod worlds;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lb_config::{
-    AffinityPolicy, BalancerPolicy, HealthPolicy as HealthConfig, Model, PluginCache, PluginLimits,
-    PolicySource,
+    AffinityPolicy, BalancerPolicy, FieldPath, HealthPolicy as HealthConfig, Model, PluginCache,
+    PluginLimits, PolicySource, Problems,
 };
-
-use self::affinity::WasmAffinityFactory;
-use self::balancer::WasmBalancerFactory;
-use self::bindings::{AffinityWorld, BalancerWorld, HealthWorld};
-use self::faults::Faults;
-use self::health::WasmHealthPolicy;
-use self::instances::{Configured, LoadedPolicy, Recipe};
-use self::sandbox::Sandbox;
-use self::worlds::World;
-pub use faults::{FaultHandles, FaultKind, NoTelemetry, PluginTelemetry};
-use lb_config::{FieldPath, Problems};
 use lb_policy::{AffinityFactory, BalancerFactory, HealthPolicy, RoundRobin};
+
+use self::affinity::{AffinityKind, WasmAffinityFactory};
+use self::balancer::{BalancerKind, WasmBalancerFactory};
+use self::faults::Faults;
+pub use self::faults::{FaultHandles, FaultKind, NoTelemetry, PluginTelemetry};
+use self::health::{HealthKind, WasmHealthPolicy};
+use self::policy::{Configured, Kind, Loaded};
+use self::sandbox::Sandbox;
+pub use self::stores::{ticks_for, EPOCH_TICK};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
@@ -85,24 +93,24 @@ pub enum PluginError {
     },
 }
 
-/// Loaded plugins of one world, by identity (`builtin:NAME`, or the file's SHA-256).
-type Loaded<W> = Mutex<HashMap<String, Arc<LoadedPolicy<W>>>>;
+/// Loaded plugins of one kind, by identity (`builtin:NAME`, or the file's SHA-256).
+type LoadedMap<K> = Mutex<HashMap<String, Arc<Loaded<K>>>>;
 
 /// Loads plugins and makes policy factories from ports' policies.
 pub struct PluginHost {
     sandbox: Sandbox,
     telemetry: Arc<dyn PluginTelemetry>,
-    /// Faults in a row before a plugin loaded from now on is quarantined.
-    quarantine_after: std::sync::atomic::AtomicU32,
     workers: usize,
-    balancers: Loaded<BalancerWorld>,
-    affinities: Loaded<AffinityWorld>,
-    health: Loaded<HealthWorld>,
+    /// Faults in a row before a plugin loaded from now on is quarantined.
+    quarantine_after: AtomicU32,
+    balancers: LoadedMap<BalancerKind>,
+    affinities: LoadedMap<AffinityKind>,
+    health: LoadedMap<HealthKind>,
 }
 
 impl PluginHost {
-    /// A host whose instances are capped by `limits`, preparing `workers` instances (one per
-    /// worker thread) whenever a backend set changes. Compiles in memory only.
+    /// A host whose instances are capped by `limits`, serving `workers` worker threads (a
+    /// 0.2.0 plugin has one instance per worker). Compiles in memory only.
     pub fn new(
         limits: &PluginLimits,
         telemetry: Arc<dyn PluginTelemetry>,
@@ -121,8 +129,8 @@ impl PluginHost {
         Ok(PluginHost {
             sandbox: Sandbox::new(limits, cache)?,
             telemetry,
-            quarantine_after: limits.quarantine_after.into(),
-            workers,
+            workers: workers.max(1),
+            quarantine_after: AtomicU32::new(limits.quarantine_after),
             balancers: Mutex::default(),
             affinities: Mutex::default(),
             health: Mutex::default(),
@@ -160,7 +168,7 @@ impl PluginHost {
         policy: &HealthConfig,
     ) -> Result<Arc<dyn HealthPolicy>, PluginError> {
         let configured = self.configure(&self.health, &policy.policy, &policy.params)?;
-        let plugin = configured.recipe.policy.name.to_string();
+        let plugin = configured.name().to_string();
         let policy = WasmHealthPolicy::new(configured)
             .map_err(|message| PluginError::Invalid { plugin, message })?;
         Ok(Arc::new(policy))
@@ -170,35 +178,33 @@ impl PluginHost {
     /// quarantined after its count of faults in a row (the memory cap is the engine's, fixed
     /// until the next start).
     pub fn set_limits(&self, limits: &PluginLimits) {
-        self.sandbox.deadlines().set(limits);
-        self.quarantine_after.store(
-            limits.quarantine_after,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.sandbox.stores().deadlines().set(limits);
+        self.quarantine_after
+            .store(limits.quarantine_after, Ordering::Relaxed);
     }
 
-    fn configure<W: World>(
+    fn configure<K: Kind>(
         &self,
-        loaded: &Loaded<W>,
+        loaded: &LoadedMap<K>,
         source: &PolicySource,
         params: &[(String, String)],
-    ) -> Result<Configured<W>, PluginError> {
-        let policy = match source {
+    ) -> Result<Configured<K>, PluginError> {
+        let plugin = match source {
             PolicySource::Native => {
                 return Err(PluginError::Invalid {
                     plugin: "native:round-robin".into(),
-                    message: format!("is not a{} {} policy", article(W::NAME), W::NAME),
+                    message: format!("is not a{} {} policy", article(K::NAME), K::NAME),
                 })
             }
             PolicySource::Builtin(name) => {
                 let identity = format!("builtin:{name}");
                 let bytes = BUILTINS
                     .iter()
-                    .find(|(kind, builtin, _)| *kind == W::NAME && builtin == name)
+                    .find(|(kind, builtin, _)| *kind == K::NAME && builtin == name)
                     .map(|(_, _, bytes)| *bytes)
                     .ok_or_else(|| PluginError::Invalid {
                         plugin: identity.clone(),
-                        message: format!("is not a {} built into this gantry", W::NAME),
+                        message: format!("is not a {} built into this gantry", K::NAME),
                     })?;
                 self.load(loaded, &identity, &identity, bytes)?
             }
@@ -206,38 +212,41 @@ impl PluginHost {
                 self.load(loaded, &plugin.sha256, &plugin.name, &plugin.bytes)?
             }
         };
-        Configured::new(Recipe::new(policy, params, &self.sandbox), self.workers)
+        plugin.configure(params, self.sandbox.stores(), self.workers)
     }
 
-    fn load<W: World>(
+    fn load<K: Kind>(
         &self,
-        loaded: &Loaded<W>,
+        loaded: &LoadedMap<K>,
         identity: &str,
         name: &str,
         bytes: &[u8],
-    ) -> Result<Arc<LoadedPolicy<W>>, PluginError> {
+    ) -> Result<Arc<Loaded<K>>, PluginError> {
         if let Some(found) = loaded.lock().ok().and_then(|l| l.get(identity).cloned()) {
             return Ok(found);
         }
         let pre = self.sandbox.compile(identity, name, bytes)?;
-        let pre = W::prepare(pre).map_err(|e| PluginError::Invalid {
-            plugin: name.to_owned(),
-            message: format!("is not a{} {} plugin: {e:#}", article(W::NAME), W::NAME),
-        })?;
         let name: Arc<str> = name.into();
-        let policy = Arc::new(LoadedPolicy {
-            faults: Arc::new(Faults::new(
-                name.clone(),
-                self.quarantine_after
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            )),
-            name,
+        let faults = Arc::new(Faults::new(
+            name.clone(),
+            self.quarantine_after.load(Ordering::Relaxed),
+        ));
+        let plugin = Loaded::prepare(
+            name.clone(),
+            faults,
             pre,
-        });
+            self.sandbox.stores(),
+            self.workers,
+        )
+        .map_err(|message| PluginError::Invalid {
+            plugin: name.to_string(),
+            message,
+        })?;
+        let plugin = Arc::new(plugin);
         if let Ok(mut all) = loaded.lock() {
-            all.insert(identity.to_owned(), policy.clone());
+            all.insert(identity.to_owned(), plugin.clone());
         }
-        Ok(policy)
+        Ok(plugin)
     }
 
     /// The model is now serving: shows the metrics of the plugins it uses, applies its
@@ -277,19 +286,19 @@ fn identity(policy: &PolicySource) -> Option<String> {
 
 /// Keeps the plugins in `used`, listing them in `kept` (with their fault records) and the
 /// others' names in `forgotten`.
-fn retain<W: World>(
-    loaded: &Loaded<W>,
+fn retain<K: Kind>(
+    loaded: &LoadedMap<K>,
     used: &[String],
     kept: &mut Vec<(Arc<str>, Arc<Faults>)>,
     forgotten: &mut Vec<Arc<str>>,
 ) {
     if let Ok(mut loaded) = loaded.lock() {
-        loaded.retain(|identity, policy| {
+        loaded.retain(|identity, plugin| {
             let keep = used.contains(identity);
             if keep {
-                kept.push((policy.name.clone(), policy.faults.clone()));
+                kept.push((plugin.name().clone(), plugin.faults().clone()));
             } else {
-                forgotten.push(policy.name.clone());
+                forgotten.push(plugin.name().clone());
             }
             keep
         });

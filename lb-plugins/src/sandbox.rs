@@ -1,4 +1,6 @@
 //! The one place the WebAssembly engine and its sandbox are configured. Each knob says why.
+//! (How each instance's store is made, and how its calls' deadlines are counted, is
+//! [`super::stores`].)
 //!
 //! What a plugin can reach is decided twice: the linker offers only the `gantry:plugins` host
 //! interface and the harmless parts of WASI a Rust `std` guest imports, implemented in
@@ -8,10 +10,9 @@
 //! naming the import, before it can run.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use std::path::PathBuf;
 
@@ -22,8 +23,9 @@ use wasmtime::{
     PoolingAllocationConfig,
 };
 
-use super::bindings::BalancerWorld;
+use super::bindings::{v1, v2};
 use super::host::HostState;
+use super::stores::Stores;
 use super::wasi::SandboxWorld;
 use super::PluginError;
 
@@ -45,59 +47,21 @@ fn cache_folder(cache: &PluginCache) -> Option<PathBuf> {
     }
 }
 
-/// How often the engine's epoch advances: the granularity of call deadlines.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+use super::stores::EPOCH_TICK;
 
-/// Instance slots in the pool: enough for one instance per worker thread per port, twice over
-/// (a reload briefly holds old and new); beyond it instantiation fails, which the host treats
-/// as a fault and answers with its native round-robin.
+/// Instance slots in the pool. Plugins built against 0.2.0 take one per worker thread per
+/// plugin (and one briefly to check a port's parameters); 0.1.0 plugins, one per worker thread
+/// per port. Beyond it instantiation fails, which the host treats as a fault and answers
+/// with its native policy.
 const POOLED_INSTANCES: u32 = 1000;
 
 /// Interface prefixes a plugin may import.
 const ALLOWED_IMPORTS: &[&str] = &["gantry:plugins/", "wasi:io/", "wasi:cli/", "wasi:random/"];
 
-/// The deadlines plugin calls run under now. A reload that changes `plugin_limits:` changes
-/// them in place, for every plugin at once.
-pub(crate) struct Deadlines {
-    call_nanos: AtomicU64,
-    setup_nanos: AtomicU64,
-}
-
-impl Deadlines {
-    fn new(limits: &PluginLimits) -> Self {
-        let deadlines = Deadlines {
-            call_nanos: AtomicU64::new(0),
-            setup_nanos: AtomicU64::new(0),
-        };
-        deadlines.set(limits);
-        deadlines
-    }
-
-    /// Takes `limits`' deadlines from now on.
-    pub(crate) fn set(&self, limits: &PluginLimits) {
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.call_nanos
-            .store(nanos(limits.call_deadline), Ordering::Relaxed);
-        self.setup_nanos
-            .store(nanos(limits.setup_deadline), Ordering::Relaxed);
-    }
-
-    /// Deadline of one per-request call.
-    pub(crate) fn call(&self) -> Duration {
-        Duration::from_nanos(self.call_nanos.load(Ordering::Relaxed))
-    }
-
-    /// Deadline of `configure` and `set-backends`.
-    pub(crate) fn setup(&self) -> Duration {
-        Duration::from_nanos(self.setup_nanos.load(Ordering::Relaxed))
-    }
-}
-
 /// The engine, its linker, and compiled plugins by content hash.
 pub struct Sandbox {
     engine: Engine,
-    deadlines: Arc<Deadlines>,
-    memory_bytes: u64,
+    stores: Stores,
     linker: Linker<HostState>,
     compiled: Mutex<HashMap<String, InstancePre<HostState>>>,
     ticker: EpochTicker,
@@ -154,14 +118,16 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         SandboxWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
-        // Adds the shared `types` and `host` imports, which every plugin world has.
-        BalancerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        // Adds the shared `types` and `host` imports, which every plugin world of a version
+        // has, for both versions (below 1.0 each minor version is its own import name).
+        v1::BalancerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        v2::BalancerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Sandbox {
+            stores: Stores::new(engine.clone(), limits),
             engine,
-            deadlines: Arc::new(Deadlines::new(limits)),
-            memory_bytes: memory,
             linker,
             compiled: Mutex::new(HashMap::new()),
             ticker,
@@ -173,14 +139,9 @@ impl Sandbox {
         &self.engine
     }
 
-    /// The deadlines calls run under now.
-    pub(crate) fn deadlines(&self) -> &Arc<Deadlines> {
-        &self.deadlines
-    }
-
-    /// The linear memory cap of each instance, fixed for the engine's life.
-    pub(crate) fn memory_bytes(&self) -> u64 {
-        self.memory_bytes
+    /// What makes stores for the engine's instances.
+    pub(crate) fn stores(&self) -> &Stores {
+        &self.stores
     }
 
     /// Compiles (or finds already compiled) a component, checks what it imports, and prepares
@@ -219,7 +180,7 @@ impl Sandbox {
         }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             invalid(format!(
-                "imports what gantry:plugins@0.1 does not provide: {e:#}"
+                "imports what gantry:plugins@0.1.0 and @0.2.0 do not provide: {e:#}"
             ))
         })?;
         if let Ok(mut compiled) = self.compiled.lock() {
@@ -233,13 +194,6 @@ impl Sandbox {
         if let Ok(mut compiled) = self.compiled.lock() {
             compiled.retain(|sha, _| keep.contains(&sha.as_str()));
         }
-    }
-
-    /// Epoch ticks a call may run for, given its deadline: one more than the deadline covers,
-    /// as the first tick may come at any moment after the call starts.
-    pub fn ticks_for(deadline: Duration) -> u64 {
-        let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
-        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
     }
 
     /// True while the ticker runs (it stops when the sandbox is dropped).

@@ -266,3 +266,84 @@ async fn a_faulting_affinity_plugin_leaves_requests_balanced_and_is_quarantined(
         gantry.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_the_frozen_0_1_0_contract_still_serves() {
+    let origins = [
+        HttpOrigin::start("a", OriginProtocol::Http1).await,
+        HttpOrigin::start("b", OriginProtocol::Http1).await,
+        HttpOrigin::start("c", OriginProtocol::Http1).await,
+    ];
+    let list: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
+    let yaml = format!(
+        "admin: {{ listen: \"127.0.0.1:0\" }}\nplugins:\n  legacy: {{ file: \"{}\" }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [{}], balancer: {{ policy: legacy, params: {{ offset: 1 }} }} }}\n",
+        plugin("legacy-rotate").display(),
+        list.join(", ")
+    );
+    let model = lb_config::parse_str(&yaml, Path::new("/")).expect("valid config");
+    let gantry = Gantry::start(model).await.expect("gantry starts");
+    let mut client = H1::connect(addr(&gantry, "web", "http"))
+        .await
+        .expect("connect");
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        served.push(
+            client
+                .get("/")
+                .await
+                .expect("answered")
+                .header("x-origin")
+                .to_owned(),
+        );
+    }
+    // The plugin's rotation, shifted by its offset: not the native round-robin's a, b, c.
+    assert_eq!(served, ["b", "c", "a", "b", "c", "a"]);
+    let text = gantry.metrics().render();
+    for kind in ["trap", "deadline", "invalid_answer", "instantiate"] {
+        let series = format!("gantry_plugin_faults_total{{kind=\"{kind}\",plugin=\"legacy\"}}");
+        assert_eq!(metric(&text, &series), 0.0, "{kind}");
+    }
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_whose_policy_traps_does_not_disturb_the_ports_sharing_its_plugin() {
+    // One plugin, one instance per worker, two ports in it: `steady` always answers its first
+    // backend; `broken` traps on every pick, which ends the instance each time.
+    let (first, second, other) = (
+        HttpOrigin::start("first", OriginProtocol::Http1).await,
+        HttpOrigin::start("second", OriginProtocol::Http1).await,
+        HttpOrigin::start("other", OriginProtocol::Http1).await,
+    );
+    let yaml = format!(
+        "admin: {{ listen: \"127.0.0.1:0\" }}\nplugins:\n  mis: {{ file: \"{}\" }}\nplugin_limits: {{ quarantine_after: 1000 }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: steady, port: 0, protocol: http, backends: [\"{}\", \"{}\"], balancer: {{ policy: mis, params: {{ mode: good }} }} }}\n      - {{ name: broken, port: 0, protocol: http, backends: [\"{}\"], balancer: {{ policy: mis, params: {{ mode: trap }} }} }}\n",
+        plugin("misbehave").display(),
+        first.addr,
+        second.addr,
+        other.addr
+    );
+    let model = lb_config::parse_str(&yaml, Path::new("/")).expect("valid config");
+    let gantry = Gantry::start(model).await.expect("gantry starts");
+    let mut steady = H1::connect(addr(&gantry, "web", "steady"))
+        .await
+        .expect("connect");
+    let mut broken = H1::connect(addr(&gantry, "web", "broken"))
+        .await
+        .expect("connect");
+    for _ in 0..10 {
+        assert_eq!(
+            broken.get("/").await.expect("answered").status,
+            StatusCode::OK
+        );
+        let answer = steady.get("/").await.expect("answered");
+        // The plugin itself answered (the native round-robin would also send some to the
+        // second backend): the steady port's policy was made again in the new instance.
+        assert_eq!(answer.header("x-origin"), "first");
+    }
+    let traps = metric(
+        &gantry.metrics().render(),
+        "gantry_plugin_faults_total{kind=\"trap\",plugin=\"mis\"}",
+    );
+    assert!(traps >= 10.0, "{traps} traps");
+    gantry.shutdown(Duration::from_secs(1)).await;
+}

@@ -2,8 +2,12 @@
 
 use crate::{IpAddress, Params, Request};
 
-pub use crate::affinity_bindings::{Header, Stickiness, TableSettings};
+use crate::affinity_bindings::exports::gantry::plugins::affinities as generated;
+pub use crate::affinity_bindings::exports::gantry::plugins::affinities::{
+    Header, Stickiness, TableSettings,
+};
 use crate::Backend;
+use crate::PolicyCell;
 
 /// A session-affinity policy: says what a request sticks by. Gantry keeps the shared table of
 /// remembered keys and does the balancing. Each worker thread holds its own instance.
@@ -41,59 +45,51 @@ pub fn client_ip_key(request: &Request) -> u64 {
     }
 }
 
-/// Exports an [`Affinity`] implementation as the plugin's `affinity` world.
+impl<A: Affinity> generated::GuestAffinity for PolicyCell<A> {
+    fn set_backends(&self, backends: Vec<Backend>) {
+        self.0.borrow_mut().set_backends(backends);
+    }
+
+    fn stick(&self, request: Request) -> Stickiness {
+        self.0.borrow_mut().stick(&request)
+    }
+
+    fn assigned(&self, request: Request, backend: u32) -> Option<Header> {
+        self.0.borrow_mut().assigned(&request, backend)
+    }
+}
+
+/// The generated export interface of the `affinity` world.
+#[doc(hidden)]
+pub use crate::affinity_bindings::exports::gantry::plugins::affinities as __affinities;
+
+/// Exports an [`Affinity`] implementation as the plugin's `affinity` world: each port gets its
+/// own value of the type, made by its `configure`.
 #[macro_export]
 macro_rules! export_affinity {
     ($affinity:ty) => {
         #[doc(hidden)]
         struct __GantryAffinity;
 
-        ::std::thread_local! {
-            static __GANTRY_AFFINITY: ::std::cell::RefCell<::std::option::Option<$affinity>> =
-                const { ::std::cell::RefCell::new(::std::option::Option::None) };
-        }
+        impl $crate::__affinities::Guest for __GantryAffinity {
+            type Affinity = $crate::PolicyCell<$affinity>;
 
-        impl $crate::affinity_bindings::Guest for __GantryAffinity {
             fn configure(
                 parameters: ::std::vec::Vec<
                     $crate::balancer_bindings::gantry::plugins::types::Parameter,
                 >,
-            ) -> ::std::result::Result<$crate::TableSettings, ::std::string::String> {
+            ) -> ::std::result::Result<
+                ($crate::__affinities::Affinity, $crate::TableSettings),
+                ::std::string::String,
+            > {
                 let params = $crate::Params::from_pairs(
                     parameters.into_iter().map(|p| (p.name, p.value)).collect(),
                 );
                 let (policy, settings) = <$affinity as $crate::Affinity>::configure(&params)?;
-                __GANTRY_AFFINITY
-                    .with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(policy));
-                ::std::result::Result::Ok(settings)
-            }
-
-            fn set_backends(backends: ::std::vec::Vec<$crate::Backend>) {
-                __GANTRY_AFFINITY.with(|slot| {
-                    if let ::std::option::Option::Some(policy) = slot.borrow_mut().as_mut() {
-                        $crate::Affinity::set_backends(policy, backends);
-                    }
-                });
-            }
-
-            fn stick(request: $crate::Request) -> $crate::Stickiness {
-                __GANTRY_AFFINITY.with(|slot| match slot.borrow_mut().as_mut() {
-                    ::std::option::Option::Some(policy) => {
-                        $crate::Affinity::stick(policy, &request)
-                    }
-                    ::std::option::Option::None => $crate::Stickiness::None,
-                })
-            }
-
-            fn assigned(
-                request: $crate::Request,
-                backend: u32,
-            ) -> ::std::option::Option<$crate::Header> {
-                __GANTRY_AFFINITY.with(|slot| {
-                    slot.borrow_mut()
-                        .as_mut()
-                        .and_then(|policy| $crate::Affinity::assigned(policy, &request, backend))
-                })
+                ::std::result::Result::Ok((
+                    $crate::__affinities::Affinity::new($crate::PolicyCell::new(policy)),
+                    settings,
+                ))
             }
         }
 

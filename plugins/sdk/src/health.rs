@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 
-pub use crate::health_bindings::{
+use crate::health_bindings::exports::gantry::plugins::health_checks as generated;
+pub use crate::health_bindings::exports::gantry::plugins::health_checks::{
     HealthSettings, HttpProbe, Outcome, ProbeKind, ProbePlan, Verdict,
 };
+use crate::PolicyCell;
 use crate::{backend_key, Backend, Params};
 
 /// A health policy. Unlike balancers it has a single instance per port: Gantry serialises the
@@ -115,57 +117,54 @@ pub fn probe_plan(params: &Params, kind: ProbeKind) -> Result<ProbePlan, String>
     })
 }
 
-/// Exports a [`Health`] implementation as the plugin's `health` world.
+impl<H: Health> generated::GuestChecker for PolicyCell<H> {
+    fn set_backends(&self, backends: Vec<Backend>) {
+        self.0.borrow_mut().set_backends(backends);
+    }
+
+    fn probed(&self, backend: u32, outcome: Outcome) -> Verdict {
+        self.0.borrow_mut().probed(backend, outcome)
+    }
+
+    fn observed(&self, backend: u32, outcome: Outcome) -> Verdict {
+        self.0.borrow_mut().observed(backend, outcome)
+    }
+}
+
+/// The generated export interface of the `health` world.
+#[doc(hidden)]
+pub use crate::health_bindings::exports::gantry::plugins::health_checks as __health_checks;
+
+/// Exports a [`Health`] implementation as the plugin's `health` world: each port's health
+/// policy gets its own value of the type, made by its `configure`.
 #[macro_export]
 macro_rules! export_health {
     ($health:ty) => {
         #[doc(hidden)]
         struct __GantryHealth;
 
-        ::std::thread_local! {
-            static __GANTRY_HEALTH: ::std::cell::RefCell<::std::option::Option<$health>> =
-                const { ::std::cell::RefCell::new(::std::option::Option::None) };
-        }
+        impl $crate::health::__health_checks::Guest for __GantryHealth {
+            type Checker = $crate::PolicyCell<$health>;
 
-        impl $crate::health_bindings::Guest for __GantryHealth {
             fn configure(
                 parameters: ::std::vec::Vec<
                     $crate::balancer_bindings::gantry::plugins::types::Parameter,
                 >,
-            ) -> ::std::result::Result<$crate::health::HealthSettings, ::std::string::String> {
+            ) -> ::std::result::Result<
+                (
+                    $crate::health::__health_checks::Checker,
+                    $crate::health::HealthSettings,
+                ),
+                ::std::string::String,
+            > {
                 let params = $crate::Params::from_pairs(
                     parameters.into_iter().map(|p| (p.name, p.value)).collect(),
                 );
                 let (policy, settings) = <$health as $crate::health::Health>::configure(&params)?;
-                __GANTRY_HEALTH
-                    .with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(policy));
-                ::std::result::Result::Ok(settings)
-            }
-
-            fn set_backends(backends: ::std::vec::Vec<$crate::Backend>) {
-                __GANTRY_HEALTH.with(|slot| {
-                    if let ::std::option::Option::Some(policy) = slot.borrow_mut().as_mut() {
-                        $crate::health::Health::set_backends(policy, backends);
-                    }
-                });
-            }
-
-            fn probed(backend: u32, outcome: $crate::health::Outcome) -> $crate::health::Verdict {
-                __GANTRY_HEALTH.with(|slot| match slot.borrow_mut().as_mut() {
-                    ::std::option::Option::Some(policy) => {
-                        $crate::health::Health::probed(policy, backend, outcome)
-                    }
-                    ::std::option::Option::None => $crate::health::Verdict::Unchanged,
-                })
-            }
-
-            fn observed(backend: u32, outcome: $crate::health::Outcome) -> $crate::health::Verdict {
-                __GANTRY_HEALTH.with(|slot| match slot.borrow_mut().as_mut() {
-                    ::std::option::Option::Some(policy) => {
-                        $crate::health::Health::observed(policy, backend, outcome)
-                    }
-                    ::std::option::Option::None => $crate::health::Verdict::Unchanged,
-                })
+                ::std::result::Result::Ok((
+                    $crate::health::__health_checks::Checker::new($crate::PolicyCell::new(policy)),
+                    settings,
+                ))
             }
         }
 

@@ -27,8 +27,11 @@
 //! a health policy implements [`health::Health`] and is exported with [`export_health!`].
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file is the plugin.
-//! The contract is the WIT package `gantry:plugins@0.1.0` in `plugins-wit/`; its documentation
-//! says what each call means and promises. `docs/plugins.md` walks through a whole plugin.
+//! The contract is the WIT package `gantry:plugins@0.2.0` in `plugins-wit/0.2.0`, where each
+//! port's policy is a resource, so one plugin instance per worker thread serves every port;
+//! its documentation says what each call means and promises. A value of your type is made
+//! per port (and per backend set), so keep per-port state in it, never in statics.
+//! `docs/plugins.md` walks through a whole plugin.
 
 mod params;
 
@@ -44,7 +47,7 @@ pub mod balancer_bindings {
     #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
         world: "balancer",
-        path: "../../plugins-wit/wit",
+        path: "../../plugins-wit/0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_balancer_world",
         default_bindings_module: "gantry_plugin_sdk::balancer_bindings",
@@ -58,10 +61,10 @@ pub mod affinity_bindings {
     #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
         world: "affinity",
-        path: "../../plugins-wit/wit",
+        path: "../../plugins-wit/0.2.0",
         with: {
-            "gantry:plugins/types@0.1.0": crate::balancer_bindings::gantry::plugins::types,
-            "gantry:plugins/host@0.1.0": crate::balancer_bindings::gantry::plugins::host,
+            "gantry:plugins/types@0.2.0": crate::balancer_bindings::gantry::plugins::types,
+            "gantry:plugins/host@0.2.0": crate::balancer_bindings::gantry::plugins::host,
         },
         pub_export_macro: true,
         export_macro_name: "__export_affinity_world",
@@ -76,10 +79,10 @@ pub mod health_bindings {
     #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
         world: "health",
-        path: "../../plugins-wit/wit",
+        path: "../../plugins-wit/0.2.0",
         with: {
-            "gantry:plugins/types@0.1.0": crate::balancer_bindings::gantry::plugins::types,
-            "gantry:plugins/host@0.1.0": crate::balancer_bindings::gantry::plugins::host,
+            "gantry:plugins/types@0.2.0": crate::balancer_bindings::gantry::plugins::types,
+            "gantry:plugins/host@0.2.0": crate::balancer_bindings::gantry::plugins::host,
         },
         pub_export_macro: true,
         export_macro_name: "__export_health_world",
@@ -94,13 +97,16 @@ pub use wit_bindgen as __wit_bindgen;
 mod affinity;
 pub mod health;
 
+#[doc(hidden)]
+pub use affinity::__affinities;
 pub use affinity::{client_ip_key, Affinity, Header, Stickiness, TableSettings};
 
 pub use balancer_bindings::gantry::plugins::host;
 pub use balancer_bindings::gantry::plugins::types::{Backend, IpAddress, Protocol, Request};
 
-/// A balancing policy. Each Gantry worker thread holds its own instance, so `&mut self` is
-/// never shared; figures shared by all threads come from [`host::backend_figures`].
+/// A balancing policy for one port. Each Gantry worker thread holds its own value for the
+/// port, so `&mut self` is never shared; figures shared by all threads come from
+/// [`host::backend_figures`].
 pub trait Balancer: Sized + 'static {
     /// Builds the policy from the operator's parameters; an `Err` message is shown to the
     /// operator and the plugin is not used.
@@ -114,47 +120,55 @@ pub trait Balancer: Sized + 'static {
     fn pick(&mut self, request: &Request, attempt: u32) -> Option<u32>;
 }
 
-/// Exports a [`Balancer`] implementation as the plugin's `balancer` world.
+/// The generated export interface of the `balancer` world.
+#[doc(hidden)]
+pub use balancer_bindings::exports::gantry::plugins::balancers as __balancers;
+
+/// One port's policy value inside its resource. The host never calls a plugin instance
+/// re-entrantly, so the cell is never borrowed twice.
+#[doc(hidden)]
+pub struct PolicyCell<P>(pub std::cell::RefCell<P>);
+
+impl<P> PolicyCell<P> {
+    #[doc(hidden)]
+    pub fn new(policy: P) -> Self {
+        PolicyCell(std::cell::RefCell::new(policy))
+    }
+}
+
+impl<B: Balancer> __balancers::GuestBalancer for PolicyCell<B> {
+    fn set_backends(&self, backends: Vec<Backend>) {
+        self.0.borrow_mut().set_backends(backends);
+    }
+
+    fn pick(&self, request: Request, attempt: u32) -> Option<u32> {
+        self.0.borrow_mut().pick(&request, attempt)
+    }
+}
+
+/// Exports a [`Balancer`] implementation as the plugin's `balancer` world: each port gets
+/// its own value of the type, made by its `configure`.
 #[macro_export]
 macro_rules! export_balancer {
     ($balancer:ty) => {
         #[doc(hidden)]
         struct __GantryBalancer;
 
-        ::std::thread_local! {
-            static __GANTRY_BALANCER: ::std::cell::RefCell<::std::option::Option<$balancer>> =
-                const { ::std::cell::RefCell::new(::std::option::Option::None) };
-        }
+        impl $crate::__balancers::Guest for __GantryBalancer {
+            type Balancer = $crate::PolicyCell<$balancer>;
 
-        impl $crate::balancer_bindings::Guest for __GantryBalancer {
             fn configure(
                 parameters: ::std::vec::Vec<
                     $crate::balancer_bindings::gantry::plugins::types::Parameter,
                 >,
-            ) -> ::std::result::Result<(), ::std::string::String> {
+            ) -> ::std::result::Result<$crate::__balancers::Balancer, ::std::string::String> {
                 let params = $crate::Params::from_pairs(
                     parameters.into_iter().map(|p| (p.name, p.value)).collect(),
                 );
                 let policy = <$balancer as $crate::Balancer>::configure(&params)?;
-                __GANTRY_BALANCER
-                    .with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(policy));
-                ::std::result::Result::Ok(())
-            }
-
-            fn set_backends(backends: ::std::vec::Vec<$crate::Backend>) {
-                __GANTRY_BALANCER.with(|slot| {
-                    if let ::std::option::Option::Some(policy) = slot.borrow_mut().as_mut() {
-                        $crate::Balancer::set_backends(policy, backends);
-                    }
-                });
-            }
-
-            fn pick(request: $crate::Request, attempt: u32) -> ::std::option::Option<u32> {
-                __GANTRY_BALANCER.with(|slot| {
-                    slot.borrow_mut()
-                        .as_mut()
-                        .and_then(|policy| $crate::Balancer::pick(policy, &request, attempt))
-                })
+                ::std::result::Result::Ok($crate::__balancers::Balancer::new(
+                    $crate::PolicyCell::new(policy),
+                ))
             }
         }
 

@@ -4,9 +4,10 @@
 //! Modes: `good` (first backend), `trap` (panics), `loop` (never returns), `grow` (allocates
 //! without end), `invalid` (answers an id that does not exist), `reject` (refuses its
 //! parameters in `configure`), `trap_on_backends` (accepts its parameters, then panics when
-//! given a backend set).
+//! given a backend set), `spin` (works for `spin_us` microseconds of the host's monotonic
+//! clock, then answers the first backend).
 
-use gantry_plugin_sdk::{export_balancer, Backend, Balancer, Params, Request};
+use gantry_plugin_sdk::{export_balancer, host, Backend, Balancer, Params, Request};
 
 enum Mode {
     Good,
@@ -15,6 +16,7 @@ enum Mode {
     Grow,
     Invalid,
     TrapOnBackends,
+    Spin(u64),
 }
 
 struct Misbehave {
@@ -32,6 +34,7 @@ impl Balancer for Misbehave {
             "grow" => Mode::Grow,
             "invalid" => Mode::Invalid,
             "trap_on_backends" => Mode::TrapOnBackends,
+            "spin" => Mode::Spin(params.parse_or("spin_us", 1000)?),
             "reject" => return Err("mode `reject` refuses every configuration".into()),
             other => return Err(format!("unknown mode `{other}`")),
         };
@@ -52,6 +55,15 @@ impl Balancer for Misbehave {
     fn pick(&mut self, request: &Request, _attempt: u32) -> Option<u32> {
         match self.mode {
             Mode::Good | Mode::TrapOnBackends => self.first,
+            Mode::Spin(micros) => {
+                let until = host::monotonic_now() + micros * 1000;
+                let mut spin = request.hash_key;
+                while host::monotonic_now() < until {
+                    spin = spin.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                std::hint::black_box(spin);
+                self.first
+            }
             Mode::Trap => panic!("misbehave: trapping as asked"),
             Mode::Loop => {
                 let mut spin = request.hash_key;

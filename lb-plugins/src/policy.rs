@@ -1,0 +1,267 @@
+//! A policy plugin of one kind (balancer, affinity, health), whatever contract version it was
+//! built against: loaded ([`Loaded`]), configured for one port ([`Configured`]), and running
+//! for one backend set, either with state per worker thread ([`PerThread`]: balancers,
+//! affinities) or with one state for all threads ([`Single`]: health). The kinds' own calls
+//! (`pick`, `stick`, `probed`, ...) are made by the kinds' modules, per version.
+
+use std::sync::Arc;
+
+use lb_config::Backend;
+use lb_policy::BackendFigures;
+
+use super::convert::{to_v1, to_v2};
+use super::faults::Faults;
+use super::host::CallContext;
+use super::stores::Stores;
+use super::v2::{Placement, PortPolicy, Shared};
+use super::{v1, v2, PluginError};
+
+/// A plugin kind: one world in each contract version.
+pub(crate) trait Kind: Send + Sync + 'static {
+    /// `balancer`, `affinity` or `health`, for messages and built-in lookup.
+    const NAME: &'static str;
+    /// The kind's 0.1.0 world.
+    type V1: v1::World;
+    /// The kind's 0.2.0 world.
+    type V2: v2::World;
+    /// What the plugin's `configure` tells the host, whatever the version.
+    type Settings: Clone + Send + Sync + 'static;
+
+    /// The settings of a 0.1.0 plugin.
+    fn from_v1(settings: <Self::V1 as v1::World>::Settings) -> Self::Settings;
+    /// The settings of a 0.2.0 plugin.
+    fn from_v2(settings: <Self::V2 as v2::World>::Settings) -> Self::Settings;
+}
+
+/// A compiled plugin prepared for kind `K` in the version it was built against.
+pub(crate) enum Loaded<K: Kind> {
+    /// Built against 0.1.0: instances per port.
+    V1 {
+        name: Arc<str>,
+        faults: Arc<Faults>,
+        pre: <K::V1 as v1::World>::Pre,
+    },
+    /// Built against 0.2.0: instances per worker, shared by ports.
+    V2(Arc<Shared<K::V2>>),
+}
+
+impl<K: Kind> Loaded<K> {
+    /// Prepares a compiled component for `K`: as 0.2.0 when it exports that world, else as
+    /// 0.1.0; otherwise says why it is not a plugin of this kind.
+    pub(crate) fn prepare(
+        name: Arc<str>,
+        faults: Arc<Faults>,
+        pre: wasmtime::component::InstancePre<super::host::HostState>,
+        stores: &Stores,
+        workers: usize,
+    ) -> Result<Self, String> {
+        match <K::V2 as v2::World>::prepare(pre.clone()) {
+            Ok(pre) => Ok(Loaded::V2(Arc::new(Shared::new(
+                name,
+                pre,
+                faults,
+                stores.clone(),
+                workers,
+            )))),
+            Err(newest) => match <K::V1 as v1::World>::prepare(pre) {
+                Ok(pre) => Ok(Loaded::V1 { name, faults, pre }),
+                Err(_) => Err(format!(
+                    "is not a{} {} plugin of gantry:plugins@0.2.0 or @0.1.0: {newest:#}",
+                    if K::NAME.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                        "n"
+                    } else {
+                        ""
+                    },
+                    K::NAME
+                )),
+            },
+        }
+    }
+
+    /// The plugin's name.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        match self {
+            Loaded::V1 { name, .. } => name,
+            Loaded::V2(shared) => shared.name(),
+        }
+    }
+
+    /// The plugin's fault record.
+    pub(crate) fn faults(&self) -> &Arc<Faults> {
+        match self {
+            Loaded::V1 { faults, .. } => faults,
+            Loaded::V2(shared) => shared.faults(),
+        }
+    }
+
+    /// The plugin with one port's parameters, checked by its `configure` on a scratch
+    /// instance (nothing live is touched).
+    pub(crate) fn configure(
+        &self,
+        params: &[(String, String)],
+        stores: &Stores,
+        workers: usize,
+    ) -> Result<Configured<K>, PluginError> {
+        match self {
+            Loaded::V1 { name, faults, pre } => {
+                let (recipe, settings) = v1::Recipe::configure(
+                    name.clone(),
+                    faults.clone(),
+                    pre.clone(),
+                    params,
+                    stores.clone(),
+                    workers,
+                )?;
+                Ok(Configured {
+                    settings: K::from_v1(settings),
+                    runner: Runner::V1(recipe),
+                })
+            }
+            Loaded::V2(shared) => {
+                let settings = shared.check(params)?;
+                Ok(Configured {
+                    settings: K::from_v2(settings),
+                    runner: Runner::V2 {
+                        shared: shared.clone(),
+                        params: params.to_vec(),
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// A plugin of kind `K` with one port's parameters, as accepted by its `configure`.
+pub(crate) struct Configured<K: Kind> {
+    /// What `configure` answered.
+    pub(crate) settings: K::Settings,
+    runner: Runner<K>,
+}
+
+enum Runner<K: Kind> {
+    V1(v1::Recipe<K::V1>),
+    V2 {
+        shared: Arc<Shared<K::V2>>,
+        params: Vec<(String, String)>,
+    },
+}
+
+impl<K: Kind> Configured<K> {
+    /// The plugin's name.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        match &self.runner {
+            Runner::V1(recipe) => recipe.name(),
+            Runner::V2 { shared, .. } => shared.name(),
+        }
+    }
+
+    /// The plugin over `backends`, with state per worker thread. Computes only: it runs
+    /// nothing until prepared (or called).
+    pub(crate) fn per_thread(
+        &self,
+        backends: &[Backend],
+        figures: Arc<dyn BackendFigures>,
+    ) -> PerThread<K> {
+        let context = CallContext::new(figures);
+        match &self.runner {
+            Runner::V1(recipe) => {
+                PerThread::V1(recipe.generation(to_v1::backends(backends), context))
+            }
+            Runner::V2 { shared, params } => PerThread::V2(PortPolicy::new(
+                shared.clone(),
+                params,
+                to_v2::backends(backends),
+                context,
+                Placement::Everywhere,
+            )),
+        }
+    }
+
+    /// The plugin with one state for all threads (given its backends later), kept in the
+    /// instance of worker `home` when the plugin shares instances.
+    pub(crate) fn single(&self, home: usize) -> Single<K> {
+        match &self.runner {
+            Runner::V1(recipe) => Single::V1(v1::Exclusive::new(recipe)),
+            Runner::V2 { shared, params } => Single::V2(PortPolicy::new(
+                shared.clone(),
+                params,
+                Vec::new(),
+                CallContext::empty(),
+                Placement::Home(home),
+            )),
+        }
+    }
+}
+
+/// A plugin over one backend set, with state per worker thread.
+pub(crate) enum PerThread<K: Kind> {
+    /// Instances of its own, one per worker.
+    V1(Arc<v1::Generation<K::V1>>),
+    /// A resource in each worker's shared instance.
+    V2(PortPolicy<K::V2>),
+}
+
+impl<K: Kind> PerThread<K> {
+    /// The plugin's fault record.
+    pub(crate) fn faults(&self) -> &Faults {
+        match self {
+            PerThread::V1(generation) => generation.faults(),
+            PerThread::V2(policy) => policy.faults(),
+        }
+    }
+
+    /// The plugin's name.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            PerThread::V1(generation) => generation.name(),
+            PerThread::V2(policy) => policy.name(),
+        }
+    }
+
+    /// Makes what runs it now, off the request path: called when its route is activated.
+    pub(crate) fn prepare(&self) {
+        match self {
+            PerThread::V1(generation) => generation.prepare(),
+            PerThread::V2(policy) => policy.prepare(),
+        }
+    }
+}
+
+/// A plugin with one state for all threads.
+pub(crate) enum Single<K: Kind> {
+    /// One instance of its own.
+    V1(v1::Exclusive<K::V1>),
+    /// One resource in a shared instance.
+    V2(PortPolicy<K::V2>),
+}
+
+impl<K: Kind> Single<K> {
+    /// The plugin's fault record.
+    pub(crate) fn faults(&self) -> &Faults {
+        match self {
+            Single::V1(exclusive) => exclusive.faults(),
+            Single::V2(policy) => policy.faults(),
+        }
+    }
+
+    /// The plugin's name.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Single::V1(exclusive) => exclusive.name(),
+            Single::V2(policy) => policy.name(),
+        }
+    }
+
+    /// Gives it a new backend set in place (its state survives).
+    pub(crate) fn set_backends(
+        &self,
+        backends: &[Backend],
+        figures: Arc<dyn BackendFigures>,
+    ) -> Result<(), super::FaultKind> {
+        let context = CallContext::new(figures);
+        match self {
+            Single::V1(exclusive) => exclusive.set_backends(to_v1::backends(backends), context),
+            Single::V2(policy) => policy.set_backends(to_v2::backends(backends), context),
+        }
+    }
+}
