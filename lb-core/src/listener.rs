@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, ListenerShared};
-use crate::http;
+use crate::http::HttpApps;
 use crate::limiter::ConnLimiter;
 use crate::route::{Route, RouteCell};
 use crate::tls::TlsEndpoint;
@@ -32,8 +32,10 @@ pub(crate) struct Listener {
     shared: Arc<ListenerShared>,
     /// Long-lived TLS state, once the port terminates TLS.
     tls: Option<Arc<TlsEndpoint>>,
-    /// The header limit the current HTTP app was built with; `None` when not HTTP.
+    /// The header limit of the HTTP app in use; `None` when not HTTP.
     http_header_limit: Option<u32>,
+    /// The shared HTTP apps, and the routes they find requests' listeners by.
+    apps: Arc<HttpApps>,
     socket: Option<TcpListener>,
     accept_task: Option<tokio::task::JoinHandle<()>>,
     drain: watch::Sender<bool>,
@@ -49,6 +51,7 @@ impl Listener {
         bind: SocketAddr,
         route: Route,
         tls: Option<Arc<TlsEndpoint>>,
+        apps: &Arc<HttpApps>,
     ) -> std::io::Result<Listener> {
         let socket = bind_socket(bind)?;
         let local_addr = socket.local_addr()?;
@@ -56,7 +59,7 @@ impl Listener {
         let (drain, drain_rx) = watch::channel(false);
         let http_header_limit = http_header_limit(&route);
         let route: RouteCell = Arc::new(ArcSwap::from_pointee(route));
-        let http = http_header_limit.map(|limit| http::build_app(route.clone(), limit));
+        let http = http_header_limit.map(|limit| apps.app(limit));
         Ok(Listener {
             key,
             local_addr,
@@ -68,6 +71,7 @@ impl Listener {
             }),
             tls,
             http_header_limit,
+            apps: apps.clone(),
             socket: Some(socket),
             accept_task: None,
             drain,
@@ -82,6 +86,9 @@ impl Listener {
         let Some(socket) = self.socket.take() else {
             return;
         };
+        self.apps
+            .routes()
+            .register(self.local_addr, self.shared.route.clone());
         self.accept_task = Some(tokio::spawn(accept_loop(
             socket,
             self.shared.clone(),
@@ -135,8 +142,7 @@ impl Listener {
         // The app must exist before a route that needs it, and outlive a route that did.
         match wanted {
             Some(limit) => {
-                let app = http::build_app(self.shared.route.clone(), limit);
-                self.shared.http.store(Some(app));
+                self.shared.http.store(Some(self.apps.app(limit)));
                 self.shared.route.swap(Arc::new(route))
             }
             None => {
@@ -179,6 +185,9 @@ impl Listener {
             self.force_close.cancel();
             self.connections.wait().await;
         }
+        self.apps
+            .routes()
+            .unregister(self.local_addr, &self.shared.route);
     }
 }
 

@@ -29,7 +29,10 @@ pub enum ReloadError {
 /// Loads `path` and applies it; on any error the running model keeps serving. Counted in
 /// `gantry_config_reloads_total`.
 pub async fn reload_from_file(gantry: &Gantry, path: &Path) -> Result<Vec<Change>, ReloadError> {
-    let result = match lb_config::load_file(path) {
+    let started = std::time::Instant::now();
+    let loaded = lb_config::load_file(path);
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let result = match loaded {
         Ok(model) => gantry.apply(model).await.map_err(ReloadError::from),
         Err(err) => Err(ReloadError::from(err)),
     };
@@ -39,7 +42,7 @@ pub async fn reload_from_file(gantry: &Gantry, path: &Path) -> Result<Vec<Change
             tracing::info!(file = %path.display(), "reload: no change")
         }
         Ok(changes) => {
-            tracing::info!(file = %path.display(), changes = changes.len(), "reload applied")
+            tracing::info!(file = %path.display(), changes = changes.len(), load_ms, "reload applied")
         }
         Err(err) => {
             tracing::error!(file = %path.display(), "reload rejected, previous configuration keeps serving: {err}")

@@ -124,12 +124,21 @@ impl Gantry {
         if changes.is_empty() {
             return Ok(changes);
         }
+        let started = std::time::Instant::now();
         let plan = self.build(&changes, &new, &listeners).await?;
+        let built = started.elapsed();
         self.commit(plan, new, &mut listeners).await;
         for change in &changes {
             self.inner.metrics.change(change.kind());
             tracing::info!(change = %change, "applied");
         }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        tracing::info!(
+            changes = changes.len(),
+            build_ms = ms(built),
+            apply_ms = ms(started.elapsed()),
+            "reconciled"
+        );
         Ok(changes)
     }
 
@@ -339,12 +348,17 @@ impl Gantry {
         let carry = previous.map_or(Carry::Nothing, Carry::State);
         let cx = self.route_context(endpoint.as_deref());
         let route = Route::build(port, carry, policies, &cx).map_err(tls_error)?;
-        Listener::bind(port.key.clone(), port.bind, route, endpoint).map_err(|source| {
-            ApplyError::Bind {
-                key: port.key.clone(),
-                address: port.bind,
-                source,
-            }
+        Listener::bind(
+            port.key.clone(),
+            port.bind,
+            route,
+            endpoint,
+            &self.inner.http,
+        )
+        .map_err(|source| ApplyError::Bind {
+            key: port.key.clone(),
+            address: port.bind,
+            source,
         })
     }
 

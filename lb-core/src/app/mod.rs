@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminApp, AdminView, ListenerState};
 use crate::connection::ListenerShared;
+use crate::http::HttpApps;
 use crate::http_server::{BoundServer, SmallServer};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
@@ -37,6 +38,8 @@ struct Inner {
     live: ArcSwap<BTreeMap<ListenerKey, LiveListener>>,
     metrics: Arc<Metrics>,
     plugins: PluginHost,
+    /// The pingora apps every HTTP listener shares.
+    http: Arc<HttpApps>,
     admin: Mutex<Option<SmallServer>>,
     ready: AtomicBool,
     /// `runtime.access_log`, read by every route.
@@ -79,6 +82,7 @@ impl Gantry {
                 live: ArcSwap::default(),
                 metrics,
                 plugins,
+                http: Arc::default(),
                 admin: Mutex::new(None),
                 ready: AtomicBool::new(false),
                 access_log: Arc::new(AtomicBool::new(model.runtime.access_log)),

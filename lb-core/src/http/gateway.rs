@@ -18,26 +18,29 @@ use tokio::time::Instant;
 use lb_policy::{hash_key, Outcome, PickContext, ResponseHeader as AffinityHeader};
 
 use super::forwarding::forwarded;
+use crate::http::routes::ListenerRoutes;
 use crate::metrics::Rejection;
 use crate::pool::attempt::{self, Attempt, Attempts, NoBackend};
 use crate::pool::BackendState;
-use crate::route::{Route, RouteCell};
+use crate::route::Route;
 
-/// The proxy logic of one HTTP listener.
+/// The proxy logic of every HTTP listener: each request is served with the route its
+/// listener holds now, found by the address the client connected to.
 pub struct Gateway {
-    route: RouteCell,
+    routes: Arc<ListenerRoutes>,
 }
 
 impl Gateway {
-    /// Serves whatever route `route` holds at each request.
-    pub fn new(route: RouteCell) -> Self {
-        Gateway { route }
+    /// Serves each request with the route `routes` holds for its listener.
+    pub fn new(routes: Arc<ListenerRoutes>) -> Self {
+        Gateway { routes }
     }
 }
 
 /// Per-request state.
 pub struct RequestCtx {
-    route: Arc<Route>,
+    /// The route of the request's listener, from its first filter on.
+    route: Option<Arc<Route>>,
     started: Instant,
     /// The try now under way, its backend counted in flight while held.
     attempt: Option<Attempt>,
@@ -75,7 +78,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            route: self.route.load_full(),
+            route: None,
             started: Instant::now(),
             attempt: None,
             backend: None,
@@ -84,12 +87,30 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        ctx.route = local.and_then(|local| self.routes.find(local));
+        if ctx.route.is_none() {
+            // Only a listener Gantry registered hands connections to pingora.
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no listener route for this address",
+            ));
+        }
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let route = routed(&ctx.route)?;
         // HTTP/1 heads were checked by the head reader. An HTTP/2 header list is bounded in
         // bytes by the h2 settings; its count is checked here.
-        let limit = ctx.route.port.settings.limits.max_headers as usize;
+        let limit = route.port.settings.limits.max_headers as usize;
         if session.is_http2() && session.req_header().headers.len() > limit {
-            ctx.route.metrics.rejected(Rejection::TooManyHeaders);
+            route.metrics.rejected(Rejection::TooManyHeaders);
             session.respond_error(431).await?;
             return Ok(true);
         }
@@ -101,20 +122,21 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        let route = routed(&ctx.route)?;
         let client = client_ip(session);
         let headers = &session.req_header().headers;
         let cx = PickContext {
             client,
             authority: authority(session),
-            protocol: ctx.route.port.protocol,
+            protocol: route.port.protocol,
             hash_key: hash_key(
-                &ctx.route.port.balancer.hash_key,
+                &route.port.balancer.hash_key,
                 client.map(|c| c.ip()),
                 Some(headers),
             ),
             headers: Some(headers),
         };
-        let mut attempt = match ctx.attempts.next(&ctx.route.pool, &cx) {
+        let mut attempt = match ctx.attempts.next(&route.pool, &cx) {
             Ok(attempt) => attempt,
             // Nothing to try at all is "unavailable"; everything tried and failed is a bad
             // gateway.
@@ -132,11 +154,11 @@ impl ProxyHttp for Gateway {
         let backend = attempt.backend().clone();
         ctx.affinity_header = attempt.response_header.take();
         let mut peer = HttpPeer::new(backend.address, false, String::new());
-        let timeouts = &ctx.route.port.settings.timeouts;
+        let timeouts = &route.port.settings.timeouts;
         peer.options.connection_timeout = Some(timeouts.connect);
         peer.options.read_timeout = Some(timeouts.upstream_read);
         peer.options.idle_timeout = Some(timeouts.upstream_idle);
-        if ctx.route.port.backend_protocol == BackendProtocol::H2c {
+        if route.port.backend_protocol == BackendProtocol::H2c {
             peer.options.set_http_version(2, 2);
         }
         ctx.attempt = Some(attempt);
@@ -166,11 +188,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(attempt) = ctx.attempt.take() {
+        if let (Some(attempt), Some(route)) = (ctx.attempt.take(), &ctx.route) {
             // Nothing was sent yet, so any method may go to another backend (the retry rule).
             let retry = ctx
                 .attempts
-                .failed(&ctx.route.pool, attempt, upstream_outcome(&e));
+                .failed(&route.pool, attempt, upstream_outcome(&e));
             e.set_retry(retry);
         }
         e
@@ -192,7 +214,7 @@ impl ProxyHttp for Gateway {
             .headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok());
-        let headers = forwarded(&ctx.route, client, prior_for, prior_proto);
+        let headers = forwarded(routed(&ctx.route)?, client, prior_for, prior_proto);
         upstream.insert_header("x-forwarded-proto", headers.forwarded_proto)?;
         match headers.forwarded_for {
             Some(value) => upstream.insert_header("x-forwarded-for", value)?,
@@ -237,16 +259,19 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(route) = &ctx.route else {
+            return; // refused before it had a listener: nothing to count it under
+        };
         // Decided before the request is counted, so whoever sees the count knows the
         // decision was taken.
-        let log_access = ctx.route.logs_access();
+        let log_access = route.logs_access();
         let status = session.response_written().map(|r| r.status.as_u16());
         let backend = ctx.backend.as_deref();
-        let metrics = backend.map_or(&ctx.route.unrouted, |b| &b.metrics);
+        let metrics = backend.map_or(&route.unrouted, |b| &b.metrics);
         let elapsed = ctx.started.elapsed();
         metrics.request(status, elapsed);
         if let Some(backend) = &ctx.backend {
-            let pool = &ctx.route.pool;
+            let pool = &route.pool;
             match (e, status) {
                 (Some(e), _) if *e.esource() == ErrorSource::Upstream => {
                     attempt::finished(pool, backend, upstream_outcome(e), elapsed);
@@ -263,7 +288,7 @@ impl ProxyHttp for Gateway {
             .bytes_received
             .inc_by(session.body_bytes_read() as u64);
         metrics.bytes_sent.inc_by(session.body_bytes_sent() as u64);
-        let key = &ctx.route.port.key;
+        let key = &route.port.key;
         let backend_label = backend.map_or("none", |b| b.label.as_str());
         match e {
             // A client that goes away is the client's business: keep it out of the warnings,
@@ -274,7 +299,7 @@ impl ProxyHttp for Gateway {
             ),
             // No backends at all is a configuration state (in /config and metrics), answered
             // 503; not worth a warning per request.
-            Some(e) if ctx.route.pool.backends().is_empty() => tracing::debug!(
+            Some(e) if route.pool.backends().is_empty() => tracing::debug!(
                 service = %key.service, port = %key.port, error = %e, "no backends"
             ),
             Some(e) => tracing::warn!(
@@ -301,8 +326,13 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// Timeouts toward a backend are 504; other backend failures 502; a status chosen by the
-/// proxy (503 when no backend) is kept; a client that went away gets nothing.
+/// The request's route, set by its first filter.
+fn routed(route: &Option<Arc<Route>>) -> Result<&Arc<Route>> {
+    route
+        .as_ref()
+        .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no listener route"))
+}
+
 /// How a failure on the backend's side counts for health policies.
 fn upstream_outcome(e: &Error) -> Outcome {
     match e.etype() {
@@ -313,6 +343,8 @@ fn upstream_outcome(e: &Error) -> Outcome {
     }
 }
 
+/// Timeouts toward a backend are 504; other backend failures 502; a status chosen by the
+/// proxy (503 when no backend) is kept; a client that went away gets nothing.
 fn status_for(e: &Error) -> u16 {
     match (e.etype(), e.esource()) {
         (ErrorType::HTTPStatus(code), _) => *code,

@@ -1,16 +1,24 @@
 //! HTTP listeners. Gantry drives each client connection itself and hands requests to a pingora
 //! `HttpProxy`: HTTP/2 (ALPN `h2`, or the h2c preface on cleartext) goes to pingora whole;
 //! HTTP/1 runs a loop in which [`head::read_head`] reads and checks each request head under
-//! Gantry's limits before pingora parses it. One pingora app lives as long as its listener, so
-//! upstream keep-alive pools survive backend changes.
+//! Gantry's limits before pingora parses it.
+//!
+//! The pingora apps are shared ([`HttpApps`]): one per distinct header-size limit (it bounds
+//! HTTP/2 header lists), whatever the number of listeners, each request finding its listener's
+//! route by address ([`routes`]). A pingora app is not small (its upstream connector loads
+//! the platform's root certificates), so an app per listener would make ports cost hundreds
+//! of kilobytes each; shared, they also share upstream keep-alive pools, which survive backend
+//! changes.
 
 pub mod forwarding;
 pub mod gateway;
 pub mod head;
+pub mod routes;
 pub mod upgrade;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
 use pingora::protocols::http::ServerSession;
@@ -23,6 +31,7 @@ use tokio::sync::watch;
 
 use self::gateway::Gateway;
 use self::head::{close_response, read_head, refusal_status, Head, HeadLimits};
+use self::routes::ListenerRoutes;
 use crate::coalesce::CoalescedWrites;
 use crate::route::{Route, RouteCell};
 
@@ -32,10 +41,38 @@ pub type HttpApp = HttpProxy<Gateway>;
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4), enough to tell h2c from HTTP/1.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
 
-/// Builds the app serving `route`. `max_header_bytes` also bounds HTTP/2 header lists; when it
-/// changes the app is rebuilt.
-pub fn build_app(route: RouteCell, max_header_bytes: u32) -> Arc<HttpApp> {
-    let mut proxy = HttpProxy::new(Gateway::new(route), Arc::new(ServerConf::default()));
+/// The pingora apps of one Gantry, by header-size limit, and the routes they serve.
+#[derive(Default)]
+pub struct HttpApps {
+    routes: Arc<ListenerRoutes>,
+    /// Kept while some listener holds the app.
+    apps: Mutex<HashMap<u32, Weak<HttpApp>>>,
+}
+
+impl HttpApps {
+    /// The routes of the HTTP listeners.
+    pub fn routes(&self) -> &ListenerRoutes {
+        &self.routes
+    }
+
+    /// The app for listeners whose heads (and HTTP/2 header lists) are bounded by
+    /// `max_header_bytes`: the one in use, or a new one.
+    pub fn app(&self, max_header_bytes: u32) -> Arc<HttpApp> {
+        let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(app) = apps.get(&max_header_bytes).and_then(Weak::upgrade) {
+            return app;
+        }
+        apps.retain(|_, app| app.strong_count() > 0);
+        let app = build_app(self.routes.clone(), max_header_bytes);
+        apps.insert(max_header_bytes, Arc::downgrade(&app));
+        app
+    }
+}
+
+/// Builds an app serving the listeners in `routes`, HTTP/2 header lists bounded by
+/// `max_header_bytes`.
+fn build_app(routes: Arc<ListenerRoutes>, max_header_bytes: u32) -> Arc<HttpApp> {
+    let mut proxy = HttpProxy::new(Gateway::new(routes), Arc::new(ServerConf::default()));
     proxy.handle_init_modules();
     let mut options = HttpServerOptions::default();
     // Lets pingora accept the h2c connections `serve_cleartext` hands it.

@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::support::addr;
 use crate::support::certs::TestCa;
 use crate::support::client::get;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
-use crate::support::{addr, start};
+use crate::support::scenario::{Port, Scenario};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_endpoints_report_health_metrics_and_the_redacted_config() {
@@ -15,20 +16,21 @@ async fn the_admin_endpoints_report_health_metrics_and_the_redacted_config() {
     let ca = TestCa::new();
     let leaf = ca.issue(dir.path(), "web", &["web.test"]);
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
-    let gantry = start(&format!(
-        r#"
-services:
-  - name: web
-    address: 127.0.0.1
-    ports:
-      - {{ name: http, port: 0, protocol: http, backends: ["{o}"] }}
-      - {{ name: https, port: 0, protocol: https, backends: ["{o}"], tls: {{ certificates: [{{ cert: "{}", key: "{}" }}] }} }}
-"#,
+    let tls = format!(
+        "{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}",
         leaf.cert_path.display(),
-        leaf.key_path.display(),
-        o = origin.addr,
-    ))
-    .await;
+        leaf.key_path.display()
+    );
+    let gantry = Scenario::new()
+        .port("web", Port::http("http").backends(&[origin.addr]))
+        .port(
+            "web",
+            Port::new("https", "https")
+                .backends(&[origin.addr])
+                .set("tls", &tls),
+        )
+        .start()
+        .await;
     let admin = gantry.admin_addr().expect("admin address");
     assert!(admin.ip().is_loopback());
     assert_eq!(get(addr(&gantry, "web", "http"), "/").await.body, "o 0");

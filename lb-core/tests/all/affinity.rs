@@ -7,12 +7,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 
-use crate::support::client::{get, H1};
+use crate::support::client::{get, read_until_closed, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol, TcpOrigin};
-use crate::support::{addr, metric, model, start};
+use crate::support::scenario::{Port, Scenario};
+use crate::support::{addr, metric, model};
 
 /// One TCP exchange through `proxy` from source address 127.0.0.`client`: the backend's name.
 async fn exchange_from(client: u8, proxy: SocketAddr) -> String {
@@ -26,8 +27,7 @@ async fn exchange_from(client: u8, proxy: SocketAddr) -> String {
     let mut stream = socket.connect(proxy).await.expect("connect");
     stream.write_all(b"hi").await.expect("write");
     stream.shutdown().await.expect("half-close");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.expect("read");
+    let answer = read_until_closed(&mut stream).await;
     let (name, echoed) = answer.split_once(':').expect("name:payload");
     assert_eq!(echoed, "hi");
     name.to_owned()
@@ -40,12 +40,17 @@ async fn client_ip_affinity_keeps_each_client_on_one_backend_and_moves_it_off_a_
         TcpOrigin::start("b", false).await,
         TcpOrigin::start("c", false).await,
     ];
-    let list: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
-    let gantry = start(&format!(
-        "services:\n  - name: db\n    address: 127.0.0.1\n    ports:\n      - {{ name: pg, port: 0, backends: [{}], affinity: {{ policy: \"builtin:client-ip\", params: {{ timeout_seconds: 600 }} }} }}\n",
-        list.join(", ")
-    ))
-    .await;
+    let backends: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
+    let gantry = Scenario::new()
+        .port(
+            "db",
+            Port::tcp("pg").backends(&backends).set(
+                "affinity",
+                "{ policy: \"builtin:client-ip\", params: { timeout_seconds: 600 } }",
+            ),
+        )
+        .start()
+        .await;
     let proxy = addr(&gantry, "db", "pg");
 
     let mut home = Vec::new();
@@ -110,11 +115,14 @@ async fn get_with_cookie(proxy: SocketAddr, cookie: Option<&str>) -> (String, St
     )
 }
 
-fn cookie_config(origins: &[&HttpOrigin]) -> String {
-    let list: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
-    format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\nservices:\n  - name: shop\n    address: 127.0.0.1\n    ports:\n      - {{ name: web, port: 0, protocol: http, backends: [{}], affinity: {{ policy: \"builtin:cookie\", params: {{ name: sid, max_age_seconds: 3600 }} }} }}\n",
-        list.join(", ")
+fn cookie_config(origins: &[&HttpOrigin]) -> Scenario {
+    let backends: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
+    Scenario::new().port(
+        "shop",
+        Port::http("web").backends(&backends).set(
+            "affinity",
+            "{ policy: \"builtin:cookie\", params: { name: sid, max_age_seconds: 3600 } }",
+        ),
     )
 }
 
@@ -125,7 +133,7 @@ async fn cookie_affinity_sets_a_cookie_follows_it_and_replaces_it_when_its_backe
     let c = HttpOrigin::start("c", OriginProtocol::Http1).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("gantry.yaml");
-    std::fs::write(&config, cookie_config(&[&a, &b, &c])).expect("write");
+    cookie_config(&[&a, &b, &c]).write(&config);
     let gantry = lb_core::Gantry::start(lb_config::load_file(&config).expect("valid"))
         .await
         .expect("gantry starts");
@@ -162,7 +170,7 @@ async fn cookie_affinity_sets_a_cookie_follows_it_and_replaces_it_when_its_backe
         .into_iter()
         .filter(|o| o.name != first)
         .collect();
-    std::fs::write(&config, cookie_config(&rest)).expect("write");
+    cookie_config(&rest).write(&config);
     lb_core::reload::reload_from_file(&gantry, &config)
         .await
         .expect("reload");

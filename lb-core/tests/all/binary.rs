@@ -2,7 +2,7 @@
 //! it), and `run` reloading on SIGHUP and draining on SIGTERM before exiting 0.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::support::client::get;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::scenario::{Port, Scenario};
 
 const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
 
@@ -163,16 +164,11 @@ impl Running {
     }
 }
 
-fn write(config: &PathBuf, backends: &[SocketAddr]) {
-    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
-    std::fs::write(
-        config,
-        format!(
-            "admin: {{ listen: \"127.0.0.1:0\" }}\nruntime: {{ shutdown_grace: 20s, watch_interval: 1h }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [{}] }}\n",
-            list.join(", ")
-        ),
-    )
-    .expect("write config");
+fn write(config: &Path, backends: &[SocketAddr]) {
+    Scenario::new()
+        .section("runtime: { shutdown_grace: 20s, watch_interval: 1h }")
+        .port("web", Port::http("http").backends(backends))
+        .write(config);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,9 +5,10 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use crate::support::client::get;
+use crate::support::client::{get, tcp_exchange};
 use crate::support::origin::{HttpOrigin, OriginProtocol, TcpOrigin};
-use crate::support::{addr, eventually, metric, start};
+use crate::support::scenario::{Port, Scenario};
+use crate::support::{addr, eventually, metric};
 
 fn healthy(gantry: &lb_core::Gantry, port: &str, backend: SocketAddr) -> f64 {
     metric(
@@ -30,11 +31,25 @@ async fn active_checks_take_failing_backends_out_and_bring_them_back() {
     let b = HttpOrigin::start("b", OriginProtocol::Http1).await;
     let alive = TcpOrigin::start("alive", false).await;
     let dead = closed_port().await;
-    let gantry = start(&format!(
-        "services:\n  - name: s\n    address: 127.0.0.1\n    ports:\n      - name: web\n        port: 0\n        protocol: http\n        backends: [\"{}\", \"{}\"]\n        health:\n          - {{ policy: \"builtin:http-check\", params: {{ path: /healthz, interval: 100ms, timeout: 100ms, healthy_threshold: 2, unhealthy_threshold: 2, expected_statuses: \"200-299\" }} }}\n      - name: db\n        port: 0\n        backends: [\"{}\", \"{dead}\"]\n        health: [{{ policy: \"builtin:tcp-check\", params: {{ interval: 100ms, timeout: 100ms }} }}]\n",
-        a.addr, b.addr, alive.addr
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port(
+            "s",
+            Port::http("web").backends(&[a.addr, b.addr]).set(
+                "health",
+                "[{ policy: \"builtin:http-check\", params: { path: /healthz, interval: 100ms, \
+                 timeout: 100ms, healthy_threshold: 2, unhealthy_threshold: 2, \
+                 expected_statuses: \"200-299\" } }]",
+            ),
+        )
+        .port(
+            "s",
+            Port::tcp("db").backends(&[alive.addr, dead]).set(
+                "health",
+                "[{ policy: \"builtin:tcp-check\", params: { interval: 100ms, timeout: 100ms } }]",
+            ),
+        )
+        .start()
+        .await;
     let web = addr(&gantry, "s", "web");
 
     a.set_health(503);
@@ -76,14 +91,10 @@ async fn active_checks_take_failing_backends_out_and_bring_them_back() {
         healthy(&gantry, "web", a.addr) == 0.0
     })
     .await;
-    let without = format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\nservices:\n  - name: s\n    address: 127.0.0.1\n    ports:\n      - {{ name: web, port: 0, protocol: http, backends: [\"{}\", \"{}\"] }}\n      - {{ name: db, port: 0, backends: [\"{}\"] }}\n",
-        a.addr, b.addr, alive.addr
-    );
-    gantry
-        .apply(crate::support::model(&without))
-        .await
-        .expect("reload");
+    let without = Scenario::new()
+        .port("s", Port::http("web").backends(&[a.addr, b.addr]))
+        .port("s", Port::tcp("db").backends(&[alive.addr]));
+    gantry.apply(without.model()).await.expect("reload");
     assert_eq!(healthy(&gantry, "web", a.addr), 1.0);
     let seen = futures_of_gets(addr(&gantry, "s", "web"), 4).await;
     assert_eq!(seen.len(), 2, "{seen:?}");
@@ -107,11 +118,21 @@ async fn gantry_config(gantry: &lb_core::Gantry) -> String {
 async fn outlier_ejection_takes_out_failing_backends_but_never_more_than_its_share() {
     let good = TcpOrigin::start("good", false).await;
     let (bad_1, bad_2) = (closed_port().await, closed_port().await);
-    let gantry = start(&format!(
-        "services:\n  - name: s\n    address: 127.0.0.1\n    ports:\n      - name: db\n        port: 0\n        backends: [\"{}\", \"{bad_1}\", \"{bad_2}\"]\n        retries: 2\n        backoff: {{ initial: 1ms, max: 1ms }}\n        health: [{{ policy: \"builtin:outlier\", params: {{ consecutive_errors: 2, base_ejection: 10m, max_ejected_percent: 40 }} }}]\n",
-        good.addr
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port(
+            "s",
+            Port::tcp("db")
+                .backends(&[good.addr, bad_1, bad_2])
+                .set("retries", "2")
+                .set("backoff", "{ initial: 1ms, max: 1ms }")
+                .set(
+                    "health",
+                    "[{ policy: \"builtin:outlier\", params: { consecutive_errors: 2, \
+                     base_ejection: 10m, max_ejected_percent: 40 } }]",
+                ),
+        )
+        .start()
+        .await;
     let proxy = addr(&gantry, "s", "db");
     let ejections = |gantry: &lb_core::Gantry| {
         let text = gantry.metrics().render();
@@ -129,12 +150,12 @@ async fn outlier_ejection_takes_out_failing_backends_but_never_more_than_its_sha
     // the failures are observed, until one bad backend is ejected.
     let mut served = 0;
     while ejections(&gantry) < 1.0 {
-        assert_eq!(tcp_exchange(proxy).await, "good:ping");
+        assert_eq!(tcp_exchange(proxy, b"ping").await, "good:ping");
         served += 1;
         assert!(served < 1000, "no ejection after {served} connections");
     }
     for _ in 0..40 {
-        assert_eq!(tcp_exchange(proxy).await, "good:ping");
+        assert_eq!(tcp_exchange(proxy, b"ping").await, "good:ping");
     }
     // 40% of three backends is one: the second bad backend keeps failing but stays in.
     assert_eq!(ejections(&gantry), 1.0);
@@ -152,18 +173,6 @@ async fn outlier_ejection_takes_out_failing_backends_but_never_more_than_its_sha
     gantry.shutdown(std::time::Duration::from_secs(1)).await;
 }
 
-async fn tcp_exchange(proxy: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(proxy)
-        .await
-        .expect("connect");
-    stream.write_all(b"ping").await.expect("write");
-    stream.shutdown().await.expect("half-close");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.expect("read");
-    answer
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_checks_speak_tls_to_the_backend() {
     // The backend under check is an HTTPS endpoint: a second Gantry terminating TLS in front
@@ -171,18 +180,33 @@ async fn https_checks_speak_tls_to_the_backend() {
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let leaf = crate::support::certs::TestCa::new().issue(dir.path(), "api", &["api.test"]);
-    let front = start(&format!(
-        "services:\n  - name: front\n    address: 127.0.0.1\n    ports:\n      - {{ name: tls, port: 0, protocol: https, backends: [\"{}\"], tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }} }}\n",
-        origin.addr,
+    let tls = format!(
+        "{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}",
         leaf.cert_path.display(),
         leaf.key_path.display()
-    ))
-    .await;
+    );
+    let front = Scenario::new()
+        .port(
+            "front",
+            Port::new("tls", "https")
+                .backends(&[origin.addr])
+                .set("tls", &tls),
+        )
+        .start()
+        .await;
     let secure = addr(&front, "front", "tls");
-    let gantry = start(&format!(
-        "services:\n  - name: s\n    address: 127.0.0.1\n    ports:\n      - {{ name: web, port: 0, protocol: http, backends: [\"{secure}\"], health: [{{ policy: \"builtin:http-check\", params: {{ path: /healthz, host: api.test, tls: true, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1 }} }}] }}\n"
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port(
+            "s",
+            Port::http("web").backends(&[secure]).set(
+                "health",
+                "[{ policy: \"builtin:http-check\", params: { path: /healthz, host: api.test, \
+                 tls: true, interval: 100ms, timeout: 100ms, healthy_threshold: 1, \
+                 unhealthy_threshold: 1 } }]",
+            ),
+        )
+        .start()
+        .await;
     origin.set_health(500);
     eventually("the HTTPS backend to fail its check", || async {
         healthy(&gantry, "web", secure) == 0.0

@@ -14,7 +14,8 @@ use crate::support::client::{get, H1, H2};
 use crate::support::origin::{
     read_ws_frame, websocket_accept, ws_frame, HttpOrigin, OriginProtocol,
 };
-use crate::support::{addr, eventually, metric, start};
+use crate::support::scenario::{Port, Scenario};
+use crate::support::{addr, eventually, metric};
 
 /// An address nothing listens on: bound, then closed.
 async fn dead_address() -> SocketAddr {
@@ -31,11 +32,11 @@ async fn requests_rotate_across_backends_on_new_and_kept_alive_connections() {
         HttpOrigin::start("b", OriginProtocol::Http1).await,
         HttpOrigin::start("c", OriginProtocol::Http1).await,
     ];
-    let gantry = start(&format!(
-        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\", \"{}\", \"{}\"] }}\n",
-        origins[0].addr, origins[1].addr, origins[2].addr
-    ))
-    .await;
+    let backends = [origins[0].addr, origins[1].addr, origins[2].addr];
+    let gantry = Scenario::new()
+        .port("web", Port::http("http").backends(&backends))
+        .start()
+        .await;
     let proxy = addr(&gantry, "web", "http");
 
     let mut served = Vec::new();
@@ -65,18 +66,16 @@ async fn requests_rotate_across_backends_on_new_and_kept_alive_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_replaced_for_clients_and_appended_for_trusted_proxies() {
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
-    let gantry = start(&format!(
-        r#"
-services:
-  - name: web
-    address: 127.0.0.1
-    ports:
-      - {{ name: public, port: 0, protocol: http, backends: ["{o}"] }}
-      - {{ name: behind-lb, port: 0, protocol: http, backends: ["{o}"], trusted_proxies: [127.0.0.0/8] }}
-"#,
-        o = origin.addr
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port("web", Port::http("public").backends(&[origin.addr]))
+        .port(
+            "web",
+            Port::http("behind-lb")
+                .backends(&[origin.addr])
+                .set("trusted_proxies", "[127.0.0.0/8]"),
+        )
+        .start()
+        .await;
     let spoofed = |port: &str| {
         Request::get("/")
             .header("host", port)
@@ -105,11 +104,15 @@ services:
 async fn a_refused_backend_is_retried_elsewhere_then_skipped_while_it_backs_off() {
     let origin = HttpOrigin::start("live", OriginProtocol::Http1).await;
     let dead = dead_address().await;
-    let gantry = start(&format!(
-        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{dead}\", \"{}\"], backoff: {{ initial: 1h, max: 1h }} }}\n",
-        origin.addr
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port(
+            "web",
+            Port::http("http")
+                .backends(&[dead, origin.addr])
+                .set("backoff", "{ initial: 1h, max: 1h }"),
+        )
+        .start()
+        .await;
     let proxy = addr(&gantry, "web", "http");
     for _ in 0..6 {
         let answer = get(proxy, "/").await;
@@ -132,17 +135,11 @@ async fn a_refused_backend_is_retried_elsewhere_then_skipped_while_it_backs_off(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_backend_is_503_and_unreachable_backends_are_502() {
     let (dead_a, dead_b) = (dead_address().await, dead_address().await);
-    let gantry = start(&format!(
-        r#"
-services:
-  - name: web
-    address: 127.0.0.1
-    ports:
-      - {{ name: empty, port: 0, protocol: http }}
-      - {{ name: down, port: 0, protocol: http, backends: ["{dead_a}", "{dead_b}"] }}
-"#
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port("web", Port::http("empty"))
+        .port("web", Port::http("down").backends(&[dead_a, dead_b]))
+        .start()
+        .await;
     assert_eq!(
         get(addr(&gantry, "web", "empty"), "/").await.status,
         StatusCode::SERVICE_UNAVAILABLE
@@ -160,11 +157,10 @@ services:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_is_tunnelled_both_ways() {
     let origin = HttpOrigin::start("ws", OriginProtocol::Http1).await;
-    let gantry = start(&format!(
-        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\"] }}\n",
-        origin.addr
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port("web", Port::http("http").backends(&[origin.addr]))
+        .start()
+        .await;
     let mut stream = TcpStream::connect(addr(&gantry, "web", "http"))
         .await
         .expect("connect");
@@ -216,11 +212,15 @@ async fn a_websocket_upgrade_is_tunnelled_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_clients_and_h2c_backends_carry_grpc_trailers() {
     let origin = HttpOrigin::start("grpc", OriginProtocol::H2c).await;
-    let gantry = start(&format!(
-        "services:\n  - name: api\n    address: 127.0.0.1\n    ports:\n      - {{ name: grpc, port: 0, protocol: http, backend_protocol: h2c, backends: [\"{}\"] }}\n",
-        origin.addr
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port(
+            "api",
+            Port::http("grpc")
+                .set("backend_protocol", "h2c")
+                .backends(&[origin.addr]),
+        )
+        .start()
+        .await;
     let proxy = addr(&gantry, "api", "grpc");
     let stream = TcpStream::connect(proxy).await.expect("connect");
     let mut h2 = H2::over(stream).await;

@@ -2,36 +2,33 @@
 //! against slow clients (408), ambiguous framing refused and never forwarded (400), and the
 //! per-port connection cap.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::certs::TestCa;
-use crate::support::client::{raw_exchange, tls_connect, H1, H2};
+use crate::support::client::{raw_exchange, read_until_closed, tls_connect, H1, H2};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
-use crate::support::{addr, metric, start};
+use crate::support::scenario::{Port, Scenario};
+use crate::support::{addr, metric};
 
 async fn limited(origin: &HttpOrigin) -> lb_core::Gantry {
-    start(&format!(
-        r#"
-services:
-  - name: web
-    address: 127.0.0.1
-    ports:
-      - name: http
-        port: 0
-        protocol: http
-        backends: ["{}"]
-        limits: {{ max_header_bytes: 1024, max_headers: 8 }}
-        timeouts: {{ header_read: 300ms }}
-"#,
-        origin.addr
-    ))
-    .await
+    Scenario::new()
+        .port(
+            "web",
+            Port::http("http")
+                .backends(&[origin.addr])
+                .set("limits", "{ max_header_bytes: 1024, max_headers: 8 }")
+                .set("timeouts", "{ header_read: 300ms }"),
+        )
+        .start()
+        .await
 }
 
 fn rejected(gantry: &lb_core::Gantry, reason: &str) -> f64 {
@@ -83,22 +80,51 @@ async fn oversized_heads_and_too_many_headers_get_431_and_never_reach_the_backen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trickling_its_request_head_is_answered_408_and_closed() {
+    // The head deadline (300 ms here) counts from the head's first byte: a client sending one
+    // byte every 50 ms, for ever, is answered 408 at the deadline. A deadline restarted by
+    // every read would never fire while the bytes keep coming.
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
     let gantry = limited(&origin).await;
-    let mut stream = TcpStream::connect(addr(&gantry, "web", "http"))
+    let stream = TcpStream::connect(addr(&gantry, "web", "http"))
         .await
         .expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
-        .await
-        .expect("write");
-    // Nothing more is sent; Gantry must end the connection by itself.
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .await
-        .expect("read until closed");
+    let (mut from_proxy, mut to_proxy) = stream.into_split();
+    let trickled = Arc::new(AtomicUsize::new(0));
+    let trickle_for = Duration::from_secs(3);
+    let started = Instant::now();
+    let writer = {
+        let trickled = trickled.clone();
+        tokio::spawn(async move {
+            if to_proxy
+                .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while started.elapsed() < trickle_for {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if to_proxy.write_all(b"a").await.is_err() {
+                    return; // Gantry closed the connection
+                }
+                trickled.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let answer = read_until_closed(&mut from_proxy).await;
+    let answered_after = started.elapsed();
+    let bytes_by_then = trickled.load(Ordering::SeqCst);
+    writer.abort();
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answered_after >= Duration::from_millis(300),
+        "answered before the deadline, after {answered_after:?}"
+    );
+    assert!(
+        answered_after < trickle_for && bytes_by_then >= 2,
+        "the 408 must come while the client is still trickling (after {answered_after:?}, \
+         {bytes_by_then} bytes trickled)"
+    );
     assert_eq!(origin.requests(), 0);
     assert_eq!(rejected(&gantry, "header_timeout"), 1.0);
     gantry.shutdown(Duration::from_secs(1)).await;
@@ -133,13 +159,21 @@ async fn http2_requests_with_too_many_headers_get_431() {
     let ca = TestCa::new();
     let leaf = ca.issue(dir.path(), "web", &["web.test"]);
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
-    let gantry = start(&format!(
-        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: https, port: 0, protocol: https, backends: [\"{}\"], limits: {{ max_headers: 8 }}, tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }} }}\n",
-        origin.addr,
+    let tls = format!(
+        "{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}",
         leaf.cert_path.display(),
         leaf.key_path.display()
-    ))
-    .await;
+    );
+    let gantry = Scenario::new()
+        .port(
+            "web",
+            Port::new("https", "https")
+                .backends(&[origin.addr])
+                .set("limits", "{ max_headers: 8 }")
+                .set("tls", &tls),
+        )
+        .start()
+        .await;
     let tls = tls_connect(
         addr(&gantry, "web", "https"),
         ca.client_config(&[b"h2"]),
@@ -165,11 +199,15 @@ async fn http2_requests_with_too_many_headers_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_wait_until_one_closes() {
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
-    let gantry = start(&format!(
-        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\"], limits: {{ max_connections: 1 }} }}\n",
-        origin.addr
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port(
+            "web",
+            Port::http("http")
+                .backends(&[origin.addr])
+                .set("limits", "{ max_connections: 1 }"),
+        )
+        .start()
+        .await;
     let proxy = addr(&gantry, "web", "http");
     let mut first = H1::connect(proxy).await.expect("first");
     assert_eq!(

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,22 +17,21 @@ use lb_core::Gantry;
 use crate::sandbox::plugin;
 use crate::support::client::{get, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::scenario::{Port, Scenario};
 use crate::support::{addr, eventually};
 
-fn port_yaml(backends: &[(&HttpOrigin, u32)], balancer: &str) -> String {
+/// Port `web/http` with these weighted backends and this balancer.
+fn web_port(backends: &[(&HttpOrigin, u32)], balancer: &str) -> Scenario {
     let list: Vec<String> = backends
         .iter()
         .map(|(o, w)| format!("{{ address: \"{}\", weight: {w} }}", o.addr))
         .collect();
-    format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [{}], balancer: {balancer} }}\n",
-        list.join(", ")
+    Scenario::new().port(
+        "web",
+        Port::http("http")
+            .set("backends", &format!("[{}]", list.join(", ")))
+            .set("balancer", balancer),
     )
-}
-
-async fn start(yaml: &str) -> Gantry {
-    let model = lb_config::parse_str(yaml, Path::new("/")).expect("valid config");
-    Gantry::start(model).await.expect("gantry starts")
 }
 
 /// Sends `total` GETs over `connections` keep-alive connections; counts answers by origin.
@@ -69,11 +67,9 @@ async fn ten_thousand_requests_split_by_weight_under_round_robin_and_random() {
         HttpOrigin::start("b", OriginProtocol::Http1).await,
     );
     for policy in ["builtin:round-robin", "builtin:random"] {
-        let gantry = start(&port_yaml(
-            &[(&a, 1), (&b, 3)],
-            &format!("{{ policy: \"{policy}\" }}"),
-        ))
-        .await;
+        let gantry = web_port(&[(&a, 1), (&b, 3)], &format!("{{ policy: \"{policy}\" }}"))
+            .start()
+            .await;
         let counts = tally(addr(&gantry, "web", "http"), 10_000, 4).await;
         let share_b = counts.get("b").copied().unwrap_or(0) as f64 / 10_000.0;
         // Round-robin is exact; random's standard deviation here is 0.43 points.
@@ -96,7 +92,7 @@ async fn least_request_sends_new_work_to_the_idle_backend() {
         HttpOrigin::start("idle", OriginProtocol::Http1).await,
     );
     let policy = "{ policy: \"builtin:least-request\" }";
-    std::fs::write(&config, port_yaml(&[(&busy, 1)], policy)).expect("write");
+    web_port(&[(&busy, 1)], policy).write(&config);
     let gantry = Gantry::start(lb_config::load_file(&config).expect("valid"))
         .await
         .expect("start");
@@ -112,7 +108,7 @@ async fn least_request_sends_new_work_to_the_idle_backend() {
     })
     .await;
     // ...then a second backend arrives; `busy` keeps its in-flight count across the reload.
-    std::fs::write(&config, port_yaml(&[(&busy, 1), (&idle, 1)], policy)).expect("write");
+    web_port(&[(&busy, 1), (&idle, 1)], policy).write(&config);
     lb_core::reload::reload_from_file(&gantry, &config)
         .await
         .expect("reload");
@@ -153,7 +149,7 @@ async fn hash_policies_keep_each_key_on_its_backend() {
     for policy in ["builtin:maglev", "builtin:ring-hash"] {
         let balancer = format!("{{ policy: \"{policy}\", hash_key: \"header:x-user\" }}");
         let all: Vec<(&HttpOrigin, u32)> = origins.iter().map(|o| (o, 1)).collect();
-        std::fs::write(&config, port_yaml(&all, &balancer)).expect("write");
+        web_port(&all, &balancer).write(&config);
         let gantry = Gantry::start(lb_config::load_file(&config).expect("valid"))
             .await
             .expect("start");
@@ -173,7 +169,7 @@ async fn hash_policies_keep_each_key_on_its_backend() {
 
         if policy.ends_with("ring-hash") {
             // Removing `c` moves only the keys that were on `c`.
-            std::fs::write(&config, port_yaml(&all[..2], &balancer)).expect("write");
+            web_port(&all[..2], &balancer).write(&config);
             lb_core::reload::reload_from_file(&gantry, &config)
                 .await
                 .expect("reload");
@@ -195,18 +191,16 @@ async fn the_canary_example_plugin_routes_by_header() {
         HttpOrigin::start("b", OriginProtocol::Http1).await,
         HttpOrigin::start("canary", OriginProtocol::Http1).await,
     );
-    let yaml = format!(
-        "plugins:\n  canary: {{ file: \"{}\" }}\n{}",
-        plugin("canary").display(),
-        port_yaml(
-            &[(&a, 1), (&b, 1), (&canary, 1)],
-            &format!(
-                "{{ policy: canary, params: {{ canary_port: {} }} }}",
-                canary.addr.port()
-            ),
-        )
-    );
-    let gantry = start(&yaml).await;
+    let gantry = web_port(
+        &[(&a, 1), (&b, 1), (&canary, 1)],
+        &format!(
+            "{{ policy: canary, params: {{ canary_port: {} }} }}",
+            canary.addr.port()
+        ),
+    )
+    .plugin("canary", &plugin("canary"))
+    .start()
+    .await;
     let proxy = addr(&gantry, "web", "http");
     let mut client = H1::connect(proxy).await.expect("connect");
     for _ in 0..4 {
@@ -241,12 +235,9 @@ async fn a_plugin_file_replaced_under_load_fails_no_request() {
         HttpOrigin::start("a", OriginProtocol::Http1).await,
         HttpOrigin::start("b", OriginProtocol::Http1).await,
     );
-    let yaml = format!(
-        "plugins:\n  mine: {{ file: \"{}\" }}\n{}",
-        file.display(),
-        port_yaml(&[(&a, 1), (&b, 1)], "{ policy: mine }")
-    );
-    std::fs::write(&config, &yaml).expect("write");
+    web_port(&[(&a, 1), (&b, 1)], "{ policy: mine }")
+        .plugin("mine", &file)
+        .write(&config);
     let gantry = Gantry::start(lb_config::load_file(&config).expect("valid"))
         .await
         .expect("start");

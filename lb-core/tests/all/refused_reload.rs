@@ -8,9 +8,10 @@ use std::time::Duration;
 use lb_core::{ApplyError, Gantry};
 
 use crate::sandbox::plugin;
-use crate::support::client::get;
+use crate::support::client::{get, tcp_exchange};
 use crate::support::origin::{HttpOrigin, OriginProtocol, TcpOrigin};
-use crate::support::{addr, eventually, has_series, metric, model, start};
+use crate::support::scenario::{Port, Scenario};
+use crate::support::{addr, eventually, has_series, metric, model};
 
 /// A port on an address something else already holds, which any reload adding it must
 /// refuse; the listener holding it lives as long as the returned value.
@@ -27,24 +28,13 @@ fn healthy(gantry: &Gantry, backend: SocketAddr) -> f64 {
     )
 }
 
-async fn exchange(proxy: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(proxy)
-        .await
-        .expect("connect");
-    stream.write_all(b"ping").await.expect("write");
-    stream.shutdown().await.expect("half-close");
-    let mut answer = String::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer));
-    read.await.expect("an answer in time").expect("read");
-    answer
-}
-
-fn db_port(backends: &[SocketAddr]) -> String {
-    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
-    format!(
-        "services:\n  - name: s\n    address: 127.0.0.1\n    ports:\n      - {{ name: db, port: 0, backends: [{}], health: [{{ policy: \"builtin:tcp-check\", params: {{ interval: 100ms, timeout: 100ms }} }}] }}\n",
-        list.join(", ")
+fn db_port(backends: &[SocketAddr]) -> Scenario {
+    Scenario::new().port(
+        "s",
+        Port::tcp("db").backends(backends).set(
+            "health",
+            "[{ policy: \"builtin:tcp-check\", params: { interval: 100ms, timeout: 100ms } }]",
+        ),
     )
 }
 
@@ -55,7 +45,7 @@ async fn a_refused_reload_leaves_health_checking_on_the_running_backends() {
         TcpOrigin::start("b", false).await,
         TcpOrigin::start("c", false).await,
     );
-    let gantry = start(&db_port(&[a.addr, b.addr])).await;
+    let gantry = db_port(&[a.addr, b.addr]).start().await;
     let proxy = addr(&gantry, "s", "db");
     eventually("both backends to be checked healthy", || async {
         healthy(&gantry, a.addr) == 1.0 && healthy(&gantry, b.addr) == 1.0
@@ -65,8 +55,8 @@ async fn a_refused_reload_leaves_health_checking_on_the_running_backends() {
     // The same port moves to backends a and c, and a port on a taken address is added.
     let (_holder, taken) = taken_address();
     let refused = format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\n{}      - {{ name: extra, port: {}, backends: [\"{}\"] }}\n",
-        db_port(&[a.addr, c.addr]),
+        "{}      - {{ name: extra, port: {}, backends: [\"{}\"] }}\n",
+        db_port(&[a.addr, c.addr]).yaml(),
         taken.port(),
         a.addr
     );
@@ -109,16 +99,31 @@ async fn a_refused_reload_leaves_health_checking_on_the_running_backends() {
     .await;
     assert_eq!(healthy(&gantry, a.addr), 1.0);
     for _ in 0..10 {
-        assert_eq!(exchange(proxy).await, "a:ping", "b is out of rotation");
+        assert_eq!(
+            tcp_exchange(proxy, b"ping").await,
+            "a:ping",
+            "b is out of rotation"
+        );
     }
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 
-fn plugin_port(mode: &str, extra: &str) -> String {
-    format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\nplugins:\n  mis: {{ file: \"{}\" }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: live, port: 0, protocol: http, backends: [\"{{backend}}\"], balancer: {{ policy: mis, params: {{ mode: good }} }} }}\n      - {{ name: new, port: {extra}, protocol: http, backends: [\"{{backend}}\"], balancer: {{ policy: mis, params: {{ mode: {mode} }} }} }}\n",
-        plugin("misbehave").display(),
-    )
+/// Port `live` balanced by the `misbehave` plugin in mode `good`, and with `new_mode`, port
+/// `new` balanced by it in that mode; both serve `backend`.
+fn plugin_ports(backend: SocketAddr, new_mode: Option<&str>) -> Scenario {
+    let port = |name: &str, mode: &str| {
+        Port::http(name).backends(&[backend]).set(
+            "balancer",
+            &format!("{{ policy: mis, params: {{ mode: {mode} }} }}"),
+        )
+    };
+    let live = Scenario::new()
+        .plugin("mis", &plugin("misbehave"))
+        .port("web", port("live", "good"));
+    match new_mode {
+        Some(mode) => live.port("web", port("new", mode)),
+        None => live,
+    }
 }
 
 fn instantiate_faults(gantry: &Gantry) -> f64 {
@@ -131,13 +136,7 @@ fn instantiate_faults(gantry: &Gantry) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reload_prepares_no_plugin_instance_and_records_no_fault() {
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
-    let with_backend = |yaml: String| yaml.replace("{backend}", &origin.addr.to_string());
-    let only_live = with_backend(plugin_port("good", "0"))
-        .lines()
-        .filter(|l| !l.contains("name: new"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let gantry = Gantry::start(model(&only_live)).await.expect("start");
+    let gantry = plugin_ports(origin.addr, None).start().await;
     assert_eq!(get(addr(&gantry, "web", "live"), "/").await.status, 200);
     assert_eq!(instantiate_faults(&gantry), 0.0);
 
@@ -146,7 +145,13 @@ async fn a_refused_reload_prepares_no_plugin_instance_and_records_no_fault() {
     // is refused (taken address): nothing may have been prepared.
     let (_holder, taken) = taken_address();
     for _ in 0..3 {
-        let refused = with_backend(plugin_port("trap_on_backends", &taken.port().to_string()));
+        let refused = format!(
+            "{}      - {{ name: new, port: {}, protocol: http, backends: [\"{}\"], \
+             balancer: {{ policy: mis, params: {{ mode: trap_on_backends }} }} }}\n",
+            plugin_ports(origin.addr, None).yaml(),
+            taken.port(),
+            origin.addr
+        );
         let err = gantry.apply(model(&refused)).await.expect_err("taken");
         assert!(matches!(err, ApplyError::Bind { .. }), "{err}");
     }
@@ -159,8 +164,8 @@ async fn a_refused_reload_prepares_no_plugin_instance_and_records_no_fault() {
 
     // The same port applied for real does prepare instances, and the faults show: the
     // check above can fail.
-    let applied = with_backend(plugin_port("trap_on_backends", "0"));
-    gantry.apply(model(&applied)).await.expect("applied");
+    let applied = plugin_ports(origin.addr, Some("trap_on_backends"));
+    gantry.apply(applied.model()).await.expect("applied");
     assert!(instantiate_faults(&gantry) >= 1.0);
     gantry.shutdown(Duration::from_secs(1)).await;
 }
@@ -168,11 +173,10 @@ async fn a_refused_reload_prepares_no_plugin_instance_and_records_no_fault() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reload_keeps_the_admin_listener_where_it_was() {
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
-    let gantry = start(&format!(
-        "services:\n  - name: web\n    address: 127.0.0.1\n    ports: [{{ name: http, port: 0, protocol: http, backends: [\"{}\"] }}]\n",
-        origin.addr
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port("web", Port::http("http").backends(&[origin.addr]))
+        .start()
+        .await;
     let admin = gantry.admin_addr().expect("admin");
     let (free, free_address) = taken_address();
     drop(free); // a free address for the admin to move to

@@ -18,19 +18,17 @@ use tokio_util::sync::CancellationToken;
 use crate::support::certs::{Leaf, TestCa};
 use crate::support::client::{get, tls_connect, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::scenario::{Port, Scenario};
 use crate::support::{access_log, addr, eventually, metric};
 
-/// Writes `yaml` (with an ephemeral admin port) to `path` and starts Gantry from the file.
-async fn start_from(path: &Path, yaml: &str) -> Gantry {
-    write_config(path, yaml);
+/// The runtime settings of the configurations these tests start from a file.
+const RUNTIME: &str = "runtime: { shutdown_grace: 5s }";
+
+/// Writes `scenario` to `path` and starts Gantry from the file.
+async fn start_from(path: &Path, scenario: &Scenario) -> Gantry {
+    scenario.write(path);
     let model = lb_config::load_file(path).expect("valid config");
     Gantry::start(model).await.expect("gantry starts")
-}
-
-fn write_config(path: &Path, yaml: &str) {
-    let yaml =
-        format!("admin: {{ listen: \"127.0.0.1:0\" }}\nruntime: {{ shutdown_grace: 5s }}\n{yaml}");
-    std::fs::write(path, yaml).expect("write config");
 }
 
 /// Requests `port` in a loop (keep-alive, plus a new connection each tenth request) until
@@ -104,23 +102,15 @@ async fn a_reload_under_load_changes_only_what_changed_and_fails_no_request() {
         HttpOrigin::start("a", OriginProtocol::Http1).await,
         HttpOrigin::start("b", OriginProtocol::Http1).await,
     );
-    let ports = |changing: &str, extra: &str| {
-        format!(
-            "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: stable, port: 0, protocol: http, backends: [\"{a}\"] }}\n      - {{ name: changing, port: 0, protocol: http, backends: [{changing}] }}\n{extra}",
-            a = a.addr
-        )
+    let ports = |changing: &[SocketAddr], extra: Port| {
+        Scenario::new()
+            .section(RUNTIME)
+            .port("web", Port::http("stable").backends(&[a.addr]))
+            .port("web", Port::http("changing").backends(changing))
+            .port("web", extra)
     };
-    let before = ports(
-        &format!("\"{}\"", a.addr),
-        "      - { name: retired, port: 0, protocol: http }\n",
-    );
-    let after = ports(
-        &format!("\"{}\", \"{}\"", a.addr, b.addr),
-        &format!(
-            "      - {{ name: added, port: 0, protocol: http, backends: [\"{}\"] }}\n",
-            b.addr
-        ),
-    );
+    let before = ports(&[a.addr], Port::http("retired"));
+    let after = ports(&[a.addr, b.addr], Port::http("added").backends(&[b.addr]));
     let gantry = start_from(&config, &before).await;
     let stable = addr(&gantry, "web", "stable");
     let changing = addr(&gantry, "web", "changing");
@@ -128,7 +118,7 @@ async fn a_reload_under_load_changes_only_what_changed_and_fails_no_request() {
 
     let (stable_load, changing_load) = (Load::start(stable), Load::start(changing));
     stable_load.wait_for_more(50).await;
-    write_config(&config, &after);
+    after.write(&config);
     let changes = lb_core::reload::reload_from_file(&gantry, &config)
         .await
         .expect("reload applies");
@@ -193,10 +183,9 @@ async fn an_invalid_reload_is_refused_with_every_problem_and_service_continues()
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
     let gantry = start_from(
         &config,
-        &format!(
-            "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\"] }}\n",
-            origin.addr
-        ),
+        &Scenario::new()
+            .section(RUNTIME)
+            .port("web", Port::http("http").backends(&[origin.addr])),
     )
     .await;
     let proxy = addr(&gantry, "web", "http");
@@ -240,12 +229,15 @@ async fn an_invalid_reload_is_refused_with_every_problem_and_service_continues()
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 
-fn tls_yaml(origin: SocketAddr, leaf: &Leaf) -> String {
-    format!(
-        "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: https, port: 0, protocol: https, backends: [\"{origin}\"], tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }} }}\n",
+fn tls_port(origin: SocketAddr, leaf: &Leaf) -> Port {
+    let tls = format!(
+        "{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}",
         leaf.cert_path.display(),
         leaf.key_path.display()
-    )
+    );
+    Port::new("https", "https")
+        .backends(&[origin])
+        .set("tls", &tls)
 }
 
 async fn served_certificate(gantry: &Gantry, ca: &TestCa) -> Vec<u8> {
@@ -266,7 +258,10 @@ async fn a_replaced_certificate_is_served_without_restart_and_a_broken_one_is_re
     let ca = TestCa::new();
     let first = ca.issue(dir.path(), "web", &["web.test"]);
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
-    let gantry = start_from(&config, &tls_yaml(origin.addr, &first)).await;
+    let scenario = Scenario::new()
+        .section(RUNTIME)
+        .port("web", tls_port(origin.addr, &first));
+    let gantry = start_from(&config, &scenario).await;
     assert_eq!(served_certificate(&gantry, &ca).await, first.der.to_vec());
     let tls = tls_connect(
         addr(&gantry, "web", "https"),
@@ -316,13 +311,10 @@ async fn the_file_watcher_picks_up_a_rotated_certificate() {
     let ca = TestCa::new();
     let first = ca.issue(dir.path(), "web", &["web.test"]);
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
-    let yaml = tls_yaml(origin.addr, &first)
-        .replace("services:", "runtime: { watch_interval: 100ms }\nservices:");
-    std::fs::write(
-        &config,
-        format!("admin: {{ listen: \"127.0.0.1:0\" }}\n{yaml}"),
-    )
-    .expect("write");
+    Scenario::new()
+        .section("runtime: { watch_interval: 100ms }")
+        .port("web", tls_port(origin.addr, &first))
+        .write(&config);
     let baseline = Baseline::before_loading(&config);
     let gantry = Gantry::start(lb_config::load_file(&config).expect("valid"))
         .await
@@ -354,16 +346,11 @@ async fn the_access_log_follows_a_reload_that_changes_only_runtime_settings() {
     let config = dir.path().join("gantry.yaml");
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
     let service = |access_log: bool| {
-        format!(
-            "runtime: {{ access_log: {access_log} }}\nservices:\n  - name: audited\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\"] }}\n",
-            origin.addr
-        )
+        Scenario::new()
+            .section(&format!("runtime: {{ access_log: {access_log} }}"))
+            .port("audited", Port::http("http").backends(&[origin.addr]))
     };
-    std::fs::write(
-        &config,
-        format!("admin: {{ listen: \"127.0.0.1:0\" }}\n{}", service(false)),
-    )
-    .expect("write");
+    service(false).write(&config);
     let gantry = Gantry::start(lb_config::load_file(&config).expect("valid"))
         .await
         .expect("start");
@@ -380,11 +367,7 @@ async fn the_access_log_follows_a_reload_that_changes_only_runtime_settings() {
     .await;
     assert!(access_log::lines_for("audited").is_empty());
 
-    std::fs::write(
-        &config,
-        format!("admin: {{ listen: \"127.0.0.1:0\" }}\n{}", service(true)),
-    )
-    .expect("write");
+    service(true).write(&config);
     let changes = lb_core::reload::reload_from_file(&gantry, &config)
         .await
         .expect("reload");
@@ -417,10 +400,9 @@ async fn a_removed_port_stops_accepting_and_lets_in_flight_requests_finish() {
     let origin = HttpOrigin::start("slow", OriginProtocol::Http1).await;
     let gantry = start_from(
         &config,
-        &format!(
-            "services:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: going, port: 0, protocol: http, backends: [\"{}\"] }}\n",
-            origin.addr
-        ),
+        &Scenario::new()
+            .section(RUNTIME)
+            .port("web", Port::http("going").backends(&[origin.addr])),
     )
     .await;
     let going = addr(&gantry, "web", "going");
@@ -432,7 +414,10 @@ async fn a_removed_port_stops_accepting_and_lets_in_flight_requests_finish() {
     })
     .await;
 
-    write_config(&config, "services: []\n");
+    Scenario::new()
+        .section(RUNTIME)
+        .section("services: []")
+        .write(&config);
     lb_core::reload::reload_from_file(&gantry, &config)
         .await
         .expect("reload");

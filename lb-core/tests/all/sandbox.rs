@@ -3,6 +3,7 @@
 //! counted, the plugin is quarantined after repeated faults, and a changed file lifts the
 //! quarantine. Plugins that cannot be used are refused at load with a clear message.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use lb_core::{ApplyError, Gantry};
 
 use crate::support::client::H1;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::scenario::{Port, Scenario};
 use crate::support::{addr, metric};
 
 /// A plugin built from `plugins/`, by crate name.
@@ -18,28 +20,23 @@ pub fn plugin(name: &str) -> PathBuf {
     Path::new(lb_plugins::BUILT_PLUGIN_DIR).join(format!("{}.wasm", name.replace('-', "_")))
 }
 
-fn config(plugin_file: &Path, mode: &str, backends: &[&HttpOrigin]) -> String {
-    let list: Vec<String> = backends.iter().map(|o| format!("\"{}\"", o.addr)).collect();
-    format!(
-        r#"admin: {{ listen: "127.0.0.1:0" }}
-plugins:
-  bad: {{ file: "{}" }}
-plugin_limits: {{ quarantine_after: 5, call_deadline: 2ms, memory_mib: 16 }}
-services:
-  - name: web
-    address: 127.0.0.1
-    ports:
-      - {{ name: http, port: 0, protocol: http, backends: [{}], balancer: {{ policy: bad, params: {{ mode: {mode} }} }} }}
-"#,
-        plugin_file.display(),
-        list.join(", ")
-    )
+/// Port `web/http` balanced by plugin `bad` (from `plugin_file`) with these parameters.
+fn config(plugin_file: &Path, params: &str, backends: &[&HttpOrigin]) -> Scenario {
+    let backends: Vec<SocketAddr> = backends.iter().map(|o| o.addr).collect();
+    Scenario::new()
+        .plugin("bad", plugin_file)
+        .section("plugin_limits: { quarantine_after: 5, call_deadline: 2ms, memory_mib: 16 }")
+        .port(
+            "web",
+            Port::http("http")
+                .backends(&backends)
+                .set("balancer", &format!("{{ policy: bad, params: {params} }}")),
+        )
 }
 
 async fn start_with_mode(mode: &str, origins: &[&HttpOrigin]) -> Gantry {
-    let yaml = config(&plugin("misbehave"), mode, origins);
-    let model = lb_config::parse_str(&yaml, Path::new("/")).expect("valid config");
-    Gantry::start(model).await.expect("gantry starts")
+    let params = format!("{{ mode: {mode} }}");
+    config(&plugin("misbehave"), &params, origins).start().await
 }
 
 fn faults(gantry: &Gantry, kind: &str) -> f64 {
@@ -101,7 +98,7 @@ async fn a_changed_plugin_file_lifts_its_quarantine() {
     std::fs::copy(plugin("misbehave"), &file).expect("copy");
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
     let config_path = dir.path().join("gantry.yaml");
-    std::fs::write(&config_path, config(&file, "trap", &[&origin])).expect("write");
+    config(&file, "{ mode: trap }", &[&origin]).write(&config_path);
     let gantry = Gantry::start(lb_config::load_file(&config_path).expect("valid"))
         .await
         .expect("start");
@@ -118,11 +115,7 @@ async fn a_changed_plugin_file_lifts_its_quarantine() {
 
     // The operator ships a fixed plugin under the same name and file.
     std::fs::copy(plugin("round-robin"), &file).expect("replace");
-    std::fs::write(
-        &config_path,
-        config(&file, "trap", &[&origin]).replace("params: { mode: trap }", "params: {}"),
-    )
-    .expect("write");
+    config(&file, "{}", &[&origin]).write(&config_path);
     lb_core::reload::reload_from_file(&gantry, &config_path)
         .await
         .expect("reload");
@@ -140,9 +133,8 @@ async fn a_changed_plugin_file_lifts_its_quarantine() {
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 
-async fn start_error(yaml: &str) -> String {
-    let model = lb_config::parse_str(yaml, Path::new("/")).expect("valid config");
-    match Gantry::start(model).await {
+async fn start_error(scenario: &Scenario) -> String {
+    match Gantry::start(scenario.model()).await {
         Ok(_) => panic!("the plugin should have been refused"),
         Err(err @ ApplyError::Policy(_)) => err.to_string(),
         Err(other) => panic!("unexpected error: {other}"),
@@ -152,13 +144,14 @@ async fn start_error(yaml: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_plugins_are_refused_at_load_with_the_reason() {
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
-    let rejected = start_error(&config(&plugin("misbehave"), "reject", &[&origin])).await;
+    let reject = config(&plugin("misbehave"), "{ mode: reject }", &[&origin]);
+    let rejected = start_error(&reject).await;
     assert_eq!(
         rejected,
         "services[0].ports[0].balancer: plugin `bad` refused its parameters: mode `reject` refuses every configuration"
     );
 
-    let reads_files = config(&plugin("reads-files"), "good", &[&origin]);
+    let reads_files = config(&plugin("reads-files"), "{ mode: good }", &[&origin]);
     let refused = start_error(&reads_files).await;
     assert!(
         refused.starts_with("services[0].ports[0].balancer: plugin `bad` imports `wasi:"),
@@ -169,7 +162,7 @@ async fn unusable_plugins_are_refused_at_load_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let garbage = dir.path().join("garbage.wasm");
     std::fs::write(&garbage, b"\0asm\x01\0\0\0 but not a component").expect("write");
-    let not_component = start_error(&config(&garbage, "good", &[&origin])).await;
+    let not_component = start_error(&config(&garbage, "{ mode: good }", &[&origin])).await;
     assert!(
         not_component.contains("not a WebAssembly component"),
         "{not_component}"
@@ -207,17 +200,23 @@ fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
 async fn compiled_plugins_are_kept_on_disk_and_reused_by_the_next_start() {
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
     let cache = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        "runtime: {{ plugin_cache: \"{}\" }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\"], balancer: {{ policy: \"builtin:maglev\" }} }}\n",
-        cache.path().display(),
-        origin.addr
-    );
-    let first = crate::support::start(&yaml).await;
+    let scenario = Scenario::new()
+        .section(&format!(
+            "runtime: {{ plugin_cache: \"{}\" }}",
+            cache.path().display()
+        ))
+        .port(
+            "web",
+            Port::http("http")
+                .backends(&[origin.addr])
+                .set("balancer", "{ policy: \"builtin:maglev\" }"),
+        );
+    let first = scenario.start().await;
     first.shutdown(Duration::from_secs(1)).await;
     let written = files_under(cache.path());
     assert!(!written.is_empty(), "nothing cached");
 
-    let second = crate::support::start(&yaml).await;
+    let second = scenario.start().await;
     let answer = crate::support::client::get(addr(&second, "web", "http"), "/").await;
     assert_eq!(answer.header("x-origin"), "o");
     second.shutdown(Duration::from_secs(1)).await;
@@ -239,13 +238,18 @@ async fn a_faulting_affinity_plugin_leaves_requests_balanced_and_is_quarantined(
         ("invalid", "invalid_answer"),
         ("bad-header", "invalid_answer"),
     ] {
-        let yaml = format!(
-            "plugins:\n  bad: {{ file: \"{}\" }}\nplugin_limits: {{ quarantine_after: 5 }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [\"{}\", \"{}\"], affinity: {{ policy: bad, params: {{ mode: {mode} }} }} }}\n",
-            plugin("misbehave-affinity").display(),
-            a.addr,
-            b.addr
-        );
-        let gantry = crate::support::start(&yaml).await;
+        let gantry = Scenario::new()
+            .plugin("bad", &plugin("misbehave-affinity"))
+            .section("plugin_limits: { quarantine_after: 5 }")
+            .port(
+                "web",
+                Port::http("http").backends(&[a.addr, b.addr]).set(
+                    "affinity",
+                    &format!("{{ policy: bad, params: {{ mode: {mode} }} }}"),
+                ),
+            )
+            .start()
+            .await;
         let mut client = H1::connect(addr(&gantry, "web", "http"))
             .await
             .expect("connect");
@@ -274,14 +278,17 @@ async fn a_plugin_built_against_the_frozen_0_1_0_contract_still_serves() {
         HttpOrigin::start("b", OriginProtocol::Http1).await,
         HttpOrigin::start("c", OriginProtocol::Http1).await,
     ];
-    let list: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
-    let yaml = format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\nplugins:\n  legacy: {{ file: \"{}\" }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: 0, protocol: http, backends: [{}], balancer: {{ policy: legacy, params: {{ offset: 1 }} }} }}\n",
-        plugin("legacy-rotate").display(),
-        list.join(", ")
-    );
-    let model = lb_config::parse_str(&yaml, Path::new("/")).expect("valid config");
-    let gantry = Gantry::start(model).await.expect("gantry starts");
+    let backends: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
+    let gantry = Scenario::new()
+        .plugin("legacy", &plugin("legacy-rotate"))
+        .port(
+            "web",
+            Port::http("http")
+                .backends(&backends)
+                .set("balancer", "{ policy: legacy, params: { offset: 1 } }"),
+        )
+        .start()
+        .await;
     let mut client = H1::connect(addr(&gantry, "web", "http"))
         .await
         .expect("connect");
@@ -315,15 +322,23 @@ async fn a_port_whose_policy_traps_does_not_disturb_the_ports_sharing_its_plugin
         HttpOrigin::start("second", OriginProtocol::Http1).await,
         HttpOrigin::start("other", OriginProtocol::Http1).await,
     );
-    let yaml = format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\nplugins:\n  mis: {{ file: \"{}\" }}\nplugin_limits: {{ quarantine_after: 1000 }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: steady, port: 0, protocol: http, backends: [\"{}\", \"{}\"], balancer: {{ policy: mis, params: {{ mode: good }} }} }}\n      - {{ name: broken, port: 0, protocol: http, backends: [\"{}\"], balancer: {{ policy: mis, params: {{ mode: trap }} }} }}\n",
-        plugin("misbehave").display(),
-        first.addr,
-        second.addr,
-        other.addr
-    );
-    let model = lb_config::parse_str(&yaml, Path::new("/")).expect("valid config");
-    let gantry = Gantry::start(model).await.expect("gantry starts");
+    let gantry = Scenario::new()
+        .plugin("mis", &plugin("misbehave"))
+        .section("plugin_limits: { quarantine_after: 1000 }")
+        .port(
+            "web",
+            Port::http("steady")
+                .backends(&[first.addr, second.addr])
+                .set("balancer", "{ policy: mis, params: { mode: good } }"),
+        )
+        .port(
+            "web",
+            Port::http("broken")
+                .backends(&[other.addr])
+                .set("balancer", "{ policy: mis, params: { mode: trap } }"),
+        )
+        .start()
+        .await;
     let mut steady = H1::connect(addr(&gantry, "web", "steady"))
         .await
         .expect("connect");

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::support::client::read_until_closed;
 use crate::support::origin::TcpOrigin;
-use crate::support::{addr, metric, start};
+use crate::support::scenario::{Port, Scenario};
+use crate::support::{addr, metric};
 
 async fn exchange(proxy: std::net::SocketAddr, payload: &[u8]) -> (String, std::net::SocketAddr) {
     let mut stream = TcpStream::connect(proxy).await.expect("connect");
@@ -16,19 +18,17 @@ async fn exchange(proxy: std::net::SocketAddr, payload: &[u8]) -> (String, std::
     // The origin answers only after seeing our FIN: the half-close must pass through while
     // the other direction stays open for the answer.
     stream.shutdown().await.expect("half-close");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.expect("read");
+    let answer = read_until_closed(&mut stream).await;
     (answer, local)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_relays_both_ways_across_a_half_close() {
     let origin = TcpOrigin::start("echo", false).await;
-    let gantry = start(&format!(
-        "services:\n  - name: db\n    address: 127.0.0.1\n    ports:\n      - {{ name: tcp, port: 0, backends: [\"{}\"] }}\n",
-        origin.addr
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port("db", Port::tcp("tcp").backends(&[origin.addr]))
+        .start()
+        .await;
     let proxy = addr(&gantry, "db", "tcp");
     let big = vec![b'x'; 1 << 20];
     let (answer, _) = exchange(proxy, &big).await;
@@ -53,11 +53,15 @@ async fn tcp_relays_both_ways_across_a_half_close() {
 async fn proxy_protocol_headers_tell_the_backend_who_the_client_is() {
     for version in ["v1", "v2"] {
         let origin = TcpOrigin::start("pp", true).await;
-        let gantry = start(&format!(
-            "services:\n  - name: db\n    address: 127.0.0.1\n    ports:\n      - {{ name: tcp, port: 0, proxy_protocol: {version}, backends: [\"{}\"] }}\n",
-            origin.addr
-        ))
-        .await;
+        let gantry = Scenario::new()
+            .port(
+                "db",
+                Port::tcp("tcp")
+                    .set("proxy_protocol", version)
+                    .backends(&[origin.addr]),
+            )
+            .start()
+            .await;
         let proxy = addr(&gantry, "db", "tcp");
         let (answer, client) = exchange(proxy, b"hello").await;
         assert_eq!(answer, "pp:hello", "{version}");
@@ -78,11 +82,15 @@ async fn a_refused_tcp_backend_is_passed_over() {
             .expect("bind");
         listener.local_addr().expect("addr")
     };
-    let gantry = start(&format!(
-        "services:\n  - name: db\n    address: 127.0.0.1\n    ports:\n      - {{ name: tcp, port: 0, backends: [\"{dead}\", \"{}\"], backoff: {{ initial: 1h, max: 1h }} }}\n",
-        live.addr
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port(
+            "db",
+            Port::tcp("tcp")
+                .backends(&[dead, live.addr])
+                .set("backoff", "{ initial: 1h, max: 1h }"),
+        )
+        .start()
+        .await;
     let proxy = addr(&gantry, "db", "tcp");
     for _ in 0..4 {
         assert_eq!(exchange(proxy, b"q").await.0, "live:q");

@@ -5,12 +5,28 @@ use std::time::Duration;
 
 use http::{StatusCode, Version};
 use rustls::client::Resumption;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use crate::support::certs::TestCa;
-use crate::support::client::{tls_connect, H1, H2};
+use crate::support::certs::{Leaf, TestCa};
+use crate::support::client::{read_until_closed, tls_connect, H1, H2};
 use crate::support::origin::{HttpOrigin, OriginProtocol, TcpOrigin};
-use crate::support::{addr, eventually, metric, start};
+use crate::support::scenario::{Port, Scenario};
+use crate::support::{addr, eventually, metric};
+
+/// A port's `tls:` value serving these certificates, the first one the default.
+fn certificates(leaves: &[&Leaf]) -> String {
+    let list: Vec<String> = leaves
+        .iter()
+        .map(|leaf| {
+            format!(
+                "{{ cert: \"{}\", key: \"{}\" }}",
+                leaf.cert_path.display(),
+                leaf.key_path.display()
+            )
+        })
+        .collect();
+    format!("{{ certificates: [{}] }}", list.join(", "))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_speaks_http2_when_alpn_offers_it_and_http1_otherwise() {
@@ -18,23 +34,15 @@ async fn https_speaks_http2_when_alpn_offers_it_and_http1_otherwise() {
     let ca = TestCa::new();
     let leaf = ca.issue(dir.path(), "web", &["web.test"]);
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
-    let gantry = start(&format!(
-        r#"
-services:
-  - name: web
-    address: 127.0.0.1
-    ports:
-      - name: https
-        port: 0
-        protocol: https
-        backends: ["{}"]
-        tls: {{ certificates: [{{ cert: "{}", key: "{}" }}] }}
-"#,
-        origin.addr,
-        leaf.cert_path.display(),
-        leaf.key_path.display()
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port(
+            "web",
+            Port::new("https", "https")
+                .backends(&[origin.addr])
+                .set("tls", &certificates(&[&leaf])),
+        )
+        .start()
+        .await;
     let proxy = addr(&gantry, "web", "https");
 
     let tls = tls_connect(proxy, ca.client_config(&[b"h2", b"http/1.1"]), "web.test")
@@ -79,29 +87,13 @@ async fn sni_chooses_the_certificate_and_unknown_names_get_the_default() {
     let default = ca.issue(dir.path(), "default", &["default.test"]);
     let a = ca.issue(dir.path(), "a", &["a.test"]);
     let wildcard = ca.issue(dir.path(), "b", &["*.b.test"]);
-    let gantry = start(&format!(
-        r#"
-services:
-  - name: web
-    address: 127.0.0.1
-    ports:
-      - name: https
-        port: 0
-        protocol: https
-        tls:
-          certificates:
-            - {{ cert: "{}", key: "{}" }}
-            - {{ cert: "{}", key: "{}" }}
-            - {{ cert: "{}", key: "{}" }}
-"#,
-        default.cert_path.display(),
-        default.key_path.display(),
-        a.cert_path.display(),
-        a.key_path.display(),
-        wildcard.cert_path.display(),
-        wildcard.key_path.display(),
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port(
+            "web",
+            Port::new("https", "https").set("tls", &certificates(&[&default, &a, &wildcard])),
+        )
+        .start()
+        .await;
     let proxy = addr(&gantry, "web", "https");
     let client = ca.client_config(&[b"http/1.1"]);
     for (name, expected) in [
@@ -144,13 +136,15 @@ async fn a_returning_client_resumes_its_tls_session() {
     let ca = TestCa::new();
     let leaf = ca.issue(dir.path(), "web", &["web.test"]);
     let origin = TcpOrigin::start("o", false).await;
-    let gantry = start(&format!(
-        "services:\n  - name: db\n    address: 127.0.0.1\n    ports:\n      - {{ name: tls, port: 0, protocol: tls, backends: [\"{}\"], tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }} }}\n",
-        origin.addr,
-        leaf.cert_path.display(),
-        leaf.key_path.display()
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port(
+            "db",
+            Port::new("tls", "tls")
+                .backends(&[origin.addr])
+                .set("tls", &certificates(&[&leaf])),
+        )
+        .start()
+        .await;
     let proxy = addr(&gantry, "db", "tls");
     let mut config = (*ca.client_config(&[])).clone();
     config.resumption = Resumption::in_memory_sessions(16);
@@ -164,8 +158,7 @@ async fn a_returning_client_resumes_its_tls_session() {
         // Finish the exchange so the session ticket is received before the next connection.
         tls.write_all(b"x").await.expect("write");
         tls.shutdown().await.expect("close_notify");
-        let mut answer = String::new();
-        tls.read_to_string(&mut answer).await.expect("read");
+        let answer = read_until_closed(&mut tls).await;
         assert_eq!(answer, "o:x");
     }
     assert_eq!(
@@ -184,13 +177,16 @@ async fn tls_terminated_tcp_reaches_a_plain_backend_with_the_server_name_in_prox
     let ca = TestCa::new();
     let leaf = ca.issue(dir.path(), "db", &["db.test"]);
     let origin = TcpOrigin::start("db", true).await;
-    let gantry = start(&format!(
-        "services:\n  - name: db\n    address: 127.0.0.1\n    ports:\n      - {{ name: tls, port: 0, protocol: tls, proxy_protocol: v2, backends: [\"{}\"], tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }} }}\n",
-        origin.addr,
-        leaf.cert_path.display(),
-        leaf.key_path.display()
-    ))
-    .await;
+    let gantry = Scenario::new()
+        .port(
+            "db",
+            Port::new("tls", "tls")
+                .set("proxy_protocol", "v2")
+                .backends(&[origin.addr])
+                .set("tls", &certificates(&[&leaf])),
+        )
+        .start()
+        .await;
     let proxy = addr(&gantry, "db", "tls");
     let mut tls = tls_connect(proxy, ca.client_config(&[]), "db.test")
         .await
@@ -198,8 +194,7 @@ async fn tls_terminated_tcp_reaches_a_plain_backend_with_the_server_name_in_prox
     let client_addr = tls.get_ref().0.local_addr().expect("local addr");
     tls.write_all(b"select 1").await.expect("write");
     tls.shutdown().await.expect("half-close");
-    let mut answer = String::new();
-    tls.read_to_string(&mut answer).await.expect("read");
+    let answer = read_until_closed(&mut tls).await;
     assert_eq!(answer, "db:select 1");
     let headers = origin.proxy_headers();
     assert_eq!(headers.len(), 1);

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode, Version};
@@ -159,11 +160,40 @@ pub async fn tls_connect(
     TlsConnector::from(config).connect(name, tcp).await
 }
 
+/// How long a raw client waits for the server: a regression fails the test instead of
+/// hanging it.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads until the server closes the connection (or resets it), failing the test when that
+/// takes longer than [`READ_TIMEOUT`].
+#[track_caller]
+pub fn read_until_closed<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> impl std::future::Future<Output = String> + '_ {
+    let caller = std::panic::Location::caller();
+    async move {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(READ_TIMEOUT, stream.read_to_end(&mut answer)).await;
+        assert!(
+            read.is_ok(),
+            "the server neither answered nor closed within {READ_TIMEOUT:?} (read at {caller})"
+        );
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+}
+
 /// Writes `bytes` (without closing) and reads until the server closes the connection.
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(bytes).await.expect("write");
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    String::from_utf8_lossy(&answer).into_owned()
+    read_until_closed(&mut stream).await
+}
+
+/// A layer-4 exchange with a test origin through `addr`: writes `bytes`, half-closes, and
+/// reads the answer until the far side closes.
+pub async fn tcp_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    read_until_closed(&mut stream).await
 }

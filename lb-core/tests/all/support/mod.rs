@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod certs;
 pub mod client;
 pub mod origin;
+pub mod scenario;
 
 use std::future::Future;
 use std::path::Path;
@@ -16,12 +17,6 @@ use lb_core::Gantry;
 pub fn model(yaml: &str) -> Model {
     lb_config::parse_str(yaml, Path::new("/"))
         .unwrap_or_else(|err| panic!("test config: {err}\n{yaml}"))
-}
-
-/// Starts Gantry on `yaml`; the admin listener goes to an ephemeral port.
-pub async fn start(yaml: &str) -> Gantry {
-    let yaml = format!("admin: {{ listen: \"127.0.0.1:0\" }}\n{yaml}");
-    Gantry::start(model(&yaml)).await.expect("gantry starts")
 }
 
 /// The bound address of `service`/`port`.
