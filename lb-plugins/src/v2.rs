@@ -11,11 +11,13 @@
 //!
 //! A trap or a missed deadline ends the slot's instance (its memory may be half-updated), and
 //! with it every resource in it: the next call makes a new instance and remakes each policy's
-//! resource as it is next used, from the parameters and backends the policy keeps.
+//! resource as it is next used, from the parameters and backends the policy keeps. A policy
+//! that cannot be made beside others (its tables do not fit in what they left of the memory
+//! cap) is moved to instances of its own instead of failing for ever.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
 use wasmtime::component::{InstancePre, ResourceAny};
@@ -196,12 +198,19 @@ struct Inputs {
 }
 
 /// One port's policy in a shared plugin.
+///
+/// A policy whose making fails in an instance that holds others (typically: its tables do
+/// not fit in the memory the others left) is *isolated*: from then on it gets instances of its
+/// own, so one large port neither fails for ever nor keeps ending the instance its neighbours
+/// live in. Only a policy that fails alone is a plugin fault that lasts.
 pub(crate) struct PortPolicy<W: World> {
     id: u64,
     shared: Arc<Shared<W>>,
     params: Vec<v2::Parameter>,
     inputs: ArcSwap<Inputs>,
     placement: Placement,
+    /// Instances of its own, once isolated.
+    own: OnceLock<Box<[Mutex<Slot<W>>]>>,
 }
 
 impl<W: World> PortPolicy<W> {
@@ -222,6 +231,7 @@ impl<W: World> PortPolicy<W> {
                 Placement::Everywhere => Placement::Everywhere,
             },
             shared,
+            own: OnceLock::new(),
         }
     }
 
@@ -235,11 +245,22 @@ impl<W: World> PortPolicy<W> {
         &self.shared.faults
     }
 
+    /// Whether the policy has instances of its own.
+    fn is_isolated(&self) -> bool {
+        self.own.get().is_some()
+    }
+
+    /// The slots the policy lives in: the plugin's, or its own once isolated.
+    fn all_slots(&self) -> &[Mutex<Slot<W>>] {
+        self.own.get().unwrap_or(&self.shared.slots)
+    }
+
+    /// The indices of the slots holding this policy's resources.
     fn slots(&self) -> impl Iterator<Item = usize> {
-        let all = self.shared.slots.len();
+        let all = self.all_slots().len();
         let (first, count) = match self.placement {
             Placement::Everywhere => (0, all),
-            Placement::Home(slot) => (slot, 1),
+            Placement::Home(slot) => (slot % all, 1),
         };
         first..first + count
     }
@@ -252,7 +273,7 @@ impl<W: World> PortPolicy<W> {
             return;
         }
         for index in self.slots() {
-            let mut slot = lock(&self.shared.slots[index]);
+            let mut slot = lock(&self.all_slots()[index]);
             if let Err(kind) = self.ensure(&mut slot) {
                 tracing::warn!(plugin = %self.shared.name, fault = kind.label(), "plugin policy could not be prepared");
                 self.shared.faults.record(kind);
@@ -262,7 +283,8 @@ impl<W: World> PortPolicy<W> {
     }
 
     /// The instance and this policy's resource in `slot`, made if missing. Any failure is an
-    /// [`FaultKind::Instantiate`] fault.
+    /// [`FaultKind::Instantiate`] fault; one in an instance other policies share isolates
+    /// this policy.
     fn ensure(&self, slot: &mut Slot<W>) -> Result<ResourceAny, FaultKind> {
         if slot.instance.is_none() {
             let instance = self
@@ -300,12 +322,35 @@ impl<W: World> PortPolicy<W> {
                 slot.policies.insert(self.id, resource);
                 Ok(resource)
             }
-            // Whatever went wrong, no policy could be made: an instantiation fault.
             Err(_) => {
+                let crowded = !slot.policies.is_empty();
                 slot.discard();
+                if crowded && !self.is_isolated() {
+                    self.isolate();
+                }
                 Err(FaultKind::Instantiate)
             }
         }
+    }
+
+    /// Gives the policy instances of its own from now on.
+    fn isolate(&self) {
+        let workers = self.shared.slots.len();
+        let _ = self.own.set(
+            (0..workers)
+                .map(|_| {
+                    Mutex::new(Slot {
+                        instance: None,
+                        policies: HashMap::new(),
+                    })
+                })
+                .collect(),
+        );
+        tracing::warn!(
+            plugin = %self.shared.name,
+            "a port's policy could not be made beside others in a shared instance (raise \
+             plugin_limits.memory_mib if it ran out of memory); it runs in instances of its own"
+        );
     }
 
     /// Runs `call` on this policy's resource in the calling thread's slot (or its home),
@@ -317,11 +362,12 @@ impl<W: World> PortPolicy<W> {
         headers: Option<&http::HeaderMap>,
         call: impl FnOnce(&W, &mut Store<HostState>, ResourceAny) -> wasmtime::Result<R>,
     ) -> Result<R, FaultKind> {
+        let slots = self.all_slots();
         let index = match self.placement {
-            Placement::Everywhere => thread_slot() % self.shared.slots.len(),
-            Placement::Home(slot) => slot,
+            Placement::Everywhere => thread_slot() % slots.len(),
+            Placement::Home(slot) => slot % slots.len(),
         };
-        let mut slot = lock(&self.shared.slots[index]);
+        let mut slot = lock(&slots[index]);
         let resource = self.ensure(&mut slot)?;
         let Some(Instance { store, bindings }) = slot.instance.as_mut() else {
             return Err(FaultKind::Instantiate);
@@ -348,7 +394,7 @@ impl<W: World> PortPolicy<W> {
         let set = backends.clone();
         self.inputs.store(Arc::new(Inputs { backends, context }));
         for index in self.slots() {
-            let mut slot = lock(&self.shared.slots[index]);
+            let mut slot = lock(&self.all_slots()[index]);
             let Some(resource) = slot.policies.get(&self.id).copied() else {
                 continue; // made with the new set when next used
             };
@@ -368,7 +414,14 @@ impl<W: World> PortPolicy<W> {
 
 impl<W: World> Drop for PortPolicy<W> {
     fn drop(&mut self) {
-        for index in self.slots() {
+        // Its resources in the shared instances are dropped (some may be left from before it
+        // was isolated); instances of its own go with it.
+        let all = self.shared.slots.len();
+        let indices = match self.placement {
+            Placement::Everywhere => 0..all,
+            Placement::Home(slot) => slot % all..slot % all + 1,
+        };
+        for index in indices {
             let mut slot = lock(&self.shared.slots[index]);
             let Some(resource) = slot.policies.remove(&self.id) else {
                 continue;

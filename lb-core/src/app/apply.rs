@@ -93,6 +93,9 @@ struct Plan {
     runtime: RuntimeAspects,
     /// Whether the plugins' sandbox limits changed.
     plugin_limits: bool,
+    /// Whether the set of plugins in use may have changed (a port came, went, or changed its
+    /// policies): only then does the plugin host need to hear of the new model.
+    plugins_in_use: bool,
 }
 
 /// A new route for a kept listener.
@@ -104,6 +107,13 @@ struct Swap {
     /// The listener's certificates are replaced.
     certificates: bool,
 }
+
+/// The aspects that name plugins.
+const POLICY_ASPECTS: [PortAspect; 3] = [
+    PortAspect::Balancer,
+    PortAspect::Affinity,
+    PortAspect::Health,
+];
 
 /// The aspects a backend pool is built from: when none changed, a port keeps its pool.
 const POOL_ASPECTS: [PortAspect; 5] = [
@@ -120,7 +130,9 @@ impl Gantry {
     pub async fn apply(&self, new: Model) -> Result<Vec<Change>, ApplyError> {
         let mut listeners = self.inner.listeners.lock().await;
         let old = self.inner.model.load_full();
+        let diffing = std::time::Instant::now();
         let changes = lb_config::diff(&old, &new);
+        let diffed = diffing.elapsed();
         if changes.is_empty() {
             return Ok(changes);
         }
@@ -135,6 +147,7 @@ impl Gantry {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         tracing::info!(
             changes = changes.len(),
+            diff_ms = ms(diffed),
             build_ms = ms(built),
             apply_ms = ms(started.elapsed()),
             "reconciled"
@@ -151,6 +164,14 @@ impl Gantry {
     ) -> Result<Plan, ApplyError> {
         let mut plan = Plan::default();
         for change in changes {
+            if matches!(
+                change,
+                Change::ListenerAdded(_)
+                    | Change::ListenerRemoved(_)
+                    | Change::ListenerRebound { .. }
+            ) {
+                plan.plugins_in_use = true;
+            }
             match change {
                 Change::ListenerAdded(key) => {
                     plan.starts
@@ -164,6 +185,7 @@ impl Gantry {
                     plan.starts.push((listener, previous));
                 }
                 Change::PortChanged { key, what } => {
+                    plan.plugins_in_use |= POLICY_ASPECTS.iter().any(|a| what.contains(*a));
                     if let Some(listener) = listeners.get(key) {
                         plan.swaps
                             .push(self.prepare_swap(listener, port_of(new, key), *what)?);
@@ -180,7 +202,10 @@ impl Gantry {
                     plan.admin = Some(bound);
                 }
                 Change::RuntimeChanged(what) => plan.runtime = *what,
-                Change::PluginLimitsChanged => plan.plugin_limits = true,
+                Change::PluginLimitsChanged => {
+                    plan.plugin_limits = true;
+                    plan.plugins_in_use = true;
+                }
             }
         }
         Ok(plan)
@@ -194,6 +219,7 @@ impl Gantry {
         listeners: &mut std::collections::BTreeMap<ListenerKey, Listener>,
     ) {
         let inner = &self.inner;
+        let listeners_changed = !plan.starts.is_empty() || !plan.stops.is_empty();
         if plan.plugin_limits {
             inner.plugins.set_limits(&new.plugin_limits);
             if inner.model.load().plugin_limits.memory_bytes != new.plugin_limits.memory_bytes {
@@ -252,21 +278,27 @@ impl Gantry {
                 RuntimeAspect::ShutdownGrace | RuntimeAspect::WatchInterval => {}
             }
         }
-        inner.plugins.commit(&new);
+        if plan.plugins_in_use {
+            inner.plugins.commit(&new);
+        }
         inner.model.store(Arc::new(new));
-        inner.live.store(Arc::new(
-            listeners
-                .iter()
-                .map(|(key, l)| {
-                    let live = LiveListener {
-                        local_addr: l.local_addr(),
-                        shared: l.shared().clone(),
-                        connections: l.connections().clone(),
-                    };
-                    (key.clone(), live)
-                })
-                .collect(),
-        ));
+        // The view of the listeners follows their routes by itself; only a listener that came
+        // or went changes it.
+        if listeners_changed {
+            inner.live.store(Arc::new(
+                listeners
+                    .iter()
+                    .map(|(key, l)| {
+                        let live = LiveListener {
+                            local_addr: l.local_addr(),
+                            shared: l.shared().clone(),
+                            connections: l.connections().clone(),
+                        };
+                        (key.clone(), live)
+                    })
+                    .collect(),
+            ));
+        }
     }
 
     fn route_context<'a>(&'a self, tls: Option<&'a TlsEndpoint>) -> RouteContext<'a> {

@@ -362,3 +362,58 @@ async fn a_port_whose_policy_traps_does_not_disturb_the_ports_sharing_its_plugin
     assert!(traps >= 10.0, "{traps} traps");
     gantry.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_whose_tables_do_not_fit_beside_the_others_gets_instances_of_its_own() {
+    // Two ports share the plugin; each keeps 10 MiB once given its backends, and an instance
+    // may hold 16: the second cannot be made beside the first, so it moves to instances of
+    // its own, and both keep being answered by the plugin.
+    let (first, second) = (
+        HttpOrigin::start("first", OriginProtocol::Http1).await,
+        HttpOrigin::start("second", OriginProtocol::Http1).await,
+    );
+    let port = |name: &str| {
+        Port::http(name).backends(&[first.addr, second.addr]).set(
+            "balancer",
+            "{ policy: big, params: { mode: good, hoard_mib: 10 } }",
+        )
+    };
+    let gantry = Scenario::new()
+        .section("plugin_limits: { memory_mib: 16, quarantine_after: 1000 }")
+        .plugin("big", &plugin("misbehave"))
+        .port("web", port("one"))
+        .port("web", port("two"))
+        .start()
+        .await;
+    let faults = |gantry: &Gantry| {
+        metric(
+            &gantry.metrics().render(),
+            "gantry_plugin_faults_total{kind=\"instantiate\",plugin=\"big\"}",
+        )
+    };
+    let mut clients = [
+        H1::connect(addr(&gantry, "web", "one"))
+            .await
+            .expect("connect"),
+        H1::connect(addr(&gantry, "web", "two"))
+            .await
+            .expect("connect"),
+    ];
+    // Each worker thread's instance meets the crowding once at most; after that the ports
+    // are served without faults, by the plugin (always the first backend).
+    for client in clients.iter_mut() {
+        for _ in 0..4 {
+            client.get("/").await.expect("answered");
+        }
+    }
+    let settled = faults(&gantry);
+    assert!(settled >= 1.0, "the crowding was met: {settled} faults");
+    for client in clients.iter_mut() {
+        for _ in 0..10 {
+            let answer = client.get("/").await.expect("answered");
+            assert_eq!(answer.header("x-origin"), "first");
+        }
+    }
+    assert_eq!(faults(&gantry), settled, "no fault once isolated");
+    gantry.shutdown(Duration::from_secs(1)).await;
+}

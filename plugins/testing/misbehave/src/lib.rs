@@ -5,7 +5,8 @@
 //! without end), `invalid` (answers an id that does not exist), `reject` (refuses its
 //! parameters in `configure`), `trap_on_backends` (accepts its parameters, then panics when
 //! given a backend set), `spin` (works for `spin_us` microseconds of the host's monotonic
-//! clock, then answers the first backend).
+//! clock, then answers the first backend). In every mode, `hoard_mib` makes the policy keep
+//! that many MiB from the moment it is given its backends (a large table).
 
 use gantry_plugin_sdk::{export_balancer, host, Backend, Balancer, Params, Request};
 
@@ -21,6 +22,7 @@ enum Mode {
 
 struct Misbehave {
     mode: Mode,
+    hoard_mib: usize,
     first: Option<u32>,
     hoard: Vec<Vec<u8>>,
 }
@@ -40,6 +42,7 @@ impl Balancer for Misbehave {
         };
         Ok(Misbehave {
             mode,
+            hoard_mib: params.parse_or("hoard_mib", 0)?,
             first: None,
             hoard: Vec::new(),
         })
@@ -50,6 +53,10 @@ impl Balancer for Misbehave {
             panic!("misbehave: trapping on a backend set as asked");
         }
         self.first = backends.first().map(|b| b.id);
+        if self.hoard_mib > 0 {
+            // Written, so the memory is really taken.
+            self.hoard.push(vec![1; self.hoard_mib << 20]);
+        }
     }
 
     fn pick(&mut self, request: &Request, _attempt: u32) -> Option<u32> {
