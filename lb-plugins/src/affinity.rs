@@ -12,13 +12,10 @@ use lb_policy::{
     Affinity, AffinityFactory, AffinityTable, BackendFigures, PickContext, ResponseHeader,
     Stickiness,
 };
-use wasmtime::component::{InstancePre, ResourceAny};
-use wasmtime::Store;
 
 use super::bindings::{v1, v2};
 use super::convert::{to_v1, to_v2};
 use super::faults::FaultKind;
-use super::host::HostState;
 use super::policy::{Configured, Kind, PerThread};
 
 /// The affinity kind. Its settings: the table's idle timeout, seconds (0: no table).
@@ -36,39 +33,6 @@ impl Kind for AffinityKind {
 
     fn from_v2(settings: v2::TableSettings) -> u32 {
         settings.idle_timeout_seconds
-    }
-}
-
-impl super::v2::World for v2::AffinityWorld {
-    type Pre = v2::AffinityPre<HostState>;
-    type Settings = v2::TableSettings;
-
-    fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-        v2::AffinityPre::new(pre)
-    }
-
-    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
-        pre.instantiate(store)
-    }
-
-    fn configure(
-        &self,
-        store: &mut Store<HostState>,
-        params: &[v2::Parameter],
-    ) -> wasmtime::Result<Result<(ResourceAny, v2::TableSettings), String>> {
-        self.gantry_plugins_affinities()
-            .call_configure(store, params)
-    }
-
-    fn set_backends(
-        &self,
-        store: &mut Store<HostState>,
-        policy: ResourceAny,
-        backends: &[v2::Backend],
-    ) -> wasmtime::Result<()> {
-        self.gantry_plugins_affinities()
-            .affinity()
-            .call_set_backends(store, policy, backends)
     }
 }
 

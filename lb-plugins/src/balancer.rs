@@ -8,13 +8,10 @@ use std::sync::Arc;
 
 use lb_config::Backend;
 use lb_policy::{BackendFigures, Balancer, BalancerFactory, PickContext, RoundRobin};
-use wasmtime::component::{InstancePre, ResourceAny};
-use wasmtime::Store;
 
 use super::bindings::{v1, v2};
 use super::convert::{to_v1, to_v2};
 use super::faults::FaultKind;
-use super::host::HostState;
 use super::policy::{Configured, Kind, PerThread};
 
 /// The balancer kind.
@@ -28,41 +25,6 @@ impl Kind for BalancerKind {
 
     fn from_v1(_settings: ()) {}
     fn from_v2(_settings: ()) {}
-}
-
-impl super::v2::World for v2::BalancerWorld {
-    type Pre = v2::BalancerPre<HostState>;
-    type Settings = ();
-
-    fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-        v2::BalancerPre::new(pre)
-    }
-
-    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
-        pre.instantiate(store)
-    }
-
-    fn configure(
-        &self,
-        store: &mut Store<HostState>,
-        params: &[v2::Parameter],
-    ) -> wasmtime::Result<Result<(ResourceAny, ()), String>> {
-        let answer = self
-            .gantry_plugins_balancers()
-            .call_configure(store, params)?;
-        Ok(answer.map(|policy| (policy, ())))
-    }
-
-    fn set_backends(
-        &self,
-        store: &mut Store<HostState>,
-        policy: ResourceAny,
-        backends: &[v2::Backend],
-    ) -> wasmtime::Result<()> {
-        self.gantry_plugins_balancers()
-            .balancer()
-            .call_set_backends(store, policy, backends)
-    }
 }
 
 /// A balancer plugin with one port's parameters.

@@ -12,12 +12,9 @@ use lb_config::Backend;
 use lb_policy::{
     BackendFigures, HealthPolicy, HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict,
 };
-use wasmtime::component::{InstancePre, ResourceAny};
-use wasmtime::Store;
 
 use super::bindings::{v1, v2};
 use super::faults::FaultKind;
-use super::host::HostState;
 use super::policy::{Configured, Kind, Single};
 
 /// The health kind. Its settings: what the host must do for the policy, or why the plugin's
@@ -85,39 +82,6 @@ impl Kind for HealthKind {
 
     fn from_v2(settings: v2::HealthSettings) -> Self::Settings {
         health_settings!(v2, settings)
-    }
-}
-
-impl super::v2::World for v2::HealthWorld {
-    type Pre = v2::HealthPre<HostState>;
-    type Settings = v2::HealthSettings;
-
-    fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-        v2::HealthPre::new(pre)
-    }
-
-    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
-        pre.instantiate(store)
-    }
-
-    fn configure(
-        &self,
-        store: &mut Store<HostState>,
-        params: &[v2::Parameter],
-    ) -> wasmtime::Result<Result<(ResourceAny, v2::HealthSettings), String>> {
-        self.gantry_plugins_health_checks()
-            .call_configure(store, params)
-    }
-
-    fn set_backends(
-        &self,
-        store: &mut Store<HostState>,
-        policy: ResourceAny,
-        backends: &[v2::Backend],
-    ) -> wasmtime::Result<()> {
-        self.gantry_plugins_health_checks()
-            .checker()
-            .call_set_backends(store, policy, backends)
     }
 }
 

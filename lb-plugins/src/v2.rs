@@ -55,6 +55,73 @@ pub(crate) trait World: Sized + Send + 'static {
     ) -> wasmtime::Result<()>;
 }
 
+/// The 0.2.0 worlds' generated bindings differ only in names: the exported interface, its
+/// resource, and what `configure` returns beside the resource. One definition serves them.
+macro_rules! world {
+    ($world:ty, $pre:ty, $settings:ty, $interface:ident, $resource:ident, $split:expr) => {
+        impl World for $world {
+            type Pre = $pre;
+            type Settings = $settings;
+
+            fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
+                <$pre>::new(pre)
+            }
+
+            fn instantiate(
+                pre: &Self::Pre,
+                store: &mut Store<HostState>,
+            ) -> wasmtime::Result<Self> {
+                pre.instantiate(store)
+            }
+
+            fn configure(
+                &self,
+                store: &mut Store<HostState>,
+                params: &[v2::Parameter],
+            ) -> wasmtime::Result<Result<(ResourceAny, $settings), String>> {
+                let answer = self.$interface().call_configure(store, params)?;
+                Ok(answer.map($split))
+            }
+
+            fn set_backends(
+                &self,
+                store: &mut Store<HostState>,
+                policy: ResourceAny,
+                backends: &[v2::Backend],
+            ) -> wasmtime::Result<()> {
+                self.$interface()
+                    .$resource()
+                    .call_set_backends(store, policy, backends)
+            }
+        }
+    };
+}
+
+world!(
+    v2::BalancerWorld,
+    v2::BalancerPre<HostState>,
+    (),
+    gantry_plugins_balancers,
+    balancer,
+    |policy| (policy, ())
+);
+world!(
+    v2::AffinityWorld,
+    v2::AffinityPre<HostState>,
+    v2::TableSettings,
+    gantry_plugins_affinities,
+    affinity,
+    |answer| answer
+);
+world!(
+    v2::HealthWorld,
+    v2::HealthPre<HostState>,
+    v2::HealthSettings,
+    gantry_plugins_health_checks,
+    checker,
+    |answer| answer
+);
+
 /// One instance: its store and its bindings.
 struct Instance<W> {
     store: Store<HostState>,
