@@ -183,7 +183,8 @@ aspect_set! {
         Protocol = "protocol",
         /// Connection and header limits.
         Limits = "limits",
-        /// Timeouts, retries, back-off and trusted proxies: new connections use them.
+        /// Timeouts, retries, back-off, trusted proxies and source ranges: new connections
+        /// use them.
         Settings = "settings",
         /// The balancing policy or its parameters.
         Balancer = "balancer",
@@ -275,7 +276,8 @@ fn port_change(before: &Port, after: &Port) -> Option<Change> {
         s.timeouts != t.timeouts
             || s.retries != t.retries
             || s.backoff != t.backoff
-            || s.trusted_proxies != t.trusted_proxies,
+            || s.trusted_proxies != t.trusted_proxies
+            || s.source_ranges != t.source_ranges,
     );
     what.insert_if(PortAspect::Balancer, before.balancer != after.balancer);
     what.insert_if(PortAspect::Affinity, before.affinity != after.affinity);

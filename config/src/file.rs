@@ -120,8 +120,11 @@ pub struct PortSettingsFile {
     /// How long a backend whose connect failed is skipped.
     pub backoff: Option<Lenient<BackoffFile>>,
     /// Clients (CIDRs) whose `X-Forwarded-For`/`-Proto` headers are kept and appended to;
-    /// from anyone else those headers are replaced. Default: none.
+    /// from anyone else those headers are replaced. Default: none. At most 4096.
     pub trusted_proxies: Option<Vec<String>>,
+    /// Clients (CIDRs or addresses) allowed to connect; any other connection is closed at
+    /// once, before a byte reaches a backend, and counted. Default: everyone. At most 4096.
+    pub source_ranges: Option<Vec<String>>,
 }
 
 /// `timeouts:`

@@ -384,7 +384,31 @@ pub struct PortSettings {
     /// Skip time after failed connects.
     pub backoff: Backoff,
     /// Clients whose forwarding headers are trusted.
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: Networks,
+    /// Clients allowed to connect; empty: everyone.
+    pub source_ranges: Networks,
+}
+
+/// Networks an address is matched against. A dual-stack listener sees IPv4 clients as
+/// IPv4-mapped IPv6 addresses; they match as the IPv4 addresses they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Networks(pub Vec<IpNet>);
+
+impl Networks {
+    /// Whether `ip` is in one of the networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Whether there are no networks.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// All timeouts of a port.

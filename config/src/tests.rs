@@ -568,3 +568,33 @@ fn a_clash_between_sources_is_a_problem_with_both_origins() {
         "{problems}"
     );
 }
+
+#[test]
+fn source_ranges_are_networks_that_match_mapped_ipv4_clients() {
+    let model = parse(
+        "services:\n  - name: s\n    ports: [{ port: 1, source_ranges: [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"] }]\n",
+    )
+    .expect("valid");
+    let ranges = &model.ports().next().expect("port").settings.source_ranges;
+    let ip = |text: &str| text.parse::<std::net::IpAddr>().expect("ip");
+    assert!(ranges.contains(ip("10.1.2.3")));
+    assert!(
+        ranges.contains(ip("::ffff:10.1.2.3")),
+        "a v4 client on a dual-stack socket"
+    );
+    assert!(ranges.contains(ip("2001:db8::1")));
+    assert!(ranges.contains(ip("192.0.2.7")));
+    assert!(!ranges.contains(ip("192.0.2.8")));
+
+    let problems = problems_of(
+        "services:\n  - name: s\n    ports: [{ port: 1, source_ranges: [\"10.0.0.0/8\", \"nowhere\"] }]\n",
+        Path::new("/"),
+    )
+    .join("\n");
+    assert!(
+        problems.contains(
+            "services[0].ports[0].source_ranges[1]: `nowhere` is not an IP address or CIDR"
+        ),
+        "{problems}"
+    );
+}

@@ -1,4 +1,5 @@
 //! One accepted client connection, from the socket to the protocol handler the route names:
+//! the port's source ranges checked first (a client outside them is reset and counted), the
 //! TLS handshake (bounded by `tls_handshake`) where the port terminates TLS, then the TCP relay
 //! or the HTTP driver.
 
@@ -57,6 +58,14 @@ pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
+    let ranges = &route.port.settings.source_ranges;
+    if !ranges.is_empty() && !ranges.contains(peer.ip()) {
+        // Refused before a byte is read or a backend chosen; a reset tells the client at once.
+        route.metrics.refused_by_source.inc();
+        let _ = stream.set_zero_linger();
+        tracing::debug!(port = %route.port.key, client = %peer, "client outside the port's source ranges");
+        return;
+    }
     let _open = OpenConnection::new(&route);
     let local = match stream.local_addr() {
         Ok(local) => local,

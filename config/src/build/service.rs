@@ -110,7 +110,8 @@ struct PortContext<'a> {
 
 const PORT_FIELDS: &str =
     "name, port, protocol, backends, tls, proxy_protocol, backend_protocol, balancer, \
-                           affinity, timeouts, limits, retries, backoff, trusted_proxies";
+                           affinity, timeouts, limits, retries, backoff, trusted_proxies, \
+                           source_ranges";
 
 fn build_port(
     file: PortFile,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::file::PortSettingsFile;
 use crate::lenient::DurationText;
-use crate::model::{Backoff, Limits, PortSettings, Timeouts};
+use crate::model::{Backoff, Limits, Networks, PortSettings, Timeouts};
 use crate::problems::{FieldPath, Problems};
 
 use super::{lenient_ref, parse_net};
@@ -88,7 +88,8 @@ pub fn builtin_port_settings() -> PortSettings {
             initial: Duration::from_secs(2),
             max: Duration::from_secs(30),
         },
-        trusted_proxies: Vec::new(),
+        trusted_proxies: Networks::default(),
+        source_ranges: Networks::default(),
     }
 }
 
@@ -173,14 +174,32 @@ pub(super) fn apply_settings(
         }
     }
     if let Some(cidrs) = &file.trusted_proxies {
-        let tp = path.field("trusted_proxies");
-        out.trusted_proxies = cidrs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, text)| parse_net(text, &tp.index(i), p))
-            .collect();
+        out.trusted_proxies = networks(cidrs, &path.field("trusted_proxies"), p);
+    }
+    if let Some(cidrs) = &file.source_ranges {
+        out.source_ranges = networks(cidrs, &path.field("source_ranges"), p);
     }
     out
+}
+
+/// Most networks in one list: a list is matched per connection.
+const MAX_NETWORKS: usize = 4096;
+
+/// A list of CIDRs or addresses, each checked.
+fn networks(texts: &[String], path: &FieldPath, p: &mut Problems) -> Networks {
+    if texts.len() > MAX_NETWORKS {
+        p.push(
+            path,
+            format!("{} entries; at most {MAX_NETWORKS}", texts.len()),
+        );
+    }
+    Networks(
+        texts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| parse_net(text, &path.index(i), p))
+            .collect(),
+    )
 }
 
 /// Sets `slot` to `value` when it lies in `range`; otherwise reports why not.

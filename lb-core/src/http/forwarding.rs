@@ -48,15 +48,5 @@ pub fn forwarded<'a>(
 }
 
 fn is_trusted(route: &Route, ip: IpAddr) -> bool {
-    // A dual-stack listener sees IPv4 clients as mapped IPv6; the operator writes IPv4 CIDRs.
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    route
-        .port
-        .settings
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&ip))
+    route.port.settings.trusted_proxies.contains(ip)
 }

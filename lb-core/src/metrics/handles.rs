@@ -104,6 +104,8 @@ impl AffinityCounters {
 pub struct PortMetrics {
     /// Accepted connections.
     pub connections: IntCounter,
+    /// Connections closed at once: the client is outside the port's source ranges.
+    pub refused_by_source: IntCounter,
     /// Open connections.
     pub active: IntGauge,
     /// Completed TLS handshakes.
@@ -120,6 +122,7 @@ impl PortMetrics {
     pub fn new() -> Self {
         PortMetrics {
             connections: counter(),
+            refused_by_source: counter(),
             active: gauge(),
             tls_handshakes: counter(),
             tls_handshake_failures: counter(),

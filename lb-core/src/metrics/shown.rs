@@ -46,7 +46,7 @@ const PORT_LABELS: &[&str] = &["service", "port"];
 const BACKEND_LABELS: &[&str] = &["service", "port", "backend"];
 const PLUGIN_LABELS: &[&str] = &["plugin"];
 
-const PORT_FAMILIES: [Family; 6] = [
+const PORT_FAMILIES: [Family; 7] = [
     family("gantry_connections_total", "Client connections accepted.", COUNTER, &[]),
     family("gantry_connections_active", "Client connections open now.", GAUGE, &[]),
     family("gantry_tls_handshakes_total", "TLS handshakes completed.", COUNTER, &[]),
@@ -67,6 +67,12 @@ const PORT_FAMILIES: [Family; 6] = [
         "Session-affinity decisions: stuck to the remembered backend, new (nothing to stick to), or moved (the sticky backend was gone or unusable).",
         COUNTER,
         &["outcome"],
+    ),
+    family(
+        "gantry_connections_refused_total",
+        "Client connections closed on accept, by reason (source_range: the client is outside the port's source ranges).",
+        COUNTER,
+        &["reason"],
     ),
 ];
 
@@ -255,6 +261,10 @@ impl Collector for Shown {
             for (outcome, counter) in AffinityOutcome::ALL.iter().zip(&m.affinity.0) {
                 ports[5].add(&[l[0], l[1], ("outcome", outcome.label())], counter);
             }
+            ports[6].add(
+                &[l[0], l[1], ("reason", "source_range")],
+                &m.refused_by_source,
+            );
         }
         for ((service, port, backend), m) in lock(&self.backends).iter() {
             let l = [

@@ -13,6 +13,7 @@ mod policies;
 mod refused_reload;
 mod reload;
 mod sandbox;
+mod source_ranges;
 mod support;
 mod tcp_proxy;
 mod tls;
