@@ -47,7 +47,7 @@ pub(crate) mod v1 {
     };
     pub(crate) use balancer::{Balancer as BalancerWorld, BalancerPre};
     pub(crate) use health::{
-        Health as HealthWorld, HealthPre, HealthSettings, Outcome, ProbeKind, Verdict,
+        Health as HealthWorld, HealthPre, HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict,
     };
 }
 
@@ -95,7 +95,7 @@ pub(crate) mod v2 {
     };
     pub(crate) use balancer::{Balancer as BalancerWorld, BalancerPre};
     pub(crate) use health::exports::gantry::plugins::health_checks::{
-        HealthSettings, Outcome, ProbeKind, Verdict,
+        HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict,
     };
     pub(crate) use health::{Health as HealthWorld, HealthPre};
 }

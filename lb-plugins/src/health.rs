@@ -25,12 +25,13 @@ pub(crate) struct HealthKind;
 /// well-formed request line or header is refused (the host never writes what a plugin
 /// smuggled into them).
 macro_rules! health_settings {
-    ($version:ident, $settings:expr) => {{
+    ($version:ident, $settings:expr, $port:expr) => {{
         let wit: $version::HealthSettings = $settings;
         let visible = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
         let probe = match wit.probe {
             None => Ok(None),
             Some(plan) => {
+                let port: Option<u16> = $port(&plan);
                 let kind = match plan.kind {
                     $version::ProbeKind::TcpConnect => Ok(ProbeKind::TcpConnect),
                     $version::ProbeKind::Http(http) => {
@@ -55,6 +56,7 @@ macro_rules! health_settings {
                 kind.map(|kind| {
                     Some(ProbePlan {
                         kind,
+                        port: port.filter(|p| *p != 0),
                         // The contract's floor: a plugin cannot make the host probe in a
                         // busy loop.
                         interval: Duration::from_millis(u64::from(plan.interval_ms.max(100))),
@@ -77,11 +79,12 @@ impl Kind for HealthKind {
     type Settings = Result<HealthSettings, String>;
 
     fn from_v1(settings: v1::HealthSettings) -> Self::Settings {
-        health_settings!(v1, settings)
+        // 0.1.0 plans always probe the backend's own port.
+        health_settings!(v1, settings, |_: &v1::ProbePlan| None)
     }
 
     fn from_v2(settings: v2::HealthSettings) -> Self::Settings {
-        health_settings!(v2, settings)
+        health_settings!(v2, settings, |plan: &v2::ProbePlan| plan.port)
     }
 }
 

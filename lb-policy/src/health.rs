@@ -61,6 +61,8 @@ pub struct ProbePlan {
     pub interval: Duration,
     /// A probe not finished by then is `TimedOut`.
     pub timeout: Duration,
+    /// The port to probe on each backend's address; `None`: the backend's own.
+    pub port: Option<u16>,
 }
 
 /// What a health policy asks the host to do.

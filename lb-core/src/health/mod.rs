@@ -13,6 +13,7 @@
 
 pub mod probe;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -186,8 +187,12 @@ async fn probe_rounds(shared: Weak<Shared>, plan: ProbePlan) {
         let mut round = JoinSet::new();
         for state in backends.iter() {
             let (state, kind, timeout) = (state.clone(), plan.kind.clone(), plan.timeout);
+            // A backend whose health is told on another port is probed there.
+            let target = plan.port.map_or(state.address, |port| {
+                SocketAddr::new(state.address.ip(), port)
+            });
             round.spawn(async move {
-                let outcome = probe::probe(state.address, &kind, timeout).await;
+                let outcome = probe::probe(target, &kind, timeout).await;
                 (state, outcome)
             });
         }

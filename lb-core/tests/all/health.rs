@@ -220,3 +220,36 @@ async fn https_checks_speak_tls_to_the_backend() {
     gantry.shutdown(std::time::Duration::from_secs(1)).await;
     front.shutdown(std::time::Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_whose_health_is_told_on_another_port_is_probed_there() {
+    // As a Kubernetes node tells its health on kube-proxy's port, not on the NodePort: the
+    // backend serves on one port, a second server on the same address says whether it is fit.
+    let served = HttpOrigin::start("served", OriginProtocol::Http1).await;
+    let teller = HttpOrigin::start("teller", OriginProtocol::Http1).await;
+    let check = format!(
+        "[{{ policy: \"builtin:http-check\", params: {{ port: {}, path: /healthz, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1 }} }}]",
+        teller.addr.port()
+    );
+    let gantry = Scenario::new()
+        .port(
+            "s",
+            Port::http("web")
+                .backends(&[served.addr])
+                .set("health", &check),
+        )
+        .start()
+        .await;
+    teller.set_health(503);
+    eventually("the backend to be taken out by its teller", || async {
+        healthy(&gantry, "web", served.addr) == 0.0
+    })
+    .await;
+    served.set_health(503);
+    teller.set_health(200);
+    eventually("the backend to come back by its teller", || async {
+        healthy(&gantry, "web", served.addr) == 1.0
+    })
+    .await;
+    gantry.shutdown(std::time::Duration::from_secs(1)).await;
+}

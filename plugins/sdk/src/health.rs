@@ -106,14 +106,27 @@ impl Thresholds {
 }
 
 /// The probe schedule from `interval` (default 5s, 100ms to 1h) and `timeout` (default 2s,
-/// at most the interval).
+/// at most the interval), and the port to probe from `port` (1 to 65535; default: the
+/// backend's own).
 pub fn probe_plan(params: &Params, kind: ProbeKind) -> Result<ProbePlan, String> {
     let interval_ms = params.duration_ms_or("interval", 5_000, 100..=3_600_000)?;
     let timeout_ms = params.duration_ms_or("timeout", 2_000.min(interval_ms), 1..=interval_ms)?;
+    let port = match params.get("port") {
+        None => None,
+        Some(text) => match text.parse::<u16>() {
+            Ok(port) if port > 0 => Some(port),
+            _ => {
+                return Err(format!(
+                    "parameter `port`: `{text}` is not a port (1 to 65535)"
+                ))
+            }
+        },
+    };
     Ok(ProbePlan {
         kind,
         interval_ms,
         timeout_ms,
+        port,
     })
 }
 

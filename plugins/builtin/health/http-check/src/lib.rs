@@ -6,7 +6,8 @@
 //!
 //! Parameters: `path` (`/`), `host` (default: the backend's address), `tls` (false),
 //! `expected_statuses` (`200-399`; a list like `200,204,300-308`), `interval` (5s),
-//! `timeout` (2s), `healthy_threshold` (2), `unhealthy_threshold` (3).
+//! `timeout` (2s), `healthy_threshold` (2), `unhealthy_threshold` (3), `port` (default: the
+//! backend's own; probe another port, such as a Kubernetes node's health port).
 
 use gantry_plugin_sdk::health::{
     probe_plan, Health, HealthSettings, HttpProbe, Outcome, ProbeKind, Thresholds, Verdict,
@@ -26,6 +27,7 @@ impl Health for HttpCheck {
             "tls",
             "expected_statuses",
             "interval",
+            "port",
             "timeout",
             "healthy_threshold",
             "unhealthy_threshold",

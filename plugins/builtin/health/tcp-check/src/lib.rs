@@ -3,7 +3,7 @@
 //! `timeout`) take the backend out, `healthy_threshold` successes in a row bring it back.
 //!
 //! Parameters: `interval` (5s), `timeout` (2s), `healthy_threshold` (2),
-//! `unhealthy_threshold` (3).
+//! `unhealthy_threshold` (3), `port` (default: the backend's own).
 
 use gantry_plugin_sdk::health::{
     probe_plan, Health, HealthSettings, Outcome, ProbeKind, Thresholds, Verdict,
@@ -16,6 +16,7 @@ impl Health for TcpCheck {
     fn configure(params: &Params) -> Result<(Self, HealthSettings), String> {
         params.reject_unknown(&[
             "interval",
+            "port",
             "timeout",
             "healthy_threshold",
             "unhealthy_threshold",
