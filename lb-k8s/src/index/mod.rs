@@ -1,0 +1,229 @@
+//! The pure index of the Kubernetes source: plain objects in, services of the model out, no
+//! server, in the style of linkerd2's policy index. Watches call [`Index::apply_service`],
+//! [`Index::apply_slice`], [`Index::apply_node`] and the deletes; each returns which Services
+//! may have changed, and [`Index::translate`] says what one of them now asks of Gantry.
+
+pub mod endpoints;
+pub mod nodes;
+pub mod service;
+pub mod translate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use self::endpoints::SliceView;
+use self::nodes::NodeView;
+use self::service::{Role, ServiceView};
+use self::translate::{Inputs, Wanted};
+use crate::settings::{BackendMode, Settings};
+
+/// A namespaced object's identity: `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// `namespace/name`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ObjectKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The key of a Service; `None` when it lacks a namespace or a name.
+    pub fn of(service: &Service) -> Option<Self> {
+        Some(ObjectKey::new(
+            service.metadata.namespace.as_deref()?,
+            service.metadata.name.as_deref()?,
+        ))
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Service as the index keeps it.
+struct Entry {
+    role: Role,
+    view: ServiceView,
+    /// What is wrong with the object, with field paths.
+    problems: Vec<String>,
+}
+
+/// What the index says of one Service.
+#[derive(Debug)]
+pub enum Translation {
+    /// Not Gantry's (unknown, another type, another provider's class): nothing is served, and
+    /// whatever Gantry served for it before is cleaned up.
+    NotOurs,
+    /// Gantry's, but being deleted: clean up, then let it go.
+    Deleting,
+    /// Gantry's load balancer, but it has no address (none could be given): nothing is
+    /// served until it has one.
+    NoAddress,
+    /// Gantry's: serve this.
+    Serve {
+        /// The service and its port outcomes.
+        wanted: Wanted,
+        /// What is wrong with the object (each a Warning Event); the rest is served.
+        problems: Vec<String>,
+    },
+}
+
+/// Services, their EndpointSlices and the nodes, as last seen.
+#[derive(Default)]
+pub struct Index {
+    settings: Settings,
+    services: BTreeMap<ObjectKey, Entry>,
+    /// By Service, then by slice name.
+    slices: BTreeMap<ObjectKey, BTreeMap<String, SliceView>>,
+    nodes: BTreeMap<String, NodeView>,
+}
+
+impl Index {
+    /// An empty index working by `settings`.
+    pub fn new(settings: Settings) -> Self {
+        Index {
+            settings,
+            ..Index::default()
+        }
+    }
+
+    /// A Service was added or changed; returns its key (`None` for an object without one).
+    pub fn apply_service(&mut self, service: &Service) -> Option<ObjectKey> {
+        let key = ObjectKey::of(service)?;
+        let (view, problems) = service::read(service);
+        let entry = Entry {
+            role: service::role(service, &self.settings),
+            view,
+            problems,
+        };
+        self.services.insert(key.clone(), entry);
+        Some(key)
+    }
+
+    /// A Service is gone.
+    pub fn delete_service(&mut self, key: &ObjectKey) -> ObjectKey {
+        self.services.remove(key);
+        key.clone()
+    }
+
+    /// An EndpointSlice was added or changed; returns its Service's key.
+    pub fn apply_slice(&mut self, slice: &EndpointSlice) -> Option<ObjectKey> {
+        let (service, name) = endpoints::owner(slice)?;
+        let slices = self.slices.entry(service.clone()).or_default();
+        match endpoints::read(slice) {
+            Some(view) => slices.insert(name, view),
+            None => slices.remove(&name),
+        };
+        Some(service)
+    }
+
+    /// An EndpointSlice is gone; returns its Service's key.
+    pub fn delete_slice(&mut self, slice: &EndpointSlice) -> Option<ObjectKey> {
+        let (service, name) = endpoints::owner(slice)?;
+        if let Some(slices) = self.slices.get_mut(&service) {
+            slices.remove(&name);
+            if slices.is_empty() {
+                self.slices.remove(&service);
+            }
+        }
+        Some(service)
+    }
+
+    /// A Node was added or changed; returns the Services whose backends may follow it.
+    pub fn apply_node(&mut self, node: &Node) -> BTreeSet<ObjectKey> {
+        let Some(name) = node.metadata.name.clone() else {
+            return BTreeSet::new();
+        };
+        let view = nodes::read(node);
+        if self.nodes.get(&name) == Some(&view) {
+            return BTreeSet::new();
+        }
+        self.nodes.insert(name, view);
+        self.node_mode_services()
+    }
+
+    /// A Node is gone; returns the Services whose backends may follow it.
+    pub fn delete_node(&mut self, name: &str) -> BTreeSet<ObjectKey> {
+        if self.nodes.remove(name).is_none() {
+            return BTreeSet::new();
+        }
+        self.node_mode_services()
+    }
+
+    /// The load balancers that send traffic to nodes.
+    fn node_mode_services(&self) -> BTreeSet<ObjectKey> {
+        if self.settings.backend_mode != BackendMode::Nodes {
+            return BTreeSet::new();
+        }
+        self.services
+            .iter()
+            .filter(|(_, entry)| entry.role == Role::LoadBalancer)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// The Services Gantry has a role for.
+    pub fn ours(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.services
+            .iter()
+            .filter(|(_, entry)| entry.role != Role::None)
+            .map(|(key, _)| key)
+    }
+
+    /// What the Service `key` asks of Gantry, given the address allocated to it (needed by a
+    /// load balancer; a NodePort Service is served on the node-facing address).
+    pub fn translate(&self, key: &ObjectKey, allocated: Option<IpAddr>) -> Translation {
+        let Some(entry) = self.services.get(key) else {
+            return Translation::NotOurs;
+        };
+        let address = match entry.role {
+            Role::None => return Translation::NotOurs,
+            _ if entry.view.deleting => return Translation::Deleting,
+            Role::LoadBalancer => allocated,
+            Role::NodePort => self.settings.node_ports,
+        };
+        let Some(address) = address else {
+            return Translation::NoAddress;
+        };
+        let inputs = Inputs {
+            key,
+            role: entry.role,
+            view: &entry.view,
+            address,
+            mode: self.settings.backend_mode,
+            slices: self
+                .slices
+                .get(key)
+                .into_iter()
+                .flat_map(|s| s.values())
+                .collect(),
+            nodes: self.nodes.values().collect(),
+        };
+        Translation::Serve {
+            wanted: translate::translate(&inputs),
+            problems: entry.problems.clone(),
+        }
+    }
+
+    /// The Service `key` as last read, if Gantry knows it.
+    pub fn view(&self, key: &ObjectKey) -> Option<&ServiceView> {
+        self.services.get(key).map(|entry| &entry.view)
+    }
+}

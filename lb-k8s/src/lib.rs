@@ -1,0 +1,12 @@
+//! `lb-k8s`: the Kubernetes source of Gantry's model.
+//!
+//! Watches become updates of a pure [`index`]: plain Kubernetes objects in, services of the
+//! model out (as `lb_config::file::ServiceFile` specs, checked by the same `ModelBuilder` as
+//! the file), so the index is tested with plain objects and no server. What it does follows
+//! the rules in `docs/dev/kubernetes-semantics.md`.
+
+pub mod index;
+pub mod settings;
+
+pub use index::{Index, ObjectKey, Translation};
+pub use settings::{BackendMode, Settings};
