@@ -389,6 +389,46 @@ pub struct PortSettings {
     pub source_ranges: Networks,
 }
 
+/// A range of addresses of one family, first to last inclusive: what a CIDR or an
+/// `a.b.c.d-e.f.g.h` range in an address pool stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct AddressRange {
+    /// The first address.
+    pub first: IpAddr,
+    /// The last address.
+    pub last: IpAddr,
+}
+
+impl AddressRange {
+    /// Every address of `net`, except an IPv4 network's own address and broadcast address
+    /// when it has more than two (they are no host's).
+    pub fn of_net(net: IpNet) -> Self {
+        match net {
+            IpNet::V4(v4) if v4.prefix_len() < 31 => {
+                let first = u32::from(v4.network()) + 1;
+                let last = u32::from(v4.broadcast()) - 1;
+                AddressRange {
+                    first: IpAddr::from(first.to_be_bytes()),
+                    last: IpAddr::from(last.to_be_bytes()),
+                }
+            }
+            net => AddressRange {
+                first: net.network(),
+                last: net.broadcast(),
+            },
+        }
+    }
+
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.first, self.last, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b), IpAddr::V4(x)) => a <= x && x <= b,
+            (IpAddr::V6(a), IpAddr::V6(b), IpAddr::V6(x)) => a <= x && x <= b,
+            _ => false,
+        }
+    }
+}
+
 /// Networks an address is matched against. A dual-stack listener sees IPv4 clients as
 /// IPv4-mapped IPv6 addresses; they match as the IPv4 addresses they are.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -5,6 +5,7 @@
 //! the file), so the index is tested with plain objects and no server. What it does follows
 //! the rules in `docs/dev/kubernetes-semantics.md`.
 
+pub mod addresses;
 pub mod index;
 pub mod settings;
 

@@ -1,0 +1,290 @@
+//! Load-balancer addresses: which Service holds which address of the configured pools.
+//!
+//! A Service keeps the address it holds for as long as it asks for nothing else, and after a
+//! restart it is given back the address its status shows ([`Addresses::adopt`], called for
+//! every Service before any new address is handed out), so addresses never churn. A Service
+//! may ask for one address itself (`spec.loadBalancerIP` or an annotation); two Services share
+//! one only when both carry the same sharing key and their ports do not collide. A request
+//! that cannot be met is an error the caller reports on the Service: it is never solved by
+//! taking another Service's address or by handing out a different one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use lb_config::AddressRange;
+
+use crate::index::endpoints::Family;
+use crate::index::ObjectKey;
+
+/// A named pool of addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Its name, for requests and metrics.
+    pub name: String,
+    /// Its addresses, in the order they are handed out.
+    pub ranges: Vec<AddressRange>,
+}
+
+impl Pool {
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.ranges.iter().any(|range| range.contains(ip))
+    }
+}
+
+/// A (port, protocol) a Service listens on: what must not collide on a shared address.
+pub type Listen = (u16, String);
+
+/// What a Service asks of the addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    /// This address and no other.
+    pub address: Option<IpAddr>,
+    /// From this pool (by name); any pool of the family otherwise.
+    pub pool: Option<String>,
+    /// The family wanted when no address is named.
+    pub family: Option<Family>,
+    /// Services with the same key may share an address.
+    pub sharing_key: Option<String>,
+    /// What it listens on.
+    pub ports: Vec<Listen>,
+}
+
+/// Why a Service has no address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The address asked for is in no pool.
+    NotInPool(IpAddr),
+    /// The address asked for is another Service's, and they may not share it.
+    Taken {
+        /// The address.
+        address: IpAddr,
+        /// Who holds it.
+        by: ObjectKey,
+    },
+    /// The pool named does not exist.
+    UnknownPool(String),
+    /// No free address of the family is left in the pools it may take from.
+    Exhausted,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NotInPool(ip) => write!(f, "address {ip} is in no address pool of Gantry's"),
+            Refusal::Taken { address, by } => write!(
+                f,
+                "address {address} is held by Service {by}; sharing needs the same sharing key on both and no common port"
+            ),
+            Refusal::UnknownPool(pool) => write!(f, "no address pool named `{pool}`"),
+            Refusal::Exhausted => f.write_str("no free address left in the address pools"),
+        }
+    }
+}
+
+impl Refusal {
+    /// The `reason` of the Event and the condition that report it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::NotInPool(_) => "AddressNotInPool",
+            Refusal::Taken { .. } => "AddressInUse",
+            Refusal::UnknownPool(_) => "UnknownAddressPool",
+            Refusal::Exhausted => "AddressPoolExhausted",
+        }
+    }
+}
+
+/// One Service's hold on an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Hold {
+    address: IpAddr,
+    sharing_key: Option<String>,
+    ports: Vec<Listen>,
+}
+
+/// The pools and who holds what.
+#[derive(Debug, Default)]
+pub struct Addresses {
+    pools: Vec<Pool>,
+    holds: BTreeMap<ObjectKey, Hold>,
+}
+
+impl Addresses {
+    /// Nothing handed out yet.
+    pub fn new(pools: Vec<Pool>) -> Self {
+        Addresses {
+            pools,
+            holds: BTreeMap::new(),
+        }
+    }
+
+    /// Gives `key` back the address its status shows, when it is in a pool and its holders
+    /// may share it. Called for every known Service before [`Addresses::assign`] hands out
+    /// new addresses, so a restart changes no Service's address.
+    pub fn adopt(&mut self, key: &ObjectKey, shown: IpAddr, request: &Request) -> bool {
+        if !self.pools.iter().any(|p| p.contains(shown))
+            || self.conflict(key, shown, request).is_some()
+        {
+            return false;
+        }
+        self.hold(key, shown, request);
+        true
+    }
+
+    /// The address of `key` for `request`: the one it holds while that still meets the
+    /// request, else the one asked for, else the first free one of the pools it may use.
+    pub fn assign(&mut self, key: &ObjectKey, request: &Request) -> Result<IpAddr, Refusal> {
+        if let Some(held) = self.holds.get(key).map(|h| h.address) {
+            if self.meets(held, request) && self.conflict(key, held, request).is_none() {
+                self.hold(key, held, request);
+                return Ok(held);
+            }
+        }
+        let address = match request.address {
+            Some(address) => {
+                if !self.pools.iter().any(|p| p.contains(address)) {
+                    return Err(Refusal::NotInPool(address));
+                }
+                if let Some(by) = self.conflict(key, address, request) {
+                    return Err(Refusal::Taken { address, by });
+                }
+                address
+            }
+            None => self.free(key, request)?,
+        };
+        self.hold(key, address, request);
+        Ok(address)
+    }
+
+    /// `key` no longer holds an address.
+    pub fn release(&mut self, key: &ObjectKey) {
+        self.holds.remove(key);
+    }
+
+    /// The address `key` holds.
+    pub fn held(&self, key: &ObjectKey) -> Option<IpAddr> {
+        self.holds.get(key).map(|h| h.address)
+    }
+
+    /// Addresses in use in each pool, by pool name.
+    pub fn in_use(&self) -> BTreeMap<&str, usize> {
+        let addresses: BTreeSet<IpAddr> = self.holds.values().map(|h| h.address).collect();
+        self.pools
+            .iter()
+            .map(|pool| {
+                let used = addresses.iter().filter(|ip| pool.contains(**ip)).count();
+                (pool.name.as_str(), used)
+            })
+            .collect()
+    }
+
+    fn hold(&mut self, key: &ObjectKey, address: IpAddr, request: &Request) {
+        self.holds.insert(
+            key.clone(),
+            Hold {
+                address,
+                sharing_key: request.sharing_key.clone(),
+                ports: request.ports.clone(),
+            },
+        );
+    }
+
+    /// Whether `address` is what `request` asks for.
+    fn meets(&self, address: IpAddr, request: &Request) -> bool {
+        match (request.address, &request.pool, request.family) {
+            (Some(wanted), _, _) => wanted == address,
+            (None, Some(pool), _) => self
+                .pools
+                .iter()
+                .any(|p| &p.name == pool && p.contains(address)),
+            (None, None, Some(family)) => Family::of(address) == family,
+            (None, None, None) => true,
+        }
+    }
+
+    /// Another Service holding `address` that `key` may not share it with.
+    fn conflict(&self, key: &ObjectKey, address: IpAddr, request: &Request) -> Option<ObjectKey> {
+        self.holds
+            .iter()
+            .filter(|(other, hold)| *other != key && hold.address == address)
+            .find(|(_, hold)| {
+                let same_key =
+                    request.sharing_key.is_some() && hold.sharing_key == request.sharing_key;
+                let collide = hold.ports.iter().any(|p| request.ports.contains(p));
+                !same_key || collide
+            })
+            .map(|(other, _)| other.clone())
+    }
+
+    /// The first address of the pools `request` may use that nobody holds, or that a Service
+    /// it may share with holds.
+    fn free(&self, key: &ObjectKey, request: &Request) -> Result<IpAddr, Refusal> {
+        let pools: Vec<&Pool> = match &request.pool {
+            Some(name) => vec![self
+                .pools
+                .iter()
+                .find(|p| &p.name == name)
+                .ok_or_else(|| Refusal::UnknownPool(name.clone()))?],
+            None => self.pools.iter().collect(),
+        };
+        let family = request.family.unwrap_or(Family::V4);
+        // Sharing first: an address a Service with the same key already holds.
+        if request.sharing_key.is_some() {
+            let shared = self.holds.values().map(|h| h.address).find(|ip| {
+                Family::of(*ip) == family
+                    && pools.iter().any(|p| p.contains(*ip))
+                    && self.conflict(key, *ip, request).is_none()
+            });
+            if let Some(address) = shared {
+                return Ok(address);
+            }
+        }
+        let taken: BTreeSet<IpAddr> = self
+            .holds
+            .iter()
+            .filter(|(other, _)| *other != key)
+            .map(|(_, h)| h.address)
+            .collect();
+        for range in pools.iter().flat_map(|p| p.ranges.iter()) {
+            if Family::of(range.first) != family {
+                continue;
+            }
+            if let Some(ip) = first_free(range, &taken) {
+                return Ok(ip);
+            }
+        }
+        Err(Refusal::Exhausted)
+    }
+}
+
+/// The first address of `range` not in `taken`. Walks past taken addresses only, so a huge
+/// IPv6 range costs as little as a small one.
+fn first_free(range: &AddressRange, taken: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+    let (first, last) = (as_u128(range.first), as_u128(range.last));
+    let mut candidate = first;
+    while candidate <= last {
+        let ip = from_u128(candidate, range.first);
+        if !taken.contains(&ip) {
+            return Some(ip);
+        }
+        candidate = candidate.checked_add(1)?;
+    }
+    None
+}
+
+fn as_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn from_u128(value: u128, like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::from(u32::try_from(value).unwrap_or(u32::MAX).to_be_bytes()),
+        IpAddr::V6(_) => IpAddr::from(value.to_be_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
