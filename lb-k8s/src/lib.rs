@@ -6,8 +6,11 @@
 //! the rules in `docs/dev/kubernetes-semantics.md`.
 
 pub mod addresses;
+pub mod client;
 pub mod index;
 pub mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use index::{Index, ObjectKey, Translation};
 pub use settings::{BackendMode, Settings};
