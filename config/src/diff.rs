@@ -45,6 +45,12 @@ pub enum Change {
     /// The sandbox limits of plugins changed (deadlines and quarantine apply at once; the
     /// memory cap at the next start).
     PluginLimitsChanged,
+    /// The `kubernetes:` section changed (or appeared, or went): the Kubernetes source
+    /// restarts with it.
+    KubernetesChanged,
+    /// Only where a service came from changed (a newer version of its Kubernetes object that
+    /// asks for nothing different): nothing to rebuild, the model is kept.
+    SourceChanged(String),
 }
 
 impl Change {
@@ -58,6 +64,8 @@ impl Change {
             Change::AdminChanged { .. } => "admin_changed",
             Change::RuntimeChanged(_) => "runtime_changed",
             Change::PluginLimitsChanged => "plugin_limits_changed",
+            Change::KubernetesChanged => "kubernetes_changed",
+            Change::SourceChanged(_) => "source_changed",
         }
     }
 }
@@ -74,7 +82,8 @@ impl fmt::Display for Change {
             Change::PortChanged { key, what } => write!(f, "{} {key} ({what})", self.kind()),
             Change::AdminChanged { from, to } => write!(f, "{} {from} -> {to}", self.kind()),
             Change::RuntimeChanged(what) => write!(f, "{} ({what})", self.kind()),
-            Change::PluginLimitsChanged => f.write_str(self.kind()),
+            Change::PluginLimitsChanged | Change::KubernetesChanged => f.write_str(self.kind()),
+            Change::SourceChanged(service) => write!(f, "{} {service}", self.kind()),
         }
     }
 }
@@ -238,6 +247,18 @@ pub fn diff(old: &Model, new: &Model) -> Vec<Change> {
     }
     if old.plugin_limits != new.plugin_limits {
         changes.push(Change::PluginLimitsChanged);
+    }
+    if old.kubernetes != new.kubernetes {
+        changes.push(Change::KubernetesChanged);
+    }
+    for (name, service) in &new.services {
+        if old
+            .services
+            .get(name)
+            .is_some_and(|o| o.source != service.source)
+        {
+            changes.push(Change::SourceChanged(name.clone()));
+        }
     }
     let keys: BTreeSet<&ListenerKey> = old.ports().chain(new.ports()).map(|p| &p.key).collect();
     for key in keys {

@@ -32,6 +32,49 @@ pub struct FileConfig {
     /// The services Gantry exposes.
     #[serde(default)]
     pub services: Vec<Lenient<ServiceFile>>,
+    /// The Kubernetes source: serve a cluster's LoadBalancer (and NodePort) Services. Without
+    /// this section nothing about Kubernetes runs.
+    pub kubernetes: Option<Lenient<KubernetesFile>>,
+}
+
+/// `kubernetes:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesFile {
+    /// The kubeconfig file to reach the cluster with (its token, client certificate or exec
+    /// plugin, and its CA). Default: the credentials of the pod Gantry runs in.
+    pub kubeconfig: Option<String>,
+    /// The kubeconfig context to use. Default: its current context.
+    pub context: Option<String>,
+    /// The `spec.loadBalancerClass` Gantry answers to. Default `gantry.io/lb`.
+    pub load_balancer_class: Option<String>,
+    /// Also take LoadBalancer Services that name no class: Gantry is then the cluster's
+    /// default load-balancer provider (no other may be). Default `false`.
+    pub default_provider: Option<bool>,
+    /// Where a LoadBalancer Service's traffic goes unless its annotation says otherwise:
+    /// `pods` (straight to the endpoints, default) or `nodes` (every eligible node's
+    /// `nodePort`).
+    pub backends: Option<String>,
+    /// The address NodePort Services are served on, at their `nodePort`. Default: NodePort
+    /// Services are not served.
+    pub node_port_address: Option<String>,
+    /// Addresses handed to LoadBalancer Services, in order. At most 64 pools.
+    #[serde(default)]
+    pub address_pools: Vec<Lenient<AddressPoolFile>>,
+    /// The name Gantry reports Events under (`reportingInstance`). Default: the host name.
+    pub instance: Option<String>,
+}
+
+/// One address pool.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressPoolFile {
+    /// Its name (a DNS label), as the pool annotation and the metrics name it. Required.
+    pub name: Option<String>,
+    /// CIDRs (`192.0.2.0/28`, `2001:db8::/120`), ranges (`192.0.2.10-192.0.2.20`) or single
+    /// addresses. At least one; at most 256.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// `admin:`

@@ -18,8 +18,9 @@ mod problems;
 use std::path::{Path, PathBuf};
 
 pub use build::{
-    builtin_port_settings, ModelBuilder, BUILTIN_AFFINITIES, BUILTIN_BALANCERS, BUILTIN_HEALTH,
-    DEFAULT_ADMIN_LISTEN, DEFAULT_AFFINITY_ENTRIES, DEFAULT_BALANCER, MAX_WEIGHT,
+    builtin_port_settings, parse_range, ModelBuilder, BUILTIN_AFFINITIES, BUILTIN_BALANCERS,
+    BUILTIN_HEALTH, DEFAULT_ADMIN_LISTEN, DEFAULT_AFFINITY_ENTRIES, DEFAULT_BALANCER,
+    DEFAULT_LOAD_BALANCER_CLASS, MAX_POOLS, MAX_POOL_ENTRIES, MAX_WEIGHT,
 };
 pub use diff::{diff, Change, PortAspect, PortAspects, RuntimeAspect, RuntimeAspects};
 pub use lenient::{DurationText, Lenient};

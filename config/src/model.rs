@@ -29,6 +29,8 @@ pub struct Model {
     pub plugin_limits: PluginLimits,
     /// Services by name.
     pub services: BTreeMap<String, Service>,
+    /// The Kubernetes source, when configured.
+    pub kubernetes: Option<Kubernetes>,
 }
 
 impl Model {
@@ -129,6 +131,87 @@ pub struct Service {
     pub address: IpAddr,
     /// Ports by name.
     pub ports: BTreeMap<String, Port>,
+    /// Where it came from.
+    pub source: ServiceSource,
+}
+
+/// Where a service came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceSource {
+    /// The configuration file.
+    #[default]
+    File,
+    /// A Kubernetes object.
+    Kubernetes(ObjectSource),
+}
+
+/// The Kubernetes object a service was built from, as last read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ObjectSource {
+    /// `Service`.
+    pub kind: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+    /// The resourceVersion it was read at.
+    pub resource_version: String,
+}
+
+/// The `kubernetes:` section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Kubernetes {
+    /// How to reach the cluster.
+    pub credentials: KubeCredentials,
+    /// The `spec.loadBalancerClass` Gantry answers to.
+    pub load_balancer_class: String,
+    /// Also take LoadBalancer Services that name no class.
+    pub default_provider: bool,
+    /// Where LoadBalancer Services' traffic goes by default.
+    pub backends: KubeBackends,
+    /// Where NodePort Services are served; `None`: they are not.
+    pub node_port_address: Option<IpAddr>,
+    /// Address pools, in order.
+    pub address_pools: Vec<AddressPool>,
+    /// The name Events are reported under.
+    pub instance: String,
+}
+
+/// How Gantry reaches the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KubeCredentials {
+    /// A kubeconfig file and an optional context.
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// The context; its current one when `None`.
+        context: Option<String>,
+    },
+    /// The service account of the pod Gantry runs in.
+    InCluster,
+}
+
+/// Where a LoadBalancer Service's traffic goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KubeBackends {
+    /// The Service's endpoints.
+    Pods,
+    /// Every eligible node's `nodePort`.
+    Nodes,
+}
+
+/// A named pool of load-balancer addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AddressPool {
+    /// Its name.
+    pub name: String,
+    /// Its addresses.
+    pub ranges: Vec<AddressRange>,
 }
 
 /// Identity of a listener across reloads: a reload that keeps the key and the bind address
@@ -417,6 +500,14 @@ impl AddressRange {
                 last: net.broadcast(),
             },
         }
+    }
+
+    /// Whether the two ranges share an address.
+    pub fn overlaps(&self, other: &AddressRange) -> bool {
+        self.contains(other.first)
+            || self.contains(other.last)
+            || other.contains(self.first)
+            || other.contains(self.last)
     }
 
     /// Whether `ip` is in the range.

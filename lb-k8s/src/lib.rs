@@ -7,8 +7,11 @@
 
 pub mod addresses;
 pub mod client;
+pub mod controller;
 pub mod index;
+pub mod plane;
 pub mod settings;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -1,21 +1,15 @@
 //! How the Kubernetes source works: which Services are Gantry's, where their backends are,
-//! and where NodePort Services are served. (The address pools are the allocator's.)
+//! and where NodePort Services are served, from the `kubernetes:` section of the model.
 
 use std::net::IpAddr;
 
+pub use lb_config::KubeBackends as BackendMode;
+use lb_config::{Kubernetes, DEFAULT_LOAD_BALANCER_CLASS};
+
 /// The class Gantry answers to when none is configured.
-pub const DEFAULT_CLASS: &str = "gantry.io/lb";
+pub const DEFAULT_CLASS: &str = DEFAULT_LOAD_BALANCER_CLASS;
 
-/// Where a LoadBalancer Service's traffic goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendMode {
-    /// Straight to the Service's pods, from its EndpointSlices.
-    Pods,
-    /// To every eligible node's `nodePort`, kube-proxy forwarding on.
-    Nodes,
-}
-
-/// The Kubernetes source's settings.
+/// What the index needs of the source's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// The `spec.loadBalancerClass` Gantry answers to.
@@ -37,6 +31,18 @@ impl Default for Settings {
             default_class: false,
             backend_mode: BackendMode::Pods,
             node_ports: None,
+        }
+    }
+}
+
+impl Settings {
+    /// The settings of the `kubernetes:` section.
+    pub fn of(section: &Kubernetes) -> Self {
+        Settings {
+            class: section.load_balancer_class.clone(),
+            default_class: section.default_provider,
+            backend_mode: section.backends,
+            node_ports: section.node_port_address,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Conflicts between services, whatever source each came from: a service name used twice, and
 //! two ports (or a port and the admin listener) on one address. A clash between sources is
-//! reported like any other, with both origins; neither silently wins.
+//! reported like any other, with both origins; neither silently wins: the one added first
+//! keeps its name and ports, the later one is reported.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,49 +9,105 @@ use std::net::SocketAddr;
 use crate::model::{Admin, Service};
 use crate::problems::{FieldPath, Problems};
 
-/// The services whose names were not taken by an earlier one; the others are reported.
-pub(super) fn without_duplicate_names(
-    services: Vec<(FieldPath, Service)>,
-    p: &mut Problems,
-) -> Vec<(FieldPath, Service)> {
-    let mut first_seen: HashMap<String, FieldPath> = HashMap::new();
-    let mut kept = Vec::with_capacity(services.len());
-    for (origin, service) in services {
-        if let Some(first) = first_seen.get(&service.name) {
+/// What the services added so far hold: their names, and the addresses and ports they bind
+/// (by port number, so a lookup is cheap with thousands of services).
+pub(super) struct Taken {
+    names: HashMap<String, FieldPath>,
+    binds: HashMap<u16, Vec<(SocketAddr, String)>>,
+}
+
+impl Taken {
+    /// Nothing but the admin listener.
+    pub(super) fn new(admin: &Admin) -> Self {
+        let mut taken = Taken {
+            names: HashMap::new(),
+            binds: HashMap::new(),
+        };
+        taken.bind(admin.listen, "admin.listen".into());
+        taken
+    }
+
+    fn bind(&mut self, addr: SocketAddr, by: String) {
+        self.binds.entry(addr.port()).or_default().push((addr, by));
+    }
+
+    /// Who holds an address and port overlapping `addr`. Port 0 (any free port) never clashes.
+    fn holder(&self, addr: SocketAddr) -> Option<&str> {
+        if addr.port() == 0 {
+            return None;
+        }
+        self.binds
+            .get(&addr.port())?
+            .iter()
+            .find(|(held, _)| {
+                held.ip() == addr.ip() || held.ip().is_unspecified() || addr.ip().is_unspecified()
+            })
+            .map(|(_, by)| by.as_str())
+    }
+
+    /// Everything of `service` that clashes with what is held, under `origin`.
+    pub(super) fn clashes(&self, origin: &FieldPath, service: &Service) -> Problems {
+        let mut p = Problems::default();
+        if let Some(first) = self.names.get(&service.name) {
             p.push(
                 &origin.field("name"),
                 format!("duplicate service name `{}` (also {first})", service.name),
             );
-            continue;
         }
-        first_seen.insert(service.name.clone(), origin.clone());
-        kept.push((origin, service));
-    }
-    kept
-}
-
-/// Two ports cannot listen on the same address and port, and a wildcard address (`0.0.0.0`,
-/// `::`) takes the port on every address. Port 0 (any free port) never conflicts.
-pub(super) fn check_binds(admin: &Admin, services: &[(FieldPath, Service)], p: &mut Problems) {
-    let mut taken: Vec<(SocketAddr, String)> = vec![(admin.listen, "admin.listen".into())];
-    for (origin, service) in services {
         for port in service.ports.values() {
-            if port.bind.port() == 0 {
-                continue;
-            }
-            let here = format!("{origin} port `{}`", port.key.port);
-            if let Some((_, other)) = taken.iter().find(|(addr, _)| overlaps(*addr, port.bind)) {
+            if let Some(other) = self.holder(port.bind) {
                 p.push(
                     &origin.field("ports"),
-                    format!("{} ({here}) is already used by {other}", port.bind),
+                    format!(
+                        "{} ({origin} port `{}`) is already used by {other}",
+                        port.bind, port.key.port
+                    ),
                 );
-            } else {
-                taken.push((port.bind, here));
             }
         }
+        p
+    }
+
+    /// Takes `service`'s name and every address and port of it that is still free; reports
+    /// the rest. Returns whether its name was free.
+    pub(super) fn claim(
+        &mut self,
+        origin: &FieldPath,
+        service: &Service,
+        p: &mut Problems,
+    ) -> bool {
+        if let Some(first) = self.names.get(&service.name) {
+            p.push(
+                &origin.field("name"),
+                format!("duplicate service name `{}` (also {first})", service.name),
+            );
+            return false;
+        }
+        self.names.insert(service.name.clone(), origin.clone());
+        for port in service.ports.values() {
+            let here = format!("{origin} port `{}`", port.key.port);
+            match self.holder(port.bind) {
+                Some(other) => p.push(
+                    &origin.field("ports"),
+                    format!("{} ({here}) is already used by {other}", port.bind),
+                ),
+                None if port.bind.port() == 0 => {}
+                None => self.bind(port.bind, here),
+            }
+        }
+        true
     }
 }
 
-fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+/// The services whose names were not taken by an earlier one; every clash is reported.
+pub(super) fn check_services(
+    admin: &Admin,
+    services: Vec<(FieldPath, Service)>,
+    p: &mut Problems,
+) -> Vec<(FieldPath, Service)> {
+    let mut taken = Taken::new(admin);
+    services
+        .into_iter()
+        .filter(|(origin, service)| taken.claim(origin, service, p))
+        .collect()
 }

@@ -9,6 +9,7 @@
 
 mod backends;
 mod conflicts;
+mod kubernetes;
 mod policy;
 mod runtime;
 mod service;
@@ -23,9 +24,12 @@ use ipnet::IpNet;
 
 use crate::file::{FileConfig, ServiceFile};
 use crate::lenient::Lenient;
-use crate::model::{Admin, Model, PluginLimits, PortSettings, Runtime, Service};
+use crate::model::{
+    Admin, Kubernetes, Model, PluginLimits, PortSettings, Runtime, Service, ServiceSource,
+};
 use crate::problems::{FieldPath, Problems};
 
+pub use kubernetes::{parse_range, DEFAULT_LOAD_BALANCER_CLASS, MAX_POOLS, MAX_POOL_ENTRIES};
 pub use policy::{
     BUILTIN_AFFINITIES, BUILTIN_BALANCERS, BUILTIN_HEALTH, DEFAULT_AFFINITY_ENTRIES,
     DEFAULT_BALANCER,
@@ -35,13 +39,17 @@ pub use settings::{builtin_port_settings, MAX_WEIGHT};
 
 use policy::Plugins;
 
-/// Builds a [`Model`] from the appliance's settings and services from any source.
+/// Builds a [`Model`] from the appliance's settings and services from any source. A builder
+/// holding the file's sections and services is kept as the starting point another source's
+/// services are added to (it is cloned for each new model).
+#[derive(Clone)]
 pub struct ModelBuilder {
     admin: Admin,
     runtime: Runtime,
     plugin_limits: PluginLimits,
     defaults: PortSettings,
     plugins: Plugins,
+    kubernetes: Option<Kubernetes>,
     base_dir: PathBuf,
     /// Accepted services, in the order they were added, with where each came from.
     services: Vec<(FieldPath, Service)>,
@@ -84,12 +92,19 @@ impl ModelBuilder {
             &limits_path,
             &mut problems,
         );
+        let kubernetes = kubernetes::build_kubernetes(
+            file.kubernetes,
+            base_dir,
+            &root.field("kubernetes"),
+            &mut problems,
+        );
         let mut builder = ModelBuilder {
             admin,
             runtime,
             plugin_limits,
             defaults,
             plugins,
+            kubernetes,
             base_dir: base_dir.to_owned(),
             services: Vec::new(),
             problems,
@@ -150,6 +165,48 @@ impl ModelBuilder {
         self.services.push((origin, service));
     }
 
+    /// Adds services of another source, each given as alternatives tried in order (say its
+    /// wanted configuration, then its last good one): the first that clashes with nothing
+    /// added before it is added. Returns, for each candidate, the index of the alternative
+    /// added, or every clash of its first alternative.
+    pub fn admit(
+        &mut self,
+        candidates: Vec<(FieldPath, Vec<Service>)>,
+    ) -> Vec<Result<usize, Problems>> {
+        let mut taken = conflicts::Taken::new(&self.admin);
+        let mut ignored = Problems::default();
+        for (origin, service) in &self.services {
+            taken.claim(origin, service, &mut ignored);
+        }
+        let mut outcomes = Vec::with_capacity(candidates.len());
+        for (origin, alternatives) in candidates {
+            let mut first_clashes = None;
+            let mut admitted = None;
+            for (i, service) in alternatives.into_iter().enumerate() {
+                let clashes = taken.clashes(&origin, &service);
+                if clashes.is_empty() {
+                    taken.claim(&origin, &service, &mut ignored);
+                    self.services.push((origin.clone(), service));
+                    admitted = Some(i);
+                    break;
+                }
+                first_clashes.get_or_insert(clashes);
+            }
+            outcomes.push(admitted.ok_or_else(|| first_clashes.unwrap_or_default()));
+        }
+        outcomes
+    }
+
+    /// The `kubernetes:` section, when there is one.
+    pub fn kubernetes(&self) -> Option<&Kubernetes> {
+        self.kubernetes.as_ref()
+    }
+
+    /// Every problem found so far (in the sections and the services added).
+    pub fn problems(&self) -> &Problems {
+        &self.problems
+    }
+
     /// The model, or every problem found: in the sections, in each service, and between
     /// services (a name used twice, a port bound twice).
     pub fn finish(self) -> Result<Model, Problems> {
@@ -158,11 +215,22 @@ impl ModelBuilder {
             runtime,
             plugin_limits,
             services,
+            kubernetes,
             mut problems,
             ..
         } = self;
-        let services = conflicts::without_duplicate_names(services, &mut problems);
-        conflicts::check_binds(&admin, &services, &mut problems);
+        let services = conflicts::check_services(&admin, services, &mut problems);
+        if let Some(kubernetes) = &kubernetes {
+            let statics = services
+                .iter()
+                .filter(|(_, service)| service.source == ServiceSource::File)
+                .map(|(origin, service)| (origin.field("address"), service.address));
+            let admin_ip = (
+                FieldPath::root().field("admin").field("listen"),
+                admin.listen.ip(),
+            );
+            kubernetes::check_outside_pools(kubernetes, statics.chain([admin_ip]), &mut problems);
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -174,6 +242,7 @@ impl ModelBuilder {
                 .into_iter()
                 .map(|(_, service)| (service.name.clone(), service))
                 .collect::<BTreeMap<_, _>>(),
+            kubernetes,
         })
     }
 }

@@ -40,6 +40,7 @@ pub const DEFAULT_AFFINITY_ENTRIES: u32 = 1 << 18;
 
 /// User plugins by name; `declared` also holds the names whose file failed to load, so a port
 /// naming one is not reported a second time.
+#[derive(Clone)]
 pub(super) struct Plugins {
     loaded: BTreeMap<String, Arc<PluginBinary>>,
     declared: BTreeSet<String>,

@@ -8,7 +8,8 @@ use std::path::Path;
 use crate::file::{BackendProtocolFile, PortFile, ProtocolFile, ProxyProtocolFile, ServiceFile};
 use crate::lenient::Lenient;
 use crate::model::{
-    BackendProtocol, FieldOrigin, ListenerKey, Port, PortSettings, Protocol, ProxyProtocol, Service,
+    BackendProtocol, FieldOrigin, ListenerKey, Port, PortSettings, Protocol, ProxyProtocol,
+    Service, ServiceSource,
 };
 use crate::problems::{FieldPath, Problems};
 
@@ -97,6 +98,7 @@ pub(super) fn build_service(
         name: name?,
         address: address?,
         ports,
+        source: ServiceSource::File,
     })
 }
 

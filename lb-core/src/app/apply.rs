@@ -206,6 +206,10 @@ impl Gantry {
                     plan.plugin_limits = true;
                     plan.plugins_in_use = true;
                 }
+                // Storing the new model is all these take: the Kubernetes source follows its
+                // section of the model (it restarts when it changes), and a service's source
+                // is shown by the admin endpoint.
+                Change::KubernetesChanged | Change::SourceChanged(_) => {}
             }
         }
         Ok(plan)

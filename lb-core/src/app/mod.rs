@@ -74,6 +74,7 @@ impl Gantry {
             runtime: model.runtime.clone(),
             plugin_limits: model.plugin_limits,
             services: BTreeMap::new(),
+            kubernetes: None,
         };
         let gantry = Gantry {
             inner: Arc::new(Inner {

@@ -3,8 +3,10 @@
 //! [`Index::apply_slice`], [`Index::apply_node`] and the deletes; each returns which Services
 //! may have changed, and [`Index::translate`] says what one of them now asks of Gantry.
 
+pub mod annotations;
 pub mod endpoints;
 pub mod nodes;
+pub mod secrets;
 pub mod service;
 pub mod translate;
 
@@ -15,11 +17,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use self::endpoints::SliceView;
 use self::nodes::NodeView;
+use self::secrets::SecretView;
 use self::service::{Role, ServiceView};
 use self::translate::{Inputs, Wanted};
 use crate::settings::{BackendMode, Settings};
@@ -42,11 +45,12 @@ impl ObjectKey {
         }
     }
 
-    /// The key of a Service; `None` when it lacks a namespace or a name.
-    pub fn of(service: &Service) -> Option<Self> {
+    /// The key of a namespaced object; `None` when it lacks a namespace or a name.
+    pub fn of<K: kube::Resource>(object: &K) -> Option<Self> {
+        let meta = object.meta();
         Some(ObjectKey::new(
-            service.metadata.namespace.as_deref()?,
-            service.metadata.name.as_deref()?,
+            meta.namespace.as_deref()?,
+            meta.name.as_deref()?,
         ))
     }
 }
@@ -93,6 +97,8 @@ pub struct Index {
     /// By Service, then by slice name.
     slices: BTreeMap<ObjectKey, BTreeMap<String, SliceView>>,
     nodes: BTreeMap<String, NodeView>,
+    /// TLS Secrets Services name, as read (or why they cannot be used).
+    secrets: BTreeMap<ObjectKey, Result<SecretView, String>>,
 }
 
 impl Index {
@@ -105,8 +111,24 @@ impl Index {
     }
 
     /// A Service was added or changed; returns its key (`None` for an object without one).
+    ///
+    /// A version older than the one kept is ignored: Gantry applies the objects its own writes
+    /// return at once, and the watch events of the versions before them may arrive after.
+    /// (kube-apiserver's resourceVersions are etcd revisions and compare as numbers; one that
+    /// does not parse is always applied.)
     pub fn apply_service(&mut self, service: &Service) -> Option<ObjectKey> {
         let key = ObjectKey::of(service)?;
+        let version = |rv: Option<&str>| rv.and_then(|rv| rv.parse::<u64>().ok());
+        if let (Some(new), Some(kept)) = (
+            version(service.metadata.resource_version.as_deref()),
+            self.services
+                .get(&key)
+                .and_then(|e| version(Some(&e.view.source.resource_version))),
+        ) {
+            if new < kept {
+                return Some(key);
+            }
+        }
         let (view, problems) = service::read(service);
         let entry = Entry {
             role: service::role(service, &self.settings),
@@ -167,16 +189,70 @@ impl Index {
         self.node_mode_services()
     }
 
-    /// The load balancers that send traffic to nodes.
-    fn node_mode_services(&self) -> BTreeSet<ObjectKey> {
-        if self.settings.backend_mode != BackendMode::Nodes {
+    /// A Secret was added or changed; returns the Services that name it.
+    pub fn apply_secret(&mut self, secret: &Secret) -> BTreeSet<ObjectKey> {
+        let Some(key) = ObjectKey::of(secret) else {
             return BTreeSet::new();
-        }
+        };
+        self.secrets.insert(key.clone(), secrets::read(secret));
+        self.naming(&key)
+    }
+
+    /// A Secret is gone; returns the Services that name it.
+    pub fn delete_secret(&mut self, key: &ObjectKey) -> BTreeSet<ObjectKey> {
+        self.secrets.remove(key);
+        self.naming(key)
+    }
+
+    /// The Secrets Gantry's Services name: the only ones Gantry reads.
+    pub fn referenced_secrets(&self) -> BTreeSet<ObjectKey> {
+        self.services
+            .iter()
+            .filter(|(_, entry)| entry.role != Role::None)
+            .filter_map(|(key, entry)| {
+                let name = entry.view.annotations.tls_secret.as_deref()?;
+                Some(ObjectKey::new(&key.namespace, name))
+            })
+            .collect()
+    }
+
+    /// Forgets Secrets no Service names any more.
+    pub fn retain_secrets(&mut self, referenced: &BTreeSet<ObjectKey>) {
+        self.secrets.retain(|key, _| referenced.contains(key));
+    }
+
+    /// The Services that name the Secret `secret`.
+    pub fn referencing(&self, secret: &ObjectKey) -> BTreeSet<ObjectKey> {
+        self.naming(secret)
+    }
+
+    fn naming(&self, secret: &ObjectKey) -> BTreeSet<ObjectKey> {
+        self.services
+            .iter()
+            .filter(|(key, entry)| {
+                key.namespace == secret.namespace
+                    && entry.view.annotations.tls_secret.as_deref() == Some(secret.name.as_str())
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// The load balancers that may send traffic to nodes.
+    fn node_mode_services(&self) -> BTreeSet<ObjectKey> {
+        let default = self.settings.backend_mode;
         self.services
             .iter()
             .filter(|(_, entry)| entry.role == Role::LoadBalancer)
+            .filter(|(_, entry)| {
+                entry.view.annotations.backends.unwrap_or(default) == BackendMode::Nodes
+            })
             .map(|(key, _)| key.clone())
             .collect()
+    }
+
+    /// Every Service the index knows, whatever Gantry's role for it.
+    pub fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.services.keys()
     }
 
     /// The Services Gantry has a role for.
@@ -202,12 +278,23 @@ impl Index {
         let Some(address) = address else {
             return Translation::NoAddress;
         };
+        let secret = entry
+            .view
+            .annotations
+            .tls_secret
+            .as_deref()
+            .map(|name| self.secrets.get(&ObjectKey::new(&key.namespace, name)));
         let inputs = Inputs {
             key,
             role: entry.role,
             view: &entry.view,
             address,
-            mode: self.settings.backend_mode,
+            mode: entry
+                .view
+                .annotations
+                .backends
+                .unwrap_or(self.settings.backend_mode),
+            secret,
             slices: self
                 .slices
                 .get(key)
@@ -216,10 +303,56 @@ impl Index {
                 .collect(),
             nodes: self.nodes.values().collect(),
         };
-        Translation::Serve {
-            wanted: translate::translate(&inputs),
-            problems: entry.problems.clone(),
+        let mut problems = entry.problems.clone();
+        let wanted = translate::translate(&inputs, &mut problems);
+        Translation::Serve { wanted, problems }
+    }
+
+    /// Gantry's role for the Service `key` and the Service as last read, if the index has it.
+    pub fn service(&self, key: &ObjectKey) -> Option<(Role, &ServiceView)> {
+        self.services
+            .get(key)
+            .map(|entry| (entry.role, &entry.view))
+    }
+
+    /// After a relist of Services: forgets those not in `seen`; returns them.
+    pub fn retain_services(&mut self, seen: &BTreeSet<ObjectKey>) -> BTreeSet<ObjectKey> {
+        let gone: BTreeSet<ObjectKey> = self
+            .services
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for key in &gone {
+            self.services.remove(key);
         }
+        gone
+    }
+
+    /// After a relist of EndpointSlices: forgets those not in `seen` (by Service and slice
+    /// name); returns their Services.
+    pub fn retain_slices(&mut self, seen: &BTreeSet<(ObjectKey, String)>) -> BTreeSet<ObjectKey> {
+        let mut touched = BTreeSet::new();
+        for (service, slices) in &mut self.slices {
+            let before = slices.len();
+            slices.retain(|name, _| seen.contains(&(service.clone(), name.clone())));
+            if slices.len() != before {
+                touched.insert(service.clone());
+            }
+        }
+        self.slices.retain(|_, slices| !slices.is_empty());
+        touched
+    }
+
+    /// After a relist of Nodes: forgets those not in `seen`; returns the Services whose
+    /// backends may follow.
+    pub fn retain_nodes(&mut self, seen: &BTreeSet<String>) -> BTreeSet<ObjectKey> {
+        let before = self.nodes.len();
+        self.nodes.retain(|name, _| seen.contains(name));
+        if self.nodes.len() == before {
+            return BTreeSet::new();
+        }
+        self.node_mode_services()
     }
 
     /// The Service `key` as last read, if Gantry knows it.

@@ -3,8 +3,11 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceStatus};
+use lb_config::ObjectSource;
 
+use super::annotations::{self, Annotations};
+use super::endpoints::Family;
 use crate::settings::Settings;
 
 /// The annotation older clients use for source ranges; `spec.loadBalancerSourceRanges` wins.
@@ -78,7 +81,7 @@ pub struct PortView {
 }
 
 /// The parts of a Service Gantry acts on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServiceView {
     /// Its ports, in order.
     pub ports: Vec<PortView>,
@@ -98,6 +101,20 @@ pub struct ServiceView {
     pub status_ips: Vec<IpAddr>,
     /// It is being deleted.
     pub deleting: bool,
+    /// What its Gantry annotations ask for.
+    pub annotations: Annotations,
+    /// Its first IP family (`spec.ipFamilies[0]`), when set.
+    pub family: Option<Family>,
+    /// The object, for `/config` and the model's service source.
+    pub source: ObjectSource,
+    /// Its finalizers.
+    pub finalizers: Vec<String>,
+    /// Its status as last read (what a status write is compared with).
+    pub status: Option<ServiceStatus>,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `spec.loadBalancerClass`.
+    pub class: Option<String>,
 }
 
 /// Reads `service`; the problems found are described with their field paths.
@@ -164,6 +181,31 @@ pub fn read(service: &Service) -> (ServiceView, Vec<String>) {
             }
         },
     };
+    let annotations = annotations::read(
+        service
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap_or(&Default::default()),
+        &mut problems,
+    );
+    let family = spec
+        .ip_families
+        .as_ref()
+        .and_then(|f| f.first())
+        .and_then(|f| match f.as_str() {
+            "IPv4" => Some(Family::V4),
+            "IPv6" => Some(Family::V6),
+            _ => None,
+        });
+    let meta = &service.metadata;
+    let source = ObjectSource {
+        kind: "Service".to_owned(),
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone().unwrap_or_default(),
+    };
     let status_ips = service
         .status
         .as_ref()
@@ -183,6 +225,13 @@ pub fn read(service: &Service) -> (ServiceView, Vec<String>) {
         requested_ip,
         status_ips,
         deleting: service.metadata.deletion_timestamp.is_some(),
+        annotations,
+        family,
+        source,
+        finalizers: meta.finalizers.clone().unwrap_or_default(),
+        status: service.status.clone(),
+        generation: meta.generation,
+        class: spec.load_balancer_class.clone(),
     };
     (view, problems)
 }

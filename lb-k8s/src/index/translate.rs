@@ -17,12 +17,15 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use lb_config::file::{
-    AffinityFile, BackendFile, HealthFile, PortFile, PortSettingsFile, ProtocolFile, ServiceFile,
+    AffinityFile, BackendFile, BackendProtocolFile, BalancerFile, CertificateFile, HealthFile,
+    PemMaterial, PortFile, PortSettingsFile, ProtocolFile, ProxyProtocolFile, ServiceFile, TlsFile,
 };
 use lb_config::{Backend, Lenient};
 
+use super::annotations::{PolicyChoice, PortProtocol, PREFIX};
 use super::endpoints::{self, Family, SliceView};
 use super::nodes::NodeView;
+use super::secrets::SecretView;
 use super::service::{PortView, Role, ServiceView, Transport};
 use super::ObjectKey;
 use crate::settings::BackendMode;
@@ -74,11 +77,15 @@ pub struct Inputs<'a> {
     pub slices: Vec<&'a SliceView>,
     /// Every node.
     pub nodes: Vec<&'a NodeView>,
+    /// The TLS Secret it names: `Some(None)` when it names one Gantry has not seen.
+    pub secret: Option<Option<&'a Result<SecretView, String>>>,
 }
 
-/// The Service of `inputs` as a service of the model.
-pub fn translate(inputs: &Inputs<'_>) -> Wanted {
+/// The Service of `inputs` as a service of the model; what cannot be built is added to
+/// `problems`.
+pub fn translate(inputs: &Inputs<'_>, problems: &mut Vec<String>) -> Wanted {
     let family = Family::of(inputs.address);
+    let tls = tls_material(inputs, problems);
     let mut ports = Vec::new();
     let mut outcomes = Vec::new();
     for port in &inputs.view.ports {
@@ -90,7 +97,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Wanted {
         if port.transport != Transport::Tcp {
             outcome.error = Some(UNSUPPORTED_PROTOCOL);
         } else {
-            match translate_port(inputs, port, family) {
+            match translate_port(inputs, port, family, tls.as_ref()) {
                 Some(file) => ports.push(Lenient::Parsed(file)),
                 None => outcome.error = Some(NO_NODE_PORT),
             }
@@ -108,9 +115,56 @@ pub fn translate(inputs: &Inputs<'_>) -> Wanted {
     }
 }
 
-/// One TCP port; `None` for a NodePort Service's port that has no node port.
-fn translate_port(inputs: &Inputs<'_>, port: &PortView, family: Family) -> Option<PortFile> {
+/// The certificate of the Service's `tls`/`https` ports, when it has any.
+fn tls_material(inputs: &Inputs<'_>, problems: &mut Vec<String>) -> Option<PemMaterial> {
     let view = inputs.view;
+    let terminates = view.ports.iter().any(|p| {
+        view.annotations
+            .protocol_of(&p.name, p.port)
+            .terminates_tls()
+    });
+    let name = view.annotations.tls_secret.as_deref();
+    let annotation = format!("metadata.annotations[{PREFIX}tls-secret]");
+    match (terminates, inputs.secret, name) {
+        (false, _, _) => None,
+        (true, None, _) | (true, _, None) => {
+            problems.push(format!(
+                "{annotation}: required by the ports whose protocol is `tls` or `https`"
+            ));
+            None
+        }
+        (true, Some(None), Some(name)) => {
+            problems.push(format!(
+                "{annotation}: Secret {}/{name} not found",
+                inputs.key.namespace
+            ));
+            None
+        }
+        (true, Some(Some(Err(why))), Some(name)) => {
+            problems.push(format!(
+                "{annotation}: Secret {}/{name} {why}",
+                inputs.key.namespace
+            ));
+            None
+        }
+        (true, Some(Some(Ok(secret))), Some(name)) => Some(PemMaterial {
+            from: format!("secret {}/{name}", inputs.key.namespace),
+            cert: secret.cert.clone(),
+            key: secret.key.clone(),
+        }),
+    }
+}
+
+/// One TCP port; `None` for a NodePort Service's port that has no node port.
+fn translate_port(
+    inputs: &Inputs<'_>,
+    port: &PortView,
+    family: Family,
+    tls: Option<&PemMaterial>,
+) -> Option<PortFile> {
+    let view = inputs.view;
+    let annotations = &view.annotations;
+    let protocol = annotations.protocol_of(&port.name, port.port);
     let listen = match inputs.role {
         Role::NodePort => port.node_port?,
         Role::LoadBalancer | Role::None => port.port,
@@ -122,7 +176,7 @@ fn translate_port(inputs: &Inputs<'_>, port: &PortView, family: Family) -> Optio
     let (backends, health) = match (to_nodes, port.node_port) {
         (true, Some(node_port)) => (
             node_backends(&inputs.nodes, node_port, family),
-            Some(vec![Lenient::Parsed(node_health(view))]),
+            vec![Lenient::Parsed(node_health(view))],
         ),
         _ => (
             endpoints::backends(
@@ -131,27 +185,70 @@ fn translate_port(inputs: &Inputs<'_>, port: &PortView, family: Family) -> Optio
                 "TCP",
                 family,
             ),
-            None,
+            Vec::new(),
         ),
     };
+    let mut health = health;
+    health.extend(annotations.health.as_ref().map(|c| {
+        Lenient::Parsed(HealthFile {
+            policy: Some(c.policy.clone()),
+            params: Some(c.params.clone()),
+        })
+    }));
     let source_ranges = (inputs.role == Role::LoadBalancer && !view.source_ranges.is_empty())
         .then(|| view.source_ranges.clone());
+    // The annotation's affinity wins over `sessionAffinity`.
+    let affinity = match (&annotations.affinity, view.affinity_seconds) {
+        (Some(choice), _) => Some(affinity_file(choice)),
+        (None, Some(seconds)) => Some(affinity_file(&PolicyChoice {
+            policy: "builtin:client-ip".into(),
+            params: params(&[("timeout_seconds", seconds.to_string())]),
+        })),
+        (None, None) => None,
+    };
     Some(PortFile {
         name: Some(port.name.clone()),
         port: Some(listen),
-        protocol: Some(ProtocolFile::Tcp),
+        protocol: Some(match protocol {
+            PortProtocol::Tcp => ProtocolFile::Tcp,
+            PortProtocol::Tls => ProtocolFile::Tls,
+            PortProtocol::Http => ProtocolFile::Http,
+            PortProtocol::Https => ProtocolFile::Https,
+        }),
+        tls: (protocol.terminates_tls())
+            .then(|| tls.cloned())
+            .flatten()
+            .map(|pem| {
+                Lenient::Parsed(TlsFile {
+                    certificates: vec![Lenient::Parsed(CertificateFile {
+                        pem: Some(pem),
+                        ..CertificateFile::default()
+                    })],
+                })
+            }),
+        proxy_protocol: match annotations.proxy_protocol.as_deref() {
+            Some("v1") => Some(ProxyProtocolFile::V1),
+            Some("v2") => Some(ProxyProtocolFile::V2),
+            _ => None,
+        },
+        backend_protocol: match annotations.backend_protocol.as_deref() {
+            Some("h2c") => Some(BackendProtocolFile::H2c),
+            Some("http1") => Some(BackendProtocolFile::Http1),
+            _ => None,
+        },
+        balancer: annotations.balancer.as_ref().map(|c| {
+            Lenient::Parsed(BalancerFile {
+                policy: Some(c.policy.clone()),
+                params: Some(c.params.clone()),
+                hash_key: None,
+            })
+        }),
         backends: backends
             .into_iter()
             .map(|address| Lenient::Parsed(BackendFile::Resolved(Backend { address, weight: 1 })))
             .collect(),
-        affinity: view.affinity_seconds.map(|seconds| {
-            Lenient::Parsed(AffinityFile {
-                policy: Some("builtin:client-ip".into()),
-                params: Some(params(&[("timeout_seconds", seconds.to_string())])),
-                max_entries: None,
-            })
-        }),
-        health,
+        affinity,
+        health: (!health.is_empty()).then_some(health),
         settings: PortSettingsFile {
             source_ranges,
             ..PortSettingsFile::default()
@@ -193,6 +290,14 @@ fn node_health(view: &ServiceView) -> HealthFile {
             ("unhealthy_threshold", "2".into()),
         ])),
     }
+}
+
+fn affinity_file(choice: &PolicyChoice) -> Lenient<AffinityFile> {
+    Lenient::Parsed(AffinityFile {
+        policy: Some(choice.policy.clone()),
+        params: Some(choice.params.clone()),
+        max_entries: None,
+    })
 }
 
 fn params(pairs: &[(&str, String)]) -> BTreeMap<String, serde_yaml::Value> {

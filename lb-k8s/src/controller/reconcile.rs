@@ -1,0 +1,498 @@
+//! One reconcile pass over the Services that changed: decide what each asks for (its
+//! address, its service of the model, checked), publish every Kubernetes service to the data
+//! plane at once, then tell the cluster: status, Events, and, for a Service Gantry lets go,
+//! its address released and its finalizer removed only after its listeners are gone.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use lb_config::model::{Service, ServiceSource};
+use lb_config::FieldPath;
+
+use super::writer::{Note, CLEANUP_FINALIZER};
+use super::{status, Controller, Retry};
+use crate::addresses::Request;
+use crate::index::endpoints::Family;
+use crate::index::service::{Role, ServiceView};
+use crate::index::translate::PortOutcome;
+use crate::index::{ObjectKey, Translation};
+use crate::plane::{Candidate, Served};
+
+/// Longest wait before a failed write is tried again.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// A service of the model built for a Service, with its ports' outcomes.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Built {
+    service: Service,
+    ports: Vec<PortOutcome>,
+}
+
+/// What the controller keeps of a Service it serves (or tries to).
+#[derive(Default)]
+pub(crate) struct Tracked {
+    role: Option<Role>,
+    /// What is served for it: its last good configuration.
+    served: Option<Built>,
+    /// What it asks for now, when that could be built.
+    wanted: Option<Built>,
+    /// Why what it asks for cannot be built: a reason and a message.
+    problem: Option<(String, String)>,
+    /// Why what it asks for is not served though it was built (it clashes).
+    clash: Option<(String, String)>,
+    /// The trouble last reported with an Event, so each is reported once.
+    reported: Option<(String, String)>,
+    /// The configuration last announced with `EnsuredLoadBalancer`.
+    ensured: Option<Built>,
+}
+
+impl Tracked {
+    fn trouble(&self) -> Option<(String, String)> {
+        self.problem.clone().or_else(|| self.clash.clone())
+    }
+}
+
+/// The root of the field paths of `key`'s problems.
+fn origin(key: &ObjectKey) -> FieldPath {
+    FieldPath::object("Service", &key.to_string())
+}
+
+/// What a Service asks of the address pools.
+fn request_of(view: &ServiceView) -> Request {
+    let address = view
+        .annotations
+        .addresses
+        .first()
+        .copied()
+        .or(view.requested_ip);
+    Request {
+        address,
+        pool: view.annotations.pool.clone(),
+        family: address.map(Family::of).or(view.family),
+        sharing_key: view.annotations.sharing_key.clone(),
+        ports: view
+            .ports
+            .iter()
+            .map(|p| (p.port, p.transport.as_str().to_owned()))
+            .collect(),
+    }
+}
+
+impl Controller {
+    /// Reconciles the Services that changed, and those whose retry is due.
+    pub(super) async fn reconcile(&mut self) {
+        if !self.synced.adopted {
+            self.adopt();
+            self.synced.adopted = true;
+            let all: Vec<ObjectKey> = self.index.keys().cloned().collect();
+            self.touch(all);
+        }
+        self.follow_secrets();
+        let now = Instant::now();
+        let mut batch: BTreeMap<ObjectKey, Option<Instant>> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|(key, at)| (key, Some(at)))
+            .collect();
+        for (key, retry) in &self.retry {
+            if retry.at <= now {
+                batch.entry(key.clone()).or_insert(None);
+            }
+        }
+        // A Service whose Secret is still being listed waits for it (the list's end marks
+        // it again; the retry is only a fallback).
+        let waiting: Vec<ObjectKey> = batch
+            .keys()
+            .filter(|k| self.waits_for_secret(k))
+            .cloned()
+            .collect();
+        for key in waiting {
+            batch.remove(&key);
+            self.retry.insert(
+                key,
+                Retry {
+                    at: now + Duration::from_secs(1),
+                    attempt: 0,
+                },
+            );
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let mut releasing = Vec::new();
+        for key in batch.keys() {
+            if !self.decide(key).await {
+                let had = self.tracked.remove(key).is_some_and(|t| t.served.is_some());
+                releasing.push((key.clone(), had));
+            }
+        }
+        if !self.publish().await {
+            for key in batch.keys() {
+                self.later(key);
+            }
+            return;
+        }
+        for (key, at) in &batch {
+            self.report(key).await;
+            if let Some(at) = at {
+                self.telemetry.programmed(at.elapsed().as_secs_f64());
+            }
+        }
+        let mut freed = false;
+        for (key, had) in releasing {
+            freed |= self.release(&key, had).await;
+        }
+        if freed {
+            // Services waiting for an address may get the one just freed.
+            let waiting: Vec<ObjectKey> = self
+                .tracked
+                .iter()
+                .filter(|(_, t)| {
+                    t.problem
+                        .as_ref()
+                        .is_some_and(|(reason, _)| reason.starts_with("Address"))
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            self.touch(waiting);
+        }
+        for (pool, in_use) in self.addresses.in_use() {
+            self.telemetry.pool_in_use(pool, in_use);
+        }
+    }
+
+    /// Gives every load balancer back the address its status shows, before any is handed out.
+    fn adopt(&mut self) {
+        let ours: Vec<ObjectKey> = self.index.ours().cloned().collect();
+        for key in ours {
+            let Some((Role::LoadBalancer, view)) = self.index.service(&key) else {
+                continue;
+            };
+            let request = request_of(view);
+            for ip in view.status_ips.clone() {
+                if self.addresses.adopt(&key, ip, &request) {
+                    tracing::info!(service = %key, address = %ip, "address re-adopted from status");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn waits_for_secret(&self, key: &ObjectKey) -> bool {
+        let Some((_, view)) = self.index.service(key) else {
+            return false;
+        };
+        view.annotations
+            .tls_secret
+            .as_deref()
+            .is_some_and(|name| self.secret_pending(&ObjectKey::new(&key.namespace, name)))
+    }
+
+    /// Tries `key` again later, backing off.
+    fn later(&mut self, key: &ObjectKey) {
+        let attempt = self
+            .retry
+            .get(key)
+            .map_or(0, |r| r.attempt.saturating_add(1));
+        let delay = Duration::from_millis(500)
+            .saturating_mul(1 << attempt.min(6))
+            .min(MAX_RETRY);
+        self.retry.insert(
+            key.clone(),
+            Retry {
+                at: Instant::now() + delay,
+                attempt,
+            },
+        );
+    }
+
+    /// Works out what `key` asks for; `false` when Gantry has nothing to serve for it.
+    async fn decide(&mut self, key: &ObjectKey) -> bool {
+        self.retry.remove(key);
+        let Some((role, view)) = self.index.service(key) else {
+            return false;
+        };
+        let view = view.clone();
+        match role {
+            Role::None => return false,
+            _ if view.deleting => return false,
+            Role::LoadBalancer | Role::NodePort => {}
+        }
+        self.tracked.entry(key.clone()).or_default().role = Some(role);
+        let address = if role == Role::LoadBalancer {
+            if !view.finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
+                // Before anything is provisioned, so nothing can be left behind.
+                match self.writer.add_finalizer(key, &view.finalizers).await {
+                    Ok(written) => {
+                        self.index.apply_service(&written);
+                    }
+                    Err(error) => {
+                        tracing::warn!(service = %key, %error, "could not add the cleanup finalizer; retrying");
+                        self.later(key);
+                        return true;
+                    }
+                }
+            }
+            match self.addresses.assign(key, &request_of(&view)) {
+                Ok(ip) => Some(ip),
+                Err(refusal) => {
+                    self.refuse(key, refusal.reason(), refusal.to_string());
+                    return true;
+                }
+            }
+        } else {
+            None
+        };
+        self.build(key, address, &view);
+        let tracked = self.tracked.entry(key.clone()).or_default();
+        if tracked.wanted.is_some() && tracked.wanted != tracked.served {
+            let note = Note {
+                warning: false,
+                reason: "EnsuringLoadBalancer",
+                message: "provisioning the load balancer".into(),
+            };
+            self.writer.event(&view.source, note).await;
+        }
+        true
+    }
+
+    /// Records that what `key` asks for cannot be built; its last good configuration stays.
+    fn refuse(&mut self, key: &ObjectKey, reason: &str, message: String) {
+        tracing::warn!(service = %key, reason, "{message}");
+        self.telemetry.object_invalid("Service");
+        let tracked = self.tracked.entry(key.clone()).or_default();
+        tracked.wanted = None;
+        tracked.problem = Some((reason.to_owned(), message));
+    }
+
+    fn build(&mut self, key: &ObjectKey, address: Option<IpAddr>, view: &ServiceView) {
+        let (wanted, problems) = match self.index.translate(key, address) {
+            Translation::Serve { wanted, problems } => (wanted, problems),
+            Translation::NoAddress => {
+                return self.refuse(key, "NoAddress", "no address to serve on".into());
+            }
+            Translation::NotOurs | Translation::Deleting => return,
+        };
+        if !problems.is_empty() {
+            return self.refuse(key, "InvalidConfiguration", problems.join("; "));
+        }
+        match self.plane.check(&origin(key), wanted.spec) {
+            Ok(mut service) => {
+                service.source = ServiceSource::Kubernetes(view.source.clone());
+                let built = Built {
+                    service,
+                    ports: wanted.ports,
+                };
+                let tracked = self.tracked.entry(key.clone()).or_default();
+                tracked.problem = None;
+                tracked.wanted = Some(built);
+            }
+            Err(problems) => self.refuse(key, "InvalidConfiguration", problems.to_string()),
+        }
+    }
+
+    /// Hands every Kubernetes service to the data plane: those served already first (a new
+    /// Service never takes what one that serves holds), each with what it asks for, then its
+    /// last good configuration. `false` when nothing could be applied.
+    async fn publish(&mut self) -> bool {
+        let mut order: Vec<ObjectKey> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.served.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        order.extend(
+            self.tracked
+                .iter()
+                .filter(|(_, t)| t.served.is_none() && t.wanted.is_some())
+                .map(|(k, _)| k.clone()),
+        );
+        let mut offered: Vec<Vec<Built>> = Vec::with_capacity(order.len());
+        let mut candidates = Vec::with_capacity(order.len());
+        for key in &order {
+            let tracked = &self.tracked[key];
+            let mut alternatives: Vec<Built> = tracked.wanted.iter().cloned().collect();
+            if let Some(served) = &tracked.served {
+                if tracked.wanted.as_ref() != Some(served) {
+                    alternatives.push(served.clone());
+                }
+            }
+            candidates.push(Candidate {
+                origin: origin(key),
+                alternatives: alternatives.iter().map(|b| b.service.clone()).collect(),
+            });
+            offered.push(alternatives);
+        }
+        let outcomes = match self.plane.publish(candidates).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                tracing::error!(%error, "Kubernetes services could not be applied; the previous ones keep serving");
+                return false;
+            }
+        };
+        for ((key, alternatives), outcome) in order.iter().zip(offered).zip(outcomes) {
+            let Some(tracked) = self.tracked.get_mut(key) else {
+                continue;
+            };
+            match outcome {
+                Served::Alternative(i, clashes) => {
+                    tracked.served = alternatives.into_iter().nth(i);
+                    tracked.clash = (!clashes.is_empty())
+                        .then(|| ("PortConflict".to_owned(), clashes.to_string()));
+                }
+                Served::Refused(clashes) => {
+                    tracked.served = None;
+                    tracked.clash = Some(("PortConflict".to_owned(), clashes.to_string()));
+                }
+            }
+        }
+        true
+    }
+
+    /// Tells the cluster what became of `key`: Events for what changed, and, for a load
+    /// balancer, its status.
+    async fn report(&mut self, key: &ObjectKey) {
+        let Some(tracked) = self.tracked.get_mut(key) else {
+            return;
+        };
+        let Some((role, view)) = self.index.service(key) else {
+            return;
+        };
+        let trouble = tracked.trouble();
+        let mut notes = Vec::new();
+        if trouble != tracked.reported {
+            if let Some((reason, message)) = &trouble {
+                notes.push(Note {
+                    warning: true,
+                    reason: static_reason(reason),
+                    message: message.clone(),
+                });
+            }
+            tracked.reported = trouble.clone();
+        }
+        if tracked.served.is_some() && tracked.served != tracked.ensured {
+            if let Some(served) = &tracked.served {
+                notes.push(Note {
+                    warning: false,
+                    reason: "EnsuredLoadBalancer",
+                    message: format!(
+                        "serving on {}",
+                        served
+                            .service
+                            .ports
+                            .values()
+                            .map(|p| p.bind.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+            tracked.ensured = tracked.served.clone();
+        }
+        let wanted = status::Wanted {
+            ingress: tracked
+                .served
+                .as_ref()
+                .map(|b| (b.service.address, b.ports.clone())),
+            trouble,
+        };
+        let write = (role == Role::LoadBalancer)
+            .then(|| {
+                status::to_write(
+                    view.status.as_ref(),
+                    &wanted,
+                    view.generation,
+                    &now_rfc3339(),
+                )
+            })
+            .flatten();
+        let source = view.source.clone();
+        for note in notes {
+            self.writer.event(&source, note).await;
+        }
+        if let Some(status) = write {
+            match self
+                .writer
+                .write_status(key, &source.resource_version, status)
+                .await
+            {
+                Ok(written) => {
+                    self.index.apply_service(&written);
+                }
+                Err(error) => {
+                    tracing::warn!(service = %key, %error, "could not write the status; retrying");
+                    self.later(key);
+                }
+            }
+        }
+    }
+
+    /// Lets go of `key` once its listeners are gone: its address back to the pool, Gantry's
+    /// part of its status cleared, its finalizer removed. Returns whether an address was freed.
+    async fn release(&mut self, key: &ObjectKey, had: bool) -> bool {
+        let held = self.addresses.held(key).is_some();
+        self.addresses.release(key);
+        let Some((role, view)) = self.index.service(key) else {
+            return held;
+        };
+        let view = view.clone();
+        let ours = had || held || role == Role::LoadBalancer || self.would_be_ours(&view);
+        if !ours {
+            return held;
+        }
+        if had || held {
+            let note = Note {
+                warning: false,
+                reason: "DeletedLoadBalancer",
+                message: "the load balancer no longer serves the Service".into(),
+            };
+            self.writer.event(&view.source, note).await;
+        }
+        if !view.deleting {
+            if let Some(status) = status::to_clear(view.status.as_ref()) {
+                if let Err(error) = self
+                    .writer
+                    .write_status(key, &view.source.resource_version, status)
+                    .await
+                {
+                    tracing::warn!(service = %key, %error, "could not clear the status; retrying");
+                    self.later(key);
+                    return held;
+                }
+            }
+        }
+        if view.finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
+            if let Err(error) = self.writer.remove_finalizer(key, &view.finalizers).await {
+                tracing::warn!(service = %key, %error, "could not remove the cleanup finalizer; retrying");
+                self.later(key);
+            }
+        }
+        held
+    }
+
+    /// Whether a Service that is not a LoadBalancer now would be Gantry's if it were: its
+    /// cleanup finalizer is then Gantry's to remove (another provider's is not).
+    fn would_be_ours(&self, view: &ServiceView) -> bool {
+        match &view.class {
+            Some(class) => *class == self.settings.class,
+            None => self.settings.default_class,
+        }
+    }
+}
+
+/// Event reasons are static in the writer; the few that come as text map back here.
+fn static_reason(reason: &str) -> &'static str {
+    match reason {
+        "AddressNotInPool" => "AddressNotInPool",
+        "AddressInUse" => "AddressInUse",
+        "UnknownAddressPool" => "UnknownAddressPool",
+        "AddressPoolExhausted" => "AddressPoolExhausted",
+        "PortConflict" => "PortConflict",
+        "NoAddress" => "NoAddress",
+        _ => "InvalidConfiguration",
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,41 @@
+//! What the Kubernetes source needs of the appliance it feeds: the same checks the file's
+//! services get, and a way to serve a set of services beside the file's. `lb-core`
+//! implements it; tests can implement it without sockets.
+
+use lb_config::file::ServiceFile;
+use lb_config::model::Service;
+use lb_config::{FieldPath, Problems};
+
+/// A Kubernetes service offered to the data plane: configurations to try, in order (what
+/// the object asks for now, then what was served for it last), the first that clashes with
+/// nothing served before it wins.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// Where it comes from (`Service default/web`).
+    pub origin: FieldPath,
+    /// Its configurations, best first.
+    pub alternatives: Vec<Service>,
+}
+
+/// What became of a candidate.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Served {
+    /// Served with this alternative (0: what it asks for now), with the clashes of the
+    /// alternatives before it (none for 0).
+    Alternative(usize, Problems),
+    /// Not served: it clashes with what is served (or could not be bound).
+    Refused(Problems),
+}
+
+/// The data plane as the Kubernetes source sees it.
+#[async_trait::async_trait]
+pub trait DataPlane: Send + Sync + 'static {
+    /// Checks a service built from an object against the appliance's settings (defaults,
+    /// plugins, limits), exactly as a service of the file is checked.
+    fn check(&self, origin: &FieldPath, spec: ServiceFile) -> Result<Service, Problems>;
+
+    /// Serves exactly these Kubernetes services beside the file's (whatever was served for
+    /// objects not listed goes). One outcome per candidate, in order; `Err` when nothing could
+    /// be applied at all (the previous services keep serving).
+    async fn publish(&self, candidates: Vec<Candidate>) -> Result<Vec<Served>, String>;
+}
