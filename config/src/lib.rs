@@ -65,6 +65,24 @@ pub fn parse_str(text: &str, base_dir: &Path) -> Result<Model, ConfigError> {
         .map_err(ConfigError::Invalid)
 }
 
+/// Reads, parses and validates a configuration file like [`load_file`], and returns the
+/// builder holding it: the starting point other sources' services are added to.
+pub fn load_builder(path: &Path) -> Result<ModelBuilder, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    builder_from_str(&text, base_dir)
+}
+
+/// [`load_builder`] for configuration text; relative paths resolve against `base_dir`.
+pub fn builder_from_str(text: &str, base_dir: &Path) -> Result<ModelBuilder, ConfigError> {
+    let builder = ModelBuilder::from_file(parse_file(text)?, base_dir);
+    builder.clone().finish().map_err(ConfigError::Invalid)?;
+    Ok(builder)
+}
+
 /// Every certificate and key file a configuration names, read from whatever parts of it parse,
 /// resolved like [`load_file`] resolves them. A reload watcher watches these even when the file
 /// is invalid, so fixing a missing key file is noticed.

@@ -1,8 +1,8 @@
 //! `lb-core`: the Gantry load-balancer appliance as a library; the `gantry` binary is a thin
 //! command line over it.
 //!
-//! Data flow: a [`lb_config::Model`] from a source (the static file today, [`reload`]) is
-//! applied by [`Gantry`], which reconciles by the typed diff ([`app`]: build, then activate)
+//! Data flow: a [`lb_config::Model`] built from the sources (the static file, [`reload`], and
+//! the Kubernetes source, [`kubernetes`], combined by `app::sources`) is applied by [`Gantry`], which reconciles by the typed diff ([`app`]: build, then activate)
 //! and keeps one `listener` per service port. Each accepted connection loads the port's
 //! current [`route::Route`] (an immutable snapshot swapped whole on reload) and is served as
 //! layer 4 ([`tcp`]), TLS-terminated layer 4, or HTTP through pingora ([`http`]). Backends are
@@ -17,6 +17,7 @@ pub mod demo;
 pub mod health;
 pub mod http;
 pub mod http_server;
+pub mod kubernetes;
 mod limiter;
 mod listener;
 pub mod logging;
@@ -32,5 +33,5 @@ pub mod tls;
 #[cfg(test)]
 mod test_certs;
 
-pub use app::{ApplyError, Gantry, PolicyError};
+pub use app::{ApplyError, FileApplyError, Gantry, PolicyError};
 pub use reload::ReloadError;

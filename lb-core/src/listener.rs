@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use lb_config::ListenerKey;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +22,7 @@ use crate::route::{Route, RouteCell};
 use crate::tls::TlsEndpoint;
 
 /// Pending connections the kernel queues while Gantry is at its connection limit.
-const ACCEPT_BACKLOG: u32 = 1024;
+const ACCEPT_BACKLOG: i32 = 1024;
 
 /// A bound listener. It accepts once [`Listener::start`] is called; dropped before that, its
 /// socket simply closes (how a failed reload rolls back).
@@ -45,15 +45,17 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// Binds `bind` for `route`; nothing is accepted until [`Listener::start`].
+    /// Binds `bind` for `route`; nothing is accepted until [`Listener::start`]. With
+    /// `freebind`, the address need not be configured on the host yet.
     pub(crate) fn bind(
         key: ListenerKey,
         bind: SocketAddr,
+        freebind: bool,
         route: Route,
         tls: Option<Arc<TlsEndpoint>>,
         apps: &Arc<HttpApps>,
     ) -> std::io::Result<Listener> {
-        let socket = bind_socket(bind)?;
+        let socket = bind_socket(bind, freebind)?;
         let local_addr = socket.local_addr()?;
         let limiter = ConnLimiter::new(route.port.settings.limits.max_connections);
         let (drain, drain_rx) = watch::channel(false);
@@ -200,17 +202,25 @@ fn http_header_limit(route: &Route) -> Option<u32> {
         .then_some(route.port.settings.limits.max_header_bytes)
 }
 
-fn bind_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+/// A listening socket on `addr`. `freebind` (`IP_FREEBIND`/`IPV6_FREEBIND`) lets it bind an
+/// address not (yet) configured on the host: a load-balancer address from a pool is routed to
+/// the appliance, or added to an interface later, and the listener must not wait for it.
+fn bind_socket(addr: SocketAddr, freebind: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // Rebinding a port whose old connections sit in TIME_WAIT must not fail after a restart.
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(ACCEPT_BACKLOG)
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if freebind {
+        match addr {
+            SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+            SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(ACCEPT_BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn accept_loop(

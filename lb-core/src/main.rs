@@ -110,14 +110,14 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn run(config: PathBuf) -> ExitCode {
     let baseline = lb_core::reload::Baseline::before_loading(&config);
-    let model = match lb_config::load_file(&config) {
-        Ok(model) => model,
+    let builder = match lb_config::load_builder(&config) {
+        Ok(builder) => builder,
         Err(err) => {
             eprintln!("{}: {err}", config.display());
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match runtime(model.runtime.workers) {
+    let runtime = match runtime(builder.workers()) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start the runtime: {err}");
@@ -125,7 +125,7 @@ fn run(config: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let gantry = match Gantry::start(model).await {
+        let gantry = match Gantry::start_file(builder).await {
             Ok(gantry) => gantry,
             Err(err) => {
                 tracing::error!("cannot start: {err}");

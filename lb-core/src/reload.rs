@@ -1,5 +1,6 @@
-//! The file source: reading the configuration file into a [`lb_config::Model`] and handing it
-//! to [`Gantry::apply`] ([`reload_from_file`], on SIGHUP and on change), and watching it: the
+//! The file source: reading the configuration file and handing it to [`Gantry::apply_file`]
+//! ([`reload_from_file`], on SIGHUP and on change), which serves it beside the Kubernetes
+//! source's services, and watching it: the
 //! config file and every certificate, key and plugin file it names are polled every
 //! `runtime.watch_interval` by content, which sees in-place edits, atomic renames and the
 //! symlink swaps of Kubernetes-mounted secrets alike. An invalid file is logged and the running
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use lb_config::{Change, ConfigError};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{ApplyError, Gantry};
+use crate::app::{ApplyError, FileApplyError, Gantry};
 
 /// Why a reload from a file failed; the running model keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +31,13 @@ pub enum ReloadError {
 /// `gantry_config_reloads_total`.
 pub async fn reload_from_file(gantry: &Gantry, path: &Path) -> Result<Vec<Change>, ReloadError> {
     let started = std::time::Instant::now();
-    let loaded = lb_config::load_file(path);
+    let loaded = lb_config::load_builder(path);
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     let result = match loaded {
-        Ok(model) => gantry.apply(model).await.map_err(ReloadError::from),
+        Ok(builder) => gantry.apply_file(builder).await.map_err(|err| match err {
+            FileApplyError::Config(err) => ReloadError::Config(err),
+            FileApplyError::Apply(err) => ReloadError::Apply(err),
+        }),
         Err(err) => Err(ReloadError::from(err)),
     };
     gantry.metrics().reload(result.is_ok());

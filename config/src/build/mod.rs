@@ -197,6 +197,11 @@ impl ModelBuilder {
         outcomes
     }
 
+    /// `runtime.workers`, read before the runtime starts.
+    pub fn workers(&self) -> Option<usize> {
+        self.runtime.workers
+    }
+
     /// The `kubernetes:` section, when there is one.
     pub fn kubernetes(&self) -> Option<&Kubernetes> {
         self.kubernetes.as_ref()

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use lb_config::{
     Change, ListenerKey, Model, Port, PortAspect, PortAspects, RuntimeAspect, RuntimeAspects,
+    ServiceSource,
 };
 use lb_plugins::PluginError;
 
@@ -139,7 +140,13 @@ impl Gantry {
         let started = std::time::Instant::now();
         let plan = self.build(&changes, &new, &listeners).await?;
         let built = started.elapsed();
+        let kubernetes = new.kubernetes.clone();
         self.commit(plan, new, &mut listeners).await;
+        self.inner.kubernetes.send_if_modified(|section| {
+            let changed = *section != kubernetes;
+            *section = kubernetes;
+            changed
+        });
         for change in &changes {
             self.inner.metrics.change(change.kind());
             tracing::info!(change = %change, "applied");
@@ -174,13 +181,12 @@ impl Gantry {
             }
             match change {
                 Change::ListenerAdded(key) => {
-                    plan.starts
-                        .push((self.bind(port_of(new, key), None)?, None));
+                    plan.starts.push((self.bind(new, key, None)?, None));
                 }
                 Change::ListenerRemoved(key) => plan.stops.push(key.clone()),
                 Change::ListenerRebound { key, .. } => {
                     let previous = listeners.get(key).map(Listener::route);
-                    let listener = self.bind(port_of(new, key), previous.as_deref())?;
+                    let listener = self.bind(new, key, previous.as_deref())?;
                     plan.stops.push(key.clone());
                     plan.starts.push((listener, previous));
                 }
@@ -370,7 +376,21 @@ impl Gantry {
 
     /// A listener for `port`, bound but not accepting, carrying the state of `previous` (the
     /// route of the port it replaces at another address) with all-new policies.
-    fn bind(&self, port: &Port, previous: Option<&Route>) -> Result<Listener, ApplyError> {
+    ///
+    /// A Kubernetes service binds with `freebind`: its address comes from a pool and may be
+    /// routed to the appliance rather than configured on it. A static service's address must
+    /// be the host's, so a typo fails loudly.
+    fn bind(
+        &self,
+        model: &Model,
+        key: &ListenerKey,
+        previous: Option<&Route>,
+    ) -> Result<Listener, ApplyError> {
+        let port = port_of(model, key);
+        let freebind = model
+            .services
+            .get(&key.service)
+            .is_some_and(|s| matches!(s.source, ServiceSource::Kubernetes(_)));
         let tls_error = |source| ApplyError::Tls {
             key: port.key.clone(),
             source,
@@ -387,6 +407,7 @@ impl Gantry {
         Listener::bind(
             port.key.clone(),
             port.bind,
+            freebind,
             route,
             endpoint,
             &self.inner.http,

@@ -3,6 +3,7 @@
 //! one by the typed diff ([`apply`]). Starting is applying the first model to an empty one.
 
 mod apply;
+mod sources;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,9 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use lb_config::{ListenerKey, Model};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use lb_config::{Kubernetes, ListenerKey, Model, ModelBuilder};
 use lb_plugins::PluginHost;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminApp, AdminView, ListenerState};
@@ -23,6 +25,7 @@ use crate::listener::Listener;
 use crate::metrics::Metrics;
 
 pub use apply::{ApplyError, PolicyError};
+pub use sources::FileApplyError;
 
 /// A running Gantry.
 #[derive(Clone)]
@@ -46,6 +49,15 @@ struct Inner {
     access_log: Arc<AtomicBool>,
     /// Listeners removed by reloads, finishing their connections.
     draining: TaskTracker,
+    /// The last good state of each source; its lock serializes rebuilding the model.
+    sources: tokio::sync::Mutex<sources::Sources>,
+    /// The file's builder, for checking Kubernetes services without that lock.
+    file: ArcSwapOption<ModelBuilder>,
+    /// The `kubernetes:` section of the running model, followed by the Kubernetes source.
+    kubernetes: tokio::sync::watch::Sender<Option<Kubernetes>>,
+    /// Stops the Kubernetes source.
+    kubernetes_stop: CancellationToken,
+    kubernetes_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Clone)]
@@ -56,8 +68,22 @@ struct LiveListener {
 }
 
 impl Gantry {
-    /// Starts serving `model`.
+    /// Starts serving `model` (with no file to check another source's services against).
     pub async fn start(model: Model) -> Result<Gantry, ApplyError> {
+        Self::start_with(model, None).await
+    }
+
+    /// Starts serving the configuration file `builder` holds (checked:
+    /// [`lb_config::load_builder`]), and the Kubernetes source when it has that section.
+    pub async fn start_file(builder: ModelBuilder) -> Result<Gantry, FileApplyError> {
+        let model = builder
+            .clone()
+            .finish()
+            .map_err(lb_config::ConfigError::Invalid)?;
+        Ok(Self::start_with(model, Some(builder)).await?)
+    }
+
+    async fn start_with(model: Model, file: Option<ModelBuilder>) -> Result<Gantry, ApplyError> {
         let metrics = Arc::new(Metrics::new());
         let workers = model.runtime.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -88,6 +114,11 @@ impl Gantry {
                 ready: AtomicBool::new(false),
                 access_log: Arc::new(AtomicBool::new(model.runtime.access_log)),
                 draining: TaskTracker::new(),
+                file: ArcSwapOption::new(file.clone().map(Arc::new)),
+                sources: tokio::sync::Mutex::new(sources::Sources::with_file(file)),
+                kubernetes: tokio::sync::watch::channel(None).0,
+                kubernetes_stop: CancellationToken::new(),
+                kubernetes_task: Mutex::new(None),
             }),
         };
         let admin = BoundServer::bind(model.admin.listen)
@@ -101,6 +132,14 @@ impl Gantry {
             gantry.stop_admin().await;
             return Err(err);
         }
+        let task = crate::kubernetes::supervise(
+            gantry.clone(),
+            gantry.inner.kubernetes.subscribe(),
+            gantry.inner.kubernetes_stop.clone(),
+        );
+        if let Ok(mut slot) = gantry.inner.kubernetes_task.lock() {
+            *slot = Some(task);
+        }
         gantry.inner.ready.store(true, Ordering::Release);
         tracing::info!("ready");
         Ok(gantry)
@@ -110,6 +149,16 @@ impl Gantry {
     /// is left and the admin listener.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.ready.store(false, Ordering::Release);
+        self.inner.kubernetes_stop.cancel();
+        let task = self
+            .inner
+            .kubernetes_task
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         let listeners = std::mem::take(&mut *self.inner.listeners.lock().await);
         let mut draining = tokio::task::JoinSet::new();
         for (_, mut listener) in listeners {
@@ -150,6 +199,11 @@ impl Gantry {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The metrics registry, shared.
+    pub(crate) fn metrics_handle(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
     }
 
     fn serve_admin(&self, bound: BoundServer) -> SmallServer {

@@ -4,6 +4,7 @@
 //! the sets of removed ports, backends and plugins are hidden, so `/metrics` shows what runs.
 
 mod handles;
+mod kube;
 mod shown;
 
 use lb_config::ListenerKey;
@@ -20,6 +21,7 @@ pub struct Metrics {
     shown: std::sync::Arc<Shown>,
     reloads: IntCounterVec,
     changes: IntCounterVec,
+    kube: kube::KubeMetrics,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -70,6 +72,7 @@ impl Metrics {
                 "Changes applied by reloads, by kind.",
                 &["kind"],
             ),
+            kube: kube::KubeMetrics::new(&registry),
             shown,
             registry,
         }

@@ -8,6 +8,8 @@ mod affinity;
 mod binary;
 mod health;
 mod http_proxy;
+mod kubernetes;
+mod kubernetes_policies;
 mod limits;
 mod policies;
 mod refused_reload;

@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod certs;
 pub mod client;
+pub mod cluster;
 pub mod origin;
 pub mod scenario;
 

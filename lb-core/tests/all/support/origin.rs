@@ -45,7 +45,12 @@ pub struct HttpOrigin {
 
 impl HttpOrigin {
     pub async fn start(name: &str, protocol: OriginProtocol) -> HttpOrigin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), name, protocol).await
+    }
+
+    /// An origin listening on `bind` (a node's address and port, say).
+    pub async fn start_on(bind: SocketAddr, name: &str, protocol: OriginProtocol) -> HttpOrigin {
+        let listener = TcpListener::bind(bind).await.expect("bind origin");
         let origin = HttpOrigin {
             addr: listener.local_addr().expect("addr"),
             name: name.to_owned(),

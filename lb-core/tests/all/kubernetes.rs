@@ -1,0 +1,247 @@
+//! End to end with a Kubernetes API server: Services and EndpointSlices created through the
+//! API become load balancers that real clients reach, and Gantry reports back through the
+//! API (status, finalizer, Events).
+
+use std::net::SocketAddr;
+
+use lb_k8s::testing::Kind;
+use serde_json::json;
+
+use crate::support::cluster::{free_port, load_balancer, origin_behind, pool, slice, Cluster};
+use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::{eventually, metric};
+
+#[tokio::test]
+async fn a_load_balancer_follows_its_endpoints_and_goes_with_its_service() {
+    let (first, range) = pool(20);
+    let cluster = Cluster::start(&range, "").await;
+    let a = HttpOrigin::start("a", OriginProtocol::Http1).await;
+    let b = HttpOrigin::start("b", OriginProtocol::Http1).await;
+    let port = free_port(first);
+    cluster.create(load_balancer("web", &[("http", port)]));
+    cluster.create(slice("web", 0, "http", a.addr));
+    cluster.create(slice("web", 1, "http", b.addr));
+    let ip = cluster.ingress_ip("web").await;
+    assert_eq!(ip, first, "the first address of the pool");
+    let addr = SocketAddr::new(ip, port);
+
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    eventually("both endpoints answer", || async {
+        let origin = origin_behind(addr).await;
+        let mut seen = seen.lock().expect("lock");
+        seen.extend(origin);
+        seen.len() == 2
+    })
+    .await;
+
+    let service = cluster.get(Kind::Service, "web").expect("service");
+    assert_eq!(
+        service["metadata"]["finalizers"],
+        json!(["service.kubernetes.io/load-balancer-cleanup"])
+    );
+    let ingress = &service["status"]["loadBalancer"]["ingress"][0];
+    assert_eq!(ingress["ipMode"], "Proxy");
+    assert_eq!(ingress["ports"], json!([{"port": port, "protocol": "TCP"}]));
+    assert_eq!(cluster.events("web", "EnsuredLoadBalancer").len(), 1);
+
+    // /config shows where the service came from; the source's metrics count what it did.
+    let config = crate::support::client::get(cluster.admin(), "/config").await;
+    let config: serde_json::Value = serde_json::from_str(&config.body).expect("json");
+    let source = &config["config"]["services"]["default/web"]["source"]["kubernetes"];
+    assert_eq!(
+        (
+            source["kind"].as_str(),
+            source["namespace"].as_str(),
+            source["name"].as_str()
+        ),
+        (Some("Service"), Some("default"), Some("web"))
+    );
+    assert_eq!(source["uid"], service["metadata"]["uid"]);
+    let metrics = cluster.gantry.metrics().render();
+    assert!(
+        metric(
+            &metrics,
+            "gantry_kubernetes_watch_events_total{kind=\"EndpointSlice\",outcome=\"applied\"}"
+        ) >= 2.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "gantry_kubernetes_pool_addresses_in_use{pool=\"main\"}"
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "gantry_kubernetes_programming_duration_seconds_count"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "gantry_kubernetes_api_writes_total{outcome=\"ok\",what=\"status\"}"
+        ) >= 1.0
+    );
+
+    // Scaled to zero: the address stays, nothing answers; scaled back: served again.
+    cluster.delete(Kind::EndpointSlice, "web-0");
+    cluster.delete(Kind::EndpointSlice, "web-1");
+    eventually("no endpoint answers", || async {
+        origin_behind(addr).await.is_none()
+    })
+    .await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_ok(),
+        "the listener stays"
+    );
+    cluster.create(slice("web", 2, "http", b.addr));
+    eventually("b answers again", || async {
+        origin_behind(addr).await.as_deref() == Some("b")
+    })
+    .await;
+    assert_eq!(
+        cluster.ingress_ip("web").await,
+        ip,
+        "the address never changed"
+    );
+
+    // Deleted: the listener goes, then the finalizer, then the object.
+    cluster.delete(Kind::Service, "web");
+    eventually("the Service is gone", || async {
+        cluster.get(Kind::Service, "web").is_none()
+    })
+    .await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is gone"
+    );
+    assert_eq!(cluster.events("web", "DeletedLoadBalancer").len(), 1);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn type_and_port_changes_keep_the_address() {
+    let (first, range) = pool(21);
+    let node: std::net::IpAddr = "127.0.21.200".parse().expect("ip");
+    let cluster = Cluster::start(&range, "  node_port_address: 127.0.21.200\n").await;
+    let origin = HttpOrigin::start("a", OriginProtocol::Http1).await;
+    let port = free_port(first);
+    let mut service = load_balancer("shop", &[("http", port)]);
+    service["spec"] = json!({"type": "ClusterIP", "ports": [{"name": "http", "port": port}]});
+    cluster.create(service);
+    cluster.create(slice("shop", 0, "http", origin.addr));
+
+    // NodePort: served on the node-facing address at the allocated node port.
+    let node_port = |cluster: &Cluster| {
+        cluster.get(Kind::Service, "shop").expect("shop")["spec"]["ports"][0]["nodePort"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+    };
+    cluster.patch(Kind::Service, "shop", json!({"spec": {"type": "NodePort"}}));
+    let allocated = node_port(&cluster).expect("a node port");
+    let at_node = SocketAddr::new(node, allocated);
+    eventually("served at the node port", || async {
+        origin_behind(at_node).await.is_some()
+    })
+    .await;
+
+    // LoadBalancer: an address of the pool; the node port is no longer Gantry's to serve.
+    cluster.patch(
+        Kind::Service,
+        "shop",
+        json!({"spec": {"type": "LoadBalancer", "loadBalancerClass": "gantry.io/lb"}}),
+    );
+    let ip = cluster.ingress_ip("shop").await;
+    eventually("served at the load balancer", || async {
+        origin_behind(SocketAddr::new(ip, port)).await.is_some()
+    })
+    .await;
+    eventually("not at the node port", || async {
+        origin_behind(at_node).await.is_none()
+    })
+    .await;
+
+    // A port change moves the listener, not the address.
+    let other = free_port(ip);
+    cluster.patch(
+        Kind::Service,
+        "shop",
+        json!({"spec": {"ports": [{"name": "http", "port": other}]}}),
+    );
+    eventually("served on the new port", || async {
+        origin_behind(SocketAddr::new(ip, other)).await.is_some()
+    })
+    .await;
+    assert!(
+        origin_behind(SocketAddr::new(ip, port)).await.is_none(),
+        "the old port is closed"
+    );
+    assert_eq!(cluster.ingress_ip("shop").await, ip);
+
+    // Back to ClusterIP: the API server clears the status; Gantry closes the listener and
+    // lets go of its finalizer.
+    cluster.patch(
+        Kind::Service,
+        "shop",
+        json!({"spec": {"type": "ClusterIP"}}),
+    );
+    eventually("the finalizer is gone", || async {
+        cluster.get(Kind::Service, "shop").expect("shop")["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    })
+    .await;
+    assert!(origin_behind(SocketAddr::new(ip, other)).await.is_none());
+    assert_eq!(cluster.events("shop", "DeletedLoadBalancer").len(), 1);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_readopts_every_address_and_serves_at_once() {
+    let (first, range) = pool(22);
+    let mut cluster = Cluster::start(&range, "").await;
+    let origin = HttpOrigin::start("a", OriginProtocol::Http1).await;
+    let port = free_port(first);
+    let names = ["one", "two", "three"];
+    for (i, name) in names.iter().enumerate() {
+        cluster.create(load_balancer(name, &[("http", port)]));
+        cluster.create(slice(name, i, "http", origin.addr));
+    }
+    let mut before = Vec::new();
+    for name in names {
+        before.push(cluster.ingress_ip(name).await);
+    }
+    // Deleting "one" while Gantry is down; "four" arrives meanwhile. After the restart "two"
+    // and "three" keep their addresses, "one" goes, and "four" takes none of theirs.
+    cluster
+        .gantry
+        .shutdown(std::time::Duration::from_secs(1))
+        .await;
+    cluster.delete(Kind::Service, "one");
+    cluster.create(load_balancer("four", &[("http", port)]));
+    cluster.create(slice("four", 9, "http", origin.addr));
+    cluster.restart().await;
+    eventually("one is gone", || async {
+        cluster.get(Kind::Service, "one").is_none()
+    })
+    .await;
+    let four = cluster.ingress_ip("four").await;
+    assert!(
+        !before[1..].contains(&four),
+        "four took a held address: {four}"
+    );
+    for (name, ip) in names.iter().zip(&before).skip(1) {
+        assert_eq!(
+            cluster.ingress_ip(name).await,
+            *ip,
+            "{name} kept its address"
+        );
+        let addr = SocketAddr::new(*ip, port);
+        eventually(&format!("{name} serves"), || async {
+            origin_behind(addr).await.is_some()
+        })
+        .await;
+    }
+    cluster.stop().await;
+}
