@@ -9,6 +9,7 @@ mod binary;
 mod health;
 mod http_proxy;
 mod kubernetes;
+mod kubernetes_backends;
 mod kubernetes_policies;
 mod limits;
 mod policies;

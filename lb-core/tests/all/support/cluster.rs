@@ -60,21 +60,21 @@ impl Cluster {
     }
 
     pub fn patch(&self, kind: Kind, name: &str, patch: Value) -> Value {
-        let id: ObjectId = (kind, "default".into(), name.into());
+        let id = id(kind, name);
         self.api
             .patch(&id, Part::Main, &patch)
             .unwrap_or_else(|e| panic!("patch: {e:?}"))
     }
 
     pub fn delete(&self, kind: Kind, name: &str) {
-        let id: ObjectId = (kind, "default".into(), name.into());
+        let id = id(kind, name);
         self.api
             .delete(&id)
             .unwrap_or_else(|e| panic!("delete: {e:?}"));
     }
 
     pub fn get(&self, kind: Kind, name: &str) -> Option<Value> {
-        self.api.get(&(kind, "default".into(), name.into()))
+        self.api.get(&id(kind, name))
     }
 
     /// The address in the Service's status, once there is one.
@@ -122,6 +122,12 @@ impl Cluster {
             .shutdown(std::time::Duration::from_secs(1))
             .await;
     }
+}
+
+/// The id of `name` of `kind`: in the `default` namespace, unless cluster-scoped.
+fn id(kind: Kind, name: &str) -> ObjectId {
+    let namespace = if kind.namespaced() { "default" } else { "" };
+    (kind, namespace.into(), name.into())
 }
 
 /// A LoadBalancer Service of Gantry's class with TCP ports `(name, port)`.
