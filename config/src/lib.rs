@@ -132,3 +132,5 @@ fn parse_file(text: &str) -> Result<file::FileConfig, ConfigError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_kubernetes;

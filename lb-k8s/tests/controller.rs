@@ -197,6 +197,10 @@ async fn a_load_balancer_is_provisioned_reported_and_cleaned_up() {
         (r.events("EnsuredLoadBalancer") == 1).then_some(())
     })
     .await;
+    run.until("a Warning for the UDP port", |r| {
+        (r.events("UnsupportedPort") == 1).then_some(())
+    })
+    .await;
 
     // A second Service gets the next address; a third finds the pool exhausted.
     run.server.create(lb("two")).expect("two");
@@ -324,5 +328,11 @@ async fn a_restart_readopts_every_address() {
         })
         .count();
     assert_eq!(rewrites, 0);
+    // Taken over quietly: one EnsuredLoadBalancer each for a and b (before the restart), one for c.
+    restarted
+        .until("c announced", |r| {
+            (r.events("EnsuredLoadBalancer") == 3).then_some(())
+        })
+        .await;
     restarted.stop().await;
 }

@@ -45,6 +45,8 @@ pub(crate) struct Tracked {
     reported: Option<(String, String)>,
     /// The configuration last announced with `EnsuredLoadBalancer`.
     ensured: Option<Built>,
+    /// The ports last reported as not served (a Warning each time they change).
+    skipped_ports: Vec<PortOutcome>,
 }
 
 impl Tracked {
@@ -134,12 +136,16 @@ impl Controller {
         }
         for (key, at) in &batch {
             self.report(key).await;
-            if let Some(at) = at {
+            // Only what the data plane serves (or stopped serving) was programmed.
+            if let (Some(at), true) = (at, self.tracked.contains_key(key)) {
                 self.telemetry.programmed(at.elapsed().as_secs_f64());
             }
         }
         let mut freed = false;
         for (key, had) in releasing {
+            if let (Some(Some(at)), true) = (batch.get(&key), had) {
+                self.telemetry.programmed(at.elapsed().as_secs_f64());
+            }
             freed |= self.release(&key, had).await;
         }
         if freed {
@@ -245,7 +251,10 @@ impl Controller {
         };
         self.build(key, address, &view);
         let tracked = self.tracked.entry(key.clone()).or_default();
-        if tracked.wanted.is_some() && tracked.wanted != tracked.served {
+        // After a restart a Service that already shows its address is taken over quietly;
+        // a new one, or a change to one served, is announced.
+        let announce = tracked.served.is_some() || view.status_ips.is_empty();
+        if tracked.wanted.is_some() && tracked.wanted != tracked.served && announce {
             let note = Note {
                 warning: false,
                 reason: "EnsuringLoadBalancer",
@@ -370,7 +379,52 @@ impl Controller {
             }
             tracked.reported = trouble.clone();
         }
-        if tracked.served.is_some() && tracked.served != tracked.ensured {
+        let skipped: Vec<PortOutcome> = tracked
+            .served
+            .iter()
+            .flat_map(|b| b.ports.iter().filter(|p| p.error.is_some()).cloned())
+            .collect();
+        if skipped != tracked.skipped_ports {
+            if !skipped.is_empty() {
+                let ports: Vec<String> = skipped
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}/{} ({})",
+                            p.port,
+                            p.protocol,
+                            p.error.unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                notes.push(Note {
+                    warning: true,
+                    reason: "UnsupportedPort",
+                    message: format!("not served: {}; the other ports are", ports.join(", ")),
+                });
+            }
+            tracked.skipped_ports = skipped;
+        }
+        let wanted = status::Wanted {
+            ingress: tracked
+                .served
+                .as_ref()
+                .map(|b| (b.service.address, b.ports.clone())),
+            trouble: trouble.clone(),
+        };
+        let write = (role == Role::LoadBalancer)
+            .then(|| {
+                status::to_write(
+                    view.status.as_ref(),
+                    &wanted,
+                    view.generation,
+                    &now_rfc3339(),
+                )
+            })
+            .flatten();
+        // A first configuration whose status is already right was served before a restart.
+        let taken_over = tracked.ensured.is_none() && write.is_none();
+        if tracked.served.is_some() && tracked.served != tracked.ensured && !taken_over {
             if let Some(served) = &tracked.served {
                 notes.push(Note {
                     warning: false,
@@ -387,25 +441,8 @@ impl Controller {
                     ),
                 });
             }
-            tracked.ensured = tracked.served.clone();
         }
-        let wanted = status::Wanted {
-            ingress: tracked
-                .served
-                .as_ref()
-                .map(|b| (b.service.address, b.ports.clone())),
-            trouble,
-        };
-        let write = (role == Role::LoadBalancer)
-            .then(|| {
-                status::to_write(
-                    view.status.as_ref(),
-                    &wanted,
-                    view.generation,
-                    &now_rfc3339(),
-                )
-            })
-            .flatten();
+        tracked.ensured.clone_from(&tracked.served);
         let source = view.source.clone();
         for note in notes {
             self.writer.event(&source, note).await;

@@ -199,3 +199,73 @@ pub fn read(annotations: &BTreeMap<String, String>, problems: &mut Vec<String>) 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(pairs: &[(&str, &str)]) -> (Annotations, Vec<String>) {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut problems = Vec::new();
+        let annotations = read(&map, &mut problems);
+        (annotations, problems)
+    }
+
+    #[test]
+    fn every_annotation_reads_into_what_it_asks_for() {
+        let (a, problems) = read_all(&[
+            ("gantry.io/backends", "nodes"),
+            ("gantry.io/addresses", "192.0.2.7, 2001:db8::7"),
+            ("gantry.io/address-pool", "edge"),
+            ("gantry.io/sharing-key", "shared"),
+            ("gantry.io/protocol", "http"),
+            ("gantry.io/protocol.admin", "https"),
+            ("gantry.io/tls-secret", "web-tls"),
+            ("gantry.io/backend-protocol", "h2c"),
+            ("gantry.io/balancer", "builtin:maglev"),
+            ("gantry.io/balancer-params", "{table_size: 65537}"),
+            ("example.com/other", "ignored"),
+        ]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(a.backends, Some(BackendMode::Nodes));
+        assert_eq!(a.addresses.len(), 2);
+        assert_eq!(
+            (a.pool.as_deref(), a.sharing_key.as_deref()),
+            (Some("edge"), Some("shared"))
+        );
+        assert_eq!(a.protocol_of("web", 80), PortProtocol::Http);
+        assert_eq!(a.protocol_of("admin", 8443), PortProtocol::Https);
+        assert_eq!(a.tls_secret.as_deref(), Some("web-tls"));
+        let balancer = a.balancer.expect("balancer");
+        assert_eq!(balancer.policy, "builtin:maglev");
+        assert_eq!(
+            balancer.params["table_size"],
+            serde_yaml::Value::from(65537)
+        );
+    }
+
+    #[test]
+    fn each_bad_annotation_is_named_with_its_problem() {
+        let (_, problems) = read_all(&[
+            ("gantry.io/protocol", "gopher"),
+            ("gantry.io/addresses", "not-an-ip"),
+            ("gantry.io/affinity-params", "{a: 1}"),
+            ("gantry.io/health-params", "[not, a, map]"),
+            ("gantry.io/typo", "x"),
+        ]);
+        let joined = problems.join("\n");
+        for expected in [
+            "metadata.annotations[gantry.io/protocol]: `gopher`",
+            "metadata.annotations[gantry.io/addresses]: `not-an-ip` is not an IP address",
+            "metadata.annotations[gantry.io/affinity-params]: parameters without `gantry.io/affinity`",
+            "metadata.annotations[gantry.io/health-params]: not a map of parameters",
+            "metadata.annotations[gantry.io/typo]: unknown Gantry annotation",
+        ] {
+            assert!(joined.contains(expected), "missing `{expected}` in:\n{joined}");
+        }
+        assert_eq!(problems.len(), 5);
+    }
+}

@@ -528,3 +528,80 @@ fn a_deleted_or_unaddressed_load_balancer_serves_nothing() {
         Translation::NotOurs
     ));
 }
+
+fn tls_secret(type_: &str, with_key: bool) -> k8s_openapi::api::core::v1::Secret {
+    use k8s_openapi::ByteString;
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["shop.example".to_owned()]).expect("rcgen");
+    let mut data = BTreeMap::from([(
+        "tls.crt".to_owned(),
+        ByteString(generated.cert.pem().into_bytes()),
+    )]);
+    if with_key {
+        data.insert(
+            "tls.key".to_owned(),
+            ByteString(generated.key_pair.serialize_pem().into_bytes()),
+        );
+    }
+    k8s_openapi::api::core::v1::Secret {
+        metadata: meta("shop", "web-tls"),
+        type_: Some(type_.into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn tls_ports_take_their_certificate_from_the_secret_the_annotation_names() {
+    let mut index = Index::new(Settings::default());
+    let mut service = load_balancer(Some(DEFAULT_CLASS), vec![port("https", 443, "TCP", None)]);
+    service.metadata.annotations = Some(BTreeMap::from([
+        ("gantry.io/protocol".to_owned(), "https".to_owned()),
+        ("gantry.io/tls-secret".to_owned(), "web-tls".to_owned()),
+    ]));
+    index.apply_service(&service);
+    assert_eq!(
+        index.referenced_secrets(),
+        [ObjectKey::new("shop", "web-tls")].into()
+    );
+    let problems = |index: &Index| match index.translate(&web(), address()) {
+        Translation::Serve { problems, .. } => problems.join("\n"),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        problems(&index).contains("Secret shop/web-tls not found"),
+        "{}",
+        problems(&index)
+    );
+
+    assert_eq!(
+        index.apply_secret(&tls_secret("Opaque", true)),
+        [web()].into()
+    );
+    assert!(
+        problems(&index).contains("is of type `Opaque`"),
+        "{}",
+        problems(&index)
+    );
+    index.apply_secret(&tls_secret("kubernetes.io/tls", false));
+    assert!(
+        problems(&index).contains("has no `tls.key`"),
+        "{}",
+        problems(&index)
+    );
+
+    index.apply_secret(&tls_secret("kubernetes.io/tls", true));
+    let Translation::Serve { wanted, problems } = index.translate(&web(), address()) else {
+        panic!("served");
+    };
+    assert!(problems.is_empty(), "{problems:?}");
+    let builder = ModelBuilder::from_file(
+        lb_config::file::FileConfig::default(),
+        std::path::Path::new("/"),
+    );
+    let service = builder
+        .check_service(&FieldPath::object("Service", "shop/web"), wanted.spec)
+        .expect("a valid service");
+    let tls = service.ports["https"].tls.as_ref().expect("tls");
+    assert_eq!(tls.certificates[0].names, vec!["shop.example".to_owned()]);
+}

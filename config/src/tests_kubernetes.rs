@@ -1,0 +1,142 @@
+//! Tests of the `kubernetes:` section and of combining another source's services with the
+//! file's.
+
+use std::path::Path;
+
+use super::*;
+
+fn problems_of(yaml: &str) -> Vec<String> {
+    match parse_str(yaml, Path::new("/etc/gantry")) {
+        Err(ConfigError::Invalid(problems)) => problems.iter().map(|p| p.to_string()).collect(),
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_section_takes_its_defaults_and_resolves_the_kubeconfig() {
+    let model = parse_str(
+        "kubernetes:\n  kubeconfig: kube/config\n  instance: lb-1\n  address_pools:\n    - { name: main, addresses: [192.0.2.0/30, 198.51.100.7, \"2001:db8::10-2001:db8::1f\"] }\n",
+        Path::new("/etc/gantry"),
+    )
+    .expect("valid");
+    let section = model.kubernetes.expect("section");
+    assert_eq!(
+        section.credentials,
+        KubeCredentials::Kubeconfig {
+            path: "/etc/gantry/kube/config".into(),
+            context: None
+        }
+    );
+    assert_eq!(section.load_balancer_class, DEFAULT_LOAD_BALANCER_CLASS);
+    assert!(!section.default_provider);
+    assert_eq!(section.backends, KubeBackends::Pods);
+    assert_eq!(section.node_port_address, None);
+    let ranges = &section.address_pools[0].ranges;
+    // A /30 leaves out its network and broadcast addresses.
+    assert_eq!(
+        ranges[0],
+        AddressRange {
+            first: "192.0.2.1".parse().expect("ip"),
+            last: "192.0.2.2".parse().expect("ip")
+        }
+    );
+    assert_eq!(ranges[1].first, ranges[1].last);
+    assert!(ranges[2].contains("2001:db8::1a".parse().expect("ip")));
+    let in_cluster = parse_str("kubernetes: {}\n", Path::new("/")).expect("valid");
+    assert_eq!(
+        in_cluster.kubernetes.expect("section").credentials,
+        KubeCredentials::InCluster
+    );
+    assert!(parse_str("", Path::new("/"))
+        .expect("valid")
+        .kubernetes
+        .is_none());
+}
+
+#[test]
+fn every_problem_of_the_section_is_reported_with_its_path() {
+    let problems = problems_of(
+        r#"
+services:
+  - name: static
+    address: 192.0.2.5
+    ports: [{ port: 80, backends: ["10.0.0.1:80"] }]
+kubernetes:
+  context: nowhere
+  load_balancer_class: no-slash
+  backends: everywhere
+  node_port_address: not-an-ip
+  address_pools:
+    - { name: main, addresses: [192.0.2.0/28, "192.0.2.9-192.0.2.3", "2001:db8::/129", 10.0.0.1/24] }
+    - { name: main, addresses: [192.0.2.8/29] }
+    - { name: Bad_Name, addresses: [] }
+"#,
+    );
+    let joined = problems.join("\n");
+    for expected in [
+        "kubernetes.context: needs `kubeconfig`",
+        "kubernetes.load_balancer_class: `no-slash` is not a class",
+        "kubernetes.backends: `everywhere`",
+        "kubernetes.node_port_address: `not-an-ip` is not an IP address",
+        "kubernetes.address_pools[0].addresses[1]: `192.0.2.9-192.0.2.3` is not",
+        "kubernetes.address_pools[0].addresses[2]: `2001:db8::/129` is not",
+        "kubernetes.address_pools[0].addresses[3]: `10.0.0.1/24` is not",
+        "kubernetes.address_pools[1].name: duplicate pool name `main`",
+        "kubernetes.address_pools[1].addresses[0]: `192.0.2.8/29` overlaps addresses of pool `main`",
+        "kubernetes.address_pools[2].name: `Bad_Name` is not a name",
+        "kubernetes.address_pools[2].addresses: 0 entries",
+        "services[0].address: 192.0.2.5 is in the Kubernetes address pool `main`",
+    ] {
+        assert!(joined.contains(expected), "missing `{expected}` in:\n{joined}");
+    }
+}
+
+#[test]
+fn another_sources_services_are_admitted_only_when_they_clash_with_nothing() {
+    let yaml = "services:\n  - name: static\n    address: 127.0.0.1\n    ports: [{ name: web, port: 8080, backends: [\"127.0.0.1:1\"] }]\n";
+    let builder = builder_from_str(yaml, Path::new("/")).expect("valid");
+    let service = |name: &str, port: u16| {
+        let spec: file::ServiceFile = serde_yaml::from_str(&format!(
+            "{{ name: \"{name}\", address: 127.0.0.1, ports: [{{ name: web, port: {port}, backends: [\"127.0.0.1:2\"] }}] }}"
+        ))
+        .expect("spec");
+        builder
+            .check_service(&FieldPath::object("Service", name), spec)
+            .expect("valid alone")
+    };
+    let mut combined = builder.clone();
+    let outcomes = combined.admit(vec![
+        (
+            FieldPath::object("Service", "ns/a"),
+            vec![service("ns/a", 8080), service("ns/a", 8081)],
+        ),
+        (
+            FieldPath::object("Service", "ns/b"),
+            vec![service("ns/b", 8081)],
+        ),
+        (
+            FieldPath::object("Service", "ns/c"),
+            vec![service("static", 9000)],
+        ),
+    ]);
+    // a clashes with the file's port and falls back to its second configuration; b then
+    // clashes with a; c takes the file's name.
+    assert_eq!(outcomes[0], Ok(1));
+    let b = outcomes[1].as_ref().expect_err("b clashes").to_string();
+    assert!(
+        b.contains(
+            "127.0.0.1:8081 (Service ns/b port `web`) is already used by Service ns/a port `web`"
+        ),
+        "{b}"
+    );
+    let c = outcomes[2].as_ref().expect_err("c clashes").to_string();
+    assert!(
+        c.contains("Service ns/c name: duplicate service name `static` (also services[0])"),
+        "{c}"
+    );
+    let model = combined.finish().expect("the admitted ones make a model");
+    assert_eq!(
+        model.services.keys().collect::<Vec<_>>(),
+        vec!["ns/a", "static"]
+    );
+}
