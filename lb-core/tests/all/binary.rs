@@ -81,8 +81,8 @@ fn the_shipped_examples_pass_check() {
         checked += 1;
     }
     assert!(
-        checked >= 4,
-        "expected the four documented examples, found {checked}"
+        checked >= 5,
+        "expected the five documented examples, found {checked}"
     );
 }
 
