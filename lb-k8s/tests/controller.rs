@@ -336,3 +336,38 @@ async fn a_restart_readopts_every_address() {
         .await;
     restarted.stop().await;
 }
+
+#[tokio::test]
+async fn a_secret_that_cannot_be_read_is_reported_not_waited_for() {
+    let run = start().await;
+    run.server.inject(lb_k8s::testing::Fault {
+        method: http::Method::GET,
+        path_contains: "/secrets".into(),
+        status: 403,
+        times: 1,
+    });
+    let mut service = lb("tls");
+    service["metadata"]["annotations"] =
+        json!({"gantry.io/protocol": "tls", "gantry.io/tls-secret": "missing"});
+    run.server.create(service).expect("service");
+    let note = |r: &Running, text: &str| {
+        r.server.list(Kind::Event).iter().any(|e| {
+            e["reason"] == "InvalidConfiguration"
+                && e["note"].as_str().is_some_and(|n| n.contains(text))
+        })
+    };
+    run.until("cannot be read", |r| {
+        note(r, "Secret default/missing cannot be read").then_some(())
+    })
+    .await;
+    // The watch recovers: the Secret is then known to be missing.
+    run.until("not found", |r| {
+        let condition = r.service("tls")?["status"]["conditions"][0].clone();
+        condition["message"]
+            .as_str()?
+            .contains("Secret default/missing not found")
+            .then_some(())
+    })
+    .await;
+    run.stop().await;
+}

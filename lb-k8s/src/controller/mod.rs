@@ -237,9 +237,17 @@ impl Controller {
                 self.touch(touched);
             }
             Update::Secret(key, event) => self.take_secret(key, *event),
-            Update::Failed(kind, error) => {
+            Update::Failed(kind, secret, error) => {
                 self.telemetry.watch_event(kind, "error");
                 tracing::warn!(kind, %error, "watch failed; retrying");
+                if let Some(key) = secret {
+                    // A Secret that cannot be read (forbidden, say) is not waited for: the
+                    // Services that name it are told why, and retried when the watch recovers.
+                    if self.relists.secrets.remove(&key).is_some() {
+                        let touched = self.index.secret_unreadable(&key, &error);
+                        self.touch(touched);
+                    }
+                }
             }
         }
     }

@@ -266,12 +266,18 @@ impl Controller {
     }
 
     /// Records that what `key` asks for cannot be built; its last good configuration stays.
+    /// (Logged and counted once per distinct problem, not at every reconcile.)
     fn refuse(&mut self, key: &ObjectKey, reason: &str, message: String) {
-        tracing::warn!(service = %key, reason, "{message}");
-        self.telemetry.object_invalid("Service");
         let tracked = self.tracked.entry(key.clone()).or_default();
         tracked.wanted = None;
-        tracked.problem = Some((reason.to_owned(), message));
+        let problem = Some((reason.to_owned(), message));
+        if tracked.problem != problem {
+            if let Some((_, message)) = &problem {
+                tracing::warn!(service = %key, reason, "{message}");
+            }
+            self.telemetry.object_invalid("Service");
+            tracked.problem = problem;
+        }
     }
 
     fn build(&mut self, key: &ObjectKey, address: Option<IpAddr>, view: &ServiceView) {

@@ -29,8 +29,9 @@ pub enum Update {
     Node(Box<Event<Node>>),
     /// From the watch of one Secret.
     Secret(ObjectKey, Box<Event<Secret>>),
-    /// A watch failed (it retries by itself): the kind and the error.
-    Failed(&'static str, String),
+    /// A watch failed (it retries by itself): the kind, the Secret when it is a Secret's
+    /// watch, and the error.
+    Failed(&'static str, Option<ObjectKey>, String),
 }
 
 /// Starts the watches of Services, EndpointSlices and Nodes, feeding `queue`.
@@ -40,21 +41,21 @@ pub fn start_all(client: &Client, queue: &mpsc::Sender<Update>) -> Vec<JoinHandl
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
             queue.clone(),
-            "Service",
+            ("Service", None),
             |e| Update::Service(Box::new(e)),
         ),
         spawn(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default(),
             queue.clone(),
-            "EndpointSlice",
+            ("EndpointSlice", None),
             |e| Update::Slice(Box::new(e)),
         ),
         spawn(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
             queue.clone(),
-            "Node",
+            ("Node", None),
             |e| Update::Node(Box::new(e)),
         ),
     ]
@@ -70,16 +71,20 @@ pub fn start_secret(
     let api = Api::<Secret>::namespaced(client.clone(), &key.namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
     let key = key.clone();
-    spawn(api, config, queue.clone(), "Secret", move |event| {
-        Update::Secret(key.clone(), Box::new(event))
-    })
+    spawn(
+        api,
+        config,
+        queue.clone(),
+        ("Secret", Some(key.clone())),
+        move |event| Update::Secret(key.clone(), Box::new(event)),
+    )
 }
 
 fn spawn<K>(
     api: Api<K>,
     config: watcher::Config,
     queue: mpsc::Sender<Update>,
-    kind: &'static str,
+    (kind, secret): (&'static str, Option<ObjectKey>),
     wrap: impl Fn(Event<K>) -> Update + Send + 'static,
 ) -> JoinHandle<()>
 where
@@ -94,7 +99,7 @@ where
         while let Some(item) = stream.next().await {
             let update = match item {
                 Ok(event) => wrap(event),
-                Err(error) => Update::Failed(kind, error.to_string()),
+                Err(error) => Update::Failed(kind, secret.clone(), error.to_string()),
             };
             if queue.send(update).await.is_err() {
                 return;

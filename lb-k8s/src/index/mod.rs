@@ -198,6 +198,13 @@ impl Index {
         self.naming(&key)
     }
 
+    /// A Secret cannot be read (`error`); returns the Services that name it.
+    pub fn secret_unreadable(&mut self, key: &ObjectKey, error: &str) -> BTreeSet<ObjectKey> {
+        self.secrets
+            .insert(key.clone(), Err(format!("cannot be read: {error}")));
+        self.naming(key)
+    }
+
     /// A Secret is gone; returns the Services that name it.
     pub fn delete_secret(&mut self, key: &ObjectKey) -> BTreeSet<ObjectKey> {
         self.secrets.remove(key);

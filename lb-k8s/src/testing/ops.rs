@@ -240,6 +240,11 @@ fn check_identity(id: &ObjectId, object: &mut Value) -> Result<(), ApiError> {
             "the body of the request is not a JSON object",
         ));
     }
+    match &object["metadata"] {
+        Value::Object(_) => {}
+        Value::Null => object["metadata"] = json!({}),
+        _ => return Err(ApiError::bad_request("metadata is not a JSON object")),
+    }
     if let Some(kind) = object["kind"].as_str() {
         if kind != id.0.name() {
             return Err(ApiError::bad_request(format!(

@@ -75,6 +75,10 @@ pub(super) fn endpoint_slice(
     let mut names = BTreeSet::new();
     if let Some(ports) = object["ports"].as_array_mut() {
         for (i, port) in ports.iter_mut().enumerate() {
+            if !port.is_object() {
+                p.push(format!("ports[{i}]"), "Invalid value: must be an object");
+                continue;
+            }
             let name = port["name"].as_str().unwrap_or_default().to_owned();
             if !names.insert(name.clone()) {
                 p.push(

@@ -165,6 +165,10 @@ fn ports(spec: &mut Value, uses_node_ports: bool, taken: &BTreeSet<i64>, p: &mut
     let mut listens = BTreeSet::new();
     for (i, port) in ports.iter_mut().enumerate() {
         let field = format!("spec.ports[{i}]");
+        if !port.is_object() {
+            p.push(field, "Invalid value: must be an object");
+            continue;
+        }
         let number = int(&port["port"]).unwrap_or(0);
         if !(1..=65_535).contains(&number) {
             p.push(
@@ -378,6 +382,10 @@ pub(super) fn admit_status(object: &mut Value, p: &mut Problems) {
     };
     for (i, ingress) in ingresses.iter_mut().enumerate() {
         let field = format!("status.loadBalancer.ingress[{i}]");
+        if !ingress.is_object() {
+            p.push(field, "Invalid value: must be an object");
+            continue;
+        }
         match ingress["ip"].as_str() {
             Some(ip) => {
                 parse_ip(ip, &format!("{field}.ip"), p);
