@@ -160,12 +160,13 @@ async fn a_bad_annotation_is_reported_and_the_last_good_configuration_keeps_serv
             })
     })
     .await;
-    let condition =
-        cluster.get(Kind::Service, "web").expect("web")["status"]["conditions"][0].clone();
-    assert_eq!(
-        (condition["status"].as_str(), condition["reason"].as_str()),
-        (Some("False"), Some("InvalidConfiguration"))
-    );
+    eventually("the condition says why", || async {
+        let condition =
+            cluster.get(Kind::Service, "web").expect("web")["status"]["conditions"][0].clone();
+        (condition["status"].as_str(), condition["reason"].as_str())
+            == (Some("False"), Some("InvalidConfiguration"))
+    })
+    .await;
     assert!(
         origin_behind(addr).await.is_some(),
         "the last good configuration serves"

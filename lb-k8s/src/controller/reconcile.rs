@@ -29,6 +29,29 @@ pub(crate) struct Built {
     ports: Vec<PortOutcome>,
 }
 
+/// What clients see of a load balancer: where it listens, with which protocols, and which
+/// ports it leaves out. Events announce changes to this, never to the backends alone (an
+/// endpoint rollout is no news about the load balancer).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Front {
+    listeners: Vec<(std::net::SocketAddr, &'static str)>,
+    ports: Vec<PortOutcome>,
+}
+
+impl Built {
+    fn front(&self) -> Front {
+        Front {
+            listeners: self
+                .service
+                .ports
+                .values()
+                .map(|p| (p.bind, p.protocol.as_str()))
+                .collect(),
+            ports: self.ports.clone(),
+        }
+    }
+}
+
 /// What the controller keeps of a Service it serves (or tries to).
 #[derive(Default)]
 pub(crate) struct Tracked {
@@ -43,8 +66,8 @@ pub(crate) struct Tracked {
     clash: Option<(String, String)>,
     /// The trouble last reported with an Event, so each is reported once.
     reported: Option<(String, String)>,
-    /// The configuration last announced with `EnsuredLoadBalancer`.
-    ensured: Option<Built>,
+    /// What was last announced with `EnsuredLoadBalancer`.
+    ensured: Option<Front>,
     /// The ports last reported as not served (a Warning each time they change).
     skipped_ports: Vec<PortOutcome>,
 }
@@ -254,7 +277,9 @@ impl Controller {
         // After a restart a Service that already shows its address is taken over quietly;
         // a new one, or a change to one served, is announced.
         let announce = tracked.served.is_some() || view.status_ips.is_empty();
-        if tracked.wanted.is_some() && tracked.wanted != tracked.served && announce {
+        let front = |b: &Option<Built>| b.as_ref().map(Built::front);
+        if tracked.wanted.is_some() && front(&tracked.wanted) != front(&tracked.served) && announce
+        {
             let note = Note {
                 warning: false,
                 reason: "EnsuringLoadBalancer",
@@ -430,7 +455,8 @@ impl Controller {
             .flatten();
         // A first configuration whose status is already right was served before a restart.
         let taken_over = tracked.ensured.is_none() && write.is_none();
-        if tracked.served.is_some() && tracked.served != tracked.ensured && !taken_over {
+        let served_front = tracked.served.as_ref().map(Built::front);
+        if served_front.is_some() && served_front != tracked.ensured && !taken_over {
             if let Some(served) = &tracked.served {
                 notes.push(Note {
                     warning: false,
@@ -448,7 +474,7 @@ impl Controller {
                 });
             }
         }
-        tracked.ensured.clone_from(&tracked.served);
+        tracked.ensured = served_front;
         let source = view.source.clone();
         for note in notes {
             self.writer.event(&source, note).await;
