@@ -245,3 +245,70 @@ async fn a_restart_readopts_every_address_and_serves_at_once() {
     }
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_clash_with_the_file_is_reported_and_the_file_keeps_its_service() {
+    let (first, range) = pool(31);
+    let origin = HttpOrigin::start("file", OriginProtocol::Http1).await;
+    // The file serves a service named as the Kubernetes one will be, on the node address at
+    // a port a NodePort Service will also ask for.
+    let node: std::net::IpAddr = "127.0.31.200".parse().expect("ip");
+    let port = free_port(node);
+    let section = format!(
+        "  node_port_address: {node}\nservices:\n  - name: default/web\n    address: {node}\n    ports: [{{ name: http, port: {port}, backends: [\"{}\"] }}]\n",
+        origin.addr
+    );
+    let cluster = Cluster::start(&range, &section).await;
+    let at_file = SocketAddr::new(node, port);
+    eventually("the file's service serves", || async {
+        origin_behind(at_file).await.as_deref() == Some("file")
+    })
+    .await;
+
+    cluster.create(load_balancer("web", &[("http", free_port(first))]));
+    eventually("a Warning names the clash", || async {
+        cluster.events("web", "Conflict").iter().any(|e| {
+            e["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("duplicate service name `default/web`"))
+        })
+    })
+    .await;
+    assert_eq!(
+        origin_behind(at_file).await.as_deref(),
+        Some("file"),
+        "the file's service is untouched"
+    );
+    let condition = |cluster: &Cluster, name: &str| {
+        cluster.get(Kind::Service, name).expect("service")["status"]["conditions"][0]["reason"]
+            .clone()
+    };
+    eventually("the condition says so", || async {
+        condition(&cluster, "web") == "Conflict"
+    })
+    .await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_service_frees_its_address_for_the_next() {
+    let (first, range) = pool(32);
+    // A pool of one address.
+    let cluster = Cluster::start(&range.replace("127.0.32.14", "127.0.32.1"), "").await;
+    let port = free_port(first);
+    cluster.create(load_balancer("old", &[("http", port)]));
+    assert_eq!(cluster.ingress_ip("old").await, first);
+    cluster.create(load_balancer("new", &[("http", port)]));
+    eventually("new waits: the pool is exhausted", || async {
+        cluster.get(Kind::Service, "new").expect("new")["status"]["conditions"][0]["reason"]
+            == "AddressPoolExhausted"
+    })
+    .await;
+    cluster.delete(Kind::Service, "old");
+    assert_eq!(
+        cluster.ingress_ip("new").await,
+        first,
+        "the freed address goes to the waiting Service"
+    );
+    cluster.stop().await;
+}

@@ -66,6 +66,11 @@ async fn endpoints_churning_under_load_fail_no_request() {
         "failed requests during the churn"
     );
     assert!(origins[6].requests() > 0);
+    assert_eq!(
+        cluster.events("churn", "EnsuredLoadBalancer").len(),
+        1,
+        "a rollout is no news about the load balancer"
+    );
     cluster.stop().await;
 }
 

@@ -377,12 +377,12 @@ impl Controller {
             match outcome {
                 Served::Alternative(i, clashes) => {
                     tracked.served = alternatives.into_iter().nth(i);
-                    tracked.clash = (!clashes.is_empty())
-                        .then(|| ("PortConflict".to_owned(), clashes.to_string()));
+                    tracked.clash =
+                        (!clashes.is_empty()).then(|| ("Conflict".to_owned(), clashes.to_string()));
                 }
                 Served::Refused(clashes) => {
                     tracked.served = None;
-                    tracked.clash = Some(("PortConflict".to_owned(), clashes.to_string()));
+                    tracked.clash = Some(("Conflict".to_owned(), clashes.to_string()));
                 }
             }
         }
@@ -556,7 +556,7 @@ fn static_reason(reason: &str) -> &'static str {
         "AddressInUse" => "AddressInUse",
         "UnknownAddressPool" => "UnknownAddressPool",
         "AddressPoolExhausted" => "AddressPoolExhausted",
-        "PortConflict" => "PortConflict",
+        "Conflict" => "Conflict",
         "NoAddress" => "NoAddress",
         _ => "InvalidConfiguration",
     }
