@@ -108,15 +108,15 @@ fn another_sources_services_are_admitted_only_when_they_clash_with_nothing() {
     let outcomes = combined.admit(vec![
         (
             FieldPath::object("Service", "ns/a"),
-            vec![service("ns/a", 8080), service("ns/a", 8081)],
+            vec![vec![service("ns/a", 8080)], vec![service("ns/a", 8081)]],
         ),
         (
             FieldPath::object("Service", "ns/b"),
-            vec![service("ns/b", 8081)],
+            vec![vec![service("ns/b", 8081)]],
         ),
         (
             FieldPath::object("Service", "ns/c"),
-            vec![service("static", 9000)],
+            vec![vec![service("static", 9000)]],
         ),
     ]);
     // a clashes with the file's port and falls back to its second configuration; b then

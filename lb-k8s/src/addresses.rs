@@ -102,11 +102,22 @@ struct Hold {
     ports: Vec<Listen>,
 }
 
-/// The pools and who holds what.
+/// The pools and who holds what: a Service holds at most one address per family (two for a
+/// dual-stack Service).
 #[derive(Debug, Default)]
 pub struct Addresses {
     pools: Vec<Pool>,
-    holds: BTreeMap<ObjectKey, Hold>,
+    holds: BTreeMap<(ObjectKey, Family), Hold>,
+}
+
+impl Request {
+    /// The family this request is for: its address's, else the one asked for, else IPv4.
+    pub fn family(&self) -> Family {
+        self.address
+            .map(Family::of)
+            .or(self.family)
+            .unwrap_or(Family::V4)
+    }
 }
 
 impl Addresses {
@@ -122,7 +133,8 @@ impl Addresses {
     /// may share it. Called for every known Service before [`Addresses::assign`] hands out
     /// new addresses, so a restart changes no Service's address.
     pub fn adopt(&mut self, key: &ObjectKey, shown: IpAddr, request: &Request) -> bool {
-        if !self.pools.iter().any(|p| p.contains(shown))
+        if Family::of(shown) != request.family()
+            || !self.pools.iter().any(|p| p.contains(shown))
             || self.conflict(key, shown, request).is_some()
         {
             return false;
@@ -134,7 +146,8 @@ impl Addresses {
     /// The address of `key` for `request`: the one it holds while that still meets the
     /// request, else the one asked for, else the first free one of the pools it may use.
     pub fn assign(&mut self, key: &ObjectKey, request: &Request) -> Result<IpAddr, Refusal> {
-        if let Some(held) = self.holds.get(key).map(|h| h.address) {
+        let holder = (key.clone(), request.family());
+        if let Some(held) = self.holds.get(&holder).map(|h| h.address) {
             if self.meets(held, request) && self.conflict(key, held, request).is_none() {
                 self.hold(key, held, request);
                 return Ok(held);
@@ -158,12 +171,22 @@ impl Addresses {
 
     /// `key` no longer holds an address.
     pub fn release(&mut self, key: &ObjectKey) {
-        self.holds.remove(key);
+        self.holds.retain(|(holder, _), _| holder != key);
     }
 
-    /// The address `key` holds.
-    pub fn held(&self, key: &ObjectKey) -> Option<IpAddr> {
-        self.holds.get(key).map(|h| h.address)
+    /// `key` holds addresses of `families` only (a Service that stops being dual-stack).
+    pub fn keep_families(&mut self, key: &ObjectKey, families: &[Family]) {
+        self.holds
+            .retain(|(holder, family), _| holder != key || families.contains(family));
+    }
+
+    /// The addresses `key` holds.
+    pub fn held(&self, key: &ObjectKey) -> Vec<IpAddr> {
+        self.holds
+            .iter()
+            .filter(|((holder, _), _)| holder == key)
+            .map(|(_, h)| h.address)
+            .collect()
     }
 
     /// Addresses in use in each pool, by pool name.
@@ -180,7 +203,7 @@ impl Addresses {
 
     fn hold(&mut self, key: &ObjectKey, address: IpAddr, request: &Request) {
         self.holds.insert(
-            key.clone(),
+            (key.clone(), Family::of(address)),
             Hold {
                 address,
                 sharing_key: request.sharing_key.clone(),
@@ -206,14 +229,14 @@ impl Addresses {
     fn conflict(&self, key: &ObjectKey, address: IpAddr, request: &Request) -> Option<ObjectKey> {
         self.holds
             .iter()
-            .filter(|(other, hold)| *other != key && hold.address == address)
+            .filter(|((other, _), hold)| other != key && hold.address == address)
             .find(|(_, hold)| {
                 let same_key =
                     request.sharing_key.is_some() && hold.sharing_key == request.sharing_key;
                 let collide = hold.ports.iter().any(|p| request.ports.contains(p));
                 !same_key || collide
             })
-            .map(|(other, _)| other.clone())
+            .map(|((other, _), _)| other.clone())
     }
 
     /// The first address of the pools `request` may use that nobody holds, or that a Service
@@ -227,7 +250,7 @@ impl Addresses {
                 .ok_or_else(|| Refusal::UnknownPool(name.clone()))?],
             None => self.pools.iter().collect(),
         };
-        let family = request.family.unwrap_or(Family::V4);
+        let family = request.family();
         // Sharing first: an address a Service with the same key already holds.
         if request.sharing_key.is_some() {
             let shared = self.holds.values().map(|h| h.address).find(|ip| {
@@ -242,7 +265,7 @@ impl Addresses {
         let taken: BTreeSet<IpAddr> = self
             .holds
             .iter()
-            .filter(|(other, _)| *other != key)
+            .filter(|((other, _), _)| other != key)
             .map(|(_, h)| h.address)
             .collect();
         for range in pools.iter().flat_map(|p| p.ranges.iter()) {

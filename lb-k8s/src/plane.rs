@@ -6,15 +6,16 @@ use lb_config::file::ServiceFile;
 use lb_config::model::Service;
 use lb_config::{FieldPath, Problems};
 
-/// A Kubernetes service offered to the data plane: configurations to try, in order (what
+/// A Kubernetes Service offered to the data plane: configurations to try, in order (what
 /// the object asks for now, then what was served for it last), the first that clashes with
-/// nothing served before it wins.
+/// nothing served before it wins. A configuration is the services of the model the object
+/// becomes: one, or one per address family for a dual-stack Service.
 #[derive(Clone, Debug)]
 pub struct Candidate {
     /// Where it comes from (`Service default/web`).
     pub origin: FieldPath,
     /// Its configurations, best first.
-    pub alternatives: Vec<Service>,
+    pub alternatives: Vec<Vec<Service>>,
 }
 
 /// What became of a candidate.

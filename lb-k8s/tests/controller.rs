@@ -41,8 +41,9 @@ impl DataPlane for Recorder {
             .zip(offered)
             .map(|(outcome, alternatives)| match outcome {
                 Ok(i) => {
-                    let service = alternatives[i].clone();
-                    served.insert(service.name.clone(), service);
+                    for service in &alternatives[i] {
+                        served.insert(service.name.clone(), service.clone());
+                    }
                     Served::Alternative(i, Problems::default())
                 }
                 Err(problems) => Served::Refused(problems),

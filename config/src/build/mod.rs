@@ -165,13 +165,15 @@ impl ModelBuilder {
         self.services.push((origin, service));
     }
 
-    /// Adds services of another source, each given as alternatives tried in order (say its
-    /// wanted configuration, then its last good one): the first that clashes with nothing
-    /// added before it is added. Returns, for each candidate, the index of the alternative
-    /// added, or every clash of its first alternative.
+    /// Adds services of another source, each candidate given as alternatives tried in order
+    /// (say its wanted configuration, then its last good one). An alternative is a group of
+    /// services added together or not at all (a dual-stack Service is one per address
+    /// family): the first whose services clash with nothing added before is added. Returns,
+    /// for each candidate, the index of the alternative added, or every clash of its first
+    /// alternative.
     pub fn admit(
         &mut self,
-        candidates: Vec<(FieldPath, Vec<Service>)>,
+        candidates: Vec<(FieldPath, Vec<Vec<Service>>)>,
     ) -> Vec<Result<usize, Problems>> {
         let mut taken = conflicts::Taken::new(&self.admin);
         let mut ignored = Problems::default();
@@ -182,11 +184,16 @@ impl ModelBuilder {
         for (origin, alternatives) in candidates {
             let mut first_clashes = None;
             let mut admitted = None;
-            for (i, service) in alternatives.into_iter().enumerate() {
-                let clashes = taken.clashes(&origin, &service);
+            for (i, group) in alternatives.into_iter().enumerate() {
+                let mut clashes = Problems::default();
+                for service in &group {
+                    clashes.extend(taken.clashes(&origin, service));
+                }
                 if clashes.is_empty() {
-                    taken.claim(&origin, &service, &mut ignored);
-                    self.services.push((origin.clone(), service));
+                    for service in group {
+                        taken.claim(&origin, &service, &mut ignored);
+                        self.services.push((origin.clone(), service));
+                    }
                     admitted = Some(i);
                     break;
                 }

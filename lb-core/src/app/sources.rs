@@ -17,8 +17,9 @@ use super::{ApplyError, Gantry};
 pub(super) struct Sources {
     /// The file, as checked; `None` for a Gantry started from a bare model (tests, the demo).
     file: Option<ModelBuilder>,
-    /// The Kubernetes services served, in the order they were admitted.
-    kubernetes: Vec<(FieldPath, Service)>,
+    /// The Kubernetes Services served (each as the services of the model it became), in the
+    /// order they were admitted.
+    kubernetes: Vec<(FieldPath, Vec<Service>)>,
 }
 
 /// Why the file could not be applied.
@@ -48,10 +49,10 @@ impl Gantry {
     pub async fn apply_file(&self, builder: ModelBuilder) -> Result<Vec<Change>, FileApplyError> {
         let mut sources = self.inner.sources.lock().await;
         let mut combined = builder.clone();
-        let kept: Vec<(FieldPath, Vec<Service>)> = sources
+        let kept: Vec<(FieldPath, Vec<Vec<Service>>)> = sources
             .kubernetes
             .iter()
-            .map(|(origin, service)| (origin.clone(), vec![service.clone()]))
+            .map(|(origin, services)| (origin.clone(), vec![services.clone()]))
             .collect();
         let outcomes = combined.admit(kept.clone());
         let mut kubernetes = Vec::new();
@@ -105,7 +106,7 @@ impl Gantry {
         };
         let mut refused: Vec<Option<Problems>> = vec![None; candidates.len()];
         loop {
-            let offered: Vec<(FieldPath, Vec<Service>)> = candidates
+            let offered: Vec<(FieldPath, Vec<Vec<Service>>)> = candidates
                 .iter()
                 .zip(&refused)
                 .filter(|(_, refused)| refused.is_none())
@@ -157,7 +158,13 @@ impl Gantry {
 
 /// Whether `error` is about (one of the configurations of) `candidate`.
 fn blames(error: &ApplyError, candidate: &Candidate) -> bool {
-    let named = |service: &str| candidate.alternatives.iter().any(|s| s.name == service);
+    let named = |service: &str| {
+        candidate
+            .alternatives
+            .iter()
+            .flatten()
+            .any(|s| s.name == service)
+    };
     match error {
         ApplyError::Bind { key, .. } | ApplyError::Tls { key, .. } => named(&key.service),
         ApplyError::Policy(policy) => policy.origin.starts_with(&candidate.origin.to_string()),

@@ -312,3 +312,78 @@ async fn a_deleted_service_frees_its_address_for_the_next() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_dual_stack_service_is_served_on_an_address_of_each_family() {
+    let (first, range) = pool(33);
+    let v6: std::net::IpAddr = "::1".parse().expect("ip");
+    let cluster = Cluster::start_with_pools(&[("v4", range.as_str()), ("v6", "::1")], "").await;
+    let a = HttpOrigin::start("v4-pod", OriginProtocol::Http1).await;
+    let b = HttpOrigin::start_on(
+        "[::1]:0".parse().expect("addr"),
+        "v6-pod",
+        OriginProtocol::Http1,
+    )
+    .await;
+    // A port free on both addresses.
+    let port = loop {
+        let port = free_port(v6);
+        if std::net::TcpListener::bind((first, port)).is_ok() {
+            break port;
+        }
+    };
+    let mut service = load_balancer("dual", &[("http", port)]);
+    service["spec"]["ipFamilyPolicy"] = json!("RequireDualStack");
+    service["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    cluster.create(service);
+    cluster.create(slice("dual", 0, "http", a.addr));
+    let mut v6_slice = slice("dual", 1, "http", b.addr);
+    v6_slice["addressType"] = json!("IPv6");
+    cluster.create(v6_slice);
+
+    let ingress_ips = |cluster: &Cluster| -> Vec<String> {
+        cluster.get(Kind::Service, "dual").expect("dual")["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+            .collect()
+    };
+    eventually("an address of each family", || async {
+        ingress_ips(&cluster).len() == 2
+    })
+    .await;
+    assert_eq!(
+        ingress_ips(&cluster),
+        vec![first.to_string(), v6.to_string()]
+    );
+    // Each family goes to the endpoints of its own family.
+    eventually("IPv4 serves", || async {
+        origin_behind(SocketAddr::new(first, port)).await.as_deref() == Some("v4-pod")
+    })
+    .await;
+    eventually("IPv6 serves", || async {
+        origin_behind(SocketAddr::new(v6, port)).await.as_deref() == Some("v6-pod")
+    })
+    .await;
+
+    // Single-stack again: the IPv6 listener and address go.
+    cluster.patch(
+        Kind::Service,
+        "dual",
+        json!({"spec": {"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4"]}}),
+    );
+    eventually("one address left", || async {
+        ingress_ips(&cluster) == vec![first.to_string()]
+    })
+    .await;
+    eventually("IPv6 closed", || async {
+        origin_behind(SocketAddr::new(v6, port)).await.is_none()
+    })
+    .await;
+    assert_eq!(
+        origin_behind(SocketAddr::new(first, port)).await.as_deref(),
+        Some("v4-pod")
+    );
+    cluster.stop().await;
+}

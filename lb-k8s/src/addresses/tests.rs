@@ -102,7 +102,7 @@ fn an_address_asked_for_is_given_only_from_a_pool_and_never_taken_from_another_s
     );
     assert_eq!(
         addresses.held(&key("b")),
-        None,
+        Vec::<IpAddr>::new(),
         "a refused Service holds nothing"
     );
     // A Service that changes what it asks for moves, and frees its old address.
@@ -202,4 +202,40 @@ fn pools_and_families_are_honoured() {
         addresses.assign(&key("d"), &unknown),
         Err(Refusal::UnknownPool("nowhere".into()))
     );
+}
+
+#[test]
+fn a_dual_stack_service_holds_one_address_per_family() {
+    let mut addresses = Addresses::new(pools());
+    let of = |family| Request {
+        family: Some(family),
+        ..http()
+    };
+    assert_eq!(
+        addresses.assign(&key("a"), &of(Family::V4)),
+        Ok(ip("192.0.2.1"))
+    );
+    assert_eq!(
+        addresses.assign(&key("a"), &of(Family::V6)),
+        Ok(ip("2001:db8::"))
+    );
+    assert_eq!(
+        addresses.held(&key("a")),
+        vec![ip("192.0.2.1"), ip("2001:db8::")]
+    );
+    // Each family keeps its own address.
+    assert_eq!(
+        addresses.assign(&key("a"), &of(Family::V4)),
+        Ok(ip("192.0.2.1"))
+    );
+    // Single-stack again: the IPv6 address goes back.
+    addresses.keep_families(&key("a"), &[Family::V4]);
+    assert_eq!(addresses.held(&key("a")), vec![ip("192.0.2.1")]);
+    assert_eq!(
+        addresses.assign(&key("b"), &of(Family::V6)),
+        Ok(ip("2001:db8::"))
+    );
+    // A status address of the other family is not adopted for this request.
+    assert!(!addresses.adopt(&key("c"), ip("2001:db8::5"), &of(Family::V4)));
+    assert!(addresses.adopt(&key("c"), ip("2001:db8::5"), &of(Family::V6)));
 }

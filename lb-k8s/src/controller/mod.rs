@@ -6,6 +6,7 @@
 //! status before any new one is handed out, so a restart changes no address and serves no
 //! Service without its endpoints.
 
+mod built;
 mod reconcile;
 pub mod status;
 pub mod watch;

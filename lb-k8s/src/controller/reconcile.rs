@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use lb_config::model::{Service, ServiceSource};
+use lb_config::model::ServiceSource;
 use lb_config::FieldPath;
 
+use super::built::{requests_of, Built, Front};
 use super::writer::{Note, CLEANUP_FINALIZER};
 use super::{status, Controller, Retry};
-use crate::addresses::Request;
+use crate::addresses::{Refusal, Request};
 use crate::index::endpoints::Family;
 use crate::index::service::{Role, ServiceView};
 use crate::index::translate::PortOutcome;
@@ -21,36 +22,6 @@ use crate::plane::{Candidate, Served};
 
 /// Longest wait before a failed write is tried again.
 const MAX_RETRY: Duration = Duration::from_secs(30);
-
-/// A service of the model built for a Service, with its ports' outcomes.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Built {
-    service: Service,
-    ports: Vec<PortOutcome>,
-}
-
-/// What clients see of a load balancer: where it listens, with which protocols, and which
-/// ports it leaves out. Events announce changes to this, never to the backends alone (an
-/// endpoint rollout is no news about the load balancer).
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Front {
-    listeners: Vec<(std::net::SocketAddr, &'static str)>,
-    ports: Vec<PortOutcome>,
-}
-
-impl Built {
-    fn front(&self) -> Front {
-        Front {
-            listeners: self
-                .service
-                .ports
-                .values()
-                .map(|p| (p.bind, p.protocol.as_str()))
-                .collect(),
-            ports: self.ports.clone(),
-        }
-    }
-}
 
 /// What the controller keeps of a Service it serves (or tries to).
 #[derive(Default)]
@@ -81,27 +52,6 @@ impl Tracked {
 /// The root of the field paths of `key`'s problems.
 fn origin(key: &ObjectKey) -> FieldPath {
     FieldPath::object("Service", &key.to_string())
-}
-
-/// What a Service asks of the address pools.
-fn request_of(view: &ServiceView) -> Request {
-    let address = view
-        .annotations
-        .addresses
-        .first()
-        .copied()
-        .or(view.requested_ip);
-    Request {
-        address,
-        pool: view.annotations.pool.clone(),
-        family: address.map(Family::of).or(view.family),
-        sharing_key: view.annotations.sharing_key.clone(),
-        ports: view
-            .ports
-            .iter()
-            .map(|p| (p.port, p.transport.as_str().to_owned()))
-            .collect(),
-    }
 }
 
 impl Controller {
@@ -197,11 +147,13 @@ impl Controller {
             let Some((Role::LoadBalancer, view)) = self.index.service(&key) else {
                 continue;
             };
-            let request = request_of(view);
-            for ip in view.status_ips.clone() {
-                if self.addresses.adopt(&key, ip, &request) {
-                    tracing::info!(service = %key, address = %ip, "address re-adopted from status");
-                    break;
+            let (requests, _) = requests_of(view);
+            for request in &requests {
+                for ip in view.status_ips.clone() {
+                    if self.addresses.adopt(&key, ip, request) {
+                        tracing::info!(service = %key, address = %ip, "address re-adopted from status");
+                        break;
+                    }
                 }
             }
         }
@@ -248,7 +200,7 @@ impl Controller {
             Role::LoadBalancer | Role::NodePort => {}
         }
         self.tracked.entry(key.clone()).or_default().role = Some(role);
-        let address = if role == Role::LoadBalancer {
+        let addresses = if role == Role::LoadBalancer {
             if !view.finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
                 // Before anything is provisioned, so nothing can be left behind.
                 match self.writer.add_finalizer(key, &view.finalizers).await {
@@ -262,17 +214,17 @@ impl Controller {
                     }
                 }
             }
-            match self.addresses.assign(key, &request_of(&view)) {
-                Ok(ip) => Some(ip),
+            match self.assign(key, &view) {
+                Ok(addresses) => addresses.into_iter().map(Some).collect(),
                 Err(refusal) => {
                     self.refuse(key, refusal.reason(), refusal.to_string());
                     return true;
                 }
             }
         } else {
-            None
+            vec![None]
         };
-        self.build(key, address, &view);
+        self.build(key, &addresses, &view);
         let tracked = self.tracked.entry(key.clone()).or_default();
         // After a restart a Service that already shows its address is taken over quietly;
         // a new one, or a change to one served, is announced.
@@ -305,30 +257,63 @@ impl Controller {
         }
     }
 
-    fn build(&mut self, key: &ObjectKey, address: Option<IpAddr>, view: &ServiceView) {
-        let (wanted, problems) = match self.index.translate(key, address) {
-            Translation::Serve { wanted, problems } => (wanted, problems),
-            Translation::NoAddress => {
-                return self.refuse(key, "NoAddress", "no address to serve on".into());
+    /// The addresses of the load balancer `key`: one per family it asks for, those it must
+    /// have first. A family only preferred (`PreferDualStack`) is left out when no pool has
+    /// an address of it.
+    fn assign(&mut self, key: &ObjectKey, view: &ServiceView) -> Result<Vec<IpAddr>, Refusal> {
+        let (requests, required) = requests_of(view);
+        let families: Vec<Family> = requests.iter().map(Request::family).collect();
+        self.addresses.keep_families(key, &families);
+        let mut addresses = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            match self.addresses.assign(key, request) {
+                Ok(ip) => addresses.push(ip),
+                Err(Refusal::Exhausted) if i >= required => {}
+                Err(refusal) => return Err(refusal),
             }
-            Translation::NotOurs | Translation::Deleting => return,
-        };
-        if !problems.is_empty() {
-            return self.refuse(key, "InvalidConfiguration", problems.join("; "));
         }
-        match self.plane.check(&origin(key), wanted.spec) {
-            Ok(mut service) => {
-                service.source = ServiceSource::Kubernetes(view.source.clone());
-                let built = Built {
-                    service,
-                    ports: wanted.ports,
-                };
-                let tracked = self.tracked.entry(key.clone()).or_default();
-                tracked.problem = None;
-                tracked.wanted = Some(built);
+        Ok(addresses)
+    }
+
+    /// Builds and checks the services of the model `key` becomes, one per address (`None`:
+    /// the node-facing address of a NodePort Service).
+    fn build(&mut self, key: &ObjectKey, addresses: &[Option<IpAddr>], view: &ServiceView) {
+        let mut services = Vec::with_capacity(addresses.len());
+        let mut outcomes = Vec::new();
+        for (i, address) in addresses.iter().enumerate() {
+            let (mut wanted, problems) = match self.index.translate(key, *address) {
+                Translation::Serve { wanted, problems } => (wanted, problems),
+                Translation::NoAddress => {
+                    return self.refuse(key, "NoAddress", "no address to serve on".into());
+                }
+                Translation::NotOurs | Translation::Deleting => return,
+            };
+            if !problems.is_empty() {
+                return self.refuse(key, "InvalidConfiguration", problems.join("; "));
             }
-            Err(problems) => self.refuse(key, "InvalidConfiguration", problems.to_string()),
+            if let (true, Some(ip)) = (i > 0, address) {
+                // The address of the second family is a service of its own in the model,
+                // `namespace/name.ipv6` (no Service's name has a dot).
+                let family = Family::of(*ip).as_str().to_ascii_lowercase();
+                wanted.spec.name = Some(format!("{key}.{family}"));
+            }
+            match self.plane.check(&origin(key), wanted.spec) {
+                Ok(mut service) => {
+                    service.source = ServiceSource::Kubernetes(view.source.clone());
+                    services.push(service);
+                    outcomes = wanted.ports;
+                }
+                Err(problems) => {
+                    return self.refuse(key, "InvalidConfiguration", problems.to_string())
+                }
+            }
         }
+        let tracked = self.tracked.entry(key.clone()).or_default();
+        tracked.problem = None;
+        tracked.wanted = Some(Built {
+            services,
+            ports: outcomes,
+        });
     }
 
     /// Hands every Kubernetes service to the data plane: those served already first (a new
@@ -359,7 +344,7 @@ impl Controller {
             }
             candidates.push(Candidate {
                 origin: origin(key),
-                alternatives: alternatives.iter().map(|b| b.service.clone()).collect(),
+                alternatives: alternatives.iter().map(|b| b.services.clone()).collect(),
             });
             offered.push(alternatives);
         }
@@ -440,7 +425,8 @@ impl Controller {
             ingress: tracked
                 .served
                 .as_ref()
-                .map(|b| (b.service.address, b.ports.clone())),
+                .map(Built::ingress)
+                .unwrap_or_default(),
             trouble: trouble.clone(),
         };
         let write = (role == Role::LoadBalancer)
@@ -461,16 +447,7 @@ impl Controller {
                 notes.push(Note {
                     warning: false,
                     reason: "EnsuredLoadBalancer",
-                    message: format!(
-                        "serving on {}",
-                        served
-                            .service
-                            .ports
-                            .values()
-                            .map(|p| p.bind.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
+                    message: format!("serving on {}", served.listeners()),
                 });
             }
         }
@@ -499,7 +476,7 @@ impl Controller {
     /// Lets go of `key` once its listeners are gone: its address back to the pool, Gantry's
     /// part of its status cleared, its finalizer removed. Returns whether an address was freed.
     async fn release(&mut self, key: &ObjectKey, had: bool) -> bool {
-        let held = self.addresses.held(key).is_some();
+        let held = !self.addresses.held(key).is_empty();
         self.addresses.release(key);
         let Some((role, view)) = self.index.service(key) else {
             return held;

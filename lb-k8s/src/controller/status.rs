@@ -17,8 +17,8 @@ pub const CONDITION: &str = "LoadBalancerReady";
 /// What Gantry says of a load balancer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wanted {
-    /// Its address and ports, once it has one.
-    pub ingress: Option<(IpAddr, Vec<PortOutcome>)>,
+    /// Its addresses (one per family) and ports, once it has them.
+    pub ingress: Vec<(IpAddr, Vec<PortOutcome>)>,
     /// Whether all is well, and if not, why (a reason and a message).
     pub trouble: Option<(String, String)>,
 }
@@ -32,20 +32,23 @@ pub fn to_write(
     now: &str,
 ) -> Option<Value> {
     let current = serde_json::to_value(current.cloned().unwrap_or_default()).unwrap_or(Value::Null);
-    let ingress = match &wanted.ingress {
-        Some((ip, ports)) => json!([{
-            "ip": ip.to_string(),
-            "ipMode": "Proxy",
-            "ports": ports.iter().map(|p| {
-                let mut port = json!({"port": p.port, "protocol": p.protocol});
-                if let Some(error) = p.error {
-                    port["error"] = json!(error);
-                }
-                port
-            }).collect::<Vec<_>>(),
-        }]),
-        None => json!([]),
-    };
+    let ingress: Value = wanted
+        .ingress
+        .iter()
+        .map(|(ip, ports)| {
+            json!({
+                "ip": ip.to_string(),
+                "ipMode": "Proxy",
+                "ports": ports.iter().map(|p| {
+                    let mut port = json!({"port": p.port, "protocol": p.protocol});
+                    if let Some(error) = p.error {
+                        port["error"] = json!(error);
+                    }
+                    port
+                }).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     let (status, reason, message) = match &wanted.trouble {
         None => (
             "True",
@@ -145,13 +148,13 @@ mod tests {
     #[test]
     fn a_written_status_is_not_written_again() {
         let wanted = Wanted {
-            ingress: Some((
+            ingress: vec![(
                 "192.0.2.10".parse().expect("ip"),
                 vec![
                     port(80, None),
                     port(53, Some("gantry.io/UnsupportedProtocol")),
                 ],
-            )),
+            )],
             trouble: None,
         };
         let status = to_write(None, &wanted, Some(1), "2026-11-30T00:00:00Z").expect("first write");

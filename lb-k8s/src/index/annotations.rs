@@ -5,7 +5,7 @@
 //! | annotation | value |
 //! |---|---|
 //! | `gantry.io/backends` | `pods` or `nodes` |
-//! | `gantry.io/addresses` | the address(es) to serve on, comma-separated |
+//! | `gantry.io/addresses` | the address(es) to serve on, comma-separated, one per family |
 //! | `gantry.io/address-pool` | the pool to take an address from |
 //! | `gantry.io/sharing-key` | Services with the same key may share an address |
 //! | `gantry.io/protocol` | `tcp`, `tls`, `http` or `https`, for every TCP port |
@@ -73,7 +73,7 @@ pub struct PolicyChoice {
 pub struct Annotations {
     /// Where its traffic goes, over the appliance's default.
     pub backends: Option<BackendMode>,
-    /// The addresses to serve on.
+    /// The addresses to serve on, at most one per family, in order.
     pub addresses: Vec<IpAddr>,
     /// The pool to take an address from.
     pub pool: Option<String>,
@@ -129,7 +129,10 @@ pub fn read(annotations: &BTreeMap<String, String>, problems: &mut Vec<String>) 
             },
             "addresses" => {
                 for text in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                    match text.parse() {
+                    match text.parse::<IpAddr>() {
+                        Ok(ip) if out.addresses.iter().any(|a| a.is_ipv4() == ip.is_ipv4()) => {
+                            problem(format!("`{text}`: one address per family (IPv4, IPv6)"))
+                        }
                         Ok(ip) => out.addresses.push(ip),
                         Err(_) => problem(format!("`{text}` is not an IP address")),
                     }

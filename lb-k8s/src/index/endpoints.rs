@@ -23,6 +23,14 @@ pub enum Family {
 }
 
 impl Family {
+    /// `IPv4` or `IPv6`, as the API writes families.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
     /// The family of `ip`.
     pub fn of(ip: IpAddr) -> Family {
         match ip {

@@ -64,6 +64,17 @@ impl Transport {
     }
 }
 
+/// `spec.ipFamilyPolicy`, as it bears on the addresses of a load balancer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DualStack {
+    /// One address, of the first family.
+    Single,
+    /// An address of each family, the second only when a pool has one.
+    Prefer,
+    /// An address of each family.
+    Require,
+}
+
 /// One port of a Service. (Its target port is resolved per endpoint by the EndpointSlices,
 /// which name each port as the Service does; Gantry reads the numbers there.)
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,8 +114,11 @@ pub struct ServiceView {
     pub deleting: bool,
     /// What its Gantry annotations ask for.
     pub annotations: Annotations,
-    /// Its first IP family (`spec.ipFamilies[0]`), when set.
-    pub family: Option<Family>,
+    /// Its IP families (`spec.ipFamilies`), in order.
+    pub families: Vec<Family>,
+    /// Whether a load balancer must, may or must not have an address of its second family
+    /// (`spec.ipFamilyPolicy`).
+    pub dual_stack: DualStack,
     /// The object, for `/config` and the model's service source.
     pub source: ObjectSource,
     /// Its finalizers.
@@ -189,15 +203,21 @@ pub fn read(service: &Service) -> (ServiceView, Vec<String>) {
             .unwrap_or(&Default::default()),
         &mut problems,
     );
-    let family = spec
+    let families = spec
         .ip_families
-        .as_ref()
-        .and_then(|f| f.first())
-        .and_then(|f| match f.as_str() {
+        .iter()
+        .flatten()
+        .filter_map(|f| match f.as_str() {
             "IPv4" => Some(Family::V4),
             "IPv6" => Some(Family::V6),
             _ => None,
-        });
+        })
+        .collect();
+    let dual_stack = match spec.ip_family_policy.as_deref() {
+        Some("RequireDualStack") => DualStack::Require,
+        Some("PreferDualStack") => DualStack::Prefer,
+        _ => DualStack::Single,
+    };
     let meta = &service.metadata;
     let source = ObjectSource {
         kind: "Service".to_owned(),
@@ -226,7 +246,8 @@ pub fn read(service: &Service) -> (ServiceView, Vec<String>) {
         status_ips,
         deleting: service.metadata.deletion_timestamp.is_some(),
         annotations,
-        family,
+        families,
+        dual_stack,
         source,
         finalizers: meta.finalizers.clone().unwrap_or_default(),
         status: service.status.clone(),

@@ -33,6 +33,11 @@ impl Cluster {
     /// Gantry with `kubernetes:` extended by `section` (YAML lines indented by 2) and the pool
     /// `range`.
     pub async fn start(range: &str, section: &str) -> Cluster {
+        Self::start_with_pools(&[("main", range)], section).await
+    }
+
+    /// [`Cluster::start`] with several pools, `(name, range)`.
+    pub async fn start_with_pools(pools: &[(&str, &str)], section: &str) -> Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let options = Options {
             policy: Policy {
@@ -43,8 +48,12 @@ impl Cluster {
         let api = TestApiServer::start(options).await.expect("API server");
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig()).expect("kubeconfig");
+        let pools: String = pools
+            .iter()
+            .map(|(name, range)| format!("    - {{ name: {name}, addresses: [\"{range}\"] }}\n"))
+            .collect();
         let yaml = format!(
-            "admin:\n  listen: 127.0.0.1:0\nkubernetes:\n  kubeconfig: kubeconfig\n  instance: gantry-test\n  address_pools:\n    - {{ name: main, addresses: [\"{range}\"] }}\n{section}"
+            "admin:\n  listen: 127.0.0.1:0\nkubernetes:\n  kubeconfig: kubeconfig\n  instance: gantry-test\n  address_pools:\n{pools}{section}"
         );
         let path = dir.path().join("gantry.yaml");
         std::fs::write(&path, &yaml).expect("config");

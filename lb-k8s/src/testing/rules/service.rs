@@ -58,6 +58,7 @@ pub(super) fn admit(old: Option<&Value>, object: &mut Value, all: &Objects, p: &
     let uses_node_ports = type_ == "NodePort"
         || (type_ == LB && spec["allocateLoadBalancerNodePorts"].as_bool() != Some(false));
     cluster_ip(spec, &old_spec);
+    check_ip_families(spec, p);
     let taken = node_ports_in_use(all, &id);
     ports(spec, uses_node_ports, &taken, p);
     load_balancer_fields(spec, &type_, p);
@@ -118,8 +119,60 @@ fn cluster_ip(spec: &mut Value, old_spec: &Value) {
         spec["clusterIP"] = json!(format!("10.96.0.{n}"));
         spec["clusterIPs"] = json!([spec["clusterIP"]]);
     }
-    spec["ipFamilies"] = json!(["IPv4"]);
-    spec["ipFamilyPolicy"] = json!("SingleStack");
+    ip_families(spec);
+}
+
+/// `ipFamilyPolicy` (default `SingleStack`) and `ipFamilies` (default IPv4, then IPv6 for a
+/// dual-stack policy), as in a dual-stack cluster whose primary family is IPv4.
+fn ip_families(spec: &mut Value) {
+    let policy = spec["ipFamilyPolicy"]
+        .as_str()
+        .unwrap_or("SingleStack")
+        .to_owned();
+    spec["ipFamilyPolicy"] = json!(policy);
+    if spec["ipFamilies"].as_array().is_none_or(Vec::is_empty) {
+        spec["ipFamilies"] = match policy.as_str() {
+            "SingleStack" => json!(["IPv4"]),
+            _ => json!(["IPv4", "IPv6"]),
+        };
+    }
+}
+
+/// What [`ip_families`] filled in must be valid.
+fn check_ip_families(spec: &Value, p: &mut Problems) {
+    let policy = spec["ipFamilyPolicy"].as_str().unwrap_or_default();
+    if !["SingleStack", "PreferDualStack", "RequireDualStack"].contains(&policy) {
+        p.push(
+            "spec.ipFamilyPolicy",
+            format!("Unsupported value: \"{policy}\""),
+        );
+    }
+    let families: Vec<&str> = spec["ipFamilies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if families.iter().any(|f| *f != "IPv4" && *f != "IPv6")
+        || (families.len() == 2 && families[0] == families[1])
+    {
+        p.push(
+            "spec.ipFamilies",
+            format!("Invalid value: {families:?}: must be IPv4 and/or IPv6, each once"),
+        );
+    }
+    if families.len() > 2 || (policy == "SingleStack" && families.len() > 1) {
+        p.push(
+            "spec.ipFamilies",
+            "Invalid value: too many families for the policy",
+        );
+    }
+    if policy == "RequireDualStack" && families.len() < 2 {
+        p.push(
+            "spec.ipFamilies",
+            "Invalid value: RequireDualStack needs two families",
+        );
+    }
 }
 
 /// Node ports (and health-check node ports) held by every Service but `except`.
