@@ -13,6 +13,7 @@ pub mod diff;
 pub mod file;
 mod lenient;
 pub mod model;
+pub mod names;
 mod problems;
 
 use std::path::{Path, PathBuf};

@@ -11,21 +11,13 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use lb_config::{Change, ConfigError};
+use lb_config::Change;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{ApplyError, FileApplyError, Gantry};
+use crate::app::{FileApplyError, Gantry};
 
 /// Why a reload from a file failed; the running model keeps serving.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The file is invalid (the same messages as `gantry check`).
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    /// The new model could not be applied.
-    #[error("{0}")]
-    Apply(#[from] ApplyError),
-}
+pub type ReloadError = FileApplyError;
 
 /// Loads `path` and applies it; on any error the running model keeps serving. Counted in
 /// `gantry_config_reloads_total`.
@@ -34,10 +26,7 @@ pub async fn reload_from_file(gantry: &Gantry, path: &Path) -> Result<Vec<Change
     let loaded = lb_config::load_builder(path);
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     let result = match loaded {
-        Ok(builder) => gantry.apply_file(builder).await.map_err(|err| match err {
-            FileApplyError::Config(err) => ReloadError::Config(err),
-            FileApplyError::Apply(err) => ReloadError::Apply(err),
-        }),
+        Ok(builder) => gantry.apply_file(builder).await,
         Err(err) => Err(ReloadError::from(err)),
     };
     gantry.metrics().reload(result.is_ok());

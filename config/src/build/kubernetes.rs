@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use crate::file::{AddressPoolFile, KubernetesFile};
 use crate::lenient::Lenient;
 use crate::model::{AddressPool, AddressRange, KubeBackends, KubeCredentials, Kubernetes};
+use crate::names::{is_dns_label, is_qualified_name};
 use crate::problems::{FieldPath, Problems};
 
 use super::take;
@@ -187,32 +188,6 @@ pub fn parse_range(text: &str) -> Option<AddressRange> {
         first: ip,
         last: ip,
     })
-}
-
-fn is_dns_label(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 63
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !text.starts_with('-')
-        && !text.ends_with('-')
-}
-
-/// `prefix/name`: a DNS subdomain, and a name of at most 63 characters.
-fn is_qualified_name(text: &str) -> bool {
-    let Some((prefix, name)) = text.split_once('/') else {
-        return false;
-    };
-    prefix.len() <= 253
-        && prefix.split('.').all(is_dns_label)
-        && !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// Static services and the admin listener must stay out of the pools, or an address handed

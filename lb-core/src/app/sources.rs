@@ -25,7 +25,8 @@ pub(super) struct Sources {
 /// Why the file could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum FileApplyError {
-    /// The file and the Kubernetes services together are invalid.
+    /// The file is invalid (the same messages as `gantry check`), or clashes with what the
+    /// Kubernetes source serves.
     #[error("{0}")]
     Config(#[from] ConfigError),
     /// The model could not be applied.

@@ -193,6 +193,17 @@ struct Inner {
     uid: u64,
 }
 
+impl Inner {
+    /// The objects of `kind` (in `namespace`, when given).
+    fn of_kind(&self, kind: Kind, namespace: Option<&str>) -> Vec<Value> {
+        self.objects
+            .iter()
+            .filter(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|n| n == ns))
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+}
+
 /// All objects and their history.
 pub(crate) struct Store {
     inner: Mutex<Inner>,
@@ -274,13 +285,7 @@ impl Store {
     /// current at.
     pub(crate) fn list(&self, kind: Kind, namespace: Option<&str>) -> (Vec<Value>, u64) {
         let inner = self.lock();
-        let items = inner
-            .objects
-            .iter()
-            .filter(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|n| n == ns))
-            .map(|(_, object)| object.clone())
-            .collect();
-        (items, inner.revision)
+        (inner.of_kind(kind, namespace), inner.revision)
     }
 
     /// Runs `change` on the object `id` under the store's lock and records what it did.
@@ -372,13 +377,7 @@ impl Store {
     ) -> (Vec<Value>, u64, broadcast::Receiver<Change>) {
         let inner = self.lock();
         let live = self.changes.subscribe();
-        let items = inner
-            .objects
-            .iter()
-            .filter(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|n| n == ns))
-            .map(|(_, object)| object.clone())
-            .collect();
-        (items, inner.revision, live)
+        (inner.of_kind(kind, namespace), inner.revision, live)
     }
 
     /// Ends every open watch with a `410 Gone` error event, as a real API server does when a

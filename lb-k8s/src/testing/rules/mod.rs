@@ -7,6 +7,7 @@ mod service;
 
 use std::net::IpAddr;
 
+use lb_config::names::{is_dns_label, is_dns_subdomain};
 use serde_json::Value;
 
 use super::store::{ApiError, Kind, Objects};
@@ -69,23 +70,6 @@ impl Problems {
             self.0.join(", ")
         )))
     }
-}
-
-/// A DNS-1123 label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63): Service names must be
-/// one, and must also start with a letter (DNS-1035).
-pub(crate) fn is_dns_label(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 63
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !text.starts_with('-')
-        && !text.ends_with('-')
-}
-
-/// A DNS-1123 subdomain: dot-separated labels, at most 253.
-pub(crate) fn is_dns_subdomain(text: &str) -> bool {
-    text.len() <= 253 && text.split('.').all(is_dns_label)
 }
 
 fn check_name(kind: Kind, object: &Value, problems: &mut Problems) {

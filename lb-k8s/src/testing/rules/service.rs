@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use lb_config::names::{is_dns_subdomain, is_qualified_name};
 use serde_json::{json, Value};
 
 use super::{int, parse_ip, Problems};
@@ -302,10 +303,7 @@ fn load_balancer_fields(spec: &mut Value, type_: &str, p: &mut Problems) {
         }
     }
     if let Some(class) = spec["loadBalancerClass"].as_str() {
-        let ok = class.split_once('/').is_some_and(|(prefix, name)| {
-            super::is_dns_subdomain(prefix) && !name.is_empty() && name.len() <= 63
-        });
-        if !ok {
+        if !is_qualified_name(class) {
             p.push("spec.loadBalancerClass", format!("Invalid value: \"{class}\": must be a label-style qualified name with a domain prefix"));
         }
     }
@@ -520,13 +518,17 @@ fn conditions(conditions: &Value, p: &mut Problems) {
 
 /// `[prefix/]Reason`, as condition reasons and port errors must be.
 fn is_condition_reason(text: &str) -> bool {
-    let reason = text.rsplit_once('/').map_or(text, |(prefix, reason)| {
-        if super::is_dns_subdomain(prefix) {
-            reason
-        } else {
-            ""
-        }
-    });
+    let reason =
+        text.rsplit_once('/').map_or(
+            text,
+            |(prefix, reason)| {
+                if is_dns_subdomain(prefix) {
+                    reason
+                } else {
+                    ""
+                }
+            },
+        );
     !reason.is_empty()
         && text.len() <= 316
         && reason.starts_with(|c: char| c.is_ascii_alphanumeric())
