@@ -10,6 +10,7 @@ mod health;
 mod http_proxy;
 mod kubernetes;
 mod kubernetes_backends;
+mod kubernetes_netns;
 mod kubernetes_policies;
 mod limits;
 mod policies;

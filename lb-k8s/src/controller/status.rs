@@ -9,7 +9,11 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::ServiceStatus;
 use serde_json::{json, Value};
 
+use super::writer::truncate;
 use crate::index::translate::PortOutcome;
+
+/// The longest condition message the API accepts, in bytes.
+const MAX_MESSAGE: usize = 32_768;
 
 /// The type of Gantry's condition.
 pub const CONDITION: &str = "LoadBalancerReady";
@@ -55,7 +59,11 @@ pub fn to_write(
             "Provisioned".to_owned(),
             "the load balancer serves the Service".to_owned(),
         ),
-        Some((reason, message)) => ("False", reason.clone(), message.clone()),
+        Some((reason, message)) => (
+            "False",
+            reason.clone(),
+            truncate(message.clone(), MAX_MESSAGE),
+        ),
     };
     let others: Vec<Value> = current["conditions"]
         .as_array()

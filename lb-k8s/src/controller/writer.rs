@@ -166,8 +166,9 @@ impl Writer {
     }
 }
 
-/// At most `max` bytes of `text`, cut at a character boundary.
-fn truncate(mut text: String, max: usize) -> String {
+/// At most `max` bytes of `text`, cut at a character boundary (the API bounds Event notes
+/// and condition messages).
+pub(crate) fn truncate(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut cut = max;
         while !text.is_char_boundary(cut) {

@@ -38,10 +38,20 @@ impl Cluster {
 
     /// [`Cluster::start`] with several pools, `(name, range)`.
     pub async fn start_with_pools(pools: &[(&str, &str)], section: &str) -> Cluster {
+        Self::start_api(pools, section, true).await
+    }
+
+    /// [`Cluster::start`] with an API server that refuses loopback endpoints, as a real one
+    /// does: the endpoints must have routable addresses.
+    pub async fn start_faithful(range: &str, section: &str) -> Cluster {
+        Self::start_api(&[("main", range)], section, false).await
+    }
+
+    async fn start_api(pools: &[(&str, &str)], section: &str, loopback_endpoints: bool) -> Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let options = Options {
             policy: Policy {
-                allow_loopback_endpoints: true,
+                allow_loopback_endpoints: loopback_endpoints,
             },
             ..Options::default()
         };
