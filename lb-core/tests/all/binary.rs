@@ -1,5 +1,6 @@
 //! The `gantry` binary itself: `check` output and exit codes (and the shipped examples pass
-//! it), and `run` reloading on SIGHUP and draining on SIGTERM before exiting 0.
+//! it), `run` reloading on SIGHUP and draining on SIGTERM before exiting 0, and `run` serving
+//! a cluster's Services from its `kubernetes:` section.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -219,4 +220,64 @@ async fn run_reloads_on_sighup_and_drains_on_sigterm_then_exits_zero() {
         .expect("exits after draining")
         .expect("wait");
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_a_cluster_from_the_kubernetes_section() {
+    use lb_k8s::testing::{Kind, Options, Policy, TestApiServer};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = TestApiServer::start(Options {
+        policy: Policy {
+            allow_loopback_endpoints: true,
+        },
+        ..Options::default()
+    })
+    .await
+    .expect("API server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig()).expect("kubeconfig");
+    let config = dir.path().join("gantry.yaml");
+    std::fs::write(
+        &config,
+        "admin: { listen: 127.0.0.1:0 }\nkubernetes:\n  kubeconfig: kubeconfig\n  address_pools: [{ name: main, addresses: [127.0.34.1] }]\n",
+    )
+    .expect("config");
+    let origin = HttpOrigin::start("pod", OriginProtocol::Http1).await;
+    let port = crate::support::cluster::free_port("127.0.34.1".parse().expect("ip"));
+    let mut gantry = Running::start(&config);
+    gantry.log("ready").await;
+    api.create(crate::support::cluster::load_balancer(
+        "web",
+        &[("http", port)],
+    ))
+    .expect("service");
+    api.create(crate::support::cluster::slice(
+        "web",
+        0,
+        "http",
+        origin.addr,
+    ))
+    .expect("slice");
+    let addr = SocketAddr::new("127.0.34.1".parse().expect("ip"), port);
+    crate::support::eventually("the binary serves the Service", || async {
+        crate::support::cluster::origin_behind(addr)
+            .await
+            .as_deref()
+            == Some("pod")
+    })
+    .await;
+    let service = api
+        .get(&(Kind::Service, "default".into(), "web".into()))
+        .expect("service");
+    assert_eq!(
+        service["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "127.0.34.1"
+    );
+    gantry.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), gantry.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(status.success(), "{status}");
 }
