@@ -267,13 +267,12 @@ async fn run_serves_a_cluster_from_the_kubernetes_section() {
             == Some("pod")
     })
     .await;
-    let service = api
-        .get(&(Kind::Service, "default".into(), "web".into()))
-        .expect("service");
-    assert_eq!(
-        service["status"]["loadBalancer"]["ingress"][0]["ip"],
-        "127.0.34.1"
-    );
+    // The status is written once the listener serves.
+    crate::support::eventually("the status shows the address", || async {
+        api.get(&(Kind::Service, "default".into(), "web".into()))
+            .is_some_and(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.34.1")
+    })
+    .await;
     gantry.signal("TERM");
     let status = tokio::time::timeout(Duration::from_secs(20), gantry.child.wait())
         .await
