@@ -107,19 +107,25 @@ impl Controller {
             }
             return;
         }
+        // The data plane serves what the batch asked for from here on: that is what the
+        // programming latency measures (the cluster is told after).
         for (key, at) in &batch {
-            self.report(key).await;
-            // Only what the data plane serves (or stopped serving) was programmed.
-            if let (Some(at), true) = (at, self.tracked.contains_key(key)) {
+            let programmed = self.tracked.contains_key(key)
+                || releasing.iter().any(|(gone, had)| gone == key && *had);
+            if let (Some(at), true) = (at, programmed) {
                 self.telemetry.programmed(at.elapsed().as_secs_f64());
             }
         }
+        self.show_pools();
+        for key in batch.keys() {
+            self.report(key).await;
+        }
         let mut freed = false;
         for (key, had) in releasing {
-            if let (Some(Some(at)), true) = (batch.get(&key), had) {
-                self.telemetry.programmed(at.elapsed().as_secs_f64());
-            }
             freed |= self.release(&key, had).await;
+        }
+        if freed {
+            self.show_pools();
         }
         if freed {
             // Services waiting for an address may get the one just freed.
@@ -135,6 +141,9 @@ impl Controller {
                 .collect();
             self.touch(waiting);
         }
+    }
+
+    fn show_pools(&self) {
         for (pool, in_use) in self.addresses.in_use() {
             self.telemetry.pool_in_use(pool, in_use);
         }
