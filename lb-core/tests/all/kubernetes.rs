@@ -387,3 +387,38 @@ async fn a_dual_stack_service_is_served_on_an_address_of_each_family() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_new_class_in_the_file_restarts_the_source_and_lets_go_of_the_old_ones() {
+    let (first, range) = pool(35);
+    let cluster = Cluster::start(&range, "").await;
+    let origin = HttpOrigin::start("a", OriginProtocol::Http1).await;
+    let port = free_port(first);
+    cluster.create(load_balancer("web", &[("http", port)]));
+    cluster.create(slice("web", 0, "http", origin.addr));
+    let addr = SocketAddr::new(cluster.ingress_ip("web").await, port);
+    eventually("served", || async { origin_behind(addr).await.is_some() }).await;
+
+    // Gantry now answers to another class: the Service is another provider's, so Gantry
+    // stops serving it and leaves its finalizer and status to that provider.
+    cluster
+        .reconfigure(&[("main", &range)], "  load_balancer_class: other.io/lb\n")
+        .await;
+    eventually("no longer served", || async {
+        origin_behind(addr).await.is_none()
+    })
+    .await;
+    let service = cluster.get(Kind::Service, "web").expect("web");
+    assert_eq!(
+        service["metadata"]["finalizers"],
+        json!(["service.kubernetes.io/load-balancer-cleanup"])
+    );
+
+    // And back: served again at the address its status shows.
+    cluster.reconfigure(&[("main", &range)], "").await;
+    eventually("served again", || async {
+        origin_behind(addr).await.is_some()
+    })
+    .await;
+    cluster.stop().await;
+}

@@ -129,6 +129,8 @@ struct Synced {
     nodes: bool,
     /// Addresses were re-adopted from the Services' status.
     adopted: bool,
+    /// The data plane has been given this run's Kubernetes services once.
+    published: bool,
 }
 
 impl Synced {

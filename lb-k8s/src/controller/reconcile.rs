@@ -91,21 +91,32 @@ impl Controller {
                 },
             );
         }
-        if batch.is_empty() {
+        if batch.is_empty() && self.synced.published {
             return;
         }
         let mut releasing = Vec::new();
+        // Whether the batch touches anything Gantry serves or wants to: a cluster's other
+        // Services (ClusterIP ones, other providers') change often and cost no publish.
+        // The first publish always happens: it replaces whatever an earlier run served.
+        let mut ours = !self.synced.published;
         for key in batch.keys() {
-            if !self.decide(key).await {
+            let was_tracked = self.tracked.contains_key(key);
+            if self.decide(key).await {
+                ours = true;
+            } else {
                 let had = self.tracked.remove(key).is_some_and(|t| t.served.is_some());
+                ours |= was_tracked;
                 releasing.push((key.clone(), had));
             }
         }
-        if !self.publish().await {
-            for key in batch.keys() {
-                self.later(key);
+        if ours {
+            if !self.publish().await {
+                for key in batch.keys() {
+                    self.later(key);
+                }
+                return;
             }
-            return;
+            self.synced.published = true;
         }
         // The data plane serves what the batch asked for from here on: that is what the
         // programming latency measures (the cluster is told after).

@@ -58,15 +58,8 @@ impl Cluster {
         let api = TestApiServer::start(options).await.expect("API server");
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig()).expect("kubeconfig");
-        let pools: String = pools
-            .iter()
-            .map(|(name, range)| format!("    - {{ name: {name}, addresses: [\"{range}\"] }}\n"))
-            .collect();
-        let yaml = format!(
-            "admin:\n  listen: 127.0.0.1:0\nkubernetes:\n  kubeconfig: kubeconfig\n  instance: gantry-test\n  address_pools:\n{pools}{section}"
-        );
         let path = dir.path().join("gantry.yaml");
-        std::fs::write(&path, &yaml).expect("config");
+        let yaml = write_config(&path, pools, section);
         let builder = lb_config::load_builder(&path).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let gantry = Gantry::start_file(builder).await.expect("gantry");
         Cluster { api, gantry, dir }
@@ -121,6 +114,15 @@ impl Cluster {
             .collect()
     }
 
+    /// Rewrites Gantry's file with `pools` and `section` and reloads it, as SIGHUP would.
+    pub async fn reconfigure(&self, pools: &[(&str, &str)], section: &str) {
+        let path = self.dir.path().join("gantry.yaml");
+        write_config(&path, pools, section);
+        lb_core::reload::reload_from_file(&self.gantry, &path)
+            .await
+            .expect("the new file applies");
+    }
+
     /// Stops Gantry and starts it again from the same file, as a process restart would.
     pub async fn restart(&mut self) {
         self.gantry
@@ -141,6 +143,21 @@ impl Cluster {
             .shutdown(std::time::Duration::from_secs(1))
             .await;
     }
+}
+
+/// Writes Gantry's file: the admin on an ephemeral port, the `kubernetes:` section with the
+/// test kubeconfig, `pools` (`(name, range)`), and `section` (more lines of it, or of the
+/// file); returns the text.
+fn write_config(path: &std::path::Path, pools: &[(&str, &str)], section: &str) -> String {
+    let pools: String = pools
+        .iter()
+        .map(|(name, range)| format!("    - {{ name: {name}, addresses: [\"{range}\"] }}\n"))
+        .collect();
+    let yaml = format!(
+        "admin:\n  listen: 127.0.0.1:0\nkubernetes:\n  kubeconfig: kubeconfig\n  instance: gantry-test\n  address_pools:\n{pools}{section}"
+    );
+    std::fs::write(path, &yaml).expect("config");
+    yaml
 }
 
 /// The id of `name` of `kind`: in the `default` namespace, unless cluster-scoped.
