@@ -1,9 +1,17 @@
 //! `lb-k8s`: the Kubernetes source of Gantry's model.
 //!
-//! Watches become updates of a pure [`index`]: plain Kubernetes objects in, services of the
-//! model out (as `lb_config::file::ServiceFile` specs, checked by the same `ModelBuilder` as
-//! the file), so the index is tested with plain objects and no server. What it does follows
-//! the rules in `docs/dev/kubernetes-semantics.md`.
+//! - [`controller`]: kube-rs watches feed one task that owns the [`index`] and the
+//!   [`addresses`], and reconciles each batch of changes: addresses, services of the model
+//!   (handed to the appliance through [`plane::DataPlane`]), then status, finalizer and Events.
+//! - [`index`]: pure: plain Kubernetes objects in, services of the model out (as
+//!   `lb_config::file::ServiceFile` specs, checked by the same `ModelBuilder` as the file), so
+//!   it is tested with plain objects and no server.
+//! - [`client`]: the connection, from a kubeconfig or in-cluster.
+//! - `testing` (feature `testing`): an API server speaking the real Kubernetes HTTP API, for
+//!   end-to-end tests.
+//!
+//! What it does follows the rules in `docs/dev/kubernetes-semantics.md`; users' view is
+//! `docs/kubernetes.md`.
 
 pub mod addresses;
 pub mod client;

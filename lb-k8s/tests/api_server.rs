@@ -337,3 +337,63 @@ async fn watchers_follow_changes_and_relist_after_410() {
         .count();
     assert_eq!(lists, 2, "one list at start, one after the 410");
 }
+
+#[tokio::test]
+async fn lists_page_and_watches_carry_bookmarks_and_replay_from_a_version() {
+    use kube::api::{ListParams, WatchEvent, WatchParams};
+    let (_server, client, _dir) = server_and_client().await;
+    let api: Api<Service> = Api::namespaced(client, "default");
+    for name in ["a", "b", "c"] {
+        api.create(&PostParams::default(), &service(name))
+            .await
+            .expect("create");
+    }
+    // Pages of one, each page naming where the next starts, all at the first page's version.
+    let first = api
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("page 1");
+    assert_eq!(first.items.len(), 1);
+    let token = first.metadata.continue_.clone().expect("a continue token");
+    let second = api
+        .list(&ListParams::default().limit(1).continue_token(&token))
+        .await
+        .expect("page 2");
+    assert_eq!(second.items[0].metadata.name.as_deref(), Some("b"));
+    assert_eq!(
+        second.metadata.resource_version,
+        first.metadata.resource_version
+    );
+
+    // A watch from the list's version replays what came after it, then bookmarks.
+    let version = first.metadata.resource_version.clone().expect("version");
+    api.delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let mut events = Box::pin(
+        api.watch(&WatchParams::default().timeout(10), &version)
+            .await
+            .expect("watch"),
+    );
+    let mut next = async || {
+        tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("in time")
+            .expect("stream")
+            .expect("event")
+    };
+    assert!(
+        matches!(next().await, WatchEvent::Deleted(s) if s.metadata.name.as_deref() == Some("a"))
+    );
+    let bookmark = loop {
+        if let WatchEvent::Bookmark(bookmark) = next().await {
+            break bookmark;
+        }
+    };
+    let bookmarked: u64 = bookmark
+        .metadata
+        .resource_version
+        .parse()
+        .expect("a number");
+    assert!(bookmarked > version.parse::<u64>().expect("a number"));
+}
