@@ -179,21 +179,40 @@ async fn type_and_port_changes_keep_the_address() {
     );
     assert_eq!(cluster.ingress_ip("shop").await, ip);
 
-    // Back to ClusterIP: the API server clears the status; Gantry closes the listener and
-    // lets go of its finalizer.
+    // Back to NodePort: the load balancer goes (its listener, then its finalizer), the node
+    // port is served again.
+    cluster.patch(Kind::Service, "shop", json!({"spec": {"type": "NodePort"}}));
+    let finalizer_gone = |cluster: &Cluster| {
+        cluster.get(Kind::Service, "shop").expect("shop")["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    };
+    eventually("the finalizer is gone", || async {
+        finalizer_gone(&cluster)
+    })
+    .await;
+    assert!(
+        origin_behind(SocketAddr::new(ip, other)).await.is_none(),
+        "the load balancer is gone"
+    );
+    assert_eq!(cluster.events("shop", "DeletedLoadBalancer").len(), 1);
+    let at_node = SocketAddr::new(node, node_port(&cluster).expect("a node port"));
+    eventually("served at the node port again", || async {
+        origin_behind(at_node).await.is_some()
+    })
+    .await;
+
+    // ClusterIP: nothing of Gantry's is left.
     cluster.patch(
         Kind::Service,
         "shop",
         json!({"spec": {"type": "ClusterIP"}}),
     );
-    eventually("the finalizer is gone", || async {
-        cluster.get(Kind::Service, "shop").expect("shop")["metadata"]["finalizers"]
-            .as_array()
-            .is_none_or(Vec::is_empty)
+    eventually("the node port closes", || async {
+        origin_behind(at_node).await.is_none()
     })
     .await;
-    assert!(origin_behind(SocketAddr::new(ip, other)).await.is_none());
-    assert_eq!(cluster.events("shop", "DeletedLoadBalancer").len(), 1);
+    assert!(finalizer_gone(&cluster));
     cluster.stop().await;
 }
 

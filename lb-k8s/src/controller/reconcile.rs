@@ -41,6 +41,9 @@ pub(crate) struct Tracked {
     ensured: Option<Front>,
     /// The ports last reported as not served (a Warning each time they change).
     skipped_ports: Vec<PortOutcome>,
+    /// It was a load balancer and is now served otherwise (a NodePort Service): once its
+    /// listeners are gone, its address, status and finalizer are let go.
+    let_go: bool,
 }
 
 impl Tracked {
@@ -219,7 +222,15 @@ impl Controller {
             _ if view.deleting => return false,
             Role::LoadBalancer | Role::NodePort => {}
         }
-        self.tracked.entry(key.clone()).or_default().role = Some(role);
+        let tracked = self.tracked.entry(key.clone()).or_default();
+        if tracked.role == Some(Role::LoadBalancer) && role != Role::LoadBalancer {
+            // Its load balancer goes; the last good configuration was one.
+            tracked.served = None;
+            tracked.wanted = None;
+            tracked.ensured = None;
+            tracked.let_go = true;
+        }
+        tracked.role = Some(role);
         let addresses = if role == Role::LoadBalancer {
             if !view.finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
                 // Before anything is provisioned, so nothing can be left behind.
@@ -397,6 +408,13 @@ impl Controller {
     /// Tells the cluster what became of `key`: Events for what changed, and, for a load
     /// balancer, its status.
     async fn report(&mut self, key: &ObjectKey) {
+        if self.tracked.get(key).is_some_and(|t| t.let_go) {
+            let had = true;
+            self.release(key, had).await;
+            if let Some(tracked) = self.tracked.get_mut(key) {
+                tracked.let_go = false;
+            }
+        }
         let Some(tracked) = self.tracked.get_mut(key) else {
             return;
         };
@@ -536,9 +554,15 @@ impl Controller {
         held
     }
 
-    /// Whether a Service that is not a LoadBalancer now would be Gantry's if it were: its
-    /// cleanup finalizer is then Gantry's to remove (another provider's is not).
+    /// Whether the cleanup finalizer of a Service Gantry does not serve as a load balancer
+    /// is Gantry's to remove: a LoadBalancer Service's only when its class is Gantry's (another
+    /// provider's is not); a Service of another type holds it only from when it was a load
+    /// balancer (the API server clears the class on that change, so it cannot tell whose), and
+    /// every provider removes it then, as the upstream service controller does.
     fn would_be_ours(&self, view: &ServiceView) -> bool {
+        if !view.is_load_balancer {
+            return true;
+        }
         match &view.class {
             Some(class) => *class == self.settings.class,
             None => self.settings.default_class,

@@ -129,6 +129,8 @@ pub struct ServiceView {
     pub generation: Option<i64>,
     /// `spec.loadBalancerClass`.
     pub class: Option<String>,
+    /// `spec.type` is `LoadBalancer`.
+    pub is_load_balancer: bool,
 }
 
 /// Reads `service`; the problems found are described with their field paths.
@@ -253,6 +255,7 @@ pub fn read(service: &Service) -> (ServiceView, Vec<String>) {
         status: service.status.clone(),
         generation: meta.generation,
         class: spec.load_balancer_class.clone(),
+        is_load_balancer: spec.type_.as_deref() == Some("LoadBalancer"),
     };
     (view, problems)
 }
