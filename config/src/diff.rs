@@ -260,7 +260,15 @@ pub fn diff(old: &Model, new: &Model) -> Vec<Change> {
             changes.push(Change::SourceChanged(name.clone()));
         }
     }
-    let keys: BTreeSet<&ListenerKey> = old.ports().chain(new.ports()).map(|p| &p.key).collect();
+    // A service both models share (the same `Arc`: a source rebuilt the model around it)
+    // cannot have changed; only the others' ports are compared.
+    let shared = |name: &String| matches!((old.services.get(name), new.services.get(name)), (Some(a), Some(b)) if std::sync::Arc::ptr_eq(a, b));
+    let keys: BTreeSet<&ListenerKey> = old
+        .ports()
+        .chain(new.ports())
+        .filter(|p| !shared(&p.key.service))
+        .map(|p| &p.key)
+        .collect();
     for key in keys {
         match (old.port(key), new.port(key)) {
             (Some(_), None) => changes.push(Change::ListenerRemoved(key.clone())),

@@ -27,8 +27,9 @@ pub struct Model {
     pub runtime: Runtime,
     /// Sandbox limits of policy plugins.
     pub plugin_limits: PluginLimits,
-    /// Services by name.
-    pub services: BTreeMap<String, Service>,
+    /// Services by name (shared: a model built from another's keeps the services it did not
+    /// change without copying them).
+    pub services: BTreeMap<String, Arc<Service>>,
     /// The Kubernetes source, when configured.
     pub kubernetes: Option<Kubernetes>,
 }

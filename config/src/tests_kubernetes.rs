@@ -100,9 +100,11 @@ fn another_sources_services_are_admitted_only_when_they_clash_with_nothing() {
             "{{ name: \"{name}\", address: 127.0.0.1, ports: [{{ name: web, port: {port}, backends: [\"127.0.0.1:2\"] }}] }}"
         ))
         .expect("spec");
-        builder
-            .check_service(&FieldPath::object("Service", name), spec)
-            .expect("valid alone")
+        std::sync::Arc::new(
+            builder
+                .check_service(&FieldPath::object("Service", name), spec)
+                .expect("valid alone"),
+        )
     };
     let mut combined = builder.clone();
     let outcomes = combined.admit(vec![

@@ -2,6 +2,8 @@
 //! services get, and a way to serve a set of services beside the file's. `lb-core`
 //! implements it; tests can implement it without sockets.
 
+use std::sync::Arc;
+
 use lb_config::file::ServiceFile;
 use lb_config::model::Service;
 use lb_config::{FieldPath, Problems};
@@ -15,7 +17,7 @@ pub struct Candidate {
     /// Where it comes from (`Service default/web`).
     pub origin: FieldPath,
     /// Its configurations, best first.
-    pub alternatives: Vec<Vec<Service>>,
+    pub alternatives: Vec<Vec<Arc<Service>>>,
 }
 
 /// What became of a candidate.

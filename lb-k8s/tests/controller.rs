@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 /// Serves nothing; remembers the services it was given.
 struct Recorder {
     builder: ModelBuilder,
-    served: Mutex<BTreeMap<String, Service>>,
+    served: Mutex<BTreeMap<String, std::sync::Arc<Service>>>,
 }
 
 #[async_trait::async_trait]

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::model::{Admin, Service};
 use crate::problems::{FieldPath, Problems};
@@ -102,9 +103,9 @@ impl Taken {
 /// The services whose names were not taken by an earlier one; every clash is reported.
 pub(super) fn check_services(
     admin: &Admin,
-    services: Vec<(FieldPath, Service)>,
+    services: Vec<(FieldPath, Arc<Service>)>,
     p: &mut Problems,
-) -> Vec<(FieldPath, Service)> {
+) -> Vec<(FieldPath, Arc<Service>)> {
     let mut taken = Taken::new(admin);
     services
         .into_iter()

@@ -19,6 +19,7 @@ mod tls;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -52,7 +53,7 @@ pub struct ModelBuilder {
     kubernetes: Option<Kubernetes>,
     base_dir: PathBuf,
     /// Accepted services, in the order they were added, with where each came from.
-    services: Vec<(FieldPath, Service)>,
+    services: Vec<(FieldPath, Arc<Service>)>,
     problems: Problems,
 }
 
@@ -162,7 +163,7 @@ impl ModelBuilder {
 
     /// Adds an already checked service, such as one kept from an earlier model.
     pub fn insert(&mut self, origin: FieldPath, service: Service) {
-        self.services.push((origin, service));
+        self.services.push((origin, Arc::new(service)));
     }
 
     /// Adds services of another source, each candidate given as alternatives tried in order
@@ -173,7 +174,7 @@ impl ModelBuilder {
     /// alternative.
     pub fn admit(
         &mut self,
-        candidates: Vec<(FieldPath, Vec<Vec<Service>>)>,
+        candidates: Vec<(FieldPath, Vec<Vec<Arc<Service>>>)>,
     ) -> Vec<Result<usize, Problems>> {
         let mut taken = conflicts::Taken::new(&self.admin);
         let mut ignored = Problems::default();

@@ -5,6 +5,8 @@
 //! a Kubernetes service that clashes with one of them (a name, an address and port) is
 //! refused and reported on its object, never silently preferred.
 
+use std::sync::Arc;
+
 use lb_config::file::ServiceFile;
 use lb_config::model::Service;
 use lb_config::{Change, ConfigError, FieldPath, ModelBuilder, Problems};
@@ -19,7 +21,7 @@ pub(super) struct Sources {
     file: Option<ModelBuilder>,
     /// The Kubernetes Services served (each as the services of the model it became), in the
     /// order they were admitted.
-    kubernetes: Vec<(FieldPath, Vec<Service>)>,
+    kubernetes: Vec<(FieldPath, Vec<Arc<Service>>)>,
 }
 
 /// Why the file could not be applied.
@@ -50,7 +52,7 @@ impl Gantry {
     pub async fn apply_file(&self, builder: ModelBuilder) -> Result<Vec<Change>, FileApplyError> {
         let mut sources = self.inner.sources.lock().await;
         let mut combined = builder.clone();
-        let kept: Vec<(FieldPath, Vec<Vec<Service>>)> = sources
+        let kept: Vec<(FieldPath, Vec<Vec<Arc<Service>>>)> = sources
             .kubernetes
             .iter()
             .map(|(origin, services)| (origin.clone(), vec![services.clone()]))
@@ -107,7 +109,7 @@ impl Gantry {
         };
         let mut refused: Vec<Option<Problems>> = vec![None; candidates.len()];
         loop {
-            let offered: Vec<(FieldPath, Vec<Vec<Service>>)> = candidates
+            let offered: Vec<(FieldPath, Vec<Vec<Arc<Service>>>)> = candidates
                 .iter()
                 .zip(&refused)
                 .filter(|(_, refused)| refused.is_none())

@@ -3,6 +3,7 @@
 //! with what clients see of them.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use lb_config::model::Service;
 
@@ -15,7 +16,7 @@ use crate::index::translate::PortOutcome;
 /// each address).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Built {
-    pub(crate) services: Vec<Service>,
+    pub(crate) services: Vec<Arc<Service>>,
     pub(crate) ports: Vec<PortOutcome>,
 }
 
@@ -29,6 +30,16 @@ pub(crate) struct Front {
 }
 
 impl Built {
+    /// Whether the data plane serves `self` and `other` alike: the same services but for
+    /// where they came from (a newer version of the object that asks for nothing new).
+    pub(crate) fn serves_as(&self, other: &Built) -> bool {
+        self.services.len() == other.services.len()
+            && self.services.iter().zip(&other.services).all(|(a, b)| {
+                Arc::ptr_eq(a, b)
+                    || (a.name == b.name && a.address == b.address && a.ports == b.ports)
+            })
+    }
+
     pub(crate) fn front(&self) -> Front {
         Front {
             listeners: self

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_config::model::ServiceSource;
@@ -49,6 +50,15 @@ pub(crate) struct Tracked {
 impl Tracked {
     fn trouble(&self) -> Option<(String, String)> {
         self.problem.clone().or_else(|| self.clash.clone())
+    }
+}
+
+/// Whether two configurations are served alike (see [`Built::serves_as`]).
+fn same(a: &Option<Built>, b: &Option<Built>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.serves_as(b),
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -100,19 +110,31 @@ impl Controller {
         let mut releasing = Vec::new();
         // Whether the batch touches anything Gantry serves or wants to: a cluster's other
         // Services (ClusterIP ones, other providers') change often and cost no publish.
-        // The first publish always happens: it replaces whatever an earlier run served.
-        let mut ours = !self.synced.published;
+        // Whether the data plane must hear of the batch: something Gantry serves, or wants
+        // to, changed. Most events change nothing served: a cluster's other Services, and the
+        // echo of Gantry's own status writes. The first publish of a run always happens: it
+        // replaces whatever an earlier run served.
+        let mut changed = !self.synced.published;
         for key in batch.keys() {
-            let was_tracked = self.tracked.contains_key(key);
+            let before = self
+                .tracked
+                .get(key)
+                .map(|t| (t.wanted.clone(), t.served.clone()));
             if self.decide(key).await {
-                ours = true;
+                let after = self.tracked.get(key);
+                changed |= match (&before, after) {
+                    (Some((wanted, served)), Some(now)) => {
+                        !same(wanted, &now.wanted) || !same(served, &now.served)
+                    }
+                    _ => true,
+                };
             } else {
                 let had = self.tracked.remove(key).is_some_and(|t| t.served.is_some());
-                ours |= was_tracked;
+                changed |= before.is_some();
                 releasing.push((key.clone(), had));
             }
         }
-        if ours {
+        if changed {
             if !self.publish().await {
                 for key in batch.keys() {
                     self.later(key);
@@ -331,7 +353,7 @@ impl Controller {
             match self.plane.check(&origin(key), wanted.spec) {
                 Ok(mut service) => {
                     service.source = ServiceSource::Kubernetes(view.source.clone());
-                    services.push(service);
+                    services.push(Arc::new(service));
                     outcomes = wanted.ports;
                 }
                 Err(problems) => {
