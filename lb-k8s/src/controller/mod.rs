@@ -8,6 +8,7 @@
 
 mod built;
 mod reconcile;
+mod report;
 pub mod status;
 pub mod watch;
 pub mod writer;

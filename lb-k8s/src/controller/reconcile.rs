@@ -12,8 +12,9 @@ use lb_config::model::ServiceSource;
 use lb_config::FieldPath;
 
 use super::built::{requests_of, Built, Front};
-use super::writer::{Note, CLEANUP_FINALIZER};
-use super::{status, Controller, Retry};
+use super::report::Tell;
+use super::writer::Note;
+use super::{Controller, Retry};
 use crate::addresses::{Refusal, Request};
 use crate::index::endpoints::Family;
 use crate::index::service::{Role, ServiceView};
@@ -27,28 +28,28 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// What the controller keeps of a Service it serves (or tries to).
 #[derive(Default)]
 pub(crate) struct Tracked {
-    role: Option<Role>,
+    pub(super) role: Option<Role>,
     /// What is served for it: its last good configuration.
-    served: Option<Built>,
+    pub(super) served: Option<Built>,
     /// What it asks for now, when that could be built.
-    wanted: Option<Built>,
+    pub(super) wanted: Option<Built>,
     /// Why what it asks for cannot be built: a reason and a message.
-    problem: Option<(String, String)>,
+    pub(super) problem: Option<(String, String)>,
     /// Why what it asks for is not served though it was built (it clashes).
-    clash: Option<(String, String)>,
+    pub(super) clash: Option<(String, String)>,
     /// The trouble last reported with an Event, so each is reported once.
-    reported: Option<(String, String)>,
+    pub(super) reported: Option<(String, String)>,
     /// What was last announced with `EnsuredLoadBalancer`.
-    ensured: Option<Front>,
+    pub(super) ensured: Option<Front>,
     /// The ports last reported as not served (a Warning each time they change).
-    skipped_ports: Vec<PortOutcome>,
+    pub(super) skipped_ports: Vec<PortOutcome>,
     /// It was a load balancer and is now served otherwise (a NodePort Service): once its
     /// listeners are gone, its address, status and finalizer are let go.
-    let_go: bool,
+    pub(super) let_go: bool,
 }
 
 impl Tracked {
-    fn trouble(&self) -> Option<(String, String)> {
+    pub(super) fn trouble(&self) -> Option<(String, String)> {
         self.problem.clone().or_else(|| self.clash.clone())
     }
 }
@@ -107,9 +108,12 @@ impl Controller {
         if batch.is_empty() && self.synced.published {
             return;
         }
+        let unfinalized = self.add_finalizers(batch.keys()).await;
+        for key in &unfinalized {
+            batch.remove(key);
+        }
+        let mut tell = Tell::default();
         let mut releasing = Vec::new();
-        // Whether the batch touches anything Gantry serves or wants to: a cluster's other
-        // Services (ClusterIP ones, other providers') change often and cost no publish.
         // Whether the data plane must hear of the batch: something Gantry serves, or wants
         // to, changed. Most events change nothing served: a cluster's other Services, and the
         // echo of Gantry's own status writes. The first publish of a run always happens: it
@@ -120,7 +124,7 @@ impl Controller {
                 .tracked
                 .get(key)
                 .map(|t| (t.wanted.clone(), t.served.clone()));
-            if self.decide(key).await {
+            if self.decide(key, &mut tell) {
                 let after = self.tracked.get(key);
                 changed |= match (&before, after) {
                     (Some((wanted, served)), Some(now)) => {
@@ -153,17 +157,22 @@ impl Controller {
             }
         }
         self.show_pools();
-        for key in batch.keys() {
-            self.report(key).await;
-        }
         let mut freed = false;
+        for key in batch.keys() {
+            // A load balancer that became a NodePort Service: its old listeners are gone now.
+            if let Some(tracked) = self.tracked.get_mut(key).filter(|t| t.let_go) {
+                tracked.let_go = false;
+                let had = true;
+                freed |= self.release(key, had).await;
+            }
+            self.report(key, &mut tell);
+        }
+        self.tell(tell).await;
         for (key, had) in releasing {
             freed |= self.release(&key, had).await;
         }
         if freed {
             self.show_pools();
-        }
-        if freed {
             // Services waiting for an address may get the one just freed.
             let waiting: Vec<ObjectKey> = self
                 .tracked
@@ -215,7 +224,7 @@ impl Controller {
     }
 
     /// Tries `key` again later, backing off.
-    fn later(&mut self, key: &ObjectKey) {
+    pub(super) fn later(&mut self, key: &ObjectKey) {
         let attempt = self
             .retry
             .get(key)
@@ -233,7 +242,7 @@ impl Controller {
     }
 
     /// Works out what `key` asks for; `false` when Gantry has nothing to serve for it.
-    async fn decide(&mut self, key: &ObjectKey) -> bool {
+    fn decide(&mut self, key: &ObjectKey, tell: &mut Tell) -> bool {
         self.retry.remove(key);
         let Some((role, view)) = self.index.service(key) else {
             return false;
@@ -253,20 +262,8 @@ impl Controller {
             tracked.let_go = true;
         }
         tracked.role = Some(role);
+        // A load balancer has its cleanup finalizer by now (`add_finalizers`).
         let addresses = if role == Role::LoadBalancer {
-            if !view.finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
-                // Before anything is provisioned, so nothing can be left behind.
-                match self.writer.add_finalizer(key, &view.finalizers).await {
-                    Ok(written) => {
-                        self.index.apply_service(&written);
-                    }
-                    Err(error) => {
-                        tracing::warn!(service = %key, %error, "could not add the cleanup finalizer; retrying");
-                        self.later(key);
-                        return true;
-                    }
-                }
-            }
             match self.assign(key, &view) {
                 Ok(addresses) => addresses.into_iter().map(Some).collect(),
                 Err(refusal) => {
@@ -290,7 +287,7 @@ impl Controller {
                 reason: "EnsuringLoadBalancer",
                 message: "provisioning the load balancer".into(),
             };
-            self.writer.event(&view.source, note).await;
+            tell.event(key, &view.source, note);
         }
         true
     }
@@ -426,174 +423,10 @@ impl Controller {
         }
         true
     }
-
-    /// Tells the cluster what became of `key`: Events for what changed, and, for a load
-    /// balancer, its status.
-    async fn report(&mut self, key: &ObjectKey) {
-        if self.tracked.get(key).is_some_and(|t| t.let_go) {
-            let had = true;
-            self.release(key, had).await;
-            if let Some(tracked) = self.tracked.get_mut(key) {
-                tracked.let_go = false;
-            }
-        }
-        let Some(tracked) = self.tracked.get_mut(key) else {
-            return;
-        };
-        let Some((role, view)) = self.index.service(key) else {
-            return;
-        };
-        let trouble = tracked.trouble();
-        let mut notes = Vec::new();
-        if trouble != tracked.reported {
-            if let Some((reason, message)) = &trouble {
-                notes.push(Note {
-                    warning: true,
-                    reason: static_reason(reason),
-                    message: message.clone(),
-                });
-            }
-            tracked.reported = trouble.clone();
-        }
-        let skipped: Vec<PortOutcome> = tracked
-            .served
-            .iter()
-            .flat_map(|b| b.ports.iter().filter(|p| p.error.is_some()).cloned())
-            .collect();
-        if skipped != tracked.skipped_ports {
-            if !skipped.is_empty() {
-                let ports: Vec<String> = skipped
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "{}/{} ({})",
-                            p.port,
-                            p.protocol,
-                            p.error.unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                notes.push(Note {
-                    warning: true,
-                    reason: "UnsupportedPort",
-                    message: format!("not served: {}; the other ports are", ports.join(", ")),
-                });
-            }
-            tracked.skipped_ports = skipped;
-        }
-        let wanted = status::Wanted {
-            ingress: tracked
-                .served
-                .as_ref()
-                .map(Built::ingress)
-                .unwrap_or_default(),
-            trouble: trouble.clone(),
-        };
-        let write = (role == Role::LoadBalancer)
-            .then(|| {
-                status::to_write(
-                    view.status.as_ref(),
-                    &wanted,
-                    view.generation,
-                    &now_rfc3339(),
-                )
-            })
-            .flatten();
-        // A first configuration whose status is already right was served before a restart.
-        let taken_over = tracked.ensured.is_none() && write.is_none();
-        let served_front = tracked.served.as_ref().map(Built::front);
-        if served_front.is_some() && served_front != tracked.ensured && !taken_over {
-            if let Some(served) = &tracked.served {
-                notes.push(Note {
-                    warning: false,
-                    reason: "EnsuredLoadBalancer",
-                    message: format!("serving on {}", served.listeners()),
-                });
-            }
-        }
-        tracked.ensured = served_front;
-        let source = view.source.clone();
-        for note in notes {
-            self.writer.event(&source, note).await;
-        }
-        if let Some(status) = write {
-            match self
-                .writer
-                .write_status(key, &source.resource_version, status)
-                .await
-            {
-                Ok(written) => {
-                    self.index.apply_service(&written);
-                }
-                Err(error) => {
-                    tracing::warn!(service = %key, %error, "could not write the status; retrying");
-                    self.later(key);
-                }
-            }
-        }
-    }
-
-    /// Lets go of `key` once its listeners are gone: its address back to the pool, Gantry's
-    /// part of its status cleared, its finalizer removed. Returns whether an address was freed.
-    async fn release(&mut self, key: &ObjectKey, had: bool) -> bool {
-        let held = !self.addresses.held(key).is_empty();
-        self.addresses.release(key);
-        let Some((role, view)) = self.index.service(key) else {
-            return held;
-        };
-        let view = view.clone();
-        let ours = had || held || role == Role::LoadBalancer || self.would_be_ours(&view);
-        if !ours {
-            return held;
-        }
-        if had || held {
-            let note = Note {
-                warning: false,
-                reason: "DeletedLoadBalancer",
-                message: "the load balancer no longer serves the Service".into(),
-            };
-            self.writer.event(&view.source, note).await;
-        }
-        if !view.deleting {
-            if let Some(status) = status::to_clear(view.status.as_ref()) {
-                if let Err(error) = self
-                    .writer
-                    .write_status(key, &view.source.resource_version, status)
-                    .await
-                {
-                    tracing::warn!(service = %key, %error, "could not clear the status; retrying");
-                    self.later(key);
-                    return held;
-                }
-            }
-        }
-        if view.finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
-            if let Err(error) = self.writer.remove_finalizer(key, &view.finalizers).await {
-                tracing::warn!(service = %key, %error, "could not remove the cleanup finalizer; retrying");
-                self.later(key);
-            }
-        }
-        held
-    }
-
-    /// Whether the cleanup finalizer of a Service Gantry does not serve as a load balancer
-    /// is Gantry's to remove: a LoadBalancer Service's only when its class is Gantry's (another
-    /// provider's is not); a Service of another type holds it only from when it was a load
-    /// balancer (the API server clears the class on that change, so it cannot tell whose), and
-    /// every provider removes it then, as the upstream service controller does.
-    fn would_be_ours(&self, view: &ServiceView) -> bool {
-        if !view.is_load_balancer {
-            return true;
-        }
-        match &view.class {
-            Some(class) => *class == self.settings.class,
-            None => self.settings.default_class,
-        }
-    }
 }
 
 /// Event reasons are static in the writer; the few that come as text map back here.
-fn static_reason(reason: &str) -> &'static str {
+pub(super) fn static_reason(reason: &str) -> &'static str {
     match reason {
         "AddressNotInPool" => "AddressNotInPool",
         "AddressInUse" => "AddressInUse",
@@ -605,6 +438,6 @@ fn static_reason(reason: &str) -> &'static str {
     }
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
