@@ -38,6 +38,9 @@ use crate::telemetry::Telemetry;
 /// becomes a few reconciles, not one per event.
 const BATCH: usize = 1024;
 
+/// Longest a burst is gathered before it is reconciled.
+const MAX_LINGER: Duration = Duration::from_millis(250);
+
 /// Runs the Kubernetes source for `section` until `stop`: serves what the cluster asks of
 /// Gantry through `plane`. Returns an error only when the cluster cannot be reached at all
 /// (a bad kubeconfig); once running, API errors are retried.
@@ -72,6 +75,7 @@ pub async fn run(
         dirty: BTreeMap::new(),
         retry: BTreeMap::new(),
         tracked: BTreeMap::new(),
+        last_publish: Duration::ZERO,
     };
     tracing::info!(class = %section.load_balancer_class, "Kubernetes source started");
     loop {
@@ -93,6 +97,23 @@ pub async fn run(
                         Err(_) => break,
                     }
                     taken += 1;
+                }
+                // In a burst (a relist, a rollout, many Services at once), gather for as long
+                // as the last publish took, so publishing, which costs with the number of
+                // Services, stays a bounded share of the time. A lone change goes at once.
+                if taken > 1 {
+                    let linger = tokio::time::sleep(controller.last_publish.min(MAX_LINGER));
+                    tokio::pin!(linger);
+                    while taken < BATCH {
+                        tokio::select! {
+                            update = updates.recv() => match update {
+                                Some(update) => controller.take(update),
+                                None => break,
+                            },
+                            () = &mut linger => break,
+                        }
+                        taken += 1;
+                    }
                 }
             }
             () = tokio::time::sleep(wait) => {}
@@ -174,6 +195,8 @@ pub(crate) struct Controller {
     dirty: BTreeMap<ObjectKey, Instant>,
     retry: BTreeMap<ObjectKey, Retry>,
     tracked: BTreeMap<ObjectKey, Tracked>,
+    /// How long the last publish to the data plane took.
+    last_publish: Duration,
 }
 
 impl Controller {

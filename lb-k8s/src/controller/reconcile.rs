@@ -139,7 +139,10 @@ impl Controller {
             }
         }
         if changed {
-            if !self.publish().await {
+            let publishing = Instant::now();
+            let published = self.publish().await;
+            self.last_publish = publishing.elapsed();
+            if !published {
                 for key in batch.keys() {
                     self.later(key);
                 }
