@@ -282,7 +282,8 @@ pub fn diff(old: &Model, new: &Model) -> Vec<Change> {
 
 fn port_change(before: &Port, after: &Port) -> Option<Change> {
     let key = after.key.clone();
-    if before.bind != after.bind {
+    // A move between TCP and UDP needs a socket of the other kind: the port is rebuilt whole.
+    if before.bind != after.bind || before.protocol.is_udp() != after.protocol.is_udp() {
         return Some(Change::ListenerRebound {
             key,
             from: before.bind,

@@ -188,6 +188,11 @@ pub struct TimeoutsFile {
     pub upstream_read: Option<DurationText>,
     /// A pooled keep-alive backend connection left unused. Default `60s`.
     pub upstream_idle: Option<DurationText>,
+    /// A UDP flow whose backend has not answered, with no datagram either way. Default `30s`.
+    pub udp_idle: Option<DurationText>,
+    /// A UDP flow that has had datagrams both ways, with no datagram either way. Default
+    /// `120s`.
+    pub udp_stream_idle: Option<DurationText>,
 }
 
 /// `limits:`
@@ -200,6 +205,11 @@ pub struct LimitsFile {
     pub max_header_bytes: Option<u32>,
     /// Number of HTTP request headers. Default 100, at most 256; answer 431.
     pub max_headers: Option<u32>,
+    /// UDP flows per port (a flow: one client address and port); datagrams of new flows
+    /// beyond it are dropped and counted. Default 65536.
+    pub max_flows: Option<u32>,
+    /// Largest UDP datagram relayed, bytes; a larger one is dropped and counted. Default 65507.
+    pub max_datagram_bytes: Option<u32>,
 }
 
 /// `backoff:`
@@ -286,6 +296,8 @@ pub enum ProtocolFile {
     Http,
     /// TLS terminated by Gantry, HTTP/1.1 and HTTP/2 by ALPN.
     Https,
+    /// UDP datagrams, by flow.
+    Udp,
 }
 
 /// `ports[].proxy_protocol`

@@ -135,3 +135,5 @@ fn parse_file(text: &str) -> Result<file::FileConfig, ConfigError> {
 mod tests;
 #[cfg(test)]
 mod tests_kubernetes;
+#[cfg(test)]
+mod tests_udp;

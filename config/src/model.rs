@@ -403,9 +403,16 @@ pub enum Protocol {
     Http,
     /// TLS terminated, then HTTP proxy.
     Https,
+    /// UDP datagrams, relayed by flow.
+    Udp,
 }
 
 impl Protocol {
+    /// True for `udp`: a datagram socket, not a stream one.
+    pub fn is_udp(self) -> bool {
+        self == Protocol::Udp
+    }
+
     /// True for `tls` and `https`.
     pub fn terminates_tls(self) -> bool {
         matches!(self, Protocol::Tls | Protocol::Https)
@@ -423,6 +430,7 @@ impl Protocol {
             Protocol::Tls => "tls",
             Protocol::Http => "http",
             Protocol::Https => "https",
+            Protocol::Udp => "udp",
         }
     }
 }
@@ -567,6 +575,12 @@ pub struct Timeouts {
     /// Pooled backend connection idle.
     #[serde(with = "duration_text")]
     pub upstream_idle: Duration,
+    /// UDP flow idle, before its backend has answered.
+    #[serde(with = "duration_text")]
+    pub udp_idle: Duration,
+    /// UDP flow idle, once datagrams have gone both ways.
+    #[serde(with = "duration_text")]
+    pub udp_stream_idle: Duration,
 }
 
 /// Client-facing limits of a port.
@@ -578,6 +592,10 @@ pub struct Limits {
     pub max_header_bytes: u32,
     /// HTTP request header count.
     pub max_headers: u32,
+    /// UDP flows per port.
+    pub max_flows: u32,
+    /// Largest UDP datagram relayed, bytes.
+    pub max_datagram_bytes: u32,
 }
 
 /// Passive back-off after failed connects.

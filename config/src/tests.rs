@@ -155,7 +155,7 @@ services:
         "{joined}"
     );
     assert!(
-        joined.contains("services[0].ports[2].proxy_protocol: only for tcp and tls"),
+        joined.contains("services[0].ports[2].proxy_protocol: only for tcp, tls and udp"),
         "{joined}"
     );
     assert!(

@@ -83,7 +83,8 @@ pub(crate) async fn serve(
 
     let stream = pingora_stream(stream, peer, local);
     match protocol {
-        Protocol::Tcp => {}
+        // A UDP port has no stream listener: no connection ever arrives for one.
+        Protocol::Tcp | Protocol::Udp => {}
         Protocol::Http => {
             if let Some(app) = shared.http.load_full() {
                 http::serve_cleartext(&app, &shared.route, stream, shared.drain.clone()).await;

@@ -29,6 +29,7 @@ pub mod route;
 pub mod run;
 pub mod tcp;
 pub mod tls;
+mod udp;
 
 #[cfg(test)]
 mod test_certs;

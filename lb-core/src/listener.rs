@@ -1,8 +1,10 @@
-//! One listening socket and the connections it accepted. The accept loop loads the current
-//! [`Route`] per connection, so a reload swaps what a listener serves without touching its
-//! socket. Removing a listener closes the socket at once, asks open connections to finish
-//! (HTTP/1 closes after the current response, HTTP/2 sends GOAWAY, TCP runs on), and closes
-//! whatever is left when the grace period ends.
+//! One listening socket and the connections (or, for a `udp` port, the flows) it serves. The
+//! accept loop loads the current [`Route`] per connection (the UDP relay per datagram), so a
+//! reload swaps what a listener serves without touching its socket. Removing a TCP listener
+//! closes the socket at once, asks open connections to finish (HTTP/1 closes after the
+//! current response, HTTP/2 sends GOAWAY, TCP runs on), and closes whatever is left when the
+//! grace period ends; a UDP listener keeps its socket (replies leave from it) but takes no new
+//! flow, until its flows end or the grace period does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use lb_config::ListenerKey;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,7 +38,7 @@ pub(crate) struct Listener {
     http_header_limit: Option<u32>,
     /// The shared HTTP apps, and the routes they find requests' listeners by.
     apps: Arc<HttpApps>,
-    socket: Option<TcpListener>,
+    socket: Option<Bound>,
     accept_task: Option<tokio::task::JoinHandle<()>>,
     drain: watch::Sender<bool>,
     stop_accepting: CancellationToken,
@@ -55,8 +57,15 @@ impl Listener {
         tls: Option<Arc<TlsEndpoint>>,
         apps: &Arc<HttpApps>,
     ) -> std::io::Result<Listener> {
-        let socket = bind_socket(bind, freebind)?;
-        let local_addr = socket.local_addr()?;
+        let (socket, local_addr) = if route.port.protocol.is_udp() {
+            let socket = crate::udp::bind(bind, freebind)?;
+            let local = socket.local_addr()?;
+            (Bound::Udp(socket), local)
+        } else {
+            let socket = bind_socket(bind, freebind)?;
+            let local = socket.local_addr()?;
+            (Bound::Tcp(socket), local)
+        };
         let limiter = ConnLimiter::new(route.port.settings.limits.max_connections);
         let (drain, drain_rx) = watch::channel(false);
         let http_header_limit = http_header_limit(&route);
@@ -85,19 +94,30 @@ impl Listener {
 
     /// Starts accepting.
     pub(crate) fn start(&mut self) {
-        let Some(socket) = self.socket.take() else {
-            return;
+        let task = match self.socket.take() {
+            None => return,
+            Some(Bound::Tcp(socket)) => {
+                self.apps
+                    .routes()
+                    .register(self.local_addr, self.shared.route.clone());
+                tokio::spawn(accept_loop(
+                    socket,
+                    self.shared.clone(),
+                    self.stop_accepting.clone(),
+                    self.force_close.clone(),
+                    self.connections.clone(),
+                ))
+            }
+            Some(Bound::Udp(socket)) => tokio::spawn(crate::udp::serve(crate::udp::Relay {
+                socket: Arc::new(socket),
+                local: self.local_addr,
+                shared: self.shared.clone(),
+                draining: self.stop_accepting.clone(),
+                closed: self.force_close.clone(),
+                flows: self.connections.clone(),
+            })),
         };
-        self.apps
-            .routes()
-            .register(self.local_addr, self.shared.route.clone());
-        self.accept_task = Some(tokio::spawn(accept_loop(
-            socket,
-            self.shared.clone(),
-            self.stop_accepting.clone(),
-            self.force_close.clone(),
-            self.connections.clone(),
-        )));
+        self.accept_task = Some(task);
         tracing::info!(service = %self.key.service, port = %self.key.port, address = %self.local_addr, "listening");
     }
 
@@ -165,16 +185,22 @@ impl Listener {
     pub(crate) async fn begin_drain(&mut self) {
         self.socket = None;
         self.stop_accepting.cancel();
-        if let Some(task) = self.accept_task.take() {
-            // The loop owns the socket; it returns as soon as it sees the cancellation.
-            let _ = task.await;
+        if !self.is_udp() {
+            if let Some(task) = self.accept_task.take() {
+                // The loop owns the socket; it returns as soon as it sees the cancellation.
+                let _ = task.await;
+            }
         }
         self.connections.close();
         self.drain.send_replace(true);
     }
 
+    fn is_udp(&self) -> bool {
+        self.shared.route.load().port.protocol.is_udp()
+    }
+
     /// Waits for open connections to finish, up to `grace`; then closes the rest.
-    pub(crate) async fn finish_drain(&self, grace: Duration) {
+    pub(crate) async fn finish_drain(&mut self, grace: Duration) {
         if tokio::time::timeout(grace, self.connections.wait())
             .await
             .is_err()
@@ -187,10 +213,23 @@ impl Listener {
             self.force_close.cancel();
             self.connections.wait().await;
         }
+        // A UDP relay served its flows until now; its socket closes with it.
+        self.force_close.cancel();
+        if let Some(task) = self.accept_task.take() {
+            let _ = task.await;
+        }
         self.apps
             .routes()
             .unregister(self.local_addr, &self.shared.route);
     }
+}
+
+/// A bound socket, not yet serving.
+enum Bound {
+    /// A TCP port's listening socket.
+    Tcp(TcpListener),
+    /// A UDP port's socket.
+    Udp(UdpSocket),
 }
 
 /// HTTP/2 header lists are bounded by the app's settings, so the app follows this limit.

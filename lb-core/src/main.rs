@@ -57,6 +57,7 @@ fn main() -> ExitCode {
     // library that asks for "the default provider" on the same one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     logging::init(cli.log_format, &cli.log_level);
+    raise_open_files();
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(config),
@@ -69,6 +70,20 @@ fn main() -> ExitCode {
             admin,
             backends,
         }),
+    }
+}
+
+/// Lets the process open as many files as the system allows it: every connection, and every
+/// UDP flow, holds sockets, and the usual soft limit (1024) is far below what a load
+/// balancer serves. The hard limit is the operator's (systemd's `LimitNOFILE=`).
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%err, "could not raise the open-file limit");
+            }
+        }
     }
 }
 

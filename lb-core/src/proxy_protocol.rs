@@ -1,5 +1,6 @@
 //! PROXY protocol headers (HAProxy's spec, v1 and v2) sent to a backend before any client byte,
-//! so the backend sees the client's address. Mixed address families (an IPv4 client on an IPv6
+//! so the backend sees the client's address; over UDP, a v2 header (`DGRAM`) before each
+//! datagram. Mixed address families (an IPv4 client on an IPv6
 //! listener) are written as IPv6, with the IPv4 address mapped.
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,9 +23,19 @@ pub fn header(
     let (client, local) = same_family(client, local);
     match version {
         ProxyProtocol::V1 => v1(client, local),
-        ProxyProtocol::V2 => v2(client, local, authority),
+        ProxyProtocol::V2 => v2(client, local, authority, STREAM),
     }
 }
+
+/// The v2 header a UDP datagram from `client` to `local` carries (`DGRAM`).
+pub fn datagram_header(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let (client, local) = same_family(client, local);
+    v2(client, local, None, DGRAM)
+}
+
+/// The v2 transport nibble: a stream (TCP) or datagrams (UDP).
+const STREAM: u8 = 0x1;
+const DGRAM: u8 = 0x2;
 
 fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     match (a.ip(), b.ip()) {
@@ -52,18 +63,18 @@ fn v1(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
     .into_bytes()
 }
 
-fn v2(client: SocketAddr, local: SocketAddr, authority: Option<&str>) -> Vec<u8> {
+fn v2(client: SocketAddr, local: SocketAddr, authority: Option<&str>, transport: u8) -> Vec<u8> {
     let mut addresses = Vec::with_capacity(36);
     let family = match (client.ip(), local.ip()) {
         (IpAddr::V4(c), IpAddr::V4(l)) => {
             addresses.extend_from_slice(&c.octets());
             addresses.extend_from_slice(&l.octets());
-            0x11 // AF_INET, STREAM
+            0x10 | transport // AF_INET
         }
         (c, l) => {
             addresses.extend_from_slice(&to_v6_octets(c));
             addresses.extend_from_slice(&to_v6_octets(l));
-            0x21 // AF_INET6, STREAM
+            0x20 | transport // AF_INET6
         }
     };
     addresses.extend_from_slice(&client.port().to_be_bytes());

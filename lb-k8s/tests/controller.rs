@@ -141,7 +141,7 @@ impl Running {
 
 fn lb(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-           "spec": {"type": "LoadBalancer", "loadBalancerClass": "gantry.io/lb", "ports": [{"name": "web", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]}})
+           "spec": {"type": "LoadBalancer", "loadBalancerClass": "gantry.io/lb", "ports": [{"name": "web", "port": 80}, {"name": "signal", "port": 2905, "protocol": "SCTP"}]}})
 }
 
 fn slice(service: &str, ip: &str) -> Value {
@@ -198,7 +198,7 @@ async fn a_load_balancer_is_provisioned_reported_and_cleaned_up() {
         (r.events("EnsuredLoadBalancer") == 1).then_some(())
     })
     .await;
-    run.until("a Warning for the UDP port", |r| {
+    run.until("a Warning for the SCTP port", |r| {
         (r.events("UnsupportedPort") == 1).then_some(())
     })
     .await;

@@ -86,7 +86,7 @@ fn main() {
             hash_key: HashKey::ClientIp,
         };
         let factory = host
-            .factory(&policy)
+            .factory(&policy, Protocol::Tcp)
             .unwrap_or_else(|e| fail(&format!("builtin:{name}: {e}")));
         let balancer = factory.build(&backends, Arc::new(Busy));
         balancer.activate();

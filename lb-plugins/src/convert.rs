@@ -9,7 +9,7 @@ use lb_policy::PickContext;
 use super::bindings::{v1, v2};
 
 macro_rules! conversions {
-    ($module:ident, $version:ident) => {
+    ($module:ident, $version:ident, $udp:ident) => {
         /// Conversions into this contract version's values.
         pub(crate) mod $module {
             use super::*;
@@ -55,6 +55,7 @@ macro_rules! conversions {
                         Protocol::Tls => $version::Protocol::Tls,
                         Protocol::Http => $version::Protocol::Http,
                         Protocol::Https => $version::Protocol::Https,
+                        Protocol::Udp => $version::Protocol::$udp,
                     },
                     hash_key: cx.hash_key,
                 }
@@ -63,5 +64,7 @@ macro_rules! conversions {
     };
 }
 
-conversions!(to_v1, v1);
-conversions!(to_v2, v2);
+// 0.1.0 has no `udp`; its plugins are refused on UDP ports when they load, so `Tcp` is
+// never what a 0.1.0 plugin is told of a UDP flow.
+conversions!(to_v1, v1, Tcp);
+conversions!(to_v2, v2, Udp);

@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 
 use lb_config::{
     AffinityPolicy, BalancerPolicy, FieldPath, HealthPolicy as HealthConfig, Model, PluginCache,
-    PluginLimits, PolicySource, Problems,
+    PluginLimits, PolicySource, Problems, Protocol,
 };
 use lb_policy::{AffinityFactory, BalancerFactory, HealthPolicy, RoundRobin};
 
@@ -137,15 +137,18 @@ impl PluginHost {
         })
     }
 
-    /// The balancer factory for `policy`, with its parameters checked by the plugin itself.
+    /// The balancer factory for `policy` on a port of `protocol`, with its parameters checked
+    /// by the plugin itself.
     pub fn factory(
         &self,
         policy: &BalancerPolicy,
+        protocol: Protocol,
     ) -> Result<Arc<dyn BalancerFactory>, PluginError> {
         if policy.policy == PolicySource::Native {
             return Ok(Arc::new(RoundRobin));
         }
-        let configured = self.configure(&self.balancers, &policy.policy, &policy.params)?;
+        let configured =
+            self.configure(&self.balancers, &policy.policy, &policy.params, protocol)?;
         Ok(Arc::new(WasmBalancerFactory(configured)))
     }
 
@@ -154,8 +157,10 @@ impl PluginHost {
     pub fn affinity_factory(
         &self,
         policy: &AffinityPolicy,
+        protocol: Protocol,
     ) -> Result<Arc<dyn AffinityFactory>, PluginError> {
-        let configured = self.configure(&self.affinities, &policy.policy, &policy.params)?;
+        let configured =
+            self.configure(&self.affinities, &policy.policy, &policy.params, protocol)?;
         Ok(Arc::new(WasmAffinityFactory::new(
             configured,
             policy.max_entries,
@@ -166,8 +171,9 @@ impl PluginHost {
     pub fn health_policy(
         &self,
         policy: &HealthConfig,
+        protocol: Protocol,
     ) -> Result<Arc<dyn HealthPolicy>, PluginError> {
-        let configured = self.configure(&self.health, &policy.policy, &policy.params)?;
+        let configured = self.configure(&self.health, &policy.policy, &policy.params, protocol)?;
         let plugin = configured.name().to_string();
         let policy = WasmHealthPolicy::new(configured)
             .map_err(|message| PluginError::Invalid { plugin, message })?;
@@ -188,6 +194,7 @@ impl PluginHost {
         loaded: &LoadedMap<K>,
         source: &PolicySource,
         params: &[(String, String)],
+        protocol: Protocol,
     ) -> Result<Configured<K>, PluginError> {
         let plugin = match source {
             PolicySource::Native => {
@@ -212,6 +219,12 @@ impl PluginHost {
                 self.load(loaded, &plugin.sha256, &plugin.name, &plugin.bytes)?
             }
         };
+        if protocol.is_udp() && !plugin.knows_udp() {
+            return Err(PluginError::Invalid {
+                plugin: plugin.name().to_string(),
+                message: "is built against gantry:plugins@0.1.0, which has no `udp` protocol: rebuild it against 0.2.0 to use it on a UDP port".into(),
+            });
+        }
         plugin.configure(params, self.sandbox.stores(), self.workers)
     }
 
@@ -326,16 +339,16 @@ pub fn check(model: &Model) -> Problems {
     };
     for port in model.ports() {
         let at = &port.origin.0;
-        if let Err(err) = host.factory(&port.balancer) {
+        if let Err(err) = host.factory(&port.balancer, port.protocol) {
             problems.push(&at.field("balancer"), err.to_string());
         }
         if let Some(affinity) = &port.affinity {
-            if let Err(err) = host.affinity_factory(affinity) {
+            if let Err(err) = host.affinity_factory(affinity, port.protocol) {
                 problems.push(&at.field("affinity"), err.to_string());
             }
         }
         for (i, health) in port.health.iter().enumerate() {
-            if let Err(err) = host.health_policy(health) {
+            if let Err(err) = host.health_policy(health, port.protocol) {
                 problems.push(&at.field("health").index(i), err.to_string());
             }
         }

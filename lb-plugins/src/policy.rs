@@ -94,6 +94,11 @@ impl<K: Kind> Loaded<K> {
         }
     }
 
+    /// Whether its contract has the `udp` protocol (0.2.0 on).
+    pub(crate) fn knows_udp(&self) -> bool {
+        matches!(self, Loaded::V2(_))
+    }
+
     /// The plugin with one port's parameters, checked by its `configure` on a scratch
     /// instance (nothing live is touched).
     pub(crate) fn configure(

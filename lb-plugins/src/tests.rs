@@ -48,7 +48,7 @@ fn balancer_with(name: &str, params: &[(&str, &str)], backends: &[Backend]) -> B
             .collect(),
         hash_key: HashKey::ClientIp,
     };
-    let factory = host.factory(&policy).expect("factory");
+    let factory = host.factory(&policy, Protocol::Tcp).expect("factory");
     factory.build(backends, Arc::new(Idle))
 }
 

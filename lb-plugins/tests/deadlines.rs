@@ -69,7 +69,9 @@ fn balancer(model: &Model) -> (PluginHost, Box<dyn Balancer>, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let host = PluginHost::new(&model.plugin_limits, seen.clone(), 1).expect("host");
     let port = model.ports().next().expect("a port");
-    let factory = host.factory(&port.balancer).expect("factory");
+    let factory = host
+        .factory(&port.balancer, port.protocol)
+        .expect("factory");
     let balancer = factory.build(&port.backends, Arc::new(Idle));
     balancer.activate();
     host.commit(model);

@@ -1,5 +1,6 @@
 //! Conflicts between services, whatever source each came from: a service name used twice, and
-//! two ports (or a port and the admin listener) on one address. A clash between sources is
+//! two ports (or a port and the admin listener) on one address and transport (TCP and UDP
+//! may share a port number). A clash between sources is
 //! reported like any other, with both origins; neither silently wins: the one added first
 //! keeps its name and ports, the later one is reported.
 
@@ -14,7 +15,8 @@ use crate::problems::{FieldPath, Problems};
 /// (by port number, so a lookup is cheap with thousands of services).
 pub(super) struct Taken {
     names: HashMap<String, FieldPath>,
-    binds: HashMap<u16, Vec<(SocketAddr, String)>>,
+    /// By port number and whether it is UDP.
+    binds: HashMap<(u16, bool), Vec<(SocketAddr, String)>>,
 }
 
 impl Taken {
@@ -24,21 +26,25 @@ impl Taken {
             names: HashMap::new(),
             binds: HashMap::new(),
         };
-        taken.bind(admin.listen, "admin.listen".into());
+        taken.bind(admin.listen, false, "admin.listen".into());
         taken
     }
 
-    fn bind(&mut self, addr: SocketAddr, by: String) {
-        self.binds.entry(addr.port()).or_default().push((addr, by));
+    fn bind(&mut self, addr: SocketAddr, udp: bool, by: String) {
+        self.binds
+            .entry((addr.port(), udp))
+            .or_default()
+            .push((addr, by));
     }
 
-    /// Who holds an address and port overlapping `addr`. Port 0 (any free port) never clashes.
-    fn holder(&self, addr: SocketAddr) -> Option<&str> {
+    /// Who holds an address and port overlapping `addr` over the same transport. Port 0 (any
+    /// free port) never clashes.
+    fn holder(&self, addr: SocketAddr, udp: bool) -> Option<&str> {
         if addr.port() == 0 {
             return None;
         }
         self.binds
-            .get(&addr.port())?
+            .get(&(addr.port(), udp))?
             .iter()
             .find(|(held, _)| {
                 held.ip() == addr.ip() || held.ip().is_unspecified() || addr.ip().is_unspecified()
@@ -56,7 +62,7 @@ impl Taken {
             );
         }
         for port in service.ports.values() {
-            if let Some(other) = self.holder(port.bind) {
+            if let Some(other) = self.holder(port.bind, port.protocol.is_udp()) {
                 p.push(
                     &origin.field("ports"),
                     format!(
@@ -87,13 +93,13 @@ impl Taken {
         self.names.insert(service.name.clone(), origin.clone());
         for port in service.ports.values() {
             let here = format!("{origin} port `{}`", port.key.port);
-            match self.holder(port.bind) {
+            match self.holder(port.bind, port.protocol.is_udp()) {
                 Some(other) => p.push(
                     &origin.field("ports"),
                     format!("{} ({here}) is already used by {other}", port.bind),
                 ),
                 None if port.bind.port() == 0 => {}
-                None => self.bind(port.bind, here),
+                None => self.bind(port.bind, port.protocol.is_udp(), here),
             }
         }
         true

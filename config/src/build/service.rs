@@ -156,6 +156,7 @@ fn build_port(
         ProtocolFile::Tls => Protocol::Tls,
         ProtocolFile::Http => Protocol::Http,
         ProtocolFile::Https => Protocol::Https,
+        ProtocolFile::Udp => Protocol::Udp,
     };
     let backends = build_backends(file.backends, &path.field("backends"), p);
     let tls = build_tls(
@@ -169,7 +170,14 @@ fn build_port(
         if protocol.is_http() {
             p.push(
                 &path.field("proxy_protocol"),
-                "only for tcp and tls ports (HTTP ports send X-Forwarded-For)",
+                "only for tcp, tls and udp ports (HTTP ports send X-Forwarded-For)",
+            );
+            ok = false;
+        }
+        if protocol.is_udp() && v == ProxyProtocolFile::V1 {
+            p.push(
+                &path.field("proxy_protocol"),
+                "UDP ports send v2 (a header per datagram); v1 has no datagram form",
             );
             ok = false;
         }

@@ -44,7 +44,7 @@ impl DurationRange {
 }
 
 /// The ranges of port timeouts, by field name, as `docs/configuration.md` lists them.
-const TIMEOUT_RANGES: [(&str, DurationRange); 7] = [
+const TIMEOUT_RANGES: [(&str, DurationRange); 9] = [
     (
         "connect",
         DurationRange::positive(Duration::from_secs(5 * 60)),
@@ -61,7 +61,15 @@ const TIMEOUT_RANGES: [(&str, DurationRange); 7] = [
     ),
     ("upstream_read", DurationRange::positive(DAY)),
     ("upstream_idle", DurationRange::positive(DAY)),
+    ("udp_idle", DurationRange::positive(DAY)),
+    ("udp_stream_idle", DurationRange::positive(DAY)),
 ];
+
+/// The largest UDP payload over IPv4 (65535 minus the IP and UDP headers).
+pub(super) const MAX_DATAGRAM_CEILING: u32 = 65_507;
+
+/// The most UDP flows one port may hold.
+pub(super) const MAX_FLOWS_CEILING: u32 = 1 << 24;
 
 /// The range of both back-off durations.
 const BACKOFF_RANGE: DurationRange = DurationRange::positive(HOUR);
@@ -77,11 +85,16 @@ pub fn builtin_port_settings() -> PortSettings {
             tcp_idle: HOUR,
             upstream_read: MINUTE,
             upstream_idle: MINUTE,
+            // kube-proxy's conntrack UDP timeouts.
+            udp_idle: Duration::from_secs(30),
+            udp_stream_idle: Duration::from_secs(120),
         },
         limits: Limits {
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
+            max_flows: 65_536,
+            max_datagram_bytes: MAX_DATAGRAM_CEILING,
         },
         retries: 2,
         backoff: Backoff {
@@ -112,6 +125,8 @@ pub(super) fn apply_settings(
             (timeouts.tcp_idle, &mut t.tcp_idle),
             (timeouts.upstream_read, &mut t.upstream_read),
             (timeouts.upstream_idle, &mut t.upstream_idle),
+            (timeouts.udp_idle, &mut t.udp_idle),
+            (timeouts.udp_stream_idle, &mut t.udp_stream_idle),
         ];
         for ((value, slot), (name, range)) in slots.into_iter().zip(TIMEOUT_RANGES) {
             set_duration(value, slot, range, &tp.field(name), p);
@@ -138,6 +153,18 @@ pub(super) fn apply_settings(
                 &mut l.max_headers,
                 "max_headers",
                 1..=MAX_HEADERS_CEILING,
+            ),
+            (
+                limits.max_flows,
+                &mut l.max_flows,
+                "max_flows",
+                1..=MAX_FLOWS_CEILING,
+            ),
+            (
+                limits.max_datagram_bytes,
+                &mut l.max_datagram_bytes,
+                "max_datagram_bytes",
+                512..=MAX_DATAGRAM_CEILING,
             ),
         ] {
             match value {

@@ -341,7 +341,7 @@ impl Gantry {
         let balancer = match kept(PortAspect::Balancer) {
             Some(previous) => previous.balancer.clone(),
             None => plugins
-                .factory(&port.balancer)
+                .factory(&port.balancer, port.protocol)
                 .map_err(failed("balancer".into()))?,
         };
         let affinity = match (kept(PortAspect::Affinity), &port.affinity) {
@@ -349,7 +349,7 @@ impl Gantry {
             (None, None) => None,
             (None, Some(policy)) => Some(
                 plugins
-                    .affinity_factory(policy)
+                    .affinity_factory(policy, port.protocol)
                     .map_err(failed("affinity".into()))?,
             ),
         };
@@ -359,7 +359,7 @@ impl Gantry {
                 let mut checkers = Vec::with_capacity(port.health.len());
                 for (slot, policy) in port.health.iter().enumerate() {
                     let policy = plugins
-                        .health_policy(policy)
+                        .health_policy(policy, port.protocol)
                         .map_err(failed(format!("health[{slot}]")))?;
                     let slot = u8::try_from(slot).unwrap_or(7);
                     checkers.push(Arc::new(HealthChecker::new(policy, slot)));

@@ -57,6 +57,45 @@ impl Rejection {
     }
 }
 
+/// What happened to a UDP datagram or flow that went nowhere (`reason` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpDrop {
+    /// A datagram larger than `limits.max_datagram_bytes`.
+    TooLarge,
+    /// A new flow from outside the port's source ranges.
+    SourceRange,
+    /// A new flow while the port holds `limits.max_flows`.
+    MaxFlows,
+    /// A new flow with no backend to go to.
+    NoBackend,
+    /// A new flow on a port being removed.
+    Draining,
+    /// A datagram the socket could not take at once (its buffer was full).
+    SendFailed,
+}
+
+impl UdpDrop {
+    pub(super) const ALL: [UdpDrop; 6] = [
+        UdpDrop::TooLarge,
+        UdpDrop::SourceRange,
+        UdpDrop::MaxFlows,
+        UdpDrop::NoBackend,
+        UdpDrop::Draining,
+        UdpDrop::SendFailed,
+    ];
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            UdpDrop::TooLarge => "too_large",
+            UdpDrop::SourceRange => "source_range",
+            UdpDrop::MaxFlows => "max_flows",
+            UdpDrop::NoBackend => "no_backend",
+            UdpDrop::Draining => "draining",
+            UdpDrop::SendFailed => "send_failed",
+        }
+    }
+}
+
 /// How a session-affinity decision went (`outcome` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AffinityOutcome {
@@ -115,6 +154,13 @@ pub struct PortMetrics {
     pub(super) rejected: [IntCounter; 4],
     /// Session-affinity decisions.
     pub affinity: AffinityCounters,
+    /// UDP flows open now.
+    pub flows_active: IntGauge,
+    /// UDP flows started.
+    pub flows_created: IntCounter,
+    /// UDP flows ended after their idle timeout.
+    pub flows_expired: IntCounter,
+    pub(super) udp_dropped: [IntCounter; 6],
 }
 
 impl PortMetrics {
@@ -128,7 +174,17 @@ impl PortMetrics {
             tls_handshake_failures: counter(),
             rejected: [counter(), counter(), counter(), counter()],
             affinity: AffinityCounters([counter(), counter(), counter()]),
+            flows_active: gauge(),
+            flows_created: counter(),
+            flows_expired: counter(),
+            udp_dropped: std::array::from_fn(|_| counter()),
         }
+    }
+
+    /// Counts a UDP datagram (or the flow it would have started) that went nowhere.
+    pub fn udp_dropped(&self, why: UdpDrop) {
+        let index = UdpDrop::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.udp_dropped[index].inc();
     }
 
     /// Counts a refused request.
@@ -167,6 +223,10 @@ pub struct BackendMetrics {
     pub ejections: IntCounter,
     /// Traffic outcomes a health policy could not keep up with.
     pub health_observations_dropped: IntCounter,
+    /// UDP datagrams relayed from clients to the backend.
+    pub datagrams_received: IntCounter,
+    /// UDP datagrams relayed from the backend to clients.
+    pub datagrams_sent: IntCounter,
 }
 
 impl BackendMetrics {
@@ -195,6 +255,8 @@ impl BackendMetrics {
             healthy: gauge(),
             ejections: counter(),
             health_observations_dropped: counter(),
+            datagrams_received: counter(),
+            datagrams_sent: counter(),
         };
         metrics.up.set(1);
         metrics.healthy.set(1);

@@ -11,7 +11,9 @@ use lb_config::ListenerKey;
 use lb_plugins::{FaultHandles, PluginTelemetry};
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 
-pub use handles::{AffinityCounters, AffinityOutcome, BackendMetrics, PortMetrics, Rejection};
+pub use handles::{
+    AffinityCounters, AffinityOutcome, BackendMetrics, PortMetrics, Rejection, UdpDrop,
+};
 
 use shown::{lock, Shown};
 

@@ -10,7 +10,9 @@ use lb_plugins::{FaultHandles, FaultKind};
 use prometheus::core::{Collector, Desc, Metric};
 use prometheus::proto::{LabelPair, MetricFamily, MetricType};
 
-use super::handles::{AffinityOutcome, BackendMetrics, PortMetrics, Rejection, STATUS_CLASSES};
+use super::handles::{
+    AffinityOutcome, BackendMetrics, PortMetrics, Rejection, UdpDrop, STATUS_CLASSES,
+};
 
 /// `(service, port)`.
 pub(super) type PortKey = (String, String);
@@ -46,7 +48,7 @@ const PORT_LABELS: &[&str] = &["service", "port"];
 const BACKEND_LABELS: &[&str] = &["service", "port", "backend"];
 const PLUGIN_LABELS: &[&str] = &["plugin"];
 
-const PORT_FAMILIES: [Family; 7] = [
+const PORT_FAMILIES: [Family; 11] = [
     family("gantry_connections_total", "Client connections accepted.", COUNTER, &[]),
     family("gantry_connections_active", "Client connections open now.", GAUGE, &[]),
     family("gantry_tls_handshakes_total", "TLS handshakes completed.", COUNTER, &[]),
@@ -74,9 +76,23 @@ const PORT_FAMILIES: [Family; 7] = [
         COUNTER,
         &["reason"],
     ),
+    family("gantry_udp_flows_active", "UDP flows open now.", GAUGE, &[]),
+    family("gantry_udp_flows_created_total", "UDP flows started.", COUNTER, &[]),
+    family(
+        "gantry_udp_flows_expired_total",
+        "UDP flows ended by their idle timeout.",
+        COUNTER,
+        &[],
+    ),
+    family(
+        "gantry_udp_dropped_total",
+        "UDP datagrams dropped, by reason: too_large, source_range, max_flows, no_backend, draining (new flows), send_failed (a full socket buffer).",
+        COUNTER,
+        &["reason"],
+    ),
 ];
 
-const BACKEND_FAMILIES: [Family; 11] = [
+const BACKEND_FAMILIES: [Family; 13] = [
     family(
         "gantry_backend_connections_total",
         "Connections opened to a backend (TCP) or requests sent to it (HTTP).",
@@ -140,6 +156,18 @@ const BACKEND_FAMILIES: [Family; 11] = [
     family(
         "gantry_health_observations_dropped_total",
         "Traffic outcomes not passed to a health policy because it fell behind.",
+        COUNTER,
+        &[],
+    ),
+    family(
+        "gantry_udp_datagrams_received_total",
+        "UDP datagrams relayed from clients to the backend.",
+        COUNTER,
+        &[],
+    ),
+    family(
+        "gantry_udp_datagrams_sent_total",
+        "UDP datagrams relayed from the backend to clients.",
         COUNTER,
         &[],
     ),
@@ -265,6 +293,12 @@ impl Collector for Shown {
                 &[l[0], l[1], ("reason", "source_range")],
                 &m.refused_by_source,
             );
+            ports[7].add(&l, &m.flows_active);
+            ports[8].add(&l, &m.flows_created);
+            ports[9].add(&l, &m.flows_expired);
+            for (why, counter) in UdpDrop::ALL.iter().zip(&m.udp_dropped) {
+                ports[10].add(&[l[0], l[1], ("reason", why.label())], counter);
+            }
         }
         for ((service, port, backend), m) in lock(&self.backends).iter() {
             let l = [
@@ -285,6 +319,8 @@ impl Collector for Shown {
             backends[8].add(&l, &m.healthy);
             backends[9].add(&l, &m.ejections);
             backends[10].add(&l, &m.health_observations_dropped);
+            backends[11].add(&l, &m.datagrams_received);
+            backends[12].add(&l, &m.datagrams_sent);
         }
         for (plugin, handles) in lock(&self.plugins).iter() {
             let l = ("plugin", plugin.as_str());

@@ -199,11 +199,14 @@ fn sticky_pool(n: usize, timeout_seconds: u32) -> BackendPool {
     let host = lb_plugins::PluginHost::new(&limits, Arc::new(lb_plugins::NoTelemetry), 1)
         .expect("plugin host");
     let affinity = host
-        .affinity_factory(&lb_config::AffinityPolicy {
-            policy: lb_config::PolicySource::Builtin("client-ip".into()),
-            params: vec![("timeout_seconds".into(), timeout_seconds.to_string())],
-            max_entries: 1000,
-        })
+        .affinity_factory(
+            &lb_config::AffinityPolicy {
+                policy: lb_config::PolicySource::Builtin("client-ip".into()),
+                params: vec![("timeout_seconds".into(), timeout_seconds.to_string())],
+                max_entries: 1000,
+            },
+            Protocol::Tcp,
+        )
         .expect("affinity factory");
     let mut policies = policies(2);
     policies.affinity = Some(affinity.as_ref());

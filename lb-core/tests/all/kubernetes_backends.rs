@@ -250,3 +250,51 @@ async fn without_node_ports_a_load_balancer_goes_to_its_pods_even_in_node_mode()
     .await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_and_tcp_share_a_port_number_on_one_load_balancer() {
+    use crate::support::udp::{UdpClient, UdpOrigin};
+    let (first, range) = pool(36);
+    let cluster = Cluster::start(&range, "").await;
+    let tcp = HttpOrigin::start("tcp-pod", OriginProtocol::Http1).await;
+    let udp = UdpOrigin::start("udp-pod").await;
+    // A port number free for both transports.
+    let port = loop {
+        let port = free_port(first);
+        if std::net::UdpSocket::bind((first, port)).is_ok() {
+            break port;
+        }
+    };
+    let mut service = load_balancer("dns", &[("dns-tcp", port)]);
+    service["spec"]["ports"] = json!([
+        {"name": "dns-tcp", "port": port, "protocol": "TCP"},
+        {"name": "dns-udp", "port": port, "protocol": "UDP"},
+    ]);
+    cluster.create(service);
+    cluster.create(slice("dns", 0, "dns-tcp", tcp.addr));
+    let mut udp_slice = slice("dns", 1, "dns-udp", udp.addr);
+    udp_slice["ports"][0]["protocol"] = json!("UDP");
+    cluster.create(udp_slice);
+    let ip = cluster.ingress_ip("dns").await;
+    let addr = SocketAddr::new(ip, port);
+    eventually("TCP serves", || async {
+        origin_behind(addr).await.as_deref() == Some("tcp-pod")
+    })
+    .await;
+    let client = UdpClient::new().await;
+    eventually("UDP serves", || async {
+        client
+            .ask(addr, "q")
+            .await
+            .is_some_and(|(origin, _)| origin == "udp-pod")
+    })
+    .await;
+    let ports = cluster.get(Kind::Service, "dns").expect("dns")["status"]["loadBalancer"]
+        ["ingress"][0]["ports"]
+        .clone();
+    assert_eq!(
+        ports,
+        json!([{"port": port, "protocol": "TCP"}, {"port": port, "protocol": "UDP"}])
+    );
+    cluster.stop().await;
+}

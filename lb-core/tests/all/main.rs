@@ -21,3 +21,4 @@ mod source_ranges;
 mod support;
 mod tcp_proxy;
 mod tls;
+mod udp;

@@ -417,3 +417,24 @@ async fn a_port_whose_tables_do_not_fit_beside_the_others_gets_instances_of_its_
     assert_eq!(faults(&gantry), settled, "no fault once isolated");
     gantry.shutdown(Duration::from_secs(1)).await;
 }
+
+#[test]
+fn a_0_1_0_plugin_is_refused_on_a_udp_port_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    Scenario::new()
+        .plugin("legacy", &plugin("legacy-rotate"))
+        .port(
+            "dns",
+            Port::new("udp", "udp")
+                .backends(&["127.0.0.1:53".parse().expect("addr")])
+                .set("balancer", "{ policy: legacy }"),
+        )
+        .write(&config);
+    let model = lb_config::load_file(&config).expect("the file itself is valid");
+    let problems = lb_plugins::check(&model).to_string();
+    assert!(
+        problems.contains("services[0].ports[0].balancer: plugin `legacy` is built against gantry:plugins@0.1.0, which has no `udp` protocol"),
+        "{problems}"
+    );
+}

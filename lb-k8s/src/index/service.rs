@@ -50,7 +50,9 @@ pub fn role(service: &Service, settings: &Settings) -> Role {
 pub enum Transport {
     /// TCP: served.
     Tcp,
-    /// UDP, SCTP or anything else: reported and skipped for now.
+    /// UDP: served by flow.
+    Udp,
+    /// SCTP or anything else: reported and skipped.
     Other(String),
 }
 
@@ -59,6 +61,7 @@ impl Transport {
     pub fn as_str(&self) -> &str {
         match self {
             Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
             Transport::Other(name) => name,
         }
     }
@@ -276,6 +279,7 @@ fn read_port(port: &ServicePort, index: usize, problems: &mut Vec<String>) -> Op
     };
     let transport = match port.protocol.as_deref() {
         None | Some("TCP") => Transport::Tcp,
+        Some("UDP") => Transport::Udp,
         Some(other) => Transport::Other(other.to_owned()),
     };
     // The API server allocates node ports; a port of a Service that has none says 0.

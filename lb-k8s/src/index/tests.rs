@@ -388,6 +388,7 @@ fn ports_gantry_cannot_serve_are_reported_and_the_others_served() {
         vec![
             port("dns", 53, "UDP", None),
             port("dns-tcp", 53, "TCP", None),
+            port("signal", 2905, "SCTP", None),
         ],
     ));
     let Translation::Serve { wanted, .. } = index.translate(&web(), address()) else {
@@ -400,9 +401,30 @@ fn ports_gantry_cannot_serve_are_reported_and_the_others_served() {
         .collect();
     assert_eq!(
         errors,
-        [(53, "UDP", Some(UNSUPPORTED_PROTOCOL)), (53, "TCP", None)]
+        [
+            (53, "UDP", None),
+            (53, "TCP", None),
+            (2905, "SCTP", Some(UNSUPPORTED_PROTOCOL))
+        ]
     );
-    assert_eq!(wanted.spec.ports.len(), 1);
+    // TCP and UDP share the port number, each a port of its own kind.
+    let protocols: Vec<_> = wanted
+        .spec
+        .ports
+        .iter()
+        .filter_map(Lenient::parsed)
+        .map(|p| (p.name.clone().unwrap_or_default(), p.protocol))
+        .collect();
+    assert_eq!(
+        protocols,
+        [
+            ("dns".to_owned(), Some(lb_config::file::ProtocolFile::Udp)),
+            (
+                "dns-tcp".to_owned(),
+                Some(lb_config::file::ProtocolFile::Tcp)
+            )
+        ]
+    );
 
     // A NodePort Service's port that has no node port cannot be served.
     let mut index = Index::new(Settings {

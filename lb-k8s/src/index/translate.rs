@@ -94,7 +94,7 @@ pub fn translate(inputs: &Inputs<'_>, problems: &mut Vec<String>) -> Wanted {
             protocol: port.transport.as_str().to_owned(),
             error: None,
         };
-        if port.transport != Transport::Tcp {
+        if let Transport::Other(_) = port.transport {
             outcome.error = Some(UNSUPPORTED_PROTOCOL);
         } else {
             match translate_port(inputs, port, family, tls.as_ref()) {
@@ -119,9 +119,11 @@ pub fn translate(inputs: &Inputs<'_>, problems: &mut Vec<String>) -> Wanted {
 fn tls_material(inputs: &Inputs<'_>, problems: &mut Vec<String>) -> Option<PemMaterial> {
     let view = inputs.view;
     let terminates = view.ports.iter().any(|p| {
-        view.annotations
-            .protocol_of(&p.name, p.port)
-            .terminates_tls()
+        p.transport == Transport::Tcp
+            && view
+                .annotations
+                .protocol_of(&p.name, p.port)
+                .terminates_tls()
     });
     let name = view.annotations.tls_secret.as_deref();
     let annotation = format!("metadata.annotations[{PREFIX}tls-secret]");
@@ -164,6 +166,8 @@ fn translate_port(
 ) -> Option<PortFile> {
     let view = inputs.view;
     let annotations = &view.annotations;
+    // The protocol annotation is about TCP ports; a UDP port is relayed as datagrams.
+    let udp = port.transport == Transport::Udp;
     let protocol = annotations.protocol_of(&port.name, port.port);
     let listen = match inputs.role {
         Role::NodePort => port.node_port?,
@@ -182,7 +186,7 @@ fn translate_port(
             endpoints::backends(
                 inputs.slices.iter().copied(),
                 &port.slice_name,
-                "TCP",
+                port.transport.as_str(),
                 family,
             ),
             Vec::new(),
@@ -210,12 +214,13 @@ fn translate_port(
         name: Some(port.name.clone()),
         port: Some(listen),
         protocol: Some(match protocol {
+            _ if udp => ProtocolFile::Udp,
             PortProtocol::Tcp => ProtocolFile::Tcp,
             PortProtocol::Tls => ProtocolFile::Tls,
             PortProtocol::Http => ProtocolFile::Http,
             PortProtocol::Https => ProtocolFile::Https,
         }),
-        tls: (protocol.terminates_tls())
+        tls: (!udp && protocol.terminates_tls())
             .then(|| tls.cloned())
             .flatten()
             .map(|pem| {
@@ -226,14 +231,15 @@ fn translate_port(
                     })],
                 })
             }),
+        // UDP has only v2 (a header per datagram): v1 is for TCP ports.
         proxy_protocol: match annotations.proxy_protocol.as_deref() {
-            Some("v1") => Some(ProxyProtocolFile::V1),
+            Some("v1") if !udp => Some(ProxyProtocolFile::V1),
             Some("v2") => Some(ProxyProtocolFile::V2),
             _ => None,
         },
+        // How HTTP ports talk to backends; the others have nothing to choose.
         backend_protocol: match annotations.backend_protocol.as_deref() {
-            Some("h2c") => Some(BackendProtocolFile::H2c),
-            Some("http1") => Some(BackendProtocolFile::Http1),
+            Some("h2c") if !udp && protocol.is_http() => Some(BackendProtocolFile::H2c),
             _ => None,
         },
         balancer: annotations.balancer.as_ref().map(|c| {

@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster;
 pub mod origin;
 pub mod scenario;
+pub mod udp;
 
 use std::future::Future;
 use std::path::Path;
