@@ -199,3 +199,81 @@ impl FlowTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use lb_config::{Backend, Backoff};
+    use lb_policy::RoundRobin;
+
+    use super::*;
+    use crate::pool::Policies;
+
+    async fn flow() -> Arc<Flow> {
+        let backends = [Backend {
+            address: "127.0.0.1:9".parse().expect("addr"),
+            weight: 1,
+        }];
+        let policies = Policies {
+            balancer: &RoundRobin,
+            affinity: None,
+            affinity_counters: PortMetrics::new().affinity,
+            retries: 0,
+            backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(1),
+            },
+            observers: Vec::new(),
+        };
+        let pool = Arc::new(BackendPool::build(&backends, policies, None));
+        let lease = pool.backends()[0].lease();
+        let upstream = UdpSocket::bind("127.0.0.1:0").await.expect("socket");
+        Arc::new(Flow::new(
+            "127.0.0.1:5353".parse().expect("addr"),
+            lease,
+            pool,
+            upstream,
+            None,
+        ))
+    }
+
+    /// The idle timeouts on tokio's clock, paused: the flow lives `udp_idle` after its last
+    /// datagram until its backend answers, and `udp_stream_idle` after.
+    #[tokio::test(start_paused = true)]
+    async fn a_flow_expires_on_its_idle_timeout_measured_from_its_last_datagram() {
+        let (idle, stream_idle) = (Duration::from_secs(30), Duration::from_secs(120));
+        let flow = flow().await;
+        let born = Instant::now();
+        assert_eq!(flow.expires_at(idle, stream_idle), born + idle);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        flow.touch();
+        assert_eq!(
+            flow.expires_at(idle, stream_idle),
+            born + Duration::from_secs(50)
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        flow.answered();
+        assert_eq!(
+            flow.expires_at(idle, stream_idle),
+            born + Duration::from_secs(150)
+        );
+        tokio::time::advance(Duration::from_secs(121)).await;
+        assert!(flow.expires_at(idle, stream_idle) <= Instant::now());
+    }
+
+    #[tokio::test]
+    async fn the_table_keeps_one_flow_per_client_and_removes_only_its_own() {
+        let table = FlowTable::new();
+        let (first, second) = (flow().await, flow().await);
+        table.insert(first.clone());
+        table.insert(second.clone());
+        assert_eq!(table.len(), 1);
+        assert!(first.done.is_cancelled(), "the replaced flow ends");
+        table.remove(&first);
+        assert_eq!(table.len(), 1, "a replaced flow removes nothing");
+        table.remove(&second);
+        assert_eq!(table.len(), 0);
+        assert!(table.get(&second.client).is_none());
+    }
+}

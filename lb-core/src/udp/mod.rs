@@ -13,7 +13,7 @@ pub(crate) mod flows;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use lb_policy::{hash_key, PickContext};
+use lb_policy::{hash_key, Outcome, PickContext};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use self::flows::{Flow, FlowTable};
 use crate::connection::ListenerShared;
 use crate::metrics::UdpDrop;
-use crate::pool::attempt::Attempts;
+use crate::pool::attempt::{self, Attempts};
 use crate::proxy_protocol;
 use crate::route::Route;
 
@@ -167,7 +167,9 @@ async fn start(
     Some(flow)
 }
 
-/// Relays the backend's datagrams to the client until the flow ends.
+/// Relays the backend's datagrams to the client until the flow ends, and tells the port's
+/// health policies how the backend did: its first answer (with how long it took), each ICMP
+/// refusal, and a flow that expired unanswered.
 async fn pump(
     flow: Arc<Flow>,
     socket: Arc<UdpSocket>,
@@ -177,24 +179,34 @@ async fn pump(
 ) {
     let timeouts = route.port.settings.timeouts;
     let mut buffer = vec![0u8; RECEIVE_BUFFER];
+    let started = tokio::time::Instant::now();
+    let mut answered = false;
     loop {
         let expires = flow.expires_at(timeouts.udp_idle, timeouts.udp_stream_idle);
         tokio::select! {
-            received = flow.upstream.recv(&mut buffer) => {
-                // An error is the ICMP answer to a datagram the backend did not take; the
-                // flow waits for the next one, or its idle timeout.
-                if let Ok(len) = received {
+            received = flow.upstream.recv(&mut buffer) => match received {
+                Ok(len) => {
                     if socket.send_to(&buffer[..len], flow.client).await.is_ok() {
                         let m = &flow.backend().metrics;
                         m.datagrams_sent.inc();
                         m.bytes_sent.inc_by(len as u64);
                     }
+                    if !answered {
+                        answered = true;
+                        attempt::finished(&route.pool, flow.backend(), Outcome::Connected, started.elapsed());
+                    }
                     flow.answered();
                 }
-            }
+                // The ICMP answer to a datagram nothing took at the backend's port; the flow
+                // waits for the next datagram, or its idle timeout.
+                Err(_) => route.pool.observe(flow.backend(), Outcome::ConnectFailed),
+            },
             () = tokio::time::sleep_until(expires) => {
                 if flow.expires_at(timeouts.udp_idle, timeouts.udp_stream_idle) <= tokio::time::Instant::now() {
                     route.metrics.flows_expired.inc();
+                    if !answered {
+                        route.pool.observe(flow.backend(), Outcome::TimedOut);
+                    }
                     break;
                 }
             }

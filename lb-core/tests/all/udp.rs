@@ -251,3 +251,199 @@ async fn a_flow_whose_backend_turns_unhealthy_moves_on_its_next_datagram() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_refuses_datagrams_is_ejected_by_the_outlier_policy() {
+    // Nothing listens on `dead`: the kernel answers its datagrams with ICMP port unreachable.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let live = UdpOrigin::start("live").await;
+    let gantry = Scenario::new()
+        .port(
+            "dns",
+            udp("udp", &[dead, live.addr]).set(
+                "health",
+                "[{ policy: \"builtin:outlier\", params: { consecutive_errors: 1, base_ejection: 1m } }]",
+            ),
+        )
+        .start()
+        .await;
+    let port = addr(&gantry, "dns", "udp");
+    let series = format!(
+        "gantry_backend_ejections_total{{backend=\"{dead}\",port=\"udp\",service=\"dns\"}}"
+    );
+    // New flows spread over both until the dead one's refusals eject it.
+    eventually("the dead backend is ejected", || async {
+        let _ = UdpClient::new().await.ask(port, "probe").await;
+        metric(&gantry.metrics().render(), &series) >= 1.0
+    })
+    .await;
+    for _ in 0..6 {
+        assert_eq!(
+            UdpClient::new()
+                .await
+                .ask(port, "q")
+                .await
+                .expect("answer")
+                .0,
+            "live"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_affinity_keeps_a_client_on_its_backend_across_source_ports() {
+    let origins = [
+        UdpOrigin::start("a").await,
+        UdpOrigin::start("b").await,
+        UdpOrigin::start("c").await,
+    ];
+    let backends: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
+    let gantry = Scenario::new()
+        .port(
+            "dns",
+            udp("udp", &backends).set(
+                "affinity",
+                "{ policy: \"builtin:client-ip\", params: { timeout_seconds: 60 } }",
+            ),
+        )
+        .start()
+        .await;
+    let port = addr(&gantry, "dns", "udp");
+    // Every new source port is a new flow, but the client's address is the same.
+    let first = UdpClient::new()
+        .await
+        .ask(port, "1")
+        .await
+        .expect("answer")
+        .0;
+    for i in 0..10 {
+        let (origin, _) = UdpClient::new()
+            .await
+            .ask(port, &i.to_string())
+            .await
+            .expect("answer");
+        assert_eq!(origin, first, "flow {i} left its client's backend");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_lose_no_reply_on_flows_whose_backend_stays() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (a, b, extra) = (
+        UdpOrigin::start("a").await,
+        UdpOrigin::start("b").await,
+        UdpOrigin::start("extra").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let write = |backends: &[SocketAddr]| {
+        Scenario::new()
+            .port("dns", udp("udp", backends))
+            .write(&config)
+    };
+    write(&[a.addr, b.addr]);
+    let gantry = lb_core::Gantry::start_file(lb_config::load_builder(&config).expect("config"))
+        .await
+        .expect("gantry");
+    let port = addr(&gantry, "dns", "udp");
+    // Flows on a and b (the backends every reload keeps), asking one after another.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (answered, lost) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for i in 0..6 {
+        // Each flow starts (on a or b) before any reload.
+        let client = UdpClient::new().await;
+        assert!(client.ask(port, "first").await.is_some());
+        let (stop, answered, lost) = (stop.clone(), answered.clone(), lost.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                match client.ask(port, &format!("{i}-{n}")).await {
+                    Some(_) => answered.fetch_add(1, Ordering::SeqCst),
+                    None => lost.fetch_add(1, Ordering::SeqCst),
+                };
+                n += 1;
+            }
+        }));
+    }
+    for round in 0..6 {
+        let backends = if round % 2 == 0 {
+            vec![a.addr, b.addr, extra.addr]
+        } else {
+            vec![a.addr, b.addr]
+        };
+        write(&backends);
+        lb_core::reload::reload_from_file(&gantry, &config)
+            .await
+            .expect("reload");
+        let before = answered.load(Ordering::SeqCst);
+        eventually("the load goes on", || async {
+            answered.load(Ordering::SeqCst) > before + 6
+        })
+        .await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for task in load {
+        task.await.expect("client");
+    }
+    assert!(answered.load(Ordering::SeqCst) >= 60, "the load ran");
+    assert_eq!(
+        lost.load(Ordering::SeqCst),
+        0,
+        "replies lost across reloads"
+    );
+    assert_eq!(
+        extra.received(),
+        0,
+        "existing flows stayed on their backends"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_udp_port_serves_its_flows_until_they_end_and_takes_no_new_one() {
+    let origin = UdpOrigin::start("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let with_port = Scenario::new()
+        .section("runtime: { shutdown_grace: 30s }")
+        .port("keep", udp("udp", &[origin.addr]))
+        .port(
+            "dns",
+            udp("udp", &[origin.addr])
+                .set("timeouts", "{ udp_idle: 300ms, udp_stream_idle: 300ms }"),
+        );
+    with_port.write(&config);
+    let gantry = lb_core::Gantry::start_file(lb_config::load_builder(&config).expect("config"))
+        .await
+        .expect("gantry");
+    let port = addr(&gantry, "dns", "udp");
+    let old = UdpClient::new().await;
+    assert!(old.ask(port, "before").await.is_some());
+
+    Scenario::new()
+        .section("runtime: { shutdown_grace: 30s }")
+        .port("keep", udp("udp", &[origin.addr]))
+        .write(&config);
+    lb_core::reload::reload_from_file(&gantry, &config)
+        .await
+        .expect("reload");
+    assert!(
+        old.ask(port, "during").await.is_some(),
+        "the existing flow is still served"
+    );
+    assert!(
+        UdpClient::new().await.ask(port, "new").await.is_none(),
+        "no new flow"
+    );
+    // Once the flow has been idle for its timeout, the socket closes.
+    eventually("the port closes once its flow has ended", || async {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        UdpClient::new().await.ask(port, "after").await.is_none()
+            && old.ask(port, "after").await.is_none()
+    })
+    .await;
+}
