@@ -10,6 +10,7 @@
 #          proxy), and through Gantry, which is built on pingora
 #   tcp    the same HTTP traffic through a layer-4 proxy (HAProxy `mode tcp`, Gantry `tcp`)
 #   tls    a new TLS connection per request (`Connection: close`), ECDSA P-256, TLS 1.3
+#   udp    bench/udp.sh, run last: beside nginx `stream` and Envoy `udp_proxy`
 # Each proxy runs one worker thread pinned to CPU 0; wrk and nginx share CPU 1, so the proxy's
 # own cost decides its figures. Each cell is the median of ROUNDS runs. The last column is
 # Gantry / HAProxy (higher is better for req/s, lower for latency).
@@ -196,3 +197,7 @@ for test in ("http", "tcp", "tls"):
             note += "  (errors!)"
         print(f"{names[test]:<22}{target:<9}{float(row[0]):>10.0f}{float(row[1]):>9.3f}{float(row[2]):>9.3f}{note}")
 EOF
+
+# UDP has no HAProxy to compare with: its row comes from bench/udp.sh (nginx `stream`, Envoy).
+echo
+ROUNDS=$ROUNDS bash bench/udp.sh
