@@ -93,7 +93,11 @@ async fn request_response(target: SocketAddr, flows: u64, seconds: u64) {
         all.extend(task.await.unwrap_or_default());
     }
     all.sort_unstable();
-    let at = |p: f64| all.get(((all.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    let at = |p: f64| {
+        all.get(((all.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "{:.0} {} {} {}",
         all.len() as f64 / seconds as f64,
