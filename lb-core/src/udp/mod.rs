@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use lb_policy::{hash_key, Outcome, PickContext};
+use tokio::io::{Interest, Ready};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,7 +26,9 @@ use crate::pool::attempt::{self, Attempts};
 use crate::proxy_protocol;
 use crate::route::Route;
 
-/// Room for the largest datagram, and one byte to tell a larger one.
+/// Room for the largest datagram, and one byte to tell a larger one. The port's receive loop
+/// keeps one; a flow uses one only while it reads (on the stack, not held while it waits), so
+/// an idle flow costs its socket and a few hundred bytes.
 const RECEIVE_BUFFER: usize = 65_536;
 
 /// A UDP socket on `addr`; with `freebind` the address need not be configured on the host.
@@ -178,29 +181,37 @@ async fn pump(
     closed: CancellationToken,
 ) {
     let timeouts = route.port.settings.timeouts;
-    let mut buffer = vec![0u8; RECEIVE_BUFFER];
     let started = tokio::time::Instant::now();
     let mut answered = false;
     loop {
         let expires = flow.expires_at(timeouts.udp_idle, timeouts.udp_stream_idle);
         tokio::select! {
-            received = flow.upstream.recv(&mut buffer) => match received {
-                Ok(len) => {
-                    if socket.send_to(&buffer[..len], flow.client).await.is_ok() {
-                        let m = &flow.backend().metrics;
-                        m.datagrams_sent.inc();
-                        m.bytes_sent.inc_by(len as u64);
+            // An ICMP refusal is an error event without data: wait for both.
+            ready = flow.upstream.ready(Interest::READABLE | Interest::ERROR) => {
+                let Ok(ready) = ready else { break };
+                let sent = match relay_reply(&flow.upstream, ready, &socket, flow.client) {
+                    Reply::Nothing => continue,
+                    Reply::Refused => {
+                        // The ICMP answer to a datagram nothing took at the backend's port;
+                        // the flow waits for the next datagram, or its idle timeout.
+                        route.pool.observe(flow.backend(), Outcome::ConnectFailed);
+                        continue;
                     }
-                    if !answered {
-                        answered = true;
-                        attempt::finished(&route.pool, flow.backend(), Outcome::Connected, started.elapsed());
-                    }
-                    flow.answered();
+                    Reply::Sent(len) => Some(len),
+                    Reply::Lost => None,
+                    Reply::Waiting(reply) => socket.send_to(&reply, flow.client).await.ok(),
+                };
+                if let Some(len) = sent {
+                    let m = &flow.backend().metrics;
+                    m.datagrams_sent.inc();
+                    m.bytes_sent.inc_by(len as u64);
                 }
-                // The ICMP answer to a datagram nothing took at the backend's port; the flow
-                // waits for the next datagram, or its idle timeout.
-                Err(_) => route.pool.observe(flow.backend(), Outcome::ConnectFailed),
-            },
+                if !answered {
+                    answered = true;
+                    attempt::finished(&route.pool, flow.backend(), Outcome::Connected, started.elapsed());
+                }
+                flow.answered();
+            }
             () = tokio::time::sleep_until(expires) => {
                 if flow.expires_at(timeouts.udp_idle, timeouts.udp_stream_idle) <= tokio::time::Instant::now() {
                     route.metrics.flows_expired.inc();
@@ -216,4 +227,54 @@ async fn pump(
     }
     table.remove(&flow);
     route.metrics.flows_active.dec();
+}
+
+/// What became of one read from a flow's upstream socket.
+enum Reply {
+    /// The readiness was stale: nothing to read.
+    Nothing,
+    /// The backend's host refused an earlier datagram (ICMP port unreachable).
+    Refused,
+    /// Relayed to the client at once, this many bytes.
+    Sent(usize),
+    /// The port's send buffer is full: the reply, copied to its size, waits for room.
+    Waiting(Vec<u8>),
+    /// The client could not be sent to (its address unreachable from here): the reply is lost,
+    /// as a router would lose it.
+    Lost,
+}
+
+/// Reads one datagram from `upstream` and relays it to `client` without waiting. The buffer
+/// lives only for this call, so a waiting flow holds none; only a reply that meets a full send
+/// buffer is copied, to its exact size.
+fn relay_reply(
+    upstream: &UdpSocket,
+    ready: Ready,
+    socket: &UdpSocket,
+    client: SocketAddr,
+) -> Reply {
+    let mut buffer = [0u8; RECEIVE_BUFFER];
+    // Not `try_recv`: it only reads on read readiness, and an ICMP refusal is an error event
+    // alone, which must be read (and so cleared) too. `try_io` takes one interest at a time
+    // (a combined one matches nothing).
+    let interest = if ready.is_readable() {
+        Interest::READABLE
+    } else {
+        Interest::ERROR
+    };
+    let received = upstream.try_io(interest, || {
+        std::io::Read::read(&mut &*socket2::SockRef::from(upstream), &mut buffer)
+    });
+    let len = match received {
+        Ok(len) => len,
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Reply::Nothing,
+        Err(_) => return Reply::Refused,
+    };
+    match socket.try_send_to(&buffer[..len], client) {
+        Ok(_) => Reply::Sent(len),
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+            Reply::Waiting(buffer[..len].to_vec())
+        }
+        Err(_) => Reply::Lost,
+    }
 }
