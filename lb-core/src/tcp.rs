@@ -94,25 +94,36 @@ pub(crate) async fn connect(
         let attempt = attempts.next(pool, &cx).ok()?;
         let backend = attempt.backend().clone();
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(timeout, TcpStream::connect(backend.address)).await
-        {
-            Ok(Ok(stream)) => {
+        match dial(&backend, timeout).await {
+            Ok(stream) => {
                 attempts.connected(&attempt);
                 attempt::finished(pool, &backend, Outcome::Connected, started.elapsed());
-                let _ = stream.set_nodelay(true);
                 return Some((attempt.into_lease(), stream));
             }
-            Ok(Err(err)) => {
-                tracing::debug!(backend = %backend.label, %err, "connect failed");
-                Outcome::ConnectFailed
+            Err(outcome) => {
+                if !attempts.failed(pool, attempt, outcome) {
+                    return None;
+                }
             }
-            Err(_) => {
-                tracing::debug!(backend = %backend.label, "connect timed out");
-                Outcome::TimedOut
-            }
-        };
-        if !attempts.failed(pool, attempt, outcome) {
-            return None;
+        }
+    }
+}
+
+/// Opens a connection to `backend` within `timeout` (with Nagle off: what is written is a
+/// whole message or a relay's chunk); the failure as health policies see it.
+pub(crate) async fn dial(backend: &BackendState, timeout: Duration) -> Result<TcpStream, Outcome> {
+    match tokio::time::timeout(timeout, TcpStream::connect(backend.address)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(err)) => {
+            tracing::debug!(backend = %backend.label, %err, "connect failed");
+            Err(Outcome::ConnectFailed)
+        }
+        Err(_) => {
+            tracing::debug!(backend = %backend.label, "connect timed out");
+            Err(Outcome::TimedOut)
         }
     }
 }

@@ -1,8 +1,9 @@
 //! `X-Forwarded-For` and `X-Forwarded-Proto`, one policy for every path that forwards HTTP (the
-//! pingora gateway and the upgrade tunnel): from a client inside `trusted_proxies` the prior
-//! values are kept and the client's address appended; from anyone else they are replaced, as
-//! they would let a client claim any address or scheme.
+//! HTTP/1 relay, the upgrade tunnel, and the pingora gateway for HTTP/2): from a client inside
+//! `trusted_proxies` the prior values are kept and the client's address appended; from anyone
+//! else they are replaced, as they would let a client claim any address or scheme.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use crate::route::Route;
@@ -16,6 +17,18 @@ pub struct Forwarded {
     pub forwarded_proto: String,
 }
 
+/// Whether the prior values of a request from `client` are kept, and the scheme the port
+/// itself speaks.
+fn policy(route: &Route, client: Option<IpAddr>) -> (bool, &'static str) {
+    let trusted = client.is_some_and(|ip| route.port.settings.trusted_proxies.contains(ip));
+    let own_proto = if route.port.protocol.terminates_tls() {
+        "https"
+    } else {
+        "http"
+    };
+    (trusted, own_proto)
+}
+
 /// Computes the headers for a request from `client` carrying `prior_for`/`prior_proto`.
 pub fn forwarded<'a>(
     route: &Route,
@@ -23,30 +36,73 @@ pub fn forwarded<'a>(
     prior_for: impl Iterator<Item = &'a str>,
     prior_proto: Option<&str>,
 ) -> Forwarded {
-    let trusted = client.is_some_and(|ip| is_trusted(route, ip));
-    let mut parts: Vec<&str> = if trusted {
-        prior_for.collect()
-    } else {
-        Vec::new()
+    let mut lines = Vec::new();
+    append_forwarded(
+        &mut lines,
+        route,
+        client,
+        prior_for.map(str::as_bytes),
+        prior_proto.map(str::as_bytes),
+    );
+    let mut forwarded = Forwarded {
+        forwarded_for: None,
+        forwarded_proto: String::new(),
     };
-    let client = client.map(|ip| ip.to_string());
-    if let Some(client) = &client {
-        parts.push(client);
+    for line in String::from_utf8_lossy(&lines).split_terminator("\r\n") {
+        match line.split_once(": ") {
+            Some((FORWARDED_FOR, value)) => forwarded.forwarded_for = Some(value.to_owned()),
+            Some((_, value)) => forwarded.forwarded_proto = value.to_owned(),
+            None => {}
+        }
     }
-    let own_proto = if route.port.protocol.terminates_tls() {
-        "https"
-    } else {
-        "http"
-    };
-    Forwarded {
-        forwarded_for: (!parts.is_empty()).then(|| parts.join(", ")),
-        forwarded_proto: match prior_proto {
-            Some(proto) if trusted => proto.to_owned(),
-            _ => own_proto.to_owned(),
-        },
-    }
+    forwarded
 }
 
-fn is_trusted(route: &Route, ip: IpAddr) -> bool {
-    route.port.settings.trusted_proxies.contains(ip)
+/// The name of `X-Forwarded-For`, as written.
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+/// The name of `X-Forwarded-Proto`, as written.
+pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// Appends the forwarding header lines (`name: value\r\n`) for a request from `client`
+/// carrying `prior_for`/`prior_proto` to `head`: the policy itself, written without
+/// allocating beyond `head`.
+pub fn append_forwarded<'a>(
+    head: &mut Vec<u8>,
+    route: &Route,
+    client: Option<IpAddr>,
+    prior_for: impl Iterator<Item = &'a [u8]>,
+    prior_proto: Option<&[u8]>,
+) {
+    let (trusted, own_proto) = policy(route, client);
+    let start = head.len();
+    head.extend_from_slice(FORWARDED_FOR.as_bytes());
+    head.extend_from_slice(b": ");
+    let value_start = head.len();
+    if trusted {
+        for prior in prior_for {
+            if head.len() > value_start {
+                head.extend_from_slice(b", ");
+            }
+            head.extend_from_slice(prior);
+        }
+    }
+    if let Some(ip) = client {
+        if head.len() > value_start {
+            head.extend_from_slice(b", ");
+        }
+        let _ = write!(head, "{ip}");
+    }
+    if head.len() == value_start {
+        head.truncate(start); // nothing to say
+    } else {
+        head.extend_from_slice(b"\r\n");
+    }
+    let proto = match prior_proto {
+        Some(proto) if trusted => proto,
+        _ => own_proto.as_bytes(),
+    };
+    head.extend_from_slice(FORWARDED_PROTO.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(proto);
+    head.extend_from_slice(b"\r\n");
 }

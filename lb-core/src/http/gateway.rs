@@ -65,7 +65,7 @@ fn authority(session: &Session) -> Option<&str> {
     host.map(strip_port)
 }
 
-fn strip_port(host: &str) -> &str {
+pub(crate) fn strip_port(host: &str) -> &str {
     if let Some(end) = host.strip_prefix('[').and_then(|rest| rest.find(']')) {
         return &host[..end + 2]; // an IPv6 literal keeps its brackets
     }

@@ -5,9 +5,9 @@
 //! `Content-Length` and `Transfer-Encoding`, or with conflicting lengths, is refused with 400
 //! and never forwarded (pingora would drop the length and forward it).
 //!
-//! The bytes read are handed to pingora unchanged as the session's prefix, so nothing is parsed
-//! differently from what pingora would have done; anything this reader cannot classify is left
-//! to pingora's own parser and its own 400.
+//! The bytes read stay in the caller's buffer for the relay (or are handed to pingora unchanged
+//! as the session's prefix, for h2c backends); anything this reader cannot classify is left to
+//! the parser that comes next, and its own 400.
 
 use std::time::Duration;
 
@@ -33,11 +33,11 @@ pub struct HeadLimits {
     pub idle_timeout: Duration,
 }
 
-/// A complete request head as read, with what the proxy needs to know about it.
+/// A complete request head at the start of the reader's buffer, with what the proxy needs to
+/// know about it (whatever followed it, the start of a body or of a tunnel, is in the buffer
+/// after it).
 #[derive(Debug)]
 pub struct RequestHead {
-    /// The head and whatever followed it (the start of a body, or of a tunnel).
-    pub bytes: BytesMut,
     /// The request asks to switch protocols (`Connection: upgrade` with `Upgrade:`).
     pub upgrade: bool,
 }
@@ -53,37 +53,37 @@ pub enum Head {
     Refused(Rejection),
 }
 
-/// Reads one request head from `io`, or decides why not.
+/// Reads one request head from `io` into `buf`, after what `buf` already holds (the next
+/// request a client pipelined), or decides why not.
 pub async fn read_head<S: AsyncRead + Unpin>(
     io: &mut S,
+    buf: &mut BytesMut,
     limits: HeadLimits,
     drain: &mut watch::Receiver<bool>,
 ) -> Head {
-    let mut buf = BytesMut::with_capacity(4096);
-    // Waiting for a request is idleness, bounded by the idle timeout and cut short by a drain.
-    let first = tokio::select! {
-        biased;
-        read = io.read_buf(&mut buf) => read,
-        _ = tokio::time::sleep(limits.idle_timeout) => return Head::Closed,
-        _ = drain.wait_for(|draining| *draining) => return Head::Closed,
-    };
-    if !matches!(first, Ok(n) if n > 0) {
-        return Head::Closed;
+    if buf.is_empty() {
+        buf.reserve(4096);
+        // Waiting for a request is idleness, bounded by the idle timeout and cut short by a
+        // drain.
+        let first = tokio::select! {
+            biased;
+            read = io.read_buf(buf) => read,
+            _ = tokio::time::sleep(limits.idle_timeout) => return Head::Closed,
+            _ = drain.wait_for(|draining| *draining) => return Head::Closed,
+        };
+        if !matches!(first, Ok(n) if n > 0) {
+            return Head::Closed;
+        }
     }
     let deadline = lb_policy::clock::instant_after(limits.header_timeout);
     loop {
-        match inspect(&buf, limits) {
-            Inspection::Complete { upgrade } => {
-                return Head::Ready(RequestHead {
-                    bytes: buf,
-                    upgrade,
-                })
-            }
+        match inspect(buf, limits) {
+            Inspection::Complete { upgrade } => return Head::Ready(RequestHead { upgrade }),
             Inspection::Refuse(why) => return Head::Refused(why),
             Inspection::Partial => {}
         }
         buf.reserve(4096);
-        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
             Err(_elapsed) => return Head::Refused(Rejection::HeaderTimeout),
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Head::Closed,
@@ -159,7 +159,9 @@ pub fn refusal_status(why: Rejection) -> u16 {
     match why {
         Rejection::HeaderTooLarge | Rejection::TooManyHeaders => 431,
         Rejection::HeaderTimeout => 408,
-        Rejection::AmbiguousLength => 400,
+        Rejection::AmbiguousLength | Rejection::Malformed => 400,
+        Rejection::MethodNotAllowed => 405,
+        Rejection::BodyTimeout => 408,
     }
 }
 
@@ -246,7 +248,9 @@ mod tests {
     async fn a_trickled_head_times_out_from_its_first_byte() {
         let (mut client, mut server) = tokio::io::duplex(1024);
         let (_tx, mut drain) = watch::channel(false);
-        let reader = tokio::spawn(async move { read_head(&mut server, LIMITS, &mut drain).await });
+        let reader = tokio::spawn(async move {
+            read_head(&mut server, &mut BytesMut::new(), LIMITS, &mut drain).await
+        });
         use tokio::io::AsyncWriteExt;
         for byte in b"GET / HTTP/1.1\r\n" {
             // Writes fail once the reader gave up and closed its end; that is the point.
@@ -264,12 +268,14 @@ mod tests {
     async fn an_idle_connection_closes_quietly_and_a_drain_ends_the_wait() {
         let (_client, mut server) = tokio::io::duplex(1024);
         let (_tx, mut drain) = watch::channel(false);
-        let head = read_head(&mut server, LIMITS, &mut drain).await;
+        let head = read_head(&mut server, &mut BytesMut::new(), LIMITS, &mut drain).await;
         assert!(matches!(head, Head::Closed));
 
         let (_client, mut server) = tokio::io::duplex(1024);
         let (tx, mut drain) = watch::channel(false);
-        let reader = tokio::spawn(async move { read_head(&mut server, LIMITS, &mut drain).await });
+        let reader = tokio::spawn(async move {
+            read_head(&mut server, &mut BytesMut::new(), LIMITS, &mut drain).await
+        });
         tx.send_replace(true);
         assert!(matches!(reader.await.expect("join"), Head::Closed));
     }

@@ -1,7 +1,8 @@
-//! HTTP listeners. Gantry drives each client connection itself and hands requests to a pingora
-//! `HttpProxy`: HTTP/2 (ALPN `h2`, or the h2c preface on cleartext) goes to pingora whole;
-//! HTTP/1 runs a loop in which [`head::read_head`] reads and checks each request head under
-//! Gantry's limits before pingora parses it.
+//! HTTP listeners. Gantry drives each client connection itself. HTTP/1 runs a loop in which
+//! [`head::read_head`] reads and checks each request head under Gantry's limits, then Gantry's
+//! own [`relay`] proxies it (upgrades are tunnelled by [`upgrade`]). HTTP/2 (ALPN `h2`, or the
+//! h2c preface on cleartext), and HTTP/1 requests to h2c backends, go to a pingora
+//! `HttpProxy`.
 //!
 //! The pingora apps are shared ([`HttpApps`]): one per distinct header-size limit (it bounds
 //! HTTP/2 header lists), whatever the number of listeners, each request finding its listener's
@@ -13,6 +14,7 @@
 pub mod forwarding;
 pub mod gateway;
 pub mod head;
+pub mod relay;
 pub mod routes;
 pub mod upgrade;
 
@@ -20,6 +22,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 
+use lb_config::BackendProtocol;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
@@ -30,7 +33,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use self::gateway::Gateway;
-use self::head::{close_response, read_head, refusal_status, Head, HeadLimits};
+use self::head::{read_head, Head, HeadLimits};
+use self::relay::{relay, After, Buffers, Client};
 use self::routes::ListenerRoutes;
 use crate::coalesce::CoalescedWrites;
 use crate::route::{Route, RouteCell};
@@ -101,16 +105,21 @@ pub async fn serve_cleartext(
     mut stream: CoalescedWrites<L4Stream>,
     mut drain: watch::Receiver<bool>,
 ) {
-    let first = read_head(&mut stream, head_limits(&route.load()), &mut drain).await;
-    if let Head::Ready(head) = &first {
-        if head.bytes.starts_with(H2_PREFACE_START) {
-            // Nothing was written yet, so the inner stream can take the bytes back.
-            stream.get_mut().rewind(&head.bytes);
-            ServerApp::process_new(app, Box::new(stream), &drain).await;
-            return;
-        }
+    let mut buffers = Buffers::default();
+    let first = read_head(
+        &mut stream,
+        &mut buffers.client_in,
+        head_limits(&route.load()),
+        &mut drain,
+    )
+    .await;
+    if matches!(first, Head::Ready(_)) && buffers.client_in.starts_with(H2_PREFACE_START) {
+        // Nothing was written yet, so the inner stream can take the bytes back.
+        stream.get_mut().rewind(&buffers.client_in);
+        ServerApp::process_new(app, Box::new(stream), &drain).await;
+        return;
     }
-    serve_http1(app, route, Box::new(stream), Some(first), drain).await;
+    serve_http1(app, route, Box::new(stream), buffers, Some(first), drain).await;
 }
 
 /// Serves a TLS connection: HTTP/2 when ALPN chose it, else HTTP/1.
@@ -123,36 +132,40 @@ pub async fn serve_tls(
     if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
         ServerApp::process_new(app, stream, &drain).await;
     } else {
-        serve_http1(app, route, stream, None, drain).await;
+        serve_http1(app, route, stream, Buffers::default(), None, drain).await;
     }
 }
 
-/// The HTTP/1 keep-alive loop: read a head under the current limits, let pingora proxy the
-/// request, repeat while the connection stays reusable.
+/// The HTTP/1 keep-alive loop: read a head under the current limits, relay the request (or
+/// tunnel an upgrade, or hand a request for an h2c backend to pingora), repeat while the
+/// connection stays reusable. What a client pipelined stays in `buffers` for the next turn.
 async fn serve_http1(
     app: &Arc<HttpApp>,
     route: &RouteCell,
     mut stream: Stream,
+    mut buffers: Buffers,
     mut pending: Option<Head>,
     mut drain: watch::Receiver<bool>,
 ) {
+    let Some((peer, local)) = addresses(&stream) else {
+        return;
+    };
     loop {
         let current = route.load_full();
         let limits = head_limits(&current);
         let head = match pending.take() {
             Some(head) => head,
-            None => read_head(&mut stream, limits, &mut drain).await,
+            None => read_head(&mut stream, &mut buffers.client_in, limits, &mut drain).await,
         };
         match head {
             Head::Ready(head) if head.upgrade => {
-                if let Some((peer, local)) = addresses(&stream) {
-                    upgrade::tunnel(&current, stream, head.bytes, peer, local).await;
-                }
+                let bytes = buffers.client_in.split();
+                upgrade::tunnel(&current, stream, bytes, peer, local).await;
                 return;
             }
-            Head::Ready(head) => {
+            Head::Ready(_) if current.port.backend_protocol == BackendProtocol::H2c => {
                 let mut session = ServerSession::new_http1(stream);
-                session.set_pipelined_prefix(head.bytes);
+                session.set_pipelined_prefix(buffers.client_in.split());
                 // Any non-zero value lets pingora keep the connection; the idle wait itself
                 // is `read_head`'s.
                 session.set_keepalive(Some(limits.idle_timeout.as_secs().max(1)));
@@ -161,19 +174,20 @@ async fn serve_http1(
                     None => return,
                 }
             }
+            Head::Ready(_) => {
+                let client = Client {
+                    io: &mut stream,
+                    peer,
+                    drain: &drain,
+                };
+                if relay(&current, client, &mut buffers).await == After::Close {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            }
             Head::Closed => return,
             Head::Refused(why) => {
-                current.metrics.rejected(why);
-                let key = &current.port.key;
-                tracing::debug!(service = %key.service, port = %key.port, reason = why.label(), "request refused");
-                if stream
-                    .write_all(&close_response(refusal_status(why)))
-                    .await
-                    .is_ok()
-                {
-                    let _ = stream.flush().await;
-                }
-                let _ = stream.shutdown().await;
+                relay::refuse(&current, &mut stream, why).await;
                 return;
             }
         }

@@ -7,7 +7,6 @@
 //! backend's response head and counts its status, then relays bytes both ways exactly as a TCP
 //! port does. The connection is not reused for further requests afterwards.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,13 +15,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::forwarding::forwarded;
+use super::gateway::strip_port;
 use super::head::close_response;
+use super::relay::request;
+use super::relay::response::MAX_RESPONSE_HEAD;
 use crate::route::Route;
 use crate::tcp::{self, ClientInfo};
-
-/// Largest backend response head accepted before the tunnel starts.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Tunnels one upgrade request whose head (and any bytes after it) is `head`.
 pub async fn tunnel<C>(
@@ -88,56 +86,16 @@ async fn refuse<C: tokio::io::AsyncWrite + Unpin>(mut client: C, status: u16) {
     }
 }
 
-/// The request head to send upstream (with anything the client sent after it), and the host.
+/// The request head to send upstream (with anything the client sent after it), and the host
+/// without its port.
 fn rewrite_head(route: &Route, head: &[u8], peer: SocketAddr) -> Option<(Vec<u8>, Option<String>)> {
-    let mut slots = [httparse::EMPTY_HEADER; 256];
-    let mut request = httparse::Request::new(&mut slots);
-    let httparse::Status::Complete(length) = request.parse(head).ok()? else {
-        return None;
-    };
-    let text = |v: &[u8]| std::str::from_utf8(v).ok().map(str::to_owned);
-    let named = |name: &'static str| {
-        request
-            .headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .filter_map(|h| std::str::from_utf8(h.value).ok())
-    };
-    let headers = forwarded(
-        route,
-        Some(peer.ip()),
-        named("x-forwarded-for"),
-        named("x-forwarded-proto").next(),
-    );
-    let host = named("host")
-        .next()
-        .map(|h| h.split(':').next().unwrap_or(h).to_owned());
-    let mut out = String::with_capacity(length + 128);
-    let _ = write!(
-        out,
-        "{} {} HTTP/1.{}\r\n",
-        request.method?, request.path?, request.version?
-    );
-    for header in request.headers.iter() {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("x-forwarded-for")
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-        {
-            continue;
-        }
-        let _ = write!(out, "{name}: {}\r\n", text(header.value)?);
-    }
-    if let Some(value) = headers.forwarded_for {
-        let _ = write!(out, "x-forwarded-for: {value}\r\n");
-    }
-    let _ = write!(
-        out,
-        "x-forwarded-proto: {}\r\n\r\n",
-        headers.forwarded_proto
-    );
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&head[length..]);
-    Some((bytes, host))
+    let mut out = Vec::with_capacity(head.len() + 128);
+    let (length, host) = request::upgrade_head(head, route, Some(peer.ip()), &mut out)?;
+    let host = host
+        .and_then(|range| std::str::from_utf8(&head[range]).ok())
+        .map(|h| strip_port(h).to_owned());
+    out.extend_from_slice(&head[length..]);
+    Some((out, host))
 }
 
 /// Sends the request head and reads the backend's response head (and whatever came with it).

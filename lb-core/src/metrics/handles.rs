@@ -36,14 +36,24 @@ pub enum Rejection {
     HeaderTimeout,
     /// Both `Content-Length` and `Transfer-Encoding`, or conflicting lengths (400).
     AmbiguousLength,
+    /// A request HTTP/1 forbids forwarding: a missing, repeated or invalid `Host`, an invalid
+    /// length or transfer coding, malformed chunked framing (400).
+    Malformed,
+    /// `CONNECT`, which a reverse proxy does not tunnel (405).
+    MethodNotAllowed,
+    /// A request body that stalled longer than `timeouts.client_idle` before any answer (408).
+    BodyTimeout,
 }
 
 impl Rejection {
-    pub(super) const ALL: [Rejection; 4] = [
+    pub(super) const ALL: [Rejection; 7] = [
         Rejection::HeaderTooLarge,
         Rejection::TooManyHeaders,
         Rejection::HeaderTimeout,
         Rejection::AmbiguousLength,
+        Rejection::Malformed,
+        Rejection::MethodNotAllowed,
+        Rejection::BodyTimeout,
     ];
 
     /// The `reason` label.
@@ -53,6 +63,9 @@ impl Rejection {
             Rejection::TooManyHeaders => "too_many_headers",
             Rejection::HeaderTimeout => "header_timeout",
             Rejection::AmbiguousLength => "ambiguous_length",
+            Rejection::Malformed => "malformed",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::BodyTimeout => "body_timeout",
         }
     }
 }
@@ -151,7 +164,7 @@ pub struct PortMetrics {
     pub tls_handshakes: IntCounter,
     /// Failed TLS handshakes.
     pub tls_handshake_failures: IntCounter,
-    pub(super) rejected: [IntCounter; 4],
+    pub(super) rejected: [IntCounter; Rejection::ALL.len()],
     /// Session-affinity decisions.
     pub affinity: AffinityCounters,
     /// UDP flows open now.
@@ -172,7 +185,7 @@ impl PortMetrics {
             active: gauge(),
             tls_handshakes: counter(),
             tls_handshake_failures: counter(),
-            rejected: [counter(), counter(), counter(), counter()],
+            rejected: std::array::from_fn(|_| counter()),
             affinity: AffinityCounters([counter(), counter(), counter()]),
             flows_active: gauge(),
             flows_created: counter(),

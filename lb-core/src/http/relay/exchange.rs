@@ -1,0 +1,605 @@
+//! One HTTP/1 request relayed to a backend and its response relayed back: the backend chosen
+//! through the pool's attempt loop (another after a failed connect, by the retry rule), an
+//! idle connection reused when one is alive, the head and the body sent as they come while the
+//! response is awaited (so `Expect: 100-continue` and early answers work), the response
+//! relayed with exact framing, then the outcome told to health policies, metrics and the
+//! access log.
+//!
+//! Statuses, as on every HTTP path: 503 when the port has no backend to try, 502 when every
+//! try failed or the backend's answer cannot be relayed, 504 when the backend does not answer
+//! within `upstream_read`. A request sent on a reused connection that turns out dead (closed
+//! before any answer) is sent once more on a new connection, when it is idempotent and was
+//! sent whole, as nginx and pingora do.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use lb_policy::{hash_key, Outcome, PickContext, ResponseHeader as AffinityHeader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::framing::{Body, ChunkError};
+use super::request::{self, Request};
+use super::response::{self, Exchange, Response};
+use super::{idle, refuse};
+use crate::http::gateway::strip_port;
+use crate::metrics::Rejection;
+use crate::pool::attempt::{self, Attempts, NoBackend};
+use crate::pool::{BackendLease, BackendState};
+use crate::route::Route;
+use crate::tcp;
+
+/// Room read at a time from a backend's response body.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The buffers of one client connection, kept across its requests.
+#[derive(Default)]
+pub struct Buffers {
+    /// What the client sent and nothing has consumed yet (pipelined requests included).
+    pub client_in: BytesMut,
+    /// The head (and the start of the body) for the backend.
+    upstream_out: Vec<u8>,
+    /// What the backend sent.
+    upstream_in: BytesMut,
+    /// The head (and the start of the body) for the client.
+    client_out: Vec<u8>,
+}
+
+/// Whether the client connection carries on after a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// Read the next request.
+    KeepAlive,
+    /// Close the connection.
+    Close,
+}
+
+/// Why a request failed after it was parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// No backend to try, or none left (503, 502).
+    NoBackend(NoBackend),
+    /// The backend broke the exchange before its answer (502), or did not answer in time
+    /// (504). `dead_reuse`: it was a reused connection that died before answering anything.
+    Backend { timed_out: bool, dead_reuse: bool },
+    /// The backend's answer cannot be relayed (502).
+    BadResponse,
+    /// The client's body was malformed (400) or stalled (408).
+    Client(Rejection),
+    /// The client went away.
+    ClientGone,
+}
+
+impl Failure {
+    /// The status the client gets, if any.
+    fn status(self) -> Option<u16> {
+        match self {
+            Failure::NoBackend(NoBackend::Unavailable) => Some(503),
+            Failure::NoBackend(NoBackend::Exhausted) | Failure::BadResponse => Some(502),
+            Failure::Backend {
+                timed_out: true, ..
+            } => Some(504),
+            Failure::Backend { .. } => Some(502),
+            Failure::Client(why) => Some(crate::http::head::refusal_status(why)),
+            Failure::ClientGone => None,
+        }
+    }
+}
+
+/// The client side of one request.
+pub struct Client<'a, C> {
+    /// The connection.
+    pub io: &'a mut C,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the listener is draining (then the connection closes after this request).
+    pub drain: &'a watch::Receiver<bool>,
+}
+
+/// Relays the request whose complete head starts `buffers.client_in`.
+pub async fn relay<C>(route: &Route, client: Client<'_, C>, buffers: &mut Buffers) -> After
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let request = match request::parse(
+        &buffers.client_in,
+        route,
+        Some(client.peer.ip()),
+        &mut buffers.upstream_out,
+    ) {
+        Ok(request) => request,
+        Err(why) => {
+            refuse(route, client.io, why).await;
+            return After::Close;
+        }
+    };
+    let limits = &route.port.settings.limits;
+    let mut body = Body::new(request.framing, limits.max_header_bytes as usize);
+    let in_hand = match body.accept(&buffers.client_in[request.head_len..], |_| {}) {
+        Ok(n) => n,
+        Err(_) => {
+            refuse(route, client.io, Rejection::Malformed).await;
+            return After::Close;
+        }
+    };
+    let log = route
+        .logs_access()
+        .then(|| AccessLine::of(&request, &buffers.client_in));
+    let chosen = choose(route, &request, &buffers.client_in, client.peer).await;
+    // What was in hand goes with the head, in one write; the rest follows as it comes.
+    buffers
+        .upstream_out
+        .extend_from_slice(&buffers.client_in[request.head_len..request.head_len + in_hand]);
+    buffers.client_in.advance(request.head_len + in_hand);
+    let mut run = Run {
+        route,
+        request: &request,
+        body,
+        body_bytes: in_hand as u64,
+        sent_bytes: 0,
+        started,
+    };
+    let outcome = match chosen {
+        Ok(chosen) => {
+            run.with_backend(chosen, client.io, client.drain, buffers)
+                .await
+        }
+        Err(no) => Err((Failure::NoBackend(no), None)),
+    };
+    run.finish(outcome, client.io, client.peer, log).await
+}
+
+/// A backend chosen for the request, its connection open.
+struct Chosen {
+    lease: BackendLease,
+    upstream: TcpStream,
+    reused: bool,
+    affinity: Option<AffinityHeader>,
+}
+
+/// Picks a backend and gets a connection to it: an idle one if alive, else a new one, trying
+/// other backends after a failed connect by the retry rule.
+async fn choose(
+    route: &Route,
+    request: &Request,
+    head: &[u8],
+    peer: SocketAddr,
+) -> Result<Chosen, NoBackend> {
+    let authority = request
+        .host
+        .clone()
+        .and_then(|range| std::str::from_utf8(&head[range]).ok())
+        .map(strip_port);
+    let cx = PickContext {
+        client: Some(peer),
+        authority,
+        protocol: route.port.protocol,
+        hash_key: hash_key(
+            &route.port.balancer.hash_key,
+            Some(peer.ip()),
+            Some(&request.headers),
+        ),
+        headers: Some(&request.headers),
+    };
+    let pool = &route.pool;
+    let mut attempts = Attempts::new();
+    loop {
+        let mut attempt = attempts.next(pool, &cx)?;
+        let affinity = attempt.response_header.take();
+        let backend = attempt.backend().clone();
+        if let Some(upstream) = idle::take(backend.address) {
+            return Ok(Chosen {
+                lease: attempt.into_lease(),
+                upstream,
+                reused: true,
+                affinity,
+            });
+        }
+        match tcp::dial(&backend, route.port.settings.timeouts.connect).await {
+            Ok(upstream) => {
+                attempts.connected(&attempt);
+                return Ok(Chosen {
+                    lease: attempt.into_lease(),
+                    upstream,
+                    reused: false,
+                    affinity,
+                });
+            }
+            Err(outcome) => {
+                if !attempts.failed(pool, attempt, outcome) {
+                    return Err(NoBackend::Exhausted);
+                }
+            }
+        }
+    }
+}
+
+/// The state of one request while it runs.
+struct Run<'r> {
+    route: &'r Route,
+    request: &'r Request,
+    /// The request body, as far as it has been read from the client.
+    body: Body,
+    /// Request body bytes read from the client.
+    body_bytes: u64,
+    /// Response body bytes sent to the client.
+    sent_bytes: u64,
+    started: Instant,
+}
+
+/// How a request ended: the status answered, the backend and what the client connection
+/// does next; or why it failed, and the backend if one was chosen.
+type Finished = Result<(u16, Arc<BackendState>, After), (Failure, Option<Arc<BackendState>>)>;
+
+impl Run<'_> {
+    async fn with_backend<C>(
+        &mut self,
+        chosen: Chosen,
+        client: &mut C,
+        drain: &watch::Receiver<bool>,
+        buffers: &mut Buffers,
+    ) -> Finished
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Chosen {
+            lease,
+            mut upstream,
+            mut reused,
+            affinity,
+        } = chosen;
+        let backend = lease.backend().clone();
+        // A whole request (no body left to read) can be sent again if the connection was dead.
+        let whole = self.body.is_done();
+        let response = loop {
+            match self
+                .exchange(&mut upstream, client, drain, buffers, affinity.as_ref())
+                .await
+            {
+                Ok(response) => break response,
+                Err(Failure::Backend {
+                    dead_reuse: true, ..
+                }) if reused && whole && self.request.idempotent => {
+                    buffers.upstream_in.clear();
+                    let timeout = self.route.port.settings.timeouts.connect;
+                    match tcp::dial(&backend, timeout).await {
+                        Ok(fresh) => upstream = fresh,
+                        Err(outcome) => {
+                            attempt::finished(
+                                &self.route.pool,
+                                &backend,
+                                outcome,
+                                self.started.elapsed(),
+                            );
+                            return Err((
+                                Failure::Backend {
+                                    timed_out: outcome == Outcome::TimedOut,
+                                    dead_reuse: false,
+                                },
+                                Some(backend),
+                            ));
+                        }
+                    }
+                    reused = false;
+                }
+                Err(failure) => {
+                    let outcome = match failure {
+                        Failure::Backend {
+                            timed_out: true, ..
+                        } => Some(Outcome::TimedOut),
+                        Failure::Backend { .. } | Failure::BadResponse => {
+                            Some(Outcome::ConnectFailed)
+                        }
+                        _ => None,
+                    };
+                    if let Some(outcome) = outcome {
+                        attempt::finished(
+                            &self.route.pool,
+                            &backend,
+                            outcome,
+                            self.started.elapsed(),
+                        );
+                    }
+                    return Err((failure, Some(backend)));
+                }
+            }
+        };
+        let pool = &self.route.pool;
+        attempt::finished(
+            pool,
+            &backend,
+            Outcome::Responded(response.status),
+            self.started.elapsed(),
+        );
+        let relayed = self
+            .relay_response(&response, &mut upstream, client, buffers)
+            .await;
+        drop(lease);
+        match relayed {
+            Ok(()) => {
+                let clean =
+                    response.reusable && self.body.is_done() && buffers.upstream_in.is_empty();
+                if clean {
+                    let idle_for = self.route.port.settings.timeouts.upstream_idle;
+                    idle::put(backend.address, upstream, idle_for);
+                }
+                let after = if response.keep_alive {
+                    After::KeepAlive
+                } else {
+                    After::Close
+                };
+                Ok((response.status, backend, after))
+            }
+            // The head is out: the client sees a cut response, the status stays what it got.
+            Err(_) => Ok((response.status, backend, After::Close)),
+        }
+    }
+
+    /// Sends the request (head, and body as it comes) and reads the response head, relaying
+    /// 1xx heads to the client on the way.
+    async fn exchange<C>(
+        &mut self,
+        upstream: &mut TcpStream,
+        client: &mut C,
+        drain: &watch::Receiver<bool>,
+        buffers: &mut Buffers,
+        affinity: Option<&AffinityHeader>,
+    ) -> Result<Response, Failure>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let timeouts = self.route.port.settings.timeouts;
+        let Buffers {
+            client_in,
+            upstream_out,
+            upstream_in,
+            client_out,
+        } = buffers;
+        let (mut from_backend, mut to_backend) = upstream.split();
+        if to_backend.write_all(upstream_out).await.is_err() {
+            return Err(Failure::Backend {
+                timed_out: false,
+                dead_reuse: true,
+            });
+        }
+        // Body bytes at the front of `client_in` not yet sent.
+        let mut pending = 0usize;
+        loop {
+            let body_open = !self.body.is_done() || pending > 0;
+            // The backend's time to answer runs once it has the whole request.
+            let answer_by = if body_open {
+                Instant::now() + Duration::from_secs(86_400)
+            } else {
+                Instant::now() + timeouts.upstream_read
+            };
+            tokio::select! {
+                read = tokio::time::timeout_at(answer_by, from_backend.read_buf(upstream_in)) => {
+                    match read {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => return Err(Failure::Backend { timed_out: false, dead_reuse: upstream_in.is_empty() }),
+                        Err(_) => return Err(Failure::Backend { timed_out: true, dead_reuse: false }),
+                    }
+                    let exchange = Exchange {
+                        head_method: self.request.head_method,
+                        http10: self.request.http10,
+                        keep_alive: self.request.keep_alive && !body_open && !*drain.borrow(),
+                        affinity,
+                    };
+                    let Some(response) = response::parse(upstream_in, &exchange, client_out)
+                        .map_err(|_| Failure::BadResponse)?
+                    else {
+                        continue;
+                    };
+                    if !response.informational {
+                        upstream_in.advance(response.head_len);
+                        return Ok(response);
+                    }
+                    upstream_in.advance(response.head_len);
+                    if !client_out.is_empty() {
+                        write_flushed(client, client_out).await.map_err(|_| Failure::ClientGone)?;
+                    }
+                }
+                step = body_step(client, client_in, &mut to_backend, pending, timeouts.client_idle, timeouts.upstream_read), if body_open => {
+                    match step? {
+                        BodyStep::Wrote(n) => {
+                            client_in.advance(n);
+                            pending -= n;
+                        }
+                        BodyStep::Read => {
+                            pending = self.body.accept(client_in, |_| {}).map_err(|e: ChunkError| {
+                                tracing::debug!(error = ?e, "malformed chunked request body");
+                                Failure::Client(Rejection::Malformed)
+                            })?;
+                            self.body_bytes += pending as u64;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Relays the response body (its start is in `upstream_in`) after the head in
+    /// `client_out`.
+    async fn relay_response<C>(
+        &mut self,
+        response: &Response,
+        upstream: &mut TcpStream,
+        client: &mut C,
+        buffers: &mut Buffers,
+    ) -> std::io::Result<()>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let limits = &self.route.port.settings.limits;
+        let upstream_read = self.route.port.settings.timeouts.upstream_read;
+        let mut body = Body::new(response.framing, limits.max_header_bytes as usize);
+        let Buffers {
+            upstream_in,
+            client_out,
+            ..
+        } = buffers;
+        loop {
+            let start = client_out.len();
+            let taken = body
+                .accept(upstream_in, |range| {
+                    if response.dechunk {
+                        client_out.extend_from_slice(&upstream_in[range]);
+                    }
+                })
+                .map_err(|_| std::io::Error::other("malformed chunked response"))?;
+            if !response.dechunk {
+                client_out.extend_from_slice(&upstream_in[..taken]);
+            }
+            self.sent_bytes += (client_out.len() - start) as u64;
+            upstream_in.advance(taken);
+            if !client_out.is_empty() {
+                write_flushed(client, client_out).await?;
+                client_out.clear();
+            }
+            if body.is_done() {
+                return Ok(());
+            }
+            upstream_in.reserve(READ_CHUNK);
+            let read = tokio::time::timeout(upstream_read, upstream.read_buf(upstream_in)).await;
+            match read {
+                Ok(Ok(0)) if body.until_close() => return Ok(()),
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => return Err(err),
+                Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            }
+        }
+    }
+
+    /// Answers a failure, counts the request, logs it.
+    async fn finish<C>(
+        &self,
+        outcome: Finished,
+        client: &mut C,
+        peer: SocketAddr,
+        log: Option<AccessLine>,
+    ) -> After
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let route = self.route;
+        let key = &route.port.key;
+        let (status, backend, after) = match outcome {
+            Ok((status, backend, after)) => (Some(status), Some(backend), after),
+            Err((failure, backend)) => {
+                let status = failure.status();
+                if let Some(status) = status {
+                    let _ = write_flushed(client, &crate::http::head::close_response(status)).await;
+                }
+                let label = backend.as_ref().map_or("none", |b| b.label.as_str());
+                match failure {
+                    Failure::ClientGone | Failure::Client(_) => {
+                        if let Failure::Client(why) = failure {
+                            route.metrics.rejected(why);
+                        }
+                        tracing::debug!(service = %key.service, port = %key.port, backend = label, ?failure, "client ended the request");
+                    }
+                    Failure::NoBackend(_) if route.pool.backends().is_empty() => {
+                        tracing::debug!(service = %key.service, port = %key.port, "no backends");
+                    }
+                    _ => tracing::warn!(
+                        service = %key.service, port = %key.port, backend = label,
+                        status = status.unwrap_or(0), ?failure, "request failed"
+                    ),
+                }
+                (status, backend, After::Close)
+            }
+        };
+        let metrics = backend.as_deref().map_or(&route.unrouted, |b| &b.metrics);
+        let elapsed = self.started.elapsed();
+        metrics.request(status, elapsed);
+        metrics.bytes_received.inc_by(self.body_bytes);
+        metrics.bytes_sent.inc_by(self.sent_bytes);
+        if let Some(line) = log {
+            tracing::info!(
+                target: "gantry::access",
+                service = %key.service,
+                port = %key.port,
+                client = %peer,
+                method = %line.method,
+                path = %line.path,
+                status = status.unwrap_or(0),
+                backend = backend.as_deref().map_or("none", |b| b.label.as_str()),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes_sent = self.sent_bytes,
+            );
+        }
+        after
+    }
+}
+
+/// One step of sending the request body: write what is pending, or read more.
+enum BodyStep {
+    Wrote(usize),
+    Read,
+}
+
+/// Writes pending body bytes (one write, so it can be abandoned midway without losing any),
+/// or reads more of the body from the client when none is pending.
+async fn body_step<C, W>(
+    client: &mut C,
+    client_in: &mut BytesMut,
+    to_backend: &mut W,
+    pending: usize,
+    client_idle: Duration,
+    upstream_write: Duration,
+) -> Result<BodyStep, Failure>
+where
+    C: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if pending > 0 {
+        return match tokio::time::timeout(upstream_write, to_backend.write(&client_in[..pending]))
+            .await
+        {
+            Ok(Ok(n)) if n > 0 => Ok(BodyStep::Wrote(n)),
+            Ok(_) => Err(Failure::Backend {
+                timed_out: false,
+                dead_reuse: false,
+            }),
+            Err(_) => Err(Failure::Backend {
+                timed_out: true,
+                dead_reuse: false,
+            }),
+        };
+    }
+    client_in.reserve(READ_CHUNK);
+    match tokio::time::timeout(client_idle, client.read_buf(client_in)).await {
+        Ok(Ok(n)) if n > 0 => Ok(BodyStep::Read),
+        Ok(_) => Err(Failure::ClientGone),
+        Err(_) => Err(Failure::Client(Rejection::BodyTimeout)),
+    }
+}
+
+/// Writes `bytes` to the client and pushes them out (client streams gather small writes).
+async fn write_flushed<C: AsyncWrite + Unpin>(client: &mut C, bytes: &[u8]) -> std::io::Result<()> {
+    client.write_all(bytes).await?;
+    client.flush().await
+}
+
+/// What the access log says of a request, copied before its head is consumed.
+struct AccessLine {
+    method: String,
+    path: String,
+}
+
+impl AccessLine {
+    fn of(request: &Request, head: &[u8]) -> Self {
+        let text =
+            |range: std::ops::Range<usize>| String::from_utf8_lossy(&head[range]).into_owned();
+        AccessLine {
+            method: text(request.method.clone()),
+            path: text(request.target.clone()),
+        }
+    }
+}

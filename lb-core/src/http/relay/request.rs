@@ -1,0 +1,405 @@
+//! A client's HTTP/1 request head, checked as RFC 9112 asks of a server and rewritten for the
+//! backend: what Gantry decides about it (body framing, keep-alive, method) and the head it
+//! sends upstream, which is the client's own header lines, in order and case, minus the
+//! hop-by-hop ones, with the forwarding headers set by policy and one canonical
+//! `Content-Length`.
+//!
+//! Refused with 400 (never forwarded): an HTTP/1.1 request without `Host`, more than one
+//! `Host`, a `Host` that is not `uri-host[:port]` (§3.2); a `Content-Length` that is not a
+//! number (lists of one repeated value are collapsed, RFC 9110 §8.6; differing ones were
+//! refused by the head reader); a `Transfer-Encoding` whose last coding is not `chunked`, that
+//! names `chunked` twice, or that comes in HTTP/1.0 (§6.1). `CONNECT` is 405.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::ops::Range;
+
+use super::framing::{parse_length, Framing};
+use crate::http::forwarding::{append_forwarded, FORWARDED_FOR, FORWARDED_PROTO};
+use crate::metrics::Rejection;
+use crate::route::Route;
+
+/// httparse's header slots for one head; the head reader refuses heads with more headers
+/// than the port allows, which is at most this.
+pub const HEADER_SLOTS: usize = 256;
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1, and the obsolete ones proxies still strip): they
+/// describe the client's connection, not the request.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// What the relay needs to know of a request, its head already on its way upstream.
+#[derive(Debug)]
+pub struct Request {
+    /// Length of the head in the client's buffer.
+    pub head_len: usize,
+    /// Where the body ends.
+    pub framing: Framing,
+    /// The client wants the connection kept after the response.
+    pub keep_alive: bool,
+    /// HTTP/1.0 (its responses cannot be chunked).
+    pub http10: bool,
+    /// `HEAD`: its response has no body whatever its headers say.
+    pub head_method: bool,
+    /// Safe to send again on another connection if the first one was dead.
+    pub idempotent: bool,
+    /// The method, within the head.
+    pub method: Range<usize>,
+    /// The request target, within the head.
+    pub target: Range<usize>,
+    /// The `Host` value, within the head.
+    pub host: Option<Range<usize>>,
+    /// The headers as a map, for balancing and affinity policies.
+    pub headers: http::HeaderMap,
+}
+
+/// Parses the complete head at the start of `buf`, checks it, and writes the head to send
+/// upstream into `upstream` (cleared first). `client` is the client's address.
+pub fn parse(
+    buf: &[u8],
+    route: &Route,
+    client: Option<IpAddr>,
+    upstream: &mut Vec<u8>,
+) -> Result<Request, Rejection> {
+    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return Err(Rejection::Malformed),
+    };
+    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(Rejection::Malformed);
+    };
+    if method == "CONNECT" {
+        return Err(Rejection::MethodNotAllowed);
+    }
+    let http10 = version == 0;
+    let fields = Fields::read(parsed.headers, http10)?;
+    let framing = match (fields.chunked, fields.length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(0) | None) => Framing::Empty,
+        (false, Some(length)) => Framing::Length(length),
+    };
+    let keep_alive = if http10 {
+        fields.keep_alive
+    } else {
+        !fields.close
+    };
+    write_upstream_head(
+        upstream,
+        method,
+        target,
+        parsed.headers,
+        &fields,
+        route,
+        client,
+        false,
+    );
+    let host = fields.host.map(|h| within(buf, h));
+    Ok(Request {
+        head_len,
+        framing,
+        keep_alive,
+        http10,
+        head_method: method == "HEAD",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
+        method: within(buf, method.as_bytes()),
+        target: within(buf, target.as_bytes()),
+        host,
+        headers: header_map(parsed.headers),
+    })
+}
+
+/// Writes the head of an upgrade request (`Connection` and `Upgrade` kept) for the tunnel;
+/// the length of the client's head and where its `Host` value is, or `None` when the head is
+/// not a complete, valid request.
+pub fn upgrade_head(
+    buf: &[u8],
+    route: &Route,
+    client: Option<IpAddr>,
+    upstream: &mut Vec<u8>,
+) -> Option<(usize, Option<Range<usize>>)> {
+    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let httparse::Status::Complete(head_len) = parsed.parse(buf).ok()? else {
+        return None;
+    };
+    let fields = Fields::read(parsed.headers, parsed.version? == 0).ok()?;
+    write_upstream_head(
+        upstream,
+        parsed.method?,
+        parsed.path?,
+        parsed.headers,
+        &fields,
+        route,
+        client,
+        true,
+    );
+    Some((head_len, fields.host.map(|h| within(buf, h))))
+}
+
+/// Where `part`, a slice of `buf`, lies in it.
+fn within(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// What the header fields say, checked.
+struct Fields<'h> {
+    host: Option<&'h [u8]>,
+    length: Option<u64>,
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+    /// Fields the client's `Connection` names (hop-by-hop for this request).
+    nominated: Nominated<'h>,
+}
+
+impl<'h> Fields<'h> {
+    fn read(headers: &[httparse::Header<'h>], http10: bool) -> Result<Self, Rejection> {
+        let mut fields = Fields {
+            host: None,
+            length: None,
+            chunked: false,
+            close: false,
+            keep_alive: false,
+            nominated: Nominated::default(),
+        };
+        let mut transfer_encoding = false;
+        for header in headers {
+            let name = header.name;
+            if name.eq_ignore_ascii_case("host") {
+                if fields.host.is_some() || !valid_host(header.value) {
+                    return Err(Rejection::Malformed);
+                }
+                fields.host = Some(header.value);
+            } else if name.eq_ignore_ascii_case("content-length") {
+                // Every value is the same (the head reader refused differing ones).
+                for value in header.value.split(|b| *b == b',') {
+                    fields.length =
+                        Some(parse_length(value.trim_ascii()).ok_or(Rejection::Malformed)?);
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                for coding in header.value.split(|b| *b == b',') {
+                    let coding = coding.trim_ascii();
+                    if coding.is_empty() {
+                        continue;
+                    }
+                    // `chunked` must be the last coding, applied once.
+                    if fields.chunked {
+                        return Err(Rejection::Malformed);
+                    }
+                    fields.chunked = coding.eq_ignore_ascii_case(b"chunked");
+                }
+                transfer_encoding = true;
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in header.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    fields.close |= token.eq_ignore_ascii_case(b"close");
+                    fields.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    fields.nominated.push(token);
+                }
+            }
+        }
+        if transfer_encoding && (!fields.chunked || http10) {
+            return Err(Rejection::Malformed);
+        }
+        if transfer_encoding && fields.length.is_some() {
+            return Err(Rejection::AmbiguousLength);
+        }
+        if fields.host.is_none() && !http10 {
+            return Err(Rejection::Malformed);
+        }
+        Ok(fields)
+    }
+
+    /// Whether a field is not passed on: hop-by-hop, named by `Connection`, or rewritten.
+    fn skipped(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case(FORWARDED_FOR)
+            || name.eq_ignore_ascii_case(FORWARDED_PROTO)
+            || (self.nominated.contains(name) && !end_to_end(name))
+    }
+}
+
+/// Fields that framing and routing depend on: a `Connection` header cannot make them
+/// hop-by-hop.
+fn end_to_end(name: &str) -> bool {
+    ["host", "content-length", "transfer-encoding"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+#[allow(clippy::too_many_arguments)] // one head, described by its parts
+fn write_upstream_head(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    headers: &[httparse::Header<'_>],
+    fields: &Fields<'_>,
+    route: &Route,
+    client: Option<IpAddr>,
+    upgrade: bool,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut prior_proto = None;
+    for header in headers {
+        let name = header.name;
+        if name.eq_ignore_ascii_case(FORWARDED_PROTO) && prior_proto.is_none() {
+            prior_proto = Some(header.value);
+        }
+        let kept_for_upgrade = upgrade
+            && (name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("upgrade"));
+        if fields.skipped(name) && !kept_for_upgrade {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(header.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(length) = fields.length.filter(|_| !fields.chunked) {
+        let _ = write!(out, "content-length: {length}\r\n");
+    }
+    let prior_for = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(FORWARDED_FOR))
+        .map(|h| h.value);
+    append_forwarded(out, route, client, prior_for, prior_proto);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2), or empty.
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let literal = &value[1..end];
+        let ok = !literal.is_empty()
+            && literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
+        if !ok {
+            return false;
+        }
+        (&value[..0], &value[end + 1..])
+    } else {
+        match value.iter().rposition(|b| *b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &value[value.len()..]),
+        }
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    port_ok
+        && host.iter().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        })
+}
+
+/// The headers as an `http::HeaderMap`, for policies; fields that are not valid there (which
+/// httparse would not have accepted anyway) are left out.
+fn header_map(headers: &[httparse::Header<'_>]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for header in headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(header.name.as_bytes()),
+            http::HeaderValue::from_bytes(header.value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// The names a `Connection` header nominates, kept without allocating: up to eight; more
+/// are unusual enough to pass on (they are not hop-by-hop by any standard).
+#[derive(Default)]
+struct Nominated<'h> {
+    names: [&'h [u8]; 8],
+    len: usize,
+}
+
+impl<'h> Nominated<'h> {
+    fn push(&mut self, name: &'h [u8]) {
+        if self.len < self.names.len() {
+            self.names[self.len] = name;
+            self.len += 1;
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names[..self.len]
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_checked() {
+        for good in [
+            &b"a.test"[..],
+            b"a.test:8080",
+            b"127.0.0.1:80",
+            b"[::1]",
+            b"[::1]:443",
+            b"",
+        ] {
+            assert!(valid_host(good), "{:?}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b"a b"[..],
+            b"a.test:80x",
+            b"a.test:123456",
+            b"[::1",
+            b"a/b",
+            b"a@b",
+            b"[zz]",
+        ] {
+            assert!(!valid_host(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! A backend's HTTP/1 response head, checked and rewritten for the client: where its body
+//! ends (RFC 9112 §6.3, from the request's point of view: a `HEAD` request's response, 1xx,
+//! 204 and 304 have none), whether the backend connection can be reused, and the head the
+//! client gets, which is the backend's own lines minus the hop-by-hop ones, with Gantry's
+//! `Connection` answer and the affinity's header added.
+//!
+//! A response Gantry cannot frame safely is a bad gateway (502): both `Content-Length` and
+//! `Transfer-Encoding`, an invalid or conflicting `Content-Length`, a `101` to a request that
+//! did not ask to switch.
+
+use std::io::Write as _;
+
+use lb_policy::ResponseHeader as AffinityHeader;
+
+use super::framing::{parse_length, Framing};
+use super::request::HEADER_SLOTS;
+
+/// Largest response head accepted from a backend.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// A response head, parsed, with what the relay does about it.
+#[derive(Clone, Copy, Debug)]
+pub struct Response {
+    /// Length of the head in the backend's buffer.
+    pub head_len: usize,
+    /// The status code.
+    pub status: u16,
+    /// Where the body ends.
+    pub framing: Framing,
+    /// A 1xx other than 101: another head follows.
+    pub informational: bool,
+    /// The backend keeps the connection open after this response.
+    pub reusable: bool,
+    /// The client's connection stays open after this response.
+    pub keep_alive: bool,
+    /// The body is chunked but the client speaks HTTP/1.0: it gets the data, and the end of
+    /// the connection marks the end of the body.
+    pub dechunk: bool,
+}
+
+/// What the client asked and may be told.
+#[derive(Clone, Copy, Debug)]
+pub struct Exchange<'a> {
+    /// The request was `HEAD`.
+    pub head_method: bool,
+    /// The client speaks HTTP/1.0.
+    pub http10: bool,
+    /// The client's connection may stay open (it asked, and Gantry is not draining).
+    pub keep_alive: bool,
+    /// The affinity's header to add (a `set-cookie`).
+    pub affinity: Option<&'a AffinityHeader>,
+}
+
+/// Why a response cannot be relayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadResponse;
+
+/// Parses the response head at the start of `buf`: `Ok(None)` while incomplete. A complete
+/// head's client-side form is written to `out` (cleared first), except for 1xx heads an
+/// HTTP/1.0 client must not get, for which `out` is left empty.
+pub fn parse(
+    buf: &[u8],
+    exchange: &Exchange<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Option<Response>, BadResponse> {
+    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(None),
+        _ => return Err(BadResponse),
+    };
+    let (Some(status), Some(version)) = (parsed.code, parsed.version) else {
+        return Err(BadResponse);
+    };
+    if status == 101 || !(100..=599).contains(&status) {
+        return Err(BadResponse);
+    }
+    let informational = status < 200;
+    let mut length: Option<u64> = None;
+    let (mut chunked, mut transfer_encoding) = (false, false);
+    let (mut close, mut keep_alive_token) = (false, false);
+    for header in parsed.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            for value in header.value.split(|b| *b == b',') {
+                let value = parse_length(value.trim_ascii()).ok_or(BadResponse)?;
+                if length.is_some_and(|seen| seen != value) {
+                    return Err(BadResponse);
+                }
+                length = Some(value);
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+            chunked = header
+                .value
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .rfind(|c| !c.is_empty())
+                .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in header.value.split(|b| *b == b',') {
+                close |= token.trim_ascii().eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.trim_ascii().eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    if transfer_encoding && length.is_some() {
+        return Err(BadResponse);
+    }
+    let framing = if informational || exchange.head_method || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if transfer_encoding {
+        Framing::UntilClose
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    let reusable = framing != Framing::UntilClose && !close && (version == 1 || keep_alive_token);
+    let dechunk = framing == Framing::Chunked && exchange.http10;
+    let keep_alive = exchange.keep_alive && framing != Framing::UntilClose && !dechunk;
+    let response = Response {
+        head_len,
+        status,
+        framing,
+        informational,
+        reusable,
+        keep_alive,
+        dechunk,
+    };
+    out.clear();
+    if informational && exchange.http10 {
+        return Ok(Some(response)); // RFC 9110 §15.2: never to an HTTP/1.0 client
+    }
+    let _ = write!(out, "HTTP/1.1 {status} ");
+    out.extend_from_slice(parsed.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let nominated = |name: &str| {
+        parsed
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    };
+    for header in parsed.headers.iter() {
+        let name = header.name;
+        let skipped = HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || (dechunk && name.eq_ignore_ascii_case("transfer-encoding"))
+            || name.eq_ignore_ascii_case("content-length")
+            || (!is_framing(name) && nominated(name));
+        if skipped {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(header.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(length) = length {
+        let _ = write!(out, "content-length: {length}\r\n");
+    }
+    if !informational {
+        if let Some(header) = exchange.affinity {
+            out.extend_from_slice(header.name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(header.value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        match (keep_alive, exchange.http10) {
+            (false, _) => out.extend_from_slice(b"connection: close\r\n"),
+            (true, true) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+            (true, false) => {}
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(response))
+}
+
+/// Hop-by-hop fields of a response (RFC 9110 §7.6.1); `Transfer-Encoding` stays with a body
+/// relayed chunked as it came.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn is_framing(name: &str) -> bool {
+    name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAIN: Exchange<'static> = Exchange {
+        head_method: false,
+        http10: false,
+        keep_alive: true,
+        affinity: None,
+    };
+
+    fn parse_text(raw: &str, exchange: &Exchange<'_>) -> (Response, String) {
+        let mut out = Vec::new();
+        let response = parse(raw.as_bytes(), exchange, &mut out)
+            .expect("valid")
+            .expect("complete");
+        (response, String::from_utf8(out).expect("text"))
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_from_the_requests_point_of_view() {
+        let framing = |raw: &str, exchange: &Exchange<'_>| parse_text(raw, exchange).0.framing;
+        let head = Exchange {
+            head_method: true,
+            ..PLAIN
+        };
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", &PLAIN),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", &head),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                &PLAIN
+            ),
+            Framing::Chunked
+        );
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\n\r\n", &PLAIN),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\n\r\n", &PLAIN),
+            Framing::UntilClose
+        );
+        let (response, _) = parse_text("HTTP/1.1 200 OK\r\n\r\n", &PLAIN);
+        assert!(!response.keep_alive && !response.reusable);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_dropped_and_gantrys_own_added() {
+        let cookie = AffinityHeader {
+            name: http::HeaderName::from_static("set-cookie"),
+            value: http::HeaderValue::from_static("g=1"),
+        };
+        let exchange = Exchange {
+            affinity: Some(&cookie),
+            ..PLAIN
+        };
+        let (response, head) = parse_text(
+            "HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 2\r\nContent-Length: 2, 2\r\n\r\nhi",
+            &exchange,
+        );
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nX-Kept: 2\r\ncontent-length: 2\r\nset-cookie: g=1\r\n\r\n"
+        );
+        assert!(response.reusable && response.keep_alive);
+    }
+
+    #[test]
+    fn an_http10_client_gets_a_chunked_body_decoded_and_no_1xx() {
+        let old = Exchange {
+            http10: true,
+            ..PLAIN
+        };
+        let (response, head) = parse_text(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &old,
+        );
+        assert!(response.dechunk && !response.keep_alive);
+        assert_eq!(head, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+        let (response, head) = parse_text("HTTP/1.1 100 Continue\r\n\r\n", &old);
+        assert!(response.informational);
+        assert!(head.is_empty());
+    }
+
+    #[test]
+    fn unframeable_responses_are_bad_gateways() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse(raw.as_bytes(), &PLAIN, &mut Vec::new()).err(),
+                Some(BadResponse),
+                "{raw:?}"
+            );
+        }
+    }
+}
