@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
+DURATION=${DURATION%s}  # compare.sh passes wrk's form, e.g. 10s
 FLOWS=${FLOWS:-32}
 ENVOY=${ENVOY:-1}
 

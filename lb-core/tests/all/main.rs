@@ -15,6 +15,7 @@ mod kubernetes_policies;
 mod limits;
 mod policies;
 mod refused_reload;
+mod relay;
 mod reload;
 mod sandbox;
 mod source_ranges;
