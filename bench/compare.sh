@@ -115,60 +115,72 @@ services:
         tls: { certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem" }] }
 EOF
 
-taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!)
-taskset -c 0 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
-taskset -c 0 "$GANTRY" --log-level warn run --config "$work/gantry.yaml" & pids+=($!)
-taskset -c 0 "$PINGORA" "127.0.0.1:$P_HTTP" "127.0.0.1:$ORIGIN" 2>/dev/null & pids+=($!)
+taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!); NGINX_PID=$!
+taskset -c 0 haproxy -f "$work/haproxy.cfg" -db & pids+=($!); HAPROXY_PID=$!
+taskset -c 0 "$GANTRY" --log-level warn run --config "$work/gantry.yaml" & pids+=($!); GANTRY_PID=$!
+taskset -c 0 "$PINGORA" "127.0.0.1:$P_HTTP" "127.0.0.1:$ORIGIN" 2>/dev/null & pids+=($!); PINGORA_PID=$!
 for port in $ORIGIN $H_HTTP $H_TCP $H_TLS $G_HTTP $G_NATIVE $G_TCP $G_TLS $P_HTTP; do wait_port "$port"; done
 
-# Prints "req/s p50_ms p99_ms" for one wrk run.
+# CPU time (user + system, clock ticks) process $1 has used so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# Prints "req/s p50_ms p99_ms cpu_us_per_request" for one wrk run against $2, the CPU being
+# that of process $1 (the proxy under test; the origin for the direct row).
 measure() {
-  local url=$1; shift
-  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" 2>&1 | python3 -c '
+  local pid=$1 url=$2; shift 2
+  local before after out
+  before=$(cpu_ticks "$pid")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" 2>&1)
+  after=$(cpu_ticks "$pid")
+  echo "$out" | python3 -c '
 import re, sys
 text = sys.stdin.read()
+ticks = int(sys.argv[2]) - int(sys.argv[1])
+hz = int(sys.argv[3])
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 def ms(v):
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
     return float(m.group(1)) * UNITS[m.group(2)] if m else None
 rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+total = re.search(r"(\d+) requests in", text)
 # Anchored: "89.50%" in the stdev column also ends in "50%".
 p50 = re.search(r"^\s+50%\s+(\S+)", text, re.M)
 p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M)
 values = [float(rps.group(1)) if rps else None] + [ms(m.group(1)) if m else None for m in (p50, p99)]
-if None in values:
+if None in values or not total or int(total.group(1)) == 0:
     # A run that cannot be read is left out of the median, and shown.
     sys.stderr.write("unreadable wrk output:\n" + text + "\n")
     sys.exit(0)
+cpu_us = ticks * 1e6 / hz / int(total.group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", text)
-print(f"{values[0]:.0f} {values[1]:.3f} {values[2]:.3f}" + (" ERRORS" if errors else ""))'
+print(f"{values[0]:.0f} {values[1]:.3f} {values[2]:.3f} {cpu_us:.2f}" + (" ERRORS" if errors else ""))' "$before" "$after" "$(getconf CLK_TCK)"
 }
 
 # Median, per column, of ROUNDS measurements.
 median_of_rounds() {
-  local url=$1; shift
-  for _ in $(seq 1 "$ROUNDS"); do measure "$url" "$@"; done | python3 -c '
+  local pid=$1 url=$2; shift 2
+  for _ in $(seq 1 "$ROUNDS"); do measure "$pid" "$url" "$@"; done | python3 -c '
 import statistics, sys
 rows = [line.split() for line in sys.stdin if line.strip()]
 if not rows:
-    print("0 0 0 ERRORS")
+    print("0 0 0 0 ERRORS")
     sys.exit(0)
-flag = " ERRORS" if any(len(r) > 3 for r in rows) else ""
-cols = [statistics.median(float(r[i]) for r in rows) for i in range(3)]
-print(f"{cols[0]:.0f} {cols[1]:.3f} {cols[2]:.3f}{flag}")'
+flag = " ERRORS" if any(len(r) > 4 for r in rows) else ""
+cols = [statistics.median(float(r[i]) for r in rows) for i in range(4)]
+print(f"{cols[0]:.0f} {cols[1]:.3f} {cols[2]:.3f} {cols[3]:.2f}{flag}")'
 }
 
 close=(-H "Connection: close")
 declare -A result
-result[http_direct]=$(median_of_rounds "http://127.0.0.1:$ORIGIN/")
-result[http_haproxy]=$(median_of_rounds "http://127.0.0.1:$H_HTTP/")
-result[http_pingora]=$(median_of_rounds "http://127.0.0.1:$P_HTTP/")
-result[http_gantry]=$(median_of_rounds "http://127.0.0.1:$G_HTTP/")
-result[http_native]=$(median_of_rounds "http://127.0.0.1:$G_NATIVE/")
-result[tcp_haproxy]=$(median_of_rounds "http://127.0.0.1:$H_TCP/")
-result[tcp_gantry]=$(median_of_rounds "http://127.0.0.1:$G_TCP/")
-result[tls_haproxy]=$(median_of_rounds "https://127.0.0.1:$H_TLS/" "${close[@]}")
-result[tls_gantry]=$(median_of_rounds "https://127.0.0.1:$G_TLS/" "${close[@]}")
+result[http_direct]=$(median_of_rounds "$NGINX_PID" "http://127.0.0.1:$ORIGIN/")
+result[http_haproxy]=$(median_of_rounds "$HAPROXY_PID" "http://127.0.0.1:$H_HTTP/")
+result[http_pingora]=$(median_of_rounds "$PINGORA_PID" "http://127.0.0.1:$P_HTTP/")
+result[http_gantry]=$(median_of_rounds "$GANTRY_PID" "http://127.0.0.1:$G_HTTP/")
+result[http_native]=$(median_of_rounds "$GANTRY_PID" "http://127.0.0.1:$G_NATIVE/")
+result[tcp_haproxy]=$(median_of_rounds "$HAPROXY_PID" "http://127.0.0.1:$H_TCP/")
+result[tcp_gantry]=$(median_of_rounds "$GANTRY_PID" "http://127.0.0.1:$G_TCP/")
+result[tls_haproxy]=$(median_of_rounds "$HAPROXY_PID" "https://127.0.0.1:$H_TLS/" "${close[@]}")
+result[tls_gantry]=$(median_of_rounds "$GANTRY_PID" "https://127.0.0.1:$G_TLS/" "${close[@]}")
 
 echo
 echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(haproxy -v | head -1 | cut -d' ' -f1-3); wrk -t1 -c$CONNECTIONS -d$DURATION, median of $ROUNDS"
@@ -178,7 +190,7 @@ python3 - "${pairs[@]}" <<'EOF'
 import sys
 pairs = sys.argv[1:]
 r = {pairs[i]: pairs[i + 1].split() for i in range(0, len(pairs), 2)}
-print(f"{'test':<22}{'target':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   gantry/haproxy")
+print(f"{'test':<22}{'target':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>11}   gantry/haproxy")
 names = {"http": "http keep-alive", "tcp": "tcp (http over L4)", "tls": "tls new conn/s"}
 for test in ("http", "tcp", "tls"):
     for target in ("direct", "haproxy", "pingora", "native", "gantry"):
@@ -188,14 +200,14 @@ for test in ("http", "tcp", "tls"):
         note = ""
         if target == "gantry":
             h = r[f"{test}_haproxy"]
-            note = f"   req/s x{float(row[0]) / float(h[0]):.2f}, p50 x{float(row[1]) / float(h[1]):.2f}, p99 x{float(row[2]) / float(h[2]):.2f}"
+            note = f"   req/s x{float(row[0]) / float(h[0]):.2f}, cpu/req x{float(row[3]) / float(h[3]):.2f}, p50 x{float(row[1]) / float(h[1]):.2f}, p99 x{float(row[2]) / float(h[2]):.2f}"
             if f"{test}_pingora" in r:
                 note += f"  (req/s x{float(row[0]) / float(r[test + '_pingora'][0]):.2f} of pingora alone)"
             if f"{test}_native" in r:
                 note += f"  (Wasm balancer: req/s x{float(row[0]) / float(r[test + '_native'][0]):.2f} of native)"
-        if len(row) > 3:
+        if len(row) > 4:
             note += "  (errors!)"
-        print(f"{names[test]:<22}{target:<9}{float(row[0]):>10.0f}{float(row[1]):>9.3f}{float(row[2]):>9.3f}{note}")
+        print(f"{names[test]:<22}{target:<9}{float(row[0]):>10.0f}{float(row[1]):>9.3f}{float(row[2]):>9.3f}{float(row[3]):>11.2f}{note}")
 EOF
 
 # UDP has no HAProxy to compare with: its row comes from bench/udp.sh (nginx `stream`, Envoy).

@@ -377,6 +377,8 @@ impl Run<'_> {
             } else {
                 Instant::now() + timeouts.upstream_read
             };
+            // Room for a whole small response in one read (an empty buffer would read 64 bytes).
+            upstream_in.reserve(READ_CHUNK);
             tokio::select! {
                 read = tokio::time::timeout_at(answer_by, from_backend.read_buf(upstream_in)) => {
                     match read {

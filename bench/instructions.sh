@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Instructions per proxied HTTP/1.1 keep-alive request, Gantry beside HAProxy: a figure that
+# does not move with the shared machine's noise. Each proxy runs under valgrind's callgrind;
+# after a warm-up, its counters are zeroed, REQUESTS requests are sent (h2load --h1, over
+# CONNECTIONS kept-alive connections), and the counters dumped: instructions (Ir) in that
+# window divided by REQUESTS. Everything the process executed counts: user-space code and
+# libraries, not the kernel's share (callgrind does not see it).
+#
+#   bash bench/instructions.sh              # REQUESTS=20000 CONNECTIONS=10
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-20000}
+CONNECTIONS=${CONNECTIONS:-10}
+
+need=()
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+if [ "${#need[@]}" -gt 0 ]; then
+  sudo_if() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+  sudo_if apt-get update -qq
+  sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+bash .ci/setup
+cargo build --release --locked -p lb-core --bin gantry >&2
+GANTRY=$PWD/target/release/gantry
+
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
+ORIGIN=$(free_port); ADMIN=$(free_port); G_HTTP=$(free_port); H_HTTP=$(free_port)
+
+mkdir -p "$work/nginx"
+cat > "$work/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx/pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/nginx;
+  server {
+    listen 127.0.0.1:$ORIGIN;
+    location / { return 200 "hello from the origin\n"; }
+  }
+}
+EOF
+
+cat > "$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend http
+  bind 127.0.0.1:$H_HTTP
+  option forwardfor
+  default_backend origin
+backend origin
+  server o 127.0.0.1:$ORIGIN
+EOF
+
+cat > "$work/gantry.yaml" <<EOF
+admin: { listen: "127.0.0.1:$ADMIN" }
+runtime: { workers: 1 }
+services:
+  - name: bench
+    address: 127.0.0.1
+    ports:
+      - { name: http, port: $G_HTTP, protocol: http, backends: ["127.0.0.1:$ORIGIN"], balancer: { policy: "native:round-robin" } }
+EOF
+
+nginx -c "$work/nginx.conf" & pids+=($!)
+wait_port "$ORIGIN"
+
+# Instructions per request of the process under callgrind listening on port $2 (label $1).
+count() {
+  local label=$1 port=$2; shift 2
+  local out="$work/callgrind.$label"
+  valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$@" >"$work/$label.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 1 600); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  # Warm-up: connections, pools and lazily built state exist before counting starts.
+  h2load --h1 -n 2000 -c "$CONNECTIONS" "http://127.0.0.1:$port/" >/dev/null
+  callgrind_control --zero "$pid" >/dev/null 2>&1
+  local done
+  done=$(h2load --h1 -n "$REQUESTS" -c "$CONNECTIONS" "http://127.0.0.1:$port/" | sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p')
+  callgrind_control --dump="$label" "$pid" >/dev/null 2>&1
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local instructions
+  # The dump asked for above (not the one valgrind writes at exit).
+  instructions=$(grep -l "^desc: Trigger: dump" "$out".* | head -1 \
+    | xargs sed -n 's/^\(summary\|totals\): \([0-9]*\).*/\2/p' | head -1)
+  if [ -z "$instructions" ] || [ "${done:-0}" -ne "$REQUESTS" ]; then
+    echo "$label: counting failed (succeeded: ${done:-?} of $REQUESTS)" >&2
+    exit 1
+  fi
+  echo "$label $((instructions / REQUESTS))"
+}
+
+echo "$(date -u +%Y-%m-%d) $(haproxy -v | head -1 | cut -d' ' -f1-3); h2load --h1 -n $REQUESTS -c $CONNECTIONS; instructions per request (callgrind Ir)"
+haproxy_ir=$(count haproxy "$H_HTTP" haproxy -f "$work/haproxy.cfg" -db)
+gantry_ir=$(count gantry "$G_HTTP" "$GANTRY" --log-level warn run --config "$work/gantry.yaml")
+echo "$haproxy_ir"
+echo "$gantry_ir"
+python3 - "${haproxy_ir#* }" "${gantry_ir#* }" <<'EOF'
+import sys
+h, g = (int(v) for v in sys.argv[1:])
+print(f"gantry / haproxy: x{g / h:.2f} instructions per request")
+EOF
