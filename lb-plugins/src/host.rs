@@ -15,6 +15,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 
 use super::bindings::{v1, v2};
+use super::ticker::CallActivity;
 
 /// Log lines one instance may write per second; the rest are dropped (and counted in the
 /// last line of the next second).
@@ -69,11 +70,13 @@ pub struct HostState {
     log_window: Instant,
     log_lines: u32,
     log_dropped: u32,
+    /// Calls in flight on the engine, for the epoch ticker.
+    pub(crate) activity: Arc<CallActivity>,
 }
 
 impl HostState {
     /// State for an instance of `plugin` with at most `memory_bytes` of linear memory.
-    pub fn new(plugin: Arc<str>, memory_bytes: u64) -> Self {
+    pub(crate) fn new(plugin: Arc<str>, memory_bytes: u64, activity: Arc<CallActivity>) -> Self {
         HostState {
             table: ResourceTable::new(),
             // One component instance holds several core instances (the guest and its WASI
@@ -90,6 +93,7 @@ impl HostState {
             log_window: Instant::now(),
             log_lines: 0,
             log_dropped: 0,
+            activity,
         }
     }
 

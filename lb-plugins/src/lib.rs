@@ -29,6 +29,7 @@ mod host;
 mod policy;
 pub mod sandbox;
 mod stores;
+mod ticker;
 mod v1;
 mod v2;
 mod wasi;
@@ -109,6 +110,12 @@ pub struct PluginHost {
 }
 
 impl PluginHost {
+    /// Whether the epoch ticker is parked: no plugin call has run for a second, so nothing
+    /// wakes the process a thousand times a second.
+    pub fn epoch_ticker_idle(&self) -> bool {
+        self.sandbox.ticker_idle()
+    }
+
     /// A host whose instances are capped by `limits`, serving `workers` worker threads (a
     /// 0.2.0 plugin has one instance per worker). Compiles in memory only.
     pub fn new(

@@ -10,9 +10,7 @@
 //! naming the import, before it can run.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use std::path::PathBuf;
 
@@ -26,6 +24,7 @@ use wasmtime::{
 use super::bindings::{v1, v2};
 use super::host::HostState;
 use super::stores::Stores;
+use super::ticker::{CallActivity, EpochTicker};
 use super::wasi::SandboxWorld;
 use super::PluginError;
 
@@ -46,8 +45,6 @@ fn cache_folder(cache: &PluginCache) -> Option<PathBuf> {
             .or_else(|| env("HOME").map(|d| PathBuf::from(d).join(".cache").join("gantry"))),
     }
 }
-
-use super::stores::EPOCH_TICK;
 
 /// Instance slots in the pool. Plugins built against 0.2.0 take one per worker thread per
 /// plugin (and one briefly to check a port's parameters); 0.1.0 plugins, one per worker thread
@@ -124,9 +121,10 @@ impl Sandbox {
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         v2::BalancerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
-        let ticker = EpochTicker::start(engine.clone());
+        let activity = Arc::new(CallActivity::default());
+        let ticker = EpochTicker::start(engine.clone(), activity.clone());
         Ok(Sandbox {
-            stores: Stores::new(engine.clone(), limits),
+            stores: Stores::new(engine.clone(), limits, activity),
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
@@ -196,40 +194,8 @@ impl Sandbox {
         }
     }
 
-    /// True while the ticker runs (it stops when the sandbox is dropped).
-    pub fn ticking(&self) -> bool {
-        !self.ticker.stop.load(Ordering::Relaxed)
-    }
-}
-
-/// A thread that advances the engine's epoch every [`EPOCH_TICK`].
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    fn start(engine: Engine) -> EpochTicker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("gantry-plugin-epoch".into())
-            .spawn(move || {
-                while !stopping.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .ok();
-        EpochTicker { stop, thread }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    /// Whether the epoch ticker is parked, no call having run for a while.
+    pub fn ticker_idle(&self) -> bool {
+        self.ticker.idle()
     }
 }

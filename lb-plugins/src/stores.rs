@@ -14,6 +14,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 
 use super::cpu::{self, Expiry};
 use super::host::HostState;
+use super::ticker::{CallActivity, CallGuard};
 
 /// How often the engine's epoch advances: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -58,14 +59,17 @@ impl Deadlines {
 #[derive(Clone)]
 pub(crate) struct Stores {
     engine: Engine,
+    /// Calls in flight, for the epoch ticker.
+    activity: Arc<CallActivity>,
     deadlines: Arc<Deadlines>,
     memory_bytes: u64,
 }
 
 impl Stores {
-    pub(crate) fn new(engine: Engine, limits: &PluginLimits) -> Self {
+    pub(crate) fn new(engine: Engine, limits: &PluginLimits, activity: Arc<CallActivity>) -> Self {
         Stores {
             engine,
+            activity,
             deadlines: Arc::new(Deadlines::new(limits)),
             memory_bytes: limits.memory_bytes,
         }
@@ -79,7 +83,10 @@ impl Stores {
     /// A store for an instance of `plugin`: its memory capped, its calls' deadlines counted
     /// in the plugin's own CPU time.
     pub(crate) fn new_store(&self, plugin: Arc<str>) -> Store<HostState> {
-        let mut store = Store::new(&self.engine, HostState::new(plugin, self.memory_bytes));
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(plugin, self.memory_bytes, self.activity.clone()),
+        );
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut cx| {
             let state = cx.data_mut();
@@ -98,12 +105,15 @@ impl Stores {
     }
 }
 
-/// Starts a call on `store` that may use `budget` of CPU time.
-pub(crate) fn begin_call(store: &mut Store<HostState>, budget: Duration) {
+/// Starts a call on `store` that may use `budget` of CPU time; it is in flight (the epoch
+/// ticks for it) until the guard is dropped.
+pub(crate) fn begin_call(store: &mut Store<HostState>, budget: Duration) -> CallGuard {
     let state = store.data_mut();
     state.budget = budget;
     state.cpu_mark = None;
+    let guard = state.activity.begin();
     store.set_epoch_deadline(ticks_for(budget));
+    guard
 }
 
 /// Epoch ticks a call may run for, given its deadline: one more than the deadline covers, as

@@ -159,7 +159,7 @@ impl<W: World> Recipe<W> {
         let failed = |e: wasmtime::Error| Setup::Failed(format!("{e:#}"));
         let mut store = self.stores.new_store(self.name.clone());
         store.data_mut().set_context(&context);
-        begin_call(&mut store, self.stores.deadlines().setup());
+        let _call = begin_call(&mut store, self.stores.deadlines().setup());
         let bindings = W::instantiate(&self.pre, &mut store).map_err(failed)?;
         let settings = bindings
             .configure(&mut store, &self.params)
@@ -321,7 +321,7 @@ fn run<W: World, R>(
     call: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<R>,
 ) -> Result<R, FaultKind> {
     let Instance { store, bindings } = instance;
-    begin_call(store, budget);
+    let _call = begin_call(store, budget);
     let result = match headers {
         Some(headers) => CURRENT_HEADERS.set(headers, || call(bindings, store)),
         None => call(bindings, store),

@@ -216,7 +216,7 @@ impl<W: World> Shared<W> {
 
     fn instantiate(&self) -> wasmtime::Result<Instance<W>> {
         let mut store = self.stores.new_store(self.name.clone());
-        begin_call(&mut store, self.stores.deadlines().setup());
+        let _call = begin_call(&mut store, self.stores.deadlines().setup());
         let bindings = W::instantiate(&self.pre, &mut store)?;
         Ok(Instance { store, bindings })
     }
@@ -233,7 +233,7 @@ impl<W: World> Shared<W> {
         };
         let mut scratch = self.instantiate().map_err(invalid)?;
         let Instance { store, bindings } = &mut scratch;
-        begin_call(store, self.stores.deadlines().setup());
+        let _call = begin_call(store, self.stores.deadlines().setup());
         let (policy, settings) = bindings
             .configure(store, &parameters(params))
             .map_err(invalid)?
@@ -369,7 +369,7 @@ impl<W: World> PortPolicy<W> {
         };
         let inputs = self.inputs.load();
         store.data_mut().set_context(&inputs.context);
-        begin_call(store, self.shared.stores.deadlines().setup());
+        let _call = begin_call(store, self.shared.stores.deadlines().setup());
         let made = match bindings.configure(store, &self.params) {
             Ok(Ok((resource, _))) => {
                 if inputs.backends.is_empty() {
@@ -440,7 +440,7 @@ impl<W: World> PortPolicy<W> {
             return Err(FaultKind::Instantiate);
         };
         store.data_mut().set_context(&self.inputs.load().context);
-        begin_call(store, self.shared.stores.deadlines().call());
+        let _call = begin_call(store, self.shared.stores.deadlines().call());
         let result = match headers {
             Some(headers) => CURRENT_HEADERS.set(headers, || call(bindings, store, resource)),
             None => call(bindings, store, resource),
@@ -469,7 +469,7 @@ impl<W: World> PortPolicy<W> {
                 continue;
             };
             store.data_mut().set_context(&self.inputs.load().context);
-            begin_call(store, self.shared.stores.deadlines().setup());
+            let _call = begin_call(store, self.shared.stores.deadlines().setup());
             if let Err(err) = bindings.set_backends(store, resource, &set) {
                 slot.discard();
                 return Err(classify(&err));
@@ -496,7 +496,7 @@ impl<W: World> Drop for PortPolicy<W> {
             let Some(Instance { store, .. }) = slot.instance.as_mut() else {
                 continue;
             };
-            begin_call(store, self.shared.stores.deadlines().setup());
+            let _call = begin_call(store, self.shared.stores.deadlines().setup());
             if resource.resource_drop(&mut *store).is_err() {
                 // A destructor that traps or overruns takes its instance along.
                 slot.discard();

@@ -168,3 +168,23 @@ fn a_call_that_works_past_its_budget_is_interrupted() {
         "interrupted well before its work was done, after {took:?}"
     );
 }
+
+#[test]
+fn the_epoch_ticker_rests_while_no_call_runs_and_wakes_for_the_next_one() {
+    // 200 ms of work per pick under a 4 ms deadline: interrupted only if the epoch ticks.
+    let model = model(200_000, 4);
+    let (host, balancer, seen) = balancer(&model);
+    // Building the balancer made calls; a second without any parks the ticker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !host.epoch_ticker_idle() {
+        assert!(Instant::now() < deadline, "the ticker never rested");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let answer = pick(balancer.as_ref());
+    assert_eq!(
+        seen.faults(FaultKind::Deadline),
+        1,
+        "the call woke the ticker, and its deadline fired"
+    );
+    assert!(answer.is_some(), "the native round-robin answered instead");
+}
