@@ -7,13 +7,15 @@
 # One nginx origin on loopback serves a small response. wrk drives, in turn:
 #   http   HTTP/1.1 keep-alive requests: direct to nginx, through HAProxy, through pingora
 #          alone (lb-core/examples/pingora_baseline.rs: pingora's server and the smallest
-#          proxy), and through Gantry, which is built on pingora
+#          proxy), and through Gantry (its own HTTP/1 relay)
 #   tcp    the same HTTP traffic through a layer-4 proxy (HAProxy `mode tcp`, Gantry `tcp`)
 #   tls    a new TLS connection per request (`Connection: close`), ECDSA P-256, TLS 1.3
+#   h2     HTTP/2 over TLS (h2load: 10 connections x 10 streams), through pingora's h2 in Gantry
 #   udp    bench/udp.sh, run last: beside nginx `stream` and Envoy `udp_proxy`
 # Each proxy runs one worker thread pinned to CPU 0; wrk and nginx share CPU 1, so the proxy's
 # own cost decides its figures. Each cell is the median of ROUNDS runs. The last column is
-# Gantry / HAProxy (higher is better for req/s, lower for latency).
+# Gantry / HAProxy (higher is better for req/s, lower for latency and CPU per request). The CPU
+# column is the proxy's user + system time over the run divided by the requests completed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,14 +24,14 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 
 need=()
-for tool in haproxy nginx wrk openssl taskset python3; do
+for tool in haproxy nginx wrk h2load openssl taskset python3; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ "${#need[@]}" -gt 0 ]; then
-  echo "installing haproxy nginx-light wrk openssl (missing: ${need[*]})" >&2
+  echo "installing haproxy nginx-light wrk openssl nghttp2-client (missing: ${need[*]})" >&2
   sudo_if() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
   sudo_if apt-get update -qq
-  sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light wrk openssl util-linux
+  sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light wrk openssl util-linux nghttp2-client
 fi
 bash .ci/setup
 cargo build --release --locked -p lb-core --bin gantry --example pingora_baseline >&2
@@ -41,7 +43,7 @@ source bench/lib.sh
 
 ORIGIN=$(free_port); ADMIN=$(free_port)
 G_HTTP=$(free_port); G_NATIVE=$(free_port); G_TCP=$(free_port); G_TLS=$(free_port)
-H_HTTP=$(free_port); H_TCP=$(free_port); H_TLS=$(free_port)
+H_HTTP=$(free_port); H_TCP=$(free_port); H_TLS=$(free_port); H_H2=$(free_port)
 P_HTTP=$(free_port)
 
 # One certificate for both proxies.
@@ -51,40 +53,20 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
 
 mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx/pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work/nginx;
-  server {
-    listen 127.0.0.1:$ORIGIN;
-    location / { return 200 "hello from the origin\n"; }
-  }
-}
-EOF
+origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"
 
-cat > "$work/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 8000
-  ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
+{ haproxy_conf_head; cat <<EOF; } > "$work/haproxy.cfg"
 frontend http
   bind 127.0.0.1:$H_HTTP
   option forwardfor
   default_backend origin
 frontend tls
   bind 127.0.0.1:$H_TLS ssl crt $work/haproxy.pem alpn http/1.1
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https
+  default_backend origin
+frontend h2
+  bind 127.0.0.1:$H_H2 ssl crt $work/haproxy.pem alpn h2,http/1.1
   option forwardfor
   http-request set-header X-Forwarded-Proto https
   default_backend origin
@@ -96,13 +78,7 @@ listen tcp
   server o 127.0.0.1:$ORIGIN
 EOF
 
-cat > "$work/gantry.yaml" <<EOF
-admin: { listen: "127.0.0.1:$ADMIN" }
-runtime: { workers: 1 }
-services:
-  - name: bench
-    address: 127.0.0.1
-    ports:
+{ gantry_conf_head "$ADMIN"; cat <<EOF; } > "$work/gantry.yaml"
       # The default balancer, builtin:round-robin, is a Wasm plugin; http-native is the same
       # round-robin in Rust, so the pair shows what the plugin call costs end to end.
       - { name: http, port: $G_HTTP, protocol: http, backends: ["127.0.0.1:$ORIGIN"] }
@@ -119,7 +95,7 @@ taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!); NGINX_PID=$!
 taskset -c 0 haproxy -f "$work/haproxy.cfg" -db & pids+=($!); HAPROXY_PID=$!
 taskset -c 0 "$GANTRY" --log-level warn run --config "$work/gantry.yaml" & pids+=($!); GANTRY_PID=$!
 taskset -c 0 "$PINGORA" "127.0.0.1:$P_HTTP" "127.0.0.1:$ORIGIN" 2>/dev/null & pids+=($!); PINGORA_PID=$!
-for port in $ORIGIN $H_HTTP $H_TCP $H_TLS $G_HTTP $G_NATIVE $G_TCP $G_TLS $P_HTTP; do wait_port "$port"; done
+for port in $ORIGIN $H_HTTP $H_TCP $H_TLS $H_H2 $G_HTTP $G_NATIVE $G_TCP $G_TLS $P_HTTP; do wait_port "$port"; done
 
 # CPU time (user + system, clock ticks) process $1 has used so far.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -156,10 +132,39 @@ errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", text)
 print(f"{values[0]:.0f} {values[1]:.3f} {values[2]:.3f} {cpu_us:.2f}" + (" ERRORS" if errors else ""))' "$before" "$after" "$(getconf CLK_TCK)"
 }
 
+# The same four columns for one h2load run (HTTP/2 over TLS, ALPN h2): 10 connections of 10
+# streams each. h2load gives no percentiles: the p50 column holds the mean, p99 the maximum.
+measure_h2() {
+  local pid=$1 url=$2; shift 2
+  local before after out
+  before=$(cpu_ticks "$pid")
+  out=$(taskset -c 1 h2load -c 10 -m 10 -D "$DURATION" "$url" 2>&1)
+  after=$(cpu_ticks "$pid")
+  echo "$out" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+ticks = int(sys.argv[2]) - int(sys.argv[1])
+hz = int(sys.argv[3])
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+def ms(v):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
+    return float(m.group(1)) * UNITS[m.group(2)] if m else None
+rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text)
+done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+times = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", text)
+if not (rate and done and times) or int(done.group(1)) == 0:
+    sys.stderr.write("unreadable h2load output:\n" + text + "\n")
+    sys.exit(0)
+cpu_us = ticks * 1e6 / hz / int(done.group(1))
+bad = int(done.group(2)) + int(done.group(3))
+print(f"{float(rate.group(1)):.0f} {ms(times.group(3)):.3f} {ms(times.group(2)):.3f} {cpu_us:.2f}" + (" ERRORS" if bad else ""))' "$before" "$after" "$(getconf CLK_TCK)"
+}
+
 # Median, per column, of ROUNDS measurements.
 median_of_rounds() {
-  local pid=$1 url=$2; shift 2
-  for _ in $(seq 1 "$ROUNDS"); do measure "$pid" "$url" "$@"; done | python3 -c '
+  local pid=$1 url=$2 how=measure; shift 2
+  if [ "${1:-}" = --h2 ]; then how=measure_h2; shift; fi
+  for _ in $(seq 1 "$ROUNDS"); do "$how" "$pid" "$url" "$@"; done | python3 -c '
 import statistics, sys
 rows = [line.split() for line in sys.stdin if line.strip()]
 if not rows:
@@ -181,6 +186,8 @@ result[tcp_haproxy]=$(median_of_rounds "$HAPROXY_PID" "http://127.0.0.1:$H_TCP/"
 result[tcp_gantry]=$(median_of_rounds "$GANTRY_PID" "http://127.0.0.1:$G_TCP/")
 result[tls_haproxy]=$(median_of_rounds "$HAPROXY_PID" "https://127.0.0.1:$H_TLS/" "${close[@]}")
 result[tls_gantry]=$(median_of_rounds "$GANTRY_PID" "https://127.0.0.1:$G_TLS/" "${close[@]}")
+result[h2_haproxy]=$(median_of_rounds "$HAPROXY_PID" "https://127.0.0.1:$H_H2/" --h2)
+result[h2_gantry]=$(median_of_rounds "$GANTRY_PID" "https://127.0.0.1:$G_TLS/" --h2)
 
 echo
 echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(haproxy -v | head -1 | cut -d' ' -f1-3); wrk -t1 -c$CONNECTIONS -d$DURATION, median of $ROUNDS"
@@ -191,8 +198,8 @@ import sys
 pairs = sys.argv[1:]
 r = {pairs[i]: pairs[i + 1].split() for i in range(0, len(pairs), 2)}
 print(f"{'test':<22}{'target':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>11}   gantry/haproxy")
-names = {"http": "http keep-alive", "tcp": "tcp (http over L4)", "tls": "tls new conn/s"}
-for test in ("http", "tcp", "tls"):
+names = {"http": "http keep-alive", "tcp": "tcp (http over L4)", "tls": "tls new conn/s", "h2": "h2 tls (mean/max)"}
+for test in ("http", "tcp", "tls", "h2"):
     for target in ("direct", "haproxy", "pingora", "native", "gantry"):
         row = r.get(f"{test}_{target}")
         if not row:

@@ -33,33 +33,9 @@ source bench/lib.sh
 ORIGIN=$(free_port); ADMIN=$(free_port); G_HTTP=$(free_port); H_HTTP=$(free_port)
 
 mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx/pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work/nginx;
-  server {
-    listen 127.0.0.1:$ORIGIN;
-    location / { return 200 "hello from the origin\n"; }
-  }
-}
-EOF
+origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"
 
-cat > "$work/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
+{ haproxy_conf_head; cat <<EOF; } > "$work/haproxy.cfg"
 frontend http
   bind 127.0.0.1:$H_HTTP
   option forwardfor
@@ -68,13 +44,7 @@ backend origin
   server o 127.0.0.1:$ORIGIN
 EOF
 
-cat > "$work/gantry.yaml" <<EOF
-admin: { listen: "127.0.0.1:$ADMIN" }
-runtime: { workers: 1 }
-services:
-  - name: bench
-    address: 127.0.0.1
-    ports:
+{ gantry_conf_head "$ADMIN"; cat <<EOF; } > "$work/gantry.yaml"
       - { name: http, port: $G_HTTP, protocol: http, backends: ["127.0.0.1:$ORIGIN"], balancer: { policy: "native:round-robin" } }
 EOF
 

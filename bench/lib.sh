@@ -23,3 +23,53 @@ wait_port() {
   echo "nothing listens on port $1" >&2
   exit 1
 }
+
+# An nginx configuration (one worker, no logs) for an origin on 127.0.0.1:$1 that answers
+# every request with a 22-byte body.
+origin_nginx_conf() {
+  cat <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx/pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/nginx;
+  server {
+    listen 127.0.0.1:$1;
+    location / { return 200 "hello from the origin\n"; }
+  }
+}
+CONF
+}
+
+# The head of a one-thread HAProxy configuration; frontends and backends follow.
+haproxy_conf_head() {
+  cat <<CONF
+global
+  nbthread 1
+  maxconn 8000
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+CONF
+}
+
+# The head of a one-worker Gantry configuration with its admin endpoint on 127.0.0.1:$1 and
+# one service, `bench`, on 127.0.0.1; its ports follow, indented under `ports:`.
+gantry_conf_head() {
+  cat <<CONF
+admin: { listen: "127.0.0.1:$1" }
+runtime: { workers: 1 }
+services:
+  - name: bench
+    address: 127.0.0.1
+    ports:
+CONF
+}

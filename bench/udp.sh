@@ -55,13 +55,7 @@ stream {
 }
 EOF
 
-cat > "$work/gantry.yaml" <<EOF
-admin: { listen: "127.0.0.1:$ADMIN" }
-runtime: { workers: 1 }
-services:
-  - name: bench
-    address: 127.0.0.1
-    ports:
+{ gantry_conf_head "$ADMIN"; cat <<EOF; } > "$work/gantry.yaml"
       - { name: udp, port: $G_UDP, protocol: udp, backends: ["127.0.0.1:$ECHO"] }
 EOF
 

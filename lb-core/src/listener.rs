@@ -241,15 +241,32 @@ fn http_header_limit(route: &Route) -> Option<u32> {
         .then_some(route.port.settings.limits.max_header_bytes)
 }
 
-/// A listening socket on `addr`. `freebind` (`IP_FREEBIND`/`IPV6_FREEBIND`) lets it bind an
-/// address not (yet) configured on the host: a load-balancer address from a pool is routed to
-/// the appliance, or added to an interface later, and the listener must not wait for it.
+/// A listening socket on `addr` (see [`bound_socket`]).
 fn bind_socket(addr: SocketAddr, freebind: bool) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    // Rebinding a port whose old connections sit in TIME_WAIT must not fail after a restart.
-    socket.set_reuse_address(true)?;
+    let socket = bound_socket(addr, socket2::Type::STREAM, freebind)?;
     socket.set_tcp_nodelay(true)?;
+    socket.listen(ACCEPT_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A non-blocking TCP (`STREAM`) or UDP (`DGRAM`) socket bound to `addr`. Address reuse is on:
+/// rebinding a port whose old connections sit in TIME_WAIT must not fail after a restart.
+/// `freebind` (`IP_FREEBIND`/`IPV6_FREEBIND`) lets it bind an address not (yet) configured on
+/// the host: a load-balancer address from a pool is routed to the appliance, or added to an
+/// interface later, and the listener must not wait for it.
+pub(crate) fn bound_socket(
+    addr: SocketAddr,
+    kind: socket2::Type,
+    freebind: bool,
+) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let protocol = if kind == Type::DGRAM {
+        Protocol::UDP
+    } else {
+        Protocol::TCP
+    };
+    let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))?;
+    socket.set_reuse_address(true)?;
     if freebind {
         match addr {
             SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
@@ -258,8 +275,7 @@ fn bind_socket(addr: SocketAddr, freebind: bool) -> std::io::Result<TcpListener>
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(ACCEPT_BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket)
 }
 
 async fn accept_loop(

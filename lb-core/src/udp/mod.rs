@@ -33,17 +33,7 @@ const RECEIVE_BUFFER: usize = 65_536;
 
 /// A UDP socket on `addr`; with `freebind` the address need not be configured on the host.
 pub(crate) fn bind(addr: SocketAddr, freebind: bool) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_address(true)?;
-    if freebind {
-        match addr {
-            SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
-            SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
-        }
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
+    let socket = crate::listener::bound_socket(addr, socket2::Type::DGRAM, freebind)?;
     UdpSocket::from_std(socket.into())
 }
 

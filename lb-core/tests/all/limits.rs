@@ -16,7 +16,7 @@ use crate::support::certs::TestCa;
 use crate::support::client::{raw_exchange, read_until_closed, tls_connect, H1, H2};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
-use crate::support::{addr, metric};
+use crate::support::{addr, metric, rejected};
 
 async fn limited(origin: &HttpOrigin) -> lb_core::Gantry {
     Scenario::new()
@@ -29,16 +29,6 @@ async fn limited(origin: &HttpOrigin) -> lb_core::Gantry {
         )
         .start()
         .await
-}
-
-fn rejected(gantry: &lb_core::Gantry, reason: &str) -> f64 {
-    let text = gantry.metrics().render();
-    metric(
-        &text,
-        &format!(
-            "gantry_requests_rejected_total{{port=\"http\",reason=\"{reason}\",service=\"web\"}}"
-        ),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,8 +63,8 @@ async fn oversized_heads_and_too_many_headers_get_431_and_never_reach_the_backen
         1,
         "only the acceptable request was forwarded"
     );
-    assert_eq!(rejected(&gantry, "header_too_large"), 1.0);
-    assert_eq!(rejected(&gantry, "too_many_headers"), 1.0);
+    assert_eq!(rejected(&gantry, "web", "http", "header_too_large"), 1.0);
+    assert_eq!(rejected(&gantry, "web", "http", "too_many_headers"), 1.0);
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -126,7 +116,7 @@ async fn a_client_trickling_its_request_head_is_answered_408_and_closed() {
          {bytes_by_then} bytes trickled)"
     );
     assert_eq!(origin.requests(), 0);
-    assert_eq!(rejected(&gantry, "header_timeout"), 1.0);
+    assert_eq!(rejected(&gantry, "web", "http", "header_timeout"), 1.0);
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -149,7 +139,7 @@ async fn ambiguous_message_framing_is_refused_and_never_forwarded() {
         );
     }
     assert_eq!(origin.requests(), 0);
-    assert_eq!(rejected(&gantry, "ambiguous_length"), 2.0);
+    assert_eq!(rejected(&gantry, "web", "http", "ambiguous_length"), 2.0);
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 

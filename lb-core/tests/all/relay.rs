@@ -13,22 +13,13 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::support::client::{raw_exchange, read_until_closed, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
-use crate::support::{addr, metric};
+use crate::support::{addr, rejected};
 
 async fn proxied(origin: &HttpOrigin) -> lb_core::Gantry {
     Scenario::new()
         .port("web", Port::http("http").backends(&[origin.addr]))
         .start()
         .await
-}
-
-fn rejected(gantry: &lb_core::Gantry, reason: &str) -> f64 {
-    metric(
-        &gantry.metrics().render(),
-        &format!(
-            "gantry_requests_rejected_total{{port=\"http\",reason=\"{reason}\",service=\"web\"}}"
-        ),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,8 +73,11 @@ async fn requests_http11_forbids_forwarding_are_refused_and_never_reach_the_back
     let answer = raw_exchange(proxy, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
     assert_eq!(origin.requests(), 0, "nothing reached the backend");
-    assert_eq!(rejected(&gantry, "malformed"), malformed.len() as f64);
-    assert_eq!(rejected(&gantry, "method_not_allowed"), 1.0);
+    assert_eq!(
+        rejected(&gantry, "web", "http", "malformed"),
+        malformed.len() as f64
+    );
+    assert_eq!(rejected(&gantry, "web", "http", "method_not_allowed"), 1.0);
     // The same requests made well are served.
     let answer = raw_exchange(
         proxy,

@@ -28,6 +28,18 @@ pub fn addr(gantry: &Gantry, service: &str, port: &str) -> std::net::SocketAddr 
         .unwrap_or_else(|| panic!("no listener {service}/{port}"))
 }
 
+/// Requests refused before a backend on `port` of `service`, for `reason` (a series that
+/// does not exist fails the test, as with [`metric`]).
+#[track_caller]
+pub fn rejected(gantry: &Gantry, service: &str, port: &str, reason: &str) -> f64 {
+    metric(
+        &gantry.metrics().render(),
+        &format!(
+            "gantry_requests_rejected_total{{port=\"{port}\",reason=\"{reason}\",service=\"{service}\"}}"
+        ),
+    )
+}
+
 /// The value of one series in `/metrics` text, e.g.
 /// `gantry_upstream_connect_errors_total{backend="127.0.0.1:1",port="p",service="s"}`. A
 /// series that does not exist fails the test: a missing or renamed series must never read as
