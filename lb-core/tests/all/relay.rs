@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::support::client::{raw_exchange, read_until_closed, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
-use crate::support::{addr, rejected};
+use crate::support::{addr, eventually, rejected};
 
 async fn proxied(origin: &HttpOrigin) -> lb_core::Gantry {
     Scenario::new()
@@ -184,4 +184,38 @@ async fn a_backend_closing_kept_connections_behind_gantrys_back_fails_no_request
     // Each request needed a connection of its own: every stale one was noticed (when taken,
     // or by the retry on a fresh one), none was answered for.
     assert_eq!(connections.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_when_draining_starts_is_answered_then_its_connection_closed() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = proxied(&origin).await;
+    let proxy = addr(&gantry, "web", "http");
+    let mut client = TcpStream::connect(proxy).await.expect("connect");
+    // A keep-alive request, held at the origin.
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("request");
+    eventually("the request to reach the origin", || async {
+        origin.parked() == 1
+    })
+    .await;
+    let shutdown = tokio::spawn({
+        let gantry = gantry.clone();
+        async move { gantry.shutdown(Duration::from_secs(10)).await }
+    });
+    eventually("the listener to stop accepting", || async {
+        TcpStream::connect(proxy).await.is_err()
+    })
+    .await;
+    origin.release(1);
+    // `read_until_closed` fails the test if Gantry keeps the connection open.
+    let answer = read_until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    shutdown.await.expect("shutdown");
 }
