@@ -3,6 +3,7 @@
 #
 #   bash bench/compare.sh                 # ROUNDS=3 DURATION=10s CONNECTIONS=50 by default
 #   ROUNDS=5 DURATION=20s bash bench/compare.sh
+#   WORKERS=2 bash bench/compare.sh     # two worker threads per proxy, nothing pinned
 #
 # One nginx origin on loopback serves a small response. wrk drives, in turn:
 #   http   HTTP/1.1 keep-alive requests: direct to nginx, through HAProxy, through pingora
@@ -22,6 +23,10 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
+# Worker threads of each proxy. With 1, proxies are pinned to CPU 0 and wrk and nginx to CPU 1;
+# with more, nothing is pinned (this is a 2-vCPU machine: everything shares both).
+WORKERS=${WORKERS:-1}
+if [ "$WORKERS" = 1 ]; then PROXY_CPUS=0 LOAD_CPUS=1; else PROXY_CPUS=0-$(($(nproc) - 1)) LOAD_CPUS=$PROXY_CPUS; fi
 
 need=()
 for tool in haproxy nginx wrk h2load openssl taskset python3; do
@@ -55,7 +60,7 @@ cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
 mkdir -p "$work/nginx"
 origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"
 
-{ haproxy_conf_head; cat <<EOF; } > "$work/haproxy.cfg"
+{ haproxy_conf_head "$WORKERS"; cat <<EOF; } > "$work/haproxy.cfg"
 frontend http
   bind 127.0.0.1:$H_HTTP
   option forwardfor
@@ -78,7 +83,7 @@ listen tcp
   server o 127.0.0.1:$ORIGIN
 EOF
 
-{ gantry_conf_head "$ADMIN"; cat <<EOF; } > "$work/gantry.yaml"
+{ gantry_conf_head "$ADMIN" "$WORKERS"; cat <<EOF; } > "$work/gantry.yaml"
       # The default balancer, builtin:round-robin, is a Wasm plugin; http-native is the same
       # round-robin in Rust, so the pair shows what the plugin call costs end to end.
       - { name: http, port: $G_HTTP, protocol: http, backends: ["127.0.0.1:$ORIGIN"] }
@@ -91,10 +96,10 @@ EOF
         tls: { certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem" }] }
 EOF
 
-taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!); NGINX_PID=$!
-taskset -c 0 haproxy -f "$work/haproxy.cfg" -db & pids+=($!); HAPROXY_PID=$!
-taskset -c 0 "$GANTRY" --log-level warn run --config "$work/gantry.yaml" & pids+=($!); GANTRY_PID=$!
-taskset -c 0 "$PINGORA" "127.0.0.1:$P_HTTP" "127.0.0.1:$ORIGIN" 2>/dev/null & pids+=($!); PINGORA_PID=$!
+taskset -c "$LOAD_CPUS" nginx -c "$work/nginx.conf" & pids+=($!); NGINX_PID=$!
+taskset -c "$PROXY_CPUS" haproxy -f "$work/haproxy.cfg" -db & pids+=($!); HAPROXY_PID=$!
+taskset -c "$PROXY_CPUS" "$GANTRY" --log-level warn run --config "$work/gantry.yaml" & pids+=($!); GANTRY_PID=$!
+taskset -c "$PROXY_CPUS" "$PINGORA" "127.0.0.1:$P_HTTP" "127.0.0.1:$ORIGIN" 2>/dev/null & pids+=($!); PINGORA_PID=$!
 for port in $ORIGIN $H_HTTP $H_TCP $H_TLS $H_H2 $G_HTTP $G_NATIVE $G_TCP $G_TLS $P_HTTP; do wait_port "$port"; done
 
 # CPU time (user + system, clock ticks) process $1 has used so far.
@@ -106,7 +111,7 @@ measure() {
   local pid=$1 url=$2; shift 2
   local before after out
   before=$(cpu_ticks "$pid")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" 2>&1)
+  out=$(taskset -c "$LOAD_CPUS" wrk -t"$WORKERS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" 2>&1)
   after=$(cpu_ticks "$pid")
   echo "$out" | python3 -c '
 import re, sys
@@ -138,7 +143,7 @@ measure_h2() {
   local pid=$1 url=$2; shift 2
   local before after out
   before=$(cpu_ticks "$pid")
-  out=$(taskset -c 1 h2load -c 10 -m 10 -D "$DURATION" "$url" 2>&1)
+  out=$(taskset -c "$LOAD_CPUS" h2load -t "$WORKERS" -c 10 -m 10 -D "$DURATION" "$url" 2>&1)
   after=$(cpu_ticks "$pid")
   echo "$out" | python3 -c '
 import re, sys
@@ -190,7 +195,7 @@ result[h2_haproxy]=$(median_of_rounds "$HAPROXY_PID" "https://127.0.0.1:$H_H2/" 
 result[h2_gantry]=$(median_of_rounds "$GANTRY_PID" "https://127.0.0.1:$G_TLS/" --h2)
 
 echo
-echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(haproxy -v | head -1 | cut -d' ' -f1-3); wrk -t1 -c$CONNECTIONS -d$DURATION, median of $ROUNDS"
+echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(haproxy -v | head -1 | cut -d' ' -f1-3); $WORKERS worker(s) each; wrk -t$WORKERS -c$CONNECTIONS -d$DURATION, median of $ROUNDS"
 pairs=()
 for key in "${!result[@]}"; do pairs+=("$key" "${result[$key]}"); done
 python3 - "${pairs[@]}" <<'EOF'
@@ -217,6 +222,9 @@ for test in ("http", "tcp", "tls", "h2"):
         print(f"{names[test]:<22}{target:<9}{float(row[0]):>10.0f}{float(row[1]):>9.3f}{float(row[2]):>9.3f}{float(row[3]):>11.2f}{note}")
 EOF
 
-# UDP has no HAProxy to compare with: its row comes from bench/udp.sh (nginx `stream`, Envoy).
-echo
-ROUNDS=$ROUNDS bash bench/udp.sh
+# UDP has no HAProxy to compare with: its row comes from bench/udp.sh (nginx `stream`, Envoy),
+# one worker each.
+if [ "$WORKERS" = 1 ]; then
+  echo
+  ROUNDS=$ROUNDS bash bench/udp.sh
+fi

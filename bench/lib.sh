@@ -45,11 +45,11 @@ http {
 CONF
 }
 
-# The head of a one-thread HAProxy configuration; frontends and backends follow.
+# The head of a HAProxy configuration with ${1:-1} threads; frontends and backends follow.
 haproxy_conf_head() {
   cat <<CONF
 global
-  nbthread 1
+  nbthread ${1:-1}
   maxconn 8000
   ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
@@ -61,12 +61,12 @@ defaults
 CONF
 }
 
-# The head of a one-worker Gantry configuration with its admin endpoint on 127.0.0.1:$1 and
-# one service, `bench`, on 127.0.0.1; its ports follow, indented under `ports:`.
+# The head of a Gantry configuration with its admin endpoint on 127.0.0.1:$1, ${2:-1} worker
+# threads and one service, `bench`, on 127.0.0.1; its ports follow, indented under `ports:`.
 gantry_conf_head() {
   cat <<CONF
 admin: { listen: "127.0.0.1:$1" }
-runtime: { workers: 1 }
+runtime: { workers: ${2:-1} }
 services:
   - name: bench
     address: 127.0.0.1
