@@ -1,11 +1,20 @@
 # What the benchmark scripts share; sourced, not run. Gives a scratch folder `$work`, a list
 # `pids` of background processes stopped (with the folder removed) when the script exits,
-# `free_port` and `wait_port`.
+# `free_port`, `wait_port`, and the configuration heads the comparisons share.
 
 work=$(mktemp -d)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Five seconds to exit on SIGTERM (pingora's graceful shutdown would take a minute), then
+  # SIGKILL.
+  for _ in $(seq 1 50); do
+    local alive=0
+    for pid in "${pids[@]}"; do if kill -0 "$pid" 2>/dev/null; then alive=1; fi; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
