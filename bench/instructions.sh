@@ -7,6 +7,7 @@
 # libraries, not the kernel's share (callgrind does not see it).
 #
 #   bash bench/instructions.sh              # REQUESTS=20000 CONNECTIONS=10
+#   GANTRY=path/to/gantry bash bench/instructions.sh   # another build (e.g. other settings)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,9 +24,11 @@ if [ "${#need[@]}" -gt 0 ]; then
   sudo_if apt-get update -qq
   sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
-bash .ci/setup
-cargo build --release --locked -p lb-core --bin gantry >&2
-GANTRY=$PWD/target/release/gantry
+if [ -z "${GANTRY:-}" ]; then
+  bash .ci/setup
+  cargo build --release --locked -p lb-core --bin gantry >&2
+  GANTRY=$PWD/target/release/gantry
+fi
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh

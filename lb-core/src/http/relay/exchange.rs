@@ -289,6 +289,10 @@ impl Run<'_> {
                 }
                 Err(failure) => {
                     let outcome = match failure {
+                        // A kept connection the backend had closed says nothing of its health.
+                        Failure::Backend {
+                            dead_reuse: true, ..
+                        } if reused => None,
                         Failure::Backend {
                             timed_out: true, ..
                         } => Some(Outcome::TimedOut),
