@@ -98,10 +98,11 @@ enum Inspection {
 }
 
 fn inspect(buf: &[u8], limits: HeadLimits) -> Inspection {
-    let mut slots = [httparse::EMPTY_HEADER; PARSER_HEADER_SLOTS];
+    // Uninitialised: zeroing the slots would cost more than parsing a small head.
+    let mut slots = [std::mem::MaybeUninit::uninit(); PARSER_HEADER_SLOTS];
     let slots = &mut slots[..limits.max_headers.min(PARSER_HEADER_SLOTS)];
-    let mut request = httparse::Request::new(slots);
-    match request.parse(buf) {
+    let mut request = httparse::Request::new(&mut []);
+    match request.parse_with_uninit_headers(buf, slots) {
         Ok(httparse::Status::Complete(len)) if len > limits.max_bytes => {
             Inspection::Refuse(Rejection::HeaderTooLarge)
         }

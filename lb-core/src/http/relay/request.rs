@@ -11,6 +11,7 @@
 //! names `chunked` twice, or that comes in HTTP/1.0 (§6.1). `CONNECT` is 405.
 
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::ops::Range;
 
@@ -69,9 +70,10 @@ pub fn parse(
     client: Option<IpAddr>,
     upstream: &mut Vec<u8>,
 ) -> Result<Request, Rejection> {
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    let head_len = match parsed.parse(buf) {
+    // Uninitialised: zeroing the slots would cost more than parsing a small head.
+    let mut slots = [MaybeUninit::uninit(); HEADER_SLOTS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let head_len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         _ => return Err(Rejection::Malformed),
     };
@@ -131,9 +133,11 @@ pub fn upgrade_head(
     client: Option<IpAddr>,
     upstream: &mut Vec<u8>,
 ) -> Option<(usize, Option<Range<usize>>)> {
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    let httparse::Status::Complete(head_len) = parsed.parse(buf).ok()? else {
+    let mut slots = [MaybeUninit::uninit(); HEADER_SLOTS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let httparse::Status::Complete(head_len) =
+        parsed.parse_with_uninit_headers(buf, &mut slots).ok()?
+    else {
         return None;
     };
     let fields = Fields::read(parsed.headers, parsed.version? == 0).ok()?;

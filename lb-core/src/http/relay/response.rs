@@ -9,6 +9,7 @@
 //! did not ask to switch.
 
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 
 use lb_policy::ResponseHeader as AffinityHeader;
 
@@ -63,9 +64,11 @@ pub fn parse(
     exchange: &Exchange<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Option<Response>, BadResponse> {
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let head_len = match parsed.parse(buf) {
+    // Uninitialised: zeroing the slots would cost more than parsing a small head.
+    let mut slots = [MaybeUninit::uninit(); HEADER_SLOTS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let head_len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(None),
         _ => return Err(BadResponse),
