@@ -182,9 +182,9 @@ async fn choose(
         hash_key: hash_key(
             &route.port.balancer.hash_key,
             Some(peer.ip()),
-            Some(&request.headers),
+            request.headers.as_ref(),
         ),
-        headers: Some(&request.headers),
+        headers: request.headers.as_ref(),
     };
     let pool = &route.pool;
     let mut attempts = Attempts::new();

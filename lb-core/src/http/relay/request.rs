@@ -15,6 +15,8 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::ops::Range;
 
+use lb_config::{HashKey, PolicySource, Port};
+
 use super::framing::{parse_length, Framing};
 use crate::http::forwarding::{append_forwarded, FORWARDED_FOR, FORWARDED_PROTO};
 use crate::metrics::Rejection;
@@ -58,8 +60,9 @@ pub struct Request {
     pub target: Range<usize>,
     /// The `Host` value, within the head.
     pub host: Option<Range<usize>>,
-    /// The headers as a map, for balancing and affinity policies.
-    pub headers: http::HeaderMap,
+    /// The headers as a map, for balancing and affinity policies that may read them (none
+    /// otherwise: building it costs allocations per request).
+    pub headers: Option<http::HeaderMap>,
 }
 
 /// Parses the complete head at the start of `buf`, checks it, and writes the head to send
@@ -120,7 +123,7 @@ pub fn parse(
         method: within(buf, method.as_bytes()),
         target: within(buf, target.as_bytes()),
         host,
-        headers: header_map(parsed.headers),
+        headers: policies_read_headers(&route.port).then(|| header_map(parsed.headers)),
     })
 }
 
@@ -338,6 +341,15 @@ fn valid_host(value: &[u8]) -> bool {
                         | b'='
                 )
         })
+}
+
+/// Whether the port's policies may read the request's headers: a plugin balancer (it may ask
+/// the host for any header), an affinity (a cookie), or a hash key made of a header or a
+/// cookie. Only Gantry's native round-robin on the client's address reads none.
+fn policies_read_headers(port: &Port) -> bool {
+    !matches!(port.balancer.policy, PolicySource::Native)
+        || port.affinity.is_some()
+        || !matches!(port.balancer.hash_key, HashKey::ClientIp)
 }
 
 /// The headers as an `http::HeaderMap`, for policies; fields that are not valid there (which
