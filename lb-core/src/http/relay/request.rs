@@ -27,8 +27,8 @@ use crate::route::Route;
 pub const HEADER_SLOTS: usize = 256;
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1, and the obsolete ones proxies still strip): they
-/// describe the client's connection, not the request.
-const HOP_BY_HOP: [&str; 8] = [
+/// describe one connection, not the message; the same list serves requests and responses.
+pub(super) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -244,7 +244,7 @@ impl<'h> Fields<'h> {
 
 /// Fields that framing and routing depend on: a `Connection` header cannot make them
 /// hop-by-hop.
-fn end_to_end(name: &str) -> bool {
+pub(super) fn end_to_end(name: &str) -> bool {
     ["host", "content-length", "transfer-encoding"]
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n))
@@ -370,20 +370,20 @@ fn header_map(headers: &[httparse::Header<'_>]) -> http::HeaderMap {
 /// The names a `Connection` header nominates, kept without allocating: up to eight; more
 /// are unusual enough to pass on (they are not hop-by-hop by any standard).
 #[derive(Default)]
-struct Nominated<'h> {
+pub(super) struct Nominated<'h> {
     names: [&'h [u8]; 8],
     len: usize,
 }
 
 impl<'h> Nominated<'h> {
-    fn push(&mut self, name: &'h [u8]) {
+    pub(super) fn push(&mut self, name: &'h [u8]) {
         if self.len < self.names.len() {
             self.names[self.len] = name;
             self.len += 1;
         }
     }
 
-    fn contains(&self, name: &str) -> bool {
+    pub(super) fn contains(&self, name: &str) -> bool {
         self.names[..self.len]
             .iter()
             .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))

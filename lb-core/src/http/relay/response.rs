@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 use lb_policy::ResponseHeader as AffinityHeader;
 
 use super::framing::{parse_length, Framing};
-use super::request::HEADER_SLOTS;
+use super::request::{end_to_end, Nominated, HEADER_SLOTS, HOP_BY_HOP};
 
 /// Largest response head accepted from a backend.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -83,6 +83,7 @@ pub fn parse(
     let mut length: Option<u64> = None;
     let (mut chunked, mut transfer_encoding) = (false, false);
     let (mut close, mut keep_alive_token) = (false, false);
+    let mut nominated = Nominated::default();
     for header in parsed.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -103,8 +104,10 @@ pub fn parse(
                 .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case("connection") {
             for token in header.value.split(|b| *b == b',') {
-                close |= token.trim_ascii().eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.trim_ascii().eq_ignore_ascii_case(b"keep-alive");
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                nominated.push(token);
             }
         }
     }
@@ -143,20 +146,12 @@ pub fn parse(
     let _ = write!(out, "HTTP/1.1 {status} ");
     out.extend_from_slice(parsed.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let nominated = |name: &str| {
-        parsed
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| h.value.split(|b| *b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-    };
     for header in parsed.headers.iter() {
         let name = header.name;
         let skipped = HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
             || (dechunk && name.eq_ignore_ascii_case("transfer-encoding"))
             || name.eq_ignore_ascii_case("content-length")
-            || (!is_framing(name) && nominated(name));
+            || (nominated.contains(name) && !end_to_end(name));
         if skipped {
             continue;
         }
@@ -183,22 +178,6 @@ pub fn parse(
     }
     out.extend_from_slice(b"\r\n");
     Ok(Some(response))
-}
-
-/// Hop-by-hop fields of a response (RFC 9110 §7.6.1); `Transfer-Encoding` stays with a body
-/// relayed chunked as it came.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-fn is_framing(name: &str) -> bool {
-    name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
 }
 
 #[cfg(test)]
