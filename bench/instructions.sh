@@ -7,7 +7,11 @@
 # libraries, not the kernel's share (callgrind does not see it).
 #
 #   bash bench/instructions.sh              # REQUESTS=20000 CONNECTIONS=10
+# Gantry is counted twice: on a port with the native balancer and on one with the default
+# (the Wasm builtin:round-robin).
 #   GANTRY=path/to/gantry bash bench/instructions.sh   # another build (e.g. other settings)
+#   PROFILES=/tmp/p bash bench/instructions.sh   # also keep each counted window's profile, for
+#                                                # callgrind_annotate /tmp/p/gantry.callgrind
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +37,7 @@ fi
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
-ORIGIN=$(free_port); ADMIN=$(free_port); G_HTTP=$(free_port); H_HTTP=$(free_port)
+ORIGIN=$(free_port); ADMIN=$(free_port); G_HTTP=$(free_port); G_WASM=$(free_port); H_HTTP=$(free_port)
 
 mkdir -p "$work/nginx"
 origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"
@@ -49,6 +53,8 @@ EOF
 
 { gantry_conf_head "$ADMIN"; cat <<EOF; } > "$work/gantry.yaml"
       - { name: http, port: $G_HTTP, protocol: http, backends: ["127.0.0.1:$ORIGIN"], balancer: { policy: "native:round-robin" } }
+      # The default balancer, builtin:round-robin: a Wasm plugin called per request.
+      - { name: http-wasm, port: $G_WASM, protocol: http, backends: ["127.0.0.1:$ORIGIN"] }
 EOF
 
 nginx -c "$work/nginx.conf" & pids+=($!)
@@ -81,16 +87,22 @@ count() {
     echo "$label: counting failed (succeeded: ${done:-?} of $REQUESTS)" >&2
     exit 1
   fi
+  if [ -n "${PROFILES:-}" ]; then
+    mkdir -p "$PROFILES"
+    cp "$(grep -l "^desc: Trigger: dump" "$out".* | head -1)" "$PROFILES/$label.callgrind"
+  fi
   echo "$label $((instructions / REQUESTS))"
 }
 
 echo "$(date -u +%Y-%m-%d) $(haproxy -v | head -1 | cut -d' ' -f1-3); h2load --h1 -n $REQUESTS -c $CONNECTIONS; instructions per request (callgrind Ir)"
 haproxy_ir=$(count haproxy "$H_HTTP" haproxy -f "$work/haproxy.cfg" -db)
 gantry_ir=$(count gantry "$G_HTTP" "$GANTRY" --log-level warn run --config "$work/gantry.yaml")
+wasm_ir=$(count gantry-wasm "$G_WASM" "$GANTRY" --log-level warn run --config "$work/gantry.yaml")
 echo "$haproxy_ir"
-echo "$gantry_ir"
-python3 - "${haproxy_ir#* }" "${gantry_ir#* }" <<'EOF'
+echo "$gantry_ir  (native:round-robin)"
+echo "$wasm_ir  (builtin:round-robin, the default)"
+python3 - "${haproxy_ir#* }" "${gantry_ir#* }" "${wasm_ir#* }" <<'EOF'
 import sys
-h, g = (int(v) for v in sys.argv[1:])
-print(f"gantry / haproxy: x{g / h:.2f} instructions per request")
+h, g, w = (int(v) for v in sys.argv[1:])
+print(f"gantry / haproxy: x{g / h:.2f} instructions per request (native balancer), x{w / h:.2f} (Wasm balancer)")
 EOF

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use lb_config::Port;
+use lb_config::{HashKey, Port};
 use lb_policy::{AffinityFactory, BalancerFactory};
 use pingora::listeners::tls::Acceptor;
 
@@ -35,6 +35,10 @@ pub struct Route {
     pub policies: RoutePolicies,
     /// Handshakes for `tls` and `https` ports.
     pub tls: Option<Acceptor>,
+    /// Whether the port's policies may read an HTTP request's headers: its balancer or
+    /// affinity can ask for them, or its hash key is a header or a cookie. Where none can,
+    /// the HTTP path builds no header view per request.
+    pub reads_headers: bool,
     /// `runtime.access_log`, shared by every route so a reload that changes only `runtime:`
     /// switches it everywhere at once.
     access_log: Arc<AtomicBool>,
@@ -111,7 +115,14 @@ impl Route {
             (true, Some(endpoint)) => Some(endpoint.acceptor(alpn)?),
             _ => None,
         };
+        let reads_headers = policies.balancer.reads_headers()
+            || policies
+                .affinity
+                .as_ref()
+                .is_some_and(|a| a.reads_headers())
+            || !matches!(port.balancer.hash_key, HashKey::ClientIp);
         Ok(Route {
+            reads_headers,
             metrics,
             unrouted: previous.map_or_else(BackendMetrics::new, |p| p.unrouted.clone()),
             pool,

@@ -73,6 +73,10 @@ impl AffinityFactory for WasmAffinityFactory {
     fn table(&self) -> Option<&Arc<AffinityTable>> {
         self.table.as_ref()
     }
+
+    fn reads_headers(&self) -> bool {
+        self.configured.reads_headers
+    }
 }
 
 /// The affinity of one backend set, answered by the plugin.

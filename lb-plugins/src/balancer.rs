@@ -42,6 +42,10 @@ impl BalancerFactory for WasmBalancerFactory {
             count: backends.len(),
         })
     }
+
+    fn reads_headers(&self) -> bool {
+        self.0.reads_headers
+    }
 }
 
 /// A balancer for one backend set, answered by the plugin.

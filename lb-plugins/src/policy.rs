@@ -40,9 +40,13 @@ pub(crate) enum Loaded<K: Kind> {
         name: Arc<str>,
         faults: Arc<Faults>,
         pre: <K::V1 as v1::World>::Pre,
+        reads_headers: bool,
     },
     /// Built against 0.2.0: instances per worker, shared by ports.
-    V2(Arc<Shared<K::V2>>),
+    V2 {
+        shared: Arc<Shared<K::V2>>,
+        reads_headers: bool,
+    },
 }
 
 impl<K: Kind> Loaded<K> {
@@ -55,16 +59,19 @@ impl<K: Kind> Loaded<K> {
         stores: &Stores,
         workers: usize,
     ) -> Result<Self, String> {
+        let reads_headers = super::sandbox::reads_headers(pre.component());
         match <K::V2 as v2::World>::prepare(pre.clone()) {
-            Ok(pre) => Ok(Loaded::V2(Arc::new(Shared::new(
-                name,
-                pre,
-                faults,
-                stores.clone(),
-                workers,
-            )))),
+            Ok(pre) => Ok(Loaded::V2 {
+                shared: Arc::new(Shared::new(name, pre, faults, stores.clone(), workers)),
+                reads_headers,
+            }),
             Err(newest) => match <K::V1 as v1::World>::prepare(pre) {
-                Ok(pre) => Ok(Loaded::V1 { name, faults, pre }),
+                Ok(pre) => Ok(Loaded::V1 {
+                    name,
+                    faults,
+                    pre,
+                    reads_headers,
+                }),
                 Err(_) => Err(format!(
                     "is not a{} {} plugin of gantry:plugins@0.2.0 or @0.1.0: {newest:#}",
                     if K::NAME.starts_with(['a', 'e', 'i', 'o', 'u']) {
@@ -82,7 +89,7 @@ impl<K: Kind> Loaded<K> {
     pub(crate) fn name(&self) -> &Arc<str> {
         match self {
             Loaded::V1 { name, .. } => name,
-            Loaded::V2(shared) => shared.name(),
+            Loaded::V2 { shared, .. } => shared.name(),
         }
     }
 
@@ -90,13 +97,20 @@ impl<K: Kind> Loaded<K> {
     pub(crate) fn faults(&self) -> &Arc<Faults> {
         match self {
             Loaded::V1 { faults, .. } => faults,
-            Loaded::V2(shared) => shared.faults(),
+            Loaded::V2 { shared, .. } => shared.faults(),
         }
     }
 
     /// Whether its contract has the `udp` protocol (0.2.0 on).
     pub(crate) fn knows_udp(&self) -> bool {
-        matches!(self, Loaded::V2(_))
+        matches!(self, Loaded::V2 { .. })
+    }
+
+    /// Whether it can ask for the request's headers (see [`super::sandbox::reads_headers`]).
+    fn reads_headers(&self) -> bool {
+        match self {
+            Loaded::V1 { reads_headers, .. } | Loaded::V2 { reads_headers, .. } => *reads_headers,
+        }
     }
 
     /// The plugin with one port's parameters, checked by its `configure` on a scratch
@@ -107,8 +121,11 @@ impl<K: Kind> Loaded<K> {
         stores: &Stores,
         workers: usize,
     ) -> Result<Configured<K>, PluginError> {
+        let reads_headers = self.reads_headers();
         match self {
-            Loaded::V1 { name, faults, pre } => {
+            Loaded::V1 {
+                name, faults, pre, ..
+            } => {
                 let (recipe, settings) = v1::Recipe::configure(
                     name.clone(),
                     faults.clone(),
@@ -119,13 +136,15 @@ impl<K: Kind> Loaded<K> {
                 )?;
                 Ok(Configured {
                     settings: K::from_v1(settings),
+                    reads_headers,
                     runner: Runner::V1(recipe),
                 })
             }
-            Loaded::V2(shared) => {
+            Loaded::V2 { shared, .. } => {
                 let settings = shared.check(params)?;
                 Ok(Configured {
                     settings: K::from_v2(settings),
+                    reads_headers,
                     runner: Runner::V2 {
                         shared: shared.clone(),
                         params: params.to_vec(),
@@ -140,6 +159,8 @@ impl<K: Kind> Loaded<K> {
 pub(crate) struct Configured<K: Kind> {
     /// What `configure` answered.
     pub(crate) settings: K::Settings,
+    /// Whether the plugin can ask for the request's headers.
+    pub(crate) reads_headers: bool,
     runner: Runner<K>,
 }
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::path::PathBuf;
 
 use lb_config::{PluginCache, PluginLimits};
+use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, OptLevel,
@@ -198,4 +199,23 @@ impl Sandbox {
     pub fn ticker_idle(&self) -> bool {
         self.ticker.idle()
     }
+}
+
+/// Whether a plugin can ask for the request's headers: whether its import of the
+/// `gantry:plugins/host` interface includes `request-header` (a component imports only the
+/// host functions its code calls). The HTTP path builds no header view for requests whose
+/// policies cannot ask for one.
+pub(crate) fn reads_headers(component: &Component) -> bool {
+    let engine = component.engine();
+    let component_type = component.component_type();
+    let mut imports = component_type.imports(engine);
+    imports.any(|(name, item)| {
+        name.starts_with("gantry:plugins/host")
+            && match item.ty {
+                ComponentItem::ComponentInstance(host) => {
+                    host.get_export(engine, "request-header").is_some()
+                }
+                _ => true,
+            }
+    })
 }

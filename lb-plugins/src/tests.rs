@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use lb_config::{Backend, BalancerPolicy, HashKey, PolicySource, Protocol};
+use lb_config::{AffinityPolicy, Backend, BalancerPolicy, HashKey, PolicySource, Protocol};
 
 use lb_policy::{BackendFigures, Balancer, Figures, PickContext};
 
@@ -35,11 +35,15 @@ fn balancer(name: &str, backends: &[Backend]) -> Box<dyn Balancer> {
     balancer_with(name, &[], backends)
 }
 
-fn balancer_with(name: &str, params: &[(&str, &str)], backends: &[Backend]) -> Box<dyn Balancer> {
+fn host() -> PluginHost {
     let limits = lb_config::parse_str("", std::path::Path::new("/"))
         .expect("defaults")
         .plugin_limits;
-    let host = PluginHost::new(&limits, Arc::new(NoTelemetry), 1).expect("plugin host");
+    PluginHost::new(&limits, Arc::new(NoTelemetry), 1).expect("plugin host")
+}
+
+fn balancer_with(name: &str, params: &[(&str, &str)], backends: &[Backend]) -> Box<dyn Balancer> {
+    let host = host();
     let policy = BalancerPolicy {
         policy: PolicySource::Builtin(name.into()),
         params: params
@@ -66,6 +70,31 @@ fn placements(balancer: &dyn Balancer, set: &[Backend], keys: u64) -> Vec<Socket
             set[balancer.pick(&cx, 0).expect("a backend")].address
         })
         .collect()
+}
+
+#[test]
+fn only_policies_whose_code_asks_for_headers_are_said_to_read_them() {
+    let host = host();
+    for name in lb_config::BUILTIN_BALANCERS {
+        let policy = BalancerPolicy {
+            policy: PolicySource::Builtin((*name).into()),
+            params: Vec::new(),
+            hash_key: HashKey::ClientIp,
+        };
+        let factory = host.factory(&policy, Protocol::Http).expect("factory");
+        assert!(!factory.reads_headers(), "{name} calls no request-header");
+    }
+    let affinity = |name: &str| {
+        let policy = AffinityPolicy {
+            policy: PolicySource::Builtin(name.into()),
+            params: Vec::new(),
+            max_entries: 16,
+        };
+        let factory = host.affinity_factory(&policy, Protocol::Http);
+        factory.expect("affinity factory").reads_headers()
+    };
+    assert!(affinity("cookie"), "the cookie affinity reads `cookie`");
+    assert!(!affinity("client-ip"));
 }
 
 #[test]

@@ -57,6 +57,12 @@ pub trait AffinityFactory: Send + Sync {
 
     /// The table of remembered keys, when the policy uses one.
     fn table(&self) -> Option<&Arc<AffinityTable>>;
+
+    /// Whether it may read [`PickContext::headers`] (see
+    /// [`crate::BalancerFactory::reads_headers`]). True unless a policy knows better.
+    fn reads_headers(&self) -> bool {
+        true
+    }
 }
 
 /// Shards of the table: enough that worker threads rarely meet on one lock.

@@ -106,6 +106,13 @@ pub trait BalancerFactory: Send + Sync {
     /// A balancer for exactly these backends, in this order; `figures` reads their live state
     /// by the same indices. Computes only (see the module documentation).
     fn build(&self, backends: &[Backend], figures: Arc<dyn BackendFigures>) -> Box<dyn Balancer>;
+
+    /// Whether its picks may read [`PickContext::headers`]. Where no policy of a port does
+    /// (and its hash key is not a header or cookie), the HTTP path hands none over and saves
+    /// building them. True unless a policy knows better.
+    fn reads_headers(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

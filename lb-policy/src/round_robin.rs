@@ -25,6 +25,10 @@ impl BalancerFactory for RoundRobin {
             next: AtomicUsize::new(0),
         })
     }
+
+    fn reads_headers(&self) -> bool {
+        false
+    }
 }
 
 struct Schedule {

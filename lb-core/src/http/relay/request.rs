@@ -15,8 +15,6 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::ops::Range;
 
-use lb_config::{HashKey, PolicySource, Port};
-
 use super::framing::{parse_length, Framing};
 use crate::http::forwarding::{append_forwarded, FORWARDED_FOR, FORWARDED_PROTO};
 use crate::metrics::Rejection;
@@ -123,7 +121,7 @@ pub fn parse(
         method: within(buf, method.as_bytes()),
         target: within(buf, target.as_bytes()),
         host,
-        headers: policies_read_headers(&route.port).then(|| header_map(parsed.headers)),
+        headers: route.reads_headers.then(|| header_map(parsed.headers)),
     })
 }
 
@@ -341,15 +339,6 @@ fn valid_host(value: &[u8]) -> bool {
                         | b'='
                 )
         })
-}
-
-/// Whether the port's policies may read the request's headers: a plugin balancer (it may ask
-/// the host for any header), an affinity (a cookie), or a hash key made of a header or a
-/// cookie. Only Gantry's native round-robin on the client's address reads none.
-fn policies_read_headers(port: &Port) -> bool {
-    !matches!(port.balancer.policy, PolicySource::Native)
-        || port.affinity.is_some()
-        || !matches!(port.balancer.hash_key, HashKey::ClientIp)
 }
 
 /// The headers as an `http::HeaderMap`, for policies; fields that are not valid there (which
