@@ -309,7 +309,10 @@ async fn accept_loop(
         let force_close = force_close.clone();
         connections.spawn(async move {
             let _permit = permit;
+            // Biased: the connection is polled first and the rarely-fired force-close only
+            // when it waits (no random draw per wake-up).
             tokio::select! {
+                biased;
                 _ = connection::serve(&shared, route, stream, peer) => {}
                 _ = force_close.cancelled() => {}
             }

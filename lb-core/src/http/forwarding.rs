@@ -8,6 +8,40 @@ use std::net::IpAddr;
 
 use crate::route::Route;
 
+/// The longest text of an IP address (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`).
+const MAX_IP_TEXT: usize = 45;
+
+/// A client's IP address with its text, written once per connection: writing an address out
+/// costs more than the rest of a request's forwarding headers together.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp {
+    ip: IpAddr,
+    text: [u8; MAX_IP_TEXT],
+    len: u8,
+}
+
+impl ClientIp {
+    /// `ip` and its text.
+    pub fn new(ip: IpAddr) -> Self {
+        let mut text = [0; MAX_IP_TEXT];
+        let mut rest = &mut text[..];
+        // Cannot fail: no address is longer than MAX_IP_TEXT.
+        let _ = write!(rest, "{ip}");
+        let len = (MAX_IP_TEXT - rest.len()) as u8;
+        ClientIp { ip, text, len }
+    }
+
+    /// The address.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// The address as text.
+    fn text(&self) -> &[u8] {
+        &self.text[..usize::from(self.len)]
+    }
+}
+
 /// The forwarding headers to send upstream.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Forwarded {
@@ -19,8 +53,9 @@ pub struct Forwarded {
 
 /// Whether the prior values of a request from `client` are kept, and the scheme the port
 /// itself speaks.
-fn policy(route: &Route, client: Option<IpAddr>) -> (bool, &'static str) {
-    let trusted = client.is_some_and(|ip| route.port.settings.trusted_proxies.contains(ip));
+fn policy(route: &Route, client: Option<&ClientIp>) -> (bool, &'static str) {
+    let trusted =
+        client.is_some_and(|client| route.port.settings.trusted_proxies.contains(client.ip));
     let own_proto = if route.port.protocol.terminates_tls() {
         "https"
     } else {
@@ -40,7 +75,7 @@ pub fn forwarded<'a>(
     append_forwarded(
         &mut lines,
         route,
-        client,
+        client.map(ClientIp::new).as_ref(),
         prior_for.map(str::as_bytes),
         prior_proto.map(str::as_bytes),
     );
@@ -69,7 +104,7 @@ pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub fn append_forwarded<'a>(
     head: &mut Vec<u8>,
     route: &Route,
-    client: Option<IpAddr>,
+    client: Option<&ClientIp>,
     prior_for: impl Iterator<Item = &'a [u8]>,
     prior_proto: Option<&[u8]>,
 ) {
@@ -86,11 +121,11 @@ pub fn append_forwarded<'a>(
             head.extend_from_slice(prior);
         }
     }
-    if let Some(ip) = client {
+    if let Some(client) = client {
         if head.len() > value_start {
             head.extend_from_slice(b", ");
         }
-        let _ = write!(head, "{ip}");
+        head.extend_from_slice(client.text());
     }
     if head.len() == value_start {
         head.truncate(start); // nothing to say

@@ -65,23 +65,28 @@ pub async fn read_head<S: AsyncRead + Unpin>(
         buf.reserve(4096);
         // Waiting for a request is idleness, bounded by the idle timeout and cut short by a
         // drain.
+        // The timer is made (and the clock read) only if the read has to wait: `biased`
+        // polls the read first, and the sleep starts when its block first runs.
         let first = tokio::select! {
             biased;
             read = io.read_buf(buf) => read,
-            _ = tokio::time::sleep(limits.idle_timeout) => return Head::Closed,
+            _ = async { tokio::time::sleep(limits.idle_timeout).await } => return Head::Closed,
             _ = drain.wait_for(|draining| *draining) => return Head::Closed,
         };
         if !matches!(first, Ok(n) if n > 0) {
             return Head::Closed;
         }
     }
-    let deadline = lb_policy::clock::instant_after(limits.header_timeout);
+    // The head's time runs from its first byte; a head that came whole needs no deadline.
+    let mut deadline = None;
     loop {
         match inspect(buf, limits) {
             Inspection::Complete { upgrade } => return Head::Ready(RequestHead { upgrade }),
             Inspection::Refuse(why) => return Head::Refused(why),
             Inspection::Partial => {}
         }
+        let deadline =
+            *deadline.get_or_insert_with(|| lb_policy::clock::instant_after(limits.header_timeout));
         buf.reserve(4096);
         match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
             Err(_elapsed) => return Head::Refused(Rejection::HeaderTimeout),

@@ -32,6 +32,7 @@ use pingora::server::configuration::ServerConf;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
+use self::forwarding::ClientIp;
 use self::gateway::Gateway;
 use self::head::{read_head, Head, HeadLimits};
 use self::relay::{relay, After, Buffers, Client};
@@ -150,6 +151,7 @@ async fn serve_http1(
     let Some((peer, local)) = addresses(&stream) else {
         return;
     };
+    let client_ip = ClientIp::new(peer.ip());
     loop {
         let current = route.load_full();
         let limits = head_limits(&current);
@@ -178,6 +180,7 @@ async fn serve_http1(
                 let client = Client {
                     io: &mut stream,
                     peer,
+                    ip: &client_ip,
                     drain: &drain,
                 };
                 if relay(&current, client, &mut buffers).await == After::Close {

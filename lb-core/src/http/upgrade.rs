@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::forwarding::ClientIp;
 use super::gateway::strip_port;
 use super::head::close_response;
 use super::relay::request;
@@ -90,7 +91,8 @@ async fn refuse<C: tokio::io::AsyncWrite + Unpin>(mut client: C, status: u16) {
 /// without its port.
 fn rewrite_head(route: &Route, head: &[u8], peer: SocketAddr) -> Option<(Vec<u8>, Option<String>)> {
     let mut out = Vec::with_capacity(head.len() + 128);
-    let (length, host) = request::upgrade_head(head, route, Some(peer.ip()), &mut out)?;
+    let (length, host) =
+        request::upgrade_head(head, route, Some(&ClientIp::new(peer.ip())), &mut out)?;
     let host = host
         .and_then(|range| std::str::from_utf8(&head[range]).ok())
         .map(|h| strip_port(h).to_owned());

@@ -26,6 +26,7 @@ use super::framing::{Body, ChunkError};
 use super::request::{self, Request};
 use super::response::{self, Exchange, Response};
 use super::{idle, refuse};
+use crate::http::forwarding::ClientIp;
 use crate::http::gateway::strip_port;
 use crate::metrics::Rejection;
 use crate::pool::attempt::{self, Attempts, NoBackend};
@@ -96,6 +97,8 @@ pub struct Client<'a, C> {
     pub io: &'a mut C,
     /// The client's address.
     pub peer: SocketAddr,
+    /// Its IP address with the text the forwarding headers carry, made once per connection.
+    pub ip: &'a ClientIp,
     /// Whether the listener is draining (then the connection closes after this request).
     pub drain: &'a watch::Receiver<bool>,
 }
@@ -109,7 +112,7 @@ where
     let request = match request::parse(
         &buffers.client_in,
         route,
-        Some(client.peer.ip()),
+        Some(client.ip),
         &mut buffers.upstream_out,
     ) {
         Ok(request) => request,
@@ -130,7 +133,7 @@ where
     let log = route
         .logs_access()
         .then(|| AccessLine::of(&request, &buffers.client_in));
-    let chosen = choose(route, &request, &buffers.client_in, client.peer).await;
+    let chosen = choose(route, &request, &buffers.client_in, client.peer, started).await;
     // What was in hand goes with the head, in one write; the rest follows as it comes.
     buffers
         .upstream_out
@@ -163,12 +166,14 @@ struct Chosen {
 }
 
 /// Picks a backend and gets a connection to it: an idle one if alive, else a new one, trying
-/// other backends after a failed connect by the retry rule.
+/// other backends after a failed connect by the retry rule. `started`: when the request was
+/// read (the clock is not read again for the idle pool).
 async fn choose(
     route: &Route,
     request: &Request,
     head: &[u8],
     peer: SocketAddr,
+    started: Instant,
 ) -> Result<Chosen, NoBackend> {
     let authority = request
         .host
@@ -192,7 +197,7 @@ async fn choose(
         let mut attempt = attempts.next(pool, &cx)?;
         let affinity = attempt.response_header.take();
         let backend = attempt.backend().clone();
-        if let Some(upstream) = idle::take(backend.address) {
+        if let Some(upstream) = idle::take(backend.address, started) {
             return Ok(Chosen {
                 lease: attempt.into_lease(),
                 upstream,
@@ -384,6 +389,7 @@ impl Run<'_> {
             // Room for a whole small response in one read (an empty buffer would read 64 bytes).
             upstream_in.reserve(READ_CHUNK);
             tokio::select! {
+                biased;
                 read = tokio::time::timeout_at(answer_by, from_backend.read_buf(upstream_in)) => {
                     match read {
                         Ok(Ok(n)) if n > 0 => {}

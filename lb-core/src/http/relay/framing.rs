@@ -244,6 +244,13 @@ impl ChunkedScanner {
     }
 }
 
+/// Writes the one `Content-Length` line a forwarded head carries.
+pub fn push_content_length(out: &mut Vec<u8>, length: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// A decimal `Content-Length` value (RFC 9110 §8.6): digits only, no sign, at most 19 digits
 /// so it cannot overflow.
 pub fn parse_length(value: &[u8]) -> Option<u64> {

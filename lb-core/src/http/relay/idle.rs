@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use rustc_hash::FxBuildHasher;
+
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -30,22 +32,23 @@ struct Idle {
 }
 
 struct Pool {
-    by_backend: HashMap<SocketAddr, Vec<Idle>>,
+    /// Keyed by configured backend addresses, which no client chooses: a fast hash is safe.
+    by_backend: HashMap<SocketAddr, Vec<Idle>, FxBuildHasher>,
     next_sweep: Instant,
 }
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool {
-        by_backend: HashMap::new(),
+        by_backend: HashMap::default(),
         next_sweep: Instant::now() + SWEEP_EVERY,
     });
 }
 
-/// An idle connection to `backend` that still looks alive, if this thread has one.
-pub fn take(backend: SocketAddr) -> Option<TcpStream> {
+/// An idle connection to `backend` that still looks alive, if this thread has one; `now` is
+/// the caller's recent reading of the clock.
+pub fn take(backend: SocketAddr, now: Instant) -> Option<TcpStream> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        let now = Instant::now();
         pool.sweep(now);
         let idle = pool.by_backend.get_mut(&backend)?;
         while let Some(candidate) = idle.pop() {
@@ -106,18 +109,18 @@ mod tests {
         let client = TcpStream::connect(backend).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
         put(backend, client, Duration::from_secs(60));
-        let taken = take(backend).expect("the idle connection");
-        assert!(take(backend).is_none(), "taken once");
+        let taken = take(backend, Instant::now()).expect("the idle connection");
+        assert!(take(backend, Instant::now()).is_none(), "taken once");
 
         put(backend, taken, Duration::from_secs(60));
         drop(server);
         // Until the reactor has seen the close the connection may still look alive (the
         // relay's retry covers that race); once it is readable, it is not handed out.
-        if let Some(stream) = take(backend) {
+        if let Some(stream) = take(backend, Instant::now()) {
             stream.readable().await.expect("readable");
             put(backend, stream, Duration::from_secs(60));
             assert!(
-                take(backend).is_none(),
+                take(backend, Instant::now()).is_none(),
                 "a closed connection is not handed out"
             );
         }

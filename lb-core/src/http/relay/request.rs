@@ -10,13 +10,11 @@
 //! refused by the head reader); a `Transfer-Encoding` whose last coding is not `chunked`, that
 //! names `chunked` twice, or that comes in HTTP/1.0 (§6.1). `CONNECT` is 405.
 
-use std::io::Write as _;
 use std::mem::MaybeUninit;
-use std::net::IpAddr;
 use std::ops::Range;
 
-use super::framing::{parse_length, Framing};
-use crate::http::forwarding::{append_forwarded, FORWARDED_FOR, FORWARDED_PROTO};
+use super::framing::{parse_length, push_content_length, Framing};
+use crate::http::forwarding::{append_forwarded, ClientIp, FORWARDED_FOR, FORWARDED_PROTO};
 use crate::metrics::Rejection;
 use crate::route::Route;
 
@@ -68,7 +66,7 @@ pub struct Request {
 pub fn parse(
     buf: &[u8],
     route: &Route,
-    client: Option<IpAddr>,
+    client: Option<&ClientIp>,
     upstream: &mut Vec<u8>,
 ) -> Result<Request, Rejection> {
     // Uninitialised: zeroing the slots would cost more than parsing a small head.
@@ -131,7 +129,7 @@ pub fn parse(
 pub fn upgrade_head(
     buf: &[u8],
     route: &Route,
-    client: Option<IpAddr>,
+    client: Option<&ClientIp>,
     upstream: &mut Vec<u8>,
 ) -> Option<(usize, Option<Range<usize>>)> {
     let mut slots = [MaybeUninit::uninit(); HEADER_SLOTS];
@@ -256,7 +254,7 @@ fn write_upstream_head(
     headers: &[httparse::Header<'_>],
     fields: &Fields<'_>,
     route: &Route,
-    client: Option<IpAddr>,
+    client: Option<&ClientIp>,
     upgrade: bool,
 ) {
     out.clear();
@@ -281,7 +279,7 @@ fn write_upstream_head(
         out.extend_from_slice(b"\r\n");
     }
     if let Some(length) = fields.length.filter(|_| !fields.chunked) {
-        let _ = write!(out, "content-length: {length}\r\n");
+        push_content_length(out, length);
     }
     let prior_for = headers
         .iter()

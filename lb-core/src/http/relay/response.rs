@@ -8,12 +8,11 @@
 //! `Transfer-Encoding`, an invalid or conflicting `Content-Length`, a `101` to a request that
 //! did not ask to switch.
 
-use std::io::Write as _;
 use std::mem::MaybeUninit;
 
 use lb_policy::ResponseHeader as AffinityHeader;
 
-use super::framing::{parse_length, Framing};
+use super::framing::{parse_length, push_content_length, Framing};
 use super::request::{end_to_end, Nominated, HEADER_SLOTS, HOP_BY_HOP};
 
 /// Largest response head accepted from a backend.
@@ -143,7 +142,9 @@ pub fn parse(
     if informational && exchange.http10 {
         return Ok(Some(response)); // RFC 9110 §15.2: never to an HTTP/1.0 client
     }
-    let _ = write!(out, "HTTP/1.1 {status} ");
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
     out.extend_from_slice(parsed.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for header in parsed.headers.iter() {
@@ -161,7 +162,7 @@ pub fn parse(
         out.extend_from_slice(b"\r\n");
     }
     if let Some(length) = length {
-        let _ = write!(out, "content-length: {length}\r\n");
+        push_content_length(out, length);
     }
     if !informational {
         if let Some(header) = exchange.affinity {
