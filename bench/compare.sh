@@ -4,6 +4,7 @@
 #   bash bench/compare.sh                 # ROUNDS=3 DURATION=10s CONNECTIONS=50 by default
 #   ROUNDS=5 DURATION=20s bash bench/compare.sh
 #   WORKERS=2 bash bench/compare.sh     # two worker threads per proxy, nothing pinned
+#   UDP=0 bash bench/compare.sh         # without the UDP row
 #
 # One nginx origin on loopback serves a small response. wrk drives, in turn:
 #   http   HTTP/1.1 keep-alive requests: direct to nginx, through HAProxy, through pingora
@@ -14,7 +15,7 @@
 #   h2     HTTP/2 over TLS (h2load: 10 connections x 10 streams), through pingora's h2 in Gantry
 #   udp    bench/udp.sh, run last: beside nginx `stream` and Envoy `udp_proxy`
 # Each proxy runs one worker thread pinned to CPU 0; wrk and nginx share CPU 1, so the proxy's
-# own cost decides its figures. Each cell is the median of ROUNDS runs. The last column is
+# own cost decides its figures. Each cell is the median of ROUNDS runs, the rounds interleaved. The last column is
 # Gantry / HAProxy (higher is better for req/s, lower for latency and CPU per request). The CPU
 # column is the proxy's user + system time over the run divided by the requests completed.
 set -euo pipefail
@@ -165,11 +166,10 @@ bad = int(done.group(2)) + int(done.group(3))
 print(f"{float(rate.group(1)):.0f} {ms(times.group(3)):.3f} {ms(times.group(2)):.3f} {cpu_us:.2f}" + (" ERRORS" if bad else ""))' "$before" "$after" "$(getconf CLK_TCK)"
 }
 
-# Median, per column, of ROUNDS measurements.
-median_of_rounds() {
-  local pid=$1 url=$2 how=measure; shift 2
-  if [ "${1:-}" = --h2 ]; then how=measure_h2; shift; fi
-  for _ in $(seq 1 "$ROUNDS"); do "$how" "$pid" "$url" "$@"; done | python3 -c '
+# Median, per column, of the measurements on standard input (one per line; blank lines are
+# runs that could not be read).
+median() {
+  python3 -c '
 import statistics, sys
 rows = [line.split() for line in sys.stdin if line.strip()]
 if not rows:
@@ -181,21 +181,38 @@ print(f"{cols[0]:.0f} {cols[1]:.3f} {cols[2]:.3f} {cols[3]:.2f}{flag}")'
 }
 
 close=(-H "Connection: close")
+# One measurement of the cell named $1.
+measure_cell() {
+  case $1 in
+    http_direct) measure "$NGINX_PID" "http://127.0.0.1:$ORIGIN/" ;;
+    http_haproxy) measure "$HAPROXY_PID" "http://127.0.0.1:$H_HTTP/" ;;
+    http_pingora) measure "$PINGORA_PID" "http://127.0.0.1:$P_HTTP/" ;;
+    http_gantry) measure "$GANTRY_PID" "http://127.0.0.1:$G_HTTP/" ;;
+    http_native) measure "$GANTRY_PID" "http://127.0.0.1:$G_NATIVE/" ;;
+    tcp_haproxy) measure "$HAPROXY_PID" "http://127.0.0.1:$H_TCP/" ;;
+    tcp_gantry) measure "$GANTRY_PID" "http://127.0.0.1:$G_TCP/" ;;
+    tls_haproxy) measure "$HAPROXY_PID" "https://127.0.0.1:$H_TLS/" "${close[@]}" ;;
+    tls_gantry) measure "$GANTRY_PID" "https://127.0.0.1:$G_TLS/" "${close[@]}" ;;
+    h2_haproxy) measure_h2 "$HAPROXY_PID" "https://127.0.0.1:$H_H2/" ;;
+    h2_gantry) measure_h2 "$GANTRY_PID" "https://127.0.0.1:$G_TLS/" ;;
+  esac
+}
+cells=(http_direct http_haproxy http_pingora http_gantry http_native tcp_haproxy tcp_gantry
+  tls_haproxy tls_gantry h2_haproxy h2_gantry)
+# Rounds are interleaved: each round measures every cell once, in turn, so a change in the
+# shared machine's speed during the run reaches HAProxy and Gantry alike.
+for _ in $(seq 1 "$ROUNDS"); do
+  for cell in "${cells[@]}"; do
+    echo "$cell $(measure_cell "$cell")" >> "$work/rounds"
+  done
+done
 declare -A result
-result[http_direct]=$(median_of_rounds "$NGINX_PID" "http://127.0.0.1:$ORIGIN/")
-result[http_haproxy]=$(median_of_rounds "$HAPROXY_PID" "http://127.0.0.1:$H_HTTP/")
-result[http_pingora]=$(median_of_rounds "$PINGORA_PID" "http://127.0.0.1:$P_HTTP/")
-result[http_gantry]=$(median_of_rounds "$GANTRY_PID" "http://127.0.0.1:$G_HTTP/")
-result[http_native]=$(median_of_rounds "$GANTRY_PID" "http://127.0.0.1:$G_NATIVE/")
-result[tcp_haproxy]=$(median_of_rounds "$HAPROXY_PID" "http://127.0.0.1:$H_TCP/")
-result[tcp_gantry]=$(median_of_rounds "$GANTRY_PID" "http://127.0.0.1:$G_TCP/")
-result[tls_haproxy]=$(median_of_rounds "$HAPROXY_PID" "https://127.0.0.1:$H_TLS/" "${close[@]}")
-result[tls_gantry]=$(median_of_rounds "$GANTRY_PID" "https://127.0.0.1:$G_TLS/" "${close[@]}")
-result[h2_haproxy]=$(median_of_rounds "$HAPROXY_PID" "https://127.0.0.1:$H_H2/" --h2)
-result[h2_gantry]=$(median_of_rounds "$GANTRY_PID" "https://127.0.0.1:$G_TLS/" --h2)
+for cell in "${cells[@]}"; do
+  result[$cell]=$(sed -n "s/^$cell //p" "$work/rounds" | median)
+done
 
 echo
-echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(haproxy -v | head -1 | cut -d' ' -f1-3); $WORKERS worker(s) each; wrk -t$WORKERS -c$CONNECTIONS -d$DURATION, median of $ROUNDS"
+echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(haproxy -v | head -1 | cut -d' ' -f1-3); $WORKERS worker(s) each; wrk -t$WORKERS -c$CONNECTIONS -d$DURATION, median of $ROUNDS interleaved rounds"
 pairs=()
 for key in "${!result[@]}"; do pairs+=("$key" "${result[$key]}"); done
 python3 - "${pairs[@]}" <<'EOF'
@@ -224,7 +241,7 @@ EOF
 
 # UDP has no HAProxy to compare with: its row comes from bench/udp.sh (nginx `stream`, Envoy),
 # one worker each.
-if [ "$WORKERS" = 1 ]; then
+if [ "$WORKERS" = 1 ] && [ "${UDP:-1}" != 0 ]; then
   echo
   ROUNDS=$ROUNDS bash bench/udp.sh
 fi

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use lb_config::BackendProtocol;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use tokio::time::Instant;
 
@@ -239,6 +239,22 @@ impl ProxyHttp for Gateway {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _e: &Error) -> bool {
         // `logging` reports failures once, with the service, port and backend.
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        e: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // An attempt that is retried is no failure a client saw: a warning per retry would
+        // cry wolf on every backend restart. `logging` warns once if the request failed.
+        if let Some(route) = &ctx.route {
+            let key = &route.port.key;
+            tracing::debug!(service = %key.service, port = %key.port, error = %e, "attempt failed; retrying");
+        }
         true
     }
 
