@@ -40,6 +40,8 @@ pub enum Change {
         /// New address.
         to: SocketAddr,
     },
+    /// The admin token changed (or was set, or removed): it applies to the next request.
+    AdminTokenChanged,
     /// Process-wide settings changed.
     RuntimeChanged(RuntimeAspects),
     /// The sandbox limits of plugins changed (deadlines and quarantine apply at once; the
@@ -62,6 +64,7 @@ impl Change {
             Change::ListenerRebound { .. } => "listener_rebound",
             Change::PortChanged { .. } => "port_changed",
             Change::AdminChanged { .. } => "admin_changed",
+            Change::AdminTokenChanged => "admin_token_changed",
             Change::RuntimeChanged(_) => "runtime_changed",
             Change::PluginLimitsChanged => "plugin_limits_changed",
             Change::KubernetesChanged => "kubernetes_changed",
@@ -82,7 +85,9 @@ impl fmt::Display for Change {
             Change::PortChanged { key, what } => write!(f, "{} {key} ({what})", self.kind()),
             Change::AdminChanged { from, to } => write!(f, "{} {from} -> {to}", self.kind()),
             Change::RuntimeChanged(what) => write!(f, "{} ({what})", self.kind()),
-            Change::PluginLimitsChanged | Change::KubernetesChanged => f.write_str(self.kind()),
+            Change::PluginLimitsChanged | Change::KubernetesChanged | Change::AdminTokenChanged => {
+                f.write_str(self.kind())
+            }
             Change::SourceChanged(service) => write!(f, "{} {service}", self.kind()),
         }
     }
@@ -228,6 +233,9 @@ pub fn diff(old: &Model, new: &Model) -> Vec<Change> {
             from: old.admin.listen,
             to: new.admin.listen,
         });
+    }
+    if old.admin.token != new.admin.token {
+        changes.push(Change::AdminTokenChanged);
     }
     let (a, b) = (&old.runtime, &new.runtime);
     let mut runtime = RuntimeAspects::empty();

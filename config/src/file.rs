@@ -84,6 +84,12 @@ pub struct AdminFile {
     /// Address of the admin listener. Default `127.0.0.1:9901`: never a public address unless
     /// the operator writes one.
     pub listen: Option<String>,
+    /// A file whose contents (surrounding whitespace removed) are the bearer token `/config`
+    /// and `/metrics` ask for. Relative to the configuration file's folder.
+    pub token_file: Option<String>,
+    /// An environment variable holding that token instead (never the token itself: the
+    /// configuration may be shown, copied and committed).
+    pub token_env: Option<String>,
 }
 
 /// `runtime:`

@@ -46,7 +46,8 @@ impl Model {
     }
 
     /// Files whose contents the model depends on besides the config file itself (certificates,
-    /// keys and plugins read from files; material from other sources is not a file): a change
+    /// keys, plugins and the admin token read from files; material from other sources is not
+    /// a file): a change
     /// to any of them means the model must be rebuilt.
     pub fn referenced_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self
@@ -65,6 +66,7 @@ impl Model {
                         PolicySource::Builtin(_) | PolicySource::Native => None,
                     }),
             )
+            .chain(self.admin.token.as_ref().and_then(|t| t.file.clone()))
             .collect();
         files.sort();
         files.dedup();
@@ -92,6 +94,63 @@ pub struct PluginLimits {
 pub struct Admin {
     /// Listen address.
     pub listen: SocketAddr,
+    /// The bearer token `/config` and `/metrics` ask for, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<AdminToken>,
+}
+
+/// The admin token: where it came from (shown), and the secret (never shown, logged or
+/// serialized).
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct AdminToken {
+    /// `file:PATH` or `env:NAME`.
+    pub source: String,
+    /// The file it was read from, watched like certificates.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+    #[serde(skip)]
+    secret: Vec<u8>,
+}
+
+impl AdminToken {
+    /// A token read from `file`, or else from the environment variable `env`.
+    pub fn new(file: Option<PathBuf>, env: &str, secret: Vec<u8>) -> Self {
+        let source = match &file {
+            Some(file) => format!("file:{}", file.display()),
+            None => format!("env:{env}"),
+        };
+        AdminToken {
+            source,
+            file,
+            secret,
+        }
+    }
+
+    /// Whether an `Authorization` header value presents this token (`Bearer TOKEN`). The
+    /// comparison takes the same time wherever the first difference is, so the token cannot
+    /// be guessed a byte at a time from response times.
+    pub fn accepts(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(presented) = authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        let presented = presented.trim_ascii();
+        if presented.len() != self.secret.len() {
+            return false;
+        }
+        presented
+            .iter()
+            .zip(&self.secret)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `runtime:`

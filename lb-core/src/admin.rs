@@ -1,7 +1,9 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process answers),
 //! `/readyz` (the first configuration is serving and no shutdown has begun) and `/config` (the
 //! running model and live listener state as JSON; certificate keys are never included).
-//! It binds to loopback unless the operator configures another address.
+//! It binds to loopback unless the operator configures another address, and `/config` and
+//! `/metrics` ask for a bearer token when one is configured (`admin.token_file` or
+//! `token_env`); the probes (`/healthz`, `/readyz`) never do.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +24,9 @@ pub trait AdminView: Send + Sync {
     fn is_ready(&self) -> bool;
     /// The running configuration and listener state.
     fn config_json(&self) -> serde_json::Value;
+    /// Whether a request with this `Authorization` value may read `/config` and `/metrics`:
+    /// always, when no `admin.token_file`/`token_env` is configured.
+    fn authorized(&self, authorization: Option<&[u8]>) -> bool;
 }
 
 /// The admin HTTP application.
@@ -60,7 +65,25 @@ impl ServeHttp for AdminApp {
         if head.method != Method::GET && head.method != Method::HEAD {
             return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
         }
-        match head.uri.path() {
+        let path = head.uri.path();
+        let guarded = matches!(path, "/metrics" | "/config");
+        let authorization = head
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if guarded && !self.view.authorized(authorization) {
+            let mut response = respond(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "a bearer token is required\n",
+            );
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"gantry\""),
+            );
+            return response;
+        }
+        match path {
             "/metrics" => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

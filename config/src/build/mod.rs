@@ -64,7 +64,7 @@ impl ModelBuilder {
     pub fn from_file(file: FileConfig, base_dir: &Path) -> Self {
         let mut problems = Problems::default();
         let root = FieldPath::root();
-        let admin = runtime::build_admin(file.admin, &root.field("admin"), &mut problems);
+        let admin = runtime::build_admin(file.admin, base_dir, &root.field("admin"), &mut problems);
         let runtime = runtime::build_runtime(
             file.runtime,
             base_dir,

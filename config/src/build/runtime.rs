@@ -1,12 +1,12 @@
 //! The process-wide sections: `admin:`, `runtime:` and `plugin_limits:`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::file::{AdminFile, PluginLimitsFile, RuntimeFile};
 use crate::lenient::Lenient;
-use crate::model::{Admin, PluginCache, PluginLimits, Runtime};
+use crate::model::{Admin, AdminToken, PluginCache, PluginLimits, Runtime};
 use crate::problems::{FieldPath, Problems};
 
 use super::settings::{set_duration, DurationRange};
@@ -17,8 +17,14 @@ pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// Longest admin token accepted, in bytes.
+const MAX_TOKEN_BYTES: usize = 4096;
+/// Shortest admin token accepted: a guessable token protects nothing.
+const MIN_TOKEN_BYTES: usize = 16;
+
 pub(super) fn build_admin(
     file: Option<Lenient<AdminFile>>,
+    base_dir: &Path,
     path: &FieldPath,
     p: &mut Problems,
 ) -> Admin {
@@ -29,7 +35,70 @@ pub(super) fn build_admin(
         }
         None => DEFAULT_ADMIN_LISTEN,
     };
-    Admin { listen }
+    let token = match (file.token_file, file.token_env) {
+        (Some(_), Some(_)) => {
+            p.push(path, "`token_file` and `token_env` both given: choose one");
+            None
+        }
+        (Some(name), None) => {
+            let file = base_dir.join(name);
+            let at = path.field("token_file");
+            match std::fs::read(&file) {
+                Ok(bytes) => token(Some(file), "", &bytes, &at, p),
+                Err(err) => {
+                    p.push(&at, format!("cannot read {}: {err}", file.display()));
+                    None
+                }
+            }
+        }
+        (None, Some(name)) => {
+            let at = path.field("token_env");
+            match std::env::var_os(&name) {
+                Some(value) => token(None, &name, value.as_encoded_bytes(), &at, p),
+                None => {
+                    p.push(&at, format!("the environment has no {name}"));
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    Admin { listen, token }
+}
+
+/// The token in `bytes` (surrounding whitespace removed) from `file` or else the variable
+/// `env`, or a problem at `at`.
+fn token(
+    file: Option<PathBuf>,
+    env: &str,
+    bytes: &[u8],
+    at: &FieldPath,
+    p: &mut Problems,
+) -> Option<AdminToken> {
+    let source = match &file {
+        Some(file) => file.display().to_string(),
+        None => env.to_owned(),
+    };
+    let secret = bytes.trim_ascii();
+    if !(MIN_TOKEN_BYTES..=MAX_TOKEN_BYTES).contains(&secret.len()) {
+        p.push(
+            at,
+            format!(
+                "the token from {source} is {} bytes; it must be {MIN_TOKEN_BYTES} to {MAX_TOKEN_BYTES}",
+                secret.len()
+            ),
+        );
+        return None;
+    }
+    // It travels in a header: visible ASCII only.
+    if !secret.iter().all(|b| b.is_ascii_graphic()) {
+        p.push(
+            at,
+            format!("the token from {source} must be printable ASCII without spaces"),
+        );
+        return None;
+    }
+    Some(AdminToken::new(file, env, secret.to_vec()))
 }
 
 pub(super) fn build_runtime(

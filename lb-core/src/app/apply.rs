@@ -214,8 +214,10 @@ impl Gantry {
                 }
                 // Storing the new model is all these take: the Kubernetes source follows its
                 // section of the model (it restarts when it changes), and a service's source
-                // is shown by the admin endpoint.
-                Change::KubernetesChanged | Change::SourceChanged(_) => {}
+                // is shown by the admin endpoint, which also reads its token from the model.
+                Change::KubernetesChanged
+                | Change::SourceChanged(_)
+                | Change::AdminTokenChanged => {}
             }
         }
         Ok(plan)

@@ -250,4 +250,11 @@ impl AdminView for Inner {
         });
         admin::config_document(&self.model.load_full(), listeners)
     }
+
+    fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        match &self.model.load().admin.token {
+            Some(token) => token.accepts(authorization),
+            None => true,
+        }
+    }
 }

@@ -13,6 +13,7 @@
 
 pub mod forwarding;
 pub mod gateway;
+pub mod h2;
 pub mod head;
 pub mod relay;
 pub mod routes;
@@ -83,9 +84,7 @@ fn build_app(routes: Arc<ListenerRoutes>, max_header_bytes: u32) -> Arc<HttpApp>
     // Lets pingora accept the h2c connections `serve_cleartext` hands it.
     options.h2c = true;
     proxy.server_options = Some(options);
-    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
-    h2.max_header_list_size(max_header_bytes);
-    proxy.h2_options = Some(h2);
+    proxy.h2_options = Some(h2::server_options(max_header_bytes));
     Arc::new(proxy)
 }
 

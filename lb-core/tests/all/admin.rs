@@ -1,12 +1,13 @@
 //! The admin listener over real sockets: metrics, health, readiness and the config dump.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
 
 use crate::support::addr;
 use crate::support::certs::TestCa;
-use crate::support::client::get;
+use crate::support::client::{get, get_request, Answer, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
 
@@ -82,4 +83,98 @@ async fn the_admin_endpoints_report_health_metrics_and_the_redacted_config() {
         tokio::net::TcpStream::connect(admin).await.is_err(),
         "admin stops with the rest"
     );
+}
+
+/// A GET on `path` at `admin` presenting `authorization`, if any.
+async fn get_with(admin: SocketAddr, path: &str, authorization: Option<&str>) -> Answer {
+    let mut request = get_request(&admin.to_string(), path);
+    if let Some(value) = authorization {
+        request.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            value.parse().expect("header value"),
+        );
+    }
+    let mut client = H1::connect(admin).await.expect("connect");
+    client.send(request).await.expect("answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_token_guards_config_and_metrics_but_not_the_probes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "first-token-0123456789\n").expect("token");
+    let scenario = Scenario::new().admin(&format!("token_file: \"{}\"", token_file.display()));
+    let gantry = scenario.start().await;
+    let admin = gantry.admin_addr().expect("admin address");
+
+    for path in ["/metrics", "/config"] {
+        let refused = get_with(admin, path, None).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(refused.header("www-authenticate").starts_with("Bearer"));
+        let wrong = get_with(admin, path, Some("Bearer first-token-0123456788")).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{path}");
+        let right = get_with(admin, path, Some("Bearer first-token-0123456789")).await;
+        assert_eq!(right.status, StatusCode::OK, "{path}");
+    }
+    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
+
+    let config = get_with(admin, "/config", Some("Bearer first-token-0123456789")).await;
+    assert!(
+        !config.body.contains("first-token"),
+        "/config never shows the token: {}",
+        config.body
+    );
+    assert_eq!(
+        config
+            .body
+            .matches(&format!("file:{}", token_file.display()))
+            .count(),
+        1,
+        "it shows where the token comes from: {}",
+        config.body
+    );
+
+    // A new token applies to the next request, the old one is refused.
+    std::fs::write(&token_file, "second-token-0123456789").expect("token");
+    let changes = gantry.apply(scenario.model()).await.expect("applied");
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].kind(), "admin_token_changed");
+    let old = get_with(admin, "/metrics", Some("Bearer first-token-0123456789")).await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    let new = get_with(admin, "/metrics", Some("Bearer second-token-0123456789")).await;
+    assert_eq!(new.status, StatusCode::OK);
+}
+
+#[test]
+fn a_token_too_short_or_from_nowhere_is_a_problem_at_its_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc").expect("token");
+    let cases = [
+        (
+            format!("token_file: \"{}\"", short.display()),
+            "admin.token_file",
+        ),
+        (
+            format!("token_file: \"{}\"", dir.path().join("absent").display()),
+            "admin.token_file",
+        ),
+        (
+            "token_env: GANTRY_TEST_NO_SUCH_VARIABLE".to_owned(),
+            "admin.token_env",
+        ),
+    ];
+    for (field, at) in cases {
+        let yaml = Scenario::new().admin(&field).yaml();
+        let problems = match lb_config::parse_str(&yaml, std::path::Path::new("/")) {
+            Ok(_) => panic!("{field} was accepted"),
+            Err(err) => err.to_string(),
+        };
+        assert!(problems.contains(at), "{field}: {problems}");
+        assert!(
+            !problems.contains("abc"),
+            "the token is never echoed: {problems}"
+        );
+    }
 }

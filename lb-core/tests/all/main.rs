@@ -6,6 +6,7 @@
 mod admin;
 mod affinity;
 mod binary;
+mod h2_abuse;
 mod health;
 mod http_proxy;
 mod kubernetes;

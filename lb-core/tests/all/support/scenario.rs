@@ -73,6 +73,7 @@ impl Port {
 /// A whole test configuration.
 #[derive(Clone, Debug, Default)]
 pub struct Scenario {
+    admin: Vec<String>,
     sections: Vec<String>,
     plugins: Vec<(String, String)>,
     services: Vec<(String, Vec<Port>)>,
@@ -82,6 +83,12 @@ impl Scenario {
     /// Nothing but the admin listener.
     pub fn new() -> Scenario {
         Scenario::default()
+    }
+
+    /// A field of `admin:` besides its ephemeral `listen`, as YAML (`token_file: "/t"`).
+    pub fn admin(mut self, field: &str) -> Scenario {
+        self.admin.push(field.to_owned());
+        self
     }
 
     /// A top-level section, as YAML on one line (`runtime: { shutdown_grace: 5s }`).
@@ -110,7 +117,11 @@ impl Scenario {
 
     /// The configuration file's text.
     pub fn yaml(&self) -> String {
-        let mut out = String::from("admin: { listen: \"127.0.0.1:0\" }\n");
+        let mut out = String::from("admin: { listen: \"127.0.0.1:0\"");
+        for field in &self.admin {
+            let _ = write!(out, ", {field}");
+        }
+        out.push_str(" }\n");
         for section in &self.sections {
             let _ = writeln!(out, "{section}");
         }

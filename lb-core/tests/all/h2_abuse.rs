@@ -1,0 +1,175 @@
+//! HTTP/2 clients that try to make Gantry do or keep too much, as raw frames over real
+//! sockets (a well-behaved client library would not send them): rapid reset
+//! (CVE-2023-44487), a CONTINUATION flood, and a flood of SETTINGS and PINGs from a client that
+//! never reads. Each attack ends in bounded time, and a good client is served meanwhile.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::addr;
+use crate::support::client::raw_exchange;
+use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::scenario::{Port, Scenario};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const CANCEL: u32 = 0x8;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("small payload");
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// `GET http://localhost/` in HPACK: indexed `:method GET`, `:scheme http`, `:path /`, and
+/// `:authority` as a literal without indexing.
+fn get_block() -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 9];
+    block.extend_from_slice(b"localhost");
+    block
+}
+
+/// A connection that has sent its preface and empty SETTINGS.
+async fn h2c(proxy: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    stream.write_all(&hello).await.expect("preface");
+    stream
+}
+
+async fn served(proxy: SocketAddr) -> bool {
+    raw_exchange(
+        proxy,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .starts_with("HTTP/1.1 200")
+}
+
+async fn proxied(origin: &HttpOrigin) -> lb_core::Gantry {
+    Scenario::new()
+        .port("web", Port::http("http").backends(&[origin.addr]))
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_ends_the_connection_with_enhance_your_calm() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = proxied(&origin).await;
+    let proxy = addr(&gantry, "web", "http");
+    let mut stream = h2c(proxy).await;
+    // Streams opened and cancelled at once, in one write: no window for Gantry to accept
+    // them before they are reset.
+    let streams = 1000usize;
+    let mut burst = Vec::new();
+    for i in 0..streams {
+        let id = u32::try_from(2 * i + 1).expect("stream id");
+        burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &get_block()));
+        burst.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    let (mut reader, mut writer) = stream.split();
+    let (code, _) = tokio::join!(goaway_code(&mut reader), async {
+        // Gantry may close before the burst is written; that is the point.
+        let _ = writer.write_all(&burst).await;
+    });
+    assert_eq!(code, Some(ENHANCE_YOUR_CALM));
+    assert!(
+        origin.requests() < streams / 2,
+        "most cancelled streams never reached the backend: {}",
+        origin.requests()
+    );
+    assert!(served(proxy).await, "a good client is served afterwards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_ends_the_connection() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = proxied(&origin).await;
+    let proxy = addr(&gantry, "web", "http");
+    let mut stream = h2c(proxy).await;
+    let mut flood = frame(HEADERS, END_STREAM, 1, &get_block());
+    // A header block that never ends: each frame one whole literal header, `x-ab: vvvvvvvvv`
+    // (not indexed, new name), so every fragment is valid and only their number is wrong.
+    let mut literal = vec![0x00, 4];
+    literal.extend_from_slice(b"x-ab");
+    literal.push(9);
+    literal.extend_from_slice(b"vvvvvvvvv");
+    for _ in 0..10_000 {
+        flood.extend(frame(CONTINUATION, 0, 1, &literal));
+    }
+    let (mut reader, mut writer) = stream.split();
+    let (code, _) = tokio::join!(goaway_code(&mut reader), async {
+        let _ = writer.write_all(&flood).await;
+    });
+    assert_eq!(code, Some(ENHANCE_YOUR_CALM));
+    assert_eq!(
+        origin.requests(),
+        0,
+        "the endless request never reached the backend"
+    );
+    assert!(served(proxy).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_floods_settings_and_pings_without_reading_does_not_stop_others() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = proxied(&origin).await;
+    let proxy = addr(&gantry, "web", "http");
+    let mut stream = h2c(proxy).await;
+    let mut flood = Vec::new();
+    for i in 0..20_000u64 {
+        flood.extend(frame(SETTINGS, 0, 0, &[]));
+        flood.extend(frame(PING, 0, 0, &i.to_be_bytes()));
+    }
+    // The client never reads its answers: Gantry stops reading once its own writes back up,
+    // so this write stalls rather than growing a buffer; it is abandoned after a while.
+    let flooding = tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&flood)).await;
+        stream
+    });
+    for _ in 0..20 {
+        assert!(
+            served(proxy).await,
+            "good clients are served during the flood"
+        );
+    }
+    let stream = flooding.await.expect("flooder");
+    drop(stream);
+    assert!(served(proxy).await);
+}
+
+/// The error code of the GOAWAY the server sends before it closes, reading (and discarding)
+/// every other frame; `None` if it closes without one. Bounded by a deadline.
+async fn goaway_code<R: AsyncReadExt + Unpin>(reader: &mut R) -> Option<u32> {
+    let read = async {
+        let mut header = [0u8; 9];
+        loop {
+            reader.read_exact(&mut header).await.ok()?;
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0; len];
+            reader.read_exact(&mut payload).await.ok()?;
+            if header[3] == GOAWAY && len >= 8 {
+                return Some(u32::from_be_bytes(payload[4..8].try_into().ok()?));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the server ends the connection in bounded time")
+}
