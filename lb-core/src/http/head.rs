@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
+use super::deadline::Deadline;
 use crate::metrics::Rejection;
 
 /// pingora's HTTP/1 parser holds at most this many headers; limits are validated against it.
@@ -60,17 +61,19 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     limits: HeadLimits,
     drain: &mut watch::Receiver<bool>,
+    timer: &mut Deadline,
 ) -> Head {
     if buf.is_empty() {
         buf.reserve(4096);
         // Waiting for a request is idleness, bounded by the idle timeout and cut short by a
-        // drain.
-        // The timer is made (and the clock read) only if the read has to wait: `biased`
-        // polls the read first, and the sleep starts when its block first runs.
+        // drain. The timer is set (and the clock read) only if the read has to wait: `biased`
+        // polls the read first, and the block runs on its first poll.
         let first = tokio::select! {
             biased;
             read = io.read_buf(buf) => read,
-            _ = async { tokio::time::sleep(limits.idle_timeout).await } => return Head::Closed,
+            _ = async { timer.at(lb_policy::clock::instant_after(limits.idle_timeout)).await } => {
+                return Head::Closed
+            }
             _ = drain.wait_for(|draining| *draining) => return Head::Closed,
         };
         if !matches!(first, Ok(n) if n > 0) {
@@ -88,10 +91,13 @@ pub async fn read_head<S: AsyncRead + Unpin>(
         let deadline =
             *deadline.get_or_insert_with(|| lb_policy::clock::instant_after(limits.header_timeout));
         buf.reserve(4096);
-        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
-            Err(_elapsed) => return Head::Refused(Rejection::HeaderTimeout),
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return Head::Closed,
+        let read = tokio::select! {
+            biased;
+            read = io.read_buf(buf) => read,
+            _ = timer.at(deadline) => return Head::Refused(Rejection::HeaderTimeout),
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            return Head::Closed;
         }
     }
 }
@@ -255,7 +261,14 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(1024);
         let (_tx, mut drain) = watch::channel(false);
         let reader = tokio::spawn(async move {
-            read_head(&mut server, &mut BytesMut::new(), LIMITS, &mut drain).await
+            read_head(
+                &mut server,
+                &mut BytesMut::new(),
+                LIMITS,
+                &mut drain,
+                &mut Deadline::default(),
+            )
+            .await
         });
         use tokio::io::AsyncWriteExt;
         for byte in b"GET / HTTP/1.1\r\n" {
@@ -274,13 +287,27 @@ mod tests {
     async fn an_idle_connection_closes_quietly_and_a_drain_ends_the_wait() {
         let (_client, mut server) = tokio::io::duplex(1024);
         let (_tx, mut drain) = watch::channel(false);
-        let head = read_head(&mut server, &mut BytesMut::new(), LIMITS, &mut drain).await;
+        let head = read_head(
+            &mut server,
+            &mut BytesMut::new(),
+            LIMITS,
+            &mut drain,
+            &mut Deadline::default(),
+        )
+        .await;
         assert!(matches!(head, Head::Closed));
 
         let (_client, mut server) = tokio::io::duplex(1024);
         let (tx, mut drain) = watch::channel(false);
         let reader = tokio::spawn(async move {
-            read_head(&mut server, &mut BytesMut::new(), LIMITS, &mut drain).await
+            read_head(
+                &mut server,
+                &mut BytesMut::new(),
+                LIMITS,
+                &mut drain,
+                &mut Deadline::default(),
+            )
+            .await
         });
         tx.send_replace(true);
         assert!(matches!(reader.await.expect("join"), Head::Closed));

@@ -11,6 +11,7 @@
 //! of kilobytes each; shared, they also share upstream keep-alive pools, which survive backend
 //! changes.
 
+pub mod deadline;
 pub mod forwarding;
 pub mod gateway;
 pub mod h2;
@@ -111,6 +112,7 @@ pub async fn serve_cleartext(
         &mut buffers.client_in,
         head_limits(&route.load()),
         &mut drain,
+        &mut buffers.client_timer,
     )
     .await;
     if matches!(first, Head::Ready(_)) && buffers.client_in.starts_with(H2_PREFACE_START) {
@@ -156,7 +158,10 @@ async fn serve_http1(
         let limits = head_limits(&current);
         let head = match pending.take() {
             Some(head) => head,
-            None => read_head(&mut stream, &mut buffers.client_in, limits, &mut drain).await,
+            None => {
+                let (buf, timer) = (&mut buffers.client_in, &mut buffers.client_timer);
+                read_head(&mut stream, buf, limits, &mut drain, timer).await
+            }
         };
         match head {
             Head::Ready(head) if head.upgrade => {

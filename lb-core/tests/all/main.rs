@@ -17,6 +17,7 @@ mod limits;
 mod policies;
 mod refused_reload;
 mod relay;
+mod relay_timeouts;
 mod reload;
 mod sandbox;
 mod source_ranges;

@@ -26,6 +26,7 @@ use super::framing::{Body, ChunkError};
 use super::request::{self, Request};
 use super::response::{self, Exchange, Response};
 use super::{idle, refuse};
+use crate::http::deadline::Deadline;
 use crate::http::forwarding::ClientIp;
 use crate::http::gateway::strip_port;
 use crate::metrics::Rejection;
@@ -42,6 +43,10 @@ const READ_CHUNK: usize = 16 * 1024;
 pub struct Buffers {
     /// What the client sent and nothing has consumed yet (pipelined requests included).
     pub client_in: BytesMut,
+    /// The client's deadlines: for the next request, and for the rest of a head.
+    pub client_timer: Deadline,
+    /// The backend's deadlines: to answer, and for each read of a response body.
+    upstream_timer: Deadline,
     /// The head (and the start of the body) for the backend.
     upstream_out: Vec<u8>,
     /// What the backend sent.
@@ -368,6 +373,8 @@ impl Run<'_> {
             upstream_out,
             upstream_in,
             client_out,
+            upstream_timer,
+            ..
         } = buffers;
         let (mut from_backend, mut to_backend) = upstream.split();
         if to_backend.write_all(upstream_out).await.is_err() {
@@ -381,20 +388,19 @@ impl Run<'_> {
         loop {
             let body_open = !self.body.is_done() || pending > 0;
             // The backend's time to answer runs once it has the whole request.
-            let answer_by = if body_open {
-                Instant::now() + Duration::from_secs(86_400)
-            } else {
-                Instant::now() + timeouts.upstream_read
-            };
+            let answer_by = Instant::now()
+                + if body_open {
+                    Duration::from_secs(86_400)
+                } else {
+                    timeouts.upstream_read
+                };
             // Room for a whole small response in one read (an empty buffer would read 64 bytes).
             upstream_in.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
-                read = tokio::time::timeout_at(answer_by, from_backend.read_buf(upstream_in)) => {
-                    match read {
-                        Ok(Ok(n)) if n > 0 => {}
-                        Ok(_) => return Err(Failure::Backend { timed_out: false, dead_reuse: upstream_in.is_empty() }),
-                        Err(_) => return Err(Failure::Backend { timed_out: true, dead_reuse: false }),
+                read = from_backend.read_buf(upstream_in) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        return Err(Failure::Backend { timed_out: false, dead_reuse: upstream_in.is_empty() });
                     }
                     let exchange = Exchange {
                         head_method: self.request.head_method,
@@ -415,6 +421,9 @@ impl Run<'_> {
                     if !client_out.is_empty() {
                         write_flushed(client, client_out).await.map_err(|_| Failure::ClientGone)?;
                     }
+                }
+                _ = upstream_timer.at(answer_by) => {
+                    return Err(Failure::Backend { timed_out: true, dead_reuse: false });
                 }
                 step = body_step(client, client_in, &mut to_backend, pending, timeouts.client_idle, timeouts.upstream_read), if body_open => {
                     match step? {
@@ -453,6 +462,7 @@ impl Run<'_> {
         let Buffers {
             upstream_in,
             client_out,
+            upstream_timer,
             ..
         } = buffers;
         loop {
@@ -477,13 +487,17 @@ impl Run<'_> {
                 return Ok(());
             }
             upstream_in.reserve(READ_CHUNK);
-            let read = tokio::time::timeout(upstream_read, upstream.read_buf(upstream_in)).await;
+            let read_by = Instant::now() + upstream_read;
+            let read = tokio::select! {
+                biased;
+                read = upstream.read_buf(upstream_in) => read,
+                _ = upstream_timer.at(read_by) => return Err(std::io::ErrorKind::TimedOut.into()),
+            };
             match read {
-                Ok(Ok(0)) if body.until_close() => return Ok(()),
-                Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) => return Err(err),
-                Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+                Ok(0) if body.until_close() => return Ok(()),
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(err) => return Err(err),
             }
         }
     }

@@ -1,0 +1,111 @@
+//! The relay's deadlines, through real sockets and the wall clock (each test checks that the
+//! answer came no earlier than its deadline, which shows which timer ended the wait): a
+//! backend that does not answer gets the client a 504, one that stalls in its body has the
+//! connection closed, and a client that stays idle between requests is let go.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::addr;
+use crate::support::client::read_until_closed;
+use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::scenario::{Port, Scenario};
+
+const DEADLINE: Duration = Duration::from_millis(300);
+
+/// A backend that reads each request and answers with `answer` (possibly nothing), then
+/// holds the connection open until the test ends.
+async fn stalling_backend(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream.write_all(answer).await;
+                // Held, not closed: the proxy's own deadline must end the exchange.
+                let _ = stream.read(&mut head).await;
+            });
+        }
+    });
+    address
+}
+
+async fn proxied(backend: SocketAddr, timeouts: &str) -> lb_core::Gantry {
+    Scenario::new()
+        .port(
+            "web",
+            Port::http("http")
+                .backends(&[backend])
+                .set("timeouts", timeouts),
+        )
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_answer_in_time_gets_the_client_a_504() {
+    let backend = stalling_backend(b"").await;
+    let gantry = proxied(backend, "{ upstream_read: 300ms }").await;
+    let mut client = TcpStream::connect(addr(&gantry, "web", "http"))
+        .await
+        .expect("connect");
+    let asked = Instant::now();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("request");
+    let answer = read_until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+    assert!(asked.elapsed() >= DEADLINE, "not before the backend's time ran out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stalls_in_its_body_has_the_connection_closed() {
+    let backend = stalling_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await;
+    let gantry = proxied(backend, "{ upstream_read: 300ms }").await;
+    let mut client = TcpStream::connect(addr(&gantry, "web", "http"))
+        .await
+        .expect("connect");
+    let asked = Instant::now();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("request");
+    let answer = read_until_closed(&mut client).await;
+    // The head and what came of the body were relayed; the rest never will be, so the client
+    // learns by the close (a complete-looking answer would be a lie).
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nabc"), "{answer}");
+    assert!(asked.elapsed() >= DEADLINE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_is_let_go_after_client_idle_even_after_a_request() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = proxied(origin.addr, "{ client_idle: 300ms }").await;
+    let proxy = addr(&gantry, "web", "http");
+
+    // Idle from the start.
+    let mut silent = TcpStream::connect(proxy).await.expect("connect");
+    let connected = Instant::now();
+    assert_eq!(read_until_closed(&mut silent).await, "");
+    assert!(connected.elapsed() >= DEADLINE);
+
+    // Idle after a kept-alive request: the deadline runs again from its answer.
+    let mut client = TcpStream::connect(proxy).await.expect("connect");
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = vec![0u8; 4096];
+    let n = client.read(&mut answer).await.expect("answer");
+    let answered = Instant::now();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200 "));
+    assert_eq!(read_until_closed(&mut client).await, "");
+    assert!(answered.elapsed() >= DEADLINE);
+}
