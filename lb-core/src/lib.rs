@@ -14,6 +14,7 @@ pub mod app;
 pub mod coalesce;
 mod connection;
 pub mod demo;
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod http_server;

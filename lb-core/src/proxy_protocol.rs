@@ -79,8 +79,10 @@ fn v2(client: SocketAddr, local: SocketAddr, authority: Option<&str>, transport:
     };
     addresses.extend_from_slice(&client.port().to_be_bytes());
     addresses.extend_from_slice(&local.port().to_be_bytes());
-    // A server name longer than a TLV can hold is left out rather than truncated.
-    if let Some(name) = authority.filter(|n| !n.is_empty() && n.len() <= usize::from(u16::MAX)) {
+    // A server name longer than the header can hold (its length field counts the addresses
+    // and every TLV in 16 bits) is left out rather than truncated.
+    let room = usize::from(u16::MAX) - addresses.len() - 3;
+    if let Some(name) = authority.filter(|n| !n.is_empty() && n.len() <= room) {
         addresses.push(PP2_TYPE_AUTHORITY);
         addresses.extend_from_slice(&(name.len() as u16).to_be_bytes());
         addresses.extend_from_slice(name.as_bytes());

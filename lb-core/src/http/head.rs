@@ -102,13 +102,13 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
-enum Inspection {
+pub(crate) enum Inspection {
     Complete { upgrade: bool },
     Partial,
     Refuse(Rejection),
 }
 
-fn inspect(buf: &[u8], limits: HeadLimits) -> Inspection {
+pub(crate) fn inspect(buf: &[u8], limits: HeadLimits) -> Inspection {
     // Uninitialised: zeroing the slots would cost more than parsing a small head.
     let mut slots = [std::mem::MaybeUninit::uninit(); PARSER_HEADER_SLOTS];
     let slots = &mut slots[..limits.max_headers.min(PARSER_HEADER_SLOTS)];

@@ -6,6 +6,7 @@
 mod admin;
 mod affinity;
 mod binary;
+mod fuzz_corpus;
 mod h2_abuse;
 mod health;
 mod http_proxy;

@@ -61,7 +61,10 @@ async fn a_backend_that_does_not_answer_in_time_gets_the_client_a_504() {
         .expect("request");
     let answer = read_until_closed(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
-    assert!(asked.elapsed() >= DEADLINE, "not before the backend's time ran out");
+    assert!(
+        asked.elapsed() >= DEADLINE,
+        "not before the backend's time ran out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

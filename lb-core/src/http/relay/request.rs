@@ -278,6 +278,13 @@ fn write_upstream_head(
         out.extend_from_slice(header.value);
         out.extend_from_slice(b"\r\n");
     }
+    if fields.host.is_none() {
+        // Only an HTTP/1.0 request comes without `Host`; it leaves as HTTP/1.1, which needs
+        // one (RFC 9112 §3.2): the target's authority, or empty when the target has none.
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(target_authority(target.as_bytes()));
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(length) = fields.length.filter(|_| !fields.chunked) {
         push_content_length(out, length);
     }
@@ -287,6 +294,25 @@ fn write_upstream_head(
         .map(|h| h.value);
     append_forwarded(out, route, client, prior_for, prior_proto);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The authority of an absolute-form target (`http://host:port/path`), else nothing.
+fn target_authority(target: &[u8]) -> &[u8] {
+    let Some(scheme_end) = target.windows(3).position(|w| w == b"://") else {
+        return b"";
+    };
+    let rest = &target[scheme_end + 3..];
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // Only a valid `uri-host[:port]` goes into the header; userinfo or junk leaves it empty.
+    if valid_host(authority) {
+        authority
+    } else {
+        b""
+    }
 }
 
 /// `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2), or empty.
@@ -380,6 +406,18 @@ impl<'h> Nominated<'h> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_without_host_leaves_with_its_targets_authority_or_an_empty_one() {
+        assert_eq!(target_authority(b"http://b:8/p?q"), b"b:8");
+        assert_eq!(target_authority(b"http://[::1]"), b"[::1]");
+        assert_eq!(target_authority(b"/p"), b"");
+        assert_eq!(
+            target_authority(b"http://user@b/"),
+            b"",
+            "userinfo is not a host"
+        );
+    }
 
     #[test]
     fn hosts_are_checked() {
