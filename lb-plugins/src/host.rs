@@ -20,6 +20,22 @@ use super::ticker::CallActivity;
 /// Log lines one instance may write per second; the rest are dropped (and counted in the
 /// last line of the next second).
 const LOG_LINES_PER_SECOND: u32 = 20;
+/// Longest log line kept, in bytes; the rest of a longer one is cut (and the cut said).
+const MAX_LOG_LINE_BYTES: usize = 1024;
+/// Longest header name looked up; no real header name comes near it.
+const MAX_HEADER_NAME_BYTES: usize = 256;
+
+/// `line`, cut to at most `max` bytes at a character boundary.
+fn clipped(line: &str, max: usize) -> (&str, bool) {
+    if line.len() <= max {
+        return (line, false);
+    }
+    let mut end = max;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&line[..end], true)
+}
 
 scoped_tls::scoped_thread_local! {
     /// The headers of the HTTP request being placed, while a `pick` runs.
@@ -150,6 +166,12 @@ impl HostState {
         if !self.may_log() {
             return;
         }
+        let (message, cut) = clipped(message, MAX_LOG_LINE_BYTES);
+        let message = if cut {
+            format!("{message}… (cut at {MAX_LOG_LINE_BYTES} bytes)")
+        } else {
+            message.to_owned()
+        };
         let plugin = &*self.plugin;
         match level {
             tracing::Level::TRACE => tracing::trace!(plugin, "{message}"),
@@ -174,7 +196,7 @@ impl HostState {
     }
 
     fn request_header(name: &str) -> Option<String> {
-        if !CURRENT_HEADERS.is_set() {
+        if name.len() > MAX_HEADER_NAME_BYTES || !CURRENT_HEADERS.is_set() {
             return None;
         }
         CURRENT_HEADERS.with(|headers| {
@@ -243,3 +265,17 @@ macro_rules! host_imports {
 
 host_imports!(v1);
 host_imports!(v2);
+
+#[cfg(test)]
+mod tests {
+    use super::clipped;
+
+    #[test]
+    fn long_log_lines_are_cut_at_a_character_boundary() {
+        assert_eq!(clipped("short", 1024), ("short", false));
+        let long = "é".repeat(1000); // 2,000 bytes
+        let (cut, was_cut) = clipped(&long, 1023);
+        assert!(was_cut);
+        assert_eq!(cut.len(), 1022, "the last whole character before the limit");
+    }
+}

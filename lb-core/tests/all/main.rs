@@ -3,6 +3,7 @@
 
 #![allow(unreachable_pub, missing_docs)]
 
+mod abuse;
 mod admin;
 mod affinity;
 mod binary;

@@ -1,5 +1,6 @@
 //! The plugin sandbox, through real sockets: a plugin that traps, loops forever, grows its
-//! memory past the cap, or answers an unknown backend never fails a request; the fault is
+//! memory past the cap, floods the host with calls, hands it giant strings, or answers an
+//! unknown backend never fails a request; the fault is
 //! counted, the plugin is quarantined after repeated faults, and a changed file lifts the
 //! quarantine. Plugins that cannot be used are refused at load with a clear message.
 
@@ -65,6 +66,8 @@ async fn every_kind_of_plugin_fault_is_answered_by_the_fallback_and_quarantined(
         ("loop", "deadline"),
         ("grow", "trap"),
         ("invalid", "invalid_answer"),
+        // Host calls in a loop: each returns at once, the call's deadline still ends it.
+        ("host_flood", "deadline"),
     ] {
         let gantry = start_with_mode(mode, &[&a, &b]).await;
         let mut client = H1::connect(addr(&gantry, "web", "http"))
@@ -89,6 +92,28 @@ async fn every_kind_of_plugin_fault_is_answered_by_the_fallback_and_quarantined(
         );
         gantry.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giant_strings_handed_to_the_host_are_contained() {
+    // A 4 MiB log line and header name per pick: the instance's memory cap bounds what the
+    // host may be handed; the host cuts the line and looks no such name up. Whether a pick
+    // finishes within its deadline or not, every request is answered.
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = start_with_mode("giant_strings", &[&origin]).await;
+    let mut client = H1::connect(addr(&gantry, "web", "http"))
+        .await
+        .expect("connect");
+    for _ in 0..20 {
+        let answer = client.get("/").await.expect("answered");
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert_eq!(
+        faults(&gantry, "trap"),
+        0.0,
+        "the strings fit in the instance"
+    );
+    gantry.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

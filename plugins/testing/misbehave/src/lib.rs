@@ -5,8 +5,11 @@
 //! without end), `invalid` (answers an id that does not exist), `reject` (refuses its
 //! parameters in `configure`), `trap_on_backends` (accepts its parameters, then panics when
 //! given a backend set), `spin` (works for `spin_us` microseconds of the host's monotonic
-//! clock, then answers the first backend). In every mode, `hoard_mib` makes the policy keep
-//! that many MiB from the moment it is given its backends (a large table).
+//! clock, then answers the first backend), `host_flood` (calls the host without end: logs,
+//! header lookups, figures), `giant_strings` (hands the host a 4 MiB log line and a 4 MiB
+//! header name on every pick, then answers the first backend). In every mode, `hoard_mib`
+//! makes the policy keep that many MiB from the moment it is given its backends (a large
+//! table).
 
 use gantry_plugin_sdk::{export_balancer, host, Backend, Balancer, Params, Request};
 
@@ -18,6 +21,8 @@ enum Mode {
     Invalid,
     TrapOnBackends,
     Spin(u64),
+    HostFlood,
+    GiantStrings,
 }
 
 struct Misbehave {
@@ -25,6 +30,7 @@ struct Misbehave {
     hoard_mib: usize,
     first: Option<u32>,
     hoard: Vec<Vec<u8>>,
+    giant: String,
 }
 
 impl Balancer for Misbehave {
@@ -37,6 +43,8 @@ impl Balancer for Misbehave {
             "invalid" => Mode::Invalid,
             "trap_on_backends" => Mode::TrapOnBackends,
             "spin" => Mode::Spin(params.parse_or("spin_us", 1000)?),
+            "host_flood" => Mode::HostFlood,
+            "giant_strings" => Mode::GiantStrings,
             "reject" => return Err("mode `reject` refuses every configuration".into()),
             other => return Err(format!("unknown mode `{other}`")),
         };
@@ -45,6 +53,7 @@ impl Balancer for Misbehave {
             hoard_mib: params.parse_or("hoard_mib", 0)?,
             first: None,
             hoard: Vec::new(),
+            giant: String::new(),
         })
     }
 
@@ -53,6 +62,9 @@ impl Balancer for Misbehave {
             panic!("misbehave: trapping on a backend set as asked");
         }
         self.first = backends.first().map(|b| b.id);
+        if matches!(self.mode, Mode::GiantStrings) && self.giant.is_empty() {
+            self.giant = "g".repeat(4 << 20);
+        }
         if self.hoard_mib > 0 {
             // Written, so the memory is really taken.
             self.hoard.push(vec![1; self.hoard_mib << 20]);
@@ -86,6 +98,16 @@ impl Balancer for Misbehave {
                 self.hoard.push(Vec::with_capacity(1 << 20));
             },
             Mode::Invalid => Some(9_999),
+            Mode::HostFlood => loop {
+                host::log(host::Level::Info, "misbehave: flooding the host");
+                let _ = host::request_header("x-flood");
+                let _ = host::backend_figures(0);
+            },
+            Mode::GiantStrings => {
+                host::log(host::Level::Info, &self.giant);
+                let _ = host::request_header(&self.giant);
+                self.first
+            }
         }
     }
 }

@@ -1,0 +1,125 @@
+//! Clients that try to hold Gantry's resources, through real sockets: hundreds of slow heads
+//! and slow bodies at once (slowloris), and a flood of idle connections past the connection
+//! cap. A well-behaved client keeps being served (or is served once the others are let go),
+//! and every abuser is let go by its deadline, which each test shows by the wall clock.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::support::addr;
+use crate::support::client::{get, read_until_closed};
+use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::scenario::{Port, Scenario};
+
+/// Raises this process's open-file limit to its hard limit and says how many abusive
+/// connections fit in it, up to `wanted` (each costs up to four descriptors in-process: the
+/// client's and Gantry's, and for a slow body Gantry's backend connection and the origin's).
+fn abusers_that_fit(wanted: usize) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let room = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(300)
+        / 4;
+    assert!(
+        room >= 100,
+        "too few file descriptors for this test: {limit}"
+    );
+    wanted.min(room)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_heads_and_bodies_do_not_stop_a_good_client_and_are_let_go_at_their_deadlines() {
+    let abusers = abusers_that_fit(1000);
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = Scenario::new()
+        .port(
+            "web",
+            Port::http("http")
+                .backends(&[origin.addr])
+                .set("timeouts", "{ header_read: 2s, client_idle: 2s }"),
+        )
+        .start()
+        .await;
+    let proxy = addr(&gantry, "web", "http");
+
+    let started = Instant::now();
+    let mut slow = Vec::with_capacity(abusers);
+    for i in 0..abusers {
+        let mut stream = TcpStream::connect(proxy).await.expect("connect");
+        // Three in four never finish their head; the rest never finish their body.
+        let partial: &[u8] = if i % 4 == 3 {
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b"
+        } else {
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: "
+        };
+        stream.write_all(partial).await.expect("partial request");
+        slow.push(stream);
+    }
+    for i in 0..20 {
+        let answer = get(proxy, &format!("/good/{i}")).await;
+        assert_eq!(answer.status, http::StatusCode::OK, "good request {i}");
+    }
+
+    // Each abuser is answered 408 (or closed) once its time is up, not before.
+    let mut answered = 0;
+    for mut stream in slow {
+        let answer = read_until_closed(&mut stream).await;
+        if answer.starts_with("HTTP/1.1 408 ") {
+            answered += 1;
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "nobody was let go before the 2 s deadline"
+    );
+    assert_eq!(answered, abusers, "every slow client got a 408");
+    assert!(
+        (20..=20 + abusers / 4).contains(&origin.requests()),
+        "the good requests reached the backend, no slow head did: {}",
+        origin.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_past_the_cap_waits_and_a_good_client_is_served_once_it_is_let_go() {
+    let flood = abusers_that_fit(150);
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = Scenario::new()
+        .port(
+            "web",
+            Port::http("http")
+                .backends(&[origin.addr])
+                .set("limits", "{ max_connections: 50 }")
+                .set("timeouts", "{ client_idle: 1s }"),
+        )
+        .start()
+        .await;
+    let proxy = addr(&gantry, "web", "http");
+    // Idle connections: the first 50 take every slot; the rest wait in the accept queue.
+    let mut idle = Vec::with_capacity(flood);
+    for _ in 0..flood {
+        idle.push(TcpStream::connect(proxy).await.expect("connect"));
+    }
+    let asked = Instant::now();
+    let answer = get(proxy, "/").await;
+    assert_eq!(answer.status, http::StatusCode::OK);
+    assert!(
+        asked.elapsed() >= Duration::from_secs(1),
+        "the good client waited for a slot: the idle connections held the cap until let go"
+    );
+    for mut stream in idle {
+        assert_eq!(
+            read_until_closed(&mut stream).await,
+            "",
+            "let go unanswered"
+        );
+    }
+}
