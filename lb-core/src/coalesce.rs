@@ -12,16 +12,10 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use async_trait::async_trait;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::tls::{SslDigest, TlsRef};
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    TimingDigest, UniqueID, UniqueIDType, ALPN, IO,
-};
+use pingora::protocols::{Shutdown, IO};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// pingora's own default: about one TCP segment, so buffering never delays more than that.
@@ -125,58 +119,7 @@ impl<S: IO> Shutdown for CoalescedWrites<S> {
     }
 }
 
-impl<S: IO> UniqueID for CoalescedWrites<S> {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl<S: IO> Ssl for CoalescedWrites<S> {
-    fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
-    }
-
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl<S: IO> GetTimingDigest for CoalescedWrites<S> {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-}
-
-impl<S: IO> GetProxyDigest for CoalescedWrites<S> {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest);
-    }
-}
-
-impl<S: IO> GetSocketDigest for CoalescedWrites<S> {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest);
-    }
-}
-
-#[async_trait]
-impl<S: IO> Peek for CoalescedWrites<S> {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
-    }
-}
+crate::passthrough::pass_through_capabilities!(CoalescedWrites<S>, inner);
 
 #[cfg(test)]
 mod tests {

@@ -23,6 +23,7 @@ mod limiter;
 mod listener;
 pub mod logging;
 pub mod metrics;
+mod passthrough;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod reload;

@@ -18,6 +18,7 @@ pub mod h2;
 pub mod head;
 pub mod relay;
 pub mod routes;
+pub mod settings_guard;
 pub mod upgrade;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ use self::gateway::Gateway;
 use self::head::{read_head, Head, HeadLimits};
 use self::relay::{relay, After, Buffers, Client};
 use self::routes::ListenerRoutes;
+use self::settings_guard::SettingsGuard;
 use crate::coalesce::CoalescedWrites;
 use crate::route::{Route, RouteCell};
 
@@ -118,7 +120,7 @@ pub async fn serve_cleartext(
     if matches!(first, Head::Ready(_)) && buffers.client_in.starts_with(H2_PREFACE_START) {
         // Nothing was written yet, so the inner stream can take the bytes back.
         stream.get_mut().rewind(&buffers.client_in);
-        ServerApp::process_new(app, Box::new(stream), &drain).await;
+        ServerApp::process_new(app, Box::new(SettingsGuard::new(Box::new(stream))), &drain).await;
         return;
     }
     serve_http1(app, route, Box::new(stream), buffers, Some(first), drain).await;
@@ -132,7 +134,7 @@ pub async fn serve_tls(
     drain: watch::Receiver<bool>,
 ) {
     if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-        ServerApp::process_new(app, stream, &drain).await;
+        ServerApp::process_new(app, Box::new(SettingsGuard::new(stream)), &drain).await;
     } else {
         serve_http1(app, route, stream, Buffers::default(), None, drain).await;
     }

@@ -1,7 +1,9 @@
 //! HTTP/2 clients that try to make Gantry do or keep too much, as raw frames over real
 //! sockets (a well-behaved client library would not send them): rapid reset
 //! (CVE-2023-44487), a CONTINUATION flood, and a flood of SETTINGS and PINGs from a client that
-//! never reads. Each attack ends in bounded time, and a good client is served meanwhile.
+//! never reads. Each attack ends in bounded time, and a good client is served meanwhile. And
+//! flow-control windows pushed past 2^31-1, which must end the connection with
+//! `FLOW_CONTROL_ERROR` (RFC 9113 §6.5.2, §6.9.2).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,7 +25,10 @@ const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
+const WINDOW_UPDATE: u8 = 0x8;
 const CANCEL: u32 = 0x8;
+const FLOW_CONTROL_ERROR: u32 = 0x3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -151,6 +156,39 @@ async fn a_client_that_floods_settings_and_pings_without_reading_does_not_stop_o
     }
     let stream = flooding.await.expect("flooder");
     drop(stream);
+    assert!(served(proxy).await);
+}
+
+fn initial_window(value: u32) -> Vec<u8> {
+    let mut entry = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+    entry.extend_from_slice(&value.to_be_bytes());
+    frame(SETTINGS, 0, 0, &entry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_past_the_maximum_end_the_connection_with_flow_control_error() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = proxied(&origin).await;
+    let proxy = addr(&gantry, "web", "http");
+
+    // A SETTINGS value above 2^31-1 (§6.5.2).
+    let mut stream = h2c(proxy).await;
+    stream
+        .write_all(&initial_window(1 << 31))
+        .await
+        .expect("settings");
+    assert_eq!(goaway_code(&mut stream).await, Some(FLOW_CONTROL_ERROR));
+
+    // An open stream's window pushed past 2^31-1 by a SETTINGS change (§6.9.2): a request
+    // whose body has not ended keeps the stream open; its window is raised to the maximum,
+    // then the initial window grows by one.
+    let mut stream = h2c(proxy).await;
+    let mut attack = frame(HEADERS, END_HEADERS, 1, &get_block());
+    let raise = (1u32 << 31) - 1 - 65_535;
+    attack.extend(frame(WINDOW_UPDATE, 0, 1, &raise.to_be_bytes()));
+    attack.extend(initial_window(65_536));
+    stream.write_all(&attack).await.expect("attack");
+    assert_eq!(goaway_code(&mut stream).await, Some(FLOW_CONTROL_ERROR));
     assert!(served(proxy).await);
 }
 
