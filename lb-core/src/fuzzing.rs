@@ -12,6 +12,9 @@
 //!   independent parser: the addresses and the server name survive the trip.
 //! - [`config`]: the configuration loader on arbitrary text: problems, never a panic, and
 //!   every problem says what is wrong.
+//! - [`kubernetes_service`]: a Service object (JSON, as the API server sends it) through the
+//!   Kubernetes source's index and translation (annotations, ports, policies): an answer,
+//!   never a panic.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::AtomicBool;
@@ -196,7 +199,11 @@ pub fn proxy_protocol(data: &[u8]) {
         assert_eq!(parsed.local, canonical(local));
         if !datagram {
             // The addresses take 12 bytes (IPv4) or 36 (IPv6) of the 16-bit length.
-            let addresses = if same_family && client.is_ipv4() { 12 } else { 36 };
+            let addresses = if same_family && client.is_ipv4() {
+                12
+            } else {
+                36
+            };
             let room = 65_535 - addresses - 3;
             let expected = authority.filter(|n| !n.is_empty() && n.len() <= room);
             assert_eq!(parsed.authority.as_deref(), expected);
@@ -281,5 +288,24 @@ pub fn config(data: &[u8]) {
         for problem in problems.iter() {
             assert!(!problem.message.is_empty(), "a problem says what is wrong");
         }
+    }
+}
+
+/// A Service object from `data` (JSON) indexed and translated as the Kubernetes source does,
+/// with an address allocated.
+pub fn kubernetes_service(data: &[u8]) {
+    let Ok(service) = serde_json::from_slice::<k8s_openapi::api::core::v1::Service>(data) else {
+        return;
+    };
+    let mut index = lb_k8s::Index::new(lb_k8s::Settings::default());
+    let Some(key) = index.apply_service(&service) else {
+        return;
+    };
+    for allocated in [
+        None,
+        Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10))),
+        Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10))),
+    ] {
+        let _ = index.translate(&key, allocated);
     }
 }

@@ -46,3 +46,8 @@ fn proxy_protocol_corpus() {
 fn config_corpus() {
     replay("config", lb_core::fuzzing::config);
 }
+
+#[test]
+fn kubernetes_service_corpus() {
+    replay("kubernetes_service", lb_core::fuzzing::kubernetes_service);
+}
