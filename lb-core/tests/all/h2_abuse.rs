@@ -1,7 +1,7 @@
 //! HTTP/2 clients that try to make Gantry do or keep too much, as raw frames over real
 //! sockets (a well-behaved client library would not send them): rapid reset
-//! (CVE-2023-44487), a CONTINUATION flood, and a flood of SETTINGS and PINGs from a client that
-//! never reads. Each attack ends in bounded time, and a good client is served meanwhile. And
+//! (CVE-2023-44487), a CONTINUATION flood, a flood of SETTINGS and PINGs from a client that
+//! never reads, and requests whose bodies never come. Each attack ends in bounded time, and a good client is served meanwhile. And
 //! flow-control windows pushed past 2^31-1, which must end the connection with
 //! `FLOW_CONTROL_ERROR` (RFC 9113 §6.5.2, §6.9.2).
 
@@ -27,6 +27,7 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const WINDOW_UPDATE: u8 = 0x8;
 const CANCEL: u32 = 0x8;
+const REFUSED_STREAM: u32 = 0x7;
 const FLOW_CONTROL_ERROR: u32 = 0x3;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
@@ -157,6 +158,40 @@ async fn a_client_that_floods_settings_and_pings_without_reading_does_not_stop_o
     let stream = flooding.await.expect("flooder");
     drop(stream);
     assert!(served(proxy).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_never_send_their_body_are_bounded_by_the_stream_limit() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = proxied(&origin).await;
+    let proxy = addr(&gantry, "web", "http");
+    let mut stream = h2c(proxy).await;
+    // 150 requests whose bodies never come (no END_STREAM, no DATA): only 100 may be open.
+    let mut opened = Vec::new();
+    for i in 0..150u32 {
+        opened.extend(frame(HEADERS, END_HEADERS, 2 * i + 1, &get_block()));
+    }
+    stream.write_all(&opened).await.expect("headers");
+    // The streams past the limit are refused, one RST_STREAM each.
+    let refused = async {
+        let mut header = [0u8; 9];
+        let mut refused = 0;
+        while refused < 50 {
+            stream.read_exact(&mut header).await.ok()?;
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0; len];
+            stream.read_exact(&mut payload).await.ok()?;
+            if header[3] == RST_STREAM && payload[..] == REFUSED_STREAM.to_be_bytes() {
+                refused += 1;
+            }
+        }
+        Some(refused)
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(20), refused)
+        .await
+        .expect("the refusals come in bounded time");
+    assert_eq!(refused, Some(50), "every stream past the 100th refused");
+    assert!(served(proxy).await, "others are served meanwhile");
 }
 
 fn initial_window(value: u32) -> Vec<u8> {
