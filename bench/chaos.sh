@@ -186,4 +186,7 @@ phase "plugin x20" "http://127.0.0.1:$HTTP/" replace_plugin
 phase "cache full" "http://127.0.0.1:$HTTP/" fill_cache
 phase "cert rotation" "https://127.0.0.1:$HTTPS/" rotate_cert
 echo "gantry's log: $(grep -c . "$work/gantry.log" || true) lines, $(grep -c ' WARN ' "$work/gantry.log" || true) warnings, $(grep -c ' ERROR ' "$work/gantry.log" || true) errors"
+# The distinct warnings and errors, without their timestamps.
+grep -E ' (WARN|ERROR) ' "$work/gantry.log" | sed -E 's/^[^ ]+ +//; s/[0-9]+(\.[0-9]+)?(ms|µs|s)\b/N/g' \
+  | sort | uniq -c | sort -rn | head -20 || true
 kill -0 "$GANTRY_PID" && echo "gantry still running"

@@ -219,3 +219,63 @@ async fn a_request_in_flight_when_draining_starts_is_answered_then_its_connectio
     );
     shutdown.await.expect("shutdown");
 }
+
+/// A backend that reads each request head and closes without answering (as one that crashed
+/// mid-request); the number of requests it took.
+async fn dies_before_answering() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let taken = Arc::new(AtomicUsize::new(0));
+    let counted = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = [0u8; 4096];
+            if matches!(stream.read(&mut head).await, Ok(n) if n > 0) {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            drop(stream);
+        }
+    });
+    (address, taken)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_whose_backend_dies_before_answering_goes_to_another() {
+    let (dying, taken) = dies_before_answering().await;
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = Scenario::new()
+        .port("web", Port::http("http").backends(&[dying, origin.addr]))
+        .start()
+        .await;
+    let proxy = addr(&gantry, "web", "http");
+    for i in 0..6 {
+        let answer = raw_exchange(
+            proxy,
+            format!("GET /{i} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "GET {i}: {answer}");
+    }
+    assert!(
+        taken.load(Ordering::SeqCst) >= 1,
+        "the dying backend was tried"
+    );
+    assert_eq!(origin.requests(), 6, "every GET was answered by the origin");
+
+    // A POST may have had effects: it is not sent again, and the client is told. A fresh
+    // port whose round-robin starts with the dying backend.
+    let (dying, taken) = dies_before_answering().await;
+    let other = HttpOrigin::start("p", OriginProtocol::Http1).await;
+    let gantry = Scenario::new()
+        .port("post", Port::http("http").backends(&[dying, other.addr]))
+        .start()
+        .await;
+    let answer = raw_exchange(
+        addr(&gantry, "post", "http"),
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert_eq!(taken.load(Ordering::SeqCst), 1);
+    assert_eq!(other.requests(), 0, "not sent to another backend");
+}

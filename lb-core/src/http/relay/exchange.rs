@@ -30,8 +30,8 @@ use crate::http::deadline::Deadline;
 use crate::http::forwarding::ClientIp;
 use crate::http::gateway::strip_port;
 use crate::metrics::Rejection;
-use crate::pool::attempt::{self, Attempts, NoBackend};
-use crate::pool::{BackendLease, BackendState};
+use crate::pool::attempt::{self, Attempt, Attempts, NoBackend};
+use crate::pool::BackendState;
 use crate::route::Route;
 use crate::tcp;
 
@@ -47,6 +47,8 @@ pub struct Buffers {
     pub client_timer: Deadline,
     /// The backend's deadlines: to answer, and for each read of a response body.
     upstream_timer: Deadline,
+    /// The request's authority, kept for picking again on a retry.
+    authority: String,
     /// The head (and the start of the body) for the backend.
     upstream_out: Vec<u8>,
     /// What the backend sent.
@@ -138,7 +140,29 @@ where
     let log = route
         .logs_access()
         .then(|| AccessLine::of(&request, &buffers.client_in));
-    let chosen = choose(route, &request, &buffers.client_in, client.peer, started).await;
+    // The authority outlives the head's bytes (a retry picks again after they are consumed),
+    // in a buffer the connection keeps.
+    let mut authority = std::mem::take(&mut buffers.authority);
+    authority.clear();
+    let known = request
+        .host
+        .clone()
+        .and_then(|host| std::str::from_utf8(&buffers.client_in[host]).ok())
+        .map(|host| authority.push_str(strip_port(host)))
+        .is_some();
+    let cx = PickContext {
+        client: Some(client.peer),
+        authority: known.then_some(authority.as_str()),
+        protocol: route.port.protocol,
+        hash_key: hash_key(
+            &route.port.balancer.hash_key,
+            Some(client.peer.ip()),
+            request.headers.as_ref(),
+        ),
+        headers: request.headers.as_ref(),
+    };
+    let mut attempts = Attempts::new();
+    let mut chosen = choose(route, &cx, &mut attempts, started).await;
     // What was in hand goes with the head, in one write; the rest follows as it comes.
     buffers
         .upstream_out
@@ -152,59 +176,67 @@ where
         sent_bytes: 0,
         started,
     };
-    let outcome = match chosen {
-        Ok(chosen) => {
-            run.with_backend(chosen, client.io, client.drain, buffers)
-                .await
+    let outcome = loop {
+        let ended = match chosen {
+            Ok(chosen) => {
+                run.with_backend(chosen, client.io, client.drain, buffers)
+                    .await
+            }
+            Err(no) => Ended::Finished(Err((Failure::NoBackend(no), None))),
+        };
+        match ended {
+            Ended::Finished(outcome) => break outcome,
+            Ended::Retry(attempt) => {
+                let backend = attempt.backend().clone();
+                if !attempts.failed(&route.pool, attempt, Outcome::ConnectFailed) {
+                    let failure = Failure::Backend {
+                        timed_out: false,
+                        dead_reuse: false,
+                    };
+                    break Err((failure, Some(backend)));
+                }
+                tracing::debug!(service = %route.port.key.service, port = %route.port.key.port, backend = %backend.label, "backend failed before answering; retrying on another");
+                chosen = choose(route, &cx, &mut attempts, started).await;
+            }
         }
-        Err(no) => Err((Failure::NoBackend(no), None)),
     };
+    buffers.authority = authority;
     run.finish(outcome, client.io, client.peer, log).await
+}
+
+/// How a request's turn with one backend ended: finished (answered or failed), or to be
+/// tried on another backend, this attempt having failed before any answer.
+enum Ended {
+    Finished(Finished),
+    Retry(Attempt),
 }
 
 /// A backend chosen for the request, its connection open.
 struct Chosen {
-    lease: BackendLease,
+    attempt: Attempt,
     upstream: TcpStream,
     reused: bool,
     affinity: Option<AffinityHeader>,
 }
 
 /// Picks a backend and gets a connection to it: an idle one if alive, else a new one, trying
-/// other backends after a failed connect by the retry rule. `started`: when the request was
-/// read (the clock is not read again for the idle pool).
+/// other backends after a failed connect by the retry rule (`attempts` counts across the
+/// request's turns). `started`: when the request was read (the clock is not read again for
+/// the idle pool).
 async fn choose(
     route: &Route,
-    request: &Request,
-    head: &[u8],
-    peer: SocketAddr,
+    cx: &PickContext<'_>,
+    attempts: &mut Attempts,
     started: Instant,
 ) -> Result<Chosen, NoBackend> {
-    let authority = request
-        .host
-        .clone()
-        .and_then(|range| std::str::from_utf8(&head[range]).ok())
-        .map(strip_port);
-    let cx = PickContext {
-        client: Some(peer),
-        authority,
-        protocol: route.port.protocol,
-        hash_key: hash_key(
-            &route.port.balancer.hash_key,
-            Some(peer.ip()),
-            request.headers.as_ref(),
-        ),
-        headers: request.headers.as_ref(),
-    };
     let pool = &route.pool;
-    let mut attempts = Attempts::new();
     loop {
-        let mut attempt = attempts.next(pool, &cx)?;
+        let mut attempt = attempts.next(pool, cx)?;
         let affinity = attempt.response_header.take();
         let backend = attempt.backend().clone();
         if let Some(upstream) = idle::take(backend.address, started) {
             return Ok(Chosen {
-                lease: attempt.into_lease(),
+                attempt,
                 upstream,
                 reused: true,
                 affinity,
@@ -214,7 +246,7 @@ async fn choose(
             Ok(upstream) => {
                 attempts.connected(&attempt);
                 return Ok(Chosen {
-                    lease: attempt.into_lease(),
+                    attempt,
                     upstream,
                     reused: false,
                     affinity,
@@ -253,19 +285,22 @@ impl Run<'_> {
         client: &mut C,
         drain: &watch::Receiver<bool>,
         buffers: &mut Buffers,
-    ) -> Finished
+    ) -> Ended
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let Chosen {
-            lease,
+            attempt,
             mut upstream,
             mut reused,
             affinity,
         } = chosen;
-        let backend = lease.backend().clone();
-        // A whole request (no body left to read) can be sent again if the connection was dead.
-        let whole = self.body.is_done();
+        let backend = attempt.backend().clone();
+        // A whole idempotent request (no body left to read) can be sent again: on a fresh
+        // connection to the same backend when a kept one turns out dead, and to another
+        // backend when this one fails before answering (as nginx's `proxy_next_upstream
+        // error` does). A timeout is not retried: it would double the wait.
+        let resendable = self.body.is_done() && self.request.idempotent;
         let response = loop {
             match self
                 .exchange(&mut upstream, client, drain, buffers, affinity.as_ref())
@@ -274,28 +309,20 @@ impl Run<'_> {
                 Ok(response) => break response,
                 Err(Failure::Backend {
                     dead_reuse: true, ..
-                }) if reused && whole && self.request.idempotent => {
+                }) if reused && resendable => {
                     buffers.upstream_in.clear();
                     let timeout = self.route.port.settings.timeouts.connect;
                     match tcp::dial(&backend, timeout).await {
                         Ok(fresh) => upstream = fresh,
-                        Err(outcome) => {
-                            attempt::finished(
-                                &self.route.pool,
-                                &backend,
-                                outcome,
-                                self.started.elapsed(),
-                            );
-                            return Err((
-                                Failure::Backend {
-                                    timed_out: outcome == Outcome::TimedOut,
-                                    dead_reuse: false,
-                                },
-                                Some(backend),
-                            ));
-                        }
+                        Err(_) => return Ended::Retry(attempt),
                     }
                     reused = false;
+                }
+                Err(Failure::Backend {
+                    timed_out: false, ..
+                }) if resendable => {
+                    buffers.upstream_in.clear();
+                    return Ended::Retry(attempt);
                 }
                 Err(failure) => {
                     let outcome = match failure {
@@ -319,7 +346,7 @@ impl Run<'_> {
                             self.started.elapsed(),
                         );
                     }
-                    return Err((failure, Some(backend)));
+                    return Ended::Finished(Err((failure, Some(backend))));
                 }
             }
         };
@@ -333,7 +360,7 @@ impl Run<'_> {
         let relayed = self
             .relay_response(&response, &mut upstream, client, buffers)
             .await;
-        drop(lease);
+        drop(attempt); // the lease: the backend's in-flight count
         match relayed {
             Ok(()) => {
                 let clean =
@@ -347,10 +374,10 @@ impl Run<'_> {
                 } else {
                     After::Close
                 };
-                Ok((response.status, backend, after))
+                Ended::Finished(Ok((response.status, backend, after)))
             }
             // The head is out: the client sees a cut response, the status stays what it got.
-            Err(_) => Ok((response.status, backend, After::Close)),
+            Err(_) => Ended::Finished(Ok((response.status, backend, After::Close))),
         }
     }
 
