@@ -149,7 +149,7 @@ reloads() {
   done
   write_config a b c; reload
 }
-kill_backend() { kill -9 "${ORIGIN_PID[c]}"; }
+kill_backend() { kill -9 "${ORIGIN_PID[c]}"; wait "${ORIGIN_PID[c]}" 2>/dev/null || true; }
 stop_backend() { kill -QUIT "${ORIGIN_PID[b]}"; }
 restart_backends() { start_origin b; start_origin c; }
 replace_plugin() {
