@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 SECONDS_PER_TARGET=${SECONDS_PER_TARGET:-60}
-TARGETS=${TARGETS:-"http_request chunked_body proxy_protocol config kubernetes_service"}
+TARGETS=${TARGETS:-"http_request chunked_body proxy_protocol config kubernetes_service plugin_answers"}
 
 if ! command -v c++ >/dev/null 2>&1; then
   sudo_if() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

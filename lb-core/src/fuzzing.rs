@@ -12,6 +12,10 @@
 //!   independent parser: the addresses and the server name survive the trip.
 //! - [`config`]: the configuration loader on arbitrary text: problems, never a panic, and
 //!   every problem says what is wrong.
+//! - [`plugin_answers`]: a health plugin's probe plan and an affinity plugin's response
+//!   header, as the host takes them: what it acts on is one well-formed probe request (the
+//!   path and host the plugin asked for, nothing smuggled in), a probe no more often than
+//!   every 100 ms, and a header that is one header line.
 //! - [`kubernetes_service`]: a Service object (JSON, as the API server sends it) through the
 //!   Kubernetes source's index and translation (annotations, ports, policies): an answer,
 //!   never a panic.
@@ -307,5 +311,68 @@ pub fn kubernetes_service(data: &[u8]) {
         Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10))),
     ] {
         let _ = index.translate(&key, allocated);
+    }
+}
+
+/// A health plan and an affinity header made of `data` (numbers from its first bytes, then
+/// strings separated by 0xff), taken as the host takes a plugin's answers.
+pub fn plugin_answers(data: &[u8]) {
+    let number = |at: usize| {
+        u32::from_le_bytes(std::array::from_fn(|i| {
+            data.get(at + i).copied().unwrap_or(0)
+        }))
+    };
+    let flags = data.first().copied().unwrap_or(0);
+    let mut strings = data
+        .get(9..)
+        .unwrap_or_default()
+        .split(|b| *b == 0xff)
+        .map(|s| String::from_utf8_lossy(s).into_owned());
+    let mut next = || strings.next().unwrap_or_default();
+    let (path, host, name, value) = (next(), next(), next(), next());
+    let http = (flags & 1 != 0).then(|| lb_plugins::fuzzing::HttpProbe {
+        path: path.clone(),
+        host: (flags & 2 != 0).then(|| host.clone()),
+        tls: flags & 4 != 0,
+    });
+    let port = (flags & 8 != 0).then(|| (number(1) & 0xffff) as u16);
+    if let Ok(settings) = lb_plugins::fuzzing::health_settings(number(1), number(5), port, http) {
+        let plan = settings
+            .probe
+            .unwrap_or_else(|| panic!("a plan asked for is a plan given"));
+        assert!(
+            plan.interval >= std::time::Duration::from_millis(100),
+            "no busy probing"
+        );
+        assert!(plan.timeout >= std::time::Duration::from_millis(1));
+        assert_ne!(plan.port, Some(0), "port 0 means the backend's own");
+        if let lb_policy::ProbeKind::Http { path, host, .. } = &plan.kind {
+            let host = host.as_deref().unwrap_or("192.0.2.1:80");
+            let request = crate::health::probe::request(path, host);
+            let mut slots = [httparse::EMPTY_HEADER; 16];
+            let mut parsed = httparse::Request::new(&mut slots);
+            let status = parsed.parse(request.as_bytes());
+            assert!(
+                matches!(status, Ok(httparse::Status::Complete(n)) if n == request.len()),
+                "one whole request: {status:?} {request:?}"
+            );
+            assert_eq!(
+                parsed.path,
+                Some(path.as_str()),
+                "the path asked for, no more"
+            );
+            assert_eq!(
+                parsed.headers.len(),
+                4,
+                "Host, User-Agent, Accept, Connection"
+            );
+        }
+    }
+    if let Some(header) = lb_plugins::fuzzing::affinity_header(name, value) {
+        let line = [header.name.as_str().as_bytes(), header.value.as_bytes()].concat();
+        assert!(
+            !line.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)),
+            "a header the host sends is one line"
+        );
     }
 }

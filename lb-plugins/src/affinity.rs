@@ -100,9 +100,9 @@ enum Answer {
 }
 
 /// A header a plugin asked for, in either version.
-struct Header {
-    name: String,
-    value: String,
+pub(crate) struct Header {
+    pub(crate) name: String,
+    pub(crate) value: String,
 }
 
 impl WasmAffinity {
@@ -232,7 +232,7 @@ impl Affinity for WasmAffinity {
 }
 
 /// The plugin's header, if it is valid HTTP.
-fn response_header(header: Header) -> Option<ResponseHeader> {
+pub(crate) fn response_header(header: Header) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         name: http::HeaderName::from_bytes(header.name.as_bytes()).ok()?,
         value: http::HeaderValue::from_str(&header.value).ok()?,

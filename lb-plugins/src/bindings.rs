@@ -95,7 +95,7 @@ pub(crate) mod v2 {
     };
     pub(crate) use balancer::{Balancer as BalancerWorld, BalancerPre};
     pub(crate) use health::exports::gantry::plugins::health_checks::{
-        HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict,
+        HealthSettings, HttpProbe, Outcome, ProbeKind, ProbePlan, Verdict,
     };
     pub(crate) use health::{Health as HealthWorld, HealthPre};
 }

@@ -24,6 +24,7 @@ mod bindings;
 mod convert;
 mod cpu;
 pub mod faults;
+pub mod fuzzing;
 mod health;
 mod host;
 mod policy;

@@ -33,9 +33,7 @@ async fn attempt(address: SocketAddr, kind: &ProbeKind) -> Outcome {
         return Outcome::Connected;
     };
     let host = host.clone().unwrap_or_else(|| address.to_string());
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gantry-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
+    let request = request(path, &host);
     let status = if *tls {
         let name = ServerName::try_from(host_name(&host).to_owned())
             .unwrap_or_else(|_| ServerName::IpAddress(address.ip().into()));
@@ -51,6 +49,13 @@ async fn attempt(address: SocketAddr, kind: &ProbeKind) -> Outcome {
     };
     // Connected but no readable status line: the backend is not serving HTTP.
     status.map_or(Outcome::ConnectFailed, Outcome::Responded)
+}
+
+/// The probe's request: `GET path` to `host`, the connection closed after the answer.
+pub fn request(path: &str, host: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gantry-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )
 }
 
 /// `host` without a port (and an IPv6 literal without brackets), for SNI.

@@ -1,7 +1,8 @@
 //! Clients that try to hold Gantry's resources, through real sockets: hundreds of slow heads
 //! and slow bodies at once (slowloris), and a flood of idle connections past the connection
 //! cap. A well-behaved client keeps being served (or is served once the others are let go),
-//! and every abuser is let go by its deadline, which each test shows by the wall clock.
+//! every abuser is let go by its deadline, which each test shows by the wall clock, and what
+//! a thousand held connections cost the `gantry` process in memory is bounded.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::addr;
+use crate::support::binary::Running;
 use crate::support::client::{get, read_until_closed};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
@@ -122,4 +124,52 @@ async fn a_connection_flood_past_the_cap_waits_and_a_good_client_is_served_once_
             "let go unanswered"
         );
     }
+}
+
+/// Most resident memory a thousand slow clients may add to the process: 64 KiB each, several
+/// times what one costs (its task, a 4 KiB head buffer, the kernel's socket is not counted).
+const MEMORY_PER_SLOW_CLIENT_KIB: u64 = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_slow_clients_cost_the_process_bounded_memory() {
+    let clients = abusers_that_fit(1000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    Scenario::new()
+        .section("runtime: { workers: 2 }")
+        .port(
+            "web",
+            Port::http("http")
+                .backends(&[origin.addr])
+                .set("timeouts", "{ header_read: 60s }"),
+        )
+        .write(&config);
+    let mut gantry = Running::start(&config);
+    let proxy = gantry.address("listening").await;
+    gantry.log("ready").await;
+    // Warm: the first requests make what every later connection shares.
+    for _ in 0..10 {
+        assert_eq!(get(proxy, "/").await.status, http::StatusCode::OK);
+    }
+    let before = gantry.resident_kib();
+    let mut slow = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let mut stream = TcpStream::connect(proxy).await.expect("connect");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+            .await
+            .expect("partial head");
+        slow.push(stream);
+    }
+    // Every one of them is held by Gantry (accepted, its head read so far) before measuring.
+    assert_eq!(get(proxy, "/").await.status, http::StatusCode::OK);
+    let held = gantry.resident_kib();
+    let grown = held.saturating_sub(before);
+    eprintln!("{clients} slow clients: {before} -> {held} KiB resident (+{grown})");
+    assert!(
+        grown <= clients as u64 * MEMORY_PER_SLOW_CLIENT_KIB,
+        "{clients} slow clients grew the process by {grown} KiB ({before} -> {held})"
+    );
+    drop(slow);
 }

@@ -13,11 +13,10 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use crate::support::binary::{Running, GANTRY};
 use crate::support::client::get;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
-
-const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
 
 fn check(config: &Path) -> std::process::Output {
     std::process::Command::new(GANTRY)
@@ -101,68 +100,6 @@ fn write_self_signed(cert: &Path) {
         generated.key_pair.serialize_pem(),
     )
     .expect("key");
-}
-
-/// A `gantry run` process, killed if the test ends early; its JSON log lines arrive on a
-/// channel.
-struct Running {
-    child: Child,
-    logs: mpsc::UnboundedReceiver<serde_json::Value>,
-}
-
-impl Running {
-    fn start(config: &Path) -> Running {
-        let mut child = Command::new(GANTRY)
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn gantry");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, logs) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(value) = serde_json::from_str(&line) {
-                    let _ = tx.send(value);
-                }
-            }
-        });
-        Running { child, logs }
-    }
-
-    /// Waits for a log line with this message, returning it.
-    async fn log(&mut self, message: &str) -> serde_json::Value {
-        let wait = async {
-            while let Some(line) = self.logs.recv().await {
-                if line["message"] == message {
-                    return line;
-                }
-            }
-            panic!("gantry exited before logging {message:?}");
-        };
-        tokio::time::timeout(Duration::from_secs(20), wait)
-            .await
-            .unwrap_or_else(|_| panic!("no {message:?} log line"))
-    }
-
-    async fn address(&mut self, message: &str) -> SocketAddr {
-        let line = self.log(message).await;
-        line["address"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line}"))
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
 }
 
 fn write(config: &Path, backends: &[SocketAddr]) {

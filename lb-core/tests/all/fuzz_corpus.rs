@@ -51,3 +51,8 @@ fn config_corpus() {
 fn kubernetes_service_corpus() {
     replay("kubernetes_service", lb_core::fuzzing::kubernetes_service);
 }
+
+#[test]
+fn plugin_answers_corpus() {
+    replay("plugin_answers", lb_core::fuzzing::plugin_answers);
+}

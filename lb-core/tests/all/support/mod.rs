@@ -1,6 +1,7 @@
 //! Shared test support: certificates, origins, clients, and starting Gantry from YAML.
 
 pub mod access_log;
+pub mod binary;
 pub mod certs;
 pub mod client;
 pub mod cluster;

@@ -1,0 +1,87 @@
+//! The `gantry` binary run as a process by a test: started on a configuration file, its JSON
+//! log lines read as they come, signalled, and killed if the test ends early.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// The binary cargo built for these tests.
+pub const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
+
+/// A `gantry run` process, killed if the test ends early; its JSON log lines arrive on a
+/// channel.
+pub struct Running {
+    pub child: Child,
+    logs: mpsc::UnboundedReceiver<serde_json::Value>,
+}
+
+impl Running {
+    pub fn start(config: &Path) -> Running {
+        let mut child = Command::new(GANTRY)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn gantry");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, logs) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(value) = serde_json::from_str(&line) {
+                    let _ = tx.send(value);
+                }
+            }
+        });
+        Running { child, logs }
+    }
+
+    /// Waits for a log line with this message, returning it.
+    pub async fn log(&mut self, message: &str) -> serde_json::Value {
+        let wait = async {
+            while let Some(line) = self.logs.recv().await {
+                if line["message"] == message {
+                    return line;
+                }
+            }
+            panic!("gantry exited before logging {message:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {message:?} log line"))
+    }
+
+    pub async fn address(&mut self, message: &str) -> SocketAddr {
+        let line = self.log(message).await;
+        line["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line}"))
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// The process's resident memory now, in KiB (`VmRSS`).
+    pub fn resident_kib(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
