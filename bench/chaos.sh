@@ -18,19 +18,13 @@
 #   cert rotation  HTTPS load while the certificate and key are replaced 10 times
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 PHASE=${PHASE:-8s}
 CONNECTIONS=${CONNECTIONS:-20}
 
-need=()
-command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-if [ "${#need[@]}" -gt 0 ]; then
-  sudo_if() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-  sudo_if apt-get update -qq
-  sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
+install_missing nginx:nginx-light wrk:wrk openssl:openssl
 if [ -z "${GANTRY:-}" ]; then
   bash .ci/setup
   cargo build --release --locked -p lb-core --bin gantry >&2
@@ -38,8 +32,6 @@ if [ -z "${GANTRY:-}" ]; then
 fi
 PLUGINS=${PLUGINS:-$PWD/target/plugins/wasm32-wasip2/release}
 
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 # The cache phase may mount a small filesystem inside the scratch folder: unmount it first.
 trap 'umount "$work/cache" 2>/dev/null || true; cleanup' EXIT
 

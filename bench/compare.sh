@@ -20,6 +20,8 @@
 # column is the proxy's user + system time over the run divided by the requests completed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
@@ -29,23 +31,13 @@ CONNECTIONS=${CONNECTIONS:-50}
 WORKERS=${WORKERS:-1}
 if [ "$WORKERS" = 1 ]; then PROXY_CPUS=0 LOAD_CPUS=1; else PROXY_CPUS=0-$(($(nproc) - 1)) LOAD_CPUS=$PROXY_CPUS; fi
 
-need=()
-for tool in haproxy nginx wrk h2load openssl taskset python3; do
-  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-  echo "installing haproxy nginx-light wrk openssl nghttp2-client (missing: ${need[*]})" >&2
-  sudo_if() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-  sudo_if apt-get update -qq
-  sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light wrk openssl util-linux nghttp2-client
-fi
+install_missing haproxy:haproxy nginx:nginx-light wrk:wrk h2load:nghttp2-client \
+  openssl:openssl taskset:util-linux python3:python3
 bash .ci/setup
 cargo build --release --locked -p lb-core --bin gantry --example pingora_baseline >&2
 GANTRY=$PWD/target/release/gantry
 PINGORA=$PWD/target/release/examples/pingora_baseline
 
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 
 ORIGIN=$(free_port); ADMIN=$(free_port)
 G_HTTP=$(free_port); G_NATIVE=$(free_port); G_TCP=$(free_port); G_TLS=$(free_port)

@@ -14,28 +14,19 @@
 #                                                # callgrind_annotate /tmp/p/gantry.callgrind
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 REQUESTS=${REQUESTS:-20000}
 CONNECTIONS=${CONNECTIONS:-10}
 
-need=()
-command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
-command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
-command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
-command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
-if [ "${#need[@]}" -gt 0 ]; then
-  sudo_if() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-  sudo_if apt-get update -qq
-  sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
+install_missing valgrind:valgrind h2load:nghttp2-client haproxy:haproxy nginx:nginx-light
 if [ -z "${GANTRY:-}" ]; then
   bash .ci/setup
   cargo build --release --locked -p lb-core --bin gantry >&2
   GANTRY=$PWD/target/release/gantry
 fi
 
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 
 ORIGIN=$(free_port); ADMIN=$(free_port); G_HTTP=$(free_port); G_WASM=$(free_port); H_HTTP=$(free_port)
 

@@ -21,17 +21,15 @@
 //!   never a panic.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use lb_config::ProxyProtocol;
-use lb_policy::RoundRobin;
 
 use crate::http::forwarding::ClientIp;
 use crate::http::head::{inspect, HeadLimits, Inspection};
 use crate::http::relay::framing::{Body, Framing};
 use crate::http::relay::request;
-use crate::route::{Carry, Route, RouteContext, RoutePolicies};
+use crate::route::Route;
 
 /// The route requests are parsed for: an `http` port with the default limits.
 fn route() -> &'static Route {
@@ -41,17 +39,7 @@ fn route() -> &'static Route {
         let model = lb_config::parse_str(yaml, std::path::Path::new("/"))
             .unwrap_or_else(|e| panic!("the fuzzing model is valid: {e}"));
         let port = model.ports().next().unwrap_or_else(|| panic!("one port"));
-        let policies = RoutePolicies {
-            balancer: Arc::new(RoundRobin),
-            affinity: None,
-            health: Vec::new(),
-        };
-        let cx = RouteContext {
-            tls: None,
-            access_log: &Arc::new(AtomicBool::new(false)),
-        };
-        Route::build(port, Carry::Nothing, policies, &cx)
-            .unwrap_or_else(|e| panic!("the fuzzing route builds: {e}"))
+        Route::standalone(port).unwrap_or_else(|e| panic!("the fuzzing route builds: {e}"))
     })
 }
 

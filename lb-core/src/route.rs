@@ -133,6 +133,21 @@ impl Route {
         })
     }
 
+    /// A route for `port` outside any listener, with Gantry's native balancer and no
+    /// affinity, health checking, TLS or access log: for tests and fuzzing.
+    pub fn standalone(port: &Port) -> Result<Route, rustls::Error> {
+        let policies = RoutePolicies {
+            balancer: Arc::new(lb_policy::RoundRobin),
+            affinity: None,
+            health: Vec::new(),
+        };
+        let cx = RouteContext {
+            tls: None,
+            access_log: &Arc::new(AtomicBool::new(false)),
+        };
+        Route::build(port, Carry::Nothing, policies, &cx)
+    }
+
     /// Makes this route live, just before it replaces `previous` (if any): the health
     /// checkers `previous` had and this route does not are retired, new checkers start and
     /// judge every backend afresh, all of them watch this route's backends, the pool's

@@ -79,28 +79,15 @@ impl ListenerRoutes {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
-
-    use lb_policy::RoundRobin;
 
     use super::*;
-    use crate::route::{Carry, RouteContext, RoutePolicies};
 
     /// A route for port `name` (what it serves is irrelevant here: cells are compared).
     fn cell(name: &str) -> RouteCell {
         let yaml = format!("services:\n  - name: s\n    ports: [{{ name: {name}, port: 0 }}]\n");
         let model = lb_config::parse_str(&yaml, std::path::Path::new("/")).expect("model");
-        let port = model.ports().next().expect("port").clone();
-        let policies = RoutePolicies {
-            balancer: Arc::new(RoundRobin),
-            affinity: None,
-            health: Vec::new(),
-        };
-        let cx = RouteContext {
-            tls: None,
-            access_log: &Arc::new(AtomicBool::new(false)),
-        };
-        let route = Route::build(&port, Carry::Nothing, policies, &cx).expect("route");
+        let port = model.ports().next().expect("port");
+        let route = Route::standalone(port).expect("route");
         Arc::new(ArcSwap::from_pointee(route))
     }
 

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use crate::support::addr;
 use crate::support::client::raw_exchange;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
-use crate::support::scenario::{Port, Scenario};
+use crate::support::scenario::Scenario;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -68,10 +68,7 @@ async fn served(proxy: SocketAddr) -> bool {
 }
 
 async fn proxied(origin: &HttpOrigin) -> lb_core::Gantry {
-    Scenario::new()
-        .port("web", Port::http("http").backends(&[origin.addr]))
-        .start()
-        .await
+    Scenario::web(origin.addr).start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

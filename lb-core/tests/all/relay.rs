@@ -16,10 +16,7 @@ use crate::support::scenario::{Port, Scenario};
 use crate::support::{addr, eventually, rejected};
 
 async fn proxied(origin: &HttpOrigin) -> lb_core::Gantry {
-    Scenario::new()
-        .port("web", Port::http("http").backends(&[origin.addr]))
-        .start()
-        .await
+    Scenario::web(origin.addr).start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

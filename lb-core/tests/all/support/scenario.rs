@@ -148,6 +148,11 @@ impl Scenario {
         super::model(&self.yaml())
     }
 
+    /// Port `web/http` to `origin`, nothing else.
+    pub fn web(origin: SocketAddr) -> Scenario {
+        Scenario::new().port("web", Port::http("http").backends(&[origin]))
+    }
+
     /// Gantry serving this configuration.
     pub async fn start(&self) -> Gantry {
         Gantry::start(self.model()).await.expect("gantry starts")
