@@ -1,7 +1,8 @@
 //! HTTP/2 clients that try to make Gantry do or keep too much, as raw frames over real
 //! sockets (a well-behaved client library would not send them): rapid reset
 //! (CVE-2023-44487), a CONTINUATION flood, a flood of SETTINGS and PINGs from a client that
-//! never reads, and requests whose bodies never come. Each attack ends in bounded time, and a good client is served meanwhile. And
+//! never reads, requests whose bodies never come, and a client that opens no window for
+//! the answers. Each attack ends in bounded time, and a good client is served meanwhile. And
 //! flow-control windows pushed past 2^31-1, which must end the connection with
 //! `FLOW_CONTROL_ERROR` (RFC 9113 §6.5.2, §6.9.2).
 
@@ -189,6 +190,31 @@ async fn streams_that_never_send_their_body_are_bounded_by_the_stream_limit() {
         .expect("the refusals come in bounded time");
     assert_eq!(refused, Some(50), "every stream past the 100th refused");
     assert!(served(proxy).await, "others are served meanwhile");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_opens_no_window_stalls_only_itself() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = proxied(&origin).await;
+    let proxy = addr(&gantry, "web", "http");
+    let mut stream = h2c(proxy).await;
+    // Every response body must wait for a window this client never opens.
+    let mut stalled = initial_window(0);
+    for i in 0..100u32 {
+        stalled.extend(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &get_block()));
+    }
+    stream.write_all(&stalled).await.expect("requests");
+    crate::support::eventually("the stalled requests to reach the origin", || async {
+        origin.requests() >= 100
+    })
+    .await;
+    // The answers wait in bounded buffers (256 KiB a stream at most); the backend
+    // connections are free again and others are served.
+    for _ in 0..20 {
+        assert!(served(proxy).await, "others are served while one client stalls");
+    }
+    assert!(origin.requests() >= 120);
+    drop(stream);
 }
 
 fn initial_window(value: u32) -> Vec<u8> {
