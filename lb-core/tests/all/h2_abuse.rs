@@ -201,7 +201,12 @@ async fn a_client_that_opens_no_window_stalls_only_itself() {
     // Every response body must wait for a window this client never opens.
     let mut stalled = initial_window(0);
     for i in 0..100u32 {
-        stalled.extend(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &get_block()));
+        stalled.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            2 * i + 1,
+            &get_block(),
+        ));
     }
     stream.write_all(&stalled).await.expect("requests");
     crate::support::eventually("the stalled requests to reach the origin", || async {
@@ -211,7 +216,10 @@ async fn a_client_that_opens_no_window_stalls_only_itself() {
     // The answers wait in bounded buffers (256 KiB a stream at most); the backend
     // connections are free again and others are served.
     for _ in 0..20 {
-        assert!(served(proxy).await, "others are served while one client stalls");
+        assert!(
+            served(proxy).await,
+            "others are served while one client stalls"
+        );
     }
     assert!(origin.requests() >= 120);
     drop(stream);
