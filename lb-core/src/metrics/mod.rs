@@ -61,13 +61,19 @@ impl Metrics {
         registry
             .register(Box::new(Registered(shown.clone())))
             .expect("metric names are unique");
+        let reloads = counter_vec(
+            &registry,
+            "gantry_config_reloads_total",
+            "Configuration reloads by result.",
+            &["result"],
+        );
+        // Both results exist from the start, at zero, so that `increase()` over a first
+        // failure sees it (a series that appears with the failure would not).
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
         Metrics {
-            reloads: counter_vec(
-                &registry,
-                "gantry_config_reloads_total",
-                "Configuration reloads by result.",
-                &["result"],
-            ),
+            reloads,
             changes: counter_vec(
                 &registry,
                 "gantry_config_changes_total",

@@ -7,6 +7,7 @@ mod abuse;
 mod admin;
 mod affinity;
 mod binary;
+mod dashboard;
 mod deploy;
 mod fuzz_corpus;
 mod h2_abuse;
