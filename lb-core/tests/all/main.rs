@@ -6,6 +6,7 @@
 mod abuse;
 mod admin;
 mod affinity;
+mod appliance;
 mod binary;
 mod dashboard;
 mod deploy;
