@@ -11,19 +11,20 @@ GANTRY=${GANTRY:-target/debug/gantry}
 [ -x "$GANTRY" ] || cargo build --locked -p lb-core --bin gantry
 SSLYZE_VERSION=6.3.1
 venv=${SSLYZE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/gantry-ci/sslyze-$SSLYZE_VERSION}
+
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
+install_missing openssl:openssl python3:python3
 if [ ! -x "$venv/bin/sslyze" ]; then
   if ! python3 -m venv "$venv" 2>/dev/null; then
-    sudo_if() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-    sudo_if apt-get update -qq
-    sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    # Debian ships venv apart from python3.
+    install_packages python3-venv
     rm -rf "$venv"
     python3 -m venv "$venv"
   fi
   "$venv/bin/pip" install -q "sslyze==$SSLYZE_VERSION"
 fi
-
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=scan.test -addext subjectAltName=DNS:scan.test \

@@ -20,6 +20,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Installs these Debian packages.
+install_packages() {
+  echo "installing $*" >&2
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
 # Installs from Debian what is missing: each argument is COMMAND:PACKAGE, the package that
 # provides the command.
 install_missing() {
@@ -27,12 +36,7 @@ install_missing() {
   for pair in "$@"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
   done
-  [ "${#missing[@]}" -eq 0 ] && return 0
-  echo "installing ${missing[*]}" >&2
-  local sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  [ "${#missing[@]}" -eq 0 ] || install_packages "${missing[@]}"
 }
 
 # A TCP port free on 127.0.0.1 now.
