@@ -9,22 +9,11 @@ cd "$(dirname "$0")/.."
 
 GANTRY=${GANTRY:-target/debug/gantry}
 [ -x "$GANTRY" ] || cargo build --locked -p lb-core --bin gantry
-SSLYZE_VERSION=6.3.1
-venv=${SSLYZE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/gantry-ci/sslyze-$SSLYZE_VERSION}
-
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
-install_missing openssl:openssl python3:python3
-if [ ! -x "$venv/bin/sslyze" ]; then
-  if ! python3 -m venv "$venv" 2>/dev/null; then
-    # Debian ships venv apart from python3.
-    install_packages python3-venv
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/pip" install -q "sslyze==$SSLYZE_VERSION"
-fi
+install_missing openssl:openssl
+SSLYZE=$(python_tool sslyze sslyze==6.3.1)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=scan.test -addext subjectAltName=DNS:scan.test \
@@ -46,7 +35,7 @@ CONF
 wait_port "$HTTPS"
 
 status=0
-"$venv/bin/sslyze" --mozilla_config=intermediate --json_out="$work/scan.json" \
+"$SSLYZE" --mozilla_config=intermediate --json_out="$work/scan.json" \
   "scan.test:$HTTPS{127.0.0.1}" > "$work/scan.txt" 2>&1 || status=$?
 python3 - "$work/scan.json" "$work/scan.txt" "$status" <<'PY'
 import json, re, sys

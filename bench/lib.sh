@@ -39,6 +39,23 @@ install_missing() {
   [ "${#missing[@]}" -eq 0 ] || install_packages "${missing[@]}"
 }
 
+# The path of COMMAND from the pinned PyPI PACKAGE (`name==version`), installed the first time
+# in a virtual environment of its own under ~/.cache/gantry-ci.
+python_tool() {
+  local command=$1 package=$2
+  local venv=${XDG_CACHE_HOME:-$HOME/.cache}/gantry-ci/${package//=/-}
+  if [ ! -x "$venv/bin/$command" ]; then
+    install_missing python3:python3
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      install_packages python3-venv # Debian ships venv apart from python3
+      rm -rf "$venv"
+      python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install -q "$package" >&2
+  fi
+  echo "$venv/bin/$command"
+}
+
 # A TCP port free on 127.0.0.1 now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
