@@ -167,10 +167,10 @@ impl HostState {
             return;
         }
         let (message, cut) = clipped(message, MAX_LOG_LINE_BYTES);
-        let message = if cut {
-            format!("{message}… (cut at {MAX_LOG_LINE_BYTES} bytes)")
+        let message: std::borrow::Cow<'_, str> = if cut {
+            format!("{message}… (cut at {MAX_LOG_LINE_BYTES} bytes)").into()
         } else {
-            message.to_owned()
+            message.into()
         };
         let plugin = &*self.plugin;
         match level {
