@@ -102,7 +102,7 @@ CONF
 }
 write_config a b c
 "$GANTRY" --log-level warn run --config "$work/gantry.yaml" 2>"$work/gantry.log" & GANTRY_PID=$!
-pids+=($GANTRY_PID)
+pids+=("$GANTRY_PID")
 wait_port "$HTTP"; wait_port "$HTTPS"
 
 reload() { kill -HUP "$GANTRY_PID"; }

@@ -33,7 +33,7 @@ ORIGIN=$(free_port); ADMIN=$(free_port); G_HTTP=$(free_port); G_WASM=$(free_port
 mkdir -p "$work/nginx"
 origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"
 
-{ haproxy_conf_head; cat <<EOF; } > "$work/haproxy.cfg"
+{ haproxy_conf_head 1; cat <<EOF; } > "$work/haproxy.cfg"
 frontend http
   bind 127.0.0.1:$H_HTTP
   option forwardfor
@@ -65,8 +65,8 @@ count() {
   # Warm-up: connections, pools and lazily built state exist before counting starts.
   h2load --h1 -n 2000 -c "$CONNECTIONS" "http://127.0.0.1:$port/" >/dev/null
   callgrind_control --zero "$pid" >/dev/null 2>&1
-  local done
-  done=$(h2load --h1 -n "$REQUESTS" -c "$CONNECTIONS" "http://127.0.0.1:$port/" | sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p')
+  local succeeded
+  succeeded=$(h2load --h1 -n "$REQUESTS" -c "$CONNECTIONS" "http://127.0.0.1:$port/" | sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p')
   callgrind_control --dump="$label" "$pid" >/dev/null 2>&1
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
@@ -74,8 +74,8 @@ count() {
   # The dump asked for above (not the one valgrind writes at exit).
   instructions=$(grep -l "^desc: Trigger: dump" "$out".* | head -1 \
     | xargs sed -n 's/^\(summary\|totals\): \([0-9]*\).*/\2/p' | head -1)
-  if [ -z "$instructions" ] || [ "${done:-0}" -ne "$REQUESTS" ]; then
-    echo "$label: counting failed (succeeded: ${done:-?} of $REQUESTS)" >&2
+  if [ -z "$instructions" ] || [ "${succeeded:-0}" -ne "$REQUESTS" ]; then
+    echo "$label: counting failed (succeeded: ${succeeded:-?} of $REQUESTS)" >&2
     exit 1
   fi
   if [ -n "${PROFILES:-}" ]; then

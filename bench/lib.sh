@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # What the benchmark scripts share; sourced, not run. Gives a scratch folder `$work`, a list
 # `pids` of background processes stopped (with the folder removed) when the script exits,
 # `free_port`, `wait_port`, and the configuration heads the comparisons share.

@@ -34,11 +34,78 @@ fn the_systemd_unit_is_hardened_to_an_exposure_of_at_most_2() {
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "DynamicUser=yes",
+        "User=gantry",
         "CacheDirectory=gantry",
         "Restart=on-failure",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "WantedBy=multi-user.target",
     ] {
         assert!(text.contains(needed), "the unit sets {needed}");
     }
+}
+
+/// The user the unit runs as is one `systemd-sysusers` makes from `appliance/gantry.sysusers`
+/// (in a scratch root, not on this machine).
+#[test]
+fn the_sysusers_file_makes_the_user_and_group_the_unit_runs_as() {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../appliance/gantry.sysusers");
+    let root = tempfile::tempdir().expect("scratch root");
+    std::fs::create_dir(root.path().join("etc")).expect("etc");
+    let output = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(&file)
+        .output()
+        .expect("systemd-sysusers (package systemd; .ci/setup installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).expect("passwd");
+    let group = std::fs::read_to_string(root.path().join("etc/group")).expect("group");
+    let user = passwd
+        .lines()
+        .find(|line| line.starts_with("gantry:"))
+        .unwrap_or_else(|| panic!("no gantry user in {passwd}"));
+    assert!(user.ends_with(":/usr/sbin/nologin"), "{user}");
+    assert!(
+        group.lines().any(|line| line.starts_with("gantry:")),
+        "{group}"
+    );
+}
+
+/// The configurations the appliance ships and documents pass Gantry's validation: the image's
+/// default, and the files of `appliance/user-data.example` written out as cloud-init's
+/// `write_files` would (into a scratch folder standing for /etc/gantry). Secrets in the example
+/// are given to the gantry group alone.
+#[test]
+fn the_appliance_default_and_example_user_data_configurations_are_valid() {
+    let appliance = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../appliance");
+    lb_config::load_file(&appliance.join("files/gantry.yaml"))
+        .unwrap_or_else(|e| panic!("the image's default configuration: {e}"));
+
+    let text =
+        std::fs::read_to_string(appliance.join("user-data.example")).expect("user-data.example");
+    assert!(text.starts_with("#cloud-config\n"), "cloud-init reads it");
+    let user_data: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let etc = tempfile::tempdir().expect("scratch /etc/gantry");
+    let files = user_data["write_files"].as_sequence().expect("write_files");
+    for file in files {
+        let path = file["path"].as_str().expect("path");
+        let name = path
+            .strip_prefix("/etc/gantry/")
+            .unwrap_or_else(|| panic!("{path} is outside /etc/gantry"));
+        let content = file["content"]
+            .as_str()
+            .expect("content")
+            .replace("/etc/gantry/", &format!("{}/", etc.path().display()));
+        std::fs::write(etc.path().join(name), content).expect("write");
+        if name != "gantry.yaml" {
+            assert_eq!(file["owner"].as_str(), Some("root:gantry"), "{path}");
+            assert_eq!(file["permissions"].as_str(), Some("0640"), "{path}");
+        }
+    }
+    let model = lb_config::load_file(&etc.path().join("gantry.yaml"))
+        .unwrap_or_else(|e| panic!("the example user-data's configuration: {e}"));
+    assert!(!model.services.is_empty(), "the example serves something");
 }

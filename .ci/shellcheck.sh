@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every shell script in the repository through shellcheck, following the files they source.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+install_missing shellcheck:shellcheck
+git ls-files -z '*.sh' .ci/run .ci/setup | xargs -0 shellcheck -x
+echo "shellcheck: $(git ls-files '*.sh' .ci/run .ci/setup | wc -l) scripts clean"
