@@ -53,6 +53,7 @@ runcmd:
       somaxconn=\$(sysctl -n net.core.somaxconn)
       nonlocal_bind=\$(sysctl -n net.ipv4.ip_nonlocal_bind)
       tw_reuse=\$(sysctl -n net.ipv4.tcp_tw_reuse)
+      migrate_req=\$(sysctl -n net.ipv4.tcp_migrate_req)
       conntrack=\$(test -d /sys/module/nf_conntrack && echo loaded || echo absent)
       gantry=\$(systemctl is-active gantry)
       user=\$(stat -c %U /proc/\$pid)
@@ -96,7 +97,7 @@ until grep -qs 'appliance-check:' "$work/console.log"; do
 done
 booted=$(($(date +%s) - started))
 check=$(grep -a 'appliance-check:' "$work/console.log" | tail -n 1 | tr -d '\r')
-for expected in somaxconn=65535 nonlocal_bind=1 tw_reuse=1 conntrack=absent gantry=active \
+for expected in somaxconn=65535 nonlocal_bind=1 tw_reuse=1 migrate_req=1 conntrack=absent gantry=active \
   user=gantry failed_units=; do
   [[ " $check " == *" $expected "* ]] || fail "inside the VM, expected $expected: $check"
 done

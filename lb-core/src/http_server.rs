@@ -21,9 +21,12 @@ pub struct BoundServer {
 }
 
 impl BoundServer {
-    /// Binds `address`.
+    /// Binds `address`, with port reuse as Gantry's ports (a second Gantry shares the admin
+    /// port while the first drains).
     pub async fn bind(address: SocketAddr) -> std::io::Result<BoundServer> {
-        let listener = TcpListener::bind(address).await?;
+        let socket = crate::listener::bound_socket(address, socket2::Type::STREAM, false)?;
+        socket.listen(crate::listener::ACCEPT_BACKLOG)?;
+        let listener = TcpListener::from_std(socket.into())?;
         let local_addr = listener.local_addr()?;
         Ok(BoundServer {
             listener,

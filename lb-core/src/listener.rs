@@ -23,8 +23,10 @@ use crate::limiter::ConnLimiter;
 use crate::route::{Route, RouteCell};
 use crate::tls::TlsEndpoint;
 
-/// Pending connections the kernel queues while Gantry is at its connection limit.
-const ACCEPT_BACKLOG: i32 = 1024;
+/// Pending connections the kernel queues for a listener: a burst of new connections, or
+/// connections waiting while Gantry is at its connection limit. The kernel caps it at
+/// `net.core.somaxconn` (4096 by default; 65535 on the appliance).
+pub(crate) const ACCEPT_BACKLOG: i32 = 65535;
 
 /// A bound listener. It accepts once [`Listener::start`] is called; dropped before that, its
 /// socket simply closes (how a failed reload rolls back).
@@ -251,6 +253,11 @@ fn bind_socket(addr: SocketAddr, freebind: bool) -> std::io::Result<TcpListener>
 
 /// A non-blocking TCP (`STREAM`) or UDP (`DGRAM`) socket bound to `addr`. Address reuse is on:
 /// rebinding a port whose old connections sit in TIME_WAIT must not fail after a restart.
+/// Port reuse (`SO_REUSEPORT`) is on: a second Gantry of the same user binds the same ports
+/// while the first still serves, and the first then drains (an upgrade without a refused
+/// connection; with `net.ipv4.tcp_migrate_req`, connections still queued on the first's
+/// listener move to the second's when it closes instead of being reset). A socket without it
+/// (another program) still makes the bind fail.
 /// `freebind` (`IP_FREEBIND`/`IPV6_FREEBIND`) lets it bind an address not (yet) configured on
 /// the host: a load-balancer address from a pool is routed to the appliance, or added to an
 /// interface later, and the listener must not wait for it.
@@ -267,6 +274,7 @@ pub(crate) fn bound_socket(
     };
     let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if freebind {
         match addr {
             SocketAddr::V4(_) => socket.set_freebind_v4(true)?,

@@ -5,100 +5,40 @@
 //! The API server refuses loopback endpoints, as a real one does.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 
 use lb_k8s::testing::Kind;
 use serde_json::json;
 
 use crate::support::cluster::{free_port, load_balancer, origin_behind, slice, Cluster};
 use crate::support::eventually;
+use crate::support::netns::Netns;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 
-/// A network namespace, deleted when dropped.
-struct Netns {
-    name: String,
-}
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("run `ip` (iproute2)");
-    assert!(status.success(), "ip {}: {status}", args.join(" "));
-}
-
-impl Netns {
-    /// `pods`: an interface (a veth pair, both ends inside) with 10.200.0.2 and .3; the pool 10.201.0.0/28 routed to
-    /// the namespace's own host.
-    fn create() -> Netns {
-        let netns = Netns {
-            name: format!("gantry-k8s-{}", std::process::id()),
-        };
-        let n = netns.name.as_str();
-        ip(&["netns", "add", n]);
-        ip(&["-n", n, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            n,
-            "link",
-            "add",
-            "pods",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "pods-peer",
-        ]);
-        ip(&["-n", n, "addr", "add", "10.200.0.2/24", "dev", "pods"]);
-        ip(&["-n", n, "addr", "add", "10.200.0.3/24", "dev", "pods"]);
-        ip(&["-n", n, "link", "set", "pods", "up"]);
-        ip(&["-n", n, "link", "set", "pods-peer", "up"]);
-        ip(&[
-            "-n",
-            n,
-            "route",
-            "add",
-            "local",
-            "10.201.0.0/28",
-            "dev",
-            "lo",
-        ]);
-        netns
-    }
-
-    /// Moves the calling thread into the namespace (threads it starts are born there).
-    fn enter(&self) {
-        let file =
-            std::fs::File::open(format!("/var/run/netns/{}", self.name)).expect("netns file");
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// The namespace: `pods`, an interface (a veth pair, both ends inside) with 10.200.0.2 and .3;
+/// the pool 10.201.0.0/28 routed to the namespace's own host.
+fn pod_network() -> Netns {
+    let netns = Netns::create("k8s");
+    netns.ip(&[
+        "link",
+        "add",
+        "pods",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pods-peer",
+    ]);
+    netns.ip(&["addr", "add", "10.200.0.2/24", "dev", "pods"]);
+    netns.ip(&["addr", "add", "10.200.0.3/24", "dev", "pods"]);
+    netns.ip(&["link", "set", "pods", "up"]);
+    netns.ip(&["link", "set", "pods-peer", "up"]);
+    netns.ip(&["route", "add", "local", "10.201.0.0/28", "dev", "lo"]);
+    netns
 }
 
 #[test]
 fn routable_pod_addresses_and_a_routed_pool_serve_as_in_a_real_cluster() {
-    let netns = Netns::create();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                netns.enter();
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                runtime.block_on(scenario());
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    });
+    pod_network().run(scenario);
 }
 
 async fn scenario() {

@@ -30,3 +30,4 @@ mod support;
 mod tcp_proxy;
 mod tls;
 mod udp;
+mod upgrade;
