@@ -15,6 +15,7 @@ pub mod coalesce;
 mod connection;
 pub mod demo;
 pub mod fuzzing;
+pub mod handover;
 pub mod health;
 pub mod http;
 pub mod http_server;

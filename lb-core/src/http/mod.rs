@@ -37,7 +37,7 @@ use tokio::sync::watch;
 
 use self::forwarding::ClientIp;
 use self::gateway::Gateway;
-use self::head::{read_head, Head, HeadLimits};
+use self::head::{read_head, Awaiting, Head, HeadLimits};
 use self::relay::{relay, After, Buffers, Client};
 use self::routes::ListenerRoutes;
 use self::settings_guard::SettingsGuard;
@@ -113,6 +113,7 @@ pub async fn serve_cleartext(
         &mut stream,
         &mut buffers.client_in,
         head_limits(&route.load()),
+        Awaiting::First,
         &mut drain,
         &mut buffers.client_timer,
     )
@@ -155,6 +156,12 @@ async fn serve_http1(
         return;
     };
     let client_ip = ClientIp::new(peer.ip());
+    // A head handed in was the connection's first request; otherwise the first is read here.
+    let mut awaiting = if pending.is_some() {
+        Awaiting::Next
+    } else {
+        Awaiting::First
+    };
     loop {
         let current = route.load_full();
         let limits = head_limits(&current);
@@ -162,7 +169,9 @@ async fn serve_http1(
             Some(head) => head,
             None => {
                 let (buf, timer) = (&mut buffers.client_in, &mut buffers.client_timer);
-                read_head(&mut stream, buf, limits, &mut drain, timer).await
+                let head = read_head(&mut stream, buf, limits, awaiting, &mut drain, timer).await;
+                awaiting = Awaiting::Next;
+                head
             }
         };
         match head {

@@ -35,6 +35,7 @@ fn the_systemd_unit_is_hardened_to_an_exposure_of_at_most_2() {
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "User=gantry",
+        "Type=notify",
         "CacheDirectory=gantry",
         "Restart=on-failure",
         "ExecReload=/bin/kill -HUP $MAINPID",

@@ -1,110 +1,240 @@
-//! Upgrading without a refused connection: a second `gantry` (the new binary, the same
-//! configuration) binds the first's ports while the first still serves (`SO_REUSEPORT`), the
-//! first is sent SIGTERM and drains, and clients that open a new connection for every request
-//! see no failure at any point. In a network namespace of its own with
-//! `net.ipv4.tcp_migrate_req = 1`, as the appliance sets it: connections still queued on the
-//! first's listener when it closes move to the second's instead of being reset.
+//! Upgrading without a refused connection. Two ways, both in a network namespace of the test's
+//! own with `net.ipv4.tcp_migrate_req = 1` (as the appliance sets it: connections still queued
+//! on a closing listener move to the other process's instead of being reset), and both under
+//! clients that open a new connection for every request, which must see no failure:
+//! - a second `gantry` on the same configuration binds the first's ports beside it
+//!   (`SO_REUSEPORT`), and the first drains on SIGTERM (containers, any supervisor);
+//! - SIGUSR2 makes a `gantry` start its own command line again and drain once that serves,
+//!   telling the service manager (`NOTIFY_SOCKET`) the new main process (systemd); a new
+//!   process that cannot start changes nothing.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::net::UnixDatagram;
+
 use crate::support::binary::Running;
-use crate::support::cluster::origin_behind;
+use crate::support::cluster::{free_port, origin_behind};
 use crate::support::eventually;
 use crate::support::netns::Netns;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 
 /// Clients each opening a new connection per request, throughout.
 const CLIENTS: usize = 4;
-/// Requests answered before the handover starts, and after the first process has exited.
+/// Requests answered before a handover starts, and after the old process has exited.
 const REQUESTS_PER_PHASE: u64 = 200;
 
 #[test]
 fn a_second_gantry_takes_over_the_ports_while_the_first_drains_and_no_request_fails() {
-    Netns::create("upgrade").run(scenario);
+    Netns::create("upgrade").run(|| async {
+        migrate_queued_connections();
+        let origin = HttpOrigin::start("origin", OriginProtocol::Http1).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first_config = dir.path().join("first.yaml");
+        std::fs::write(&first_config, config(0, origin.addr)).expect("write");
+        let mut first = Running::start(&first_config);
+        let proxy = first.address("listening").await;
+        first.log("ready").await;
+        let load = Load::start(proxy);
+        load.answered(REQUESTS_PER_PHASE).await;
+
+        // The new process on the same configuration binds the same port beside the first.
+        let second_config = dir.path().join("second.yaml");
+        std::fs::write(&second_config, config(proxy.port(), origin.addr)).expect("write");
+        let mut second = Running::start(&second_config);
+        assert_eq!(second.address("listening").await, proxy, "the same port");
+        second.log("ready").await;
+
+        first.signal("TERM");
+        exits_cleanly(&mut first.child, "the first process").await;
+        // Only the second process is left to answer.
+        load.answered(load.count() + REQUESTS_PER_PHASE).await;
+        load.stop_without_failures().await;
+        second.signal("TERM");
+        exits_cleanly(&mut second.child, "the second process").await;
+    });
 }
 
-async fn scenario() {
+#[test]
+fn sigusr2_hands_over_to_a_new_process_and_tells_the_service_manager() {
+    Netns::create("handover").run(|| async {
+        migrate_queued_connections();
+        let origin = HttpOrigin::start("origin", OriginProtocol::Http1).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The service manager's end of NOTIFY_SOCKET.
+        let notify_path = dir.path().join("notify");
+        let manager = UnixDatagram::bind(&notify_path).expect("notify socket");
+        let config_path = dir.path().join("gantry.yaml");
+        let port = free_port(IpAddr::from([127, 0, 0, 1]));
+        std::fs::write(&config_path, config(port, origin.addr)).expect("write");
+        let mut first = Running::start_with_env(&config_path, &[("NOTIFY_SOCKET", &notify_path)]);
+        let first_pid = first.child.id().expect("pid");
+        assert_eq!(
+            notification(&manager).await,
+            format!("READY=1\nMAINPID={first_pid}\n"),
+            "ready, once serving"
+        );
+        let proxy = SocketAddr::from(([127, 0, 0, 1], port));
+        let load = Load::start(proxy);
+        load.answered(REQUESTS_PER_PHASE).await;
+
+        // A new process that cannot start (its configuration is refused) changes nothing.
+        std::fs::write(&config_path, "services: [{ name: web }]\n").expect("write");
+        first.signal("USR2");
+        first
+            .log("handover failed; this process keeps serving")
+            .await;
+        assert!(
+            first.child.try_wait().expect("status").is_none(),
+            "still serving"
+        );
+        load.answered(load.count() + REQUESTS_PER_PHASE).await;
+
+        std::fs::write(&config_path, config(port, origin.addr)).expect("write");
+        first.signal("USR2");
+        let told = notification(&manager).await;
+        let successor: u32 = told
+            .strip_prefix("MAINPID=")
+            .and_then(|rest| rest.strip_suffix("\nREADY=1\n"))
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("the new main process and ready: {told:?}"));
+        let successor = Successor(successor);
+        assert_ne!(successor.0, first_pid);
+        exits_cleanly(&mut first.child, "the old process").await;
+        load.answered(load.count() + REQUESTS_PER_PHASE).await;
+        load.stop_without_failures().await;
+        successor.stop().await;
+    });
+}
+
+/// Sets `net.ipv4.tcp_migrate_req` in the calling thread's network namespace.
+fn migrate_queued_connections() {
     std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1")
         .expect("net.ipv4.tcp_migrate_req (Linux 5.14 or later)");
-    let origin = HttpOrigin::start("origin", OriginProtocol::Http1).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = |port: u16| {
-        format!(
-            "admin: {{ listen: \"127.0.0.1:0\" }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: {port}, protocol: http, backends: [\"{}\"] }}\n",
-            origin.addr
-        )
-    };
-    let first_config = dir.path().join("first.yaml");
-    std::fs::write(&first_config, config(0)).expect("write");
-    let mut first = Running::start(&first_config);
-    let proxy = first.address("listening").await;
-    first.log("ready").await;
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (stop, answered, failures) = (stop.clone(), answered.clone(), failures.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match origin_behind(proxy).await.as_deref() {
-                        Some("origin") => answered.fetch_add(1, Ordering::Relaxed),
-                        other => {
-                            failures.lock().expect("lock").push(format!("{other:?}"));
-                            0
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
-    let answered_by = |count: u64| {
-        let answered = answered.clone();
-        async move { answered.load(Ordering::Relaxed) >= count }
-    };
-    eventually("the load runs through the first process", || {
-        answered_by(REQUESTS_PER_PHASE)
-    })
-    .await;
+/// One HTTP port on 127.0.0.1:`port` to `origin`, and the admin endpoint on a port of its own.
+fn config(port: u16, origin: SocketAddr) -> String {
+    format!(
+        "admin: {{ listen: \"127.0.0.1:0\" }}\nservices:\n  - name: web\n    address: 127.0.0.1\n    ports:\n      - {{ name: http, port: {port}, protocol: http, backends: [\"{origin}\"] }}\n"
+    )
+}
 
-    // The new process on the same configuration: it binds the same port beside the first.
-    let second_config = dir.path().join("second.yaml");
-    std::fs::write(&second_config, config(proxy.port())).expect("write");
-    let mut second = Running::start(&second_config);
-    assert_eq!(second.address("listening").await, proxy, "the same port");
-    second.log("ready").await;
-
-    first.signal("TERM");
-    let exit = tokio::time::timeout(Duration::from_secs(30), first.child.wait())
+/// The next datagram on the service manager's socket.
+async fn notification(manager: &UnixDatagram) -> String {
+    let mut buffer = [0u8; 512];
+    let len = tokio::time::timeout(Duration::from_secs(30), manager.recv(&mut buffer))
         .await
-        .expect("the first process drains and exits")
+        .expect("a notification")
+        .expect("recv");
+    String::from_utf8_lossy(&buffer[..len]).into_owned()
+}
+
+async fn exits_cleanly(child: &mut tokio::process::Child, what: &str) {
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} drains and exits"))
         .expect("wait");
-    assert!(exit.success(), "the first process exits 0: {exit}");
-    // Only the second process is left to answer.
-    let handed_over = answered.load(Ordering::Relaxed);
-    eventually("the load runs through the second process alone", || {
-        answered_by(handed_over + REQUESTS_PER_PHASE)
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("client");
+    assert!(exit.success(), "{what} exits 0: {exit}");
+}
+
+/// The process that took over: not the test's child, so stopped by pid, and killed if the
+/// test fails first.
+struct Successor(u32);
+
+impl Successor {
+    async fn stop(self) {
+        let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        eventually("the new process exits", || async { !alive(self.0) }).await;
     }
-    let failures = failures.lock().expect("lock").clone();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed during the handover: {:?}",
-        failures.len(),
-        answered.load(Ordering::Relaxed) + failures.len() as u64,
-        &failures[..failures.len().min(10)]
-    );
-    second.signal("TERM");
-    let exit = tokio::time::timeout(Duration::from_secs(30), second.child.wait())
-        .await
-        .expect("the second process exits")
-        .expect("wait");
-    assert!(exit.success(), "{exit}");
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Whether a process runs (a zombie waiting for its reaper does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        })
+        .unwrap_or(false)
+}
+
+/// Clients requesting through the proxy on a new connection each time, counting answers
+/// and keeping every failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(proxy: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let clients = (0..CLIENTS)
+            .map(|_| {
+                let (stop, answered, failures) = (stop.clone(), answered.clone(), failures.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match origin_behind(proxy).await.as_deref() {
+                            Some("origin") => {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => failures.lock().expect("lock").push(format!("{other:?}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            answered,
+            failures,
+            clients,
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `count` requests were answered in all.
+    async fn answered(&self, count: u64) {
+        eventually(&format!("{count} requests answered"), || async {
+            self.count() >= count
+        })
+        .await;
+    }
+
+    async fn stop_without_failures(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.await.expect("client");
+        }
+        let failures = self.failures.lock().expect("lock").clone();
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failures.len(),
+            self.answered.load(Ordering::Relaxed) + failures.len() as u64,
+            &failures[..failures.len().min(10)]
+        );
+    }
 }

@@ -22,9 +22,15 @@ pub struct Running {
 
 impl Running {
     pub fn start(config: &Path) -> Running {
+        Running::start_with_env(config, &[])
+    }
+
+    /// [`Running::start`] with these environment variables added.
+    pub fn start_with_env(config: &Path, env: &[(&str, &Path)]) -> Running {
         let mut child = Command::new(GANTRY)
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
