@@ -4,7 +4,7 @@
 # to an nginx origin on this machine's loopback (the guest reaches it as 10.0.2.2 through
 # QEMU's user-mode network; the appliance's ports come back on 127.0.0.1). Nobody logs in.
 # Checks: a request through the appliance reaches the origin and is counted in /metrics;
-# gantry runs as its own user; the image's sysctls are in force, nf_conntrack is not loaded,
+# gantry handed over to a new process on SIGUSR2 (systemd follows it) and runs as its own user; the image's sysctls are in force, nf_conntrack is not loaded,
 # no unit failed and the root file system grew to the disk; and the VM powers off cleanly
 # (ACPI) when asked. Software emulation by default (under a minute here), KVM with ACCEL=kvm.
 #
@@ -44,18 +44,34 @@ write_files:
           address: 0.0.0.0
           ports:
             - { name: http, port: 80, protocol: http, backends: ["10.0.2.2:$ORIGIN"] }
+  # A load-balancer pool as local addresses, as docs/operator-guide.md shows.
+  - path: /etc/systemd/network/10-gantry-pool.network
+    content: |
+      [Match]
+      Name=lo
+      [Route]
+      Destination=203.0.113.0/28
+      Type=local
 runcmd:
+  - [networkctl, reload]
   - - sh
     - -c
     - >-
+      old=\$(systemctl show -p MainPID --value gantry);
+      systemctl kill --kill-whom=main --signal=SIGUSR2 gantry;
+      for i in \$(seq 1 60); do
       pid=\$(systemctl show -p MainPID --value gantry);
+      [ "\$pid" != "\$old" ] && [ ! -e /proc/\$old ] && break; sleep 1; done;
+      handover=\$([ "\$pid" != "\$old" ] && [ ! -e /proc/\$old ] && echo done || echo failed);
       echo "appliance-check:
       somaxconn=\$(sysctl -n net.core.somaxconn)
       nonlocal_bind=\$(sysctl -n net.ipv4.ip_nonlocal_bind)
       tw_reuse=\$(sysctl -n net.ipv4.tcp_tw_reuse)
       migrate_req=\$(sysctl -n net.ipv4.tcp_migrate_req)
+      pool_routes=\$(ip -o route show table local type local 203.0.113.0/28 | wc -l)
       conntrack=\$(test -d /sys/module/nf_conntrack && echo loaded || echo absent)
       gantry=\$(systemctl is-active gantry)
+      handover=\$handover
       user=\$(stat -c %U /proc/\$pid)
       root_mib=\$(df -m --output=size / | tail -n 1 | tr -d ' ')
       failed_units=\$(systemctl list-units --state=failed --no-legend --plain | cut -d' ' -f1 | paste -sd, -)"
@@ -97,8 +113,8 @@ until grep -qs 'appliance-check:' "$work/console.log"; do
 done
 booted=$(($(date +%s) - started))
 check=$(grep -a 'appliance-check:' "$work/console.log" | tail -n 1 | tr -d '\r')
-for expected in somaxconn=65535 nonlocal_bind=1 tw_reuse=1 migrate_req=1 conntrack=absent gantry=active \
-  user=gantry failed_units=; do
+for expected in somaxconn=65535 nonlocal_bind=1 tw_reuse=1 migrate_req=1 pool_routes=1 conntrack=absent gantry=active \
+  handover=done user=gantry failed_units=; do
   [[ " $check " == *" $expected "* ]] || fail "inside the VM, expected $expected: $check"
 done
 root_mib=$(sed -n 's/.* root_mib=\([0-9]*\) .*/\1/p' <<< "$check")
@@ -112,9 +128,10 @@ for _ in $(seq 1 30); do
   sleep 1
 done
 [ "$answer" = "hello from the origin" ] || fail "unexpected answer: '$answer'"
-curl -fsS "http://127.0.0.1:$ADMIN/metrics" \
-  | grep -q '^gantry_requests_total{backend="10.0.2.2:'"$ORIGIN"'",class="2xx",port="http",service="web"} 1$' \
-  || fail "the request is not counted in /metrics"
+# Read whole, then searched: grep -q stopping early would fail curl's write (pipefail).
+metrics=$(curl -fsS "http://127.0.0.1:$ADMIN/metrics")
+grep -q '^gantry_requests_total{backend="10.0.2.2:'"$ORIGIN"'",class="2xx",port="http",service="web"} 1$' \
+  <<< "$metrics" || fail "the request is not counted in /metrics"
 
 # A clean ACPI power-off: systemd stops gantry (SIGTERM) and the machine halts.
 python3 - "$work/qmp.sock" <<'PY'

@@ -83,8 +83,10 @@ done
 (exec 3<>"/dev/tcp/127.0.0.1/$HTTP") 2>/dev/null || { echo "gantry did not listen:"; cat "$work/gantry.log"; exit 1; }
 answer=$(curl -fsS "http://127.0.0.1:$HTTP/")
 [ "$answer" = "hello from the origin" ] || { echo "unexpected answer: $answer"; cat "$work/gantry.log"; exit 1; }
-curl -fsS "http://127.0.0.1:$ADMIN/metrics" | grep -q '^gantry_requests_total{backend="127.0.0.1:'"$ORIGIN"'",class="2xx",port="http",service="web"} 1$' \
-  || { echo "the request is not counted in /metrics"; exit 1; }
+# Read whole, then searched: grep -q stopping early would fail curl's write (pipefail).
+metrics=$(curl -fsS "http://127.0.0.1:$ADMIN/metrics")
+grep -q '^gantry_requests_total{backend="127.0.0.1:'"$ORIGIN"'",class="2xx",port="http",service="web"} 1$' \
+  <<< "$metrics" || { echo "the request is not counted in /metrics"; exit 1; }
 "$RUNTIME" kill "$NAME" TERM
 wait "$RUNNING" || { echo "gantry did not exit 0 on SIGTERM"; cat "$work/gantry.log"; exit 1; }
 size=$(python3 - "$work/oci" <<'PY'
