@@ -13,12 +13,17 @@
 //! enough), and drains. A successor that exits or is not ready within
 //! [`SUCCESSOR_READY_TIMEOUT`] is stopped and this process keeps serving.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials,
+};
+use tokio::io::Interest;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -82,23 +87,12 @@ pub async fn hand_over(cancel: CancellationToken) -> Result<u32, HandoverError> 
         std::process::id(),
         HANDOVERS.fetch_add(1, Ordering::Relaxed)
     );
-    let socket = abstract_socket(&name)
-        .and_then(|address| UnixDatagram::bind_addr(&address))
-        .and_then(|socket| {
-            socket.set_nonblocking(true)?;
-            tokio::net::UnixDatagram::from_std(socket)
-        })
-        .map_err(HandoverError::Socket)?;
+    let socket = handover_socket(&name).map_err(HandoverError::Socket)?;
     let mut child = spawn_successor(&name)?;
     let pid = child.id().unwrap_or_default();
     tracing::info!(pid, "started the new process; waiting until it serves");
-    let mut buffer = [0u8; 256];
     let outcome = tokio::select! {
-        received = socket.recv(&mut buffer) => match received {
-            Ok(len) if reports_ready(&buffer[..len], pid) => Ok(pid),
-            Ok(_) => Err(HandoverError::Socket(std::io::Error::other("an unexpected message"))),
-            Err(err) => Err(HandoverError::Socket(err)),
-        },
+        ready = ready_from(&socket, pid) => ready.map(|()| pid).map_err(HandoverError::Socket),
         status = child.wait() => Err(match status {
             Ok(status) => HandoverError::ExitedEarly(status),
             Err(err) => HandoverError::Socket(err),
@@ -140,8 +134,51 @@ fn spawn_successor(handover_socket: &str) -> Result<Child, HandoverError> {
         })
 }
 
-/// Whether a datagram is the successor's `READY=1` with its own process id.
-fn reports_ready(message: &[u8], pid: u32) -> bool {
+/// The socket a successor reports on, named `name` in the abstract namespace. The kernel
+/// attaches each sender's credentials (SO_PASSCRED): only the successor itself can report it
+/// ready, not another local process that found the name (in /proc/net/unix).
+fn handover_socket(name: &str) -> std::io::Result<tokio::net::UnixDatagram> {
+    let socket = UnixDatagram::bind_addr(&abstract_socket(name)?)?;
+    setsockopt(&socket, sockopt::PassCred, &true)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::UnixDatagram::from_std(socket)
+}
+
+/// Waits for the successor's report that it serves: a datagram sent by process `pid` itself
+/// saying so. Anything else is ignored.
+async fn ready_from(socket: &tokio::net::UnixDatagram, pid: u32) -> std::io::Result<()> {
+    let mut buffer = [0u8; 256];
+    loop {
+        let (len, sender) = socket
+            .async_io(Interest::READABLE, || {
+                receive_with_sender(socket.as_raw_fd(), &mut buffer)
+            })
+            .await?;
+        if reports_ready(&buffer[..len], sender, pid) {
+            return Ok(());
+        }
+        tracing::debug!(?sender, "ignored a handover message");
+    }
+}
+
+/// One datagram, and the process id the kernel says sent it.
+fn receive_with_sender(fd: RawFd, buffer: &mut [u8]) -> std::io::Result<(usize, Option<u32>)> {
+    let mut iov = [std::io::IoSliceMut::new(buffer)];
+    let mut space = nix::cmsg_space!(UnixCredentials);
+    let message = recvmsg::<UnixAddr>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT)?;
+    let sender = message.cmsgs()?.find_map(|control| match control {
+        ControlMessageOwned::ScmCredentials(credentials) => u32::try_from(credentials.pid()).ok(),
+        _ => None,
+    });
+    Ok((message.bytes, sender))
+}
+
+/// Whether a datagram is the successor's `READY=1` with its own process id, sent by the
+/// successor (`sender`, from the kernel) and not by anyone else on its behalf.
+fn reports_ready(message: &[u8], sender: Option<u32>, pid: u32) -> bool {
+    if sender != Some(pid) {
+        return false;
+    }
     let text = String::from_utf8_lossy(message);
     let mut lines = text.lines();
     let ready = lines.clone().any(|line| line == "READY=1");
@@ -188,12 +225,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_ready_with_the_successors_own_pid_counts() {
-        assert!(reports_ready(b"READY=1\nMAINPID=42\n", 42));
-        assert!(reports_ready(b"MAINPID=42\nREADY=1", 42));
-        assert!(!reports_ready(b"READY=1\nMAINPID=43\n", 42));
-        assert!(!reports_ready(b"READY=1\n", 42));
-        assert!(!reports_ready(b"MAINPID=42\nSTATUS=starting\n", 42));
+    fn only_ready_from_the_successor_with_its_own_pid_counts() {
+        let from = Some(42);
+        assert!(reports_ready(b"READY=1\nMAINPID=42\n", from, 42));
+        assert!(reports_ready(b"MAINPID=42\nREADY=1", from, 42));
+        assert!(!reports_ready(b"READY=1\nMAINPID=43\n", from, 42));
+        assert!(!reports_ready(b"READY=1\n", from, 42));
+        assert!(!reports_ready(b"MAINPID=42\nSTATUS=starting\n", from, 42));
+        // Another process saying it for the successor, or a sender the kernel did not name.
+        assert!(!reports_ready(b"READY=1\nMAINPID=42\n", Some(7), 42));
+        assert!(!reports_ready(b"READY=1\nMAINPID=42\n", None, 42));
+    }
+
+    /// The sender of a report is the kernel's word: this process, here.
+    #[tokio::test]
+    async fn the_handover_socket_learns_who_sent_a_report() {
+        let name = format!("gantry-handover-test-{}", std::process::id());
+        let socket = handover_socket(&name).expect("socket");
+        let ours = std::process::id();
+        send(
+            &abstract_socket(&name).expect("name"),
+            &format!("READY=1\nMAINPID={ours}\n"),
+        )
+        .expect("send");
+        tokio::time::timeout(Duration::from_secs(10), ready_from(&socket, ours))
+            .await
+            .expect("the report is accepted: the kernel named its sender")
+            .expect("our own report");
     }
 
     #[test]
