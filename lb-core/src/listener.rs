@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, ListenerShared};
-use crate::http::HttpApps;
+use crate::http::{AppKey, HttpApps};
 use crate::limiter::ConnLimiter;
 use crate::route::{Route, RouteCell};
 use crate::tls::TlsEndpoint;
@@ -36,8 +36,8 @@ pub(crate) struct Listener {
     shared: Arc<ListenerShared>,
     /// Long-lived TLS state, once the port terminates TLS.
     tls: Option<Arc<TlsEndpoint>>,
-    /// The header limit of the HTTP app in use; `None` when not HTTP.
-    http_header_limit: Option<u32>,
+    /// What the HTTP app in use was built with; `None` when not HTTP.
+    http_app: Option<AppKey>,
     /// The shared HTTP apps, and the routes they find requests' listeners by.
     apps: Arc<HttpApps>,
     socket: Option<Bound>,
@@ -70,9 +70,9 @@ impl Listener {
         };
         let limiter = ConnLimiter::new(route.port.settings.limits.max_connections);
         let (drain, drain_rx) = watch::channel(false);
-        let http_header_limit = http_header_limit(&route);
+        let http_app = AppKey::of(&route);
         let route: RouteCell = Arc::new(ArcSwap::from_pointee(route));
-        let http = http_header_limit.map(|limit| apps.app(limit));
+        let http = http_app.map(|key| apps.app(key));
         Ok(Listener {
             key,
             local_addr,
@@ -83,7 +83,7 @@ impl Listener {
                 limiter,
             }),
             tls,
-            http_header_limit,
+            http_app,
             apps: apps.clone(),
             socket: Some(socket),
             accept_task: None,
@@ -158,15 +158,15 @@ impl Listener {
         self.shared
             .limiter
             .set_max(route.port.settings.limits.max_connections);
-        let wanted = http_header_limit(&route);
-        if wanted == self.http_header_limit {
+        let wanted = AppKey::of(&route);
+        if wanted == self.http_app {
             return self.shared.route.swap(Arc::new(route));
         }
-        self.http_header_limit = wanted;
+        self.http_app = wanted;
         // The app must exist before a route that needs it, and outlive a route that did.
         match wanted {
-            Some(limit) => {
-                self.shared.http.store(Some(self.apps.app(limit)));
+            Some(key) => {
+                self.shared.http.store(Some(self.apps.app(key)));
                 self.shared.route.swap(Arc::new(route))
             }
             None => {
@@ -232,15 +232,6 @@ enum Bound {
     Tcp(TcpListener),
     /// A UDP port's socket.
     Udp(UdpSocket),
-}
-
-/// HTTP/2 header lists are bounded by the app's settings, so the app follows this limit.
-fn http_header_limit(route: &Route) -> Option<u32> {
-    route
-        .port
-        .protocol
-        .is_http()
-        .then_some(route.port.settings.limits.max_header_bytes)
 }
 
 /// A listening socket on `addr` (see [`bound_socket`]).

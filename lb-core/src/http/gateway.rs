@@ -94,13 +94,16 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let local = session.server_addr().and_then(|a| a.as_inet()).copied();
         ctx.route = local.and_then(|local| self.routes.find(local));
-        if ctx.route.is_none() {
+        let Some(route) = &ctx.route else {
             // Only a listener Gantry registered hands connections to pingora.
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 "no listener route for this address",
             ));
-        }
+        };
+        // A client that stops taking its answer (an HTTP/2 stream whose window never opens)
+        // is given up on after `client_idle` without progress, as the HTTP/1 relay does.
+        session.set_write_timeout(Some(route.port.settings.timeouts.client_idle));
         Ok(())
     }
 

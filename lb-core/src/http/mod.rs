@@ -4,8 +4,9 @@
 //! h2c preface on cleartext), and HTTP/1 requests to h2c backends, go to a pingora
 //! `HttpProxy`.
 //!
-//! The pingora apps are shared ([`HttpApps`]): one per distinct header-size limit (it bounds
-//! HTTP/2 header lists), whatever the number of listeners, each request finding its listener's
+//! The pingora apps are shared ([`HttpApps`]): one per distinct [`AppKey`] (the header-size
+//! limit, which bounds HTTP/2 header lists, and the client idle timeout, which bounds an
+//! HTTP/2 connection without streams), whatever the number of listeners, each request finding its listener's
 //! route by address ([`routes`]). A pingora app is not small (its upstream connector loads
 //! the platform's root certificates), so an app per listener would make ports cost hundreds
 //! of kilobytes each; shared, they also share upstream keep-alive pools, which survive backend
@@ -24,6 +25,7 @@ pub mod upgrade;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use lb_config::BackendProtocol;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
@@ -50,12 +52,32 @@ pub type HttpApp = HttpProxy<Gateway>;
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4), enough to tell h2c from HTTP/1.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
 
-/// The pingora apps of one Gantry, by header-size limit, and the routes they serve.
+/// What a pingora app is built with: listeners whose routes agree on it share the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AppKey {
+    /// Bounds HTTP/2 header lists (`limits.max_header_bytes`).
+    pub max_header_bytes: u32,
+    /// How long an HTTP/2 connection may stay open without a stream (`timeouts.client_idle`).
+    pub client_idle: Duration,
+}
+
+impl AppKey {
+    /// The app an HTTP route needs; `None` for other protocols.
+    pub fn of(route: &Route) -> Option<AppKey> {
+        let settings = &route.port.settings;
+        route.port.protocol.is_http().then_some(AppKey {
+            max_header_bytes: settings.limits.max_header_bytes,
+            client_idle: settings.timeouts.client_idle,
+        })
+    }
+}
+
+/// The pingora apps of one Gantry, by [`AppKey`], and the routes they serve.
 #[derive(Default)]
 pub struct HttpApps {
     routes: Arc<ListenerRoutes>,
     /// Kept while some listener holds the app.
-    apps: Mutex<HashMap<u32, Weak<HttpApp>>>,
+    apps: Mutex<HashMap<AppKey, Weak<HttpApp>>>,
 }
 
 impl HttpApps {
@@ -64,30 +86,30 @@ impl HttpApps {
         &self.routes
     }
 
-    /// The app for listeners whose heads (and HTTP/2 header lists) are bounded by
-    /// `max_header_bytes`: the one in use, or a new one.
-    pub fn app(&self, max_header_bytes: u32) -> Arc<HttpApp> {
+    /// The app for listeners of this `key`: the one in use, or a new one.
+    pub fn app(&self, key: AppKey) -> Arc<HttpApp> {
         let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(app) = apps.get(&max_header_bytes).and_then(Weak::upgrade) {
+        if let Some(app) = apps.get(&key).and_then(Weak::upgrade) {
             return app;
         }
         apps.retain(|_, app| app.strong_count() > 0);
-        let app = build_app(self.routes.clone(), max_header_bytes);
-        apps.insert(max_header_bytes, Arc::downgrade(&app));
+        let app = build_app(self.routes.clone(), key);
+        apps.insert(key, Arc::downgrade(&app));
         app
     }
 }
 
-/// Builds an app serving the listeners in `routes`, HTTP/2 header lists bounded by
-/// `max_header_bytes`.
-fn build_app(routes: Arc<ListenerRoutes>, max_header_bytes: u32) -> Arc<HttpApp> {
+/// Builds an app serving the listeners in `routes` with the settings of `key`.
+fn build_app(routes: Arc<ListenerRoutes>, key: AppKey) -> Arc<HttpApp> {
     let mut proxy = HttpProxy::new(Gateway::new(routes), Arc::new(ServerConf::default()));
     proxy.handle_init_modules();
     let mut options = HttpServerOptions::default();
     // Lets pingora accept the h2c connections `serve_cleartext` hands it.
     options.h2c = true;
+    // An HTTP/2 connection without a stream is idle, as an HTTP/1 one between requests.
+    options.h2_idle_timeout = Some(key.client_idle);
     proxy.server_options = Some(options);
-    proxy.h2_options = Some(h2::server_options(max_header_bytes));
+    proxy.h2_options = Some(h2::server_options(key.max_header_bytes));
     Arc::new(proxy)
 }
 

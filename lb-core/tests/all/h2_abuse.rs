@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use crate::support::addr;
 use crate::support::client::raw_exchange;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
-use crate::support::scenario::Scenario;
+use crate::support::scenario::{Port, Scenario};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -223,6 +223,42 @@ async fn a_client_that_opens_no_window_stalls_only_itself() {
     }
     assert!(origin.requests() >= 120);
     drop(stream);
+}
+
+/// In time as well as in memory: a stream whose window never opens is given up after
+/// `client_idle` without progress, and a connection left without streams is closed after
+/// `client_idle` too. Measured on the wall clock from the request, so neither ends before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_or_idle_connection_is_let_go_after_client_idle() {
+    const CLIENT_IDLE: Duration = Duration::from_millis(300);
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = Scenario::new()
+        .port(
+            "web",
+            Port::http("http")
+                .backends(&[origin.addr])
+                .set("timeouts", "{ client_idle: 300ms }"),
+        )
+        .start()
+        .await;
+    let proxy = addr(&gantry, "web", "http");
+
+    // A request whose answer can never be sent: the client opens no window.
+    let mut stalled = h2c(proxy).await;
+    let asked = std::time::Instant::now();
+    let mut request = initial_window(0);
+    request.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &get_block()));
+    stalled.write_all(&request).await.expect("request");
+    let _ = goaway_code(&mut stalled).await;
+    assert!(asked.elapsed() >= CLIENT_IDLE, "not before client_idle");
+    assert_eq!(origin.requests(), 1, "the request was proxied");
+
+    // A connection that never asks anything.
+    let mut idle = h2c(proxy).await;
+    let opened = std::time::Instant::now();
+    let _ = goaway_code(&mut idle).await;
+    assert!(opened.elapsed() >= CLIENT_IDLE, "not before client_idle");
+    assert!(served(proxy).await);
 }
 
 fn initial_window(value: u32) -> Vec<u8> {

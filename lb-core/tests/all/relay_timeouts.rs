@@ -1,7 +1,8 @@
 //! The relay's deadlines, through real sockets and the wall clock (each test checks that the
 //! answer came no earlier than its deadline, which shows which timer ended the wait): a
 //! backend that does not answer gets the client a 504, one that stalls in its body has the
-//! connection closed, and a client that stays idle between requests is let go.
+//! connection closed, a client that stays idle between requests is let go, and so is one that
+//! stops taking its answer (with the backend connection it held).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -111,4 +112,50 @@ async fn an_idle_client_is_let_go_after_client_idle_even_after_a_request() {
     assert!(answer[..n].starts_with(b"HTTP/1.1 200 "));
     assert_eq!(read_until_closed(&mut client).await, "");
     assert!(answered.elapsed() >= DEADLINE);
+}
+
+/// A backend that answers every request with a body larger than every buffer on the way,
+/// writing until its connection is closed, and reports when that happens.
+async fn endless_backend() -> (SocketAddr, tokio::sync::oneshot::Receiver<Instant>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (released, release) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")
+            .await;
+        let chunk = vec![b'x'; 64 * 1024];
+        while stream.write_all(&chunk).await.is_ok() {}
+        let _ = released.send(Instant::now());
+    });
+    (address, release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_taking_its_answer_is_let_go_with_its_backend_after_client_idle() {
+    let (backend, released) = endless_backend().await;
+    let gantry = proxied(backend, "{ client_idle: 300ms }").await;
+    let mut client = TcpStream::connect(addr(&gantry, "web", "http"))
+        .await
+        .expect("connect");
+    let asked = Instant::now();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("request");
+    // The client reads nothing: its window closes, and Gantry's writes to it stop moving.
+    let released_at = tokio::time::timeout(Duration::from_secs(30), released)
+        .await
+        .expect("the backend connection is closed once the client stalls past client_idle")
+        .expect("released");
+    assert!(released_at - asked >= DEADLINE, "not before client_idle");
+    // What reached the client is a cut answer: the connection ends before its length.
+    let answer = read_until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "));
+    assert!(answer.len() < 1 << 30);
 }

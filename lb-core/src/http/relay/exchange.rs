@@ -201,7 +201,9 @@ where
         }
     };
     buffers.authority = authority;
-    run.finish(outcome, client.io, client.peer, log).await
+    let timer = &mut buffers.client_timer;
+    run.finish(outcome, client.io, client.peer, log, timer)
+        .await
 }
 
 /// How a request's turn with one backend ended: finished (answered or failed), or to be
@@ -401,6 +403,7 @@ impl Run<'_> {
             upstream_in,
             client_out,
             upstream_timer,
+            client_timer,
             ..
         } = buffers;
         let (mut from_backend, mut to_backend) = upstream.split();
@@ -446,7 +449,9 @@ impl Run<'_> {
                     }
                     upstream_in.advance(response.head_len);
                     if !client_out.is_empty() {
-                        write_flushed(client, client_out).await.map_err(|_| Failure::ClientGone)?;
+                        write_flushed(client, client_out, client_timer, timeouts.client_idle)
+                            .await
+                            .map_err(|_| Failure::ClientGone)?;
                     }
                 }
                 _ = upstream_timer.at(answer_by) => {
@@ -484,12 +489,13 @@ impl Run<'_> {
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let limits = &self.route.port.settings.limits;
-        let upstream_read = self.route.port.settings.timeouts.upstream_read;
+        let timeouts = self.route.port.settings.timeouts;
         let mut body = Body::new(response.framing, limits.max_header_bytes as usize);
         let Buffers {
             upstream_in,
             client_out,
             upstream_timer,
+            client_timer,
             ..
         } = buffers;
         loop {
@@ -507,14 +513,14 @@ impl Run<'_> {
             self.sent_bytes += (client_out.len() - start) as u64;
             upstream_in.advance(taken);
             if !client_out.is_empty() {
-                write_flushed(client, client_out).await?;
+                write_flushed(client, client_out, client_timer, timeouts.client_idle).await?;
                 client_out.clear();
             }
             if body.is_done() {
                 return Ok(());
             }
             upstream_in.reserve(READ_CHUNK);
-            let read_by = Instant::now() + upstream_read;
+            let read_by = Instant::now() + timeouts.upstream_read;
             let read = tokio::select! {
                 biased;
                 read = upstream.read_buf(upstream_in) => read,
@@ -536,6 +542,7 @@ impl Run<'_> {
         client: &mut C,
         peer: SocketAddr,
         log: Option<AccessLine>,
+        timer: &mut Deadline,
     ) -> After
     where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -547,7 +554,9 @@ impl Run<'_> {
             Err((failure, backend)) => {
                 let status = failure.status();
                 if let Some(status) = status {
-                    let _ = write_flushed(client, &crate::http::head::close_response(status)).await;
+                    let answer = crate::http::head::close_response(status);
+                    let within = route.port.settings.timeouts.client_idle;
+                    let _ = write_flushed(client, &answer, timer, within).await;
                 }
                 let label = backend.as_ref().map_or("none", |b| b.label.as_str());
                 match failure {
@@ -634,10 +643,27 @@ where
     }
 }
 
-/// Writes `bytes` to the client and pushes them out (client streams gather small writes).
-async fn write_flushed<C: AsyncWrite + Unpin>(client: &mut C, bytes: &[u8]) -> std::io::Result<()> {
-    client.write_all(bytes).await?;
-    client.flush().await
+/// Writes `bytes` to the client and pushes them out (client streams gather small writes),
+/// within `within` (`timeouts.client_idle`): a client that stops taking its answer (a closed
+/// TCP window) is let go instead of holding its connection and a backend's forever. The timer
+/// is set (and the clock read) only if the write has to wait: `biased` polls the write first.
+async fn write_flushed<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    bytes: &[u8],
+    timer: &mut Deadline,
+    within: Duration,
+) -> std::io::Result<()> {
+    let write = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    tokio::select! {
+        biased;
+        written = write => written,
+        _ = async { timer.at(lb_policy::clock::instant_after(within)).await } => {
+            Err(std::io::ErrorKind::TimedOut.into())
+        }
+    }
 }
 
 /// What the access log says of a request, copied before its head is consumed.
