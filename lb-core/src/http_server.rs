@@ -25,8 +25,7 @@ impl BoundServer {
     /// port while the first drains).
     pub async fn bind(address: SocketAddr) -> std::io::Result<BoundServer> {
         let socket = crate::listener::bound_socket(address, socket2::Type::STREAM, false)?;
-        socket.listen(crate::listener::ACCEPT_BACKLOG)?;
-        let listener = TcpListener::from_std(socket.into())?;
+        let listener = crate::listener::listening(socket)?;
         let local_addr = listener.local_addr()?;
         Ok(BoundServer {
             listener,

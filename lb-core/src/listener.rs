@@ -65,7 +65,10 @@ impl Listener {
             (Bound::Udp(socket), local)
         } else {
             let socket = bind_socket(bind, freebind)?;
-            let local = socket.local_addr()?;
+            let local = socket
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| std::io::Error::other("bound to a non-IP address"))?;
             (Bound::Tcp(socket), local)
         };
         let limiter = ConnLimiter::new(route.port.settings.limits.max_connections);
@@ -94,11 +97,22 @@ impl Listener {
         })
     }
 
-    /// Starts accepting.
+    /// Starts listening and accepting.
     pub(crate) fn start(&mut self) {
         let task = match self.socket.take() {
             None => return,
             Some(Bound::Tcp(socket)) => {
+                // Listening only now: a socket that shares its port (SO_REUSEPORT) takes
+                // connections from the moment it listens, and a reload that fails after binding
+                // must not have taken any. Binding found the conflicts; this cannot meet one
+                // short of another socket of this user bound to the port and not listening.
+                let socket = match listening(socket) {
+                    Ok(socket) => socket,
+                    Err(err) => {
+                        tracing::error!(service = %self.key.service, port = %self.key.port, address = %self.local_addr, error = %err, "cannot listen");
+                        return;
+                    }
+                };
                 self.apps
                     .routes()
                     .register(self.local_addr, self.shared.route.clone());
@@ -228,16 +242,21 @@ impl Listener {
 
 /// A bound socket, not yet serving.
 enum Bound {
-    /// A TCP port's listening socket.
-    Tcp(TcpListener),
+    /// A TCP port's socket, bound; it listens once started.
+    Tcp(socket2::Socket),
     /// A UDP port's socket.
     Udp(UdpSocket),
 }
 
-/// A listening socket on `addr` (see [`bound_socket`]).
-fn bind_socket(addr: SocketAddr, freebind: bool) -> std::io::Result<TcpListener> {
+/// A TCP socket bound to `addr`, not listening yet (see [`bound_socket`] and [`listening`]).
+fn bind_socket(addr: SocketAddr, freebind: bool) -> std::io::Result<socket2::Socket> {
     let socket = bound_socket(addr, socket2::Type::STREAM, freebind)?;
     socket.set_tcp_nodelay(true)?;
+    Ok(socket)
+}
+
+/// The bound socket listening, for tokio.
+pub(crate) fn listening(socket: socket2::Socket) -> std::io::Result<TcpListener> {
     socket.listen(ACCEPT_BACKLOG)?;
     TcpListener::from_std(socket.into())
 }

@@ -48,11 +48,9 @@ async fn proxied(backend: SocketAddr, timeouts: &str) -> lb_core::Gantry {
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_that_does_not_answer_in_time_gets_the_client_a_504() {
-    let backend = stalling_backend(b"").await;
-    let gantry = proxied(backend, "{ upstream_read: 300ms }").await;
-    let mut client = TcpStream::connect(addr(&gantry, "web", "http"))
+/// A GET sent on a new connection to the port, and when it was sent.
+async fn ask(gantry: &lb_core::Gantry) -> (TcpStream, Instant) {
+    let mut client = TcpStream::connect(addr(gantry, "web", "http"))
         .await
         .expect("connect");
     let asked = Instant::now();
@@ -60,6 +58,14 @@ async fn a_backend_that_does_not_answer_in_time_gets_the_client_a_504() {
         .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .expect("request");
+    (client, asked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_answer_in_time_gets_the_client_a_504() {
+    let backend = stalling_backend(b"").await;
+    let gantry = proxied(backend, "{ upstream_read: 300ms }").await;
+    let (mut client, asked) = ask(&gantry).await;
     let answer = read_until_closed(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
     assert!(
@@ -72,14 +78,7 @@ async fn a_backend_that_does_not_answer_in_time_gets_the_client_a_504() {
 async fn a_backend_that_stalls_in_its_body_has_the_connection_closed() {
     let backend = stalling_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await;
     let gantry = proxied(backend, "{ upstream_read: 300ms }").await;
-    let mut client = TcpStream::connect(addr(&gantry, "web", "http"))
-        .await
-        .expect("connect");
-    let asked = Instant::now();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("request");
+    let (mut client, asked) = ask(&gantry).await;
     let answer = read_until_closed(&mut client).await;
     // The head and what came of the body were relayed; the rest never will be, so the client
     // learns by the close (a complete-looking answer would be a lie).
@@ -140,14 +139,7 @@ async fn endless_backend() -> (SocketAddr, tokio::sync::oneshot::Receiver<Instan
 async fn a_client_that_stops_taking_its_answer_is_let_go_with_its_backend_after_client_idle() {
     let (backend, released) = endless_backend().await;
     let gantry = proxied(backend, "{ client_idle: 300ms }").await;
-    let mut client = TcpStream::connect(addr(&gantry, "web", "http"))
-        .await
-        .expect("connect");
-    let asked = Instant::now();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("request");
+    let (mut client, asked) = ask(&gantry).await;
     // The client reads nothing: its window closes, and Gantry's writes to it stop moving.
     let released_at = tokio::time::timeout(Duration::from_secs(30), released)
         .await

@@ -433,3 +433,30 @@ async fn a_removed_port_stops_accepting_and_lets_in_flight_requests_finish() {
     );
     gantry.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A port moved onto an address that overlaps its old one (the wildcard to loopback) in one
+/// reload: the new socket binds beside the old one (they share the port), then the old one
+/// drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_moved_onto_an_overlapping_address_in_one_reload_keeps_serving() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let port = crate::support::cluster::free_port(std::net::IpAddr::from([127, 0, 0, 1]));
+    let on = |address: &str| {
+        format!(
+            "admin: {{ listen: \"127.0.0.1:0\" }}\nservices:\n  - name: web\n    address: {address}\n    ports:\n      - {{ name: http, port: {port}, protocol: http, backends: [\"{}\"] }}\n",
+            origin.addr
+        )
+    };
+    let gantry = Gantry::start(crate::support::model(&on("0.0.0.0")))
+        .await
+        .expect("gantry starts");
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(get(target, "/").await.status, StatusCode::OK);
+
+    gantry
+        .apply(crate::support::model(&on("127.0.0.1")))
+        .await
+        .expect("the move is applied");
+    assert_eq!(addr(&gantry, "web", "http"), target);
+    assert_eq!(get(target, "/").await.status, StatusCode::OK);
+}
