@@ -3,8 +3,9 @@
 //! reload swaps what a listener serves without touching its socket. Removing a TCP listener
 //! closes the socket at once, asks open connections to finish (HTTP/1 closes after the
 //! current response, HTTP/2 sends GOAWAY, TCP runs on), and closes whatever is left when the
-//! grace period ends; a UDP listener keeps its socket (replies leave from it) but takes no new
-//! flow, until its flows end or the grace period does.
+//! grace period ends; a UDP listener takes no new flow but keeps serving its flows until they
+//! end or the grace period does, and its socket stays open as long as any listener holds it
+//! (one re-added at its address takes it over: [`crate::udp::port`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use lb_config::ListenerKey;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +23,7 @@ use crate::http::{AppKey, HttpApps};
 use crate::limiter::ConnLimiter;
 use crate::route::{Route, RouteCell};
 use crate::tls::TlsEndpoint;
+use crate::udp::{FlowOwner, PortHold, UdpPort, UdpPorts};
 
 /// Pending connections the kernel queues for a listener: a burst of new connections, or
 /// connections waiting while Gantry is at its connection limit. The kernel caps it at
@@ -42,6 +44,10 @@ pub(crate) struct Listener {
     apps: Arc<HttpApps>,
     socket: Option<Bound>,
     accept_task: Option<tokio::task::JoinHandle<()>>,
+    /// A UDP port's socket and this listener's share of it, once serving.
+    udp: Option<UdpServing>,
+    /// The process's UDP sockets, by address.
+    udp_ports: Arc<UdpPorts>,
     drain: watch::Sender<bool>,
     stop_accepting: CancellationToken,
     force_close: CancellationToken,
@@ -50,19 +56,23 @@ pub(crate) struct Listener {
 
 impl Listener {
     /// Binds `bind` for `route`; nothing is accepted until [`Listener::start`]. With
-    /// `freebind`, the address need not be configured on the host yet.
+    /// `freebind`, the address need not be configured on the host yet. A UDP port whose
+    /// address has a socket already (a draining port's) takes a hold on it instead of binding.
     pub(crate) fn bind(
         key: ListenerKey,
         bind: SocketAddr,
         freebind: bool,
         route: Route,
         tls: Option<Arc<TlsEndpoint>>,
-        apps: &Arc<HttpApps>,
+        sockets: &Sockets,
     ) -> std::io::Result<Listener> {
         let (socket, local_addr) = if route.port.protocol.is_udp() {
-            let socket = crate::udp::bind(bind, freebind)?;
-            let local = socket.local_addr()?;
-            (Bound::Udp(socket), local)
+            let hold = match sockets.udp.find(bind) {
+                Some(hold) => hold,
+                None => UdpPort::open(crate::udp::bind(bind, freebind)?)?,
+            };
+            let local = hold.port().local;
+            (Bound::Udp(hold), local)
         } else {
             let socket = bind_socket(bind, freebind)?;
             let local = socket
@@ -75,6 +85,7 @@ impl Listener {
         let (drain, drain_rx) = watch::channel(false);
         let http_app = AppKey::of(&route);
         let route: RouteCell = Arc::new(ArcSwap::from_pointee(route));
+        let apps = &sockets.apps;
         let http = http_app.map(|key| apps.app(key));
         Ok(Listener {
             key,
@@ -90,6 +101,8 @@ impl Listener {
             apps: apps.clone(),
             socket: Some(socket),
             accept_task: None,
+            udp: None,
+            udp_ports: sockets.udp.clone(),
             drain,
             stop_accepting: CancellationToken::new(),
             force_close: CancellationToken::new(),
@@ -97,10 +110,17 @@ impl Listener {
         })
     }
 
-    /// Starts listening and accepting.
+    /// Starts listening and accepting (a UDP listener: taking new flows on its socket).
     pub(crate) fn start(&mut self) {
         let task = match self.socket.take() {
             None => return,
+            Some(Bound::Udp(hold)) => {
+                let owner = Arc::new(FlowOwner::new(self.shared.clone()));
+                hold.port().serve(owner.clone(), &self.udp_ports);
+                self.udp = Some(UdpServing { hold, owner });
+                tracing::info!(service = %self.key.service, port = %self.key.port, address = %self.local_addr, "listening");
+                return;
+            }
             Some(Bound::Tcp(socket)) => {
                 // Listening only now: a socket that shares its port (SO_REUSEPORT) takes
                 // connections from the moment it listens, and a reload that fails after binding
@@ -124,14 +144,6 @@ impl Listener {
                     self.connections.clone(),
                 ))
             }
-            Some(Bound::Udp(socket)) => tokio::spawn(crate::udp::serve(crate::udp::Relay {
-                socket: Arc::new(socket),
-                local: self.local_addr,
-                shared: self.shared.clone(),
-                draining: self.stop_accepting.clone(),
-                closed: self.force_close.clone(),
-                flows: self.connections.clone(),
-            })),
         };
         self.accept_task = Some(task);
         tracing::info!(service = %self.key.service, port = %self.key.port, address = %self.local_addr, "listening");
@@ -191,9 +203,12 @@ impl Listener {
         }
     }
 
-    /// The listener's open connections (for counting them).
-    pub(crate) fn connections(&self) -> &TaskTracker {
-        &self.connections
+    /// How to count the listener's open connections (or flows).
+    pub(crate) fn open_count(&self) -> OpenCount {
+        match &self.udp {
+            Some(udp) => OpenCount::Flows(udp.owner.clone()),
+            None => OpenCount::Connections(self.connections.clone()),
+        }
     }
 
     /// Stops accepting and asks open connections to finish. The socket is closed when this
@@ -201,22 +216,22 @@ impl Listener {
     pub(crate) async fn begin_drain(&mut self) {
         self.socket = None;
         self.stop_accepting.cancel();
-        if !self.is_udp() {
-            if let Some(task) = self.accept_task.take() {
-                // The loop owns the socket; it returns as soon as it sees the cancellation.
-                let _ = task.await;
-            }
+        if let Some(task) = self.accept_task.take() {
+            // The loop owns the socket; it returns as soon as it sees the cancellation.
+            let _ = task.await;
+        }
+        if let Some(udp) = &self.udp {
+            udp.owner.draining.cancel();
         }
         self.connections.close();
         self.drain.send_replace(true);
     }
 
-    fn is_udp(&self) -> bool {
-        self.shared.route.load().port.protocol.is_udp()
-    }
-
     /// Waits for open connections to finish, up to `grace`; then closes the rest.
     pub(crate) async fn finish_drain(&mut self, grace: Duration) {
+        if let Some(udp) = self.udp.take() {
+            return udp.finish_drain(&self.key, grace).await;
+        }
         if tokio::time::timeout(grace, self.connections.wait())
             .await
             .is_err()
@@ -229,23 +244,67 @@ impl Listener {
             self.force_close.cancel();
             self.connections.wait().await;
         }
-        // A UDP relay served its flows until now; its socket closes with it.
-        self.force_close.cancel();
-        if let Some(task) = self.accept_task.take() {
-            let _ = task.await;
-        }
         self.apps
             .routes()
             .unregister(self.local_addr, &self.shared.route);
     }
 }
 
+/// Where listeners' sockets come from: the process's UDP ports (a draining one is taken over by
+/// a port re-added at its address), and the HTTP apps the listeners share.
+#[derive(Default)]
+pub(crate) struct Sockets {
+    pub(crate) udp: Arc<UdpPorts>,
+    pub(crate) apps: Arc<HttpApps>,
+}
+
 /// A bound socket, not yet serving.
 enum Bound {
     /// A TCP port's socket, bound; it listens once started.
     Tcp(socket2::Socket),
-    /// A UDP port's socket.
-    Udp(UdpSocket),
+    /// A UDP port's socket, this listener's to serve once started.
+    Udp(PortHold),
+}
+
+/// A UDP listener's share of its port.
+struct UdpServing {
+    hold: PortHold,
+    owner: Arc<FlowOwner>,
+}
+
+impl UdpServing {
+    /// Waits for the listener's flows to end, up to `grace`; then ends the rest and lets go
+    /// of the port (which closes if no other listener holds it).
+    async fn finish_drain(self, key: &ListenerKey, grace: Duration) {
+        if tokio::time::timeout(grace, self.owner.all_ended())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                service = %key.service, port = %key.port, remaining = self.owner.open(),
+                "grace period over; ending remaining UDP flows"
+            );
+            self.hold.port().end_flows_of(&self.owner);
+            self.owner.all_ended().await;
+        }
+        self.hold.release().await;
+    }
+}
+
+/// Counts a listener's open connections, or a UDP listener's flows.
+#[derive(Clone)]
+pub(crate) enum OpenCount {
+    Connections(TaskTracker),
+    Flows(Arc<FlowOwner>),
+}
+
+impl OpenCount {
+    pub(crate) fn get(&self) -> usize {
+        match self {
+            OpenCount::Connections(tracker) => tracker.len(),
+            OpenCount::Flows(owner) => owner.open(),
+        }
+    }
 }
 
 /// A TCP socket bound to `addr`, not listening yet (see [`bound_socket`] and [`listening`]).

@@ -304,7 +304,7 @@ impl Gantry {
                         let live = LiveListener {
                             local_addr: l.local_addr(),
                             shared: l.shared().clone(),
-                            connections: l.connections().clone(),
+                            open: l.open_count(),
                         };
                         (key.clone(), live)
                     })
@@ -412,7 +412,7 @@ impl Gantry {
             freebind,
             route,
             endpoint,
-            &self.inner.http,
+            &self.inner.sockets,
         )
         .map_err(|source| ApplyError::Bind {
             key: port.key.clone(),

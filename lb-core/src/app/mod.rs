@@ -19,9 +19,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminApp, AdminView, ListenerState};
 use crate::connection::ListenerShared;
-use crate::http::HttpApps;
 use crate::http_server::{BoundServer, SmallServer};
-use crate::listener::Listener;
+use crate::listener::{Listener, OpenCount, Sockets};
 use crate::metrics::Metrics;
 
 pub use apply::{ApplyError, PolicyError};
@@ -41,8 +40,8 @@ struct Inner {
     live: ArcSwap<BTreeMap<ListenerKey, LiveListener>>,
     metrics: Arc<Metrics>,
     plugins: PluginHost,
-    /// The pingora apps every HTTP listener shares.
-    http: Arc<HttpApps>,
+    /// The pingora apps every HTTP listener shares, and the UDP sockets by address.
+    sockets: Sockets,
     admin: Mutex<Option<SmallServer>>,
     ready: AtomicBool,
     /// `runtime.access_log`, read by every route.
@@ -64,7 +63,7 @@ struct Inner {
 struct LiveListener {
     local_addr: SocketAddr,
     shared: Arc<ListenerShared>,
-    connections: TaskTracker,
+    open: OpenCount,
 }
 
 impl Gantry {
@@ -109,7 +108,7 @@ impl Gantry {
                 live: ArcSwap::default(),
                 metrics,
                 plugins,
-                http: Arc::default(),
+                sockets: Sockets::default(),
                 admin: Mutex::new(None),
                 ready: AtomicBool::new(false),
                 access_log: Arc::new(AtomicBool::new(model.runtime.access_log)),
@@ -246,7 +245,7 @@ impl AdminView for Inner {
             key,
             address: l.local_addr,
             route: l.shared.route.load_full(),
-            open_connections: l.connections.len(),
+            open_connections: l.open.get(),
         });
         admin::config_document(&self.model.load_full(), listeners)
     }

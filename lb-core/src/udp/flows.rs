@@ -2,22 +2,31 @@
 //! connected upstream socket (so replies stay apart), kept in a table sharded by client so
 //! worker threads seldom meet on a lock. A flow ends after its idle timeout (`udp_idle` until
 //! its backend has answered, `udp_stream_idle` after), at once when its backend leaves the set
-//! or stops being healthy (the client's next datagram starts a new flow), or when its port is
-//! closed for good.
+//! or stops being healthy (the client's next datagram starts a new flow), or when its owner's
+//! drain runs out of time.
+//!
+//! A flow belongs to the listener that started it (its [`FlowOwner`]): that listener's route
+//! judges it, counts it and, when it drains, waits for it. When a port re-added at the same
+//! address takes the socket over, a draining owner's flows whose backend the new port also has
+//! move to the new owner ([`Flow::move_to`]), as a reload moves a kept port's flows to its new
+//! route; the others stay with the draining owner until they end.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::ListenerShared;
 use crate::metrics::{PortMetrics, UdpDrop};
 use crate::pool::{BackendLease, BackendPool, BackendState};
+use crate::route::Route;
 
 /// Shards of the flow table: enough that two workers rarely want the same lock.
 const SHARDS: usize = 64;
@@ -25,15 +34,85 @@ const SHARDS: usize = 64;
 /// Longest a datagram waits for room in its upstream socket's buffer.
 pub(crate) const SEND_WAIT: Duration = Duration::from_millis(10);
 
+/// A listener's share of a UDP port: the route that judges its flows, whether it still takes
+/// new ones, and how many it has.
+pub(crate) struct FlowOwner {
+    shared: Arc<ListenerShared>,
+    /// Cancelled when the listener drains: it takes no new flow.
+    pub(crate) draining: CancellationToken,
+    open: AtomicUsize,
+    ended: Notify,
+}
+
+impl FlowOwner {
+    pub(crate) fn new(shared: Arc<ListenerShared>) -> Self {
+        FlowOwner {
+            shared,
+            draining: CancellationToken::new(),
+            open: AtomicUsize::new(0),
+            ended: Notify::new(),
+        }
+    }
+
+    /// The listener's current route.
+    pub(crate) fn route(&self) -> Arc<Route> {
+        self.shared.route.load_full()
+    }
+
+    /// Flows it owns now.
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Returns once it owns no flow.
+    pub(crate) async fn all_ended(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the count is read, so a flow ending in between still wakes us.
+            ended.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    fn gained(&self, metrics: &PortMetrics) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        metrics.flows_active.inc();
+    }
+
+    fn lost(&self, metrics: &PortMetrics) {
+        metrics.flows_active.dec();
+        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.ended.notify_waiters();
+        }
+    }
+}
+
+/// Whom a flow belongs to and where it goes; `None` once the flow has ended.
+struct Binding {
+    owner: Arc<FlowOwner>,
+    lease: BackendLease,
+    /// The backend set the flow was last found in (a reload that keeps its backend keeps it).
+    pool: Arc<BackendPool>,
+    /// A PROXY v2 (`DGRAM`) header sent before each datagram, when the owner's port asks.
+    header: Option<Arc<[u8]>>,
+}
+
+/// What a datagram of a live flow is relayed with.
+pub(crate) struct Live {
+    pub(crate) route: Arc<Route>,
+    pub(crate) backend: Arc<BackendState>,
+    header: Option<Arc<[u8]>>,
+}
+
 /// One client's flow to one backend.
 pub(crate) struct Flow {
     pub(crate) client: SocketAddr,
-    lease: BackendLease,
-    /// The backend set the flow was last found in (a reload that keeps its backend keeps it).
-    pool: Mutex<Arc<BackendPool>>,
+    binding: Mutex<Option<Binding>>,
     pub(crate) upstream: UdpSocket,
-    /// A PROXY v2 (`DGRAM`) header sent before each datagram, when the port asks for one.
-    header: Option<Vec<u8>>,
     born: Instant,
     /// Milliseconds after `born` of the last datagram either way.
     last: AtomicU64,
@@ -44,19 +123,26 @@ pub(crate) struct Flow {
 }
 
 impl Flow {
+    /// A new flow of `owner` (counted at once) to the backend `lease` holds in `pool`.
     pub(crate) fn new(
         client: SocketAddr,
+        owner: Arc<FlowOwner>,
         lease: BackendLease,
         pool: Arc<BackendPool>,
         upstream: UdpSocket,
         header: Option<Vec<u8>>,
+        metrics: &PortMetrics,
     ) -> Self {
+        owner.gained(metrics);
         Flow {
             client,
-            lease,
-            pool: Mutex::new(pool),
+            binding: Mutex::new(Some(Binding {
+                owner,
+                lease,
+                pool,
+                header: header.map(Arc::from),
+            })),
             upstream,
-            header,
             born: Instant::now(),
             last: AtomicU64::new(0),
             answered: AtomicBool::new(false),
@@ -64,26 +150,88 @@ impl Flow {
         }
     }
 
-    /// The flow's backend.
-    pub(crate) fn backend(&self) -> &Arc<BackendState> {
-        self.lease.backend()
+    fn binding(&self) -> MutexGuard<'_, Option<Binding>> {
+        self.binding.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the flow may go on in `pool`: its backend is still in the set and healthy.
-    pub(crate) fn live_in(&self, pool: &Arc<BackendPool>) -> bool {
-        if !self.backend().is_healthy() {
+    /// The route and backend to relay a client datagram with, if the flow may go on: it has
+    /// not ended, its backend is healthy and still in its owner's set.
+    pub(crate) fn live(&self) -> Option<Live> {
+        let mut binding = self.binding();
+        let bound = binding.as_mut()?;
+        let backend = bound.lease.backend();
+        if !backend.is_healthy() {
+            return None;
+        }
+        let route = bound.owner.route();
+        if !Arc::ptr_eq(&bound.pool, &route.pool) {
+            // A reload: once per flow, look for its backend in the new set.
+            if !route.pool.contains(backend.address) {
+                return None;
+            }
+            bound.pool = route.pool.clone();
+        }
+        Some(Live {
+            backend: backend.clone(),
+            header: bound.header.clone(),
+            route,
+        })
+    }
+
+    /// The owner's route and the backend, while the flow has not ended (for its replies).
+    pub(crate) fn bound(&self) -> Option<(Arc<Route>, Arc<BackendState>)> {
+        let binding = self.binding();
+        let bound = binding.as_ref()?;
+        Some((bound.owner.route(), bound.lease.backend().clone()))
+    }
+
+    /// Whether `owner` owns the flow.
+    pub(crate) fn is_owned_by(&self, owner: &Arc<FlowOwner>) -> bool {
+        self.binding()
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(&b.owner, owner))
+    }
+
+    /// Moves the flow from a draining owner to `owner`, whose `route` has its backend (healthy):
+    /// the flow goes on as the new owner's (with the PROXY `header` its port asks for), as a
+    /// kept port's flow goes on through a reload. Returns whether it moved.
+    pub(crate) fn move_to(
+        &self,
+        owner: &Arc<FlowOwner>,
+        route: &Route,
+        header: Option<Vec<u8>>,
+    ) -> bool {
+        let mut binding = self.binding();
+        let Some(bound) = binding.as_mut() else {
+            return false;
+        };
+        if Arc::ptr_eq(&bound.owner, owner) || !bound.owner.draining.is_cancelled() {
             return false;
         }
-        let mut known = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if Arc::ptr_eq(&known, pool) {
-            return true;
-        }
-        // A reload: once per flow, look for its backend in the new set.
-        if pool.contains(self.backend().address) {
-            *known = pool.clone();
-            true
-        } else {
-            false
+        let address = bound.lease.backend().address;
+        let Some(backend) = route
+            .pool
+            .backends()
+            .iter()
+            .find(|b| b.address == address && b.is_healthy())
+        else {
+            return false;
+        };
+        let lease = backend.lease();
+        let previous = std::mem::replace(&mut bound.owner, owner.clone());
+        previous.lost(&previous.route().metrics);
+        owner.gained(&route.metrics);
+        bound.lease = lease;
+        bound.pool = route.pool.clone();
+        bound.header = header.map(Arc::from);
+        true
+    }
+
+    /// Ends the flow's binding: its owner stops counting it and its backend lease is let go.
+    /// Called once, by the flow's task as it ends.
+    pub(crate) fn unbind(&self) {
+        if let Some(bound) = self.binding().take() {
+            bound.owner.lost(&bound.owner.route().metrics);
         }
     }
 
@@ -112,13 +260,8 @@ impl Flow {
     /// Relays one client datagram to the backend (`scratch` holds header and datagram when
     /// a PROXY header goes first). A socket buffer still full after [`SEND_WAIT`] drops it, as
     /// the network would, rather than hold up the port's other flows.
-    pub(crate) async fn forward(
-        &self,
-        datagram: &[u8],
-        scratch: &mut Vec<u8>,
-        metrics: &PortMetrics,
-    ) {
-        let bytes = match &self.header {
+    pub(crate) async fn forward(&self, datagram: &[u8], scratch: &mut Vec<u8>, live: &Live) {
+        let bytes = match &live.header {
             Some(header) => {
                 scratch.clear();
                 scratch.extend_from_slice(header);
@@ -129,12 +272,12 @@ impl Flow {
         };
         match tokio::time::timeout(SEND_WAIT, self.upstream.send(bytes)).await {
             Ok(Ok(_)) => {
-                let m = &self.backend().metrics;
+                let m = &live.backend.metrics;
                 m.datagrams_received.inc();
                 m.bytes_received.inc_by(datagram.len() as u64);
                 self.touch();
             }
-            Ok(Err(_)) | Err(_) => metrics.udp_dropped(UdpDrop::SendFailed),
+            Ok(Err(_)) | Err(_) => live.route.metrics.udp_dropped(UdpDrop::SendFailed),
         }
     }
 }
@@ -142,7 +285,7 @@ impl Flow {
 /// One shard of the flow table.
 type Shard = Mutex<HashMap<SocketAddr, Arc<Flow>>>;
 
-/// The flows of one port, by client.
+/// The flows of one UDP socket, by client, whichever listener owns each.
 pub(crate) struct FlowTable {
     shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
@@ -198,82 +341,17 @@ impl FlowTable {
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
     }
+
+    /// Every flow open now (a copy: the table stays unlocked while the caller works).
+    pub(crate) fn snapshot(&self) -> Vec<Arc<Flow>> {
+        let mut flows = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            flows.extend(shard.values().cloned());
+        }
+        flows
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use lb_config::{Backend, Backoff};
-    use lb_policy::RoundRobin;
-
-    use super::*;
-    use crate::pool::Policies;
-
-    async fn flow() -> Arc<Flow> {
-        let backends = [Backend {
-            address: "127.0.0.1:9".parse().expect("addr"),
-            weight: 1,
-        }];
-        let policies = Policies {
-            balancer: &RoundRobin,
-            affinity: None,
-            affinity_counters: PortMetrics::new().affinity,
-            retries: 0,
-            backoff: Backoff {
-                initial: Duration::from_secs(1),
-                max: Duration::from_secs(1),
-            },
-            observers: Vec::new(),
-        };
-        let pool = Arc::new(BackendPool::build(&backends, policies, None));
-        let lease = pool.backends()[0].lease();
-        let upstream = UdpSocket::bind("127.0.0.1:0").await.expect("socket");
-        Arc::new(Flow::new(
-            "127.0.0.1:5353".parse().expect("addr"),
-            lease,
-            pool,
-            upstream,
-            None,
-        ))
-    }
-
-    /// The idle timeouts on tokio's clock, paused: the flow lives `udp_idle` after its last
-    /// datagram until its backend answers, and `udp_stream_idle` after.
-    #[tokio::test(start_paused = true)]
-    async fn a_flow_expires_on_its_idle_timeout_measured_from_its_last_datagram() {
-        let (idle, stream_idle) = (Duration::from_secs(30), Duration::from_secs(120));
-        let flow = flow().await;
-        let born = Instant::now();
-        assert_eq!(flow.expires_at(idle, stream_idle), born + idle);
-        tokio::time::advance(Duration::from_secs(20)).await;
-        flow.touch();
-        assert_eq!(
-            flow.expires_at(idle, stream_idle),
-            born + Duration::from_secs(50)
-        );
-        tokio::time::advance(Duration::from_secs(10)).await;
-        flow.answered();
-        assert_eq!(
-            flow.expires_at(idle, stream_idle),
-            born + Duration::from_secs(150)
-        );
-        tokio::time::advance(Duration::from_secs(121)).await;
-        assert!(flow.expires_at(idle, stream_idle) <= Instant::now());
-    }
-
-    #[tokio::test]
-    async fn the_table_keeps_one_flow_per_client_and_removes_only_its_own() {
-        let table = FlowTable::new();
-        let (first, second) = (flow().await, flow().await);
-        table.insert(first.clone());
-        table.insert(second.clone());
-        assert_eq!(table.len(), 1);
-        assert!(first.done.is_cancelled(), "the replaced flow ends");
-        table.remove(&first);
-        assert_eq!(table.len(), 1, "a replaced flow removes nothing");
-        table.remove(&second);
-        assert_eq!(table.len(), 0);
-        assert!(table.get(&second.client).is_none());
-    }
-}
+mod tests;

@@ -30,4 +30,5 @@ mod support;
 mod tcp_proxy;
 mod tls;
 mod udp;
+mod udp_handoff;
 mod upgrade;

@@ -121,3 +121,147 @@ impl UdpClient {
         Some((name.to_owned(), echoed.to_owned()))
     }
 }
+
+/// UDP traffic that shows what a reload or an upgrade costs a client. Two kinds of flows run
+/// until [`UdpLoad::stop`]:
+/// - `old` flows, each started (and answered) before the load is handed back, then asking one
+///   datagram after another: each must keep the backend that answered it first, and lose
+///   nothing;
+/// - new flows, one client after another asking once: each first datagram must be answered.
+///
+/// A datagram is lost when no answer comes within [`ANSWER_TIMEOUT`].
+pub struct UdpLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    counts: Arc<LoadCounts>,
+}
+
+/// What a [`UdpLoad`] has seen so far.
+#[derive(Default)]
+pub struct LoadCounts {
+    /// Answers on old flows.
+    pub old_answered: AtomicUsize,
+    /// Datagrams of old flows that got no answer.
+    pub old_lost: AtomicUsize,
+    /// Old flows' answers that came from another backend than their first.
+    pub old_moved: AtomicUsize,
+    /// New flows whose first datagram was answered.
+    pub new_answered: AtomicUsize,
+    /// New flows whose first datagram got no answer.
+    pub new_lost: AtomicUsize,
+}
+
+impl LoadCounts {
+    pub fn old_answered(&self) -> usize {
+        self.old_answered.load(Ordering::SeqCst)
+    }
+
+    pub fn new_answered(&self) -> usize {
+        self.new_answered.load(Ordering::SeqCst)
+    }
+
+    /// Everything lost or moved, as one line for an assertion message.
+    pub fn losses(&self) -> (usize, usize, usize) {
+        (
+            self.old_lost.load(Ordering::SeqCst),
+            self.old_moved.load(Ordering::SeqCst),
+            self.new_lost.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl UdpLoad {
+    /// `old` flows to `to`, each answered once before this returns, then asking continuously;
+    /// and a new flow every `new_every`. At most `new_in_flight` new flows wait for their answer
+    /// at once (so a loss does not pile up clients).
+    pub async fn start(to: SocketAddr, old: usize, new_every: Duration) -> UdpLoad {
+        use std::sync::atomic::AtomicBool;
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(LoadCounts::default());
+        let mut tasks = Vec::new();
+        for i in 0..old {
+            let client = UdpClient::new().await;
+            let (first, _) = client
+                .ask(to, "first")
+                .await
+                .unwrap_or_else(|| panic!("old flow {i} is answered before the load"));
+            let (stop, counts) = (stop.clone(), counts.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    match client.ask(to, &format!("{i}-{n}")).await {
+                        Some((origin, _)) if origin == first => {
+                            counts.old_answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Some(_) => {
+                            counts.old_moved.fetch_add(1, Ordering::SeqCst);
+                        }
+                        None => {
+                            counts.old_lost.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    n += 1;
+                }
+            }));
+        }
+        let (stop_new, counts_new) = (stop.clone(), counts.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut pending = tokio::task::JoinSet::new();
+            let mut tick = tokio::time::interval(new_every);
+            while !stop_new.load(Ordering::SeqCst) {
+                tick.tick().await;
+                // A bounded number waiting: the rate stays modest even when answers stall.
+                while pending.len() >= 64 {
+                    let _ = pending.join_next().await;
+                }
+                let counts = counts_new.clone();
+                pending.spawn(async move {
+                    let client = UdpClient::new().await;
+                    match client.ask(to, "new").await {
+                        Some(_) => counts.new_answered.fetch_add(1, Ordering::SeqCst),
+                        None => counts.new_lost.fetch_add(1, Ordering::SeqCst),
+                    };
+                });
+            }
+            while pending.join_next().await.is_some() {}
+        }));
+        UdpLoad {
+            stop,
+            tasks,
+            counts,
+        }
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> &LoadCounts {
+        &self.counts
+    }
+
+    /// Waits until `old` more answers on old flows and `new` more answered new flows than now.
+    pub async fn runs_on(&self, old: usize, new: usize) {
+        let (old, new) = (
+            self.counts.old_answered() + old,
+            self.counts.new_answered() + new,
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.counts.old_answered() < old || self.counts.new_answered() < new {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the load stalled: {} of {old} old answers, {} of {new} new flows answered (lost, moved, new lost: {:?})",
+                self.counts.old_answered(),
+                self.counts.new_answered(),
+                self.counts.losses()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops every client and waits for their last answers; returns the counts.
+    pub async fn stop(self) -> Arc<LoadCounts> {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.expect("load task");
+        }
+        self.counts
+    }
+}

@@ -1,0 +1,172 @@
+//! One UDP address and port: its socket, the flows it carries and the listener whose route
+//! takes its new flows. There is one socket per address and port in a process, whatever
+//! listeners come and go on it: with two sockets sharing a port, the kernel would hand each
+//! new client to either, and a draining one would drop what it was given. So a port re-added
+//! at the address of one still draining takes that socket over ([`UdpPorts::find`] at the
+//! build of a reload, [`UdpPort::serve`] at its commit), and the socket closes only once no
+//! listener holds it ([`PortHold`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+
+use arc_swap::ArcSwapOption;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::flows::{FlowOwner, FlowTable};
+
+/// A UDP socket and the flows it carries.
+pub(crate) struct UdpPort {
+    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) local: SocketAddr,
+    pub(crate) flows: FlowTable,
+    /// The listener that takes new flows (it may be draining: then none are taken).
+    serving: ArcSwapOption<FlowOwner>,
+    /// Listeners holding the port; 0 once closed, for good.
+    holders: Mutex<usize>,
+    /// Cancelled when the last holder lets go: the receive loop and every flow end.
+    pub(crate) closed: CancellationToken,
+    /// The receive loop, once started.
+    receiving: Mutex<Option<JoinHandle<()>>>,
+    /// The flows' tasks.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl UdpPort {
+    /// A port on `socket`, held by its first listener (the returned hold).
+    pub(crate) fn open(socket: UdpSocket) -> std::io::Result<PortHold> {
+        let local = socket.local_addr()?;
+        Ok(PortHold(Arc::new(UdpPort {
+            socket: Arc::new(socket),
+            local,
+            flows: FlowTable::new(),
+            serving: ArcSwapOption::empty(),
+            holders: Mutex::new(1),
+            closed: CancellationToken::new(),
+            receiving: Mutex::new(None),
+            tasks: TaskTracker::new(),
+        })))
+    }
+
+    /// The listener taking new flows now.
+    pub(crate) fn serving(&self) -> Option<Arc<FlowOwner>> {
+        self.serving.load_full()
+    }
+
+    /// Makes `owner` the listener that takes new flows, starting the receive loop if it is not
+    /// running. Flows of a draining owner whose backend `owner`'s route also has move to it.
+    pub(crate) fn serve(self: &Arc<Self>, owner: Arc<FlowOwner>, ports: &UdpPorts) {
+        let previous = self.serving.swap(Some(owner.clone()));
+        if previous.is_some() {
+            let route = owner.route();
+            let moved = self
+                .flows
+                .snapshot()
+                .iter()
+                .filter(|flow| {
+                    let header = super::relay::proxy_header(&route, flow.client, self.local);
+                    flow.move_to(&owner, &route, header)
+                })
+                .count();
+            tracing::info!(
+                port = %route.port.key, address = %self.local, moved,
+                "took over the UDP socket of a draining port; its flows whose backend this port has are now this port's"
+            );
+        }
+        ports.register(self);
+        let mut receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
+        if receiving.is_none() {
+            *receiving = Some(tokio::spawn(super::relay::receive(self.clone())));
+        }
+    }
+
+    /// Ends the flows `owner` owns (its drain ran out of time).
+    pub(crate) fn end_flows_of(&self, owner: &Arc<FlowOwner>) {
+        for flow in self.flows.snapshot() {
+            if flow.is_owned_by(owner) {
+                flow.done.cancel();
+            }
+        }
+    }
+
+    /// Takes one more hold, unless the port has closed.
+    fn hold(self: &Arc<Self>) -> Option<PortHold> {
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        if *holders == 0 {
+            return None;
+        }
+        *holders += 1;
+        Some(PortHold(self.clone()))
+    }
+}
+
+/// A listener's hold on a [`UdpPort`]: the port stays open while one exists.
+pub(crate) struct PortHold(Arc<UdpPort>);
+
+impl PortHold {
+    pub(crate) fn port(&self) -> &Arc<UdpPort> {
+        &self.0
+    }
+
+    /// Lets go; when this was the last hold, the port closes and this returns once its
+    /// receive loop and flows have ended (the socket is closed then).
+    pub(crate) async fn release(self) {
+        let port = self.0.clone();
+        drop(self);
+        if !port.closed.is_cancelled() {
+            return;
+        }
+        let receiving = port
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = receiving {
+            let _ = task.await;
+        }
+        port.tasks.close();
+        port.tasks.wait().await;
+    }
+}
+
+impl Drop for PortHold {
+    fn drop(&mut self) {
+        let mut holders = self.0.holders.lock().unwrap_or_else(|p| p.into_inner());
+        *holders = holders.saturating_sub(1);
+        if *holders == 0 {
+            self.0.closed.cancel();
+        }
+    }
+}
+
+/// The UDP ports of one process, by bound address.
+#[derive(Default)]
+pub(crate) struct UdpPorts(Mutex<HashMap<SocketAddr, Weak<UdpPort>>>);
+
+impl UdpPorts {
+    /// A hold on the open port bound to `address`, if there is one (a port 0 never matches:
+    /// it asks for a new socket).
+    pub(crate) fn find(&self, address: SocketAddr) -> Option<PortHold> {
+        if address.port() == 0 {
+            return None;
+        }
+        let mut ports = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let port = ports.get(&address)?.upgrade();
+        match port.and_then(|port| port.hold()) {
+            Some(hold) => Some(hold),
+            None => {
+                ports.remove(&address);
+                None
+            }
+        }
+    }
+
+    fn register(&self, port: &Arc<UdpPort>) {
+        let mut ports = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        ports.retain(|_, port| port.strong_count() > 0);
+        ports.insert(port.local, Arc::downgrade(port));
+    }
+}
