@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::watch;
 
 use super::deadline::Deadline;
 use crate::metrics::Rejection;
@@ -48,57 +47,37 @@ pub struct RequestHead {
 pub enum Head {
     /// A complete head, for pingora or the upgrade tunnel.
     Ready(RequestHead),
-    /// The client closed, stayed idle past the idle timeout, or the listener is draining.
+    /// The client closed, or stayed idle past the idle timeout.
     Closed,
     /// The request must be refused with this answer, then the connection closed.
     Refused(Rejection),
 }
 
-/// What a connection waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Awaiting {
-    /// Its first request: nothing was asked on it yet. A drain lets it deliver that request
-    /// for [`FIRST_REQUEST_AFTER_DRAIN`]: a client that has just connected has its request on
-    /// the way, and closing would fail a request it had every reason to send (an upgrade's
-    /// handover drains while clients keep connecting).
-    First,
-    /// The next request on a kept-alive connection: a drain closes it at once, as a client
-    /// expects of an idle connection (it retries on a new one).
-    Next,
-}
-
-/// How long a connection that has asked nothing yet may still deliver its first request once
-/// its listener drains (within `runtime.shutdown_grace`, which bounds every drain).
-pub const FIRST_REQUEST_AFTER_DRAIN: Duration = Duration::from_secs(1);
-
 /// Reads one request head from `io` into `buf`, after what `buf` already holds (the next
 /// request a client pipelined), or decides why not.
+///
+/// A drain does not cut the wait for a request short: closing a connection between two
+/// requests races the client's next one, which a client that does not retry sees as an error.
+/// The draining connection waits for that request instead, and its answer closes the
+/// connection (`Connection: close`), as HAProxy's `idle-close-on-response` does; the wait is
+/// bounded by the idle timeout and by the drain's grace period, which ends the connection.
 pub async fn read_head<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     limits: HeadLimits,
-    awaiting: Awaiting,
-    drain: &mut watch::Receiver<bool>,
     timer: &mut Deadline,
 ) -> Head {
     if buf.is_empty() {
         buf.reserve(4096);
-        // Waiting for a request is idleness, bounded by the idle timeout and cut short by a
-        // drain. The timer is set (and the clock read) only if the read has to wait: `biased`
-        // polls the read first, and the block runs on its first poll.
-        let drained = async {
-            let _ = drain.wait_for(|draining| *draining).await;
-            if awaiting == Awaiting::First {
-                tokio::time::sleep(FIRST_REQUEST_AFTER_DRAIN).await;
-            }
-        };
+        // Waiting for a request is idleness, bounded by the idle timeout. The timer is set (and
+        // the clock read) only if the read has to wait: `biased` polls the read first, and the
+        // block runs on its first poll.
         let first = tokio::select! {
             biased;
             read = io.read_buf(buf) => read,
             _ = async { timer.at(lb_policy::clock::instant_after(limits.idle_timeout)).await } => {
                 return Head::Closed
             }
-            _ = drained => return Head::Closed,
         };
         if !matches!(first, Ok(n) if n > 0) {
             return Head::Closed;
@@ -283,14 +262,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_trickled_head_times_out_from_its_first_byte() {
         let (mut client, mut server) = tokio::io::duplex(1024);
-        let (_tx, mut drain) = watch::channel(false);
         let reader = tokio::spawn(async move {
             read_head(
                 &mut server,
                 &mut BytesMut::new(),
                 LIMITS,
-                Awaiting::Next,
-                &mut drain,
                 &mut Deadline::default(),
             )
             .await
@@ -308,90 +284,19 @@ mod tests {
         );
     }
 
+    /// On tokio's paused clock, which the idle wait runs on.
     #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_closes_quietly_and_a_drain_ends_the_wait() {
+    async fn an_idle_connection_closes_quietly_after_the_idle_timeout() {
         let (_client, mut server) = tokio::io::duplex(1024);
-        let (_tx, mut drain) = watch::channel(false);
+        let waiting = tokio::time::Instant::now();
         let head = read_head(
             &mut server,
             &mut BytesMut::new(),
             LIMITS,
-            Awaiting::Next,
-            &mut drain,
             &mut Deadline::default(),
         )
         .await;
         assert!(matches!(head, Head::Closed));
-
-        let (_client, mut server) = tokio::io::duplex(1024);
-        let (tx, mut drain) = watch::channel(false);
-        let reader = tokio::spawn(async move {
-            read_head(
-                &mut server,
-                &mut BytesMut::new(),
-                LIMITS,
-                Awaiting::Next,
-                &mut drain,
-                &mut Deadline::default(),
-            )
-            .await
-        });
-        tx.send_replace(true);
-        assert!(matches!(reader.await.expect("join"), Head::Closed));
-    }
-
-    /// A drain gives a connection that asked nothing yet a moment to deliver its request (on
-    /// tokio's paused clock, which the drain's wait runs on).
-    #[tokio::test(start_paused = true)]
-    async fn a_drain_lets_a_new_connection_deliver_its_first_request_for_a_moment() {
-        use tokio::io::AsyncWriteExt;
-        let start_reading = |awaiting| {
-            let (client, mut server) = tokio::io::duplex(1024);
-            let (tx, mut drain) = watch::channel(false);
-            let reader = tokio::spawn(async move {
-                let mut buf = BytesMut::new();
-                let head = read_head(
-                    &mut server,
-                    &mut buf,
-                    LIMITS,
-                    awaiting,
-                    &mut drain,
-                    &mut Deadline::default(),
-                )
-                .await;
-                (head, tokio::time::Instant::now())
-            });
-            (client, tx, reader)
-        };
-
-        // The request arrives after the drain began, within the moment: it is read.
-        let (mut client, tx, reader) = start_reading(Awaiting::First);
-        tokio::task::yield_now().await;
-        tx.send_replace(true);
-        tokio::time::sleep(FIRST_REQUEST_AFTER_DRAIN / 2).await;
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .expect("write");
-        let (head, _) = reader.await.expect("join");
-        assert!(matches!(head, Head::Ready(_)), "{head:?}");
-
-        // Nothing arrives: the connection closes when the moment is over, not before.
-        let (_client, tx, reader) = start_reading(Awaiting::First);
-        tokio::task::yield_now().await;
-        let drained_at = tokio::time::Instant::now();
-        tx.send_replace(true);
-        let (head, closed_at) = reader.await.expect("join");
-        assert!(matches!(head, Head::Closed), "{head:?}");
-        assert_eq!(closed_at - drained_at, FIRST_REQUEST_AFTER_DRAIN);
-
-        // A kept-alive connection between requests closes at once.
-        let (_client, tx, reader) = start_reading(Awaiting::Next);
-        tokio::task::yield_now().await;
-        let drained_at = tokio::time::Instant::now();
-        tx.send_replace(true);
-        let (head, closed_at) = reader.await.expect("join");
-        assert!(matches!(head, Head::Closed), "{head:?}");
-        assert_eq!(closed_at, drained_at);
+        assert_eq!(waiting.elapsed(), LIMITS.idle_timeout);
     }
 }

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 use self::forwarding::ClientIp;
 use self::gateway::Gateway;
-use self::head::{read_head, Awaiting, Head, HeadLimits};
+use self::head::{read_head, Head, HeadLimits};
 use self::relay::{relay, After, Buffers, Client};
 use self::routes::ListenerRoutes;
 use self::settings_guard::SettingsGuard;
@@ -128,15 +128,13 @@ pub async fn serve_cleartext(
     app: &Arc<HttpApp>,
     route: &RouteCell,
     mut stream: CoalescedWrites<L4Stream>,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) {
     let mut buffers = Buffers::default();
     let first = read_head(
         &mut stream,
         &mut buffers.client_in,
         head_limits(&route.load()),
-        Awaiting::First,
-        &mut drain,
         &mut buffers.client_timer,
     )
     .await;
@@ -172,18 +170,12 @@ async fn serve_http1(
     mut stream: Stream,
     mut buffers: Buffers,
     mut pending: Option<Head>,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) {
     let Some((peer, local)) = addresses(&stream) else {
         return;
     };
     let client_ip = ClientIp::new(peer.ip());
-    // A head handed in was the connection's first request; otherwise the first is read here.
-    let mut awaiting = if pending.is_some() {
-        Awaiting::Next
-    } else {
-        Awaiting::First
-    };
     loop {
         let current = route.load_full();
         let limits = head_limits(&current);
@@ -191,9 +183,7 @@ async fn serve_http1(
             Some(head) => head,
             None => {
                 let (buf, timer) = (&mut buffers.client_in, &mut buffers.client_timer);
-                let head = read_head(&mut stream, buf, limits, awaiting, &mut drain, timer).await;
-                awaiting = Awaiting::Next;
-                head
+                read_head(&mut stream, buf, limits, timer).await
             }
         };
         match head {

@@ -14,6 +14,7 @@ mod fuzz_corpus;
 mod h2_abuse;
 mod health;
 mod http_proxy;
+mod keep_alive_drain;
 mod kubernetes;
 mod kubernetes_backends;
 mod kubernetes_netns;

@@ -18,6 +18,7 @@ use tokio::net::UnixDatagram;
 use crate::support::binary::Running;
 use crate::support::cluster::{free_port, origin_behind};
 use crate::support::eventually;
+use crate::support::keep_alive::{AfterClose, KeepAliveLoad};
 use crate::support::netns::Netns;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 
@@ -79,6 +80,9 @@ fn sigusr2_hands_over_to_a_new_process_and_tells_the_service_manager() {
         let proxy = SocketAddr::from(([127, 0, 0, 1], port));
         let load = Load::start(proxy);
         load.answered(REQUESTS_PER_PHASE).await;
+        // Keep-alive clients that never retry, idle between requests most of the time.
+        let keep_alive =
+            KeepAliveLoad::start(proxy, 10, Duration::from_millis(20), AfterClose::Reconnect).await;
 
         // A new process that cannot start (its configuration is refused) changes nothing.
         std::fs::write(&config_path, "services: [{ name: web }]\n").expect("write");
@@ -104,7 +108,14 @@ fn sigusr2_hands_over_to_a_new_process_and_tells_the_service_manager() {
         assert_ne!(successor.0, first_pid);
         exits_cleanly(&mut first.child, "the old process").await;
         load.answered(load.count() + REQUESTS_PER_PHASE).await;
+        keep_alive.runs_on(100).await;
         load.stop_without_failures().await;
+        let kept = keep_alive.stop().await;
+        assert!(kept.errors.is_empty(), "keep-alive clients: {kept:?}");
+        assert!(
+            kept.closed >= 10,
+            "each connection to the old process closed after an answer: {kept:?}"
+        );
         successor.stop().await;
     });
 }
