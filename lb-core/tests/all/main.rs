@@ -33,3 +33,4 @@ mod tls;
 mod udp;
 mod udp_handoff;
 mod upgrade;
+mod upgrade_udp;

@@ -143,7 +143,7 @@ async fn notification(manager: &UnixDatagram) -> String {
     String::from_utf8_lossy(&buffer[..len]).into_owned()
 }
 
-async fn exits_cleanly(child: &mut tokio::process::Child, what: &str) {
+pub async fn exits_cleanly(child: &mut tokio::process::Child, what: &str) {
     let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .unwrap_or_else(|_| panic!("{what} drains and exits"))
@@ -153,10 +153,10 @@ async fn exits_cleanly(child: &mut tokio::process::Child, what: &str) {
 
 /// The process that took over: not the test's child, so stopped by pid, and killed if the
 /// test fails first.
-struct Successor(u32);
+pub struct Successor(pub u32);
 
 impl Successor {
-    async fn stop(self) {
+    pub async fn stop(self) {
         let pid = nix::unistd::Pid::from_raw(self.0 as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
         eventually("the new process exits", || async { !alive(self.0) }).await;
