@@ -21,10 +21,14 @@ pub struct BoundServer {
 }
 
 impl BoundServer {
-    /// Binds `address`, with port reuse as Gantry's ports (a second Gantry shares the admin
-    /// port while the first drains).
+    /// Binds `address`, with port reuse as Gantry's ports.
     pub async fn bind(address: SocketAddr) -> std::io::Result<BoundServer> {
         let socket = crate::listener::bound_socket(address, socket2::Type::STREAM, false)?;
+        Self::listen(socket)
+    }
+
+    /// Serves on a socket that is bound already (handed over by another process).
+    pub fn listen(socket: socket2::Socket) -> std::io::Result<BoundServer> {
         let listener = crate::listener::listening(socket)?;
         let local_addr = listener.local_addr()?;
         Ok(BoundServer {
@@ -45,6 +49,8 @@ impl BoundServer {
 /// A running server; dropping it without [`SmallServer::stop`] leaves it running.
 pub struct SmallServer {
     local_addr: SocketAddr,
+    /// The listening socket, shared with the accept loop.
+    listener: Arc<TcpListener>,
     accept_task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
     close: CancellationToken,
@@ -65,6 +71,8 @@ impl SmallServer {
     where
         A: ServeHttp + Send + Sync + 'static,
     {
+        let listener = Arc::new(listener);
+        let accepting = listener.clone();
         let (stop, stop_rx) = watch::channel(false);
         let connections = TaskTracker::new();
         let close = CancellationToken::new();
@@ -75,7 +83,7 @@ impl SmallServer {
             let mut stopped = stop_rx.clone();
             loop {
                 let (stream, peer) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
+                    accepted = accepting.accept() => match accepted {
                         Ok(accepted) => accepted,
                         Err(err) => {
                             tracing::warn!(%err, "accept failed");
@@ -101,6 +109,7 @@ impl SmallServer {
         });
         SmallServer {
             local_addr,
+            listener,
             accept_task,
             stop,
             close,
@@ -113,12 +122,19 @@ impl SmallServer {
         self.local_addr
     }
 
+    /// The listening socket (to hand to a successor).
+    pub fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.listener.as_fd()
+    }
+
     /// Stops accepting and closes open connections: these endpoints answer in microseconds,
     /// so there is nothing worth draining, and an idle keep-alive client must not delay exit.
     pub async fn stop(self) {
         self.stop.send_replace(true);
-        // The socket is closed once the accept loop has returned.
+        // The socket is closed once the accept loop has returned (and this handle is gone).
         let _ = self.accept_task.await;
+        drop(self.listener);
         self.close.cancel();
         self.connections.close();
         self.connections.wait().await;

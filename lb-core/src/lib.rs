@@ -30,9 +30,11 @@ pub mod proxy_protocol;
 pub mod reload;
 pub mod route;
 pub mod run;
+pub mod sockets;
+pub mod takeover;
 pub mod tcp;
 pub mod tls;
-mod udp;
+pub mod udp;
 
 #[cfg(test)]
 mod test_certs;

@@ -8,6 +8,7 @@
 //! (one re-added at its address takes it over: [`crate::udp::port`]).
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::connection::{self, ListenerShared};
 use crate::http::{AppKey, HttpApps};
 use crate::limiter::ConnLimiter;
 use crate::route::{Route, RouteCell};
+use crate::sockets::{SocketKind, Sockets};
 use crate::tls::TlsEndpoint;
 use crate::udp::{FlowOwner, PortHold, UdpPort, UdpPorts};
 
@@ -44,6 +46,8 @@ pub(crate) struct Listener {
     apps: Arc<HttpApps>,
     socket: Option<Bound>,
     accept_task: Option<tokio::task::JoinHandle<()>>,
+    /// The listening socket, shared with the accept loop, while it accepts.
+    listening: Option<Arc<TcpListener>>,
     /// A UDP port's socket and this listener's share of it, once serving.
     udp: Option<UdpServing>,
     /// The process's UDP sockets, by address.
@@ -69,12 +73,21 @@ impl Listener {
         let (socket, local_addr) = if route.port.protocol.is_udp() {
             let hold = match sockets.udp.find(bind) {
                 Some(hold) => hold,
-                None => UdpPort::open(crate::udp::bind(bind, freebind)?)?,
+                None => match sockets.take_inherited(SocketKind::Udp, bind) {
+                    Some(fd) => UdpPort::open_handed_over(tokio::net::UdpSocket::from_std(
+                        std::net::UdpSocket::from(fd),
+                    )?)?,
+                    None => UdpPort::open(crate::udp::bind(bind, freebind)?)?,
+                },
             };
             let local = hold.port().local;
             (Bound::Udp(hold), local)
         } else {
-            let socket = bind_socket(bind, freebind)?;
+            let socket = match sockets.take_inherited(SocketKind::Tcp, bind) {
+                // Listening already; listening again (at start) only sets the backlog.
+                Some(fd) => socket2::Socket::from(fd),
+                None => bind_socket(bind, freebind)?,
+            };
             let local = socket
                 .local_addr()?
                 .as_socket()
@@ -101,6 +114,7 @@ impl Listener {
             apps: apps.clone(),
             socket: Some(socket),
             accept_task: None,
+            listening: None,
             udp: None,
             udp_ports: sockets.udp.clone(),
             drain,
@@ -127,7 +141,7 @@ impl Listener {
                 // must not have taken any. Binding found the conflicts; this cannot meet one
                 // short of another socket of this user bound to the port and not listening.
                 let socket = match listening(socket) {
-                    Ok(socket) => socket,
+                    Ok(socket) => Arc::new(socket),
                     Err(err) => {
                         tracing::error!(service = %self.key.service, port = %self.key.port, address = %self.local_addr, error = %err, "cannot listen");
                         return;
@@ -136,6 +150,7 @@ impl Listener {
                 self.apps
                     .routes()
                     .register(self.local_addr, self.shared.route.clone());
+                self.listening = Some(socket.clone());
                 tokio::spawn(accept_loop(
                     socket,
                     self.shared.clone(),
@@ -147,6 +162,21 @@ impl Listener {
         };
         self.accept_task = Some(task);
         tracing::info!(service = %self.key.service, port = %self.key.port, address = %self.local_addr, "listening");
+    }
+
+    /// The socket serving the listener now, to hand to a successor: the listening socket of a
+    /// TCP port, the socket of a UDP port.
+    pub(crate) fn serving_socket(&self) -> Option<(SocketKind, BorrowedFd<'_>)> {
+        if let Some(socket) = &self.listening {
+            return Some((SocketKind::Tcp, socket.as_fd()));
+        }
+        let udp = self.udp.as_ref()?;
+        Some((SocketKind::Udp, udp.hold.port().socket.as_fd()))
+    }
+
+    /// The UDP port the listener serves, if it is one.
+    pub(crate) fn udp_port(&self) -> Option<&Arc<UdpPort>> {
+        self.udp.as_ref().map(|udp| udp.hold.port())
     }
 
     /// The address actually bound (differs from the configured one for port 0).
@@ -217,9 +247,10 @@ impl Listener {
         self.socket = None;
         self.stop_accepting.cancel();
         if let Some(task) = self.accept_task.take() {
-            // The loop owns the socket; it returns as soon as it sees the cancellation.
+            // The loop holds the socket too; it returns as soon as it sees the cancellation.
             let _ = task.await;
         }
+        self.listening = None;
         if let Some(udp) = &self.udp {
             udp.owner.draining.cancel();
         }
@@ -248,14 +279,6 @@ impl Listener {
             .routes()
             .unregister(self.local_addr, &self.shared.route);
     }
-}
-
-/// Where listeners' sockets come from: the process's UDP ports (a draining one is taken over by
-/// a port re-added at its address), and the HTTP apps the listeners share.
-#[derive(Default)]
-pub(crate) struct Sockets {
-    pub(crate) udp: Arc<UdpPorts>,
-    pub(crate) apps: Arc<HttpApps>,
 }
 
 /// A bound socket, not yet serving.
@@ -356,7 +379,7 @@ pub(crate) fn bound_socket(
 }
 
 async fn accept_loop(
-    socket: TcpListener,
+    socket: Arc<TcpListener>,
     shared: Arc<ListenerShared>,
     stop: CancellationToken,
     force_close: CancellationToken,

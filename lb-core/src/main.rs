@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use lb_core::demo::{Demo, DemoOptions};
 use lb_core::logging::{self, LogFormat};
-use lb_core::Gantry;
+use lb_core::run::RunOptions;
 
 #[derive(Parser)]
 #[command(name = "gantry", version, about = "Gantry load-balancer appliance")]
@@ -30,6 +30,15 @@ enum Command {
         /// The configuration file.
         #[arg(long, short, default_value = "/etc/gantry/gantry.yaml")]
         config: PathBuf,
+        /// Take over the ports of the Gantry running here (the one holding the control
+        /// socket): it hands its sockets and UDP flows over, then drains and exits. Without
+        /// it, Gantry refuses to start while another holds the control socket.
+        #[arg(long)]
+        takeover: bool,
+        /// The control socket: an abstract Unix socket name (no `@`). One Gantry per name and
+        /// network namespace.
+        #[arg(long, default_value = lb_core::takeover::DEFAULT_CONTROL_SOCKET)]
+        control_socket: String,
     },
     /// Validate a configuration file and print every problem found.
     Check {
@@ -60,7 +69,17 @@ fn main() -> ExitCode {
     raise_open_files();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => run(config),
+        Command::Run {
+            config,
+            takeover,
+            control_socket,
+        } => run(
+            config,
+            RunOptions {
+                control_socket,
+                takeover,
+            },
+        ),
         Command::Demo {
             listen,
             admin,
@@ -123,7 +142,7 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().thread_name("gantry-worker").build()
 }
 
-fn run(config: PathBuf) -> ExitCode {
+fn run(config: PathBuf, options: RunOptions) -> ExitCode {
     let baseline = lb_core::reload::Baseline::before_loading(&config);
     let builder = match lb_config::load_builder(&config) {
         Ok(builder) => builder,
@@ -140,17 +159,10 @@ fn run(config: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let gantry = match Gantry::start_file(builder).await {
-            Ok(gantry) => gantry,
-            Err(err) => {
-                tracing::error!("cannot start: {err}");
-                return ExitCode::FAILURE;
-            }
-        };
-        match lb_core::run::serve_until_signalled(gantry, Some((config, baseline))).await {
+        match lb_core::run::serve_file(builder, config, baseline, options).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                tracing::error!("signal handling failed: {err}");
+                tracing::error!("cannot start: {err}");
                 ExitCode::FAILURE
             }
         }
@@ -174,7 +186,7 @@ fn demo(options: DemoOptions) -> ExitCode {
             }
         };
         println!("{}", demo.banner());
-        let result = lb_core::run::serve_until_signalled(demo.gantry.clone(), None).await;
+        let result = lb_core::run::serve_until_signalled(demo.gantry.clone(), None, None).await;
         demo.stop_backends().await;
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -198,13 +198,13 @@ impl Gantry {
                     }
                 }
                 Change::AdminChanged { to, .. } => {
-                    let bound =
-                        BoundServer::bind(*to)
-                            .await
-                            .map_err(|source| ApplyError::Admin {
-                                address: *to,
-                                source,
-                            })?;
+                    let bound = self
+                        .bind_admin(*to)
+                        .await
+                        .map_err(|source| ApplyError::Admin {
+                            address: *to,
+                            source,
+                        })?;
                     plan.admin = Some(bound);
                 }
                 Change::RuntimeChanged(what) => plan.runtime = *what,

@@ -3,6 +3,7 @@
 //! one by the typed diff ([`apply`]). Starting is applying the first model to an empty one.
 
 mod apply;
+mod handoff;
 mod sources;
 
 use std::collections::BTreeMap;
@@ -20,10 +21,12 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminApp, AdminView, ListenerState};
 use crate::connection::ListenerShared;
 use crate::http_server::{BoundServer, SmallServer};
-use crate::listener::{Listener, OpenCount, Sockets};
+use crate::listener::{Listener, OpenCount};
 use crate::metrics::Metrics;
+use crate::sockets::{Inherited, Sockets};
 
 pub use apply::{ApplyError, PolicyError};
+pub use handoff::HandedSocket;
 pub use sources::FileApplyError;
 
 /// A running Gantry.
@@ -69,7 +72,7 @@ struct LiveListener {
 impl Gantry {
     /// Starts serving `model` (with no file to check another source's services against).
     pub async fn start(model: Model) -> Result<Gantry, ApplyError> {
-        Self::start_with(model, None).await
+        Self::start_with(model, None, Inherited::default()).await
     }
 
     /// Starts serving the configuration file `builder` holds (checked:
@@ -79,10 +82,14 @@ impl Gantry {
             .clone()
             .finish()
             .map_err(lb_config::ConfigError::Invalid)?;
-        Ok(Self::start_with(model, Some(builder)).await?)
+        Ok(Self::start_with(model, Some(builder), Inherited::default()).await?)
     }
 
-    async fn start_with(model: Model, file: Option<ModelBuilder>) -> Result<Gantry, ApplyError> {
+    async fn start_with(
+        model: Model,
+        file: Option<ModelBuilder>,
+        inherited: Inherited,
+    ) -> Result<Gantry, ApplyError> {
         let metrics = Arc::new(Metrics::new());
         let workers = model.runtime.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -108,7 +115,7 @@ impl Gantry {
                 live: ArcSwap::default(),
                 metrics,
                 plugins,
-                sockets: Sockets::default(),
+                sockets: Sockets::inheriting(inherited),
                 admin: Mutex::new(None),
                 ready: AtomicBool::new(false),
                 access_log: Arc::new(AtomicBool::new(model.runtime.access_log)),
@@ -120,7 +127,8 @@ impl Gantry {
                 kubernetes_task: Mutex::new(None),
             }),
         };
-        let admin = BoundServer::bind(model.admin.listen)
+        let admin = gantry
+            .bind_admin(model.admin.listen)
             .await
             .map_err(|source| ApplyError::Admin {
                 address: model.admin.listen,
@@ -130,6 +138,13 @@ impl Gantry {
         if let Err(err) = gantry.apply(model).await {
             gantry.stop_admin().await;
             return Err(err);
+        }
+        let unused = gantry.inner.sockets.close_unused_inherited();
+        if unused > 0 {
+            tracing::info!(
+                sockets = unused,
+                "closed sockets handed over for ports this configuration does not have"
+            );
         }
         let task = crate::kubernetes::supervise(
             gantry.clone(),

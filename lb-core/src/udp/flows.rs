@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -114,8 +114,9 @@ pub(crate) struct Flow {
     binding: Mutex<Option<Binding>>,
     pub(crate) upstream: UdpSocket,
     born: Instant,
-    /// Milliseconds after `born` of the last datagram either way.
-    last: AtomicU64,
+    /// Milliseconds after `born` of the last datagram either way (before it, for a flow
+    /// handed over by another process).
+    last: AtomicI64,
     /// The backend has answered: the flow goes both ways.
     answered: AtomicBool,
     /// Ends the flow.
@@ -144,7 +145,7 @@ impl Flow {
             })),
             upstream,
             born: Instant::now(),
-            last: AtomicU64::new(0),
+            last: AtomicI64::new(0),
             answered: AtomicBool::new(false),
             done: CancellationToken::new(),
         }
@@ -237,8 +238,37 @@ impl Flow {
 
     /// Notes traffic now.
     pub(crate) fn touch(&self) {
-        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = i64::try_from(self.born.elapsed().as_millis()).unwrap_or(i64::MAX);
         self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the last datagram either way went.
+    fn last_datagram(&self) -> Instant {
+        let ms = self.last.load(Ordering::Relaxed);
+        let offset = Duration::from_millis(ms.unsigned_abs());
+        if ms >= 0 {
+            self.born + offset
+        } else {
+            self.born.checked_sub(offset).unwrap_or(self.born)
+        }
+    }
+
+    /// How long since the last datagram either way.
+    pub(crate) fn idle(&self) -> Duration {
+        self.last_datagram().elapsed()
+    }
+
+    /// Whether the backend has answered.
+    pub(crate) fn has_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Takes over the history of a flow handed over by another process: whether its backend
+    /// answered, and how long it has been idle.
+    pub(crate) fn restore(&self, answered: bool, idle: Duration) {
+        self.answered.store(answered, Ordering::Relaxed);
+        let ms = i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
+        self.last.store(-ms, Ordering::Relaxed);
     }
 
     /// The backend answered.
@@ -254,7 +284,7 @@ impl Flow {
         } else {
             idle
         };
-        self.born + Duration::from_millis(self.last.load(Ordering::Relaxed)) + timeout
+        self.last_datagram() + timeout
     }
 
     /// Relays one client datagram to the backend (`scratch` holds header and datagram when

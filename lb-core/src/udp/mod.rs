@@ -8,11 +8,13 @@
 //! One socket serves each address and port ([`port`]): a removed port stops taking new flows
 //! and keeps its socket (replies leave from it) until its flows have ended or the grace period
 //! is over, and a port added at that address meanwhile takes the socket over instead of
-//! binding a second one beside it. [`relay`] moves the datagrams.
+//! binding a second one beside it. [`relay`] moves the datagrams; [`transfer`] hands a port's
+//! flows to a new process at an upgrade.
 
 pub(crate) mod flows;
 pub(crate) mod port;
 pub(crate) mod relay;
+pub(crate) mod transfer;
 
 use std::net::SocketAddr;
 
@@ -20,6 +22,7 @@ use tokio::net::UdpSocket;
 
 pub(crate) use self::flows::FlowOwner;
 pub(crate) use self::port::{PortHold, UdpPort, UdpPorts};
+pub use self::transfer::{FlowState, HandedFlow};
 
 /// A UDP socket on `addr`; with `freebind` the address need not be configured on the host.
 pub(crate) fn bind(addr: SocketAddr, freebind: bool) -> std::io::Result<UdpSocket> {

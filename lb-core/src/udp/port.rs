@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwapOption;
 use tokio::net::UdpSocket;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,6 +30,11 @@ pub(crate) struct UdpPort {
     holders: Mutex<usize>,
     /// Cancelled when the last holder lets go: the receive loop and every flow end.
     pub(crate) closed: CancellationToken,
+    /// Whether the receive loop may read: a socket handed over by another process is read only
+    /// once that process has stopped reading it and its flows are adopted.
+    gate: watch::Sender<bool>,
+    /// Cancelled when the socket is handed over: the receive loop stops for good.
+    pub(crate) stop_reading: CancellationToken,
     /// The receive loop, once started.
     receiving: Mutex<Option<JoinHandle<()>>>,
     /// The flows' tasks.
@@ -38,6 +44,16 @@ pub(crate) struct UdpPort {
 impl UdpPort {
     /// A port on `socket`, held by its first listener (the returned hold).
     pub(crate) fn open(socket: UdpSocket) -> std::io::Result<PortHold> {
+        Self::open_with_gate(socket, true)
+    }
+
+    /// A port on a socket handed over by another process: read only once
+    /// [`UdpPort::open_gate`] is called.
+    pub(crate) fn open_handed_over(socket: UdpSocket) -> std::io::Result<PortHold> {
+        Self::open_with_gate(socket, false)
+    }
+
+    fn open_with_gate(socket: UdpSocket, open: bool) -> std::io::Result<PortHold> {
         let local = socket.local_addr()?;
         Ok(PortHold(Arc::new(UdpPort {
             socket: Arc::new(socket),
@@ -46,6 +62,8 @@ impl UdpPort {
             serving: ArcSwapOption::empty(),
             holders: Mutex::new(1),
             closed: CancellationToken::new(),
+            gate: watch::channel(open).0,
+            stop_reading: CancellationToken::new(),
             receiving: Mutex::new(None),
             tasks: TaskTracker::new(),
         })))
@@ -80,6 +98,36 @@ impl UdpPort {
         let mut receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
         if receiving.is_none() {
             *receiving = Some(tokio::spawn(super::relay::receive(self.clone())));
+        }
+    }
+
+    /// Lets the receive loop read.
+    pub(crate) fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// Waits until the receive loop may read; `false` if the port closed or stopped reading
+    /// first.
+    pub(crate) async fn may_read(&self) -> bool {
+        let mut gate = self.gate.subscribe();
+        tokio::select! {
+            opened = gate.wait_for(|open| *open) => opened.is_ok(),
+            () = self.closed.cancelled() => false,
+            () = self.stop_reading.cancelled() => false,
+        }
+    }
+
+    /// Stops the receive loop for good (the socket was handed to another process, which reads
+    /// it from now on) and waits until it has.
+    pub(crate) async fn stop_receiving(&self) {
+        self.stop_reading.cancel();
+        let receiving = self
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = receiving {
+            let _ = task.await;
         }
     }
 

@@ -36,12 +36,16 @@ pub(crate) fn proxy_header(
 
 /// Receives the port's datagrams until it closes.
 pub(crate) async fn receive(port: Arc<UdpPort>) {
+    if !port.may_read().await {
+        return;
+    }
     let mut buffer = vec![0u8; RECEIVE_BUFFER];
     let mut scratch = Vec::with_capacity(RECEIVE_BUFFER + 64);
     loop {
         let received = tokio::select! {
             received = port.socket.recv_from(&mut buffer) => received,
             () = port.closed.cancelled() => return,
+            () = port.stop_reading.cancelled() => return,
         };
         match received {
             Ok((len, client)) => deliver(&port, client, &buffer[..len], &mut scratch).await,

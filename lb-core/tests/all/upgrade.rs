@@ -1,12 +1,15 @@
-//! Upgrading without a refused connection. Two ways, both in a network namespace of the test's
-//! own with `net.ipv4.tcp_migrate_req = 1` (as the appliance sets it: connections still queued
-//! on a closing listener move to the other process's instead of being reset), and both under
-//! clients that open a new connection for every request, which must see no failure:
-//! - a second `gantry` on the same configuration binds the first's ports beside it
-//!   (`SO_REUSEPORT`), and the first drains on SIGTERM (containers, any supervisor);
-//! - SIGUSR2 makes a `gantry` start its own command line again and drain once that serves,
-//!   telling the service manager (`NOTIFY_SOCKET`) the new main process (systemd); a new
-//!   process that cannot start changes nothing.
+//! Upgrading without a refused connection or a failed request, in a network namespace of the
+//! test's own, under clients that open a new connection for every request and keep-alive
+//! clients that never retry, which must see no failure. The new process takes the old one's
+//! sockets over through the control socket (the same accept queue: nothing is queued on a
+//! socket that closes), two ways:
+//! - `gantry run --takeover` beside a running one (containers, any supervisor): the first
+//!   hands over, drains and exits by itself;
+//! - SIGUSR2 makes a `gantry` start its own command line again as such a process, and tell the
+//!   service manager (`NOTIFY_SOCKET`) the new main process (systemd); a new process that
+//!   cannot start changes nothing.
+//!
+//! And a second `gantry run` without `--takeover` refuses to start, naming the first.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,9 +31,8 @@ const CLIENTS: usize = 4;
 const REQUESTS_PER_PHASE: u64 = 200;
 
 #[test]
-fn a_second_gantry_takes_over_the_ports_while_the_first_drains_and_no_request_fails() {
+fn a_second_gantry_with_takeover_takes_the_ports_over_and_the_first_drains_and_exits() {
     Netns::create("upgrade").run(|| async {
-        migrate_queued_connections();
         let origin = HttpOrigin::start("origin", OriginProtocol::Http1).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let first_config = dir.path().join("first.yaml");
@@ -40,28 +42,78 @@ fn a_second_gantry_takes_over_the_ports_while_the_first_drains_and_no_request_fa
         first.log("ready").await;
         let load = Load::start(proxy);
         load.answered(REQUESTS_PER_PHASE).await;
+        let keep_alive =
+            KeepAliveLoad::start(proxy, 10, Duration::from_millis(20), AfterClose::Reconnect).await;
 
-        // The new process on the same configuration binds the same port beside the first.
+        // The new process, on the same configuration, takes the first's sockets over.
         let second_config = dir.path().join("second.yaml");
         std::fs::write(&second_config, config(proxy.port(), origin.addr)).expect("write");
-        let mut second = Running::start(&second_config);
+        let mut second =
+            Running::start_with(&second_config, &first.control_socket, &["--takeover"], &[]);
         assert_eq!(second.address("listening").await, proxy, "the same port");
-        second.log("ready").await;
-
-        first.signal("TERM");
+        second.log("took over").await;
+        // The first hands over, drains and exits by itself.
+        first
+            .log("the new process serves; this one drains and exits")
+            .await;
         exits_cleanly(&mut first.child, "the first process").await;
         // Only the second process is left to answer.
         load.answered(load.count() + REQUESTS_PER_PHASE).await;
+        keep_alive.runs_on(100).await;
         load.stop_without_failures().await;
+        let kept = keep_alive.stop().await;
+        assert!(kept.errors.is_empty(), "keep-alive clients: {kept:?}");
         second.signal("TERM");
         exits_cleanly(&mut second.child, "the second process").await;
     });
 }
 
 #[test]
+fn a_second_gantry_without_takeover_refuses_to_start_and_names_the_first() {
+    Netns::create("second").run(|| async {
+        let origin = HttpOrigin::start("origin", OriginProtocol::Http1).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("gantry.yaml");
+        let port = free_port(IpAddr::from([127, 0, 0, 1]));
+        std::fs::write(&config_path, config(port, origin.addr)).expect("write");
+        let mut first = Running::start(&config_path);
+        first.log("ready").await;
+        let first_pid = first.child.id().expect("pid");
+
+        let mut second = Running::start_with(&config_path, &first.control_socket, &[], &[]);
+        let refusal = second.log_starting("cannot start: ").await;
+        let message = refusal["message"].as_str().unwrap_or_default().to_owned();
+        for expected in [
+            format!(
+                "another gantry (pid {first_pid}, configuration {}",
+                config_path.display()
+            ),
+            "--takeover".to_owned(),
+        ] {
+            assert!(message.contains(&expected), "{expected:?} in {message:?}");
+        }
+        let exit = tokio::time::timeout(Duration::from_secs(30), second.child.wait())
+            .await
+            .expect("the second process exits")
+            .expect("wait");
+        assert_eq!(exit.code(), Some(1), "it fails: {exit}");
+        // It took none of the first's port: every connection is the first's.
+        let proxy = SocketAddr::from(([127, 0, 0, 1], port));
+        let load = Load::start(proxy);
+        load.answered(REQUESTS_PER_PHASE).await;
+        load.stop_without_failures().await;
+        assert!(
+            first.child.try_wait().expect("status").is_none(),
+            "the first serves on"
+        );
+        first.signal("TERM");
+        exits_cleanly(&mut first.child, "the first process").await;
+    });
+}
+
+#[test]
 fn sigusr2_hands_over_to_a_new_process_and_tells_the_service_manager() {
     Netns::create("handover").run(|| async {
-        migrate_queued_connections();
         let origin = HttpOrigin::start("origin", OriginProtocol::Http1).await;
         let dir = tempfile::tempdir().expect("tempdir");
         // The service manager's end of NOTIFY_SOCKET.
@@ -118,12 +170,6 @@ fn sigusr2_hands_over_to_a_new_process_and_tells_the_service_manager() {
         );
         successor.stop().await;
     });
-}
-
-/// Sets `net.ipv4.tcp_migrate_req` in the calling thread's network namespace.
-fn migrate_queued_connections() {
-    std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1")
-        .expect("net.ipv4.tcp_migrate_req (Linux 5.14 or later)");
 }
 
 /// One HTTP port on 127.0.0.1:`port` to `origin`, and the admin endpoint on a port of its own.

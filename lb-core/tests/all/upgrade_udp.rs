@@ -23,7 +23,7 @@ fn free_udp_port() -> u16 {
 fn config(port: u16, backends: &[SocketAddr]) -> String {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
     format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\nruntime: {{ shutdown_grace: 20s }}\nservices:\n  - name: dns\n    address: 127.0.0.1\n    ports:\n      - {{ name: udp, port: {port}, protocol: udp, backends: [{}] }}\n",
+        "admin: {{ listen: \"127.0.0.1:0\" }}\nruntime: {{ shutdown_grace: 5s }}\nservices:\n  - name: dns\n    address: 127.0.0.1\n    ports:\n      - {{ name: udp, port: {port}, protocol: udp, backends: [{}] }}\n",
         list.join(", ")
     )
 }
@@ -45,10 +45,21 @@ fn sigusr2_hands_over_udp_flows_and_loses_no_datagram() {
         assert_eq!(load.counts().losses(), (0, 0, 0), "before the handover");
 
         first.signal("USR2");
-        let successor = Successor(first.log("the new process serves; this one drains and exits").await["pid"]
-            .as_u64()
-            .and_then(|pid| u32::try_from(pid).ok())
-            .expect("the new process's pid"));
+        let started = first
+            .log("started the new process; waiting until it takes over")
+            .await;
+        let successor = Successor(
+            started["pid"]
+                .as_u64()
+                .and_then(|pid| u32::try_from(pid).ok())
+                .expect("the new process's pid"),
+        );
+        // The new process logs to the same stream: it adopted every old flow.
+        let took = first.log("took over").await;
+        assert!(
+            took["udp_flows"].as_u64() >= Some(16),
+            "the old flows were handed over: {took}"
+        );
         exits_cleanly(&mut first.child, "the old process").await;
         // Only the new process is left: the load goes on through it.
         load.runs_on(400, 100).await;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -18,6 +19,18 @@ pub const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
 pub struct Running {
     pub child: Child,
     logs: mpsc::UnboundedReceiver<serde_json::Value>,
+    /// The control socket it holds (each test process's own, so tests run side by side).
+    pub control_socket: String,
+}
+
+/// A control socket name no other test uses.
+pub fn unique_control_socket() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "gantry-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Running {
@@ -27,8 +40,27 @@ impl Running {
 
     /// [`Running::start`] with these environment variables added.
     pub fn start_with_env(config: &Path, env: &[(&str, &Path)]) -> Running {
+        Running::start_with(config, &unique_control_socket(), &[], env)
+    }
+
+    /// `gantry run` holding the control socket `control_socket`, with these further arguments
+    /// (`--takeover`) and environment variables.
+    pub fn start_with(
+        config: &Path,
+        control_socket: &str,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Running {
         let mut child = Command::new(GANTRY)
-            .args(["--log-format", "json", "run", "--config"])
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--control-socket",
+                control_socket,
+            ])
+            .args(args)
+            .arg("--config")
             .arg(config)
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
@@ -45,14 +77,32 @@ impl Running {
                 }
             }
         });
-        Running { child, logs }
+        Running {
+            child,
+            logs,
+            control_socket: control_socket.to_owned(),
+        }
     }
 
     /// Waits for a log line with this message, returning it.
     pub async fn log(&mut self, message: &str) -> serde_json::Value {
+        self.log_where(message, |text| text == message).await
+    }
+
+    /// Waits for a log line whose message starts with `prefix`, returning it.
+    pub async fn log_starting(&mut self, prefix: &str) -> serde_json::Value {
+        self.log_where(prefix, |text| text.starts_with(prefix))
+            .await
+    }
+
+    async fn log_where(
+        &mut self,
+        message: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> serde_json::Value {
         let wait = async {
             while let Some(line) = self.logs.recv().await {
-                if line["message"] == message {
+                if line["message"].as_str().is_some_and(&matches) {
                     return line;
                 }
             }
