@@ -20,6 +20,9 @@ OVMF=/usr/share/OVMF
 install_missing qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mcopy:mtools \
   mkfs.vfat:dosfstools nginx:nginx-light curl:curl python3:python3
 [ -f "$OVMF/OVMF_CODE_4M.fd" ] || install_packages ovmf
+# Debian's qemu-system-x86 can replace a newer (backported) qemu-utils that was there before,
+# taking qemu-img with it: check again once the rest is in.
+install_missing qemu-img:qemu-utils
 
 ORIGIN=$(free_port); HTTP=$(free_port); ADMIN=$(free_port)
 origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"

@@ -164,19 +164,9 @@ impl Listener {
         tracing::info!(service = %self.key.service, port = %self.key.port, address = %self.local_addr, "listening");
     }
 
-    /// The socket serving the listener now, to hand to a successor: the listening socket of a
-    /// TCP port, the socket of a UDP port.
-    pub(crate) fn serving_socket(&self) -> Option<(SocketKind, BorrowedFd<'_>)> {
-        if let Some(socket) = &self.listening {
-            return Some((SocketKind::Tcp, socket.as_fd()));
-        }
-        let udp = self.udp.as_ref()?;
-        Some((SocketKind::Udp, udp.hold.port().socket.as_fd()))
-    }
-
-    /// The UDP port the listener serves, if it is one.
-    pub(crate) fn udp_port(&self) -> Option<&Arc<UdpPort>> {
-        self.udp.as_ref().map(|udp| udp.hold.port())
+    /// The listening socket of a TCP port while it accepts (to hand to a successor).
+    pub(crate) fn listening_socket(&self) -> Option<BorrowedFd<'_>> {
+        self.listening.as_ref().map(|socket| socket.as_fd())
     }
 
     /// The address actually bound (differs from the configured one for port 0).

@@ -4,6 +4,7 @@
 //! rustls at `error`: it warns once per handshake about things clients control (an IP address
 //! sent as SNI), which would let any client flood the log.
 //! Access log lines use the target `gantry::access` and are enabled by `runtime.access_log`.
+//! Durations are logged in milliseconds rounded to the microsecond ([`millis`]).
 
 use std::io::IsTerminal;
 
@@ -35,5 +36,24 @@ pub fn init(format: LogFormat, level: &str) {
     };
     if let Err(err) = result {
         eprintln!("logging already initialised: {err}");
+    }
+}
+
+/// `duration` in milliseconds for a log line, rounded to the microsecond: `4.518`, not
+/// `4.517999999999999`.
+pub fn millis(duration: std::time::Duration) -> f64 {
+    (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn durations_are_logged_in_milliseconds_to_the_microsecond() {
+        assert_eq!(super::millis(Duration::from_nanos(4_517_999)), 4.518);
+        assert_eq!(super::millis(Duration::from_nanos(4_518)), 0.005);
+        assert_eq!(super::millis(Duration::from_secs(2)), 2000.0);
+        assert_eq!(super::millis(Duration::ZERO), 0.0);
     }
 }

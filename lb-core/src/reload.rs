@@ -24,7 +24,7 @@ pub type ReloadError = FileApplyError;
 pub async fn reload_from_file(gantry: &Gantry, path: &Path) -> Result<Vec<Change>, ReloadError> {
     let started = std::time::Instant::now();
     let loaded = lb_config::load_builder(path);
-    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let load_ms = crate::logging::millis(started.elapsed());
     let result = match loaded {
         Ok(builder) => gantry.apply_file(builder).await,
         Err(err) => Err(ReloadError::from(err)),

@@ -69,7 +69,7 @@ where
             client = %info.peer,
             backend = %backend.label,
             outcome = outcome.as_str(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = crate::logging::millis(started.elapsed()),
         );
     }
 }

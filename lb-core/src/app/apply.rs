@@ -151,7 +151,7 @@ impl Gantry {
             self.inner.metrics.change(change.kind());
             tracing::info!(change = %change, "applied");
         }
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let ms = crate::logging::millis;
         tracing::info!(
             changes = changes.len(),
             diff_ms = ms(diffed),
@@ -255,19 +255,25 @@ impl Gantry {
             let previous = listener.swap(swap.route);
             previous.replaced_by(&listener.route(), &inner.metrics);
         }
-        for key in plan.stops {
-            if let Some(listener) = listeners.remove(&key) {
-                listener.route().retire_health_not_in(None);
-                self.drain_in_background(listener, new.runtime.shutdown_grace)
-                    .await;
-            }
-        }
+        // New listeners start before the ones they replace drain: a UDP port that takes over
+        // the socket of one going away must be serving it when that one stops taking new flows,
+        // and a TCP port at an address another is leaving listens before that one closes.
+        let stopping: Vec<Listener> = plan
+            .stops
+            .iter()
+            .filter_map(|key| listeners.remove(key))
+            .collect();
         for (mut listener, previous) in plan.starts {
             listener
                 .route()
                 .activate(previous.as_deref(), &inner.metrics);
             listener.start();
             listeners.insert(listener.key().clone(), listener);
+        }
+        for listener in stopping {
+            listener.route().retire_health_not_in(None);
+            self.drain_in_background(listener, new.runtime.shutdown_grace)
+                .await;
         }
         if let Some(bound) = plan.admin {
             let previous = self.set_admin(self.serve_admin(bound));

@@ -66,9 +66,15 @@ impl Gantry {
             Ok(())
         };
         for listener in listeners.values() {
-            if let Some((kind, socket)) = listener.serving_socket() {
-                add(kind, listener.local_addr(), socket)?;
+            if let Some(socket) = listener.listening_socket() {
+                add(SocketKind::Tcp, listener.local_addr(), socket)?;
             }
+        }
+        // Every UDP socket, a draining port's too: a port of the successor at its address must
+        // take it over rather than bind beside it.
+        let udp = self.inner.sockets.udp.all();
+        for port in &udp {
+            add(SocketKind::Udp, port.local, port.socket.as_fd())?;
         }
         let admin = self.inner.admin.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(server) = admin.as_ref() {
@@ -82,18 +88,12 @@ impl Gantry {
     }
 
     /// Stops reading the UDP port bound to `address` for good and hands over its flows (see
-    /// [`crate::udp::transfer`]); none if no port serves that address.
+    /// [`crate::udp::transfer`]); none if no port has that address.
     pub async fn hand_over_udp_flows(
         &self,
         address: SocketAddr,
     ) -> std::io::Result<Vec<HandedFlow>> {
-        let listeners = self.inner.listeners.lock().await;
-        let port = listeners
-            .values()
-            .filter(|l| l.local_addr() == address)
-            .find_map(|l| l.udp_port().cloned());
-        drop(listeners);
-        match port {
+        match self.inner.sockets.udp.get(address) {
             Some(port) => port.hand_over_flows().await,
             None => Ok(Vec::new()),
         }
@@ -101,35 +101,28 @@ impl Gantry {
 
     /// Adopts flows handed over for the UDP port bound to `address`; returns how many were
     /// adopted. The port reads its socket once [`Gantry::open_handed_over_ports`] is called.
-    pub async fn adopt_udp_flows(&self, address: SocketAddr, flows: Vec<HandedFlow>) -> usize {
-        let listeners = self.inner.listeners.lock().await;
-        let port = listeners
-            .values()
-            .filter(|l| l.local_addr() == address)
-            .find_map(|l| l.udp_port().cloned());
-        drop(listeners);
-        let Some(port) = port else {
-            return 0;
-        };
-        port.adopt_flows(flows)
+    pub fn adopt_udp_flows(&self, address: SocketAddr, flows: Vec<HandedFlow>) -> usize {
+        match self.inner.sockets.udp.get(address) {
+            Some(port) => port.adopt_flows(flows),
+            None => 0,
+        }
     }
 
     /// Lets every UDP port read its socket (those whose flows never came, too).
-    pub async fn open_handed_over_ports(&self) {
-        for listener in self.inner.listeners.lock().await.values() {
-            if let Some(port) = listener.udp_port() {
-                port.open_gate();
-            }
+    pub fn open_handed_over_ports(&self) {
+        for port in self.inner.sockets.udp.all() {
+            port.open_gate();
         }
     }
 
     /// The UDP ports' addresses.
-    pub async fn udp_addresses(&self) -> Vec<SocketAddr> {
-        let listeners = self.inner.listeners.lock().await;
-        listeners
-            .values()
-            .filter(|l| l.udp_port().is_some())
-            .map(|l| l.local_addr())
+    pub fn udp_addresses(&self) -> Vec<SocketAddr> {
+        self.inner
+            .sockets
+            .udp
+            .all()
+            .iter()
+            .map(|port| port.local)
             .collect()
     }
 

@@ -338,7 +338,7 @@ impl ProxyHttp for Gateway {
                 path = head.uri.path_and_query().map_or("/", |p| p.as_str()),
                 status = status.unwrap_or(0),
                 backend = backend_label,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                duration_ms = crate::logging::millis(elapsed),
                 bytes_sent = session.body_bytes_sent(),
             );
         }

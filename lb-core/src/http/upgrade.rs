@@ -75,7 +75,7 @@ pub async fn tunnel<C>(
             status,
             backend = %backend.label,
             outcome = ?outcome,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = crate::logging::millis(started.elapsed()),
         );
     }
 }

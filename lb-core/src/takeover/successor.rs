@@ -97,12 +97,12 @@ impl Predecessor {
     /// read in the end: this process serves from here on.
     pub async fn finish(self, gantry: &Gantry) -> Result<usize, TakeoverError> {
         let result = self.adopt_flows(gantry).await;
-        gantry.open_handed_over_ports().await;
+        gantry.open_handed_over_ports();
         result
     }
 
     async fn adopt_flows(&self, gantry: &Gantry) -> Result<usize, TakeoverError> {
-        let udp = gantry.udp_addresses().await;
+        let udp = gantry.udp_addresses();
         self.connection.send(&Message::Ready { udp }, &[]).await?;
         let mut adopted = 0;
         loop {
@@ -136,5 +136,5 @@ async fn adopt(
         .zip(fds)
         .map(|(state, upstream)| HandedFlow { state, upstream })
         .collect();
-    Ok(gantry.adopt_udp_flows(port, handed).await)
+    Ok(gantry.adopt_udp_flows(port, handed))
 }

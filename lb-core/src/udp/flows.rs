@@ -193,9 +193,10 @@ impl Flow {
             .is_some_and(|b| Arc::ptr_eq(&b.owner, owner))
     }
 
-    /// Moves the flow from a draining owner to `owner`, whose `route` has its backend (healthy):
-    /// the flow goes on as the new owner's (with the PROXY `header` its port asks for), as a
-    /// kept port's flow goes on through a reload. Returns whether it moved.
+    /// Moves the flow to `owner`, the listener taking its port over from the one that owns it
+    /// (which goes away), when `owner`'s `route` has its backend (healthy): the flow goes on
+    /// as the new owner's (with the PROXY `header` its port asks for), as a kept port's flow
+    /// goes on through a reload. Returns whether it moved.
     pub(crate) fn move_to(
         &self,
         owner: &Arc<FlowOwner>,
@@ -206,7 +207,7 @@ impl Flow {
         let Some(bound) = binding.as_mut() else {
             return false;
         };
-        if Arc::ptr_eq(&bound.owner, owner) || !bound.owner.draining.is_cancelled() {
+        if Arc::ptr_eq(&bound.owner, owner) {
             return false;
         }
         let address = bound.lease.backend().address;
@@ -300,14 +301,23 @@ impl Flow {
             }
             None => datagram,
         };
-        match tokio::time::timeout(SEND_WAIT, self.upstream.send(bytes)).await {
-            Ok(Ok(_)) => {
+        // At once when the socket has room, as it nearly always has; else wait a little.
+        let sent = match self.upstream.try_send(bytes) {
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(SEND_WAIT, self.upstream.send(bytes))
+                    .await
+                    .unwrap_or(Err(err))
+            }
+            sent => sent,
+        };
+        match sent {
+            Ok(_) => {
                 let m = &live.backend.metrics;
                 m.datagrams_received.inc();
                 m.bytes_received.inc_by(datagram.len() as u64);
                 self.touch();
             }
-            Ok(Err(_)) | Err(_) => live.route.metrics.udp_dropped(UdpDrop::SendFailed),
+            Err(_) => live.route.metrics.udp_dropped(UdpDrop::SendFailed),
         }
     }
 }

@@ -75,7 +75,8 @@ impl UdpPort {
     }
 
     /// Makes `owner` the listener that takes new flows, starting the receive loop if it is not
-    /// running. Flows of a draining owner whose backend `owner`'s route also has move to it.
+    /// running. Taking the port over from listeners that go away, it takes their flows whose
+    /// backend its route also has; the others stay theirs until they end.
     pub(crate) fn serve(self: &Arc<Self>, owner: Arc<FlowOwner>, ports: &UdpPorts) {
         let previous = self.serving.swap(Some(owner.clone()));
         if previous.is_some() {
@@ -91,7 +92,7 @@ impl UdpPort {
                 .count();
             tracing::info!(
                 port = %route.port.key, address = %self.local, moved,
-                "took over the UDP socket of a draining port; its flows whose backend this port has are now this port's"
+                "took over the UDP socket of a port going away; its flows whose backend this port has are now this port's"
             );
         }
         ports.register(self);
@@ -210,6 +211,25 @@ impl UdpPorts {
                 None
             }
         }
+    }
+
+    /// The open port bound to `address`, if there is one.
+    pub(crate) fn get(&self, address: SocketAddr) -> Option<Arc<UdpPort>> {
+        let ports = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        ports
+            .get(&address)
+            .and_then(Weak::upgrade)
+            .filter(|port| !port.closed.is_cancelled())
+    }
+
+    /// Every open port, serving or draining.
+    pub(crate) fn all(&self) -> Vec<Arc<UdpPort>> {
+        let ports = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        ports
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|port| !port.closed.is_cancelled())
+            .collect()
     }
 
     fn register(&self, port: &Arc<UdpPort>) {

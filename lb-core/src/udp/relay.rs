@@ -41,11 +41,17 @@ pub(crate) async fn receive(port: Arc<UdpPort>) {
     }
     let mut buffer = vec![0u8; RECEIVE_BUFFER];
     let mut scratch = Vec::with_capacity(RECEIVE_BUFFER + 64);
+    // Made once: a cancellation future registers with its token (under a lock) when first
+    // polled and leaves when dropped, which per datagram would cost two locks for nothing.
+    let closed = port.closed.cancelled();
+    let stop_reading = port.stop_reading.cancelled();
+    tokio::pin!(closed, stop_reading);
     loop {
         let received = tokio::select! {
+            biased;
             received = port.socket.recv_from(&mut buffer) => received,
-            () = port.closed.cancelled() => return,
-            () = port.stop_reading.cancelled() => return,
+            () = &mut closed => return,
+            () = &mut stop_reading => return,
         };
         match received {
             Ok((len, client)) => deliver(&port, client, &buffer[..len], &mut scratch).await,
@@ -166,10 +172,28 @@ async fn start(
 pub(crate) async fn pump(flow: Arc<Flow>, port: Arc<UdpPort>) {
     let started = tokio::time::Instant::now();
     let mut answered = false;
+    // One timer for the flow's life, set for when it would expire and, when it fires early
+    // (traffic came meanwhile), set again: resetting it on every datagram would take the timer
+    // wheel's lock twice per datagram. The cancellation futures are made once for the same
+    // reason.
+    let expiry = tokio::time::sleep_until(tokio::time::Instant::now());
+    let done = flow.done.cancelled();
+    let closed = port.closed.cancelled();
+    tokio::pin!(expiry, done, closed);
+    // What the timer was last set with: set it again when that changes (the first answer
+    // moves the flow from `udp_idle` to `udp_stream_idle`; a reload may change both).
+    let mut armed = None;
     while let Some((route, backend)) = flow.bound() {
         let timeouts = route.port.settings.timeouts;
-        let expires = flow.expires_at(timeouts.udp_idle, timeouts.udp_stream_idle);
+        let basis = Some((timeouts.udp_idle, timeouts.udp_stream_idle, answered));
+        if armed != basis {
+            expiry
+                .as_mut()
+                .reset(flow.expires_at(timeouts.udp_idle, timeouts.udp_stream_idle));
+            armed = basis;
+        }
         tokio::select! {
+            biased;
             // An ICMP refusal is an error event without data: wait for both.
             ready = flow.upstream.ready(Interest::READABLE | Interest::ERROR) => {
                 let Ok(ready) = ready else { break };
@@ -196,7 +220,9 @@ pub(crate) async fn pump(flow: Arc<Flow>, port: Arc<UdpPort>) {
                 }
                 flow.answered();
             }
-            () = tokio::time::sleep_until(expires) => {
+            () = &mut done => break,
+            () = &mut closed => break,
+            () = &mut expiry => {
                 if flow.expires_at(timeouts.udp_idle, timeouts.udp_stream_idle) <= tokio::time::Instant::now() {
                     route.metrics.flows_expired.inc();
                     if !answered {
@@ -204,9 +230,9 @@ pub(crate) async fn pump(flow: Arc<Flow>, port: Arc<UdpPort>) {
                     }
                     break;
                 }
+                // Traffic came since it was set: set it again.
+                armed = None;
             }
-            () = flow.done.cancelled() => break,
-            () = port.closed.cancelled() => break,
         }
     }
     port.flows.remove(&flow);

@@ -592,7 +592,7 @@ impl Run<'_> {
                 path = %line.path,
                 status = status.unwrap_or(0),
                 backend = backend.as_deref().map_or("none", |b| b.label.as_str()),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                duration_ms = crate::logging::millis(elapsed),
                 bytes_sent = self.sent_bytes,
             );
         }
