@@ -10,9 +10,10 @@
 #           waiting for its echo; answers per second, p50/p99 in microseconds, lost answers
 #   oneway  8 flows sending 64-byte datagrams as fast as they can; datagrams per second that
 #           reach the backend
+#   cpu     the proxy's CPU time (user and system, all its threads and processes) per rr answer
 # The load generator and the echo backend are lb-core/examples/udp_load.rs. Each cell is the
-# median of ROUNDS runs; the ratios are Gantry's against the best of the others (higher is
-# better for rates, lower for latency).
+# median of ROUNDS runs, the targets' rounds interleaved; the ratios are Gantry's against each
+# of the others (higher is better for rates, lower for latency and CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,7 +90,7 @@ static_resources:
         cluster_name: echo
         endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $ECHO } } } }] }]
 EOF
-    taskset -c 0 "$work/envoy/envoy/_bin/envoy" --concurrency 1 -l error -c "$work/envoy.yaml" >/dev/null 2>&1 & pids+=($!)
+    taskset -c 0 "$work/envoy/envoy/_bin/envoy" --concurrency 1 -l error -c "$work/envoy.yaml" >/dev/null 2>&1 & pids+=($!); ENVOY_PID=$!
     targets=(nginx envoy gantry)
     port[envoy]=$E_UDP
   else
@@ -98,8 +99,8 @@ EOF
 fi
 
 taskset -c 1 "$LOAD" echo "127.0.0.1:$ECHO" & pids+=($!)
-taskset -c 0 nginx -c "$work/nginx.conf" & pids+=($!)
-taskset -c 0 "$GANTRY" --log-level warn run --config "$work/gantry.yaml" & pids+=($!)
+taskset -c 0 nginx -c "$work/nginx.conf" & pids+=($!); NGINX_PID=$!
+taskset -c 0 "$GANTRY" --log-level warn run --control-socket "gantry-bench-$$" --config "$work/gantry.yaml" & pids+=($!); GANTRY_PID=$!
 wait_port "$ADMIN"
 # UDP ports cannot be probed by connecting: give the proxies their start.
 sleep 2
@@ -107,31 +108,55 @@ sleep 2
 median() { python3 -c '
 import statistics, sys
 rows = [list(map(float, line.split())) for line in sys.stdin if line.strip()]
-print(" ".join(f"{statistics.median(c):.0f}" for c in zip(*rows)))'; }
+print(" ".join(f"{statistics.median(c):.6g}" for c in zip(*rows)))'; }
 
+declare -A proc=([nginx]=NGINX_PID [gantry]=GANTRY_PID [envoy]=ENVOY_PID)
+# CPU time (clock ticks, user and system) of a target's processes: nginx's worker is a child.
+cpu_ticks() {
+  local pid=${!proc[$1]} total=0 p
+  for p in "$pid" $(pgrep -P "$pid" || true); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+TICKS=$(getconf CLK_TCK)
+
+# Rounds interleave the targets (round 1 of each, then round 2 of each, ...), so a machine
+# that slows down or speeds up during the run weighs on every target alike.
 declare -A rr oneway
+for target in "${targets[@]}"; do : > "$work/rr.$target"; : > "$work/oneway.$target"; done
+for _ in $(seq 1 "$ROUNDS"); do
+  for target in "${targets[@]}"; do
+    before=$(cpu_ticks "$target")
+    result=$(taskset -c 1 "$LOAD" rr "127.0.0.1:${port[$target]}" "$FLOWS" "$DURATION")
+    spent=$(( $(cpu_ticks "$target") - before ))
+    # The proxy's CPU per answer, in microseconds.
+    echo "$result $(python3 -c "print(round($spent * 1e6 / $TICKS / max(${result%% *} * $DURATION, 1), 2))")" >> "$work/rr.$target"
+  done
+  for target in "${targets[@]}"; do
+    taskset -c 1 "$LOAD" oneway "127.0.0.1:${port[$target]}" 8 "$DURATION" "127.0.0.1:$ECHO" >> "$work/oneway.$target"
+  done
+done
 for target in "${targets[@]}"; do
-  to="127.0.0.1:${port[$target]}"
-  rr[$target]=$(for _ in $(seq 1 "$ROUNDS"); do taskset -c 1 "$LOAD" rr "$to" "$FLOWS" "$DURATION"; done | median)
-  oneway[$target]=$(for _ in $(seq 1 "$ROUNDS"); do taskset -c 1 "$LOAD" oneway "$to" 8 "$DURATION" "127.0.0.1:$ECHO"; done | median)
+  rr[$target]=$(median < "$work/rr.$target")
+  oneway[$target]=$(median < "$work/oneway.$target")
 done
 
 echo
-echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(nginx -v 2>&1 | cut -d' ' -f3); UDP, one worker each, median of $ROUNDS x ${DURATION}s, $FLOWS flows"
+echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(nginx -v 2>&1 | cut -d' ' -f3); UDP, one worker each, median of $ROUNDS interleaved rounds x ${DURATION}s, $FLOWS flows"
 args=()
 for target in "${targets[@]}"; do args+=("$target" "${rr[$target]}" "${oneway[$target]}"); done
 python3 - "${args[@]}" <<'EOF'
 import sys
 a = sys.argv[1:]
 rows = {a[i]: (a[i + 1].split(), a[i + 2].split()) for i in range(0, len(a), 3)}
-print(f"{'target':<8}{'rr answers/s':>14}{'p50 us':>8}{'p99 us':>8}{'lost':>6}{'oneway dgram/s':>16}")
+print(f"{'target':<8}{'rr answers/s':>14}{'p50 us':>8}{'p99 us':>8}{'lost':>6}{'cpu us/answer':>15}{'oneway dgram/s':>16}")
 for name, (rr, ow) in rows.items():
-    print(f"{name:<8}{rr[0]:>14}{rr[1]:>8}{rr[2]:>8}{rr[3]:>6}{ow[0]:>16}")
-others = [n for n in rows if n != "gantry"]
+    print(f"{name:<8}{float(rr[0]):>14.0f}{float(rr[1]):>8.0f}{float(rr[2]):>8.0f}{float(rr[3]):>6.0f}{float(rr[4]):>15.2f}{float(ow[0]):>16.0f}")
 g_rr, g_ow = rows["gantry"]
-best_rr = max(others, key=lambda n: float(rows[n][0][0]))
-best_ow = max(others, key=lambda n: float(rows[n][1][0]))
-print(f"gantry / best: rr x{float(g_rr[0]) / float(rows[best_rr][0][0]):.2f} of {best_rr} "
-      f"(p99 x{float(g_rr[2]) / max(float(rows[best_rr][0][2]), 1):.2f}), "
-      f"oneway x{float(g_ow[0]) / max(float(rows[best_ow][1][0]), 1):.2f} of {best_ow}")
+ratio = lambda x, y: float(x) / max(float(y), 1e-9)
+for other in (n for n in rows if n != "gantry"):
+    o_rr, o_ow = rows[other]
+    print(f"gantry / {other}: rr x{ratio(g_rr[0], o_rr[0]):.2f}, p99 x{ratio(g_rr[2], o_rr[2]):.2f}, "
+          f"cpu/answer x{ratio(g_rr[4], o_rr[4]):.2f}, oneway x{ratio(g_ow[0], o_ow[0]):.2f}")
 EOF

@@ -288,37 +288,55 @@ impl Flow {
         self.last_datagram() + timeout
     }
 
-    /// Relays one client datagram to the backend (`scratch` holds header and datagram when
-    /// a PROXY header goes first). A socket buffer still full after [`SEND_WAIT`] drops it, as
-    /// the network would, rather than hold up the port's other flows.
-    pub(crate) async fn forward(&self, datagram: &[u8], scratch: &mut Vec<u8>, live: &Live) {
-        let bytes = match &live.header {
-            Some(header) => {
-                scratch.clear();
-                scratch.extend_from_slice(header);
-                scratch.extend_from_slice(datagram);
-                &scratch[..]
+    /// Relays one client datagram to the backend now (`scratch` holds header and datagram
+    /// when a PROXY header goes first). `false` when the socket's buffer is full: then
+    /// [`Flow::forward`] waits for room.
+    pub(crate) fn try_forward(&self, datagram: &[u8], scratch: &mut Vec<u8>, live: &Live) -> bool {
+        match self.upstream.try_send(with_header(datagram, scratch, live)) {
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => false,
+            sent => {
+                self.forwarded(datagram, sent.is_ok(), live);
+                true
             }
-            None => datagram,
-        };
-        // At once when the socket has room, as it nearly always has; else wait a little.
-        let sent = match self.upstream.try_send(bytes) {
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                tokio::time::timeout(SEND_WAIT, self.upstream.send(bytes))
-                    .await
-                    .unwrap_or(Err(err))
-            }
-            sent => sent,
-        };
-        match sent {
-            Ok(_) => {
-                let m = &live.backend.metrics;
-                m.datagrams_received.inc();
-                m.bytes_received.inc_by(datagram.len() as u64);
-                self.touch();
-            }
-            Err(_) => live.route.metrics.udp_dropped(UdpDrop::SendFailed),
         }
+    }
+
+    /// Relays one client datagram to the backend, waiting for room in the socket's buffer up
+    /// to [`SEND_WAIT`]; still full then, the datagram is dropped, as the network would drop
+    /// it, rather than hold up the port's other flows.
+    pub(crate) async fn forward(&self, datagram: &[u8], scratch: &mut Vec<u8>, live: &Live) {
+        if self.try_forward(datagram, scratch, live) {
+            return;
+        }
+        let bytes = with_header(datagram, scratch, live);
+        let sent = tokio::time::timeout(SEND_WAIT, self.upstream.send(bytes)).await;
+        self.forwarded(datagram, matches!(sent, Ok(Ok(_))), live);
+    }
+
+    /// Counts a datagram relayed to the backend, or dropped.
+    fn forwarded(&self, datagram: &[u8], sent: bool, live: &Live) {
+        if sent {
+            let m = &live.backend.metrics;
+            m.datagrams_received.inc();
+            m.bytes_received.inc_by(datagram.len() as u64);
+            self.touch();
+        } else {
+            live.route.metrics.udp_dropped(UdpDrop::SendFailed);
+        }
+    }
+}
+
+/// The datagram as it goes to the backend: after the flow's PROXY header, if it has one
+/// (assembled in `scratch`).
+fn with_header<'a>(datagram: &'a [u8], scratch: &'a mut Vec<u8>, live: &Live) -> &'a [u8] {
+    match &live.header {
+        Some(header) => {
+            scratch.clear();
+            scratch.extend_from_slice(header);
+            scratch.extend_from_slice(datagram);
+            &scratch[..]
+        }
+        None => datagram,
     }
 }
 

@@ -11,6 +11,7 @@
 //! binding a second one beside it. [`relay`] moves the datagrams; [`transfer`] hands a port's
 //! flows to a new process at an upgrade.
 
+mod batch;
 pub(crate) mod flows;
 pub(crate) mod port;
 pub(crate) mod relay;

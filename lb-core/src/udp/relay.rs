@@ -10,7 +10,8 @@ use lb_policy::{hash_key, Outcome, PickContext};
 use tokio::io::{Interest, Ready};
 use tokio::net::UdpSocket;
 
-use super::flows::{Flow, FlowOwner};
+use super::batch::read_available;
+use super::flows::{Flow, FlowOwner, Live};
 use super::port::UdpPort;
 use crate::metrics::UdpDrop;
 use crate::pool::attempt::{self, Attempts};
@@ -34,42 +35,121 @@ pub(crate) fn proxy_header(
         .map(|_| proxy_protocol::datagram_header(client, local))
 }
 
-/// Receives the port's datagrams until it closes.
+/// Client datagrams read from a port's socket in one call.
+const DATAGRAMS_PER_READ: usize = 8;
+
+thread_local! {
+    /// Where a worker thread reads client datagrams: buffers per thread, not per port, so a
+    /// port costs no buffer of its own however many there are.
+    static RECEIVE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> =
+        std::cell::RefCell::new(vec![vec![0; RECEIVE_BUFFER]; DATAGRAMS_PER_READ]);
+}
+
+/// A client datagram that needs waiting for: it starts a flow, or its flow's socket is full.
+struct Later {
+    client: SocketAddr,
+    datagram: Vec<u8>,
+    to: Option<(Arc<Flow>, Live)>,
+}
+
+/// Receives the port's datagrams until it closes: each read takes what the socket holds (up
+/// to [`DATAGRAMS_PER_READ`] datagrams) and relays those of flows that exist at once; the
+/// few that need waiting (a new flow's first, one meeting a full socket) are copied and
+/// relayed after.
 pub(crate) async fn receive(port: Arc<UdpPort>) {
     if !port.may_read().await {
         return;
     }
-    let mut buffer = vec![0u8; RECEIVE_BUFFER];
-    let mut scratch = Vec::with_capacity(RECEIVE_BUFFER + 64);
+    // Assembles a PROXY header and a datagram; it grows only on ports that send headers.
+    let mut scratch = Vec::new();
+    let mut later = Vec::new();
     // Made once: a cancellation future registers with its token (under a lock) when first
     // polled and leaves when dropped, which per datagram would cost two locks for nothing.
     let closed = port.closed.cancelled();
     let stop_reading = port.stop_reading.cancelled();
     tokio::pin!(closed, stop_reading);
     loop {
-        let received = tokio::select! {
+        tokio::select! {
             biased;
-            received = port.socket.recv_from(&mut buffer) => received,
+            readable = port.socket.readable() => if readable.is_err() { return },
             () = &mut closed => return,
             () = &mut stop_reading => return,
         };
-        match received {
-            Ok((len, client)) => deliver(&port, client, &buffer[..len], &mut scratch).await,
-            // An ICMP error from an earlier send, or a transient failure: the socket goes on.
-            Err(_) => continue,
+        RECEIVE_BUFFERS.with(|buffers| match buffers.try_borrow_mut() {
+            Ok(mut buffers) => read_and_relay(&port, &mut buffers, &mut scratch, &mut later),
+            // Not reentrant; should it ever be, buffers of its own.
+            Err(_) => read_and_relay(
+                &port,
+                &mut vec![vec![0; RECEIVE_BUFFER]; DATAGRAMS_PER_READ],
+                &mut scratch,
+                &mut later,
+            ),
+        });
+        for Later {
+            client,
+            datagram,
+            to,
+        } in later.drain(..)
+        {
+            match to {
+                Some((flow, live)) => flow.forward(&datagram, &mut scratch, &live).await,
+                None => start_with(&port, client, &datagram, &mut scratch).await,
+            }
         }
     }
 }
 
-/// Hands one client datagram to its flow, or starts a flow for it.
-async fn deliver(port: &Arc<UdpPort>, client: SocketAddr, datagram: &[u8], scratch: &mut Vec<u8>) {
+/// One read of the port's socket, and what can be relayed at once.
+fn read_and_relay(
+    port: &Arc<UdpPort>,
+    buffers: &mut [Vec<u8>],
+    scratch: &mut Vec<u8>,
+    later: &mut Vec<Later>,
+) {
+    let mut slices: Vec<&mut [u8]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
+    let mut received = Vec::with_capacity(DATAGRAMS_PER_READ);
+    // An error is an ICMP error from an earlier send, or a transient failure: the socket goes
+    // on.
+    if read_available(&port.socket, Interest::READABLE, &mut slices, &mut received).is_err() {
+        return;
+    }
+    for (buffer, datagram) in slices.iter().zip(&received) {
+        let Some(client) = datagram.from else {
+            continue;
+        };
+        let bytes = &buffer[..datagram.len];
+        // Behind a datagram of the same client that waits, this one waits too: a flow's
+        // datagrams keep their order.
+        if later.iter().any(|waiting| waiting.client == client) {
+            later.push(Later {
+                client,
+                datagram: bytes.to_vec(),
+                to: None,
+            });
+        } else if let Some(wait) = relay_now(port, client, bytes, scratch) {
+            later.push(wait);
+        }
+    }
+}
+
+/// Relays a client datagram to its flow now; what needs waiting for is returned.
+fn relay_now(
+    port: &Arc<UdpPort>,
+    client: SocketAddr,
+    datagram: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Option<Later> {
     if let Some(flow) = port.flows.get(&client) {
         match flow.live() {
             Some(live) => {
-                if fits(&live.route, datagram) {
-                    flow.forward(datagram, scratch, &live).await;
+                if !fits(&live.route, datagram) || flow.try_forward(datagram, scratch, &live) {
+                    return None;
                 }
-                return;
+                return Some(Later {
+                    client,
+                    datagram: datagram.to_vec(),
+                    to: Some((flow, live)),
+                });
             }
             None => {
                 // Its backend left the set or is unhealthy: this datagram starts a new flow.
@@ -77,6 +157,32 @@ async fn deliver(port: &Arc<UdpPort>, client: SocketAddr, datagram: &[u8], scrat
                 port.flows.remove(&flow);
             }
         }
+    }
+    Some(Later {
+        client,
+        datagram: datagram.to_vec(),
+        to: None,
+    })
+}
+
+/// Relays a client datagram that waited to its flow, starting the flow if it has none (or
+/// saying, by counting, why not).
+async fn start_with(
+    port: &Arc<UdpPort>,
+    client: SocketAddr,
+    datagram: &[u8],
+    scratch: &mut Vec<u8>,
+) {
+    // A datagram that waited behind another of its client's may find the flow started since.
+    if let Some(flow) = port.flows.get(&client) {
+        if let Some(live) = flow.live() {
+            if fits(&live.route, datagram) {
+                flow.forward(datagram, scratch, &live).await;
+            }
+            return;
+        }
+        flow.done.cancel();
+        port.flows.remove(&flow);
     }
     let Some(owner) = port.serving() else {
         return;
@@ -197,22 +303,29 @@ pub(crate) async fn pump(flow: Arc<Flow>, port: Arc<UdpPort>) {
             // An ICMP refusal is an error event without data: wait for both.
             ready = flow.upstream.ready(Interest::READABLE | Interest::ERROR) => {
                 let Ok(ready) = ready else { break };
-                let sent = match relay_reply(&flow.upstream, ready, &port.socket, flow.client) {
-                    Reply::Nothing => continue,
-                    Reply::Refused => {
+                let replies = match relay_replies(&flow.upstream, ready, &port.socket, flow.client) {
+                    Ok(replies) => replies,
+                    Err(_) => {
                         // The ICMP answer to a datagram nothing took at the backend's port;
                         // the flow waits for the next datagram, or its idle timeout.
                         route.pool.observe(&backend, Outcome::ConnectFailed);
                         continue;
                     }
-                    Reply::Sent(len) => Some(len),
-                    Reply::Lost => None,
-                    Reply::Waiting(reply) => port.socket.send_to(&reply, flow.client).await.ok(),
                 };
-                if let Some(len) = sent {
-                    let m = &backend.metrics;
-                    m.datagrams_sent.inc();
-                    m.bytes_sent.inc_by(len as u64);
+                if replies.is_empty() {
+                    continue;
+                }
+                for reply in replies {
+                    let sent = match reply {
+                        Reply::Sent(len) => Some(len),
+                        Reply::Lost => None,
+                        Reply::Waiting(reply) => port.socket.send_to(&reply, flow.client).await.ok(),
+                    };
+                    if let Some(len) = sent {
+                        let m = &backend.metrics;
+                        m.datagrams_sent.inc();
+                        m.bytes_sent.inc_by(len as u64);
+                    }
                 }
                 if !answered {
                     answered = true;
@@ -239,12 +352,8 @@ pub(crate) async fn pump(flow: Arc<Flow>, port: Arc<UdpPort>) {
     flow.unbind();
 }
 
-/// What became of one read from a flow's upstream socket.
+/// What became of one reply read from a flow's upstream socket.
 enum Reply {
-    /// The readiness was stale: nothing to read.
-    Nothing,
-    /// The backend's host refused an earlier datagram (ICMP port unreachable).
-    Refused,
     /// Relayed to the client at once, this many bytes.
     Sent(usize),
     /// The port's send buffer is full: the reply, copied to its size, waits for room.
@@ -254,37 +363,68 @@ enum Reply {
     Lost,
 }
 
-/// Reads one datagram from `upstream` and relays it to `client` without waiting. The buffer
-/// lives only for this call, so a waiting flow holds none; only a reply that meets a full send
-/// buffer is copied, to its exact size.
-fn relay_reply(
+/// Replies read from one flow's upstream socket in one call. A flow usually has one reply
+/// waiting: two buffers are enough to learn in the same call that it was the only one.
+const REPLIES_PER_READ: usize = 2;
+
+thread_local! {
+    /// Where a worker thread reads replies: buffers per thread, not per flow (a waiting flow
+    /// holds none) and not per reply (zeroing 64 KiB for each reply cost a tenth of the CPU
+    /// of a request/response load).
+    static REPLY_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> =
+        std::cell::RefCell::new(vec![vec![0; RECEIVE_BUFFER]; REPLIES_PER_READ]);
+}
+
+/// Reads the replies `upstream` holds now (an error: the backend's host refused an earlier
+/// datagram) and relays each to `client` without waiting; only a reply that meets a full send
+/// buffer is copied, to its exact size. No reply at all means the readiness was stale.
+fn relay_replies(
     upstream: &UdpSocket,
     ready: Ready,
     socket: &UdpSocket,
     client: SocketAddr,
-) -> Reply {
-    let mut buffer = [0u8; RECEIVE_BUFFER];
-    // Not `try_recv`: it only reads on read readiness, and an ICMP refusal is an error event
-    // alone, which must be read (and so cleared) too. `try_io` takes one interest at a time
-    // (a combined one matches nothing).
+) -> std::io::Result<Vec<Reply>> {
+    REPLY_BUFFERS.with(|buffers| match buffers.try_borrow_mut() {
+        Ok(mut buffers) => relay_replies_through(upstream, ready, socket, client, &mut buffers),
+        // Not reentrant; should it ever be, buffers of its own.
+        Err(_) => relay_replies_through(
+            upstream,
+            ready,
+            socket,
+            client,
+            &mut vec![vec![0; RECEIVE_BUFFER]; REPLIES_PER_READ],
+        ),
+    })
+}
+
+fn relay_replies_through(
+    upstream: &UdpSocket,
+    ready: Ready,
+    socket: &UdpSocket,
+    client: SocketAddr,
+    buffers: &mut [Vec<u8>],
+) -> std::io::Result<Vec<Reply>> {
+    // An ICMP refusal is an error event alone, which must be read (and so cleared) too;
+    // `try_io` takes one interest at a time (a combined one matches nothing).
     let interest = if ready.is_readable() {
         Interest::READABLE
     } else {
         Interest::ERROR
     };
-    let received = upstream.try_io(interest, || {
-        std::io::Read::read(&mut &*socket2::SockRef::from(upstream), &mut buffer)
-    });
-    let len = match received {
-        Ok(len) => len,
-        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Reply::Nothing,
-        Err(_) => return Reply::Refused,
-    };
-    match socket.try_send_to(&buffer[..len], client) {
-        Ok(_) => Reply::Sent(len),
-        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-            Reply::Waiting(buffer[..len].to_vec())
-        }
-        Err(_) => Reply::Lost,
-    }
+    let mut slices: Vec<&mut [u8]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
+    let mut received = Vec::with_capacity(REPLIES_PER_READ);
+    read_available(upstream, interest, &mut slices, &mut received)?;
+    Ok(slices
+        .iter()
+        .zip(received.iter().map(|datagram| datagram.len))
+        .map(
+            |(buffer, len)| match socket.try_send_to(&buffer[..len], client) {
+                Ok(_) => Reply::Sent(len),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    Reply::Waiting(buffer[..len].to_vec())
+                }
+                Err(_) => Reply::Lost,
+            },
+        )
+        .collect())
 }
