@@ -52,6 +52,12 @@ pub fn started_to_take_over() -> bool {
     std::env::var_os(TAKEOVER_ENV).is_some_and(|v| v == "1")
 }
 
+/// Whether this process was started by a Gantry from before the control socket (its new
+/// process binds beside it and reports ready on a socket it names).
+pub fn started_by_a_legacy_parent() -> bool {
+    std::env::var_os(LEGACY_HANDOVER_SOCKET).is_some()
+}
+
 /// Reports that this process serves, to the service manager (nothing without `NOTIFY_SOCKET`).
 /// A process started by SIGUSR2 does not: its parent tells the manager once the takeover is
 /// done. A child of a Gantry from before the control socket reports to that parent instead. A

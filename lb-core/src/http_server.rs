@@ -18,13 +18,17 @@ use crate::connection::pingora_stream;
 pub struct BoundServer {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// Bound here, not handed over by another process.
+    fresh: bool,
 }
 
 impl BoundServer {
     /// Binds `address`, with port reuse as Gantry's ports.
     pub async fn bind(address: SocketAddr) -> std::io::Result<BoundServer> {
         let socket = crate::listener::bound_socket(address, socket2::Type::STREAM, false)?;
-        Self::listen(socket)
+        let mut bound = Self::listen(socket)?;
+        bound.fresh = true;
+        Ok(bound)
     }
 
     /// Serves on a socket that is bound already (handed over by another process).
@@ -34,7 +38,18 @@ impl BoundServer {
         Ok(BoundServer {
             listener,
             local_addr,
+            fresh: false,
         })
+    }
+
+    /// The address bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Whether the socket was bound here rather than handed over.
+    pub fn fresh(&self) -> bool {
+        self.fresh
     }
 
     /// Serves `app` until stopped.

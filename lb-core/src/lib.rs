@@ -26,6 +26,7 @@ pub mod logging;
 pub mod metrics;
 mod passthrough;
 pub mod pool;
+pub mod ports;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod route;

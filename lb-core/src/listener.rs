@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::connection::{self, ListenerShared};
 use crate::http::{AppKey, HttpApps};
 use crate::limiter::ConnLimiter;
+use crate::ports::Transport;
 use crate::route::{Route, RouteCell};
 use crate::sockets::{SocketKind, Sockets};
 use crate::tls::TlsEndpoint;
@@ -45,6 +46,8 @@ pub(crate) struct Listener {
     /// The shared HTTP apps, and the routes they find requests' listeners by.
     apps: Arc<HttpApps>,
     socket: Option<Bound>,
+    /// The socket was bound here, not taken over (from a draining port or a predecessor).
+    fresh: bool,
     accept_task: Option<tokio::task::JoinHandle<()>>,
     /// The listening socket, shared with the accept loop, while it accepts.
     listening: Option<Arc<TcpListener>>,
@@ -70,6 +73,7 @@ impl Listener {
         tls: Option<Arc<TlsEndpoint>>,
         sockets: &Sockets,
     ) -> std::io::Result<Listener> {
+        let mut fresh = false;
         let (socket, local_addr) = if route.port.protocol.is_udp() {
             let hold = match sockets.udp.find(bind) {
                 Some(hold) => hold,
@@ -77,7 +81,10 @@ impl Listener {
                     Some(fd) => UdpPort::open_handed_over(tokio::net::UdpSocket::from_std(
                         std::net::UdpSocket::from(fd),
                     )?)?,
-                    None => UdpPort::open(crate::udp::bind(bind, freebind)?)?,
+                    None => {
+                        fresh = true;
+                        UdpPort::open(crate::udp::bind(bind, freebind)?)?
+                    }
                 },
             };
             let local = hold.port().local;
@@ -86,7 +93,10 @@ impl Listener {
             let socket = match sockets.take_inherited(SocketKind::Tcp, bind) {
                 // Listening already; listening again (at start) only sets the backlog.
                 Some(fd) => socket2::Socket::from(fd),
-                None => bind_socket(bind, freebind)?,
+                None => {
+                    fresh = true;
+                    bind_socket(bind, freebind)?
+                }
             };
             let local = socket
                 .local_addr()?
@@ -113,6 +123,7 @@ impl Listener {
             http_app,
             apps: apps.clone(),
             socket: Some(socket),
+            fresh,
             accept_task: None,
             listening: None,
             udp: None,
@@ -162,6 +173,16 @@ impl Listener {
         };
         self.accept_task = Some(task);
         tracing::info!(service = %self.key.service, port = %self.key.port, address = %self.local_addr, "listening");
+    }
+
+    /// The socket this listener bound itself, not yet serving: checked against other
+    /// processes' sockets before it serves ([`crate::ports`]).
+    pub(crate) fn freshly_bound(&self) -> Option<(Transport, SocketAddr)> {
+        match (&self.socket, self.fresh) {
+            (Some(Bound::Tcp(_)), true) => Some((Transport::Tcp, self.local_addr)),
+            (Some(Bound::Udp(_)), true) => Some((Transport::Udp, self.local_addr)),
+            _ => None,
+        }
     }
 
     /// The listening socket of a TCP port while it accepts (to hand to a successor).

@@ -31,6 +31,23 @@ use crate::tls::TlsEndpoint;
 /// Why a model could not be applied; the running model keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// A port's address and port are held by another process: binding beside it would share
+    /// them (the kernel lets sockets of one user with `SO_REUSEPORT` do that).
+    #[error(
+        "{address}/{transport} is already held by {holder}: Gantry shares a port only with the \
+         Gantry it takes over from. Stop that process, or if it is a Gantry to replace, start \
+         this one with --takeover (and its --control-socket)"
+    )]
+    PortHeld {
+        /// The port (none: the admin endpoint).
+        key: Option<ListenerKey>,
+        /// The address this configuration binds.
+        address: SocketAddr,
+        /// Its protocol.
+        transport: crate::ports::Transport,
+        /// The other socket and its process.
+        holder: Box<crate::ports::Holder>,
+    },
     /// A port's socket could not be bound.
     #[error("cannot listen on {address} for {key}: {source}")]
     Bind {
@@ -220,6 +237,7 @@ impl Gantry {
                 | Change::AdminTokenChanged => {}
             }
         }
+        check_ports_held_elsewhere(&plan)?;
         Ok(plan)
     }
 
@@ -481,4 +499,39 @@ fn port_of<'a>(model: &'a Model, key: &ListenerKey) -> &'a Port {
     model
         .port(key)
         .expect("the diff names only ports present in the new model")
+}
+
+/// Fails if a socket the plan bound shares its port with another process's ([`crate::ports`]):
+/// the plan is dropped then, and its sockets close before they listen or serve.
+fn check_ports_held_elsewhere(plan: &Plan) -> Result<(), ApplyError> {
+    // A Gantry from before the control socket hands over by letting its new process bind
+    // beside it: its sockets are shared on purpose then.
+    if crate::handover::started_by_a_legacy_parent() {
+        return Ok(());
+    }
+    let mut bound: Vec<_> = plan
+        .starts
+        .iter()
+        .filter_map(|(listener, _)| {
+            let (transport, address) = listener.freshly_bound()?;
+            Some((transport, address, Some(listener.key().clone())))
+        })
+        .collect();
+    if let Some(admin) = plan.admin.as_ref().filter(|admin| admin.fresh()) {
+        bound.push((crate::ports::Transport::Tcp, admin.local_addr(), None));
+    }
+    let wanted: Vec<_> = bound.iter().map(|(t, a, _)| (*t, *a)).collect();
+    let Some((transport, holder)) = crate::ports::held_elsewhere(&wanted) else {
+        return Ok(());
+    };
+    let (address, key) = bound
+        .into_iter()
+        .find(|(t, a, _)| *t == transport && a.port() == holder.address.port())
+        .map_or((holder.address, None), |(_, a, key)| (a, key));
+    Err(ApplyError::PortHeld {
+        key,
+        address,
+        transport,
+        holder: Box::new(holder),
+    })
 }

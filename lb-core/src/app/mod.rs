@@ -134,6 +134,18 @@ impl Gantry {
                 address: model.admin.listen,
                 source,
             })?;
+        if admin.fresh() && !crate::handover::started_by_a_legacy_parent() {
+            let address = admin.local_addr();
+            let held = crate::ports::held_elsewhere(&[(crate::ports::Transport::Tcp, address)]);
+            if let Some((transport, holder)) = held {
+                return Err(ApplyError::PortHeld {
+                    key: None,
+                    address,
+                    transport,
+                    holder: Box::new(holder),
+                });
+            }
+        }
         gantry.set_admin(gantry.serve_admin(admin));
         if let Err(err) = gantry.apply(model).await {
             gantry.stop_admin().await;

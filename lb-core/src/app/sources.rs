@@ -170,6 +170,7 @@ fn blames(error: &ApplyError, candidate: &Candidate) -> bool {
     };
     match error {
         ApplyError::Bind { key, .. } | ApplyError::Tls { key, .. } => named(&key.service),
+        ApplyError::PortHeld { key, .. } => key.as_ref().is_some_and(|key| named(&key.service)),
         ApplyError::Policy(policy) => policy.origin.starts_with(&candidate.origin.to_string()),
         ApplyError::Admin { .. } | ApplyError::Plugins(_) => false,
     }

@@ -6,6 +6,7 @@
 //! found it empty (its readiness is cleared only if no new event came meanwhile, so a datagram
 //! arriving right then still wakes the reader).
 
+use std::cell::RefCell;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -13,6 +14,36 @@ use std::os::fd::AsRawFd;
 use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+
+/// Room for the largest datagram, and one byte to tell a larger one.
+pub(crate) const DATAGRAM_ROOM: usize = 65_536;
+
+thread_local! {
+    /// The worker thread's datagram buffers: per thread, not per port or flow (a port or a
+    /// waiting flow holds none, however many there are) and not per read (zeroing 64 KiB for
+    /// each reply once cost a tenth of the CPU of a request/response load).
+    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `read` with `count` datagram buffers of the worker thread (ones of its own, should it
+/// ever be called from within itself).
+pub(crate) fn with_buffers<R>(count: usize, read: impl FnOnce(&mut [&mut [u8]]) -> R) -> R {
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => {
+            while buffers.len() < count {
+                buffers.push(vec![0; DATAGRAM_ROOM]);
+            }
+            let mut slices: Vec<&mut [u8]> =
+                buffers.iter_mut().take(count).map(|b| &mut b[..]).collect();
+            read(&mut slices)
+        }
+        Err(_) => {
+            let mut own = vec![vec![0; DATAGRAM_ROOM]; count];
+            let mut slices: Vec<&mut [u8]> = own.iter_mut().map(|b| &mut b[..]).collect();
+            read(&mut slices)
+        }
+    })
+}
 
 /// Reads the datagrams `socket` holds now into `buffers` (at most one each); `received` gets
 /// each one's size and sender, in order. `Ok` with none read means nothing was there (tokio

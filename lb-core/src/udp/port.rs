@@ -122,6 +122,11 @@ impl UdpPort {
     /// it from now on) and waits until it has.
     pub(crate) async fn stop_receiving(&self) {
         self.stop_reading.cancel();
+        self.receive_loop_ended().await;
+    }
+
+    /// Waits for the receive loop (told to stop) to return.
+    async fn receive_loop_ended(&self) {
         let receiving = self
             .receiving
             .lock()
@@ -168,14 +173,7 @@ impl PortHold {
         if !port.closed.is_cancelled() {
             return;
         }
-        let receiving = port
-            .receiving
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = receiving {
-            let _ = task.await;
-        }
+        port.receive_loop_ended().await;
         port.tasks.close();
         port.tasks.wait().await;
     }

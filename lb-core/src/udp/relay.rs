@@ -10,18 +10,13 @@ use lb_policy::{hash_key, Outcome, PickContext};
 use tokio::io::{Interest, Ready};
 use tokio::net::UdpSocket;
 
-use super::batch::read_available;
+use super::batch::{read_available, with_buffers};
 use super::flows::{Flow, FlowOwner, Live};
 use super::port::UdpPort;
 use crate::metrics::UdpDrop;
 use crate::pool::attempt::{self, Attempts};
 use crate::proxy_protocol;
 use crate::route::Route;
-
-/// Room for the largest datagram, and one byte to tell a larger one. The port's receive loop
-/// keeps one; a flow uses one only while it reads (on the stack, not held while it waits), so
-/// an idle flow costs its socket and a few hundred bytes.
-pub(crate) const RECEIVE_BUFFER: usize = 65_536;
 
 /// The PROXY v2 header `route`'s port sends before each datagram of `client` to `local`.
 pub(crate) fn proxy_header(
@@ -37,13 +32,6 @@ pub(crate) fn proxy_header(
 
 /// Client datagrams read from a port's socket in one call.
 const DATAGRAMS_PER_READ: usize = 8;
-
-thread_local! {
-    /// Where a worker thread reads client datagrams: buffers per thread, not per port, so a
-    /// port costs no buffer of its own however many there are.
-    static RECEIVE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> =
-        std::cell::RefCell::new(vec![vec![0; RECEIVE_BUFFER]; DATAGRAMS_PER_READ]);
-}
 
 /// A client datagram that needs waiting for: it starts a flow, or its flow's socket is full.
 struct Later {
@@ -75,15 +63,8 @@ pub(crate) async fn receive(port: Arc<UdpPort>) {
             () = &mut closed => return,
             () = &mut stop_reading => return,
         };
-        RECEIVE_BUFFERS.with(|buffers| match buffers.try_borrow_mut() {
-            Ok(mut buffers) => read_and_relay(&port, &mut buffers, &mut scratch, &mut later),
-            // Not reentrant; should it ever be, buffers of its own.
-            Err(_) => read_and_relay(
-                &port,
-                &mut vec![vec![0; RECEIVE_BUFFER]; DATAGRAMS_PER_READ],
-                &mut scratch,
-                &mut later,
-            ),
+        with_buffers(DATAGRAMS_PER_READ, |buffers| {
+            read_and_relay(&port, buffers, &mut scratch, &mut later)
         });
         for Later {
             client,
@@ -102,18 +83,17 @@ pub(crate) async fn receive(port: Arc<UdpPort>) {
 /// One read of the port's socket, and what can be relayed at once.
 fn read_and_relay(
     port: &Arc<UdpPort>,
-    buffers: &mut [Vec<u8>],
+    buffers: &mut [&mut [u8]],
     scratch: &mut Vec<u8>,
     later: &mut Vec<Later>,
 ) {
-    let mut slices: Vec<&mut [u8]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
     let mut received = Vec::with_capacity(DATAGRAMS_PER_READ);
     // An error is an ICMP error from an earlier send, or a transient failure: the socket goes
     // on.
-    if read_available(&port.socket, Interest::READABLE, &mut slices, &mut received).is_err() {
+    if read_available(&port.socket, Interest::READABLE, buffers, &mut received).is_err() {
         return;
     }
-    for (buffer, datagram) in slices.iter().zip(&received) {
+    for (buffer, datagram) in buffers.iter().zip(&received) {
         let Some(client) = datagram.from else {
             continue;
         };
@@ -367,14 +347,6 @@ enum Reply {
 /// waiting: two buffers are enough to learn in the same call that it was the only one.
 const REPLIES_PER_READ: usize = 2;
 
-thread_local! {
-    /// Where a worker thread reads replies: buffers per thread, not per flow (a waiting flow
-    /// holds none) and not per reply (zeroing 64 KiB for each reply cost a tenth of the CPU
-    /// of a request/response load).
-    static REPLY_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> =
-        std::cell::RefCell::new(vec![vec![0; RECEIVE_BUFFER]; REPLIES_PER_READ]);
-}
-
 /// Reads the replies `upstream` holds now (an error: the backend's host refused an earlier
 /// datagram) and relays each to `client` without waiting; only a reply that meets a full send
 /// buffer is copied, to its exact size. No reply at all means the readiness was stale.
@@ -384,16 +356,8 @@ fn relay_replies(
     socket: &UdpSocket,
     client: SocketAddr,
 ) -> std::io::Result<Vec<Reply>> {
-    REPLY_BUFFERS.with(|buffers| match buffers.try_borrow_mut() {
-        Ok(mut buffers) => relay_replies_through(upstream, ready, socket, client, &mut buffers),
-        // Not reentrant; should it ever be, buffers of its own.
-        Err(_) => relay_replies_through(
-            upstream,
-            ready,
-            socket,
-            client,
-            &mut vec![vec![0; RECEIVE_BUFFER]; REPLIES_PER_READ],
-        ),
+    with_buffers(REPLIES_PER_READ, |buffers| {
+        relay_replies_through(upstream, ready, socket, client, buffers)
     })
 }
 
@@ -402,7 +366,7 @@ fn relay_replies_through(
     ready: Ready,
     socket: &UdpSocket,
     client: SocketAddr,
-    buffers: &mut [Vec<u8>],
+    buffers: &mut [&mut [u8]],
 ) -> std::io::Result<Vec<Reply>> {
     // An ICMP refusal is an error event alone, which must be read (and so cleared) too;
     // `try_io` takes one interest at a time (a combined one matches nothing).
@@ -411,10 +375,9 @@ fn relay_replies_through(
     } else {
         Interest::ERROR
     };
-    let mut slices: Vec<&mut [u8]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
     let mut received = Vec::with_capacity(REPLIES_PER_READ);
-    read_available(upstream, interest, &mut slices, &mut received)?;
-    Ok(slices
+    read_available(upstream, interest, buffers, &mut received)?;
+    Ok(buffers
         .iter()
         .zip(received.iter().map(|datagram| datagram.len))
         .map(

@@ -35,11 +35,7 @@ fn a_second_gantry_with_takeover_takes_the_ports_over_and_the_first_drains_and_e
     Netns::create("upgrade").run(|| async {
         let origin = HttpOrigin::start("origin", OriginProtocol::Http1).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let first_config = dir.path().join("first.yaml");
-        std::fs::write(&first_config, config(0, origin.addr)).expect("write");
-        let mut first = Running::start(&first_config);
-        let proxy = first.address("listening").await;
-        first.log("ready").await;
+        let (mut first, proxy) = first_gantry(dir.path(), origin.addr).await;
         let load = Load::start(proxy);
         load.answered(REQUESTS_PER_PHASE).await;
         let keep_alive =
@@ -81,22 +77,11 @@ fn a_second_gantry_without_takeover_refuses_to_start_and_names_the_first() {
         let first_pid = first.child.id().expect("pid");
 
         let mut second = Running::start_with(&config_path, &first.control_socket, &[], &[]);
-        let refusal = second.log_starting("cannot start: ").await;
-        let message = refusal["message"].as_str().unwrap_or_default().to_owned();
-        for expected in [
-            format!(
-                "another gantry (pid {first_pid}, configuration {}",
-                config_path.display()
-            ),
-            "--takeover".to_owned(),
-        ] {
-            assert!(message.contains(&expected), "{expected:?} in {message:?}");
-        }
-        let exit = tokio::time::timeout(Duration::from_secs(30), second.child.wait())
-            .await
-            .expect("the second process exits")
-            .expect("wait");
-        assert_eq!(exit.code(), Some(1), "it fails: {exit}");
+        let named = format!(
+            "another gantry (pid {first_pid}, configuration {}",
+            config_path.display()
+        );
+        refuses_to_start(&mut second, &named).await;
         // It took none of the first's port: every connection is the first's.
         let proxy = SocketAddr::from(([127, 0, 0, 1], port));
         let load = Load::start(proxy);
@@ -170,6 +155,56 @@ fn sigusr2_hands_over_to_a_new_process_and_tells_the_service_manager() {
         );
         successor.stop().await;
     });
+}
+
+/// Two Gantries with control sockets of their own are two on purpose, but a port is still
+/// not theirs to share: the second finds the first's socket on the port (the kernel would let
+/// it bind beside, `SO_REUSEPORT`) and refuses to start, naming the process.
+#[test]
+fn a_second_gantry_with_a_control_socket_of_its_own_still_refuses_a_port_the_first_holds() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let origin = HttpOrigin::start("origin", OriginProtocol::Http1).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut first, proxy) = first_gantry(dir.path(), origin.addr).await;
+        let first_pid = first.child.id().expect("pid");
+
+        let second_config = dir.path().join("second.yaml");
+        std::fs::write(&second_config, config(proxy.port(), origin.addr)).expect("write");
+        let mut second = Running::start(&second_config);
+        let named = format!("{proxy}/tcp is already held by gantry (pid {first_pid})");
+        refuses_to_start(&mut second, &named).await;
+        let load = Load::start(proxy);
+        load.answered(REQUESTS_PER_PHASE).await;
+        load.stop_without_failures().await;
+        first.signal("TERM");
+        exits_cleanly(&mut first.child, "the first process").await;
+    });
+}
+
+/// A `gantry` serving one HTTP port (on an ephemeral port) to `origin`, once ready, and the
+/// port's address.
+async fn first_gantry(dir: &std::path::Path, origin: SocketAddr) -> (Running, SocketAddr) {
+    let first_config = dir.join("first.yaml");
+    std::fs::write(&first_config, config(0, origin)).expect("write");
+    let mut first = Running::start(&first_config);
+    let proxy = first.address("listening").await;
+    first.log("ready").await;
+    (first, proxy)
+}
+
+/// `gantry` logs why it cannot start (naming what it says, and how to take over) and exits 1.
+async fn refuses_to_start(gantry: &mut Running, naming: &str) {
+    let refusal = gantry.log_starting("cannot start: ").await;
+    let message = refusal["message"].as_str().unwrap_or_default();
+    for expected in [naming, "--takeover"] {
+        assert!(message.contains(expected), "{expected:?} in {message:?}");
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(30), gantry.child.wait())
+        .await
+        .expect("the process exits")
+        .expect("wait");
+    assert_eq!(exit.code(), Some(1), "it fails: {exit}");
 }
 
 /// One HTTP port on 127.0.0.1:`port` to `origin`, and the admin endpoint on a port of its own.
