@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use super::wire::{Connection, WireError};
 use super::{Message, TakeoverError};
 use crate::app::Gantry;
-use crate::sockets::Inherited;
+use crate::sockets::{Inherited, SocketKind};
 use crate::udp::HandedFlow;
 
 /// The running Gantry, as found on its control socket.
@@ -82,6 +82,7 @@ impl Predecessor {
                         .into());
                     }
                     for ((kind, address), fd) in sockets.into_iter().zip(fds) {
+                        check_handed_socket(kind, address, &fd)?;
                         inherited.add(kind, address, fd);
                     }
                 }
@@ -115,6 +116,28 @@ impl Predecessor {
             }
         }
     }
+}
+
+/// A handed-over socket is what the predecessor says: of its kind, bound to its address.
+/// Serving a port on a socket of another address would serve it where it is not configured.
+fn check_handed_socket(
+    kind: SocketKind,
+    address: SocketAddr,
+    fd: &std::os::fd::OwnedFd,
+) -> Result<(), TakeoverError> {
+    let socket = socket2::SockRef::from(fd);
+    let actual = socket.local_addr().ok().and_then(|a| a.as_socket());
+    let expected_type = match kind {
+        SocketKind::Udp => socket2::Type::DGRAM,
+        SocketKind::Tcp | SocketKind::Admin => socket2::Type::STREAM,
+    };
+    if actual != Some(address) || socket.r#type().ok() != Some(expected_type) {
+        return Err(WireError::Protocol(format!(
+            "a socket handed over as {kind:?} on {address} is not one (bound to {actual:?})"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 async fn adopt(
