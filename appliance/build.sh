@@ -51,6 +51,8 @@ install -m 0644 appliance/gantry.service "$root/usr/lib/systemd/system/gantry.se
 install -D -m 0644 appliance/files/after-cloud-init.conf \
   "$root/usr/lib/systemd/system/gantry.service.d/appliance.conf"
 install -D -m 0644 appliance/files/gantry.yaml "$root/etc/gantry/gantry.yaml"
+install -m 0644 appliance/files/gantry-admin-token.service \
+  "$root/usr/lib/systemd/system/gantry-admin-token.service"
 # The machine as a load balancer.
 install -m 0644 appliance/files/sysctl.conf "$root/usr/lib/sysctl.d/90-gantry.conf"
 install -m 0644 appliance/files/conntrack.conf "$root/etc/modprobe.d/gantry-conntrack.conf"

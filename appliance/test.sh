@@ -3,7 +3,8 @@
 # with UEFI firmware and a cloud-init NoCloud seed whose user-data configures one HTTP service
 # to an nginx origin on this machine's loopback (the guest reaches it as 10.0.2.2 through
 # QEMU's user-mode network; the appliance's ports come back on 127.0.0.1). Nobody logs in.
-# Checks: a request through the appliance reaches the origin and is counted in /metrics;
+# Checks: a request through the appliance reaches the origin and is counted in /metrics; the
+# admin token made on first boot (0640 root:gantry) guards /config and /metrics;
 # gantry handed over to a new process on SIGUSR2 (systemd follows it) and runs as its own user; the image's sysctls are in force, nf_conntrack is not loaded,
 # no unit failed and the root file system grew to the disk; and the VM powers off cleanly
 # (ACPI) when asked. Software emulation by default (under a minute here), KVM with ACCEL=kvm.
@@ -41,7 +42,7 @@ write_files:
   - path: /etc/gantry/gantry.yaml
     permissions: "0644"
     content: |
-      admin: { listen: "0.0.0.0:9901" }
+      admin: { listen: "0.0.0.0:9901", token_file: /etc/gantry/admin-token }
       services:
         - name: web
           address: 0.0.0.0
@@ -76,6 +77,8 @@ runcmd:
       gantry=\$(systemctl is-active gantry)
       handover=\$handover
       user=\$(stat -c %U /proc/\$pid)
+      token_mode=\$(stat -c %a:%U:%G /etc/gantry/admin-token)
+      admin_token=\$(cat /etc/gantry/admin-token)
       root_mib=\$(df -m --output=size / | tail -n 1 | tr -d ' ')
       failed_units=\$(systemctl list-units --state=failed --no-legend --plain | cut -d' ' -f1 | paste -sd, -)"
       > /dev/ttyS0;
@@ -117,7 +120,7 @@ done
 booted=$(($(date +%s) - started))
 check=$(grep -a 'appliance-check:' "$work/console.log" | tail -n 1 | tr -d '\r')
 for expected in somaxconn=65535 nonlocal_bind=1 tw_reuse=1 migrate_req=1 pool_routes=1 conntrack=absent gantry=active \
-  handover=done user=gantry failed_units=; do
+  handover=done user=gantry token_mode=640:root:gantry failed_units=; do
   [[ " $check " == *" $expected "* ]] || fail "inside the VM, expected $expected: $check"
 done
 root_mib=$(sed -n 's/.* root_mib=\([0-9]*\) .*/\1/p' <<< "$check")
@@ -131,8 +134,20 @@ for _ in $(seq 1 30); do
   sleep 1
 done
 [ "$answer" = "hello from the origin" ] || fail "unexpected answer: '$answer'"
+# The admin token made on first boot (the test's user-data gives none; the test reads it from
+# the serial console, where only its own runcmd prints it): /config and /metrics without it
+# answer 401, with it 200.
+token=$(sed -n 's/.* admin_token=\([A-Za-z0-9]*\) .*/\1/p' <<< "$check")
+[ "${#token}" -eq 40 ] || fail "no 40-character admin token was made on first boot: $check"
+check=${check/admin_token=$token/admin_token=(40 characters)}
+for path in /config /metrics; do
+  status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN$path")
+  [ "$status" = 401 ] || fail "$path without the token answered $status"
+done
+status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$ADMIN/config")
+[ "$status" = 200 ] || fail "/config with the token answered $status"
 # Read whole, then searched: grep -q stopping early would fail curl's write (pipefail).
-metrics=$(curl -fsS "http://127.0.0.1:$ADMIN/metrics")
+metrics=$(curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$ADMIN/metrics")
 grep -q '^gantry_requests_total{backend="10.0.2.2:'"$ORIGIN"'",class="2xx",port="http",service="web"} 1$' \
   <<< "$metrics" || fail "the request is not counted in /metrics"
 
@@ -152,4 +167,4 @@ for _ in $(seq 1 120); do kill -0 "$QEMU" 2>/dev/null || break; sleep 1; done
 kill -0 "$QEMU" 2>/dev/null && fail "the VM did not power off within 120 s"
 wait "$QEMU" || fail "QEMU exited with an error"
 echo "appliance/test.sh: booted ($accel) in ${booted}s and served through Gantry; counted in" \
-  "/metrics; $check; powered off cleanly"
+  "/metrics (read with the admin token made on first boot; refused without it); $check; powered off cleanly"

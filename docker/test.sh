@@ -3,8 +3,9 @@
 # allow it) and no container daemon: its layer unpacked
 # as a read-only root, its user, entrypoint and environment as the image says, only
 # CAP_NET_BIND_SERVICE, the host's network, and a configuration mounted over
-# /etc/gantry/gantry.yaml. Gantry proxies a request to an nginx origin on loopback, /metrics
-# counts it, and SIGTERM stops it. Needs root.
+# /etc/gantry/gantry.yaml, its admin token from the environment. Gantry proxies a request to an
+# nginx origin on loopback, /metrics counts it (read with the token; /config and /metrics
+# without it are refused), and SIGTERM stops it. Needs root.
 #
 #   bash docker/test.sh                   # ARCHIVE=target/gantry-oci.tar
 set -euo pipefail
@@ -24,8 +25,11 @@ ORIGIN=$(free_port); HTTP=$(free_port); ADMIN=$(free_port)
 origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"
 nginx -c "$work/nginx.conf" & pids+=($!)
 wait_port "$ORIGIN"
+# The admin endpoint on every address, as the image's own configuration has it, with its token
+# from the environment (docker/README.md).
+TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(30))')
 cat > "$work/gantry.yaml" <<CONF
-admin: { listen: "127.0.0.1:$ADMIN" }
+admin: { listen: "0.0.0.0:$ADMIN", token_env: GANTRY_ADMIN_TOKEN }
 services:
   - name: web
     address: 127.0.0.1
@@ -35,9 +39,9 @@ CONF
 chmod 0644 "$work/gantry.yaml"
 
 # The image's layer as the root file system, and a runtime spec made from its config.
-python3 - "$work/oci" "$work/bundle" "$work/gantry.yaml" <<'PY'
+python3 - "$work/oci" "$work/bundle" "$work/gantry.yaml" "$TOKEN" <<'PY'
 import json, os, sys, tarfile
-oci, bundle, config = sys.argv[1:]
+oci, bundle, config, token = sys.argv[1:]
 blob = lambda d: os.path.join(oci, "blobs", *d.split(":"))
 index = json.load(open(os.path.join(oci, "index.json")))
 manifest = json.load(open(blob(index["manifests"][0]["digest"])))
@@ -53,7 +57,7 @@ spec = {
         "terminal": False,
         "user": {"uid": uid, "gid": gid},
         "args": image["Entrypoint"] + image["Cmd"],
-        "env": image["Env"] + ["PATH=/"],
+        "env": image["Env"] + ["PATH=/", f"GANTRY_ADMIN_TOKEN={token}"],
         "cwd": image.get("WorkingDir") or "/",
         "capabilities": {k: caps for k in ("bounding", "effective", "permitted", "ambient")},
         "noNewPrivileges": True,
@@ -83,8 +87,15 @@ done
 (exec 3<>"/dev/tcp/127.0.0.1/$HTTP") 2>/dev/null || { echo "gantry did not listen:"; cat "$work/gantry.log"; exit 1; }
 answer=$(curl -fsS "http://127.0.0.1:$HTTP/")
 [ "$answer" = "hello from the origin" ] || { echo "unexpected answer: $answer"; cat "$work/gantry.log"; exit 1; }
+# /config and /metrics without the token are refused; with it, served.
+for path in /config /metrics; do
+  status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN$path")
+  [ "$status" = 401 ] || { echo "$path without the token answered $status"; exit 1; }
+done
+status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN/config")
+[ "$status" = 200 ] || { echo "/config with the token answered $status"; exit 1; }
 # Read whole, then searched: grep -q stopping early would fail curl's write (pipefail).
-metrics=$(curl -fsS "http://127.0.0.1:$ADMIN/metrics")
+metrics=$(curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN/metrics")
 grep -q '^gantry_requests_total{backend="127.0.0.1:'"$ORIGIN"'",class="2xx",port="http",service="web"} 1$' \
   <<< "$metrics" || { echo "the request is not counted in /metrics"; exit 1; }
 "$RUNTIME" kill "$NAME" TERM

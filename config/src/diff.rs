@@ -40,7 +40,8 @@ pub enum Change {
         /// New address.
         to: SocketAddr,
     },
-    /// The admin token changed (or was set, or removed): it applies to the next request.
+    /// The admin token changed (or was set, or removed), or `admin.open`: it applies to the
+    /// next request.
     AdminTokenChanged,
     /// Process-wide settings changed.
     RuntimeChanged(RuntimeAspects),
@@ -234,7 +235,7 @@ pub fn diff(old: &Model, new: &Model) -> Vec<Change> {
             to: new.admin.listen,
         });
     }
-    if old.admin.token != new.admin.token {
+    if old.admin.token != new.admin.token || old.admin.open != new.admin.open {
         changes.push(Change::AdminTokenChanged);
     }
     let (a, b) = (&old.runtime, &new.runtime);

@@ -90,6 +90,9 @@ pub struct AdminFile {
     /// An environment variable holding that token instead (never the token itself: the
     /// configuration may be shown, copied and committed).
     pub token_env: Option<String>,
+    /// Serve `/config` and `/metrics` without a token when `listen` is not a loopback address
+    /// (off loopback, without a token, they answer 401). Default `false`.
+    pub open: Option<bool>,
 }
 
 /// `runtime:`

@@ -97,6 +97,60 @@ pub struct Admin {
     /// The bearer token `/config` and `/metrics` ask for, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<AdminToken>,
+    /// `/config` and `/metrics` are served without a token off loopback too, as the operator
+    /// asked.
+    pub open: bool,
+}
+
+/// Who may read the admin endpoint's `/config` and `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminAccess {
+    /// Whoever presents the token.
+    Token,
+    /// Anyone: the listener is on loopback, where only this host reaches it.
+    Loopback,
+    /// Anyone who reaches the listener, off loopback: `admin.open: true`.
+    Open,
+    /// No one: the listener is off loopback and no token is configured; the answer says how
+    /// to configure one.
+    TokenNeeded,
+}
+
+impl Admin {
+    /// Who may read `/config` and `/metrics`.
+    pub fn access(&self) -> AdminAccess {
+        if self.token.is_some() {
+            AdminAccess::Token
+        } else if self.listen.ip().is_loopback() {
+            AdminAccess::Loopback
+        } else if self.open {
+            AdminAccess::Open
+        } else {
+            AdminAccess::TokenNeeded
+        }
+    }
+
+    /// What `gantry check` warns of, with the field it is about: an endpoint off loopback
+    /// that is open to anyone, or that serves its configuration and metrics to no one.
+    pub fn warning(&self) -> Option<(&'static str, String)> {
+        match self.access() {
+            AdminAccess::Token | AdminAccess::Loopback => None,
+            AdminAccess::Open => Some((
+                "admin.open",
+                format!(
+                    "/config and /metrics are served without a token to anyone who reaches {}: the services, their addresses and backends",
+                    self.listen
+                ),
+            )),
+            AdminAccess::TokenNeeded => Some((
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address and no token is set: /config and /metrics will answer 401 (set admin.token_file or admin.token_env; or admin.open: true to serve them to anyone)",
+                    self.listen
+                ),
+            )),
+        }
+    }
 }
 
 /// The admin token: where it came from (shown), and the secret (never shown, logged or

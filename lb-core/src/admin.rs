@@ -24,10 +24,52 @@ pub trait AdminView: Send + Sync {
     fn is_ready(&self) -> bool;
     /// The running configuration and listener state.
     fn config_json(&self) -> serde_json::Value;
-    /// Whether a request with this `Authorization` value may read `/config` and `/metrics`:
-    /// always, when no `admin.token_file`/`token_env` is configured.
-    fn authorized(&self, authorization: Option<&[u8]>) -> bool;
+    /// Whether a request with this `Authorization` value may read `/config` and `/metrics`
+    /// ([`lb_config::Admin::access`]).
+    fn authorized(&self, authorization: Option<&[u8]>) -> Authorization;
 }
+
+/// The answer to a request for `/config` or `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authorization {
+    /// Served.
+    Granted,
+    /// The token is missing or wrong.
+    WrongToken,
+    /// No token is configured and the listener is off loopback: nobody is served, and the
+    /// answer says how to configure one.
+    TokenNeeded,
+}
+
+impl Authorization {
+    /// What `admin` makes of a request with this `Authorization` value.
+    pub fn of(admin: &lb_config::Admin, authorization: Option<&[u8]>) -> Authorization {
+        use lb_config::AdminAccess;
+        match admin.access() {
+            AdminAccess::Loopback | AdminAccess::Open => Authorization::Granted,
+            AdminAccess::TokenNeeded => Authorization::TokenNeeded,
+            AdminAccess::Token => match &admin.token {
+                Some(token) if token.accepts(authorization) => Authorization::Granted,
+                _ => Authorization::WrongToken,
+            },
+        }
+    }
+}
+
+/// Logs a warning when `admin` is off loopback and open to anyone, or serves its configuration
+/// and metrics to no one (see [`lb_config::Admin::warning`]).
+pub fn warn_of_access(admin: &lb_config::Admin) {
+    if let Some((field, warning)) = admin.warning() {
+        tracing::warn!(field, "{warning}");
+    }
+}
+
+/// The body of a 401 on an endpoint off loopback with no token configured.
+const TOKEN_NEEDED: &str = "this admin endpoint is not on a loopback address and has no token: \
+/config and /metrics are served only with one. Set admin.token_file (a file holding the token) \
+or admin.token_env (an environment variable holding it) and send `Authorization: Bearer TOKEN`; \
+or set admin.open: true to serve them to anyone who reaches this address \
+(docs/operations.md#admin-endpoints)\n";
 
 /// The admin HTTP application.
 pub struct AdminApp {
@@ -71,12 +113,14 @@ impl ServeHttp for AdminApp {
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        if guarded && !self.view.authorized(authorization) {
-            let mut response = respond(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                "a bearer token is required\n",
-            );
+        let refused = match self.view.authorized(authorization) {
+            _ if !guarded => None,
+            Authorization::Granted => None,
+            Authorization::WrongToken => Some("a bearer token is required\n"),
+            Authorization::TokenNeeded => Some(TOKEN_NEEDED),
+        };
+        if let Some(body) = refused {
+            let mut response = respond(StatusCode::UNAUTHORIZED, "text/plain", body);
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer realm=\"gantry\""),

@@ -119,6 +119,9 @@ fn check(path: &Path) -> ExitCode {
     });
     match checked {
         Ok(model) => {
+            if let Some((field, warning)) = model.admin.warning() {
+                eprintln!("{}: warning: {field}: {warning}", path.display());
+            }
             let ports = model.ports().count();
             println!(
                 "{}: OK ({} service(s), {ports} port(s))",

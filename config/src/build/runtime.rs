@@ -63,7 +63,18 @@ pub(super) fn build_admin(
         }
         (None, None) => None,
     };
-    Admin { listen, token }
+    let open = file.open.unwrap_or(false);
+    if open && token.is_some() {
+        p.push(
+            &path.field("open"),
+            "`open` and a token both given: a token is asked for, or the endpoint is open; choose one",
+        );
+    }
+    Admin {
+        listen,
+        token,
+        open,
+    }
 }
 
 /// The token in `bytes` (surrounding whitespace removed) from `file` or else the variable

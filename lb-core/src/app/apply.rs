@@ -167,6 +167,12 @@ impl Gantry {
         for change in &changes {
             self.inner.metrics.change(change.kind());
             tracing::info!(change = %change, "applied");
+            if matches!(
+                change,
+                Change::AdminChanged { .. } | Change::AdminTokenChanged
+            ) {
+                crate::admin::warn_of_access(&self.inner.model.load().admin);
+            }
         }
         let ms = crate::logging::millis;
         tracing::info!(

@@ -166,6 +166,7 @@ impl Gantry {
         if let Ok(mut slot) = gantry.inner.kubernetes_task.lock() {
             *slot = Some(task);
         }
+        admin::warn_of_access(&gantry.inner.model.load().admin);
         gantry.inner.ready.store(true, Ordering::Release);
         tracing::info!("ready");
         Ok(gantry)
@@ -277,10 +278,7 @@ impl AdminView for Inner {
         admin::config_document(&self.model.load_full(), listeners)
     }
 
-    fn authorized(&self, authorization: Option<&[u8]>) -> bool {
-        match &self.model.load().admin.token {
-            Some(token) => token.accepts(authorization),
-            None => true,
-        }
+    fn authorized(&self, authorization: Option<&[u8]>) -> admin::Authorization {
+        admin::Authorization::of(&self.model.load().admin, authorization)
     }
 }

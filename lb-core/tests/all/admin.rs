@@ -178,3 +178,64 @@ fn a_token_too_short_or_from_nowhere_is_a_problem_at_its_field() {
         );
     }
 }
+
+/// Off loopback (here the wildcard, reached through 127.0.0.1), an endpoint with no token
+/// serves the probes and refuses `/config` and `/metrics` with how to configure a token;
+/// `open: true` serves them to anyone; a token guards them as on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_config_and_metrics_need_a_token_unless_opened_explicitly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "off-loopback-token-0123").expect("token");
+    let cases = [
+        (String::new(), None, StatusCode::UNAUTHORIZED),
+        (", open: true".to_owned(), None, StatusCode::OK),
+        (
+            format!(", token_file: \"{}\"", token_file.display()),
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            format!(", token_file: \"{}\"", token_file.display()),
+            Some("Bearer off-loopback-token-0123"),
+            StatusCode::OK,
+        ),
+    ];
+    for (fields, authorization, expected) in cases {
+        let yaml = format!("admin: {{ listen: \"0.0.0.0:0\"{fields} }}\n");
+        let gantry = lb_core::Gantry::start(crate::support::model(&yaml))
+            .await
+            .expect("gantry starts");
+        let port = gantry.admin_addr().expect("admin").port();
+        let admin = SocketAddr::from(([127, 0, 0, 1], port));
+        for probe in ["/healthz", "/readyz"] {
+            assert_eq!(get_with(admin, probe, None).await.status, StatusCode::OK);
+        }
+        for path in ["/config", "/metrics"] {
+            let answer = get_with(admin, path, authorization).await;
+            assert_eq!(answer.status, expected, "{path} with {fields:?}");
+            if expected == StatusCode::UNAUTHORIZED && fields.is_empty() {
+                for how in ["admin.token_file", "admin.token_env", "admin.open: true"] {
+                    assert!(answer.body.contains(how), "{how} in {}", answer.body);
+                }
+            }
+        }
+        gantry.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+#[test]
+fn open_and_a_token_together_are_a_problem_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "open-and-token-0123456").expect("token");
+    let yaml = format!(
+        "admin: {{ listen: \"0.0.0.0:9901\", open: true, token_file: \"{}\" }}\n",
+        token_file.display()
+    );
+    let problems = match lb_config::parse_str(&yaml, std::path::Path::new("/")) {
+        Ok(_) => panic!("accepted"),
+        Err(err) => err.to_string(),
+    };
+    assert!(problems.contains("admin.open"), "{problems}");
+}

@@ -82,8 +82,27 @@ fn the_sysusers_file_makes_the_user_and_group_the_unit_runs_as() {
 #[test]
 fn the_appliance_default_and_example_user_data_configurations_are_valid() {
     let appliance = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../appliance");
-    lb_config::load_file(&appliance.join("files/gantry.yaml"))
+    // The default names the admin token made at first boot (gantry-admin-token.service: 40
+    // letters and digits).
+    let first_boot = tempfile::tempdir().expect("scratch /etc/gantry");
+    let default = std::fs::read_to_string(appliance.join("files/gantry.yaml"))
+        .expect("default")
+        .replace("/etc/gantry/", &format!("{}/", first_boot.path().display()));
+    std::fs::write(first_boot.path().join("gantry.yaml"), default).expect("write");
+    std::fs::write(first_boot.path().join("admin-token"), "a".repeat(40)).expect("token");
+    let model = lb_config::load_file(&first_boot.path().join("gantry.yaml"))
         .unwrap_or_else(|e| panic!("the image's default configuration: {e}"));
+    assert!(
+        model.admin.token.is_some() && model.admin.warning().is_none(),
+        "the default asks for the token it makes: {:?}",
+        model.admin
+    );
+    let unit = std::fs::read_to_string(appliance.join("files/gantry-admin-token.service"))
+        .expect("token unit");
+    assert!(
+        unit.contains("head -c 40") && unit.contains("chgrp gantry") && unit.contains("0640"),
+        "{unit}"
+    );
 
     let text =
         std::fs::read_to_string(appliance.join("user-data.example")).expect("user-data.example");

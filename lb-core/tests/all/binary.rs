@@ -48,6 +48,37 @@ fn check_prints_every_problem_with_its_path_and_fails() {
     }
 }
 
+/// An admin endpoint off loopback is accepted, with a warning at its field: without a token
+/// (its configuration and metrics will answer 401), or open to anyone.
+#[test]
+fn check_warns_of_an_admin_endpoint_off_loopback_without_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    for (admin, warning) in [
+        (
+            "{ listen: \"0.0.0.0:9901\" }",
+            "warning: admin.listen: 0.0.0.0:9901 is not a loopback address and no token is set",
+        ),
+        (
+            "{ listen: \"0.0.0.0:9901\", open: true }",
+            "warning: admin.open: /config and /metrics are served without a token to anyone",
+        ),
+    ] {
+        std::fs::write(&config, format!("admin: {admin}\n")).expect("write");
+        let output = check(&config);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{admin}: {stderr}");
+        assert!(stderr.contains(warning), "{warning:?} in {stderr}");
+    }
+    std::fs::write(&config, "admin: { listen: \"127.0.0.1:9901\" }\n").expect("write");
+    let output = check(&config);
+    assert!(output.status.success());
+    assert!(
+        !String::from_utf8_lossy(&output.stderr).contains("warning"),
+        "no warning on loopback"
+    );
+}
+
 #[test]
 fn the_shipped_examples_pass_check() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
