@@ -180,7 +180,7 @@ impl Route {
         }
         let key = &self.port.key;
         metrics.show_port(key, &self.metrics);
-        metrics.show_backend(key, "none", &self.unrouted);
+        metrics.show_unrouted(key, &self.unrouted);
         for backend in self.pool.backends() {
             metrics.show_backend(key, &backend.label, &backend.metrics);
         }

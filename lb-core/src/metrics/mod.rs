@@ -15,7 +15,7 @@ pub use handles::{
     AffinityCounters, AffinityOutcome, BackendMetrics, PortMetrics, Rejection, UdpDrop,
 };
 
-use shown::{lock, Shown};
+use shown::{lock, Shown, ShownBackend};
 
 /// Every metric family of one Gantry instance, in its own registry (tests run several).
 pub struct Metrics {
@@ -101,8 +101,28 @@ impl Metrics {
 
     /// Shows `handles` as the series of `backend` (its address, or `none`) of port `key`.
     pub fn show_backend(&self, key: &ListenerKey, backend: &str, handles: &BackendMetrics) {
+        self.show_backend_set(key, backend, handles, true);
+    }
+
+    /// Shows `handles` as port `key`'s work that found no backend (`backend="none"`): its
+    /// traffic series only, none of a backend's state.
+    pub fn show_unrouted(&self, key: &ListenerKey, handles: &BackendMetrics) {
+        self.show_backend_set(key, "none", handles, false);
+    }
+
+    fn show_backend_set(
+        &self,
+        key: &ListenerKey,
+        backend: &str,
+        handles: &BackendMetrics,
+        is_backend: bool,
+    ) {
         let key = (key.service.clone(), key.port.clone(), backend.to_owned());
-        lock(&self.shown.backends).insert(key, handles.clone());
+        let shown = ShownBackend {
+            handles: handles.clone(),
+            is_backend,
+        };
+        lock(&self.shown.backends).insert(key, shown);
     }
 
     /// Stops showing `backend` of port `key` (it left the port).
@@ -188,5 +208,33 @@ mod tests {
         assert!(!metrics.render().contains("192.0.2.1:80"));
         metrics.hide_port(&key());
         assert!(!metrics.render().contains("service=\"s\""));
+    }
+
+    #[test]
+    fn work_that_found_no_backend_has_traffic_series_but_no_backend_state() {
+        let metrics = Metrics::new();
+        let unrouted = BackendMetrics::new();
+        unrouted.request(Some(503), std::time::Duration::from_millis(1));
+        metrics.show_unrouted(&key(), &unrouted);
+        let text = metrics.render();
+        let none = "backend=\"none\"";
+        assert!(
+            text.contains(&format!(
+                "gantry_requests_total{{{none},class=\"5xx\",port=\"p\",service=\"s\"}} 1"
+            )),
+            "{text}"
+        );
+        for state in [
+            "gantry_backend_up",
+            "gantry_backend_healthy",
+            "gantry_backend_in_flight",
+            "gantry_backend_ejections_total",
+            "gantry_upstream_connect_errors_total",
+        ] {
+            assert!(
+                !text.contains(&format!("{state}{{{none}")),
+                "{state} has a backend=\"none\" series: {text}"
+            );
+        }
     }
 }

@@ -188,12 +188,23 @@ const PLUGIN_FAMILIES: [Family; 2] = [
     ),
 ];
 
+/// A backend's handle set, or the set of a port's work that found no backend
+/// (`backend="none"`).
+#[derive(Clone)]
+pub(super) struct ShownBackend {
+    pub(super) handles: BackendMetrics,
+    /// False for `backend="none"`: it counts traffic but is no backend, so it has no state
+    /// series (up, healthy, in flight, ejections), which would count one backend too many in
+    /// every `sum by (service, port)` over them.
+    pub(super) is_backend: bool,
+}
+
 /// The handle sets shown now.
 #[derive(Default)]
 pub(super) struct Shown {
     descs: Vec<Desc>,
     pub(super) ports: Mutex<BTreeMap<PortKey, PortMetrics>>,
-    pub(super) backends: Mutex<BTreeMap<BackendKey, BackendMetrics>>,
+    pub(super) backends: Mutex<BTreeMap<BackendKey, ShownBackend>>,
     pub(super) plugins: Mutex<BTreeMap<String, FaultHandles>>,
 }
 
@@ -300,7 +311,8 @@ impl Collector for Shown {
                 ports[10].add(&[l[0], l[1], ("reason", why.label())], counter);
             }
         }
-        for ((service, port, backend), m) in lock(&self.backends).iter() {
+        for ((service, port, backend), shown) in lock(&self.backends).iter() {
+            let (m, is_backend) = (&shown.handles, shown.is_backend);
             let l = [
                 ("service", service.as_str()),
                 ("port", port.as_str()),
@@ -313,12 +325,14 @@ impl Collector for Shown {
             backends[2].add(&l, &m.duration);
             backends[3].add(&l, &m.bytes_received);
             backends[4].add(&l, &m.bytes_sent);
-            backends[5].add(&l, &m.connect_errors);
-            backends[6].add(&l, &m.in_flight);
-            backends[7].add(&l, &m.up);
-            backends[8].add(&l, &m.healthy);
-            backends[9].add(&l, &m.ejections);
-            backends[10].add(&l, &m.health_observations_dropped);
+            if is_backend {
+                backends[5].add(&l, &m.connect_errors);
+                backends[6].add(&l, &m.in_flight);
+                backends[7].add(&l, &m.up);
+                backends[8].add(&l, &m.healthy);
+                backends[9].add(&l, &m.ejections);
+                backends[10].add(&l, &m.health_observations_dropped);
+            }
             backends[11].add(&l, &m.datagrams_received);
             backends[12].add(&l, &m.datagrams_sent);
         }

@@ -21,6 +21,7 @@ mod kubernetes_netns;
 mod kubernetes_policies;
 mod limits;
 mod policies;
+mod prometheus_rules;
 mod refused_reload;
 mod relay;
 mod relay_timeouts;

@@ -95,6 +95,24 @@ impl Running {
             .await
     }
 
+    /// Every log line up to and including the one with this message.
+    pub async fn logs_until(&mut self, message: &str) -> Vec<serde_json::Value> {
+        let wait = async {
+            let mut seen = Vec::new();
+            while let Some(line) = self.logs.recv().await {
+                let done = line["message"].as_str() == Some(message);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            panic!("gantry exited before logging {message:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {message:?} log line"))
+    }
+
     async fn log_where(
         &mut self,
         message: &str,

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod keep_alive;
 pub mod netns;
 pub mod origin;
+pub mod promtool;
 pub mod scenario;
 pub mod udp;
 

@@ -135,6 +135,14 @@ impl HttpOrigin {
                 response
             }
             path => {
+                // `/delay/MS` answers after MS milliseconds; `/status/CODE` answers CODE.
+                if let Some(ms) = path.strip_prefix("/delay/") {
+                    let ms = ms.parse().expect("delay in ms");
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                }
+                let status = path
+                    .strip_prefix("/status/")
+                    .map(|code| StatusCode::from_bytes(code.as_bytes()).expect("status code"));
                 if path == "/slow" {
                     self.parked.fetch_add(1, Ordering::SeqCst);
                     let permit = self.gate.acquire().await.expect("gate open");
@@ -161,6 +169,9 @@ impl HttpOrigin {
                     self.name,
                     body.len()
                 ))));
+                if let Some(status) = status {
+                    *response.status_mut() = status;
+                }
                 let headers = response.headers_mut();
                 headers.insert("x-origin", self.name.parse().expect("value"));
                 headers.insert("x-seen-xff", xff.parse().expect("value"));
