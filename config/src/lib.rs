@@ -15,6 +15,7 @@ mod lenient;
 pub mod model;
 pub mod names;
 mod problems;
+mod warnings;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,7 @@ pub use diff::{diff, Change, PortAspect, PortAspects, RuntimeAspect, RuntimeAspe
 pub use lenient::{DurationText, Lenient};
 pub use model::*;
 pub use problems::{FieldPath, Problem, Problems};
+pub use warnings::Warning;
 
 /// Why a configuration could not become a model.
 #[derive(Debug, thiserror::Error)]

@@ -56,14 +56,6 @@ impl Authorization {
     }
 }
 
-/// Logs a warning when `admin` is off loopback and open to anyone, or serves its configuration
-/// and metrics to no one (see [`lb_config::Admin::warning`]).
-pub fn warn_of_access(admin: &lb_config::Admin) {
-    if let Some((field, warning)) = admin.warning() {
-        tracing::warn!(field, "{warning}");
-    }
-}
-
 /// The body of a 401 on an endpoint off loopback with no token configured.
 const TOKEN_NEEDED: &str = "this admin endpoint is not on a loopback address and has no token: \
 /config and /metrics are served only with one. Set admin.token_file (a file holding the token) \

@@ -119,8 +119,13 @@ fn check(path: &Path) -> ExitCode {
     });
     match checked {
         Ok(model) => {
-            if let Some((field, warning)) = model.admin.warning() {
-                eprintln!("{}: warning: {field}: {warning}", path.display());
+            for warning in model.warnings() {
+                eprintln!(
+                    "{}: warning: {}: {}",
+                    path.display(),
+                    warning.field,
+                    warning.message
+                );
             }
             let ports = model.ports().count();
             println!(

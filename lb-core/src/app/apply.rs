@@ -167,13 +167,8 @@ impl Gantry {
         for change in &changes {
             self.inner.metrics.change(change.kind());
             tracing::info!(change = %change, "applied");
-            if matches!(
-                change,
-                Change::AdminChanged { .. } | Change::AdminTokenChanged
-            ) {
-                crate::admin::warn_of_access(&self.inner.model.load().admin);
-            }
         }
+        super::log_warnings(&self.inner.model.load(), Some(&old));
         let ms = crate::logging::millis;
         tracing::info!(
             changes = changes.len(),

@@ -166,7 +166,7 @@ impl Gantry {
         if let Ok(mut slot) = gantry.inner.kubernetes_task.lock() {
             *slot = Some(task);
         }
-        admin::warn_of_access(&gantry.inner.model.load().admin);
+        log_warnings(&gantry.inner.model.load(), None);
         gantry.inner.ready.store(true, Ordering::Release);
         tracing::info!("ready");
         Ok(gantry)
@@ -280,5 +280,16 @@ impl AdminView for Inner {
 
     fn authorized(&self, authorization: Option<&[u8]>) -> admin::Authorization {
         admin::Authorization::of(&self.model.load().admin, authorization)
+    }
+}
+
+/// Logs the warnings of `model` (see [`lb_config::Model::warnings`]): all of them, or those
+/// `previous` did not have already.
+pub(crate) fn log_warnings(model: &Model, previous: Option<&Model>) {
+    let known = previous.map(Model::warnings).unwrap_or_default();
+    for warning in model.warnings() {
+        if !known.contains(&warning) {
+            tracing::warn!(field = %warning.field, "{}", warning.message);
+        }
     }
 }

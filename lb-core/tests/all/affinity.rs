@@ -189,6 +189,43 @@ async fn cookie_affinity_sets_a_cookie_follows_it_and_replaces_it_when_its_backe
     gantry.shutdown(std::time::Duration::from_secs(1)).await;
 }
 
+/// The cookie's attributes for each `same_site`/`secure` pair: `SameSite=None` always goes with
+/// `Secure`, which browsers require of it, even when `secure: false` says otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_same_site_none_cookie_is_always_secure() {
+    let origin = HttpOrigin::start("a", OriginProtocol::Http1).await;
+    for (params, attributes) in [
+        (
+            "same_site: none",
+            " Path=/; SameSite=None; Secure; HttpOnly",
+        ),
+        (
+            "same_site: none, secure: false",
+            " Path=/; SameSite=None; Secure; HttpOnly",
+        ),
+        (
+            "same_site: strict, secure: false",
+            " Path=/; SameSite=Strict; HttpOnly",
+        ),
+        ("secure: true", " Path=/; SameSite=Lax; Secure; HttpOnly"),
+    ] {
+        let gantry = Scenario::new()
+            .port(
+                "shop",
+                Port::http("web").backends(&[origin.addr]).set(
+                    "affinity",
+                    &format!("{{ policy: \"builtin:cookie\", params: {{ name: sid, {params} }} }}"),
+                ),
+            )
+            .start()
+            .await;
+        let (_, set_cookie) = get_with_cookie(addr(&gantry, "shop", "web"), None).await;
+        let (_, got) = set_cookie.split_once(';').expect("attributes");
+        assert_eq!(got, attributes, "{params}");
+        gantry.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 #[test]
 fn an_affinity_must_name_an_affinity_plugin() {
     let problems = lb_config::parse_str(

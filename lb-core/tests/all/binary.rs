@@ -79,6 +79,36 @@ fn check_warns_of_an_admin_endpoint_off_loopback_without_a_token() {
     );
 }
 
+/// A cookie affinity with `same_site: none` and `secure: false` is accepted with a warning at
+/// its field: the cookie is made Secure anyway.
+#[test]
+fn check_warns_of_a_same_site_none_cookie_said_not_secure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    for (secure, warned) in [("false", true), ("true", false)] {
+        let affinity = format!(
+            "{{ policy: \"builtin:cookie\", params: {{ same_site: none, secure: {secure} }} }}"
+        );
+        Scenario::new()
+            .port(
+                "shop",
+                Port::http("web")
+                    .backends(&["127.0.0.1:8080".parse().expect("addr")])
+                    .set("affinity", &affinity),
+            )
+            .write(&config);
+        let output = check(&config);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        let warning = "warning: shop/web affinity.params.secure: browsers refuse a cookie with SameSite=None that is not Secure";
+        assert_eq!(
+            stderr.contains(warning),
+            warned,
+            "secure: {secure}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn the_shipped_examples_pass_check() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");

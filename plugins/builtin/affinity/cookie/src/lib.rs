@@ -61,8 +61,10 @@ impl Affinity for Cookie {
             }
         };
         attributes.push_str(&format!("; SameSite={same_site}"));
-        // Browsers refuse SameSite=None without Secure.
-        if params.parse_or("secure", same_site == "None")? {
+        // Browsers refuse SameSite=None without Secure: it is forced on (`gantry check` warns
+        // of `secure: false` beside it).
+        let secure: bool = params.parse_or("secure", false)?;
+        if secure || same_site == "None" {
             attributes.push_str("; Secure");
         }
         if params.parse_or("http_only", true)? {
