@@ -75,6 +75,9 @@ pub struct AddressPoolFile {
     /// addresses. At least one; at most 256.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// Leave out each CIDR's reserved addresses: IPv4's network and broadcast addresses, IPv6's
+    /// subnet-router anycast address (all-zeros interface identifier). Default `true`.
+    pub skip_reserved: Option<bool>,
 }
 
 /// `admin:`

@@ -324,6 +324,8 @@ pub enum KubeBackends {
 pub struct AddressPool {
     /// Its name.
     pub name: String,
+    /// Whether its CIDRs leave out their reserved addresses (see [`AddressRange::of_net`]).
+    pub skip_reserved: bool,
     /// Its addresses.
     pub ranges: Vec<AddressRange>,
 }
@@ -605,11 +607,13 @@ pub struct AddressRange {
 }
 
 impl AddressRange {
-    /// Every address of `net`, except an IPv4 network's own address and broadcast address
-    /// when it has more than two (they are no host's).
-    pub fn of_net(net: IpNet) -> Self {
+    /// Every address of `net`; with `skip_reserved`, less those no host should be given when
+    /// the network has more than two: an IPv4 network's own address and its broadcast address,
+    /// an IPv6 network's subnet-router anycast address (the all-zeros interface identifier,
+    /// RFC 4291 §2.6.1, which routers may answer).
+    pub fn of_net(net: IpNet, skip_reserved: bool) -> Self {
         match net {
-            IpNet::V4(v4) if v4.prefix_len() < 31 => {
+            IpNet::V4(v4) if skip_reserved && v4.prefix_len() < 31 => {
                 let first = u32::from(v4.network()) + 1;
                 let last = u32::from(v4.broadcast()) - 1;
                 AddressRange {
@@ -617,6 +621,10 @@ impl AddressRange {
                     last: IpAddr::from(last.to_be_bytes()),
                 }
             }
+            IpNet::V6(v6) if skip_reserved && v6.prefix_len() < 127 => AddressRange {
+                first: IpAddr::from((u128::from(v6.network()) + 1).to_be_bytes()),
+                last: IpAddr::V6(v6.broadcast()),
+            },
             net => AddressRange {
                 first: net.network(),
                 last: net.broadcast(),

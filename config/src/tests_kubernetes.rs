@@ -53,6 +53,51 @@ fn the_section_takes_its_defaults_and_resolves_the_kubeconfig() {
         .is_none());
 }
 
+/// The first and last address a pool of one CIDR hands out.
+fn pool_bounds(entry: &str) -> (String, String) {
+    let yaml = format!("kubernetes:\n  address_pools:\n    - {entry}\n");
+    let model = parse_str(&yaml, Path::new("/")).expect("valid");
+    let range = &model.kubernetes.expect("section").address_pools[0].ranges[0];
+    (range.first.to_string(), range.last.to_string())
+}
+
+#[test]
+fn a_cidr_leaves_out_its_reserved_addresses_unless_its_pool_says_not_to() {
+    let bounds = |first: &str, last: &str| (first.to_owned(), last.to_owned());
+    for (entry, expected) in [
+        // IPv6: the subnet-router anycast address (all-zeros interface identifier) is left out.
+        (
+            "{ name: v6, addresses: [\"fd00:10::/120\"] }",
+            bounds("fd00:10::1", "fd00:10::ff"),
+        ),
+        // IPv4: the network and broadcast addresses.
+        (
+            "{ name: v4, addresses: [192.0.2.0/28] }",
+            bounds("192.0.2.1", "192.0.2.14"),
+        ),
+        // Point-to-point networks have no reserved address (RFC 3021, RFC 6164).
+        (
+            "{ name: p2p, addresses: [\"fd00:10::/127\"] }",
+            bounds("fd00:10::", "fd00:10::1"),
+        ),
+        (
+            "{ name: all, addresses: [\"fd00:10::/120\"], skip_reserved: false }",
+            bounds("fd00:10::", "fd00:10::ff"),
+        ),
+        (
+            "{ name: all, addresses: [192.0.2.0/28], skip_reserved: false }",
+            bounds("192.0.2.0", "192.0.2.15"),
+        ),
+        // A range is taken as written.
+        (
+            "{ name: r, addresses: [\"fd00:10::-fd00:10::3\"] }",
+            bounds("fd00:10::", "fd00:10::3"),
+        ),
+    ] {
+        assert_eq!(pool_bounds(entry), expected, "{entry}");
+    }
+}
+
 #[test]
 fn every_problem_of_the_section_is_reported_with_its_path() {
     let problems = problems_of(

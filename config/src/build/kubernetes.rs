@@ -138,9 +138,10 @@ fn build_pools(
                 ),
             );
         }
+        let skip_reserved = file.skip_reserved.unwrap_or(true);
         let mut ranges = Vec::new();
         for (j, text) in file.addresses.iter().enumerate() {
-            let Some(range) = parse_range(text) else {
+            let Some(range) = parse_range(text, skip_reserved) else {
                 p.push(
                     &entries.index(j),
                     format!(
@@ -163,13 +164,18 @@ fn build_pools(
             }
             ranges.push(range);
         }
-        pools.push(AddressPool { name, ranges });
+        pools.push(AddressPool {
+            name,
+            skip_reserved,
+            ranges,
+        });
     }
     pools
 }
 
-/// `192.0.2.0/28`, `192.0.2.10-192.0.2.20` or `192.0.2.7`.
-pub fn parse_range(text: &str) -> Option<AddressRange> {
+/// `192.0.2.0/28`, `192.0.2.10-192.0.2.20` or `192.0.2.7`; a CIDR leaves out its reserved
+/// addresses when `skip_reserved` ([`AddressRange::of_net`]).
+pub fn parse_range(text: &str, skip_reserved: bool) -> Option<AddressRange> {
     let text = text.trim();
     if let Some((first, last)) = text.split_once('-') {
         let (first, last): (IpAddr, IpAddr) =
@@ -181,7 +187,7 @@ pub fn parse_range(text: &str) -> Option<AddressRange> {
         .then_some(range);
     }
     if let Ok(net) = text.parse::<IpNet>() {
-        return (net.trunc() == net).then(|| AddressRange::of_net(net));
+        return (net.trunc() == net).then(|| AddressRange::of_net(net, skip_reserved));
     }
     let ip: IpAddr = text.parse().ok()?;
     Some(AddressRange {

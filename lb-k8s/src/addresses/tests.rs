@@ -17,7 +17,7 @@ fn key(name: &str) -> ObjectKey {
 }
 
 fn net(text: &str) -> AddressRange {
-    AddressRange::of_net(text.parse::<IpNet>().expect("cidr"))
+    AddressRange::of_net(text.parse::<IpNet>().expect("cidr"), true)
 }
 
 fn pools() -> Vec<Pool> {
@@ -187,8 +187,9 @@ fn pools_and_families_are_honoured() {
         family: Some(Family::V6),
         ..http()
     };
-    assert_eq!(addresses.assign(&key("a"), &v6), Ok(ip("2001:db8::")));
-    assert_eq!(addresses.assign(&key("b"), &v6), Ok(ip("2001:db8::1")));
+    // Never 2001:db8:: itself, the subnet-router anycast address.
+    assert_eq!(addresses.assign(&key("a"), &v6), Ok(ip("2001:db8::1")));
+    assert_eq!(addresses.assign(&key("b"), &v6), Ok(ip("2001:db8::2")));
     let spare = Request {
         pool: Some("spare".into()),
         ..http()
@@ -217,11 +218,11 @@ fn a_dual_stack_service_holds_one_address_per_family() {
     );
     assert_eq!(
         addresses.assign(&key("a"), &of(Family::V6)),
-        Ok(ip("2001:db8::"))
+        Ok(ip("2001:db8::1"))
     );
     assert_eq!(
         addresses.held(&key("a")),
-        vec![ip("192.0.2.1"), ip("2001:db8::")]
+        vec![ip("192.0.2.1"), ip("2001:db8::1")]
     );
     // Each family keeps its own address.
     assert_eq!(
@@ -233,7 +234,7 @@ fn a_dual_stack_service_holds_one_address_per_family() {
     assert_eq!(addresses.held(&key("a")), vec![ip("192.0.2.1")]);
     assert_eq!(
         addresses.assign(&key("b"), &of(Family::V6)),
-        Ok(ip("2001:db8::"))
+        Ok(ip("2001:db8::1"))
     );
     // A status address of the other family is not adopted for this request.
     assert!(!addresses.adopt(&key("c"), ip("2001:db8::5"), &of(Family::V4)));
