@@ -15,13 +15,25 @@ use lb_config::Change;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{FileApplyError, Gantry};
+use crate::metrics::ReloadResult;
 
 /// Why a reload from a file failed; the running model keeps serving.
 pub type ReloadError = FileApplyError;
 
-/// Loads `path` and applies it; on any error the running model keeps serving. Counted in
-/// `gantry_config_reloads_total`.
+/// Loads `path` and applies it; on any error the running model keeps serving. When the
+/// configuration file and every file it names are byte for byte what the last successful
+/// reload (or the start) applied, nothing is loaded: an edit seen both by the file watcher and
+/// by a SIGHUP reloads once. Counted in `gantry_config_reloads_total` by result (`success`,
+/// `failure`, `unchanged`).
 pub async fn reload_from_file(gantry: &Gantry, path: &Path) -> Result<Vec<Change>, ReloadError> {
+    let mut applied = gantry.file_inputs().lock().await;
+    // Taken before loading: an edit made while the file is read differs from it next time.
+    let inputs = Baseline::before_loading(path).fingerprint;
+    if *applied == Some(inputs) {
+        gantry.metrics().reload(ReloadResult::Unchanged);
+        tracing::info!(file = %path.display(), "reload: the files are as last applied; nothing to do");
+        return Ok(Vec::new());
+    }
     let started = std::time::Instant::now();
     let loaded = lb_config::load_builder(path);
     let load_ms = crate::logging::millis(started.elapsed());
@@ -29,7 +41,11 @@ pub async fn reload_from_file(gantry: &Gantry, path: &Path) -> Result<Vec<Change
         Ok(builder) => gantry.apply_file(builder).await,
         Err(err) => Err(ReloadError::from(err)),
     };
-    gantry.metrics().reload(result.is_ok());
+    let counted = match result {
+        Ok(_) => ReloadResult::Success,
+        Err(_) => ReloadResult::Failure,
+    };
+    gantry.metrics().reload(counted);
     match &result {
         Ok(changes) if changes.is_empty() => {
             tracing::info!(file = %path.display(), "reload: no change")
@@ -41,7 +57,16 @@ pub async fn reload_from_file(gantry: &Gantry, path: &Path) -> Result<Vec<Change
             tracing::error!(file = %path.display(), "reload rejected, previous configuration keeps serving: {err}")
         }
     }
+    if result.is_ok() {
+        *applied = Some(inputs);
+    }
     result
+}
+
+/// Records that the files of `baseline` (taken before the configuration was loaded) are what
+/// the running Gantry was started with.
+pub async fn started_from(gantry: &Gantry, baseline: &Baseline) {
+    *gantry.file_inputs().lock().await = Some(baseline.fingerprint);
 }
 
 /// What the watched files contain, as one hash; a missing file is a state of its own.

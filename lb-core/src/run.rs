@@ -87,6 +87,7 @@ pub async fn serve_file(
             (Gantry::start_file(builder).await?, Some(control))
         }
     };
+    crate::reload::started_from(&gantry, &baseline).await;
     serve_until_signalled(gantry, Some((config, baseline)), control.map(Arc::new))
         .await
         .map_err(StartError::Signals)

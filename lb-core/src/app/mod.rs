@@ -55,6 +55,9 @@ struct Inner {
     sources: tokio::sync::Mutex<sources::Sources>,
     /// The file's builder, for checking Kubernetes services without that lock.
     file: ArcSwapOption<ModelBuilder>,
+    /// Serializes reloads from the configuration file, and holds the fingerprint of the files
+    /// they last applied: a reload of the same files is a no-op.
+    file_inputs: tokio::sync::Mutex<Option<u64>>,
     /// The `kubernetes:` section of the running model, followed by the Kubernetes source.
     kubernetes: tokio::sync::watch::Sender<Option<Kubernetes>>,
     /// Stops the Kubernetes source.
@@ -121,6 +124,7 @@ impl Gantry {
                 access_log: Arc::new(AtomicBool::new(model.runtime.access_log)),
                 draining: TaskTracker::new(),
                 file: ArcSwapOption::new(file.clone().map(Arc::new)),
+                file_inputs: tokio::sync::Mutex::new(None),
                 sources: tokio::sync::Mutex::new(sources::Sources::with_file(file)),
                 kubernetes: tokio::sync::watch::channel(None).0,
                 kubernetes_stop: CancellationToken::new(),
@@ -224,6 +228,11 @@ impl Gantry {
     }
 
     /// The metrics registry.
+    /// The fingerprint of the configuration files last applied, locked for one reload.
+    pub(crate) fn file_inputs(&self) -> &tokio::sync::Mutex<Option<u64>> {
+        &self.inner.file_inputs
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }

@@ -17,6 +17,33 @@ pub use handles::{
 
 use shown::{lock, Shown, ShownBackend};
 
+/// How a reload ended (`result` label of `gantry_config_reloads_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// Loaded and applied (with or without changes).
+    Success,
+    /// Refused: the running configuration keeps serving.
+    Failure,
+    /// Not loaded: its files were byte for byte what was last applied.
+    Unchanged,
+}
+
+impl ReloadResult {
+    const ALL: [ReloadResult; 3] = [
+        ReloadResult::Success,
+        ReloadResult::Failure,
+        ReloadResult::Unchanged,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+            ReloadResult::Unchanged => "unchanged",
+        }
+    }
+}
+
 /// Every metric family of one Gantry instance, in its own registry (tests run several).
 pub struct Metrics {
     registry: Registry,
@@ -67,10 +94,10 @@ impl Metrics {
             "Configuration reloads by result.",
             &["result"],
         );
-        // Both results exist from the start, at zero, so that `increase()` over a first
+        // Every result exists from the start, at zero, so that `increase()` over a first
         // failure sees it (a series that appears with the failure would not).
-        for result in ["success", "failure"] {
-            reloads.with_label_values(&[result]);
+        for result in ReloadResult::ALL {
+            reloads.with_label_values(&[result.label()]);
         }
         Metrics {
             reloads,
@@ -132,9 +159,8 @@ impl Metrics {
     }
 
     /// Counts one reload attempt.
-    pub fn reload(&self, succeeded: bool) {
-        let result = if succeeded { "success" } else { "failure" };
-        self.reloads.with_label_values(&[result]).inc();
+    pub fn reload(&self, result: ReloadResult) {
+        self.reloads.with_label_values(&[result.label()]).inc();
     }
 
     /// Counts one applied change.

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::support::binary::{Running, GANTRY};
 use crate::support::client::get;
+use crate::support::metric;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
 
@@ -164,6 +165,60 @@ fn write(config: &Path, backends: &[SocketAddr]) {
         .section("runtime: { shutdown_grace: 20s, watch_interval: 1h }")
         .port("web", Port::http("http").backends(backends))
         .write(config);
+}
+
+/// `gantry_config_reloads_total` by result, from the admin endpoint.
+async fn reloads(admin: SocketAddr) -> [f64; 3] {
+    let text = get(admin, "/metrics").await.body;
+    ["success", "failure", "unchanged"].map(|result| {
+        metric(
+            &text,
+            &format!("gantry_config_reloads_total{{result=\"{result}\"}}"),
+        )
+    })
+}
+
+/// A reload of the files last applied does nothing and is counted as `unchanged`: a SIGHUP with
+/// nothing edited, and an edit seen by both the file watcher and a SIGHUP, which applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_the_files_last_applied_is_a_no_op_counted_as_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let (a, b) = (
+        HttpOrigin::start("a", OriginProtocol::Http1).await,
+        HttpOrigin::start("b", OriginProtocol::Http1).await,
+    );
+    Scenario::new()
+        .section("runtime: { watch_interval: 100ms }")
+        .port("web", Port::http("http").backends(&[a.addr]))
+        .write(&config);
+    let mut gantry = Running::start(&config);
+    let admin = gantry.address("admin listening").await;
+    gantry.log("ready").await;
+    assert_eq!(reloads(admin).await, [0.0, 0.0, 0.0]);
+
+    gantry.signal("HUP");
+    gantry
+        .log("reload: the files are as last applied; nothing to do")
+        .await;
+    assert_eq!(reloads(admin).await, [0.0, 0.0, 1.0]);
+
+    // The watcher (every 100 ms) and the signal both see the edit: one applies it, the other
+    // finds nothing to do, whichever comes first.
+    let edited = Scenario::new()
+        .section("runtime: { watch_interval: 100ms }")
+        .port("web", Port::http("http").backends(&[a.addr, b.addr]));
+    // Renamed into place, as editors do: the watcher never reads half a file.
+    let next = config.with_extension("next");
+    edited.write(&next);
+    std::fs::rename(&next, &config).expect("rename");
+    gantry.signal("HUP");
+    gantry.log("reload applied").await;
+    crate::support::eventually("both the watcher and the signal to reload", || async {
+        reloads(admin).await[0] + reloads(admin).await[2] >= 3.0
+    })
+    .await;
+    assert_eq!(reloads(admin).await, [1.0, 0.0, 2.0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -408,6 +408,7 @@ fn panels(dead: SocketAddr, origin: SocketAddr, web: Bytes) -> Vec<QueryCheck> {
                     vec![
                         (labels(&[("result", "failure")]), 1.0),
                         (labels(&[("result", "success")]), 0.0),
+                        (labels(&[("result", "unchanged")]), 0.0),
                     ],
                 ),
                 ("Session affinity", _) => (
