@@ -95,7 +95,7 @@ pub enum PluginError {
     },
 }
 
-/// Loaded plugins of one kind, by identity (`builtin:NAME`, or the file's SHA-256).
+/// Loaded plugins of one kind, by [`Identity::plugin`].
 type LoadedMap<K> = Mutex<HashMap<String, Arc<Loaded<K>>>>;
 
 /// Loads plugins and makes policy factories from ports' policies.
@@ -221,10 +221,11 @@ impl PluginHost {
                         plugin: identity.clone(),
                         message: format!("is not a {} built into this gantry", K::NAME),
                     })?;
-                self.load(loaded, &identity, &identity, bytes)?
+                self.load(loaded, &Identity::builtin(name), &identity, bytes)?
             }
             PolicySource::File(plugin) => {
-                self.load(loaded, &plugin.sha256, &plugin.name, &plugin.bytes)?
+                let identity = Identity::file(&plugin.name, &plugin.sha256);
+                self.load(loaded, &identity, &plugin.name, &plugin.bytes)?
             }
         };
         if protocol.is_udp() && !plugin.knows_udp() {
@@ -239,14 +240,18 @@ impl PluginHost {
     fn load<K: Kind>(
         &self,
         loaded: &LoadedMap<K>,
-        identity: &str,
+        identity: &Identity,
         name: &str,
         bytes: &[u8],
     ) -> Result<Arc<Loaded<K>>, PluginError> {
-        if let Some(found) = loaded.lock().ok().and_then(|l| l.get(identity).cloned()) {
+        let found = loaded
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&identity.plugin).cloned());
+        if let Some(found) = found {
             return Ok(found);
         }
-        let pre = self.sandbox.compile(identity, name, bytes)?;
+        let pre = self.sandbox.compile(&identity.code, name, bytes)?;
         let name: Arc<str> = name.into();
         let faults = Arc::new(Faults::new(
             name.clone(),
@@ -265,7 +270,7 @@ impl PluginHost {
         })?;
         let plugin = Arc::new(plugin);
         if let Ok(mut all) = loaded.lock() {
-            all.insert(identity.to_owned(), plugin.clone());
+            all.insert(identity.plugin.clone(), plugin.clone());
         }
         Ok(plugin)
     }
@@ -274,16 +279,17 @@ impl PluginHost {
     /// quarantine threshold to them, and forgets the plugins it no longer uses (a changed file
     /// is a new plugin).
     pub fn commit(&self, model: &Model) {
-        let used: Vec<String> = model
+        let used: Vec<Identity> = model
             .ports()
             .flat_map(lb_config::Port::policies)
-            .filter_map(identity)
+            .filter_map(Identity::of)
             .collect();
+        let plugins: Vec<String> = used.iter().map(|id| id.plugin.clone()).collect();
         let mut kept = Vec::new();
         let mut forgotten = Vec::new();
-        retain(&self.balancers, &used, &mut kept, &mut forgotten);
-        retain(&self.affinities, &used, &mut kept, &mut forgotten);
-        retain(&self.health, &used, &mut kept, &mut forgotten);
+        retain(&self.balancers, &plugins, &mut kept, &mut forgotten);
+        retain(&self.affinities, &plugins, &mut kept, &mut forgotten);
+        retain(&self.health, &plugins, &mut kept, &mut forgotten);
         for name in forgotten {
             self.telemetry.hide(&name);
         }
@@ -291,17 +297,43 @@ impl PluginHost {
             faults.set_quarantine_after(model.plugin_limits.quarantine_after);
             self.telemetry.show(&name, faults.handles());
         }
-        let keep: Vec<&str> = used.iter().map(String::as_str).collect();
+        let keep: Vec<&str> = used.iter().map(|id| id.code.as_str()).collect();
         self.sandbox.retain(&keep);
     }
 }
 
-/// The identity a loaded plugin is kept under: `builtin:NAME`, or a user file's SHA-256.
-fn identity(policy: &PolicySource) -> Option<String> {
-    match policy {
-        PolicySource::Native => None,
-        PolicySource::Builtin(name) => Some(format!("builtin:{name}")),
-        PolicySource::File(plugin) => Some(plugin.sha256.clone()),
+/// What a loaded plugin is kept under, and what its compiled code is shared under.
+struct Identity {
+    /// The plugin: `builtin:NAME`, or a user plugin's name and its file's SHA-256. Two names
+    /// for byte-identical files are two plugins, each with its own faults, quarantine and
+    /// metrics; a changed file is a new plugin.
+    plugin: String,
+    /// The code: `builtin:NAME`, or the file's SHA-256, compiled once for every name.
+    code: String,
+}
+
+impl Identity {
+    fn builtin(name: &str) -> Identity {
+        let identity = format!("builtin:{name}");
+        Identity {
+            plugin: identity.clone(),
+            code: identity,
+        }
+    }
+
+    fn file(name: &str, sha256: &str) -> Identity {
+        Identity {
+            plugin: format!("{name} {sha256}"),
+            code: sha256.to_owned(),
+        }
+    }
+
+    fn of(policy: &PolicySource) -> Option<Identity> {
+        match policy {
+            PolicySource::Native => None,
+            PolicySource::Builtin(name) => Some(Identity::builtin(name)),
+            PolicySource::File(plugin) => Some(Identity::file(&plugin.name, &plugin.sha256)),
+        }
     }
 }
 

@@ -158,6 +158,55 @@ async fn a_changed_plugin_file_lifts_its_quarantine() {
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Two plugin names for byte-identical files are two plugins: each has its own parameters,
+/// fault counts, quarantine and metrics; faults under one name leave the other serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_names_for_identical_files_keep_their_own_faults_and_quarantine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let twin = dir.path().join("twin.wasm");
+    std::fs::copy(plugin("misbehave"), &twin).expect("copy");
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = config(&plugin("misbehave"), "{ mode: trap }", &[&origin])
+        .plugin("twin", &twin)
+        .port(
+            "other",
+            Port::http("http")
+                .backends(&[origin.addr])
+                .set("balancer", "{ policy: twin, params: { mode: good } }"),
+        )
+        .start()
+        .await;
+    let mut client = H1::connect(addr(&gantry, "web", "http"))
+        .await
+        .expect("connect");
+    for _ in 0..6 {
+        assert_eq!(
+            client.get("/").await.expect("answered").status,
+            StatusCode::OK
+        );
+    }
+    let mut other = H1::connect(addr(&gantry, "other", "http"))
+        .await
+        .expect("connect");
+    assert_eq!(
+        other.get("/").await.expect("answered").status,
+        StatusCode::OK
+    );
+    let text = gantry.metrics().render();
+    let series =
+        |name: &str, plugin: &str| metric(&text, &format!("{name}{{plugin=\"{plugin}\"}}"));
+    assert_eq!(series("gantry_plugin_quarantined", "bad"), 1.0);
+    assert_eq!(series("gantry_plugin_quarantined", "twin"), 0.0, "{text}");
+    let traps = |plugin: &str| {
+        metric(
+            &text,
+            &format!("gantry_plugin_faults_total{{kind=\"trap\",plugin=\"{plugin}\"}}"),
+        )
+    };
+    assert_eq!((traps("bad"), traps("twin")), (5.0, 0.0));
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
 async fn start_error(scenario: &Scenario) -> String {
     match Gantry::start(scenario.model()).await {
         Ok(_) => panic!("the plugin should have been refused"),
