@@ -205,6 +205,10 @@ pub struct TimeoutsFile {
     /// A UDP flow that has had datagrams both ways, with no datagram either way. Default
     /// `120s`.
     pub udp_stream_idle: Option<DurationText>,
+    /// On a stop, or when the port is removed: a UDP flow whose backend has answered and that
+    /// has had no datagram for this long ends at once instead of being waited for. Default
+    /// `1s`.
+    pub udp_drain_quiet: Option<DurationText>,
 }
 
 /// `limits:`

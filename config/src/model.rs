@@ -702,6 +702,9 @@ pub struct Timeouts {
     /// UDP flow idle, once datagrams have gone both ways.
     #[serde(with = "duration_text")]
     pub udp_stream_idle: Duration,
+    /// Draining: an answered UDP flow quiet this long has nothing in flight and ends at once.
+    #[serde(with = "duration_text")]
+    pub udp_drain_quiet: Duration,
 }
 
 /// Client-facing limits of a port.

@@ -307,19 +307,33 @@ struct UdpServing {
 }
 
 impl UdpServing {
-    /// Waits for the listener's flows to end, up to `grace`; then ends the rest and lets go
-    /// of the port (which closes if no other listener holds it).
+    /// Waits for the listener's flows to end, up to `grace`, ending at once each flow that
+    /// has been answered and quiet for `timeouts.udp_drain_quiet` (it has nothing in flight:
+    /// only flows mid-exchange are given the grace); then ends the rest and lets go of the
+    /// port (which closes if no other listener holds it).
     async fn finish_drain(self, key: &ListenerKey, grace: Duration) {
-        if tokio::time::timeout(grace, self.owner.all_ended())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                service = %key.service, port = %key.port, remaining = self.owner.open(),
-                "grace period over; ending remaining UDP flows"
-            );
-            self.hold.port().end_flows_of(&self.owner);
-            self.owner.all_ended().await;
+        let deadline = tokio::time::Instant::now() + grace;
+        let quiet = self.owner.route().port.settings.timeouts.udp_drain_quiet;
+        let port = self.hold.port();
+        loop {
+            let next = port.end_quiet_flows_of(&self.owner, quiet);
+            // A flow not answered yet may be answered any time: look again after `quiet`.
+            let next = next.unwrap_or_else(|| tokio::time::Instant::now() + quiet);
+            tokio::select! {
+                () = self.owner.all_ended() => break,
+                () = tokio::time::sleep_until(next.min(deadline)) => {
+                    if tokio::time::Instant::now() < deadline {
+                        continue;
+                    }
+                    tracing::warn!(
+                        service = %key.service, port = %key.port, remaining = self.owner.open(),
+                        "grace period over; ending remaining UDP flows"
+                    );
+                    port.end_flows_of(&self.owner);
+                    self.owner.all_ended().await;
+                    break;
+                }
+            }
         }
         self.hold.release().await;
     }

@@ -44,7 +44,7 @@ impl DurationRange {
 }
 
 /// The ranges of port timeouts, by field name, as `docs/configuration.md` lists them.
-const TIMEOUT_RANGES: [(&str, DurationRange); 9] = [
+const TIMEOUT_RANGES: [(&str, DurationRange); 10] = [
     (
         "connect",
         DurationRange::positive(Duration::from_secs(5 * 60)),
@@ -63,6 +63,7 @@ const TIMEOUT_RANGES: [(&str, DurationRange); 9] = [
     ("upstream_idle", DurationRange::positive(DAY)),
     ("udp_idle", DurationRange::positive(DAY)),
     ("udp_stream_idle", DurationRange::positive(DAY)),
+    ("udp_drain_quiet", DurationRange::positive(HOUR)),
 ];
 
 /// The largest UDP payload over IPv4 (65535 minus the IP and UDP headers).
@@ -88,6 +89,7 @@ pub fn builtin_port_settings() -> PortSettings {
             // kube-proxy's conntrack UDP timeouts.
             udp_idle: Duration::from_secs(30),
             udp_stream_idle: Duration::from_secs(120),
+            udp_drain_quiet: Duration::from_secs(1),
         },
         limits: Limits {
             max_connections: 10_000,
@@ -127,6 +129,7 @@ pub(super) fn apply_settings(
             (timeouts.upstream_idle, &mut t.upstream_idle),
             (timeouts.udp_idle, &mut t.udp_idle),
             (timeouts.udp_stream_idle, &mut t.udp_stream_idle),
+            (timeouts.udp_drain_quiet, &mut t.udp_drain_quiet),
         ];
         for ((value, slot), (name, range)) in slots.into_iter().zip(TIMEOUT_RANGES) {
             set_duration(value, slot, range, &tp.field(name), p);

@@ -227,12 +227,12 @@ impl Gantry {
         self.inner.model.load_full()
     }
 
-    /// The metrics registry.
     /// The fingerprint of the configuration files last applied, locked for one reload.
     pub(crate) fn file_inputs(&self) -> &tokio::sync::Mutex<Option<u64>> {
         &self.inner.file_inputs
     }
 
+    /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }

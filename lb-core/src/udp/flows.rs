@@ -278,6 +278,12 @@ impl Flow {
         self.touch();
     }
 
+    /// When the flow will have been quiet for `quiet` if nothing more happens, once its
+    /// backend has answered (`None` before: it may still be waiting for an answer).
+    pub(crate) fn quiet_at(&self, quiet: Duration) -> Option<Instant> {
+        self.has_answered().then(|| self.last_datagram() + quiet)
+    }
+
     /// When the flow expires if nothing more happens, given its timeouts.
     pub(crate) fn expires_at(&self, idle: Duration, stream_idle: Duration) -> Instant {
         let timeout = if self.answered.load(Ordering::Relaxed) {

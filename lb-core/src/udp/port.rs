@@ -9,11 +9,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -144,6 +146,28 @@ impl UdpPort {
                 flow.done.cancel();
             }
         }
+    }
+
+    /// Ends `owner`'s flows that have been answered and quiet for `quiet` (nothing is in
+    /// flight on them); returns the earliest moment another of its flows can become so.
+    pub(crate) fn end_quiet_flows_of(
+        &self,
+        owner: &Arc<FlowOwner>,
+        quiet: Duration,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for flow in self.flows.snapshot() {
+            if !flow.is_owned_by(owner) {
+                continue;
+            }
+            match flow.quiet_at(quiet) {
+                Some(at) if at <= now => flow.done.cancel(),
+                Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
+                None => {}
+            }
+        }
+        next
     }
 
     /// Takes one more hold, unless the port has closed.

@@ -447,3 +447,69 @@ async fn a_removed_udp_port_serves_its_flows_until_they_end_and_takes_no_new_one
     })
     .await;
 }
+
+/// A stop ends at once the flows that have been answered and quiet for `udp_drain_quiet`:
+/// nothing is in flight on them. Only a flow mid-exchange is given the grace, and its late
+/// answer still reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_quiet_flows_at_once_and_waits_only_for_flows_mid_exchange() {
+    let origin = UdpOrigin::start("a").await;
+    // A backend that answers when the test says so.
+    let slow = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let quiet = "{ udp_drain_quiet: 200ms }";
+    let gantry = Scenario::new()
+        .port("dns", udp("udp", &[origin.addr]).set("timeouts", quiet))
+        .port(
+            "slow",
+            udp("udp", &[slow.local_addr().expect("addr")]).set("timeouts", quiet),
+        )
+        .start()
+        .await;
+    let (dns, slow_port) = (addr(&gantry, "dns", "udp"), addr(&gantry, "slow", "udp"));
+    let mut answered = Vec::new();
+    for i in 0..10 {
+        let client = UdpClient::new().await;
+        assert!(client.ask(dns, &format!("q{i}")).await.is_some());
+        answered.push(client);
+    }
+    let waiting = UdpClient::new().await;
+    waiting
+        .socket
+        .send_to(b"question", slow_port)
+        .await
+        .expect("send");
+    let mut buffer = [0u8; 64];
+    let (_, relay) = slow
+        .recv_from(&mut buffer)
+        .await
+        .expect("the question arrives");
+
+    // The grace is an hour: only ending the quiet flows at once lets the stop finish soon.
+    let stopping = tokio::spawn({
+        let gantry = gantry.clone();
+        async move { gantry.shutdown(std::time::Duration::from_secs(3600)).await }
+    });
+    eventually("the stop to begin: no new flow is taken", || async {
+        UdpClient::new().await.ask(dns, "new").await.is_none()
+    })
+    .await;
+    assert!(
+        !stopping.is_finished(),
+        "the flow mid-exchange is waited for"
+    );
+    slow.send_to(b"b answer", relay).await.expect("answer");
+    let (len, from) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        waiting.socket.recv_from(&mut buffer),
+    )
+    .await
+    .expect("the late answer reaches the client")
+    .expect("recv");
+    assert_eq!((&buffer[..len], from), (&b"b answer"[..], slow_port));
+    tokio::time::timeout(std::time::Duration::from_secs(20), stopping)
+        .await
+        .expect("the stop ends once the flows are quiet, not after the hour of grace")
+        .expect("shutdown");
+}
