@@ -23,29 +23,61 @@ fn check(config: &Path) -> std::process::Output {
         .expect("run gantry check")
 }
 
+/// Every `gantry check` the docs quote: a ```` ```console ```` block starting
+/// `$ gantry check --config NAME`, after a ```` ```yaml ```` block whose first line is
+/// `# NAME`. Returns (document, file name, file text, quoted output).
+fn quoted_checks() -> Vec<(String, String, String, String)> {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&docs).expect("docs") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "md") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut files = std::collections::HashMap::new();
+        for block in text.split("```").skip(1).step_by(2) {
+            if let Some(yaml) = block.strip_prefix("yaml\n# ") {
+                if let Some((name, body)) = yaml.split_once('\n') {
+                    files.insert(name.to_owned(), body.to_owned());
+                }
+            } else if let Some(console) = block.strip_prefix("console\n$ gantry check --config ") {
+                let (name, output) = console.split_once('\n').expect("output");
+                let file = files
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{}: no ```yaml block `# {name}`", path.display()));
+                let doc = path
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned();
+                found.push((doc, name.to_owned(), file.clone(), output.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// What the docs quote `gantry check` printing is what it prints, word for word, for the file
+/// quoted beside it.
 #[test]
-fn check_prints_every_problem_with_its_path_and_fails() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("bad.yaml");
-    std::fs::write(
-        &config,
-        "services:\n  - name: a\n    ports:\n      - { port: 80, protocol: htp }\n  - name: b\n    address: nowhere\n    ports:\n      - { port: 443, protocol: https, tls: { certificates: [{ cert: a.crt, key: a.key }] } }\n",
-    )
-    .expect("write");
-    let output = check(&config);
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    for expected in [
-        "4 problems",
-        "services[0].ports[0].protocol: unknown variant `htp`",
-        "services[1].address: `nowhere` is not an IP address",
-        "services[1].ports[0].tls.certificates[0].cert: file not found:",
-        "services[1].ports[0].tls.certificates[0].key: file not found:",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in\n{stderr}"
+fn the_check_output_quoted_in_the_docs_is_the_binarys() {
+    let quoted = quoted_checks();
+    assert!(quoted.len() >= 2, "the docs quote gantry check: {quoted:?}");
+    for (doc, name, file, output) in quoted {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(&name), &file).expect("write");
+        let ran = std::process::Command::new(GANTRY)
+            .args(["check", "--config", &name])
+            .current_dir(dir.path())
+            .output()
+            .expect("run gantry check");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&ran.stdout),
+            String::from_utf8_lossy(&ran.stderr)
         );
+        assert_eq!(printed.trim_end(), output.trim_end(), "{doc}: {name}");
     }
 }
 
