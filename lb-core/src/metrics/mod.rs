@@ -5,6 +5,7 @@
 
 mod handles;
 mod kube;
+mod log;
 mod shown;
 
 use lb_config::ListenerKey;
@@ -99,6 +100,9 @@ impl Metrics {
         for result in ReloadResult::ALL {
             reloads.with_label_values(&[result.label()]);
         }
+        registry
+            .register(Box::new(log::LogMetrics::new()))
+            .expect("metric names are unique");
         Metrics {
             reloads,
             changes: counter_vec(

@@ -253,6 +253,46 @@ async fn a_reload_of_the_files_last_applied_is_a_no_op_counted_as_unchanged() {
     assert_eq!(reloads(admin).await, [1.0, 0.0, 2.0]);
 }
 
+/// A warning any client can cause, once per connection, is logged at most 10 times per 10 s
+/// from one place; the rest are counted, and summarized in one line per window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warning_per_connection_is_rate_limited_counted_and_summarized() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gantry.yaml");
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    Scenario::new()
+        .port("db", Port::tcp("tcp").backends(&[refusing]))
+        .write(&config);
+    let mut gantry = Running::start(&config);
+    let admin = gantry.address("admin listening").await;
+    let proxy = gantry.address("listening").await;
+    gantry.log("ready").await;
+    const CONNECTIONS: usize = 100;
+    for _ in 0..CONNECTIONS {
+        let answer = crate::support::client::tcp_exchange(proxy, b"ping").await;
+        assert_eq!(answer, "", "closed without a backend");
+    }
+    let logged = gantry
+        .logs_until("similar log lines left out (at most 10 per 10s from one place)")
+        .await;
+    let warned = logged
+        .iter()
+        .filter(|l| l["message"] == "no backend reachable; closing connection")
+        .count();
+    assert_eq!(warned, 10, "at most 10 lines from one place per window");
+    let summary = logged.last().expect("the summary");
+    assert_eq!(summary["suppressed"], CONNECTIONS as u64 - 10, "{summary}");
+    let text = get(admin, "/metrics").await.body;
+    assert!(metric(&text, "gantry_log_events_total{level=\"warn\"}") >= CONNECTIONS as f64);
+    assert_eq!(
+        metric(&text, "gantry_log_lines_suppressed_total"),
+        (CONNECTIONS - 10) as f64
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_reloads_on_sighup_and_drains_on_sigterm_then_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -4,11 +4,18 @@
 //! rustls at `error`: it warns once per handshake about things clients control (an IP address
 //! sent as SNI), which would let any client flood the log.
 //! Access log lines use the target `gantry::access` and are enabled by `runtime.access_log`.
-//! Durations are logged in milliseconds rounded to the microsecond ([`millis`]).
+//! Durations are logged in milliseconds rounded to the microsecond ([`millis`]). Warnings and
+//! errors are rate-limited per call site ([`throttle`]).
+
+mod throttle;
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+pub use throttle::{Counts, COUNTS, LINES_PER_WINDOW, WINDOW};
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -26,14 +33,19 @@ pub fn init(format: LogFormat, level: &str) {
             "{level},pingora_core=warn,pingora_proxy=warn,pingora=warn,rustls=error"
         ))
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let lines = match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
     };
+    // Also bridges pingora's `log` records in.
+    let result = tracing_subscriber::registry()
+        .with(filter)
+        .with(throttle::Throttle::start())
+        .with(lines)
+        .try_init();
     if let Err(err) = result {
         eprintln!("logging already initialised: {err}");
     }
