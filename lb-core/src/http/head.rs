@@ -85,12 +85,19 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     }
     // The head's time runs from its first byte; a head that came whole needs no deadline.
     let mut deadline = None;
+    // The head is parsed once it has ended (or outgrown the limit): parsing it again after
+    // every read would cost the square of its length, which a client sending large heads a
+    // few bytes at a time could make Gantry pay. Each byte is scanned once for the end.
+    let mut scanned = 0;
     loop {
-        match inspect(buf, limits) {
-            Inspection::Complete { upgrade } => return Head::Ready(RequestHead { upgrade }),
-            Inspection::Refuse(why) => return Head::Refused(why),
-            Inspection::Partial => {}
+        if head_ended(buf, scanned) || buf.len() > limits.max_bytes {
+            match inspect(buf, limits) {
+                Inspection::Complete { upgrade } => return Head::Ready(RequestHead { upgrade }),
+                Inspection::Refuse(why) => return Head::Refused(why),
+                Inspection::Partial => {}
+            }
         }
+        scanned = buf.len();
         let deadline =
             *deadline.get_or_insert_with(|| lb_policy::clock::instant_after(limits.header_timeout));
         buf.reserve(4096);
@@ -105,6 +112,21 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
+/// Whether `buf` holds the empty line that ends a head (`\r\n\r\n`, or bare `\n`s, which
+/// the parser accepts too), looking only at what came after the first `scanned` bytes (and the
+/// two before them, where the end may have begun).
+fn head_ended(buf: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(2);
+    buf[from..]
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .any(|(i, _)| {
+            let rest = &buf[from + i + 1..];
+            rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
+        })
+}
+
 pub(crate) enum Inspection {
     Complete { upgrade: bool },
     Partial,
@@ -112,6 +134,8 @@ pub(crate) enum Inspection {
 }
 
 pub(crate) fn inspect(buf: &[u8], limits: HeadLimits) -> Inspection {
+    #[cfg(test)]
+    tests::PARSED.with(|parsed| parsed.set(parsed.get() + buf.len()));
     // Uninitialised: zeroing the slots would cost more than parsing a small head.
     let mut slots = [std::mem::MaybeUninit::uninit(); PARSER_HEADER_SLOTS];
     let slots = &mut slots[..limits.max_headers.min(PARSER_HEADER_SLOTS)];
@@ -282,6 +306,79 @@ mod tests {
             matches!(head, Head::Refused(Rejection::HeaderTimeout)),
             "{head:?}"
         );
+    }
+
+    thread_local! {
+        /// Bytes handed to the parser on this thread.
+        pub(super) static PARSED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A head sent a few bytes at a time is parsed once it has ended, not after every read:
+    /// the parser sees each byte about once, whether the head is accepted or refused.
+    #[tokio::test]
+    async fn a_head_is_parsed_once_however_it_is_trickled() {
+        let filler = "x-filler: 0123456789abcdef0123456789abcdef\r\n".repeat(150);
+        for (head, limits, accepted) in [
+            (
+                format!("GET / HTTP/1.1\r\nHost: a\r\n{filler}\r\n"),
+                HeadLimits {
+                    max_bytes: 65536,
+                    ..LIMITS
+                },
+                true,
+            ),
+            // Too large: refused once it outgrows the limit.
+            (
+                format!("GET / HTTP/1.1\r\nHost: a\r\n{filler}{filler}\r\n"),
+                HeadLimits {
+                    max_bytes: 8192,
+                    ..LIMITS
+                },
+                false,
+            ),
+        ] {
+            let (mut client, mut server) = tokio::io::duplex(64);
+            let bytes = head.clone().into_bytes();
+            let writer = tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                for chunk in bytes.chunks(50) {
+                    // Fails once the reader refused the head and closed its end.
+                    if client.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            PARSED.with(|p| p.set(0));
+            let outcome = read_head(
+                &mut server,
+                &mut BytesMut::new(),
+                HeadLimits {
+                    max_headers: 256,
+                    ..limits
+                },
+                &mut Deadline::default(),
+            )
+            .await;
+            drop(server);
+            let _ = writer.await;
+            assert_eq!(matches!(outcome, Head::Ready(_)), accepted, "{outcome:?}");
+            let parsed = PARSED.with(std::cell::Cell::get);
+            assert!(
+                parsed <= head.len() + 64,
+                "{parsed} bytes parsed for a head of {}",
+                head.len()
+            );
+        }
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_however_it_is_split() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for cut in 0..head.len() {
+            assert!(head_ended(head, cut), "scanned up to {cut}");
+        }
+        assert!(head_ended(b"GET / HTTP/1.1\nHost: a\n\n", 20));
+        assert!(!head_ended(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
     }
 
     /// On tokio's paused clock, which the idle wait runs on.
