@@ -87,7 +87,14 @@ pub(crate) async fn serve(
         Protocol::Tcp | Protocol::Udp => {}
         Protocol::Http => {
             if let Some(app) = shared.http.load_full() {
-                http::serve_cleartext(&app, &shared.route, stream, shared.drain.clone()).await;
+                http::serve_cleartext(
+                    &app,
+                    &shared.route,
+                    &shared.limiter,
+                    stream,
+                    shared.drain.clone(),
+                )
+                .await;
             }
         }
         Protocol::Tls | Protocol::Https => {
@@ -106,7 +113,14 @@ pub(crate) async fn serve(
                 };
                 tcp::proxy(&route, tls, info).await;
             } else if let Some(app) = shared.http.load_full() {
-                http::serve_tls(&app, &shared.route, Box::new(tls), shared.drain.clone()).await;
+                http::serve_tls(
+                    &app,
+                    &shared.route,
+                    &shared.limiter,
+                    Box::new(tls),
+                    shared.drain.clone(),
+                )
+                .await;
             }
         }
     }

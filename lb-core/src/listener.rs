@@ -411,13 +411,22 @@ async fn accept_loop(
     connections: TaskTracker,
 ) {
     loop {
-        let permit = tokio::select! {
-            permit = shared.limiter.acquire() => permit,
-            _ = stop.cancelled() => return,
-        };
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
             _ = stop.cancelled() => return,
+        };
+        let permit = match shared.limiter.try_acquire() {
+            Some(permit) => permit,
+            None => {
+                // At the cap, with a client in hand (the only one held so: the kernel queues
+                // the others): the connection that has waited longest for a request is closed
+                // to make room; with none waiting, the client waits for a connection to end.
+                shared.limiter.reclaim_oldest_idle();
+                tokio::select! {
+                    permit = shared.limiter.acquire() => permit,
+                    _ = stop.cancelled() => return,
+                }
+            }
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,

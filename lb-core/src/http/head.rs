@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::deadline::Deadline;
+use crate::limiter::IdleMark;
 use crate::metrics::Rejection;
 
 /// pingora's HTTP/1 parser holds at most this many headers; limits are validated against it.
@@ -61,14 +62,24 @@ pub enum Head {
 /// The draining connection waits for that request instead, and its answer closes the
 /// connection (`Connection: close`), as HAProxy's `idle-close-on-response` does; the wait is
 /// bounded by the idle timeout and by the drain's grace period, which ends the connection.
-pub async fn read_head<S: AsyncRead + Unpin>(
+///
+/// While it waits for a request's first byte, the connection is `idle` (when given): a
+/// listener at its connection cap may reclaim it for a new client, which closes it.
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     limits: HeadLimits,
     timer: &mut Deadline,
+    idle: Option<IdleMark>,
 ) -> Head {
     if buf.is_empty() {
         buf.reserve(4096);
+        let reclaimed = async {
+            match &idle {
+                Some(mark) => mark.reclaimed.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         // Waiting for a request is idleness, bounded by the idle timeout. The timer is set (and
         // the clock read) only if the read has to wait: `biased` polls the read first, and the
         // block runs on its first poll.
@@ -78,11 +89,14 @@ pub async fn read_head<S: AsyncRead + Unpin>(
             _ = async { timer.at(lb_policy::clock::instant_after(limits.idle_timeout)).await } => {
                 return Head::Closed
             }
+            () = reclaimed => return Head::Closed,
         };
         if !matches!(first, Ok(n) if n > 0) {
             return Head::Closed;
         }
     }
+    // A request has begun: the connection is no longer idle.
+    drop(idle);
     // The head's time runs from its first byte; a head that came whole needs no deadline.
     let mut deadline = None;
     // The head is parsed once it has ended (or outgrown the limit): parsing it again after
@@ -292,6 +306,7 @@ mod tests {
                 &mut BytesMut::new(),
                 LIMITS,
                 &mut Deadline::default(),
+                None,
             )
             .await
         });
@@ -357,6 +372,7 @@ mod tests {
                     ..limits
                 },
                 &mut Deadline::default(),
+                None,
             )
             .await;
             drop(server);
@@ -391,6 +407,7 @@ mod tests {
             &mut BytesMut::new(),
             LIMITS,
             &mut Deadline::default(),
+            None,
         )
         .await;
         assert!(matches!(head, Head::Closed));

@@ -44,6 +44,7 @@ use self::relay::{relay, After, Buffers, Client};
 use self::routes::ListenerRoutes;
 use self::settings_guard::SettingsGuard;
 use crate::coalesce::CoalescedWrites;
+use crate::limiter::ConnLimiter;
 use crate::route::{Route, RouteCell};
 
 /// The pingora application of one HTTP listener.
@@ -124,9 +125,10 @@ fn head_limits(route: &Route) -> HeadLimits {
 }
 
 /// Serves a cleartext connection: h2c by prior knowledge, else HTTP/1.
-pub async fn serve_cleartext(
+pub(crate) async fn serve_cleartext(
     app: &Arc<HttpApp>,
     route: &RouteCell,
+    limiter: &Arc<ConnLimiter>,
     mut stream: CoalescedWrites<L4Stream>,
     drain: watch::Receiver<bool>,
 ) {
@@ -136,6 +138,7 @@ pub async fn serve_cleartext(
         &mut buffers.client_in,
         head_limits(&route.load()),
         &mut buffers.client_timer,
+        Some(limiter.idle()),
     )
     .await;
     if matches!(first, Head::Ready(_)) && buffers.client_in.starts_with(H2_PREFACE_START) {
@@ -144,20 +147,31 @@ pub async fn serve_cleartext(
         ServerApp::process_new(app, Box::new(SettingsGuard::new(Box::new(stream))), &drain).await;
         return;
     }
-    serve_http1(app, route, Box::new(stream), buffers, Some(first), drain).await;
+    serve_http1(
+        app,
+        route,
+        limiter,
+        Box::new(stream),
+        buffers,
+        Some(first),
+        drain,
+    )
+    .await;
 }
 
 /// Serves a TLS connection: HTTP/2 when ALPN chose it, else HTTP/1.
-pub async fn serve_tls(
+pub(crate) async fn serve_tls(
     app: &Arc<HttpApp>,
     route: &RouteCell,
+    limiter: &Arc<ConnLimiter>,
     stream: Stream,
     drain: watch::Receiver<bool>,
 ) {
     if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
         ServerApp::process_new(app, Box::new(SettingsGuard::new(stream)), &drain).await;
     } else {
-        serve_http1(app, route, stream, Buffers::default(), None, drain).await;
+        let buffers = Buffers::default();
+        serve_http1(app, route, limiter, stream, buffers, None, drain).await;
     }
 }
 
@@ -167,6 +181,7 @@ pub async fn serve_tls(
 async fn serve_http1(
     app: &Arc<HttpApp>,
     route: &RouteCell,
+    limiter: &Arc<ConnLimiter>,
     mut stream: Stream,
     mut buffers: Buffers,
     mut pending: Option<Head>,
@@ -183,7 +198,9 @@ async fn serve_http1(
             Some(head) => head,
             None => {
                 let (buf, timer) = (&mut buffers.client_in, &mut buffers.client_timer);
-                read_head(&mut stream, buf, limits, timer).await
+                // With nothing pipelined, the connection waits idle for its next request.
+                let idle = buf.is_empty().then(|| limiter.idle());
+                read_head(&mut stream, buf, limits, timer, idle).await
             }
         };
         match head {

@@ -16,7 +16,7 @@ use crate::support::certs::TestCa;
 use crate::support::client::{raw_exchange, read_until_closed, tls_connect, H1, H2};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
-use crate::support::{addr, metric, rejected};
+use crate::support::{addr, eventually, metric, rejected};
 
 async fn limited(origin: &HttpOrigin) -> lb_core::Gantry {
     Scenario::new()
@@ -186,36 +186,40 @@ async fn http2_requests_with_too_many_headers_get_431() {
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 
+fn capped(origin: &HttpOrigin, max: u32) -> Scenario {
+    Scenario::new().port(
+        "web",
+        Port::http("http")
+            .backends(&[origin.addr])
+            .set("limits", &format!("{{ max_connections: {max} }}")),
+    )
+}
+
+/// At the cap, a connection busy with a request is not cut: a new client waits for a place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_cap_wait_until_one_closes() {
+async fn connections_beyond_the_cap_wait_until_a_busy_one_closes() {
     let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
-    let gantry = Scenario::new()
-        .port(
-            "web",
-            Port::http("http")
-                .backends(&[origin.addr])
-                .set("limits", "{ max_connections: 1 }"),
-        )
-        .start()
-        .await;
+    let gantry = capped(&origin, 1).start().await;
     let proxy = addr(&gantry, "web", "http");
     let mut first = H1::connect(proxy).await.expect("first");
-    assert_eq!(
-        first.get("/").await.expect("first answer").status,
-        StatusCode::OK
-    );
+    let busy = tokio::spawn(async move { first.get("/slow").await.map(|a| a.status) });
+    eventually("the first request to reach the origin", || async {
+        origin.parked() == 1
+    })
+    .await;
 
-    // The second connection is queued by the kernel, not refused; its request waits.
+    // The second connection is held, not refused; its request waits.
     let mut second = H1::connect(proxy).await.expect("second connects");
     let mut waiting = tokio::spawn(async move { second.get("/").await.map(|a| a.status) });
     // A negative check needs some time; it can only pass wrongly, never fail wrongly.
     let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
     assert!(
         early.is_err(),
-        "the second request must not be served while the first is open"
+        "the second request must not be served while the first is busy"
     );
 
-    drop(first);
+    origin.release(1);
+    assert_eq!(busy.await.expect("join").expect("first"), StatusCode::OK);
     let status = waiting.await.expect("join").expect("second answer");
     assert_eq!(status, StatusCode::OK);
     let text = gantry.metrics().render();
@@ -226,5 +230,50 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
         ),
         2.0
     );
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+/// At the cap, connections that only wait for a request make room for new clients, the one
+/// idle longest first: clients holding connections open cannot keep others out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_the_connection_idle_longest_makes_room_for_a_new_client() {
+    let origin = HttpOrigin::start("o", OriginProtocol::Http1).await;
+    let gantry = capped(&origin, 3).start().await;
+    let proxy = addr(&gantry, "web", "http");
+    // A keep-alive client idle after one request, then two connections that never send.
+    let mut kept = H1::connect(proxy).await.expect("keep-alive");
+    assert_eq!(kept.get("/").await.expect("answer").status, StatusCode::OK);
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(proxy).await.expect("silent"));
+    }
+    eventually("three open connections", || async {
+        metric(
+            &gantry.metrics().render(),
+            "gantry_connections_active{port=\"http\",service=\"web\"}",
+        ) == 3.0
+    })
+    .await;
+
+    // Each new client (staying connected) is served at once, each taking the place of the
+    // connection idle longest: the keep-alive client first, then the silent ones.
+    let mut newcomers = Vec::new();
+    for _ in 0..3 {
+        let mut client = H1::connect(proxy).await.expect("connect");
+        let answer = tokio::time::timeout(Duration::from_secs(10), client.get("/"))
+            .await
+            .expect("served without waiting for an idle timeout")
+            .expect("answer");
+        assert_eq!(answer.status, StatusCode::OK);
+        newcomers.push(client);
+    }
+    assert!(
+        kept.get("/").await.is_err(),
+        "the oldest idle connection was closed"
+    );
+    for mut stream in silent {
+        let closed = read_until_closed(&mut stream).await;
+        assert_eq!(closed, "", "closed quietly, with no answer");
+    }
     gantry.shutdown(Duration::from_secs(1)).await;
 }
