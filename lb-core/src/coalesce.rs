@@ -35,7 +35,8 @@ impl<S> CoalescedWrites<S> {
     pub fn new(inner: S) -> Self {
         CoalescedWrites {
             inner,
-            pending: Vec::with_capacity(WRITE_BUFFER),
+            // Allocated by the first write: an idle connection holds none.
+            pending: Vec::new(),
             written: 0,
         }
     }
@@ -86,6 +87,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
         if buf.len() >= WRITE_BUFFER {
             // Large writes gain nothing from a copy.
             return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if this.pending.capacity() == 0 {
+            this.pending.reserve(WRITE_BUFFER);
         }
         this.pending.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))

@@ -78,7 +78,9 @@ pub(crate) async fn serve(
             local,
             server_name: None,
         };
-        return tcp::proxy(&route, stream, info).await;
+        // Boxed, as every branch that serves: the connection's task holds only what waiting
+        // for the first bytes needs, not the largest state any protocol could reach.
+        return Box::pin(tcp::proxy(&route, stream, info)).await;
     }
 
     let stream = pingora_stream(stream, peer, local);
@@ -87,18 +89,13 @@ pub(crate) async fn serve(
         Protocol::Tcp | Protocol::Udp => {}
         Protocol::Http => {
             if let Some(app) = shared.http.load_full() {
-                http::serve_cleartext(
-                    &app,
-                    &shared.route,
-                    &shared.limiter,
-                    stream,
-                    shared.drain.clone(),
-                )
-                .await;
+                let (route, limiter, drain) =
+                    (&shared.route, &shared.limiter, shared.drain.clone());
+                Box::pin(http::serve_cleartext(&app, route, limiter, stream, drain)).await;
             }
         }
         Protocol::Tls | Protocol::Https => {
-            let Some(tls) = handshake(&route, stream).await else {
+            let Some(tls) = Box::pin(handshake(&route, stream)).await else {
                 return;
             };
             if protocol == Protocol::Tls {
@@ -111,16 +108,11 @@ pub(crate) async fn serve(
                     local,
                     server_name: server_name.as_deref(),
                 };
-                tcp::proxy(&route, tls, info).await;
+                Box::pin(tcp::proxy(&route, tls, info)).await;
             } else if let Some(app) = shared.http.load_full() {
-                http::serve_tls(
-                    &app,
-                    &shared.route,
-                    &shared.limiter,
-                    Box::new(tls),
-                    shared.drain.clone(),
-                )
-                .await;
+                let (route, limiter, drain) =
+                    (&shared.route, &shared.limiter, shared.drain.clone());
+                Box::pin(http::serve_tls(&app, route, limiter, Box::new(tls), drain)).await;
             }
         }
     }

@@ -21,6 +21,9 @@ use crate::metrics::Rejection;
 /// pingora's HTTP/1 parser holds at most this many headers; limits are validated against it.
 const PARSER_HEADER_SLOTS: usize = 256;
 
+/// The least a head's buffer grows by when more of the head is to come: most heads fit.
+const FIRST_READ: usize = 1024;
+
 /// The limits and timeouts a head is read under.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadLimits {
@@ -73,7 +76,10 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     idle: Option<IdleMark>,
 ) -> Head {
     if buf.is_empty() {
-        buf.reserve(4096);
+        // Nothing reserved: an empty buffer takes the first bytes into a small allocation made
+        // when they are read for (a keep-alive connection keeps the room its last request
+        // needed), and a head that needs more grows it as it comes. A connection that sends
+        // nothing, or a head a few bytes at a time, holds little.
         let reclaimed = async {
             match &idle {
                 Some(mark) => mark.reclaimed.cancelled().await,
@@ -114,7 +120,8 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         scanned = buf.len();
         let deadline =
             *deadline.get_or_insert_with(|| lb_policy::clock::instant_after(limits.header_timeout));
-        buf.reserve(4096);
+        // Doubling as the head grows, up to a page per read.
+        buf.reserve(buf.len().clamp(FIRST_READ, 4096));
         let read = tokio::select! {
             biased;
             read = io.read_buf(buf) => read,

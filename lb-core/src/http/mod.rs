@@ -144,18 +144,14 @@ pub(crate) async fn serve_cleartext(
     if matches!(first, Head::Ready(_)) && buffers.client_in.starts_with(H2_PREFACE_START) {
         // Nothing was written yet, so the inner stream can take the bytes back.
         stream.get_mut().rewind(&buffers.client_in);
-        ServerApp::process_new(app, Box::new(SettingsGuard::new(Box::new(stream))), &drain).await;
+        let stream = Box::new(SettingsGuard::new(Box::new(stream)));
+        Box::pin(ServerApp::process_new(app, stream, &drain)).await;
         return;
     }
-    serve_http1(
-        app,
-        route,
-        limiter,
-        Box::new(stream),
-        buffers,
-        Some(first),
-        drain,
-    )
+    let (stream, first) = (Box::new(stream), Some(first));
+    Box::pin(serve_http1(
+        app, route, limiter, stream, buffers, first, drain,
+    ))
     .await;
 }
 
@@ -168,10 +164,18 @@ pub(crate) async fn serve_tls(
     drain: watch::Receiver<bool>,
 ) {
     if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-        ServerApp::process_new(app, Box::new(SettingsGuard::new(stream)), &drain).await;
+        Box::pin(ServerApp::process_new(
+            app,
+            Box::new(SettingsGuard::new(stream)),
+            &drain,
+        ))
+        .await;
     } else {
         let buffers = Buffers::default();
-        serve_http1(app, route, limiter, stream, buffers, None, drain).await;
+        Box::pin(serve_http1(
+            app, route, limiter, stream, buffers, None, drain,
+        ))
+        .await;
     }
 }
 
@@ -206,7 +210,7 @@ async fn serve_http1(
         match head {
             Head::Ready(head) if head.upgrade => {
                 let bytes = buffers.client_in.split();
-                upgrade::tunnel(&current, stream, bytes, peer, local).await;
+                Box::pin(upgrade::tunnel(&current, stream, bytes, peer, local)).await;
                 return;
             }
             Head::Ready(_) if current.port.backend_protocol == BackendProtocol::H2c => {
@@ -215,7 +219,7 @@ async fn serve_http1(
                 // Any non-zero value lets pingora keep the connection; the idle wait itself
                 // is `read_head`'s.
                 session.set_keepalive(Some(limits.idle_timeout.as_secs().max(1)));
-                match app.process_new_http(session, &drain).await {
+                match Box::pin(app.process_new_http(session, &drain)).await {
                     Some(reused) => stream = reused.consume().0,
                     None => return,
                 }
@@ -227,14 +231,16 @@ async fn serve_http1(
                     ip: &client_ip,
                     drain: &drain,
                 };
-                if relay(&current, client, &mut buffers).await == After::Close {
+                // Boxed: an idle connection's task holds only what waiting for a request
+                // needs, not the relay's state.
+                if Box::pin(relay(&current, client, &mut buffers)).await == After::Close {
                     let _ = stream.shutdown().await;
                     return;
                 }
             }
             Head::Closed => return,
             Head::Refused(why) => {
-                relay::refuse(&current, &mut stream, why).await;
+                Box::pin(relay::refuse(&current, &mut stream, why)).await;
                 return;
             }
         }
