@@ -10,11 +10,12 @@ use lb_core::demo::{Demo, DemoOptions};
 use lb_core::logging::{self, LogFormat};
 use lb_core::run::RunOptions;
 
-/// mimalloc rather than the C library's allocator: memory freed after a burst of connections
-/// (an attack, a traffic peak) goes back to the system within moments instead of staying
-/// resident, and it is faster, notably than musl's in the static build.
+/// jemalloc rather than the C library's allocator: its background threads give memory freed
+/// after a burst of connections (an attack, a traffic peak) back to the system within seconds,
+/// whatever the workers do meanwhile, where glibc's keeps it resident; and it is faster than
+/// musl's, which the static build would otherwise use.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(name = "gantry", version, about = "Gantry load-balancer appliance")]

@@ -21,6 +21,9 @@ use crate::metrics::Rejection;
 /// pingora's HTTP/1 parser holds at most this many headers; limits are validated against it.
 const PARSER_HEADER_SLOTS: usize = 256;
 
+/// The most [`take_what_is_in_hand`] takes at once.
+const MAX_IN_HAND: usize = 16 * 1024;
+
 /// The least a head's buffer grows by when more of the head is to come: most heads fit.
 const FIRST_READ: usize = 1024;
 
@@ -100,6 +103,7 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         if !matches!(first, Ok(n) if n > 0) {
             return Head::Closed;
         }
+        take_what_is_in_hand(io, buf).await;
     }
     // A request has begun: the connection is no longer idle.
     drop(idle);
@@ -129,6 +133,24 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         };
         if !matches!(read, Ok(n) if n > 0) {
             return Head::Closed;
+        }
+    }
+}
+
+/// Reads, without waiting, whatever more the client has already sent when the first read
+/// filled the small buffer it had: the request is then judged on all its bytes in hand, as if
+/// the buffer had been large from the start.
+async fn take_what_is_in_hand<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) {
+    while buf.len() == buf.capacity() && buf.len() < MAX_IN_HAND {
+        buf.reserve(4096);
+        let read = tokio::select! {
+            biased;
+            read = io.read_buf(buf) => read,
+            // Nothing more in hand: the read (cancel-safe) is dropped.
+            () = std::future::ready(()) => return,
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            return;
         }
     }
 }
