@@ -9,13 +9,14 @@
 //! as the session's prefix, for h2c backends); anything this reader cannot classify is left to
 //! the parser that comes next, and its own 400.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::deadline::Deadline;
-use crate::limiter::IdleMark;
+use crate::limiter::ConnLimiter;
 use crate::metrics::Rejection;
 
 /// pingora's HTTP/1 parser holds at most this many headers; limits are validated against it.
@@ -69,23 +70,29 @@ pub enum Head {
 /// connection (`Connection: close`), as HAProxy's `idle-close-on-response` does; the wait is
 /// bounded by the idle timeout and by the drain's grace period, which ends the connection.
 ///
-/// While it waits for a request's first byte, the connection is `idle` (when given): a
-/// listener at its connection cap may reclaim it for a new client, which closes it.
+/// While it waits for a request's first byte, the connection is marked idle with `limiter`
+/// (when given): a listener at its connection cap may reclaim it for a new client, which
+/// closes it.
 pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     limits: HeadLimits,
     timer: &mut Deadline,
-    idle: Option<IdleMark>,
+    limiter: Option<&Arc<ConnLimiter>>,
 ) -> Head {
     if buf.is_empty() {
         // Nothing reserved: an empty buffer takes the first bytes into a small allocation made
         // when they are read for (a keep-alive connection keeps the room its last request
         // needed), and a head that needs more grows it as it comes. A connection that sends
         // nothing, or a head a few bytes at a time, holds little.
+        // Marked idle only if the read has to wait (`biased` polls it first), and until the
+        // first byte: the mark goes with this future.
         let reclaimed = async {
-            match &idle {
-                Some(mark) => mark.reclaimed.cancelled().await,
+            match limiter {
+                Some(limiter) => {
+                    let mark = limiter.idle();
+                    mark.reclaimed.cancelled().await;
+                }
                 None => std::future::pending().await,
             }
         };
@@ -105,8 +112,6 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         }
         take_what_is_in_hand(io, buf).await;
     }
-    // A request has begun: the connection is no longer idle.
-    drop(idle);
     // The head's time runs from its first byte; a head that came whole needs no deadline.
     let mut deadline = None;
     // The head is parsed once it has ended (or outgrown the limit): parsing it again after

@@ -138,7 +138,7 @@ pub(crate) async fn serve_cleartext(
         &mut buffers.client_in,
         head_limits(&route.load()),
         &mut buffers.client_timer,
-        Some(limiter.idle()),
+        Some(limiter),
     )
     .await;
     if matches!(first, Head::Ready(_)) && buffers.client_in.starts_with(H2_PREFACE_START) {
@@ -202,9 +202,7 @@ async fn serve_http1(
             Some(head) => head,
             None => {
                 let (buf, timer) = (&mut buffers.client_in, &mut buffers.client_timer);
-                // With nothing pipelined, the connection waits idle for its next request.
-                let idle = buf.is_empty().then(|| limiter.idle());
-                read_head(&mut stream, buf, limits, timer, idle).await
+                read_head(&mut stream, buf, limits, timer, Some(limiter)).await
             }
         };
         match head {
