@@ -8,6 +8,7 @@
 //! sockets and no async here; the only IO is reading the config file and the certificate and
 //! plugin files it names.
 
+mod addresses;
 mod build;
 pub mod diff;
 pub mod file;
