@@ -26,7 +26,7 @@ const PARSER_HEADER_SLOTS: usize = 256;
 const MAX_IN_HAND: usize = 16 * 1024;
 
 /// The least a head's buffer grows by when more of the head is to come: most heads fit.
-const FIRST_READ: usize = 1024;
+const FIRST_READ: usize = 256;
 
 /// The limits and timeouts a head is read under.
 #[derive(Clone, Copy, Debug)]

@@ -127,8 +127,8 @@ async fn a_connection_flood_past_the_cap_makes_room_for_a_good_client() {
 
 /// Most resident memory one connection that sends nothing, or only part of a head, may add
 /// to the process (its task, its stream, the start of a head buffer; the kernel's socket is
-/// not counted). Measured: about 8.6 KiB for an idle connection in both debug and release
-/// builds; the aim is 8 KiB (issue 19), not reached yet.
+/// not counted). Measured in a release build: about 8.6 KiB idle, 8.8 KiB with part of a
+/// head; the aim is 8 KiB (issue 19), not reached yet.
 const MEMORY_PER_HELD_CONNECTION_KIB: u64 = 12;
 
 /// A thousand connections that send nothing, then a thousand that send part of a head and
