@@ -40,6 +40,16 @@ async fn start_with_mode(mode: &str, origins: &[&HttpOrigin]) -> Gantry {
     config(&plugin("misbehave"), &params, origins).start().await
 }
 
+/// `times` requests on `client`, each answered 200 (a faulting plugin never fails one).
+async fn answered_ok(client: &mut H1, times: usize) {
+    for _ in 0..times {
+        assert_eq!(
+            client.get("/").await.expect("answered").status,
+            StatusCode::OK
+        );
+    }
+}
+
 fn faults(gantry: &Gantry, kind: &str) -> f64 {
     let text = gantry.metrics().render();
     metric(
@@ -130,12 +140,7 @@ async fn a_changed_plugin_file_lifts_its_quarantine() {
     let mut client = H1::connect(addr(&gantry, "web", "http"))
         .await
         .expect("connect");
-    for _ in 0..6 {
-        assert_eq!(
-            client.get("/").await.expect("answered").status,
-            StatusCode::OK
-        );
-    }
+    answered_ok(&mut client, 6).await;
     assert_eq!(quarantined(&gantry), 1.0);
 
     // The operator ships a fixed plugin under the same name and file.
@@ -144,12 +149,7 @@ async fn a_changed_plugin_file_lifts_its_quarantine() {
     lb_core::reload::reload_from_file(&gantry, &config_path)
         .await
         .expect("reload");
-    for _ in 0..6 {
-        assert_eq!(
-            client.get("/").await.expect("answered").status,
-            StatusCode::OK
-        );
-    }
+    answered_ok(&mut client, 6).await;
     assert_eq!(
         quarantined(&gantry),
         0.0,
@@ -179,19 +179,11 @@ async fn two_names_for_identical_files_keep_their_own_faults_and_quarantine() {
     let mut client = H1::connect(addr(&gantry, "web", "http"))
         .await
         .expect("connect");
-    for _ in 0..6 {
-        assert_eq!(
-            client.get("/").await.expect("answered").status,
-            StatusCode::OK
-        );
-    }
+    answered_ok(&mut client, 6).await;
     let mut other = H1::connect(addr(&gantry, "other", "http"))
         .await
         .expect("connect");
-    assert_eq!(
-        other.get("/").await.expect("answered").status,
-        StatusCode::OK
-    );
+    answered_ok(&mut other, 1).await;
     let text = gantry.metrics().render();
     let series =
         |name: &str, plugin: &str| metric(&text, &format!("{name}{{plugin=\"{plugin}\"}}"));
