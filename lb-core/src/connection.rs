@@ -3,7 +3,9 @@
 //! TLS handshake (bounded by `tls_handshake`) where the port terminates TLS, then the TCP relay
 //! or the HTTP driver.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use lb_config::Protocol;
@@ -71,50 +73,85 @@ pub(crate) async fn serve(
         Ok(local) => local,
         Err(_) => return, // the client is already gone
     };
-    let protocol = route.port.protocol;
-    if protocol == Protocol::Tcp {
+    let addresses = Addresses { peer, local };
+    protocol_work(shared, &route, stream, addresses).await;
+}
+
+/// The two ends of an accepted connection.
+#[derive(Clone, Copy)]
+struct Addresses {
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+/// A connection's work from some point on, made on the heap by a plain function (see
+/// [`protocol_work`]).
+pub(crate) type Work<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Makes, on the heap, the work `route`'s protocol does with an accepted connection.
+///
+/// A plain function on purpose: a future made inside an `async fn` keeps room in that
+/// function's own state for every callee future it built, even once moved into a box, so the
+/// connection's task would be as large as the largest protocol's state (7 KB, where it
+/// waits for a first byte with a few hundred). Made here, the task holds one pointer.
+fn protocol_work<'a>(
+    shared: &'a ListenerShared,
+    route: &'a Route,
+    stream: TcpStream,
+    Addresses { peer, local }: Addresses,
+) -> Work<'a> {
+    let nothing: Work<'a> = Box::pin(std::future::ready(()));
+    match route.port.protocol {
+        Protocol::Tcp => {
+            let info = ClientInfo {
+                peer,
+                local,
+                server_name: None,
+            };
+            Box::pin(tcp::proxy(route, stream, info))
+        }
+        // A UDP port has no stream listener: no connection ever arrives for one.
+        Protocol::Udp => nothing,
+        Protocol::Http => match shared.http.load_full() {
+            Some(app) => {
+                let stream = pingora_stream(stream, peer, local);
+                let (routes, limiter, drain) =
+                    (&shared.route, &shared.limiter, shared.drain.clone());
+                Box::pin(http::serve_cleartext(app, routes, limiter, stream, drain))
+            }
+            None => nothing,
+        },
+        Protocol::Tls | Protocol::Https => {
+            let stream = pingora_stream(stream, peer, local);
+            Box::pin(serve_tls(shared, route, stream, Addresses { peer, local }))
+        }
+    }
+}
+
+/// A TLS port's connection: the handshake, then the TCP relay or the HTTP driver.
+async fn serve_tls(
+    shared: &ListenerShared,
+    route: &Route,
+    stream: ClientStream,
+    Addresses { peer, local }: Addresses,
+) {
+    let Some(tls) = handshake(route, stream).await else {
+        return;
+    };
+    if route.port.protocol == Protocol::Tls {
+        let server_name = tls
+            .get_ssl()
+            .and_then(|s| s.server_name())
+            .map(str::to_owned);
         let info = ClientInfo {
             peer,
             local,
-            server_name: None,
+            server_name: server_name.as_deref(),
         };
-        // Boxed, as every branch that serves: the connection's task holds only what waiting
-        // for the first bytes needs, not the largest state any protocol could reach.
-        return Box::pin(tcp::proxy(&route, stream, info)).await;
-    }
-
-    let stream = pingora_stream(stream, peer, local);
-    match protocol {
-        // A UDP port has no stream listener: no connection ever arrives for one.
-        Protocol::Tcp | Protocol::Udp => {}
-        Protocol::Http => {
-            if let Some(app) = shared.http.load_full() {
-                let (route, limiter, drain) =
-                    (&shared.route, &shared.limiter, shared.drain.clone());
-                Box::pin(http::serve_cleartext(&app, route, limiter, stream, drain)).await;
-            }
-        }
-        Protocol::Tls | Protocol::Https => {
-            let Some(tls) = Box::pin(handshake(&route, stream)).await else {
-                return;
-            };
-            if protocol == Protocol::Tls {
-                let server_name = tls
-                    .get_ssl()
-                    .and_then(|s| s.server_name())
-                    .map(str::to_owned);
-                let info = ClientInfo {
-                    peer,
-                    local,
-                    server_name: server_name.as_deref(),
-                };
-                Box::pin(tcp::proxy(&route, tls, info)).await;
-            } else if let Some(app) = shared.http.load_full() {
-                let (route, limiter, drain) =
-                    (&shared.route, &shared.limiter, shared.drain.clone());
-                Box::pin(http::serve_tls(&app, route, limiter, Box::new(tls), drain)).await;
-            }
-        }
+        Box::pin(tcp::proxy(route, tls, info)).await;
+    } else if let Some(app) = shared.http.load_full() {
+        let (routes, limiter, drain) = (&shared.route, &shared.limiter, shared.drain.clone());
+        http::serve_tls(app, routes, limiter, Box::new(tls), drain).await;
     }
 }
 

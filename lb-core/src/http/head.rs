@@ -9,11 +9,15 @@
 //! as the session's prefix, for h2c backends); anything this reader cannot classify is left to
 //! the parser that comes next, and its own 400.
 
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::deadline::Deadline;
 use crate::limiter::ConnLimiter;
@@ -25,8 +29,11 @@ const PARSER_HEADER_SLOTS: usize = 256;
 /// The most [`take_what_is_in_hand`] takes at once.
 const MAX_IN_HAND: usize = 16 * 1024;
 
-/// The least a head's buffer grows by when more of the head is to come: most heads fit.
-const FIRST_READ: usize = 256;
+/// Room for the first read of a head, on the stack ([`read_first`]): most heads fit.
+const FIRST_READ_ROOM: usize = 4096;
+
+/// The least a head's buffer grows by when more of the head is to come.
+const GROWTH: usize = 256;
 
 /// The limits and timeouts a head is read under.
 #[derive(Clone, Copy, Debug)]
@@ -81,10 +88,9 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     limiter: Option<&Arc<ConnLimiter>>,
 ) -> Head {
     if buf.is_empty() {
-        // Nothing reserved: an empty buffer takes the first bytes into a small allocation made
-        // when they are read for (a keep-alive connection keeps the room its last request
-        // needed), and a head that needs more grows it as it comes. A connection that sends
-        // nothing, or a head a few bytes at a time, holds little.
+        // No buffer while waiting: the first bytes are read onto the stack and only what came
+        // is kept ([`read_first`]), so a connection that sends nothing holds no buffer, and
+        // one that sends a head a few bytes at a time holds what it sent.
         // Marked idle only if the read has to wait (`biased` polls it first), and until the
         // first byte: the mark goes with this future.
         let reclaimed = async {
@@ -101,16 +107,17 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         // block runs on its first poll.
         let first = tokio::select! {
             biased;
-            read = io.read_buf(buf) => read,
+            read = read_first(io, buf) => read,
             _ = async { timer.at(lb_policy::clock::instant_after(limits.idle_timeout)).await } => {
                 return Head::Closed
             }
             () = reclaimed => return Head::Closed,
         };
-        if !matches!(first, Ok(n) if n > 0) {
-            return Head::Closed;
+        match first {
+            Ok(FIRST_READ_ROOM) => take_what_is_in_hand(io, buf).await,
+            Ok(n) if n > 0 => {}
+            _ => return Head::Closed,
         }
-        take_what_is_in_hand(io, buf).await;
     }
     // The head's time runs from its first byte; a head that came whole needs no deadline.
     let mut deadline = None;
@@ -130,7 +137,7 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         let deadline =
             *deadline.get_or_insert_with(|| lb_policy::clock::instant_after(limits.header_timeout));
         // Doubling as the head grows, up to a page per read.
-        buf.reserve(buf.len().clamp(FIRST_READ, 4096));
+        buf.reserve(buf.len().clamp(GROWTH, 4096));
         let read = tokio::select! {
             biased;
             read = io.read_buf(buf) => read,
@@ -142,19 +149,33 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
+/// Reads what the client sent into room on the stack, and appends only those bytes to `buf`
+/// (allocated to fit). Cancel-safe: bytes are taken only by a read that completes.
+async fn read_first<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut room = [MaybeUninit::<u8>::uninit(); FIRST_READ_ROOM];
+        let mut read = ReadBuf::uninit(&mut room);
+        std::task::ready!(Pin::new(&mut *io).poll_read(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    })
+    .await
+}
+
 /// Reads, without waiting, whatever more the client has already sent when the first read
-/// filled the small buffer it had: the request is then judged on all its bytes in hand, as if
-/// the buffer had been large from the start.
+/// filled its room: the request is then judged on all its bytes in hand, as if the room had
+/// been larger.
 async fn take_what_is_in_hand<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) {
-    while buf.len() == buf.capacity() && buf.len() < MAX_IN_HAND {
+    while buf.len() < MAX_IN_HAND {
         buf.reserve(4096);
+        let room = buf.capacity() - buf.len();
         let read = tokio::select! {
             biased;
             read = io.read_buf(buf) => read,
             // Nothing more in hand: the read (cancel-safe) is dropped.
             () = std::future::ready(()) => return,
         };
-        if !matches!(read, Ok(n) if n > 0) {
+        if !matches!(read, Ok(n) if n == room) {
             return;
         }
     }

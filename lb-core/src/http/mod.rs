@@ -44,6 +44,7 @@ use self::relay::{relay, After, Buffers, Client};
 use self::routes::ListenerRoutes;
 use self::settings_guard::SettingsGuard;
 use crate::coalesce::CoalescedWrites;
+use crate::connection::Work;
 use crate::limiter::ConnLimiter;
 use crate::route::{Route, RouteCell};
 
@@ -125,8 +126,12 @@ fn head_limits(route: &Route) -> HeadLimits {
 }
 
 /// Serves a cleartext connection: h2c by prior knowledge, else HTTP/1.
+///
+/// What comes after the first head is made by plain functions ([`http2`], [`http1`]), so that
+/// this future, which an idle connection's task holds while it waits, keeps only what that
+/// wait needs (see [`crate::connection::Work`]).
 pub(crate) async fn serve_cleartext(
-    app: &Arc<HttpApp>,
+    app: Arc<HttpApp>,
     route: &RouteCell,
     limiter: &Arc<ConnLimiter>,
     mut stream: CoalescedWrites<L4Stream>,
@@ -144,46 +149,56 @@ pub(crate) async fn serve_cleartext(
     if matches!(first, Head::Ready(_)) && buffers.client_in.starts_with(H2_PREFACE_START) {
         // Nothing was written yet, so the inner stream can take the bytes back.
         stream.get_mut().rewind(&buffers.client_in);
-        let stream = Box::new(SettingsGuard::new(Box::new(stream)));
-        Box::pin(ServerApp::process_new(app, stream, &drain)).await;
-        return;
+        http2(app, Box::new(stream), drain).await;
+    } else {
+        let stream = Box::new(stream);
+        http1(app, route, limiter, stream, buffers, Some(first), drain).await;
     }
-    let (stream, first) = (Box::new(stream), Some(first));
-    Box::pin(serve_http1(
-        app, route, limiter, stream, buffers, first, drain,
-    ))
-    .await;
 }
 
 /// Serves a TLS connection: HTTP/2 when ALPN chose it, else HTTP/1.
-pub(crate) async fn serve_tls(
-    app: &Arc<HttpApp>,
-    route: &RouteCell,
-    limiter: &Arc<ConnLimiter>,
+pub(crate) fn serve_tls<'a>(
+    app: Arc<HttpApp>,
+    route: &'a RouteCell,
+    limiter: &'a Arc<ConnLimiter>,
     stream: Stream,
     drain: watch::Receiver<bool>,
-) {
+) -> Work<'a> {
     if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-        Box::pin(ServerApp::process_new(
-            app,
-            Box::new(SettingsGuard::new(stream)),
-            &drain,
-        ))
-        .await;
+        http2(app, stream, drain)
     } else {
-        let buffers = Buffers::default();
-        Box::pin(serve_http1(
-            app, route, limiter, stream, buffers, None, drain,
-        ))
-        .await;
+        http1(app, route, limiter, stream, Buffers::default(), None, drain)
     }
+}
+
+/// An HTTP/2 connection, served by pingora.
+fn http2(app: Arc<HttpApp>, stream: Stream, drain: watch::Receiver<bool>) -> Work<'static> {
+    let stream = Box::new(SettingsGuard::new(stream));
+    Box::pin(async move {
+        ServerApp::process_new(&app, stream, &drain).await;
+    })
+}
+
+/// An HTTP/1 connection, served by [`serve_http1`].
+fn http1<'a>(
+    app: Arc<HttpApp>,
+    route: &'a RouteCell,
+    limiter: &'a Arc<ConnLimiter>,
+    stream: Stream,
+    buffers: Buffers,
+    first: Option<Head>,
+    drain: watch::Receiver<bool>,
+) -> Work<'a> {
+    Box::pin(serve_http1(
+        app, route, limiter, stream, buffers, first, drain,
+    ))
 }
 
 /// The HTTP/1 keep-alive loop: read a head under the current limits, relay the request (or
 /// tunnel an upgrade, or hand a request for an h2c backend to pingora), repeat while the
 /// connection stays reusable. What a client pipelined stays in `buffers` for the next turn.
 async fn serve_http1(
-    app: &Arc<HttpApp>,
+    app: Arc<HttpApp>,
     route: &RouteCell,
     limiter: &Arc<ConnLimiter>,
     mut stream: Stream,
@@ -201,6 +216,7 @@ async fn serve_http1(
         let head = match pending.take() {
             Some(head) => head,
             None => {
+                buffers.release_while_idle();
                 let (buf, timer) = (&mut buffers.client_in, &mut buffers.client_timer);
                 read_head(&mut stream, buf, limits, timer, Some(limiter)).await
             }

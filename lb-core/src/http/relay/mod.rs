@@ -25,6 +25,11 @@ use crate::http::head::{close_response, refusal_status};
 use crate::metrics::Rejection;
 use crate::route::Route;
 
+/// Room made at once for a head Gantry writes (most fit), so that writing one part after
+/// another does not grow the buffer step by step: the buffers start empty on each request of
+/// a connection that idled ([`Buffers::release_while_idle`]).
+const HEAD_ROOM: usize = 1024;
+
 /// Refuses a request (counted under `why`), answering with its status, and closes.
 pub async fn refuse<C: AsyncWrite + Unpin>(route: &Route, client: &mut C, why: Rejection) {
     route.metrics.rejected(why);

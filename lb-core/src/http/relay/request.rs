@@ -258,6 +258,7 @@ fn write_upstream_head(
     upgrade: bool,
 ) {
     out.clear();
+    out.reserve(super::HEAD_ROOM);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());

@@ -139,6 +139,7 @@ pub fn parse(
         dechunk,
     };
     out.clear();
+    out.reserve(super::HEAD_ROOM);
     if informational && exchange.http10 {
         return Ok(Some(response)); // RFC 9110 §15.2: never to an HTTP/1.0 client
     }

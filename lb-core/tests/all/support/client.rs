@@ -182,6 +182,45 @@ pub fn read_until_closed<S: AsyncRead + Unpin>(
     }
 }
 
+/// Reads one response (its body framed by `Content-Length` or chunked, without trailers)
+/// from a connection that stays open, failing the test when that takes longer than
+/// [`READ_TIMEOUT`]; returns its head.
+pub async fn read_one_response<S: AsyncRead + Unpin>(stream: &mut S) -> String {
+    let read = async {
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.expect("read a response");
+            assert!(n > 0, "closed before a whole response: {bytes:?}");
+            bytes.extend_from_slice(&chunk[..n]);
+            let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+            let header = |wanted: &str| {
+                head.lines().find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case(wanted).then(|| value.trim())
+                })
+            };
+            let body = &bytes[end + 4..];
+            let whole = match header("content-length") {
+                Some(length) => body.len() >= length.parse::<usize>().expect("a length"),
+                None => {
+                    assert_eq!(header("transfer-encoding"), Some("chunked"), "{head}");
+                    body.ends_with(b"0\r\n\r\n")
+                }
+            };
+            if whole {
+                return head;
+            }
+        }
+    };
+    tokio::time::timeout(READ_TIMEOUT, read)
+        .await
+        .expect("a whole response within the read timeout")
+}
+
 /// Writes `bytes` (without closing) and reads until the server closes the connection.
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
