@@ -127,8 +127,8 @@ async fn a_connection_flood_past_the_cap_makes_room_for_a_good_client() {
 
 /// Most resident memory one held connection may add to the process: one that sends nothing,
 /// one that sent part of a head, one kept alive after a request (its task, its stream, what
-/// it sent; the kernel's socket is not counted). Measured in a release build: about 3.8 KiB
-/// for the first two, 7 KiB for one kept alive.
+/// it sent; the kernel's socket is not counted). Measured in a release build: 3.0, 3.2 and
+/// 6.5 KiB.
 const MEMORY_PER_HELD_CONNECTION_KIB: u64 = 8;
 
 /// How a held connection behaves.
