@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -102,6 +103,90 @@ async fn services_are_defaulted_and_stale_updates_conflict() {
     let spec = cluster_ip.spec.expect("spec");
     assert_eq!(spec.load_balancer_class, None);
     assert_eq!(spec.ports.expect("ports")[0].node_port, None);
+}
+
+fn api_code(result: Result<Lease, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Leases as kube-apiserver serves them to an elector: 404 before the first create, 409 for a
+/// second create, a new resourceVersion per update, 409 for an update at a stale version, 422
+/// for an update without one (their strategy refuses unconditional updates) and for a spec
+/// that `ValidateLeaseSpec` refuses; MicroTimes kept to the microsecond.
+#[tokio::test]
+async fn leases_conflict_as_the_real_server_does() {
+    let (_server, client, _dir) = server_and_client().await;
+    let api: Api<Lease> = Api::namespaced(client, "default");
+    assert!(api.get_opt("gantry").await.expect("get").is_none());
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "gantry", "namespace": "default"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15,
+                 "acquireTime": "2026-12-06T03:00:00.123456Z",
+                 "renewTime": "2026-12-06T03:00:00.123456Z", "leaseTransitions": 0}
+    }))
+    .expect("lease");
+    let created = api
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("create");
+    let spec = created.spec.clone().expect("spec");
+    assert_eq!(
+        serde_json::to_value(&spec.renew_time).expect("time"),
+        json!("2026-12-06T03:00:00.123456Z")
+    );
+    let (code, message) = api_code(api.create(&PostParams::default(), &lease).await);
+    assert_eq!(code, 409, "{message}");
+
+    let mut renewed = created.clone();
+    renewed.spec.as_mut().expect("spec").renew_time = lease_time("2026-12-06T03:00:02.5Z");
+    let renewed = api
+        .replace("gantry", &PostParams::default(), &renewed)
+        .await
+        .expect("renew");
+    assert_ne!(
+        renewed.metadata.resource_version,
+        created.metadata.resource_version
+    );
+
+    // Another candidate writing at the version it read before the renewal loses.
+    let mut taken = created.clone();
+    taken.spec.as_mut().expect("spec").holder_identity = Some("b".to_owned());
+    let (code, message) = api_code(api.replace("gantry", &PostParams::default(), &taken).await);
+    assert_eq!(code, 409, "{message}");
+
+    taken.metadata.resource_version = None;
+    let (code, message) = api_code(api.replace("gantry", &PostParams::default(), &taken).await);
+    assert_eq!(code, 422, "{message}");
+    assert!(
+        message.starts_with(
+            "Lease.coordination.k8s.io \"gantry\" is invalid: metadata.resourceVersion"
+        ),
+        "{message}"
+    );
+
+    let mut invalid = renewed.clone();
+    invalid.spec.as_mut().expect("spec").lease_duration_seconds = Some(0);
+    let (code, message) = api_code(
+        api.replace("gantry", &PostParams::default(), &invalid)
+            .await,
+    );
+    assert_eq!(code, 422, "{message}");
+    assert!(
+        message.contains("spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0"),
+        "{message}"
+    );
+    let held = api.get("gantry").await.expect("get");
+    assert_eq!(
+        held.spec.expect("spec").holder_identity.as_deref(),
+        Some("a")
+    );
+}
+
+fn lease_time(text: &str) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime> {
+    serde_json::from_value(json!(text)).expect("a MicroTime")
 }
 
 #[tokio::test]

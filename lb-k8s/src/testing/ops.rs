@@ -97,7 +97,7 @@ impl Api<'_> {
     }
 
     /// PUT: the object replaced by `object`, which must carry the resourceVersion it was read
-    /// at (Services must; other kinds may leave it out for an unconditional update).
+    /// at (Services and Leases must; other kinds may leave it out for an unconditional update).
     pub(crate) fn replace(
         &self,
         id: &ObjectId,
@@ -108,9 +108,12 @@ impl Api<'_> {
         let precondition = object["metadata"]["resourceVersion"]
             .as_str()
             .map(str::to_owned);
-        if precondition.is_none() && id.0 == Kind::Service {
+        // Kinds whose strategy refuses an unconditional update (Services, Leases: a lease
+        // written without its version could take it from the holder unseen).
+        if precondition.is_none() && matches!(id.0, Kind::Service | Kind::Lease) {
             return Err(ApiError::invalid(format!(
-                "Service \"{}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+                "{} \"{}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+                id.0.qualified_name(),
                 id.2
             )));
         }

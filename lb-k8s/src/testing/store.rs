@@ -59,6 +59,15 @@ impl Kind {
         }
     }
 
+    /// The kind with its API group, as the API server names it in errors
+    /// (`Lease.coordination.k8s.io`; core kinds without a group).
+    pub fn qualified_name(self) -> String {
+        match self.api_version().split_once('/') {
+            Some((group, _)) => format!("{}.{group}", self.name()),
+            None => self.name().to_owned(),
+        }
+    }
+
     /// The resource's plural, as in paths.
     pub fn plural(self) -> &'static str {
         match self {

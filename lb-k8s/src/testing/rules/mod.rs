@@ -35,7 +35,8 @@ pub(crate) fn admit(
         Kind::EndpointSlice => objects::endpoint_slice(old, object, policy, &mut problems),
         Kind::Secret => objects::secret(object, &mut problems),
         Kind::Event => objects::event(object, &mut problems),
-        Kind::Node | Kind::Lease => {}
+        Kind::Lease => objects::lease(object, &mut problems),
+        Kind::Node => {}
     }
     problems.into_result(kind, object)
 }
@@ -66,7 +67,7 @@ impl Problems {
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
         Err(ApiError::invalid(format!(
             "{} \"{name}\" is invalid: {}",
-            kind.name(),
+            kind.qualified_name(),
             self.0.join(", ")
         )))
     }

@@ -1,4 +1,4 @@
-//! EndpointSlices, Secrets and Events, as kube-apiserver validates them.
+//! EndpointSlices, Secrets, Events and Leases, as kube-apiserver validates them.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -200,5 +200,30 @@ pub(super) fn event(object: &mut Value, p: &mut Problems) {
     }
     if object["regarding"]["kind"].as_str().is_none() {
         p.push("regarding.kind", "Required value");
+    }
+}
+
+/// A Lease, as `ValidateLeaseSpec` checks it: a positive duration, transitions never negative,
+/// a preferred holder only with a strategy.
+pub(super) fn lease(object: &Value, p: &mut Problems) {
+    let spec = &object["spec"];
+    if let Some(duration) = int(&spec["leaseDurationSeconds"]).filter(|d| *d <= 0) {
+        p.push(
+            "spec.leaseDurationSeconds",
+            format!("Invalid value: {duration}: must be greater than 0"),
+        );
+    }
+    if let Some(transitions) = int(&spec["leaseTransitions"]).filter(|t| *t < 0) {
+        p.push(
+            "spec.leaseTransitions",
+            format!("Invalid value: {transitions}: must be greater than or equal to 0"),
+        );
+    }
+    let set = |field: &str| spec[field].as_str().is_some_and(|v| !v.is_empty());
+    if set("preferredHolder") && !set("strategy") {
+        p.push(
+            "spec.preferredHolder",
+            "Forbidden: may only be specified if `strategy` is defined",
+        );
     }
 }
