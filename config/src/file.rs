@@ -61,8 +61,33 @@ pub struct KubernetesFile {
     /// Addresses handed to LoadBalancer Services, in order. At most 64 pools.
     #[serde(default)]
     pub address_pools: Vec<Lenient<AddressPoolFile>>,
-    /// The name Gantry reports Events under (`reportingInstance`). Default: the host name.
+    /// The name Gantry reports Events under (`reportingInstance`), and the start of its
+    /// identity as a Lease holder. Default: the host name.
     pub instance: Option<String>,
+    /// Which of several replicas writes to the cluster: the holder of a Lease.
+    pub leader_election: Option<Lenient<LeaderElectionFile>>,
+}
+
+/// `kubernetes.leader_election:`: replicas watching one cluster all serve, and the holder of
+/// one `coordination.k8s.io/v1` Lease alone writes status, finalizers and Events.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderElectionFile {
+    /// `false`: this Gantry writes without a Lease (one replica only). Default `true`.
+    pub enabled: Option<bool>,
+    /// The Lease's name (a DNS subdomain). Default `gantry`.
+    pub lease_name: Option<String>,
+    /// Its namespace. Default `gantry-system`, where `deploy/rbac.yaml` lets Gantry hold it.
+    pub lease_namespace: Option<String>,
+    /// How long a holder's last renewal holds the Lease against the others, in whole seconds.
+    /// 1s to 1h, default 15s.
+    pub lease_duration: Option<DurationText>,
+    /// How long the holder goes on writing after its last renewal: below `lease_duration`,
+    /// so it has stopped before another replica may take over. Default 10s.
+    pub renew_deadline: Option<DurationText>,
+    /// How often the Lease is tried or renewed: 100ms to 1h, default 2s, with
+    /// `renew_deadline` above 1.2 times it.
+    pub retry_period: Option<DurationText>,
 }
 
 /// One address pool.

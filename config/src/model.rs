@@ -291,6 +291,26 @@ pub struct Kubernetes {
     pub address_pools: Vec<AddressPool>,
     /// The name Events are reported under.
     pub instance: String,
+    /// The Lease that decides which replica writes; `None`: this one writes without.
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Which replica writes to the cluster: the holder of a Lease (client-go's leader election).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeaderElection {
+    /// The Lease's name.
+    pub lease_name: String,
+    /// Its namespace.
+    pub lease_namespace: String,
+    /// How long a renewal holds the Lease (whole seconds).
+    #[serde(with = "duration_text")]
+    pub lease_duration: Duration,
+    /// How long the holder writes after its last renewal.
+    #[serde(with = "duration_text")]
+    pub renew_deadline: Duration,
+    /// How often the Lease is tried or renewed.
+    #[serde(with = "duration_text")]
+    pub retry_period: Duration,
 }
 
 /// How Gantry reaches the cluster.

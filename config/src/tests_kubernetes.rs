@@ -2,6 +2,7 @@
 //! file's.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 
@@ -133,6 +134,70 @@ kubernetes:
         "services[0].address: 192.0.2.5 is in the Kubernetes address pool `main`",
     ] {
         assert!(joined.contains(expected), "missing `{expected}` in:\n{joined}");
+    }
+}
+
+#[test]
+fn leader_election_is_on_with_client_gos_timings_unless_turned_off() {
+    let section = |yaml: &str| {
+        parse_str(yaml, Path::new("/"))
+            .expect("valid")
+            .kubernetes
+            .expect("section")
+    };
+    assert_eq!(
+        section("kubernetes: {}\n").leader_election,
+        Some(LeaderElection {
+            lease_name: "gantry".to_owned(),
+            lease_namespace: "gantry-system".to_owned(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        })
+    );
+    let quick = section(
+        "kubernetes:\n  leader_election: { lease_name: lb.example, lease_namespace: lb, lease_duration: 1s, renew_deadline: 800ms, retry_period: 200ms }\n",
+    )
+    .leader_election
+    .expect("on");
+    assert_eq!(quick.lease_namespace, "lb");
+    assert_eq!(quick.renew_deadline, Duration::from_millis(800));
+    assert_eq!(
+        section("kubernetes: { leader_election: { enabled: false } }\n").leader_election,
+        None
+    );
+}
+
+#[test]
+fn leader_election_durations_keep_their_ranges_and_order() {
+    let problems = problems_of(
+        "kubernetes:\n  leader_election: { lease_name: Bad, lease_namespace: a.b, lease_duration: 1500ms, renew_deadline: 2h, retry_period: 10ms }\n",
+    )
+    .join("\n");
+    for expected in [
+        "kubernetes.leader_election.lease_name: `Bad` is not a name",
+        "kubernetes.leader_election.lease_namespace: `a.b` is not a namespace",
+        "kubernetes.leader_election.lease_duration: must be a whole number of seconds",
+        "kubernetes.leader_election.renew_deadline: 2h is above the maximum of 1h",
+        "kubernetes.leader_election.retry_period: must be at least 100ms",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "missing `{expected}` in:\n{problems}"
+        );
+    }
+    let problems = problems_of(
+        "kubernetes:\n  leader_election: { lease_duration: 10s, renew_deadline: 10s, retry_period: 9s }\n",
+    )
+    .join("\n");
+    for expected in [
+        "kubernetes.leader_election.renew_deadline: must be below `lease_duration`",
+        "kubernetes.leader_election.renew_deadline: must be above 1.2 × `retry_period`",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "missing `{expected}` in:\n{problems}"
+        );
     }
 }
 

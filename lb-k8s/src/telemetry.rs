@@ -17,8 +17,8 @@ pub trait Telemetry: Send + Sync + 'static {
     /// A change seen on a watch was served `seconds` after it arrived.
     fn programmed(&self, _seconds: f64) {}
 
-    /// A write to the API server (`status`, `finalizer`, `event`) with `outcome`: `ok` or
-    /// `error`.
+    /// A write to the API server (`status`, `finalizer`, `event`) with `outcome`: `ok`,
+    /// `error`, or `fenced` (not made: another replica holds the Lease).
     fn api_write(&self, _what: &str, _outcome: &str) {}
 }
 

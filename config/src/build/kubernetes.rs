@@ -13,6 +13,7 @@ use crate::model::{AddressPool, AddressRange, KubeBackends, KubeCredentials, Kub
 use crate::names::{is_dns_label, is_qualified_name};
 use crate::problems::{FieldPath, Problems};
 
+use super::leader_election::build_leader_election;
 use super::take;
 
 /// The class Gantry answers to unless configured otherwise.
@@ -93,6 +94,8 @@ pub(super) fn build_kubernetes(
     if instance.len() > 128 {
         p.push(&path.field("instance"), "at most 128 characters");
     }
+    let leader_election =
+        build_leader_election(file.leader_election, &path.field("leader_election"), p);
     Some(Kubernetes {
         credentials,
         load_balancer_class: class,
@@ -101,6 +104,7 @@ pub(super) fn build_kubernetes(
         node_port_address,
         address_pools,
         instance,
+        leader_election,
     })
 }
 

@@ -10,6 +10,7 @@
 mod backends;
 mod conflicts;
 mod kubernetes;
+mod leader_election;
 mod policy;
 mod runtime;
 mod service;

@@ -62,7 +62,7 @@ impl KubeMetrics {
             writes: counter_vec(
                 registry,
                 "gantry_kubernetes_api_writes_total",
-                "Writes to the API server by what (status, finalizer, event) and outcome (ok, error).",
+                "Writes to the API server by what (status, finalizer, event) and outcome (ok, error, fenced).",
                 &["what", "outcome"],
             ),
             pool_in_use,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -71,6 +71,8 @@ fn the_manifests_are_valid_kubernetes_objects_for_a_valid_configuration() {
     let mut deployment = None;
     let mut config_map = None;
     let mut bound_account = None;
+    let mut lease_role = None;
+    let mut lease_binding = None;
     let mut kinds = Vec::new();
     for object in objects("rbac.yaml").iter().chain(&objects("gantry.yaml")) {
         let kind = object["kind"].as_str().unwrap_or_default().to_owned();
@@ -83,6 +85,8 @@ fn the_manifests_are_valid_kubernetes_objects_for_a_valid_configuration() {
                 let subject = binding.subjects.unwrap_or_default().pop().expect("subject");
                 bound_account = Some((subject.namespace, subject.name));
             }
+            "Role" => lease_role = Some(typed::<Role>(object)),
+            "RoleBinding" => lease_binding = Some(typed::<RoleBinding>(object)),
             "ConfigMap" => config_map = Some(typed::<ConfigMap>(object)),
             "Deployment" => deployment = Some(typed::<Deployment>(object)),
             other => panic!("unexpected kind {other:?}"),
@@ -96,6 +100,8 @@ fn the_manifests_are_valid_kubernetes_objects_for_a_valid_configuration() {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
             "ConfigMap",
             "Deployment"
         ]
@@ -109,7 +115,44 @@ fn the_manifests_are_valid_kubernetes_objects_for_a_valid_configuration() {
         .expect("gantry.yaml in the ConfigMap");
     let model = lb_config::parse_str(text, std::path::Path::new("/etc/gantry"))
         .unwrap_or_else(|e| panic!("the ConfigMap's configuration: {e}"));
-    assert!(model.kubernetes.is_some(), "it serves the cluster");
+    let section = model.kubernetes.expect("it serves the cluster");
+
+    // The Role lets the account hold the Lease the configuration elects with, where it is.
+    let election = section.leader_election.expect("replicas elect a writer");
+    let role = lease_role.expect("the leader-election Role");
+    assert_eq!(
+        role.metadata.namespace.as_deref(),
+        Some(election.lease_namespace.as_str())
+    );
+    let granted = |verb: &str| {
+        role.rules.iter().flatten().any(|rule| {
+            rule.api_groups
+                .iter()
+                .flatten()
+                .any(|g| g == "coordination.k8s.io")
+                && rule.resources.iter().flatten().any(|r| r == "leases")
+                && rule.verbs.iter().any(|v| v == verb)
+                && rule
+                    .resource_names
+                    .as_ref()
+                    .is_none_or(|names| names.contains(&election.lease_name))
+        })
+    };
+    for verb in ["get", "create", "update"] {
+        assert!(granted(verb), "the Role lacks `{verb}` on the Lease");
+    }
+    let binding = lease_binding.expect("the leader-election RoleBinding");
+    assert_eq!(
+        binding.role_ref.name,
+        role.metadata.name.clone().expect("name")
+    );
+    let subject = binding.subjects.unwrap_or_default().pop().expect("subject");
+    assert_eq!(
+        (subject.namespace, subject.name),
+        bound_account
+            .clone()
+            .expect("the ClusterRoleBinding's account")
+    );
 
     let deployment = deployment.expect("Deployment");
     let pod = deployment

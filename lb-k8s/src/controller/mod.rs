@@ -7,6 +7,7 @@
 //! Service without its endpoints.
 
 mod built;
+pub mod lease;
 mod reconcile;
 mod report;
 pub mod status;
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use self::lease::Fence;
 use self::reconcile::Tracked;
 use self::watch::Update;
 use self::writer::Writer;
@@ -58,13 +60,30 @@ pub async fn run(
         lb_config::KubeCredentials::InCluster => Credentials::InCluster,
     };
     let client = connect(&credentials).await?;
+    let election_stop = CancellationToken::new();
+    let (mut fence, elector) = match &section.leader_election {
+        Some(election) => {
+            let namespace = &election.lease_namespace;
+            let identity = lease::identity(&section.instance);
+            tracing::info!(lease = %format!("{namespace}/{}", election.lease_name), %identity, "leader election: only the Lease's holder writes to the cluster");
+            let (fence, task) =
+                lease::spawn(client.clone(), election, identity, election_stop.clone());
+            (fence, Some(task))
+        }
+        None => (Fence::always(), None),
+    };
     let (queue, mut updates) = mpsc::channel(BATCH);
     let watches = watch::start_all(&client, &queue);
     let mut controller = Controller {
         settings: Settings::of(section),
         index: Index::new(Settings::of(section)),
         addresses: Addresses::new(pools(section)),
-        writer: Writer::new(client.clone(), &section.instance, Arc::clone(&telemetry)),
+        writer: Writer::new(
+            client.clone(),
+            &section.instance,
+            Arc::clone(&telemetry),
+            fence.clone(),
+        ),
         client,
         queue,
         plane,
@@ -81,12 +100,21 @@ pub async fn run(
     loop {
         let next_retry = controller.retry.values().map(|r| r.at).min();
         let wait = match next_retry {
-            _ if !controller.dirty.is_empty() && controller.synced.all() => Duration::ZERO,
+            _ if !controller.dirty.is_empty() && controller.synced.all() && fence.decided() => {
+                Duration::ZERO
+            }
             Some(at) => at.saturating_duration_since(Instant::now()),
             None => Duration::from_secs(3600),
         };
         tokio::select! {
             () = stop.cancelled() => break,
+            () = fence.changed() => {
+                if fence.leading_now() {
+                    // Taking over: everything is looked at again as a restart does (addresses
+                    // re-adopted from status), and what is already right is not rewritten.
+                    controller.synced.adopted = false;
+                }
+            }
             update = updates.recv() => {
                 let Some(update) = update else { break };
                 controller.take(update);
@@ -118,7 +146,7 @@ pub async fn run(
             }
             () = tokio::time::sleep(wait) => {}
         }
-        if controller.synced.all() {
+        if controller.synced.all() && fence.decided() {
             controller.reconcile().await;
         }
     }
@@ -127,6 +155,11 @@ pub async fn run(
         .chain(controller.secret_watches.into_values())
     {
         handle.abort();
+    }
+    // The Lease is handed back only now, with no write of this source in flight.
+    election_stop.cancel();
+    if let Some(elector) = elector {
+        let _ = elector.await;
     }
     tracing::info!("Kubernetes source stopped");
     Ok(())

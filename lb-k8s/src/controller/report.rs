@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::built::Built;
 use super::reconcile::{now_rfc3339, static_reason};
-use super::writer::{Note, CLEANUP_FINALIZER};
+use super::writer::{Note, WriteError, CLEANUP_FINALIZER};
 use super::{status, Controller};
 use crate::index::service::{Role, ServiceView};
 use crate::index::translate::PortOutcome;
@@ -153,6 +153,8 @@ impl Controller {
                 Ok(service) => {
                     self.index.apply_service(&service);
                 }
+                // The holder writes it; if this replica takes over, it looks at every Service.
+                Err(WriteError::Fenced) => {}
                 Err(error) => {
                     tracing::warn!(service = %key, %error, "could not write the status; retrying");
                     self.later(&key);
@@ -192,6 +194,8 @@ impl Controller {
                 Ok(service) => {
                     self.index.apply_service(&service);
                 }
+                // Another replica holds the Lease and adds it; this one serves meanwhile.
+                Err(WriteError::Fenced) => {}
                 Err(error) => {
                     tracing::warn!(service = %key, %error, "could not add the cleanup finalizer; retrying");
                     self.later(&key);
@@ -225,21 +229,28 @@ impl Controller {
         }
         if !view.deleting {
             if let Some(status) = status::to_clear(view.status.as_ref()) {
-                if let Err(error) = self
+                match self
                     .writer
                     .write_status(key, &view.source.resource_version, status)
                     .await
                 {
-                    tracing::warn!(service = %key, %error, "could not clear the status; retrying");
-                    self.later(key);
-                    return held;
+                    Ok(_) => {}
+                    Err(WriteError::Fenced) => return held,
+                    Err(error) => {
+                        tracing::warn!(service = %key, %error, "could not clear the status; retrying");
+                        self.later(key);
+                        return held;
+                    }
                 }
             }
         }
         if view.finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
-            if let Err(error) = self.writer.remove_finalizer(key, &view.finalizers).await {
-                tracing::warn!(service = %key, %error, "could not remove the cleanup finalizer; retrying");
-                self.later(key);
+            match self.writer.remove_finalizer(key, &view.finalizers).await {
+                Ok(()) | Err(WriteError::Fenced) => {}
+                Err(error) => {
+                    tracing::warn!(service = %key, %error, "could not remove the cleanup finalizer; retrying");
+                    self.later(key);
+                }
             }
         }
         held

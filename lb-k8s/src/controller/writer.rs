@@ -2,7 +2,8 @@
 //! they change, so a concurrent change makes them fail rather than clobber it), the status
 //! (a merge patch of the `status` subresource, conditional on the resourceVersion read, so
 //! other writers' conditions are never lost), and Events (`events.k8s.io`, deduplicated into
-//! series by kube's recorder).
+//! series by kube's recorder). Every write goes through the replica's [`Fence`]: only the
+//! holder of the Lease writes, and never past its right to.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use kube::{Api, Client};
 use lb_config::ObjectSource;
 use serde_json::{json, Value};
 
+use super::lease::{Fence, Fenced};
 use crate::index::ObjectKey;
 use crate::telemetry::Telemetry;
 
@@ -27,6 +29,31 @@ pub struct Writer {
     client: Client,
     recorder: Recorder,
     telemetry: Arc<dyn Telemetry>,
+    fence: Fence,
+}
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The API server refused it, or could not be reached.
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// This replica does not hold the Lease (or its right to write ended): another writes.
+    #[error("another replica holds the Lease and writes")]
+    Fenced,
+}
+
+impl From<Fenced> for WriteError {
+    fn from(_: Fenced) -> Self {
+        WriteError::Fenced
+    }
+}
+
+impl WriteError {
+    /// Whether the API server answered with `code`.
+    pub fn is_status(&self, code: u16) -> bool {
+        matches!(self, WriteError::Api(kube::Error::Api(status)) if status.code == code)
+    }
 }
 
 /// An Event about a Service.
@@ -40,8 +67,13 @@ pub struct Note {
 }
 
 impl Writer {
-    /// Writes through `client`, reporting Events as `instance`.
-    pub fn new(client: Client, instance: &str, telemetry: Arc<dyn Telemetry>) -> Self {
+    /// Writes through `client` while `fence` allows, reporting Events as `instance`.
+    pub fn new(
+        client: Client,
+        instance: &str,
+        telemetry: Arc<dyn Telemetry>,
+        fence: Fence,
+    ) -> Self {
         let reporter = Reporter {
             controller: CONTROLLER.to_owned(),
             instance: Some(instance.to_owned()),
@@ -50,6 +82,7 @@ impl Writer {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             telemetry,
+            fence,
         }
     }
 
@@ -57,8 +90,12 @@ impl Writer {
         Api::namespaced(self.client.clone(), &key.namespace)
     }
 
-    fn count<T>(&self, what: &str, result: &Result<T, kube::Error>) {
-        let outcome = if result.is_ok() { "ok" } else { "error" };
+    fn count<T>(&self, what: &str, result: &Result<T, WriteError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(WriteError::Fenced) => "fenced",
+            Err(WriteError::Api(_)) => "error",
+        };
         self.telemetry.api_write(what, outcome);
     }
 
@@ -68,7 +105,7 @@ impl Writer {
         &self,
         key: &ObjectKey,
         finalizers: &[String],
-    ) -> Result<Service, kube::Error> {
+    ) -> Result<Service, WriteError> {
         let patch = if finalizers.is_empty() {
             json!([
                 {"op": "test", "path": "/metadata/finalizers", "value": null},
@@ -90,7 +127,7 @@ impl Writer {
         &self,
         key: &ObjectKey,
         finalizers: &[String],
-    ) -> Result<(), kube::Error> {
+    ) -> Result<(), WriteError> {
         let Some(at) = finalizers.iter().position(|f| f == CLEANUP_FINALIZER) else {
             return Ok(());
         };
@@ -102,21 +139,19 @@ impl Writer {
         self.count("finalizer", &result);
         // Already gone (the Service went with its last finalizer): nothing left to do.
         match result {
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(error) if error.is_status(404) => Ok(()),
             other => other,
         }
     }
 
-    async fn json_patch(&self, key: &ObjectKey, patch: Value) -> Result<Service, kube::Error> {
+    async fn json_patch(&self, key: &ObjectKey, patch: Value) -> Result<Service, WriteError> {
         let patch: json_patch::Patch =
             serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
-        self.api(key)
-            .patch(
-                &key.name,
-                &PatchParams::default(),
-                &Patch::<()>::Json(patch),
-            )
-            .await
+        let api = self.api(key);
+        let params = PatchParams::default();
+        let patch = Patch::<()>::Json(patch);
+        let write = api.patch(&key.name, &params, &patch);
+        Ok(self.fence.guard(write).await??)
     }
 
     /// Writes `status` (the whole `status` object Gantry wants), if the Service is still at
@@ -126,12 +161,16 @@ impl Writer {
         key: &ObjectKey,
         resource_version: &str,
         status: Value,
-    ) -> Result<Service, kube::Error> {
+    ) -> Result<Service, WriteError> {
         let patch = json!({"metadata": {"resourceVersion": resource_version}, "status": status});
-        let result = self
-            .api(key)
-            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
-            .await;
+        let api = self.api(key);
+        let params = PatchParams::default();
+        let patch = Patch::Merge(patch);
+        let write = api.patch_status(&key.name, &params, &patch);
+        let result = match self.fence.guard(write).await {
+            Ok(written) => written.map_err(WriteError::from),
+            Err(fenced) => Err(fenced.into()),
+        };
         self.count("status", &result);
         result
     }
@@ -158,8 +197,15 @@ impl Writer {
             resource_version: Some(source.resource_version.clone()).filter(|rv| !rv.is_empty()),
             field_path: None,
         };
-        let result = self.recorder.publish(&event, &reference).await;
-        if let Err(error) = &result {
+        let result = match self
+            .fence
+            .guard(self.recorder.publish(&event, &reference))
+            .await
+        {
+            Ok(published) => published.map_err(WriteError::from),
+            Err(fenced) => Err(fenced.into()),
+        };
+        if let Err(WriteError::Api(error)) = &result {
             tracing::warn!(service = %format!("{}/{}", source.namespace, source.name), %error, "could not publish an Event");
         }
         self.count("event", &result);
