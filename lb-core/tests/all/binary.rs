@@ -14,6 +14,7 @@ use crate::support::client::get;
 use crate::support::metric;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
+use crate::support::Refusing;
 
 fn check(config: &Path) -> std::process::Output {
     std::process::Command::new(GANTRY)
@@ -259,12 +260,9 @@ async fn a_reload_of_the_files_last_applied_is_a_no_op_counted_as_unchanged() {
 async fn a_warning_per_connection_is_rate_limited_counted_and_summarized() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("gantry.yaml");
-    let refusing = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let refusing = Refusing::new();
     Scenario::new()
-        .port("db", Port::tcp("tcp").backends(&[refusing]))
+        .port("db", Port::tcp("tcp").backends(&[refusing.addr]))
         .write(&config);
     let mut gantry = Running::start(&config);
     let admin = gantry.address("admin listening").await;

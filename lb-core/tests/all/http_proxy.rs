@@ -1,7 +1,6 @@
 //! HTTP/1.1 and h2c proxying: balancing, forwarding headers, failover, WebSocket, gRPC-style
 //! trailers over h2c, and the status codes of failure.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,16 +14,9 @@ use crate::support::origin::{
     read_ws_frame, websocket_accept, ws_frame, HttpOrigin, OriginProtocol,
 };
 use crate::support::scenario::{Port, Scenario};
-use crate::support::{addr, eventually, metric};
+use crate::support::{addr, eventually, metric, Refusing};
 
 /// An address nothing listens on: bound, then closed.
-async fn dead_address() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    listener.local_addr().expect("addr")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_rotate_across_backends_on_new_and_kept_alive_connections() {
     let origins = [
@@ -103,7 +95,8 @@ async fn forwarding_headers_are_replaced_for_clients_and_appended_for_trusted_pr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_backend_is_retried_elsewhere_then_skipped_while_it_backs_off() {
     let origin = HttpOrigin::start("live", OriginProtocol::Http1).await;
-    let dead = dead_address().await;
+    let refusing = Refusing::new();
+    let dead = refusing.addr;
     let gantry = Scenario::new()
         .port(
             "web",
@@ -134,7 +127,8 @@ async fn a_refused_backend_is_retried_elsewhere_then_skipped_while_it_backs_off(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_backend_is_503_and_unreachable_backends_are_502() {
-    let (dead_a, dead_b) = (dead_address().await, dead_address().await);
+    let (refusing_a, refusing_b) = (Refusing::new(), Refusing::new());
+    let (dead_a, dead_b) = (refusing_a.addr, refusing_b.addr);
     let gantry = Scenario::new()
         .port("web", Port::http("empty"))
         .port("web", Port::http("down").backends(&[dead_a, dead_b]))

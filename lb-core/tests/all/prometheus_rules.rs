@@ -19,7 +19,7 @@ use crate::support::client::{get, raw_exchange, tls_connect, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::promtool::{self, AlertCheck, QueryCheck, Scrapes, Situation};
 use crate::support::scenario::{Port, Scenario};
-use crate::support::{eventually, metric};
+use crate::support::{eventually, metric, Refusing};
 
 /// Requests per service and round: one a second at the 15 s scrape interval.
 const PER_ROUND: usize = 15;
@@ -196,17 +196,12 @@ fn scenario(origin: SocketAddr, dead: SocketAddr, tls: &str, troubled: bool) -> 
     scenario
 }
 
-/// An address nothing listens on.
-fn refusing_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
 /// The troubled Gantry: 5xx, a slow origin, a refusing backend, a port without backends,
 /// failing TLS handshakes, a quarantined plugin and a refused reload, beside healthy traffic.
 /// Returns its scrapes, the refusing backend, and the bytes of `web`'s last round.
 async fn troubled(dir: &Path, origin: SocketAddr, tls: &str) -> (Scrapes, SocketAddr, Bytes) {
-    let dead = refusing_address();
+    let refusing = Refusing::new();
+    let dead = refusing.addr;
     let config = dir.join("troubled.yaml");
     let mut under = Under::start(&scenario(origin, dead, tls, true), config).await;
     let mut held = Vec::new();
@@ -259,7 +254,9 @@ async fn healthy_then_stopped(
     ca: &TestCa,
 ) -> (Scrapes, Scrapes) {
     let config = dir.join("healthy.yaml");
-    let scenario = scenario(origin, refusing_address(), tls, false);
+    // (The healthy Gantry's `dead` port is never asked: it only has to exist.)
+    let refusing = Refusing::new();
+    let scenario = scenario(origin, refusing.addr, tls, false);
     let mut under = Under::start(&scenario, config).await;
     let client = ca.client_config(&[b"http/1.1"]);
     let (mut healthy, mut stopped) = (Scrapes::default(), Scrapes::default());

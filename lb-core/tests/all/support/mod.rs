@@ -20,6 +20,28 @@ use lb_config::Model;
 use lb_core::Gantry;
 
 /// Parses test YAML (absolute paths only).
+/// An address that refuses connections for as long as this value lives: a socket bound to it
+/// but not listening, so the kernel resets every connection. (A port merely freed could be
+/// taken meanwhile by another test's listener, which would then answer.)
+pub struct Refusing {
+    _socket: tokio::net::TcpSocket,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Refusing {
+    pub fn new() -> Refusing {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let addr = socket.local_addr().expect("address");
+        Refusing {
+            _socket: socket,
+            addr,
+        }
+    }
+}
+
 pub fn model(yaml: &str) -> Model {
     lb_config::parse_str(yaml, Path::new("/"))
         .unwrap_or_else(|err| panic!("test config: {err}\n{yaml}"))
