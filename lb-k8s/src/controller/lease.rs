@@ -188,10 +188,17 @@ impl Elector {
                 },
                 Ok(Ok(Attempt::HeldBy(holder))) => Lead::Following { holder },
                 failed => {
-                    let why = match failed {
+                    let why = match &failed {
                         Ok(Err(err)) => err.to_string(),
                         _ => "no answer in time".to_owned(),
                     };
+                    if let Ok(Err(kube::Error::Api(status))) = &failed {
+                        if matches!(status.code, 403 | 404) {
+                            // Not a passing fault: this replica will never write until the
+                            // cluster or the configuration changes.
+                            tracing::error!(lease = %format!("{}/{}", timing.lease_namespace, self.name), %why, "the Lease cannot be held, so this replica writes nothing to the cluster: apply deploy/rbac.yaml (the Role and the gantry-system namespace), set kubernetes.leader_election.lease_namespace, or `enabled: false` for a single replica");
+                        }
+                    }
                     match leading_until {
                         // Still within the last renewal's deadline: keep writing, try again.
                         Some(until) if Instant::now() < until => {
