@@ -11,6 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use lb_config::{ListenerKey, Model};
+use lb_k8s::telemetry::Leadership;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
@@ -155,12 +156,13 @@ pub struct ListenerState<'a> {
     pub open_connections: usize,
 }
 
-/// The `/config` document: the running model (certificates by source, never their keys) and
-/// the live state of each listener (backends with back-off and health, policies, open
-/// connections).
+/// The `/config` document: the running model (certificates by source, never their keys), the
+/// live state of each listener (backends with back-off and health, policies, open
+/// connections), and, with a cluster, which replica writes to it (`kubernetes_leadership`).
 pub fn config_document<'a>(
     model: &Model,
     listeners: impl Iterator<Item = ListenerState<'a>>,
+    leadership: Option<&Leadership>,
 ) -> serde_json::Value {
     let listeners: serde_json::Map<String, serde_json::Value> = listeners
         .map(|l| {
@@ -197,8 +199,12 @@ pub fn config_document<'a>(
             (l.key.to_string(), state)
         })
         .collect();
-    serde_json::json!({
+    let mut document = serde_json::json!({
         "config": model,
         "listeners": listeners,
-    })
+    });
+    if let Some(leadership) = leadership {
+        document["kubernetes_leadership"] = serde_json::json!(leadership);
+    }
+    document
 }

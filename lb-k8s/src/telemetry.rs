@@ -20,6 +20,22 @@ pub trait Telemetry: Send + Sync + 'static {
     /// A write to the API server (`status`, `finalizer`, `event`) with `outcome`: `ok`,
     /// `error`, or `fenced` (not made: another replica holds the Lease).
     fn api_write(&self, _what: &str, _outcome: &str) {}
+
+    /// Whether this replica writes to the cluster, and who does.
+    fn leadership(&self, _leadership: &Leadership) {}
+}
+
+/// Which replica writes to the cluster, as this one sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Leadership {
+    /// The Lease (`namespace/name`); `None` when election is off.
+    pub lease: Option<String>,
+    /// This replica's identity as a candidate.
+    pub identity: String,
+    /// Whether this replica writes now.
+    pub leading: bool,
+    /// The Lease's holder as last read, when known.
+    pub holder: Option<String>,
 }
 
 /// Reports nothing.

@@ -56,7 +56,13 @@ struct Candidate {
 async fn candidate(dir: &tempfile::TempDir, instance: &str) -> Candidate {
     let identity = lease::identity(instance);
     let stop = CancellationToken::new();
-    let (fence, task) = lease::spawn(client(dir).await, &timing(), identity.clone(), stop.clone());
+    let (fence, task) = lease::spawn(
+        client(dir).await,
+        &timing(),
+        identity.clone(),
+        std::sync::Arc::new(lb_k8s::telemetry::NoTelemetry),
+        stop.clone(),
+    );
     Candidate {
         identity,
         fence,

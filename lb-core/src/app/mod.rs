@@ -284,7 +284,8 @@ impl AdminView for Inner {
             route: l.shared.route.load_full(),
             open_connections: l.open.get(),
         });
-        admin::config_document(&self.model.load_full(), listeners)
+        let leadership = self.metrics.kubernetes_leadership();
+        admin::config_document(&self.model.load_full(), listeners, leadership.as_ref())
     }
 
     fn authorized(&self, authorization: Option<&[u8]>) -> admin::Authorization {

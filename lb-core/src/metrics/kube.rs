@@ -1,8 +1,12 @@
 //! The Kubernetes source's metrics: watch events, objects skipped as invalid, API writes,
 //! addresses in use per pool, and the time from a watch event to the data plane serving it
-//! (like kube-proxy's `network_programming_duration_seconds`).
+//! (like kube-proxy's `network_programming_duration_seconds`), and whether this replica writes
+//! to the cluster (`gantry_kubernetes_leader`, with the holder shown in `/config`).
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::sync::Mutex;
+
+use lb_k8s::telemetry::Leadership;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::counter_vec;
 
@@ -18,6 +22,9 @@ pub(super) struct KubeMetrics {
     writes: IntCounterVec,
     pool_in_use: IntGaugeVec,
     programming: Histogram,
+    leader: IntGauge,
+    /// The last leadership the source reported, for `/config`.
+    leadership: Mutex<Option<Leadership>>,
 }
 
 impl KubeMetrics {
@@ -38,9 +45,15 @@ impl KubeMetrics {
             .buckets(PROGRAMMING_BUCKETS.to_vec()),
         )
         .expect("static metric definition");
+        let leader = IntGauge::new(
+            "gantry_kubernetes_leader",
+            "1 while this replica writes to the cluster (it holds the Lease, or election is off).",
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(pool_in_use.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(programming.clone()),
+            Box::new(leader.clone()),
         ] {
             registry
                 .register(collector)
@@ -67,7 +80,17 @@ impl KubeMetrics {
             ),
             pool_in_use,
             programming,
+            leader,
+            leadership: Mutex::new(None),
         }
+    }
+
+    /// The last leadership the source reported; `None` before any (or without a cluster).
+    pub(super) fn leadership(&self) -> Option<Leadership> {
+        self.leadership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -94,5 +117,14 @@ impl lb_k8s::telemetry::Telemetry for super::Metrics {
 
     fn api_write(&self, what: &str, outcome: &str) {
         self.kube.writes.with_label_values(&[what, outcome]).inc();
+    }
+
+    fn leadership(&self, leadership: &Leadership) {
+        self.kube.leader.set(i64::from(leadership.leading));
+        *self
+            .kube
+            .leadership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(leadership.clone());
     }
 }

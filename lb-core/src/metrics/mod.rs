@@ -172,6 +172,11 @@ impl Metrics {
         self.changes.with_label_values(&[kind]).inc();
     }
 
+    /// Which replica writes to the cluster, as the Kubernetes source last reported it.
+    pub fn kubernetes_leadership(&self) -> Option<lb_k8s::telemetry::Leadership> {
+        self.kube.leadership()
+    }
+
     /// Everything, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

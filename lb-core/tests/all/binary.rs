@@ -365,6 +365,7 @@ async fn run_serves_a_cluster_from_the_kubernetes_section() {
     let origin = HttpOrigin::start("pod", OriginProtocol::Http1).await;
     let port = crate::support::cluster::free_port("127.0.34.1".parse().expect("ip"));
     let mut gantry = Running::start(&config);
+    let admin = gantry.address("admin listening").await;
     gantry.log("ready").await;
     api.create(crate::support::cluster::load_balancer(
         "web",
@@ -392,10 +393,32 @@ async fn run_serves_a_cluster_from_the_kubernetes_section() {
             .is_some_and(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.34.1")
     })
     .await;
+    // It wrote as the Lease's holder, which the metric and /config show.
+    let lease_id = (Kind::Lease, "gantry-system".into(), "gantry".into());
+    let lease = api.get(&lease_id).expect("the Lease");
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .expect("a holder")
+        .to_owned();
+    // The instance name (the host's), the process, the time it started electing.
+    let pid = gantry.child.id().expect("running");
+    assert!(holder.contains(&format!("_{pid}_")), "{holder}");
+    let text = get(admin, "/metrics").await.body;
+    assert_eq!(metric(&text, "gantry_kubernetes_leader"), 1.0);
+    let shown: serde_json::Value =
+        serde_json::from_str(&get(admin, "/config").await.body).expect("/config is JSON");
+    assert_eq!(
+        shown["kubernetes_leadership"],
+        serde_json::json!({"lease": "gantry-system/gantry", "identity": holder, "leading": true, "holder": holder})
+    );
+    // A graceful stop hands the Lease back, so another replica takes it at once.
     gantry.signal("TERM");
     let status = tokio::time::timeout(Duration::from_secs(20), gantry.child.wait())
         .await
         .expect("exits")
         .expect("wait");
     assert!(status.success(), "{status}");
+    let lease = api.get(&lease_id).expect("the Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "", "{lease}");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 1, "{lease}");
 }

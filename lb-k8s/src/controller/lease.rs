@@ -14,6 +14,7 @@
 //!   next takes it at its next try instead of waiting out the duration.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -25,6 +26,8 @@ use lb_config::LeaderElection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::{Leadership, Telemetry};
 
 /// Whether this replica may write to the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +133,7 @@ struct Elector {
     observed: Option<Observed>,
     /// Whether the last try took or renewed the Lease.
     holding: bool,
+    telemetry: Arc<dyn Telemetry>,
 }
 
 /// Starts electing for the Lease `timing` names, as `identity`; the returned [`Fence`] follows
@@ -139,6 +143,7 @@ pub fn spawn(
     client: Client,
     timing: &LeaderElection,
     identity: String,
+    telemetry: Arc<dyn Telemetry>,
     stop: CancellationToken,
 ) -> (Fence, JoinHandle<()>) {
     let (lead, fence) = watch::channel(Lead::Electing);
@@ -150,6 +155,7 @@ pub fn spawn(
         cached: None,
         observed: None,
         holding: false,
+        telemetry,
     };
     let task = tokio::spawn(elector.run(lead, stop));
     (Fence(fence), task)
@@ -255,6 +261,20 @@ impl Elector {
         } else if !leading && was {
             tracing::info!(lease = %self.name, holder = ?self.holder(), "follows: another replica writes");
         }
+        let holder = if leading {
+            Some(self.identity.clone())
+        } else {
+            match &next {
+                Lead::Following { holder } => holder.clone(),
+                _ => None,
+            }
+        };
+        self.telemetry.leadership(&Leadership {
+            lease: Some(format!("{}/{}", self.timing.lease_namespace, self.name)),
+            identity: self.identity.clone(),
+            leading,
+            holder,
+        });
         lead.send_if_modified(|current| {
             // A renewal moves `until` on: a change for the fence, not worth a wake-up of the
             // controller unless the kind of lead changed.

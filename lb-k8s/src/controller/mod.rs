@@ -34,7 +34,7 @@ use crate::client::{connect, ConnectError, Credentials};
 use crate::index::{endpoints, Index, ObjectKey};
 use crate::plane::DataPlane;
 use crate::settings::Settings;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Leadership, Telemetry};
 
 /// Most updates taken from the queue before a reconcile: a burst (a relist, a rollout)
 /// becomes a few reconciles, not one per event.
@@ -66,11 +66,24 @@ pub async fn run(
             let namespace = &election.lease_namespace;
             let identity = lease::identity(&section.instance);
             tracing::info!(lease = %format!("{namespace}/{}", election.lease_name), %identity, "leader election: only the Lease's holder writes to the cluster");
-            let (fence, task) =
-                lease::spawn(client.clone(), election, identity, election_stop.clone());
+            let (fence, task) = lease::spawn(
+                client.clone(),
+                election,
+                identity,
+                Arc::clone(&telemetry),
+                election_stop.clone(),
+            );
             (fence, Some(task))
         }
-        None => (Fence::always(), None),
+        None => {
+            telemetry.leadership(&Leadership {
+                lease: None,
+                identity: section.instance.clone(),
+                leading: true,
+                holder: None,
+            });
+            (Fence::always(), None)
+        }
     };
     let (queue, mut updates) = mpsc::channel(BATCH);
     let watches = watch::start_all(&client, &queue);
