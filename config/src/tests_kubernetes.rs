@@ -166,6 +166,14 @@ fn leader_election_is_on_with_client_gos_timings_unless_turned_off() {
         section("kubernetes: { leader_election: { enabled: false } }\n").leader_election,
         None
     );
+    // Turned off, its values are still checked.
+    let problems =
+        problems_of("kubernetes: { leader_election: { enabled: false, retry_period: 0s } }\n")
+            .join("\n");
+    assert!(
+        problems.contains("kubernetes.leader_election.retry_period: must be greater than zero"),
+        "{problems}"
+    );
 }
 
 #[test]

@@ -23,7 +23,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// client-go's `JitterFactor`: the renew deadline must leave room for a jittered retry.
 const RETRY_JITTER: f64 = 1.2;
 
-/// Election is on unless the section says `enabled: false`; `None` then.
+/// Election is on unless the section says `enabled: false`; `None` then (its other fields
+/// are checked all the same).
 pub(super) fn build_leader_election(
     file: Option<Lenient<LeaderElectionFile>>,
     path: &FieldPath,
@@ -33,9 +34,9 @@ pub(super) fn build_leader_election(
         None => LeaderElectionFile::default(),
         some => take(some, path, p)?,
     };
-    if file.enabled == Some(false) {
-        return None;
-    }
+    // Checked even when turned off: a value written is a value meant, and an error in it is
+    // reported now, not when election is turned on.
+    let enabled = file.enabled != Some(false);
     let lease_name = file
         .lease_name
         .unwrap_or_else(|| DEFAULT_LEASE_NAME.to_owned());
@@ -107,5 +108,5 @@ pub(super) fn build_leader_election(
             "must be above 1.2 × `retry_period`: room for a renewal to be tried again",
         );
     }
-    Some(election)
+    enabled.then_some(election)
 }
