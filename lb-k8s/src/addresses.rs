@@ -134,7 +134,7 @@ impl Addresses {
     /// new addresses, so a restart changes no Service's address.
     pub fn adopt(&mut self, key: &ObjectKey, shown: IpAddr, request: &Request) -> bool {
         if Family::of(shown) != request.family()
-            || !self.pools.iter().any(|p| p.contains(shown))
+            || !self.in_a_pool(shown)
             || self.conflict(key, shown, request).is_some()
         {
             return false;
@@ -155,7 +155,7 @@ impl Addresses {
         }
         let address = match request.address {
             Some(address) => {
-                if !self.pools.iter().any(|p| p.contains(address)) {
+                if !self.in_a_pool(address) {
                     return Err(Refusal::NotInPool(address));
                 }
                 if let Some(by) = self.conflict(key, address, request) {
@@ -167,6 +167,27 @@ impl Addresses {
         };
         self.hold(key, address, request);
         Ok(address)
+    }
+
+    /// Records that `key` holds `shown` (each address with the request it serves), as the
+    /// holder of the Lease decided: a replica that does not hold it hands out nothing and
+    /// checks nothing, it only keeps count of what the pools have in use.
+    pub fn follow(&mut self, key: &ObjectKey, shown: &[(IpAddr, &Request)]) {
+        self.release(key);
+        for (address, request) in shown {
+            self.hold(key, *address, request);
+        }
+    }
+
+    /// Nobody holds anything: the statuses are about to be adopted again (a replica that
+    /// takes the Lease over starts from what the cluster shows, as a restart does).
+    pub fn reset(&mut self) {
+        self.holds.clear();
+    }
+
+    /// Whether `ip` is in one of the pools.
+    pub fn in_a_pool(&self, ip: IpAddr) -> bool {
+        self.pools.iter().any(|p| p.contains(ip))
     }
 
     /// `key` no longer holds an address.

@@ -97,6 +97,8 @@ pub async fn run(
             Arc::clone(&telemetry),
             fence.clone(),
         ),
+        fence: fence.clone(),
+        leading: false,
         client,
         queue,
         plane,
@@ -121,13 +123,7 @@ pub async fn run(
         };
         tokio::select! {
             () = stop.cancelled() => break,
-            () = fence.changed() => {
-                if fence.leading_now() {
-                    // Taking over: everything is looked at again as a restart does (addresses
-                    // re-adopted from status), and what is already right is not rewritten.
-                    controller.synced.adopted = false;
-                }
-            }
+            () = fence.changed() => controller.lead_changed(),
             update = updates.recv() => {
                 let Some(update) = update else { break };
                 controller.take(update);
@@ -230,6 +226,10 @@ pub(crate) struct Controller {
     index: Index,
     addresses: Addresses,
     writer: Writer,
+    /// Whether this replica holds the Lease (and so writes and hands out addresses).
+    fence: Fence,
+    /// What the fence said when the reconcile pass under way began.
+    leading: bool,
     client: kube::Client,
     queue: mpsc::Sender<Update>,
     plane: Arc<dyn DataPlane>,
@@ -246,6 +246,19 @@ pub(crate) struct Controller {
 }
 
 impl Controller {
+    /// The Lease changed hands. A replica that takes it looks at everything again as a
+    /// restart does: addresses re-adopted from the statuses, what they already say not said
+    /// again, so nothing right is rewritten. One that loses it decides every Service again
+    /// from its status.
+    fn lead_changed(&mut self) {
+        if self.fence.leading_now() {
+            self.synced.adopted = false;
+        } else {
+            let all: Vec<ObjectKey> = self.index.keys().cloned().collect();
+            self.touch(all);
+        }
+    }
+
     fn touch(&mut self, keys: impl IntoIterator<Item = ObjectKey>) {
         let now = Instant::now();
         for key in keys {

@@ -14,7 +14,7 @@ use lb_config::FieldPath;
 use super::built::{requests_of, Built, Front};
 use super::report::Tell;
 use super::writer::Note;
-use super::{Controller, Retry};
+use super::{status, Controller, Retry};
 use crate::addresses::{Refusal, Request};
 use crate::index::endpoints::Family;
 use crate::index::service::{Role, ServiceView};
@@ -71,6 +71,9 @@ fn origin(key: &ObjectKey) -> FieldPath {
 impl Controller {
     /// Reconciles the Services that changed, and those whose retry is due.
     pub(super) async fn reconcile(&mut self) {
+        // Decided once per pass; should the right to write end within it, the writer's fence
+        // stops what is left, and the pass that follows decides as a follower.
+        self.leading = self.fence.leading_now();
         if !self.synced.adopted {
             self.adopt();
             self.synced.adopted = true;
@@ -108,7 +111,12 @@ impl Controller {
         if batch.is_empty() && self.synced.published {
             return;
         }
-        let unfinalized = self.add_finalizers(batch.keys()).await;
+        // Only the holder of the Lease writes; the others serve what the statuses say.
+        let unfinalized = if self.leading {
+            self.add_finalizers(batch.keys()).await
+        } else {
+            Vec::new()
+        };
         for key in &unfinalized {
             batch.remove(key);
         }
@@ -168,9 +176,13 @@ impl Controller {
                 let had = true;
                 freed |= self.release(key, had).await;
             }
-            self.report(key, &mut tell);
+            if self.leading {
+                self.report(key, &mut tell);
+            }
         }
-        self.tell(tell).await;
+        if self.leading {
+            self.tell(tell).await;
+        }
         for (key, had) in releasing {
             freed |= self.release(&key, had).await;
         }
@@ -197,9 +209,13 @@ impl Controller {
         }
     }
 
-    /// Gives every load balancer back the address its status shows, before any is handed out.
+    /// Gives every load balancer back the address its status shows, before any is handed
+    /// out, and remembers what its status already reports, so that a restart or a takeover
+    /// of the Lease neither moves an address nor repeats an Event.
     fn adopt(&mut self) {
+        self.addresses.reset();
         let ours: Vec<ObjectKey> = self.index.ours().cloned().collect();
+        let mut adopted = 0_usize;
         for key in ours {
             let Some((Role::LoadBalancer, view)) = self.index.service(&key) else {
                 continue;
@@ -208,12 +224,20 @@ impl Controller {
             for request in &requests {
                 for ip in view.status_ips.clone() {
                     if self.addresses.adopt(&key, ip, request) {
-                        tracing::info!(service = %key, address = %ip, "address re-adopted from status");
+                        tracing::debug!(service = %key, address = %ip, "address re-adopted from status");
+                        adopted += 1;
                         break;
                     }
                 }
             }
+            let said = status::said(view.status.as_ref());
+            let tracked = self.tracked.entry(key).or_default();
+            tracked.reported = said.trouble;
+            tracked.skipped_ports = said.skipped;
+            // Announced again only if what is served differs from what the status shows.
+            tracked.ensured = None;
         }
+        tracing::info!(adopted, "addresses re-adopted from the Services' status");
     }
 
     fn waits_for_secret(&self, key: &ObjectKey) -> bool {
@@ -265,17 +289,30 @@ impl Controller {
             tracked.let_go = true;
         }
         tracked.role = Some(role);
-        // A load balancer has its cleanup finalizer by now (`add_finalizers`).
-        let addresses = if role == Role::LoadBalancer {
-            match self.assign(key, &view) {
+        // A load balancer has its cleanup finalizer by now (`add_finalizers`), when this
+        // replica writes.
+        let addresses = match role {
+            Role::LoadBalancer if self.leading => match self.assign(key, &view) {
                 Ok(addresses) => addresses.into_iter().map(Some).collect(),
                 Err(refusal) => {
                     self.refuse(key, refusal.reason(), refusal.to_string());
                     return true;
                 }
+            },
+            Role::LoadBalancer => {
+                let shown = self.follow(key, &view);
+                if shown.is_empty() {
+                    // The holder of the Lease has not given it an address yet (or cannot):
+                    // nothing to serve it on. Not a problem of this replica's to report.
+                    let tracked = self.tracked.entry(key.clone()).or_default();
+                    tracked.wanted = None;
+                    tracked.served = None;
+                    tracked.problem = None;
+                    return true;
+                }
+                shown.into_iter().map(Some).collect()
             }
-        } else {
-            vec![None]
+            _ => vec![None],
         };
         self.build(key, &addresses, &view);
         let tracked = self.tracked.entry(key.clone()).or_default();
@@ -326,6 +363,26 @@ impl Controller {
             }
         }
         Ok(addresses)
+    }
+
+    /// The addresses of the load balancer `key` on a replica that does not hold the Lease:
+    /// those its status shows, one per family it asks for, from Gantry's pools. The holder
+    /// chose them; this replica serves them and keeps count, and checks nothing.
+    fn follow(&mut self, key: &ObjectKey, view: &ServiceView) -> Vec<IpAddr> {
+        let (requests, _) = requests_of(view);
+        let mut shown: Vec<(IpAddr, &Request)> = Vec::with_capacity(requests.len());
+        for request in &requests {
+            let ip = view.status_ips.iter().copied().find(|ip| {
+                Family::of(*ip) == request.family()
+                    && self.addresses.in_a_pool(*ip)
+                    && !shown.iter().any(|(taken, _)| taken == ip)
+            });
+            if let Some(ip) = ip {
+                shown.push((ip, request));
+            }
+        }
+        self.addresses.follow(key, &shown);
+        shown.into_iter().map(|(ip, _)| ip).collect()
     }
 
     /// Builds and checks the services of the model `key` becomes, one per address (`None`:

@@ -211,6 +211,10 @@ impl Controller {
     pub(super) async fn release(&mut self, key: &ObjectKey, had: bool) -> bool {
         let held = !self.addresses.held(key).is_empty();
         self.addresses.release(key);
+        if !self.leading {
+            // The holder of the Lease tells the cluster.
+            return held;
+        }
         let Some((role, view)) = self.index.service(key) else {
             return held;
         };

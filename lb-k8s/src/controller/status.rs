@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::ServiceStatus;
 use serde_json::{json, Value};
 
 use super::writer::truncate;
-use crate::index::translate::PortOutcome;
+use crate::index::translate::{PortOutcome, NO_NODE_PORT, UNSUPPORTED_PROTOCOL};
 
 /// The longest condition message the API accepts, in bytes.
 const MAX_MESSAGE: usize = 32_768;
@@ -119,6 +119,50 @@ pub fn to_write(
     (!same).then(|| json!({"loadBalancer": {"ingress": ingress}, "conditions": conditions}))
 }
 
+/// What a load balancer's status already says of it, as Gantry wrote it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Said {
+    /// The trouble its condition reports (a reason and a message), when it is `False`.
+    pub trouble: Option<(String, String)>,
+    /// The ports its first address shows as not served.
+    pub skipped: Vec<PortOutcome>,
+}
+
+/// What `current` says, so that a replica taking the Lease over, or a restart, does not
+/// report again what was reported already (the Events of the trouble and the skipped ports).
+pub fn said(current: Option<&ServiceStatus>) -> Said {
+    let Some(current) = current else {
+        return Said::default();
+    };
+    let trouble = current
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == CONDITION && c.status == "False")
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    let skipped = current
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.ingress.as_ref())
+        .and_then(|ingress| ingress.first())
+        .and_then(|first| first.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|port| {
+            // Only the errors Gantry writes; another's would not be Gantry's to report.
+            let error = [UNSUPPORTED_PROTOCOL, NO_NODE_PORT]
+                .into_iter()
+                .find(|known| port.error.as_deref() == Some(*known))?;
+            Some(PortOutcome {
+                port: u16::try_from(port.port).ok()?,
+                protocol: port.protocol.clone(),
+                error: Some(error),
+            })
+        })
+        .collect();
+    Said { trouble, skipped }
+}
+
 /// The `status` that removes Gantry's part (its ingress and its condition), or `None` when
 /// there is nothing of it.
 pub fn to_clear(current: Option<&ServiceStatus>) -> Option<Value> {
@@ -198,6 +242,38 @@ mod tests {
         assert_eq!(conditions[1]["status"], "False");
         assert_eq!(conditions[1]["lastTransitionTime"], "2026-11-30T02:00:00Z");
         assert_eq!(conditions[0]["type"], "Other");
+    }
+
+    #[test]
+    fn what_a_written_status_says_is_read_back() {
+        assert_eq!(said(None), Said::default());
+        let wanted = Wanted {
+            ingress: vec![(
+                "192.0.2.10".parse().expect("ip"),
+                vec![
+                    port(80, None),
+                    port(53, Some("gantry.io/UnsupportedProtocol")),
+                ],
+            )],
+            trouble: Some(("AddressInUse".into(), "taken".into())),
+        };
+        let status = to_write(None, &wanted, Some(1), "2026-11-30T00:00:00Z").expect("written");
+        let read_back: ServiceStatus = serde_json::from_value(status).expect("a ServiceStatus");
+        assert_eq!(
+            said(Some(&read_back)),
+            Said {
+                trouble: wanted.trouble.clone(),
+                skipped: vec![port(53, Some("gantry.io/UnsupportedProtocol"))],
+            }
+        );
+        let well = Wanted {
+            trouble: None,
+            ..wanted
+        };
+        let status =
+            to_write(Some(&read_back), &well, Some(1), "2026-11-30T00:00:01Z").expect("changed");
+        let read_back: ServiceStatus = serde_json::from_value(status).expect("a ServiceStatus");
+        assert_eq!(said(Some(&read_back)).trouble, None);
     }
 
     #[test]

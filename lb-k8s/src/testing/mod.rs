@@ -204,6 +204,15 @@ impl TestApiServer {
             .push(fault);
     }
 
+    /// Forgets every fault not yet used up: requests are answered normally again.
+    pub fn clear_faults(&self) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Ends every open watch with `410 Gone` and forgets the history, so clients must list
     /// again.
     pub fn expire_watches(&self) {
