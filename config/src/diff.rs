@@ -51,6 +51,8 @@ pub enum Change {
     /// The `kubernetes:` section changed (or appeared, or went): the Kubernetes source
     /// restarts with it.
     KubernetesChanged,
+    /// The `routing:` section changed (or appeared, or went): the announcer restarts with it.
+    RoutingChanged,
     /// Only where a service came from changed (a newer version of its Kubernetes object that
     /// asks for nothing different): nothing to rebuild, the model is kept.
     SourceChanged(String),
@@ -69,6 +71,7 @@ impl Change {
             Change::RuntimeChanged(_) => "runtime_changed",
             Change::PluginLimitsChanged => "plugin_limits_changed",
             Change::KubernetesChanged => "kubernetes_changed",
+            Change::RoutingChanged => "routing_changed",
             Change::SourceChanged(_) => "source_changed",
         }
     }
@@ -86,9 +89,10 @@ impl fmt::Display for Change {
             Change::PortChanged { key, what } => write!(f, "{} {key} ({what})", self.kind()),
             Change::AdminChanged { from, to } => write!(f, "{} {from} -> {to}", self.kind()),
             Change::RuntimeChanged(what) => write!(f, "{} ({what})", self.kind()),
-            Change::PluginLimitsChanged | Change::KubernetesChanged | Change::AdminTokenChanged => {
-                f.write_str(self.kind())
-            }
+            Change::PluginLimitsChanged
+            | Change::KubernetesChanged
+            | Change::RoutingChanged
+            | Change::AdminTokenChanged => f.write_str(self.kind()),
             Change::SourceChanged(service) => write!(f, "{} {service}", self.kind()),
         }
     }
@@ -259,6 +263,9 @@ pub fn diff(old: &Model, new: &Model) -> Vec<Change> {
     }
     if old.kubernetes != new.kubernetes {
         changes.push(Change::KubernetesChanged);
+    }
+    if old.routing != new.routing {
+        changes.push(Change::RoutingChanged);
     }
     for (name, service) in &new.services {
         if old

@@ -35,6 +35,89 @@ pub struct FileConfig {
     /// The Kubernetes source: serve a cluster's LoadBalancer (and NodePort) Services. Without
     /// this section nothing about Kubernetes runs.
     pub kubernetes: Option<Lenient<KubernetesFile>>,
+    /// Announcing the addresses Gantry serves to the network (BGP through BIRD), so that
+    /// several appliances can serve them at once. Without this section nothing is announced.
+    pub routing: Option<Lenient<RoutingFile>>,
+}
+
+/// `routing:`: Gantry tells a routing daemon running beside it which addresses to announce;
+/// it never speaks BGP itself. Reference: `docs/routing.md`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    /// The daemon: `bird` (BIRD 2). Required.
+    pub daemon: Option<String>,
+    /// BIRD's control socket. Default `/run/bird/bird.ctl`.
+    pub control_socket: Option<String>,
+    /// The folder Gantry writes its part of BIRD's configuration to (`gantry.conf`, which
+    /// BIRD's own configuration includes) and keeps its locks in. Default `/run/gantry/bird`.
+    pub directory: Option<String>,
+    /// This appliance's AS number: 1 to 4294967294. Required.
+    pub asn: Option<u64>,
+    /// The BGP router ID (an IPv4 address); default: BIRD's own (`router id` in its
+    /// configuration, else the lowest IPv4 address of its interfaces).
+    pub router_id: Option<String>,
+    /// The routers to announce to: 1 to 32.
+    #[serde(default)]
+    pub peers: Vec<Lenient<PeerFile>>,
+    /// When an address is announced: `always` while it is served (default), or `healthy`:
+    /// only while at least one of its ports has a healthy backend.
+    pub announce: Option<String>,
+    /// How long a stopping Gantry keeps serving after it withdrew its routes, so routers stop
+    /// sending before its sockets close: 0 to 5m, default 2s.
+    pub withdraw_delay: Option<DurationText>,
+    /// The BGP hold time, whole seconds, 3s to 65535s (default 9s); keepalives go every
+    /// third of it. A dead appliance without BFD is routed around after this long.
+    pub hold_time: Option<DurationText>,
+    /// BFD timings for the peers that use it.
+    pub bfd: Option<Lenient<BfdFile>>,
+    /// Which served addresses are announced, and with which attributes. Default: every
+    /// address of every `kubernetes.address_pools` pool, without attributes. At most 64.
+    #[serde(default)]
+    pub pools: Vec<Lenient<RoutedPoolFile>>,
+}
+
+/// A router Gantry's routes are announced to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerFile {
+    /// Its address (IPv4 peers get the IPv4 routes, IPv6 peers the IPv6 ones). Required.
+    pub address: Option<String>,
+    /// Its AS number (the same as `asn` for iBGP). Required.
+    pub asn: Option<u64>,
+    /// A file holding the session's TCP-MD5 password (surrounding whitespace removed; at most
+    /// 80 printable ASCII characters, no `"` or `\\`). Relative to the configuration file.
+    pub password_file: Option<String>,
+    /// Track the session with BFD, so a dead appliance is routed around in about a second
+    /// (`routing.bfd`). Default `false`: the router must run BFD too.
+    pub bfd: Option<bool>,
+}
+
+/// `routing.bfd:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BfdFile {
+    /// The interval BFD packets are sent and expected at: 10ms to 10s, default 100ms.
+    pub interval: Option<DurationText>,
+    /// Packets missed before the session is down: 1 to 255, default 3.
+    pub multiplier: Option<u64>,
+}
+
+/// Addresses announced alike: a Kubernetes address pool by name, or addresses.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutedPoolFile {
+    /// A `kubernetes.address_pools` pool.
+    pub name: Option<String>,
+    /// Or addresses (CIDRs, ranges, single addresses), such as the file's services'.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// BGP communities added to its routes: `65000:100` (standard) or `65000:1:2` (large).
+    /// At most 32.
+    #[serde(default)]
+    pub communities: Vec<String>,
+    /// `LOCAL_PREF` of its routes, 0 to 4294967295: iBGP peers only (eBGP drops it).
+    pub local_preference: Option<u64>,
 }
 
 /// `kubernetes:`

@@ -16,6 +16,7 @@ mod lenient;
 pub mod model;
 pub mod names;
 mod problems;
+mod routing;
 mod warnings;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,8 @@ use std::path::{Path, PathBuf};
 pub use build::{
     builtin_port_settings, parse_range, ModelBuilder, BUILTIN_AFFINITIES, BUILTIN_BALANCERS,
     BUILTIN_HEALTH, DEFAULT_ADMIN_LISTEN, DEFAULT_AFFINITY_ENTRIES, DEFAULT_BALANCER,
-    DEFAULT_LOAD_BALANCER_CLASS, MAX_POOLS, MAX_POOL_ENTRIES, MAX_WEIGHT,
+    DEFAULT_BIRD_DIRECTORY, DEFAULT_BIRD_SOCKET, DEFAULT_LOAD_BALANCER_CLASS, MAX_PEERS, MAX_POOLS,
+    MAX_POOL_ENTRIES, MAX_WEIGHT,
 };
 pub use diff::{diff, Change, PortAspect, PortAspects, RuntimeAspect, RuntimeAspects};
 pub use lenient::{DurationText, Lenient};
@@ -138,5 +140,7 @@ fn parse_file(text: &str) -> Result<file::FileConfig, ConfigError> {
 mod tests;
 #[cfg(test)]
 mod tests_kubernetes;
+#[cfg(test)]
+mod tests_routing;
 #[cfg(test)]
 mod tests_udp;

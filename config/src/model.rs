@@ -14,6 +14,7 @@ use std::time::Duration;
 
 pub use crate::addresses::{AddressRange, Networks};
 use crate::problems::FieldPath;
+pub use crate::routing::{Announce, Bfd, Community, Daemon, Password, Peer, RoutedPool, Routing};
 use rustls::sign::CertifiedKey;
 use serde::{Serialize, Serializer};
 
@@ -31,6 +32,8 @@ pub struct Model {
     pub services: BTreeMap<String, Arc<Service>>,
     /// The Kubernetes source, when configured.
     pub kubernetes: Option<Kubernetes>,
+    /// Announcing the served addresses through a routing daemon, when configured.
+    pub routing: Option<Routing>,
 }
 
 impl Model {
@@ -66,6 +69,12 @@ impl Model {
                     }),
             )
             .chain(self.admin.token.as_ref().and_then(|t| t.file.clone()))
+            .chain(
+                self.routing
+                    .iter()
+                    .flat_map(|r| r.peers.iter())
+                    .filter_map(|peer| peer.password.as_ref().map(|p| p.file.clone())),
+            )
             .collect();
         files.sort();
         files.dedup();
@@ -748,10 +757,10 @@ impl fmt::Debug for Certificate {
 }
 
 /// Durations print in `/config` the way they are written in the file.
-mod duration_text {
+pub(crate) mod duration_text {
     use super::*;
 
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }

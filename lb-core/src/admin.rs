@@ -163,6 +163,7 @@ pub fn config_document<'a>(
     model: &Model,
     listeners: impl Iterator<Item = ListenerState<'a>>,
     leadership: Option<&Leadership>,
+    routing: Option<&crate::routing::Shown>,
 ) -> serde_json::Value {
     let listeners: serde_json::Map<String, serde_json::Value> = listeners
         .map(|l| {
@@ -205,6 +206,9 @@ pub fn config_document<'a>(
     });
     if let Some(leadership) = leadership {
         document["kubernetes_leadership"] = serde_json::json!(leadership);
+    }
+    if let Some(routing) = routing {
+        document["routing"] = serde_json::json!(routing);
     }
     document
 }

@@ -30,6 +30,7 @@ pub mod ports;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod route;
+pub mod routing;
 pub mod run;
 pub mod sockets;
 pub mod takeover;

@@ -53,6 +53,24 @@ enum Command {
         #[arg(long, short, default_value = "/etc/gantry/gantry.yaml")]
         config: PathBuf,
     },
+    /// Withdraw the routes a Gantry announced through the routing daemon, unless a Gantry
+    /// still runs with them (for systemd's `ExecStopPost=`).
+    WithdrawRoutes {
+        /// The configuration file (its `routing:` section says where the routes are).
+        #[arg(long, short, default_value = "/etc/gantry/gantry.yaml")]
+        config: PathBuf,
+    },
+    /// Wait until no Gantry announces from a routing folder any more, then withdraw its
+    /// routes. Gantry starts it by itself; it is not meant to be run by hand.
+    #[command(hide = true)]
+    RoutingGuard {
+        /// Gantry's routing folder.
+        #[arg(long)]
+        directory: PathBuf,
+        /// The routing daemon's control socket.
+        #[arg(long)]
+        control_socket: PathBuf,
+    },
     /// Start demo backends on loopback and Gantry balancing across them.
     Demo {
         /// The proxy's address.
@@ -76,6 +94,17 @@ fn main() -> ExitCode {
     raise_open_files();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::WithdrawRoutes { config } => withdraw_routes(&config),
+        Command::RoutingGuard {
+            directory,
+            control_socket,
+        } => match lb_core::routing::guard::guard(&directory, &control_socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(directory = %directory.display(), %err, "could not withdraw the routes");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run {
             config,
             takeover,
@@ -144,6 +173,47 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(err) => {
             eprintln!("{}: {err}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn withdraw_routes(path: &Path) -> ExitCode {
+    let model = match lb_config::load_file(path) {
+        Ok(model) => model,
+        Err(err) => {
+            eprintln!("{}: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(routing) = model.routing else {
+        println!(
+            "{}: no routing section: nothing to withdraw",
+            path.display()
+        );
+        return ExitCode::SUCCESS;
+    };
+    let lb_config::Daemon::Bird {
+        control_socket,
+        directory,
+    } = routing.daemon;
+    match lb_core::routing::guard::withdraw_if_unowned(&directory, &control_socket) {
+        Ok(true) => {
+            println!("routes in {} withdrawn", directory.display());
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!(
+                "a Gantry still announces from {}: nothing withdrawn",
+                directory.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!(
+                "cannot withdraw the routes in {}: {err}",
+                directory.display()
+            );
             ExitCode::FAILURE
         }
     }

@@ -53,6 +53,12 @@ pub async fn serve_file(
 ) -> Result<(), StartError> {
     let name = options.control_socket.as_str();
     let described = config.display().to_string();
+    // Announced routes must not outlive this process: a guard (this program) withdraws them
+    // if it dies.
+    match std::env::current_exe() {
+        Ok(program) => crate::routing::guard::enable(program),
+        Err(err) => tracing::warn!(%err, "cannot find this program: no routing guard"),
+    }
     let takeover = options.takeover || crate::handover::started_to_take_over();
     let predecessor = match takeover {
         true => Predecessor::find(name).await?,
@@ -185,8 +191,12 @@ pub async fn serve_until_signalled(
         let _ = watcher.await;
     }
     if taken_over {
-        // The new process serves the admin endpoint on the same socket.
+        // The new process serves the admin endpoint on the same socket, and announces the
+        // same routes.
         gantry.stop_admin_now().await;
+    } else {
+        // Routers stop sending here before the listeners close.
+        gantry.withdraw_routes().await;
     }
     let grace = gantry.model().runtime.shutdown_grace;
     tracing::info!(grace = %humantime_secs(grace), "shutting down: draining connections");

@@ -12,6 +12,7 @@ mod conflicts;
 mod kubernetes;
 mod leader_election;
 mod policy;
+mod routing;
 mod runtime;
 mod service;
 mod settings;
@@ -27,7 +28,7 @@ use ipnet::IpNet;
 use crate::file::{FileConfig, ServiceFile};
 use crate::lenient::Lenient;
 use crate::model::{
-    Admin, Kubernetes, Model, PluginLimits, PortSettings, Runtime, Service, ServiceSource,
+    Admin, Kubernetes, Model, PluginLimits, PortSettings, Routing, Runtime, Service, ServiceSource,
 };
 use crate::problems::{FieldPath, Problems};
 
@@ -36,6 +37,7 @@ pub use policy::{
     BUILTIN_AFFINITIES, BUILTIN_BALANCERS, BUILTIN_HEALTH, DEFAULT_AFFINITY_ENTRIES,
     DEFAULT_BALANCER,
 };
+pub use routing::{DEFAULT_BIRD_DIRECTORY, DEFAULT_BIRD_SOCKET, MAX_PEERS};
 pub use runtime::DEFAULT_ADMIN_LISTEN;
 pub use settings::{builtin_port_settings, MAX_WEIGHT};
 
@@ -52,6 +54,7 @@ pub struct ModelBuilder {
     defaults: PortSettings,
     plugins: Plugins,
     kubernetes: Option<Kubernetes>,
+    routing: Option<Routing>,
     base_dir: PathBuf,
     /// Accepted services, in the order they were added, with where each came from.
     services: Vec<(FieldPath, Arc<Service>)>,
@@ -100,6 +103,13 @@ impl ModelBuilder {
             &root.field("kubernetes"),
             &mut problems,
         );
+        let routing = routing::build_routing(
+            file.routing,
+            kubernetes.as_ref(),
+            base_dir,
+            &root.field("routing"),
+            &mut problems,
+        );
         let mut builder = ModelBuilder {
             admin,
             runtime,
@@ -107,6 +117,7 @@ impl ModelBuilder {
             defaults,
             plugins,
             kubernetes,
+            routing,
             base_dir: base_dir.to_owned(),
             services: Vec::new(),
             problems,
@@ -230,6 +241,7 @@ impl ModelBuilder {
             plugin_limits,
             services,
             kubernetes,
+            routing,
             mut problems,
             ..
         } = self;
@@ -257,6 +269,7 @@ impl ModelBuilder {
                 .map(|(_, service)| (service.name.clone(), service))
                 .collect::<BTreeMap<_, _>>(),
             kubernetes,
+            routing,
         })
     }
 }

@@ -158,7 +158,10 @@ impl Gantry {
         let plan = self.build(&changes, &new, &listeners).await?;
         let built = started.elapsed();
         let kubernetes = new.kubernetes.clone();
+        let routing = new.routing.clone();
         self.commit(plan, new, &mut listeners).await;
+        // What serves may have changed (the announcer also reads the health it follows).
+        self.inner.routes.follow(routing.as_ref());
         self.inner.kubernetes.send_if_modified(|section| {
             let changed = *section != kubernetes;
             *section = kubernetes;
@@ -230,10 +233,12 @@ impl Gantry {
                     plan.plugin_limits = true;
                     plan.plugins_in_use = true;
                 }
-                // Storing the new model is all these take: the Kubernetes source follows its
-                // section of the model (it restarts when it changes), and a service's source
+                // Storing the new model is all these take: the Kubernetes source and the
+                // announcer follow their sections of the model (each restarts when its
+                // changes), and a service's source
                 // is shown by the admin endpoint, which also reads its token from the model.
                 Change::KubernetesChanged
+                | Change::RoutingChanged
                 | Change::SourceChanged(_)
                 | Change::AdminTokenChanged => {}
             }

@@ -23,6 +23,7 @@ use crate::connection::ListenerShared;
 use crate::http_server::{BoundServer, SmallServer};
 use crate::listener::{Listener, OpenCount};
 use crate::metrics::Metrics;
+use crate::routing::{Routes, Served};
 use crate::sockets::{Inherited, Sockets};
 
 pub use apply::{ApplyError, PolicyError};
@@ -63,6 +64,8 @@ struct Inner {
     /// Stops the Kubernetes source.
     kubernetes_stop: CancellationToken,
     kubernetes_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Announces the served addresses through the routing daemon.
+    routes: Routes,
 }
 
 #[derive(Clone)]
@@ -110,6 +113,7 @@ impl Gantry {
             plugin_limits: model.plugin_limits,
             services: BTreeMap::new(),
             kubernetes: None,
+            routing: None,
         };
         let gantry = Gantry {
             inner: Arc::new(Inner {
@@ -129,6 +133,7 @@ impl Gantry {
                 kubernetes: tokio::sync::watch::channel(None).0,
                 kubernetes_stop: CancellationToken::new(),
                 kubernetes_task: Mutex::new(None),
+                routes: Routes::new(),
             }),
         };
         let admin = gantry
@@ -170,16 +175,32 @@ impl Gantry {
         if let Ok(mut slot) = gantry.inner.kubernetes_task.lock() {
             *slot = Some(task);
         }
+        let served: Arc<dyn Served> = gantry.inner.clone();
+        gantry
+            .inner
+            .routes
+            .start(served, gantry.inner.metrics.clone());
         log_warnings(&gantry.inner.model.load(), None);
         gantry.inner.ready.store(true, Ordering::Release);
         tracing::info!("ready");
         Ok(gantry)
     }
 
+    /// Withdraws every address from the routing daemon (when there is a `routing:` section)
+    /// and serves on for `routing.withdraw_delay`, so routers stop sending here before the
+    /// listeners close: the first step of a stop that no successor takes over from. `/readyz`
+    /// answers 503 from its start.
+    pub async fn withdraw_routes(&self) {
+        self.inner.ready.store(false, Ordering::Release);
+        self.inner.routes.withdraw().await;
+    }
+
     /// Stops accepting everywhere, lets open work finish for up to `grace`, then closes what
-    /// is left and the admin listener.
+    /// is left and the admin listener. Routes stay as they are: withdrawn before
+    /// ([`Gantry::withdraw_routes`]), or announced by a successor.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.ready.store(false, Ordering::Release);
+        self.inner.routes.stop().await;
         self.inner.kubernetes_stop.cancel();
         let task = self
             .inner
@@ -267,6 +288,18 @@ impl Gantry {
     }
 }
 
+impl Served for Inner {
+    fn served(&self) -> BTreeMap<std::net::IpAddr, bool> {
+        let mut served = BTreeMap::new();
+        for listener in self.live.load().values() {
+            let route = listener.shared.route.load();
+            let healthy = route.pool.backends().iter().any(|b| b.is_healthy());
+            *served.entry(listener.local_addr.ip()).or_insert(false) |= healthy;
+        }
+        served
+    }
+}
+
 impl AdminView for Inner {
     fn metrics_text(&self) -> String {
         self.metrics.render()
@@ -285,7 +318,9 @@ impl AdminView for Inner {
             open_connections: l.open.get(),
         });
         let leadership = self.metrics.kubernetes_leadership();
-        admin::config_document(&self.model.load_full(), listeners, leadership.as_ref())
+        let model = self.model.load_full();
+        let routing = model.routing.as_ref().map(|_| self.routes.shown());
+        admin::config_document(&model, listeners, leadership.as_ref(), routing.as_ref())
     }
 
     fn authorized(&self, authorization: Option<&[u8]>) -> admin::Authorization {

@@ -6,6 +6,7 @@
 mod handles;
 mod kube;
 mod log;
+mod routing;
 mod shown;
 
 use lb_config::ListenerKey;
@@ -52,6 +53,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     changes: IntCounterVec,
     kube: kube::KubeMetrics,
+    routing: routing::RoutingMetrics,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -112,6 +114,7 @@ impl Metrics {
                 &["kind"],
             ),
             kube: kube::KubeMetrics::new(&registry),
+            routing: routing::RoutingMetrics::new(&registry),
             shown,
             registry,
         }
