@@ -26,6 +26,39 @@ pub enum Stickiness {
     Named(usize),
 }
 
+/// The backend a remembered key is given when the table does not know it yet: of the
+/// `candidates` (index, address, weight), the one rendezvous hashing ranks first for `key`
+/// (weighted, as Ceph's straw2 does). It depends on nothing but the key and the candidates, so
+/// every replica of a load balancer gives a new client the same backend, and a client whose
+/// appliance failed keeps its backend through another one that never saw it. A candidate
+/// that leaves moves only the keys it had.
+pub fn rendezvous(
+    key: u64,
+    candidates: impl Iterator<Item = (usize, SocketAddr, u32)>,
+) -> Option<usize> {
+    let mut best: Option<(f64, usize)> = None;
+    for (index, address, weight) in candidates {
+        if weight == 0 {
+            continue;
+        }
+        let mut bytes = [0_u8; 18];
+        match address.ip() {
+            std::net::IpAddr::V4(ip) => bytes[12..16].copy_from_slice(&ip.octets()),
+            std::net::IpAddr::V6(ip) => bytes[..16].copy_from_slice(&ip.octets()),
+        }
+        bytes[16..].copy_from_slice(&address.port().to_be_bytes());
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, key);
+        // A uniform draw in (0, 1] from the top 53 bits; the smallest -ln(u) / weight wins,
+        // which gives each candidate keys in proportion to its weight.
+        let draw = ((hash >> 11) as f64 + 1.0) / (1_u64 << 53) as f64;
+        let score = -draw.ln() / f64::from(weight);
+        if best.is_none_or(|(lowest, _)| score < lowest) {
+            best = Some((score, index));
+        }
+    }
+    best.map(|(_, index)| index)
+}
+
 /// A header to add to the response so the client comes back (`set-cookie`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResponseHeader {
@@ -176,6 +209,58 @@ mod tests {
         assert_eq!(table.lookup(7, 20_999), Some(at(1)));
         assert_eq!(table.lookup(7, 31_000), None, "idle for more than 10 s");
         assert!(table.is_empty(), "an expired entry found is dropped");
+    }
+
+    #[test]
+    fn rendezvous_is_the_same_everywhere_spreads_by_weight_and_moves_only_what_it_must() {
+        let backends: Vec<SocketAddr> = (1..=4)
+            .map(|i| format!("10.0.0.{i}:8080").parse().expect("addr"))
+            .collect();
+        let all = |weights: [u32; 4]| {
+            let backends = backends.clone();
+            move |key: u64| {
+                rendezvous(
+                    key,
+                    backends
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| (i, *a, weights[i])),
+                )
+                .expect("a candidate")
+            }
+        };
+        let even = all([1, 1, 1, 1]);
+        let mut counts = [0_usize; 4];
+        for key in 0..4000_u64 {
+            counts[even(key)] += 1;
+        }
+        for count in counts {
+            assert!((800..1200).contains(&count), "{counts:?}");
+        }
+        let weighted = all([3, 1, 0, 0]);
+        let mut counts = [0_usize; 4];
+        for key in 0..4000_u64 {
+            counts[weighted(key)] += 1;
+        }
+        assert_eq!(counts[2] + counts[3], 0, "weight 0 takes nothing");
+        assert!((2700..3300).contains(&counts[0]), "{counts:?}");
+        // The same key, the same backend, from a list in another order.
+        let reversed = |key: u64| {
+            rendezvous(
+                key,
+                backends.iter().enumerate().rev().map(|(i, a)| (i, *a, 1)),
+            )
+            .expect("a candidate")
+        };
+        // Backend 3 leaves: only its keys move.
+        let without_last = all([1, 1, 1, 0]);
+        for key in 0..4000_u64 {
+            assert_eq!(even(key), reversed(key));
+            if even(key) != 3 {
+                assert_eq!(without_last(key), even(key));
+            }
+        }
+        assert_eq!(rendezvous(7, std::iter::empty()), None);
     }
 
     #[test]

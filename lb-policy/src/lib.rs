@@ -16,7 +16,9 @@ pub mod clock;
 mod health;
 mod round_robin;
 
-pub use affinity::{Affinity, AffinityFactory, AffinityTable, ResponseHeader, Stickiness};
+pub use affinity::{
+    rendezvous, Affinity, AffinityFactory, AffinityTable, ResponseHeader, Stickiness,
+};
 pub use balancer::{hash_key, BackendFigures, Balancer, BalancerFactory, Figures, PickContext};
 pub use health::{HealthPolicy, HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict};
 pub use round_robin::RoundRobin;

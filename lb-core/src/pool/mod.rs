@@ -230,7 +230,22 @@ impl BackendPool {
             Some(_) => AffinityOutcome::Moved,
             None => AffinityOutcome::New,
         };
-        let (index, backend) = self.balance(cx, tried)?;
+        // A key the table does not know (or whose backend cannot take it) gets the backend
+        // every replica would give it; a request that sticks by nothing is balanced.
+        let ranked = match stickiness {
+            Stickiness::Remembered(key) => lb_policy::rendezvous(
+                key,
+                (0..self.backends.len())
+                    .filter(|i| usable(*i))
+                    .map(|i| (i, self.backends[i].address, self.weights[i])),
+            )
+            .map(|i| (i, self.backends[i].clone())),
+            Stickiness::None | Stickiness::Named(_) => None,
+        };
+        let (index, backend) = match ranked {
+            Some(chosen) => chosen,
+            None => self.balance(cx, tried)?,
+        };
         sticky.counters.count(outcome);
         let response_header = match stickiness {
             Stickiness::Remembered(key) => {

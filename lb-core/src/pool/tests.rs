@@ -230,15 +230,28 @@ async fn client_ip_affinity_lasts_while_the_client_returns_within_its_timeout() 
             .expect("a backend")
             .index
     };
+    // A new client gets the backend rendezvous hashing ranks first for it: the one every
+    // replica would give it (a second pool, built apart, agrees).
     let home = pick(1);
-    let other = pick(2);
-    assert_ne!(home, other, "a new client is balanced");
+    let elsewhere = sticky_pool(3, 10);
+    let agreed = elsewhere
+        .select(&from(1), &Tried::default())
+        .expect("a backend")
+        .index;
+    assert_eq!(home, agreed);
+    let clients: std::collections::BTreeSet<usize> = (1..=40).map(pick).collect();
+    assert_eq!(clients.len(), 3, "new clients spread over every backend");
+    // Its backend backs off: it moves, and stays where it moved while it comes back within
+    // 10 s of its last visit, even once its first backend is usable again.
+    pool.backends()[home].connect_failed(&BACKOFF);
+    let moved = pick(1);
+    assert_ne!(moved, home);
     let step = Duration::from_secs(9);
     for _ in 0..5 {
         tokio::time::advance(step).await;
-        assert_eq!(pick(1), home, "back within 10 s of its last visit");
+        assert_eq!(pick(1), moved, "back within 10 s of its last visit");
     }
-    // Idle for longer than the timeout: forgotten, so balanced again (round-robin's next).
+    // Idle for longer than the timeout: forgotten, so ranked afresh (its first backend).
     tokio::time::advance(Duration::from_secs(11)).await;
-    assert_ne!(pick(1), home);
+    assert_eq!(pick(1), home);
 }

@@ -1,5 +1,6 @@
-//! Session affinity through real sockets: client-IP affinity keeps each client (by source
-//! address, 127.0.0.x) on one backend and moves it when that backend fails; cookie affinity
+//! Session affinity through real sockets: client-IP affinity gives each client (by source
+//! address, 127.0.0.x) the backend rendezvous hashing ranks first for it (the same on every
+//! replica), keeps it there, and moves it when that backend fails; cookie affinity
 //! sets a cookie naming the backend, follows it, and replaces it when the backend leaves.
 //! (Expiry after the idle timeout is proven with a paused clock in `lb-core`'s unit tests.)
 
@@ -61,9 +62,18 @@ async fn client_ip_affinity_keeps_each_client_on_one_backend_and_moves_it_off_a_
         }
         home.push(first);
     }
-    // New clients are still balanced (round-robin): six clients over three backends.
-    for name in ["a", "b", "c"] {
-        assert_eq!(home.iter().filter(|h| *h == name).count(), 2, "{home:?}");
+    // A new client gets the backend rendezvous hashing ranks first for its address: the one
+    // every replica of Gantry gives it, so a client moved to another appliance keeps it.
+    for (client, name) in (1..=6_u8).zip(&home) {
+        let key = lb_policy::hash_key(
+            &lb_config::HashKey::ClientIp,
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, client))),
+            None,
+        );
+        let ranked =
+            lb_policy::rendezvous(key, backends.iter().enumerate().map(|(i, a)| (i, *a, 1)))
+                .expect("a backend");
+        assert_eq!(name, ["a", "b", "c"][ranked], "client {client}: {home:?}");
     }
 
     // Client 1's backend fails: its next connection is served elsewhere and stays there.

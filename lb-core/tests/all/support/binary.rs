@@ -51,7 +51,24 @@ impl Running {
         args: &[&str],
         env: &[(&str, &Path)],
     ) -> Running {
-        let mut child = Command::new(GANTRY)
+        Running::spawn(Command::new(GANTRY), config, control_socket, args, env)
+    }
+
+    /// `gantry run` on `config` inside the network namespace `netns`.
+    pub fn start_in(netns: &str, config: &Path) -> Running {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns, GANTRY]);
+        Running::spawn(command, config, &unique_control_socket(), &[], &[])
+    }
+
+    fn spawn(
+        mut command: Command,
+        config: &Path,
+        control_socket: &str,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Running {
+        let mut child = command
             .args([
                 "--log-format",
                 "json",

@@ -5,6 +5,7 @@ pub mod binary;
 pub mod certs;
 pub mod client;
 pub mod cluster;
+pub mod fabric;
 pub mod keep_alive;
 pub mod netns;
 pub mod origin;

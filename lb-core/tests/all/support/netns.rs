@@ -21,6 +21,48 @@ impl Netns {
         netns
     }
 
+    /// Its name, for `ip netns exec` and `ip ... netns NAME`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `PROGRAM` to be run inside the namespace (`ip netns exec NAME PROGRAM`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Sets kernel settings of the namespace (`net.ipv4.ip_forward=1`).
+    pub fn sysctl(&self, settings: &[&str]) {
+        let status = self
+            .command("sysctl")
+            .arg("-qw")
+            .args(settings)
+            .status()
+            .expect("run sysctl");
+        assert!(status.success(), "sysctl {settings:?}: {status}");
+    }
+
+    /// A runtime whose threads live in the namespace: what the tasks spawned on it bind,
+    /// connect and start is there. Shut it down with `shutdown_background`.
+    pub fn runtime(&self) -> tokio::runtime::Runtime {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    self.enter();
+                    // Its workers start here, and inherit the namespace.
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// `ip -n NAME ARGS...`, which must succeed.
     pub fn ip(&self, args: &[&str]) {
         let mut all = vec!["-n", self.name.as_str()];

@@ -30,7 +30,8 @@ pub enum OriginProtocol {
 
 /// An HTTP origin. Paths: `/slow` waits for [`HttpOrigin::release`]; `/ws` is a WebSocket
 /// echo; `/grpc` answers with a `grpc-status` trailer; anything else answers 200 naming the
-/// origin and echoing `x-forwarded-for`/`-proto` in `x-seen-*` headers.
+/// origin and echoing `x-forwarded-for`/`-proto` in `x-seen-*` headers, and the address the
+/// request came from (the proxy's) in `x-seen-peer`.
 #[derive(Clone)]
 pub struct HttpOrigin {
     pub addr: SocketAddr,
@@ -62,7 +63,7 @@ impl HttpOrigin {
         let serving = origin.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     return;
                 };
                 let origin = serving.clone();
@@ -70,7 +71,7 @@ impl HttpOrigin {
                     let io = TokioIo::new(stream);
                     let service = hyper::service::service_fn(move |req| {
                         let origin = origin.clone();
-                        async move { Ok::<_, Infallible>(origin.handle(req).await) }
+                        async move { Ok::<_, Infallible>(origin.handle(req, peer).await) }
                     });
                     let _ = match protocol {
                         OriginProtocol::Http1 => {
@@ -111,7 +112,7 @@ impl HttpOrigin {
         self.health.store(status, Ordering::SeqCst);
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<TestBody> {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<TestBody> {
         if req.uri().path() == "/healthz" {
             // Health probes are not requests: `requests()` counts traffic only.
             let mut response = Response::new(TestBody::full(Bytes::new()));
@@ -176,6 +177,7 @@ impl HttpOrigin {
                 headers.insert("x-origin", self.name.parse().expect("value"));
                 headers.insert("x-seen-xff", xff.parse().expect("value"));
                 headers.insert("x-seen-xfp", xfp.parse().expect("value"));
+                headers.insert("x-seen-peer", peer.ip().to_string().parse().expect("value"));
                 response
             }
         }
