@@ -132,15 +132,20 @@ impl Connection {
     }
 }
 
-/// `workers` clients sending GET `path` until `stop`, each on a kept-alive connection (a new
-/// one after a failure or when the server closes it); every request as the client saw it.
-async fn load(path: &'static str, workers: usize, stop: CancellationToken) -> Vec<Sent> {
+/// Clients sending GET `path` until `stop`, each on a kept-alive connection (a new one after
+/// a failure or when the server closes it), the first ones on `connections`; every request as
+/// the client saw it.
+async fn load(
+    path: &'static str,
+    connections: Vec<Option<Connection>>,
+    stop: CancellationToken,
+) -> Vec<Sent> {
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..workers {
+    for first in connections {
         let stop = stop.clone();
         tasks.spawn(async move {
             let mut sent = Vec::new();
-            let mut connection: Option<Connection> = None;
+            let mut connection: Option<Connection> = first;
             while !stop.is_cancelled() {
                 let started = Instant::now();
                 let conn = match connection.take() {
@@ -190,8 +195,13 @@ struct Running {
 
 impl Running {
     fn start(fabric: &Fabric, path: &'static str, workers: usize) -> Running {
+        Running::on(fabric, path, (0..workers).map(|_| None).collect())
+    }
+
+    /// A load whose clients start on `connections`.
+    fn on(fabric: &Fabric, path: &'static str, connections: Vec<Option<Connection>>) -> Running {
         let stop = CancellationToken::new();
-        let task = fabric.client().spawn(load(path, workers, stop.clone()));
+        let task = fabric.client().spawn(load(path, connections, stop.clone()));
         Running { stop, task }
     }
 
@@ -324,8 +334,27 @@ async fn appliances_share_an_address_by_ecmp_and_one_that_dies_is_routed_around(
 
     // The whole of a1 vanishes: its link goes down, then every process in it is killed
     // (nothing can say goodbye). BFD notices.
-    let load = Running::start(&fabric, "/", 4);
-    answered(&fabric, 20).await;
+    let (after, rerouted) = vanish(&mut fabric).await;
+    let kept = still_answers(&fabric, kept).await;
+    eprintln!(
+        "figure: appliance gone (link down, every process killed), BFD 100 ms x 3: route withdrawn after {rerouted:?}; {} of {} requests failed, for {:?}",
+        failures(&after).len(),
+        after.len(),
+        failing_for(&after)
+    );
+    assert!(rerouted < Duration::from_secs(3), "BFD: {rerouted:?}");
+    assert_eq!(backends(&after), home, "the client kept its backend");
+    drop(kept);
+    fabric.stop().await;
+}
+
+/// Makes a1 vanish under load (its link down, then every process in it killed: nothing can
+/// say goodbye); returns the requests sent from then on and when the router stopped sending to
+/// it.
+async fn vanish(fabric: &mut Fabric) -> (Vec<Sent>, Duration) {
+    let a2 = fabric.appliances[1].address.clone();
+    let load = Running::start(fabric, "/", 4);
+    answered(fabric, 20).await;
     let gone = Instant::now();
     let appliance = &mut fabric.appliances[0];
     appliance.netns.ip(&["link", "set", "eth0", "down"]);
@@ -336,18 +365,29 @@ async fn appliances_share_an_address_by_ecmp_and_one_that_dies_is_routed_around(
     }
     fabric.until_next_hops(std::slice::from_ref(&a2)).await;
     let rerouted = gone.elapsed();
-    answered(&fabric, 20).await;
+    answered(fabric, 20).await;
     let sent = load.finish().await;
-    still_answers(&fabric, kept).await;
-    let after: Vec<Sent> = sent.iter().filter(|s| s.started >= gone).cloned().collect();
+    (
+        sent.into_iter().filter(|s| s.started >= gone).collect(),
+        rerouted,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bfd_a_vanished_appliance_is_routed_around_when_its_hold_time_ends() {
+    let mut fabric = Fabric::start(2, Liveness::HoldTime).await;
+    let (after, rerouted) = vanish(&mut fabric).await;
     eprintln!(
-        "figure: appliance gone (link down, every process killed), BFD 100 ms x 3: route withdrawn after {rerouted:?}; {} of {} requests failed, for {:?}",
+        "figure: appliance gone, no BFD (hold time 9 s): route withdrawn after {rerouted:?}; {} of {} requests failed, for {:?}",
         failures(&after).len(),
         after.len(),
         failing_for(&after)
     );
-    assert!(rerouted < Duration::from_secs(3), "BFD: {rerouted:?}");
-    assert_eq!(backends(&sent), home, "the client kept its backend");
+    // The router gives up on the session when it has heard nothing for the hold time.
+    assert!(
+        rerouted > Duration::from_secs(3),
+        "{rerouted:?}: not the hold time"
+    );
     fabric.stop().await;
 }
 
@@ -400,8 +440,16 @@ fn second_chance(fabric: &Fabric) {
 /// Stops a1 gracefully under a load of kept-alive clients; returns what the clients saw and
 /// when the router stopped sending to a1.
 async fn graceful_stop(fabric: &mut Fabric) -> (Vec<Sent>, Instant) {
-    let a2 = fabric.appliances[1].address.clone();
-    let load = Running::start(fabric, "/delay/20", 6);
+    let [a1, a2] = [
+        fabric.appliances[0].address.clone(),
+        fabric.appliances[1].address.clone(),
+    ];
+    // Three clients on each appliance.
+    let mut connections = Vec::new();
+    for appliance in [&a1, &a2, &a1, &a2, &a1, &a2] {
+        connections.push(Some(connection_through(fabric, appliance).await.0));
+    }
+    let load = Running::on(fabric, "/delay/20", connections);
     answered(fabric, 60).await;
     let mut gantry = fabric.appliances[0].gantry.take().expect("running");
     gantry.signal("TERM");
