@@ -41,6 +41,7 @@ mmdebstrap --variant=minbase --mode=root \
   --include=systemd,systemd-sysv,udev,dbus,systemd-resolved,systemd-timesyncd \
   --include=linux-image-cloud-amd64,initramfs-tools,e2fsprogs \
   --include=cloud-init,cloud-guest-utils,openssh-server,sudo,ca-certificates,iproute2,curl \
+  --include=bird2,nftables \
   "$SUITE" "$root" "$MIRROR" >&2
 
 # Gantry: binary, user, unit (ordered after cloud-init), default configuration.
@@ -58,7 +59,16 @@ install -m 0644 appliance/files/sysctl.conf "$root/usr/lib/sysctl.d/90-gantry.co
 install -m 0644 appliance/files/conntrack.conf "$root/etc/modprobe.d/gantry-conntrack.conf"
 install -m 0644 appliance/files/dhcp.network "$root/etc/systemd/network/90-dhcp.network"
 install -m 0644 appliance/files/cloud.cfg "$root/etc/cloud/cloud.cfg.d/90-gantry.cfg"
-chroot "$root" systemctl enable gantry.service systemd-networkd.service \
+# Announcing the addresses through BIRD (docs/routing.md), and the second chance.
+install -m 0644 appliance/files/bird.conf "$root/etc/bird/bird.conf"
+install -D -m 0644 appliance/files/tmpfiles.conf "$root/usr/lib/tmpfiles.d/gantry.conf"
+install -m 0644 appliance/files/routing.conf \
+  "$root/usr/lib/systemd/system/gantry.service.d/routing.conf"
+install -D -m 0755 appliance/files/gantry-second-chance "$root/usr/lib/gantry/gantry-second-chance"
+install -m 0644 appliance/files/gantry-second-chance.service \
+  "$root/usr/lib/systemd/system/gantry-second-chance.service"
+chroot "$root" systemctl enable gantry.service systemd-networkd.service bird.service \
+  gantry-second-chance.service \
   systemd-networkd-wait-online.service systemd-resolved.service systemd-timesyncd.service >&2
 # Identity made at first boot; a persistent journal; the root file system by its UUID.
 echo gantry > "$root/etc/hostname"

@@ -26,6 +26,7 @@ mod refused_reload;
 mod relay;
 mod relay_timeouts;
 mod reload;
+mod routing;
 mod routing_ha;
 mod sandbox;
 mod source_ranges;

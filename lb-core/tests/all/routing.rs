@@ -1,0 +1,141 @@
+//! The `gantry` binary announcing through a routing daemon, against a stand-in for BIRD's
+//! control socket that records what the routes file held at each `configure`: announced once
+//! serving, withdrawn on SIGTERM while the listeners still accept (before the drain), shown in
+//! `/config` and the metrics, withdrawn again by the guard once the process is gone, and
+//! `gantry withdraw-routes` leaving a running Gantry's routes alone. Real BIRD, ECMP and
+//! failover are in `routing_ha`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixListener};
+use tokio::sync::mpsc;
+
+use crate::support::binary::{Running, GANTRY};
+use crate::support::metric;
+use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::scenario::{Port, Scenario};
+
+/// Answers `configure` as BIRD does; sends what the IPv4 routes file held at each.
+fn fake_bird(socket: &Path, routes: PathBuf) -> mpsc::UnboundedReceiver<String> {
+    let listener = UnixListener::bind(socket).expect("bind the control socket");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (read, mut write) = stream.into_split();
+            if write.write_all(b"0001 BIRD 2.0.12 ready.\n").await.is_err() {
+                continue;
+            }
+            let mut lines = BufReader::new(read).lines();
+            if let Ok(Some(command)) = lines.next_line().await {
+                assert_eq!(command, "configure");
+                let held = std::fs::read_to_string(routes.join("routes4.conf")).unwrap_or_default();
+                let _ = tx.send(held);
+                let _ = write
+                    .write_all(
+                        b"0002-Reading configuration from /etc/bird/bird.conf\n0003 Reconfigured\n",
+                    )
+                    .await;
+            }
+        }
+    });
+    rx
+}
+
+/// The next `configure` whose routes satisfy `wanted`.
+async fn configured(rx: &mut mpsc::UnboundedReceiver<String>, wanted: impl Fn(&str) -> bool) {
+    let wait = async {
+        while let Some(routes) = rx.recv().await {
+            if wanted(&routes) {
+                return;
+            }
+        }
+        panic!("the control socket closed");
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .expect("a configure with the routes wanted");
+}
+
+fn withdraw_routes(config: &Path) -> String {
+    let output = std::process::Command::new(GANTRY)
+        .args(["withdraw-routes", "--config"])
+        .arg(config)
+        .output()
+        .expect("gantry withdraw-routes");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_are_announced_once_serving_and_withdrawn_before_the_drain_and_after_the_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = dir.path().join("routes");
+    let socket = dir.path().join("bird.ctl");
+    let mut bird = fake_bird(&socket, routes.clone());
+    let origin = HttpOrigin::start("a", OriginProtocol::Http1).await;
+    let config = dir.path().join("gantry.yaml");
+    Scenario::new()
+        .section(&format!(
+            "routing:\n  daemon: bird\n  control_socket: {}\n  directory: {}\n  asn: 65010\n  withdraw_delay: 1s\n  peers: [{{ address: 10.0.0.1, asn: 65000 }}]\n  pools: [{{ addresses: [127.0.0.1], communities: [\"65000:7\"] }}]",
+            socket.display(),
+            routes.display()
+        ))
+        .port("web", Port::http("http").backends(&[origin.addr]))
+        .write(&config);
+    let mut gantry = Running::start(&config);
+    let admin = gantry.address("admin listening").await;
+    let proxy: SocketAddr = gantry.address("listening").await;
+    configured(&mut bird, |r| {
+        r == "route 127.0.0.1/32 blackhole { bgp_community.add((65000,7)); };\n"
+    })
+    .await;
+    let protocols = std::fs::read_to_string(routes.join("gantry.conf")).expect("gantry.conf");
+    assert!(
+        protocols.contains("neighbor 10.0.0.1 as 65000;"),
+        "{protocols}"
+    );
+    crate::support::eventually("the announcement in /config and the metrics", || async {
+        let config = crate::support::client::get(admin, "/config").await;
+        let config: serde_json::Value = serde_json::from_str(&config.body).expect("JSON");
+        config["routing"]["announced"][0]["prefix"] == "127.0.0.1/32"
+            && config["routing"]["announced"][0]["communities"][0] == "65000:7"
+    })
+    .await;
+    let metrics = crate::support::client::get(admin, "/metrics").await.body;
+    assert_eq!(
+        metric(
+            &metrics,
+            "gantry_routing_announced_addresses{family=\"ipv4\"}"
+        ),
+        1.0
+    );
+    assert!(metric(&metrics, "gantry_routing_updates_total{outcome=\"ok\"}") >= 1.0);
+
+    // A running Gantry holds the folder: `withdraw-routes` (systemd's ExecStopPost) leaves it.
+    assert!(withdraw_routes(&config).contains("a Gantry still announces"));
+    assert!(std::fs::read_to_string(routes.join("routes4.conf"))
+        .expect("routes")
+        .contains("127.0.0.1/32"));
+
+    // SIGTERM: the routes go first, while the listener still accepts.
+    gantry.signal("TERM");
+    configured(&mut bird, str::is_empty).await;
+    TcpStream::connect(proxy)
+        .await
+        .expect("still listening after the withdraw, during withdraw_delay");
+    let _ = tokio::time::timeout(Duration::from_secs(20), gantry.child.wait())
+        .await
+        .expect("gantry stops");
+    // Its guard, seeing no Gantry left, withdraws once more (nothing left to withdraw) and
+    // exits: its lock is free.
+    configured(&mut bird, str::is_empty).await;
+    crate::support::eventually("the guard to exit", || async {
+        let file = std::fs::File::open(routes.join("guard.lock")).expect("guard lock");
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+    })
+    .await;
+    assert!(withdraw_routes(&config).contains("withdrawn"));
+}
