@@ -18,7 +18,7 @@ mod rules;
 mod select;
 mod store;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -42,6 +42,8 @@ pub struct Options {
     pub policy: Policy,
     /// How often a watch that allows bookmarks gets one.
     pub bookmark_every: Duration,
+    /// The address it listens on (an ephemeral port); its certificate names it.
+    pub address: IpAddr,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
         Options {
             policy: Policy::default(),
             bookmark_every: Duration::from_secs(1),
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -78,10 +81,11 @@ pub enum StartError {
 }
 
 impl TestApiServer {
-    /// Starts a server on an ephemeral port of 127.0.0.1, with its own CA and token.
+    /// Starts a server on an ephemeral port of `options.address` (127.0.0.1 unless told),
+    /// with its own CA and token.
     pub async fn start(options: Options) -> Result<Self, StartError> {
-        let (ca_pem, tls) = certificates().map_err(StartError::Certificate)?;
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let (ca_pem, tls) = certificates(options.address).map_err(StartError::Certificate)?;
+        let listener = TcpListener::bind((options.address, 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             store: Store::default(),
@@ -121,7 +125,7 @@ impl TestApiServer {
         })
     }
 
-    /// `https://127.0.0.1:PORT`.
+    /// `https://ADDRESS:PORT`.
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
     }
@@ -251,7 +255,7 @@ pub fn identify(object: &Value) -> Result<ObjectId, ApiError> {
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it: the CA's PEM and the TLS config.
-fn certificates() -> Result<(String, Arc<rustls::ServerConfig>), String> {
+fn certificates(address: IpAddr) -> Result<(String, Arc<rustls::ServerConfig>), String> {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
     let err = |e: rcgen::Error| e.to_string();
     let ca_key = KeyPair::generate().map_err(err)?;
@@ -263,6 +267,9 @@ fn certificates() -> Result<(String, Arc<rustls::ServerConfig>), String> {
     params
         .subject_alt_names
         .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
+    if !address.is_loopback() {
+        params.subject_alt_names.push(SanType::IpAddress(address));
+    }
     let cert = params.signed_by(&key, &ca, &ca_key).map_err(err)?;
     let key_der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der())?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(

@@ -10,8 +10,8 @@
 //!                                                      ├─ b1 10.0.0.21:8080
 //!                                                      └─ b2 10.0.0.22:8080
 //! ```
-//! Every appliance serves `VIP` (on its loopback) and announces it; the router has a route
-//! with one next hop per appliance that announces.
+//! Every appliance serves `VIP` (203.0.113.0/24 is local on each, AnyIP) and announces it;
+//! the router has a route with one next hop per appliance that announces.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use lb_k8s::testing::{Options, TestApiServer};
 use tokio::runtime::Runtime;
 
 use super::binary::Running;
@@ -178,6 +179,9 @@ pub struct Fabric {
     pub appliances: Vec<Appliance>,
     /// Each backend's namespace, runtime and origin.
     backends: Vec<(Netns, Runtime, HttpOrigin)>,
+    /// A Kubernetes API server on the router (10.0.0.1), with the runtime it runs on, when
+    /// the appliances serve a cluster.
+    cluster: Option<(TestApiServer, Runtime)>,
     _dir: tempfile::TempDir,
 }
 
@@ -186,6 +190,12 @@ impl Fabric {
     /// `appliances` appliances (at most 9); returns once every appliance's route is on the
     /// router.
     pub async fn start(appliances: usize, liveness: Liveness) -> Fabric {
+        Fabric::start_with(appliances, liveness, false).await
+    }
+
+    /// [`Fabric::start`], and with `cluster` a Kubernetes API server on the router that every
+    /// appliance serves (`kubernetes:`, pool 203.0.113.32/28, the Lease in `default`).
+    pub async fn start_with(appliances: usize, liveness: Liveness, cluster: bool) -> Fabric {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -214,6 +224,24 @@ impl Fabric {
             &router_config(&router_dir, &names, liveness),
         );
 
+        let cluster = if cluster {
+            let runtime = router.runtime();
+            let server = runtime
+                .spawn(async {
+                    TestApiServer::start(Options {
+                        address: ROUTER.parse().expect("ip"),
+                        ..Options::default()
+                    })
+                    .await
+                    .expect("API server")
+                })
+                .await
+                .expect("API server");
+            Some((server, runtime))
+        } else {
+            None
+        };
+
         let mut backends = Vec::new();
         for i in 1..=2 {
             let netns = Netns::create(&format!("ha{id}b{i}"));
@@ -235,7 +263,8 @@ impl Fabric {
             let netns = Netns::create(&format!("ha{id}{name}"));
             let address = format!("10.0.0.1{}", i + 1);
             segment(&router, &format!("v{name}"), &netns, &address);
-            netns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+            // The served addresses are local (AnyIP), as docs/routing.md sets them up.
+            netns.ip(&["route", "add", "local", "203.0.113.0/24", "dev", "lo"]);
             let appliance_dir = dir.path().join(name);
             // BIRD's include pattern needs the folder (the appliance's tmpfiles.d makes it).
             std::fs::create_dir_all(appliance_dir.join("routes")).expect("appliance dir");
@@ -244,11 +273,13 @@ impl Fabric {
                 &appliance_dir,
                 &appliance_bird_config(&appliance_dir, &address),
             );
-            std::fs::write(
-                appliance_dir.join("gantry.yaml"),
-                gantry_config(&appliance_dir, &address, liveness),
-            )
-            .expect("gantry.yaml");
+            let mut config = gantry_config(&appliance_dir, &address, liveness);
+            if let Some((server, _)) = &cluster {
+                std::fs::write(appliance_dir.join("kubeconfig"), server.kubeconfig())
+                    .expect("kubeconfig");
+                config.push_str(&kubernetes_config(&appliance_dir, name));
+            }
+            std::fs::write(appliance_dir.join("gantry.yaml"), config).expect("gantry.yaml");
             let mut appliance = Appliance {
                 name: name.clone(),
                 address,
@@ -268,6 +299,7 @@ impl Fabric {
             client_runtime: Some(client_runtime),
             appliances: started,
             backends,
+            cluster,
             _dir: dir,
         };
         let all: Vec<String> = fabric
@@ -282,12 +314,17 @@ impl Fabric {
         fabric
     }
 
-    /// The router's next hops to `VIP` now, sorted.
-    pub fn next_hops(&self) -> Vec<String> {
+    /// The cluster's API server (with [`Fabric::start_with`]).
+    pub fn cluster(&self) -> &TestApiServer {
+        &self.cluster.as_ref().expect("a fabric with a cluster").0
+    }
+
+    /// The router's next hops to `address` now, sorted.
+    pub fn next_hops_of(&self, address: &str) -> Vec<String> {
         let output = self
             .router
             .command("ip")
-            .args(["route", "show", VIP])
+            .args(["route", "show", address])
             .output()
             .expect("ip route");
         let text = String::from_utf8_lossy(&output.stdout);
@@ -304,14 +341,19 @@ impl Fabric {
 
     /// Waits until the router's next hops to `VIP` are `wanted` (addresses, any order).
     pub async fn until_next_hops(&self, wanted: &[String]) {
+        self.until_next_hops_of(VIP, wanted).await;
+    }
+
+    /// Waits until the router's next hops to `address` are `wanted` (addresses, any order).
+    pub async fn until_next_hops_of(&self, address: &str, wanted: &[String]) {
         let mut wanted = wanted.to_vec();
         wanted.sort();
         let deadline = Instant::now() + WAIT;
-        while self.next_hops() != wanted {
+        while self.next_hops_of(address) != wanted {
             assert!(
                 Instant::now() < deadline,
                 "next hops {:?}, not {wanted:?}\nrouter: {}\nrouter log:\n{}\n{}",
-                self.next_hops(),
+                self.next_hops_of(address),
                 self.router_bird.birdc("show protocols"),
                 self.router_bird.log(),
                 self.appliances
@@ -380,6 +422,10 @@ impl Drop for Fabric {
         if let Some(runtime) = self.client_runtime.take() {
             runtime.shutdown_background();
         }
+        if let Some((server, runtime)) = self.cluster.take() {
+            drop(server);
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -435,6 +481,13 @@ fn router_config(dir: &Path, appliances: &[String], liveness: Liveness) -> Strin
         ));
     }
     config
+}
+
+fn kubernetes_config(dir: &Path, instance: &str) -> String {
+    format!(
+        "kubernetes:\n  kubeconfig: {}/kubeconfig\n  instance: {instance}\n  leader_election: {{ lease_namespace: default, lease_duration: 2s, renew_deadline: 1500ms, retry_period: 300ms }}\n  address_pools: [{{ name: public, addresses: [203.0.113.32/28] }}]\n",
+        dir.display()
+    )
 }
 
 fn appliance_bird_config(dir: &Path, address: &str) -> String {
