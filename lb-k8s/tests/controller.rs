@@ -4,22 +4,11 @@
 mod support;
 
 use lb_k8s::testing::Kind;
-use serde_json::{json, Value};
-use support::Cluster;
+use serde_json::json;
+use support::{lb, slice, Cluster};
 
 /// One replica (holding the Lease), two addresses.
 const YAML: &str = "kubernetes:\n  kubeconfig: kubeconfig\n  instance: test\n  address_pools:\n    - { name: main, addresses: [192.0.2.10-192.0.2.11] }\n";
-
-fn lb(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-           "spec": {"type": "LoadBalancer", "loadBalancerClass": "gantry.io/lb", "ports": [{"name": "web", "port": 80}, {"name": "signal", "port": 2905, "protocol": "SCTP"}]}})
-}
-
-fn slice(service: &str, ip: &str) -> Value {
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-           "metadata": {"name": format!("{service}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
-           "ports": [{"name": "web", "port": 8080}], "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]})
-}
 
 #[tokio::test]
 async fn a_load_balancer_is_provisioned_reported_and_cleaned_up() {

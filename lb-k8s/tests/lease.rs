@@ -2,18 +2,18 @@
 //! candidates for one Lease, one of which holds it; a graceful stop hands it over at once;
 //! a holder that stops renewing stops writing before the other may take over.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use kube::Client;
 use lb_config::LeaderElection;
 use lb_k8s::client::{connect, Credentials};
 use lb_k8s::controller::lease::{self, Fence, Lead};
-use lb_k8s::testing::{Kind, Options, TestApiServer};
+use lb_k8s::testing::{Kind, TestApiServer};
+use support::{Cluster, WAIT};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// Long enough for any step of these tests on a busy machine; never reached when they pass.
-const WAIT: Duration = Duration::from_secs(30);
 
 /// Short timings (the smallest the configuration accepts), so a takeover is quick.
 fn timing() -> LeaderElection {
@@ -26,13 +26,9 @@ fn timing() -> LeaderElection {
     }
 }
 
+/// The test API server and the folder of its kubeconfig.
 async fn server() -> (TestApiServer, tempfile::TempDir) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = TestApiServer::start(Options::default())
-        .await
-        .expect("server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("kubeconfig"), server.kubeconfig()).expect("kubeconfig");
+    let Cluster { server, dir } = Cluster::start().await;
     (server, dir)
 }
 

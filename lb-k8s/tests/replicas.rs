@@ -8,25 +8,14 @@ mod support;
 
 use http::Method;
 use lb_k8s::testing::{Fault, Kind, Part};
-use serde_json::{json, Value};
-use support::{Cluster, Controller};
+use serde_json::json;
+use support::{lb, slice, Cluster, Controller};
 
 /// A replica named `instance`, with the shortest timings the configuration accepts.
 fn yaml(instance: &str) -> String {
     format!(
         "kubernetes:\n  kubeconfig: kubeconfig\n  instance: {instance}\n  leader_election: {{ lease_namespace: default, lease_duration: 1s, renew_deadline: 800ms, retry_period: 200ms }}\n  address_pools:\n    - {{ name: main, addresses: [192.0.2.10-192.0.2.13] }}\n"
     )
-}
-
-fn lb(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-           "spec": {"type": "LoadBalancer", "loadBalancerClass": "gantry.io/lb", "ports": [{"name": "web", "port": 80}, {"name": "signal", "port": 2905, "protocol": "SCTP"}]}})
-}
-
-fn slice(service: &str, ip: &str) -> Value {
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-           "metadata": {"name": format!("{service}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
-           "ports": [{"name": "web", "port": 8080}], "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]})
 }
 
 /// Waits until both replicas serve `default/name` on `address`, port 80.

@@ -66,11 +66,7 @@ impl Connection {
                 .write_all(request.as_bytes())
                 .await
                 .map_err(|e| format!("write: {e}"))?;
-            let mut status = String::new();
-            self.reader
-                .read_line(&mut status)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
+            let status = self.line().await?;
             if !status.starts_with("HTTP/1.1 200") {
                 return Err(format!("status: {status:?}"));
             }
@@ -78,11 +74,7 @@ impl Connection {
                 (0, String::new(), String::new(), true);
             let mut chunked = false;
             loop {
-                let mut line = String::new();
-                self.reader
-                    .read_line(&mut line)
-                    .await
-                    .map_err(|e| format!("read: {e}"))?;
+                let line = self.line().await?;
                 let line = line.trim_end();
                 if line.is_empty() {
                     break;
@@ -113,17 +105,21 @@ impl Connection {
             .await
             .map_err(|_| "answer: timed out".to_owned())?
     }
-}
 
-impl Connection {
+    /// One line of the answer.
+    async fn line(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(line)
+    }
+
     /// A chunked body, up to its last chunk and the (empty) trailer.
     async fn read_chunks(&mut self) -> Result<(), String> {
         loop {
-            let mut size = String::new();
-            self.reader
-                .read_line(&mut size)
-                .await
-                .map_err(|e| format!("chunk: {e}"))?;
+            let size = self.line().await?;
             let size = usize::from_str_radix(size.trim(), 16)
                 .map_err(|_| format!("chunk size {size:?}"))?;
             // The chunk and its CRLF (or, after the last one, the trailer's empty line).
@@ -231,6 +227,16 @@ fn failing_for(sent: &[Sent]) -> Duration {
     }
 }
 
+/// Prints a failover's figures (`--nocapture`), as docs/routing.md reports them.
+fn figure(what: &str, rerouted: Duration, after: &[Sent]) {
+    eprintln!(
+        "figure: {what}: route withdrawn after {rerouted:?}; {} of {} requests failed, for {:?}",
+        failures(after).len(),
+        after.len(),
+        failing_for(after)
+    );
+}
+
 fn served_by(sent: &[Sent]) -> BTreeSet<String> {
     sent.iter()
         .filter_map(|s| s.answer.as_ref().ok().map(|(peer, _)| peer.clone()))
@@ -287,10 +293,7 @@ async fn still_answers(fabric: &Fabric, mut conn: Connection) -> Connection {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appliances_share_an_address_by_ecmp_and_one_that_dies_is_routed_around() {
     let mut fabric = Fabric::start(2, Liveness::Bfd).await;
-    let [a1, a2] = [
-        fabric.appliances[0].address.clone(),
-        fabric.appliances[1].address.clone(),
-    ];
+    let [a1, a2] = fabric.pair();
 
     // Each new connection picks an appliance by its 5-tuple: both serve. Client-IP affinity
     // gives this one client the same backend through either.
@@ -304,13 +307,7 @@ async fn appliances_share_an_address_by_ecmp_and_one_that_dies_is_routed_around(
     let load = Running::start(&fabric, "/", 4);
     answered(&fabric, 20).await;
     let killed = Instant::now();
-    fabric.appliances[0]
-        .gantry
-        .as_mut()
-        .expect("running")
-        .child
-        .start_kill()
-        .expect("kill -9");
+    fabric.appliances[0].kill_gantry();
     fabric.until_next_hops(std::slice::from_ref(&a2)).await;
     let rerouted = killed.elapsed();
     answered(&fabric, 20).await;
@@ -321,12 +318,7 @@ async fn appliances_share_an_address_by_ecmp_and_one_that_dies_is_routed_around(
         .filter(|s| s.started >= killed)
         .cloned()
         .collect();
-    eprintln!(
-        "figure: gantry killed (kill -9), BIRD alive: route withdrawn after {rerouted:?}; {} of {} requests failed, for {:?}",
-        failures(&after).len(),
-        after.len(),
-        failing_for(&after)
-    );
+    figure("gantry killed (kill -9), BIRD alive", rerouted, &after);
     assert!(
         failing_for(&after) < Duration::from_secs(3),
         "{:?}",
@@ -343,11 +335,10 @@ async fn appliances_share_an_address_by_ecmp_and_one_that_dies_is_routed_around(
     // (nothing can say goodbye). BFD notices.
     let (after, rerouted) = vanish(&mut fabric).await;
     let kept = still_answers(&fabric, kept).await;
-    eprintln!(
-        "figure: appliance gone (link down, every process killed), BFD 100 ms x 3: route withdrawn after {rerouted:?}; {} of {} requests failed, for {:?}",
-        failures(&after).len(),
-        after.len(),
-        failing_for(&after)
+    figure(
+        "appliance gone (link down, every process killed), BFD 100 ms x 3",
+        rerouted,
+        &after,
     );
     assert!(rerouted < Duration::from_secs(3), "BFD: {rerouted:?}");
     assert_eq!(backends(&after), home, "the client kept its backend");
@@ -384,12 +375,7 @@ async fn vanish(fabric: &mut Fabric) -> (Vec<Sent>, Duration) {
 async fn without_bfd_a_vanished_appliance_is_routed_around_when_its_hold_time_ends() {
     let mut fabric = Fabric::start(2, Liveness::HoldTime).await;
     let (after, rerouted) = vanish(&mut fabric).await;
-    eprintln!(
-        "figure: appliance gone, no BFD (hold time 9 s): route withdrawn after {rerouted:?}; {} of {} requests failed, for {:?}",
-        failures(&after).len(),
-        after.len(),
-        failing_for(&after)
-    );
+    figure("appliance gone, no BFD (hold time 9 s)", rerouted, &after);
     // The router gives up on the session when it has heard nothing for the hold time.
     assert!(
         rerouted > Duration::from_secs(3),
@@ -447,10 +433,7 @@ fn second_chance(fabric: &Fabric) {
 /// Stops a1 gracefully under a load of kept-alive clients; returns what the clients saw and
 /// when the router stopped sending to a1.
 async fn graceful_stop(fabric: &mut Fabric) -> (Vec<Sent>, Instant) {
-    let [a1, a2] = [
-        fabric.appliances[0].address.clone(),
-        fabric.appliances[1].address.clone(),
-    ];
+    let [a1, a2] = fabric.pair();
     // Three clients on each appliance.
     let mut connections = Vec::new();
     for appliance in [&a1, &a2, &a1, &a2, &a1, &a2] {
@@ -470,10 +453,7 @@ async fn graceful_stop(fabric: &mut Fabric) -> (Vec<Sent>, Instant) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_withdraws_first_and_a_second_chance_keeps_its_connections() {
     let mut fabric = Fabric::start(2, Liveness::HoldTime).await;
-    let [a1, a2] = [
-        fabric.appliances[0].address.clone(),
-        fabric.appliances[1].address.clone(),
-    ];
+    let [a1, a2] = fabric.pair();
 
     // Plain ECMP: once a1's route is withdrawn, the router sends a1's connections to a2,
     // which resets them. No connection opened after the withdraw fails.
@@ -563,6 +543,20 @@ fn holder(fabric: &Fabric) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Creates a LoadBalancer Service `name` (port 80) backed by b1; returns the address its
+/// status shows once it has one.
+async fn provision(fabric: &Fabric, name: &str) -> String {
+    let backend: SocketAddr = "10.0.0.21:8080".parse().expect("addr");
+    let cluster = fabric.cluster();
+    cluster
+        .create(load_balancer(name, &[("http", 80)]))
+        .expect("service");
+    cluster
+        .create(slice(name, 0, "http", backend))
+        .expect("slice");
+    until(&format!("{name}'s address"), || address(fabric, name)).await
+}
+
 /// The address the status of Service `default/name` shows.
 fn address(fabric: &Fabric, name: &str) -> Option<String> {
     let service = fabric
@@ -598,10 +592,7 @@ async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 async fn the_lease_moves_to_the_surviving_appliance_and_what_was_right_stays_written() {
     let mut fabric = Fabric::start_with(2, Liveness::Bfd, true).await;
     let names = ["a1", "a2"];
-    let addresses = [
-        fabric.appliances[0].address.clone(),
-        fabric.appliances[1].address.clone(),
-    ];
+    let addresses = fabric.pair();
     let first = until("a holder", || holder(&fabric)).await;
     let leader = names
         .iter()
@@ -610,18 +601,7 @@ async fn the_lease_moves_to_the_surviving_appliance_and_what_was_right_stays_wri
     let survivor = 1 - leader;
 
     // The holder gives the Service an address; both appliances serve it and announce it.
-    let backend: SocketAddr = "10.0.0.21:8080".parse().expect("addr");
-    let cluster = fabric.cluster();
-    cluster
-        .create(load_balancer("web", &[("http", 80)]))
-        .expect("web");
-    cluster
-        .create(slice("web", 0, "http", backend))
-        .expect("slice");
-    assert_eq!(
-        until("web's address", || address(&fabric, "web")).await,
-        "203.0.113.33"
-    );
+    assert_eq!(provision(&fabric, "web").await, "203.0.113.33");
     fabric.until_next_hops_of("203.0.113.33", &addresses).await;
     assert_eq!(served_through(&fabric, "203.0.113.33").await, "b1");
     until("web announced", || {
@@ -632,13 +612,7 @@ async fn the_lease_moves_to_the_surviving_appliance_and_what_was_right_stays_wri
     // The holder's Gantry is killed: its routes go (its guard), and the other appliance takes
     // the Lease once the holder's last renewal has aged a lease duration (2 s).
     let killed = Instant::now();
-    fabric.appliances[leader]
-        .gantry
-        .as_mut()
-        .expect("running")
-        .child
-        .start_kill()
-        .expect("kill -9");
+    fabric.appliances[leader].kill_gantry();
     fabric
         .until_next_hops_of("203.0.113.33", std::slice::from_ref(&addresses[survivor]))
         .await;
@@ -652,17 +626,7 @@ async fn the_lease_moves_to_the_surviving_appliance_and_what_was_right_stays_wri
     assert!(took < Duration::from_secs(10), "{took:?}");
 
     // The new holder gives a new Service its address and status; the old one's are kept.
-    let cluster = fabric.cluster();
-    cluster
-        .create(load_balancer("late", &[("http", 80)]))
-        .expect("late");
-    cluster
-        .create(slice("late", 0, "http", backend))
-        .expect("slice");
-    assert_eq!(
-        until("late's address", || address(&fabric, "late")).await,
-        "203.0.113.34"
-    );
+    assert_eq!(provision(&fabric, "late").await, "203.0.113.34");
     fabric
         .until_next_hops_of("203.0.113.34", std::slice::from_ref(&addresses[survivor]))
         .await;

@@ -197,9 +197,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_written_status_is_not_written_again() {
-        let wanted = Wanted {
+    /// One address, port 80 served and port 53 not, with `trouble`.
+    fn wanted(trouble: Option<(String, String)>) -> Wanted {
+        Wanted {
             ingress: vec![(
                 "192.0.2.10".parse().expect("ip"),
                 vec![
@@ -207,8 +207,13 @@ mod tests {
                     port(53, Some("gantry.io/UnsupportedProtocol")),
                 ],
             )],
-            trouble: None,
-        };
+            trouble,
+        }
+    }
+
+    #[test]
+    fn a_written_status_is_not_written_again() {
+        let wanted = wanted(None);
         let status = to_write(None, &wanted, Some(1), "2026-11-30T00:00:00Z").expect("first write");
         let ingress = &status["loadBalancer"]["ingress"][0];
         assert_eq!(ingress["ipMode"], "Proxy");
@@ -247,16 +252,7 @@ mod tests {
     #[test]
     fn what_a_written_status_says_is_read_back() {
         assert_eq!(said(None), Said::default());
-        let wanted = Wanted {
-            ingress: vec![(
-                "192.0.2.10".parse().expect("ip"),
-                vec![
-                    port(80, None),
-                    port(53, Some("gantry.io/UnsupportedProtocol")),
-                ],
-            )],
-            trouble: Some(("AddressInUse".into(), "taken".into())),
-        };
+        let wanted = wanted(Some(("AddressInUse".into(), "taken".into())));
         let status = to_write(None, &wanted, Some(1), "2026-11-30T00:00:00Z").expect("written");
         let read_back: ServiceStatus = serde_json::from_value(status).expect("a ServiceStatus");
         assert_eq!(

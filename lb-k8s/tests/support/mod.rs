@@ -14,7 +14,7 @@ use lb_config::{FieldPath, ModelBuilder, Problems};
 use lb_k8s::plane::{Candidate, DataPlane, Served};
 use lb_k8s::telemetry::{Leadership, Telemetry};
 use lb_k8s::testing::{Kind, Options, TestApiServer};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 /// Long enough for any step of these tests on a busy machine; never reached when they pass.
@@ -212,4 +212,18 @@ impl Controller {
         self.stop.cancel();
         self.task.await.expect("controller task");
     }
+}
+
+/// A LoadBalancer Service of Gantry's class: port 80 (`web`), and an SCTP port Gantry does
+/// not serve.
+pub(crate) fn lb(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"type": "LoadBalancer", "loadBalancerClass": "gantry.io/lb", "ports": [{"name": "web", "port": 80}, {"name": "signal", "port": 2905, "protocol": "SCTP"}]}})
+}
+
+/// The EndpointSlice of `service`: one ready endpoint, `ip`, port 8080 (`web`).
+pub(crate) fn slice(service: &str, ip: &str) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+           "metadata": {"name": format!("{service}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
+           "ports": [{"name": "web", "port": 8080}], "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]})
 }

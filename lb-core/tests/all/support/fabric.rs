@@ -136,6 +136,16 @@ impl Appliance {
         self.gantry = Some(gantry);
     }
 
+    /// `kill -9` of its Gantry alone (its guard and BIRD live on).
+    pub fn kill_gantry(&mut self) {
+        self.gantry
+            .as_mut()
+            .expect("running")
+            .child
+            .start_kill()
+            .expect("kill -9");
+    }
+
     /// Its Gantry's routing folder.
     pub fn routes(&self) -> PathBuf {
         self.dir.join("routes")
@@ -312,6 +322,14 @@ impl Fabric {
             fabric.until_bfd_up().await;
         }
         fabric
+    }
+
+    /// The first two appliances' addresses.
+    pub fn pair(&self) -> [String; 2] {
+        [
+            self.appliances[0].address.clone(),
+            self.appliances[1].address.clone(),
+        ]
     }
 
     /// The cluster's API server (with [`Fabric::start_with`]).
