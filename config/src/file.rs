@@ -45,14 +45,19 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingFile {
-    /// The daemon: `bird` (BIRD 2). Required.
+    /// The daemon: `bird` (BGP through BIRD 2) or `keepalived` (VRRP, for networks without
+    /// BGP). Required.
     pub daemon: Option<String>,
     /// BIRD's control socket. Default `/run/bird/bird.ctl`.
     pub control_socket: Option<String>,
-    /// The folder Gantry writes its part of BIRD's configuration to (`gantry.conf`, which
-    /// BIRD's own configuration includes) and keeps its locks in. Default `/run/gantry/bird`.
+    /// The folder Gantry writes its part of the daemon's configuration to (BIRD's
+    /// `gantry.conf`; keepalived's `addresses.conf` and `ready`) and keeps its locks in.
+    /// Default `/run/gantry/bird` or `/run/gantry/keepalived`.
     pub directory: Option<String>,
-    /// This appliance's AS number: 1 to 4294967294. Required.
+    /// keepalived's pid file: Gantry has it reload (SIGHUP) when the addresses change.
+    /// Default: none (something else reloads it: the appliance's path unit).
+    pub pid_file: Option<String>,
+    /// This appliance's AS number: 1 to 4294967294. Required with BIRD.
     pub asn: Option<u64>,
     /// The BGP router ID (an IPv4 address); default: BIRD's own (`router id` in its
     /// configuration, else the lowest IPv4 address of its interfaces).

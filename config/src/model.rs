@@ -14,7 +14,9 @@ use std::time::Duration;
 
 pub use crate::addresses::{AddressRange, Networks};
 use crate::problems::FieldPath;
-pub use crate::routing::{Announce, Bfd, Community, Daemon, Password, Peer, RoutedPool, Routing};
+pub use crate::routing::{
+    Announce, Bfd, Bgp, Community, Daemon, Password, Peer, RoutedPool, Routing, Vrrp,
+};
 use rustls::sign::CertifiedKey;
 use serde::{Serialize, Serializer};
 
@@ -72,7 +74,11 @@ impl Model {
             .chain(
                 self.routing
                     .iter()
-                    .flat_map(|r| r.peers.iter())
+                    .filter_map(|r| match &r.daemon {
+                        Daemon::Bird(bgp) => Some(bgp.peers.iter()),
+                        Daemon::Keepalived(_) => None,
+                    })
+                    .flatten()
                     .filter_map(|peer| peer.password.as_ref().map(|p| p.file.clone())),
             )
             .collect();

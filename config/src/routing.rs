@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
@@ -13,30 +13,27 @@ use crate::addresses::AddressRange;
 /// `routing:`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Routing {
-    /// The daemon and how to reach it.
+    /// The daemon, and what it needs.
     pub daemon: Daemon,
-    /// This appliance's AS number.
-    pub asn: u32,
-    /// The BGP router ID, when not BIRD's own.
-    pub router_id: Option<Ipv4Addr>,
-    /// The routers announced to.
-    pub peers: Vec<Peer>,
     /// When an address is announced.
     pub announce: Announce,
     /// How long a stopping Gantry serves on after withdrawing.
     #[serde(with = "crate::model::duration_text")]
     pub withdraw_delay: Duration,
-    /// The BGP hold time (whole seconds).
-    #[serde(with = "crate::model::duration_text")]
-    pub hold_time: Duration,
-    /// BFD timings.
-    pub bfd: Bfd,
     /// Which served addresses are announced, with their attributes; an address takes those of
     /// the first pool it is in, and one in none is not announced.
     pub pools: Vec<RoutedPool>,
 }
 
 impl Routing {
+    /// Gantry's folder: its part of the daemon's configuration, and its locks.
+    pub fn directory(&self) -> &Path {
+        match &self.daemon {
+            Daemon::Bird(bgp) => &bgp.directory,
+            Daemon::Keepalived(vrrp) => &vrrp.directory,
+        }
+    }
+
     /// The pool whose attributes `address` is announced with, if it is announced at all.
     pub fn pool_of(&self, address: IpAddr) -> Option<&RoutedPool> {
         self.pools
@@ -49,14 +46,43 @@ impl Routing {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Daemon {
-    /// BIRD 2: Gantry writes `gantry.conf` in `directory`, which BIRD's configuration
+    /// BIRD 2, BGP: Gantry writes `gantry.conf` in its folder, which BIRD's configuration
     /// includes, and asks BIRD to reconfigure through its control socket.
-    Bird {
-        /// BIRD's control socket.
-        control_socket: PathBuf,
-        /// Where Gantry's part of the configuration and its locks live.
-        directory: PathBuf,
-    },
+    Bird(Bgp),
+    /// keepalived, VRRP: for networks without BGP. One appliance at a time holds the
+    /// addresses, which keepalived's configuration includes from Gantry's folder.
+    Keepalived(Vrrp),
+}
+
+/// BGP through BIRD.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Bgp {
+    /// BIRD's control socket.
+    pub control_socket: PathBuf,
+    /// Where Gantry's part of the configuration and its locks live.
+    pub directory: PathBuf,
+    /// This appliance's AS number.
+    pub asn: u32,
+    /// The BGP router ID, when not BIRD's own.
+    pub router_id: Option<Ipv4Addr>,
+    /// The routers announced to.
+    pub peers: Vec<Peer>,
+    /// The BGP hold time (whole seconds).
+    #[serde(with = "crate::model::duration_text")]
+    pub hold_time: Duration,
+    /// BFD timings.
+    pub bfd: Bfd,
+}
+
+/// VRRP through keepalived.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Vrrp {
+    /// Where Gantry writes the addresses (`addresses.conf`) and whether it serves (`ready`,
+    /// keepalived's track file), and keeps its locks.
+    pub directory: PathBuf,
+    /// keepalived's pid file: Gantry has it reload (SIGHUP) when the addresses change.
+    /// Without one, something else must (the appliance's path unit).
+    pub pid_file: Option<PathBuf>,
 }
 
 /// When an address is announced.

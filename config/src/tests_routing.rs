@@ -34,32 +34,27 @@ fn the_section_takes_its_defaults_and_announces_every_kubernetes_pool() {
     let routing = model.routing.expect("section");
     assert_eq!(
         routing.daemon,
-        Daemon::Bird {
+        Daemon::Bird(Bgp {
             control_socket: DEFAULT_BIRD_SOCKET.into(),
             directory: DEFAULT_BIRD_DIRECTORY.into(),
-        }
+            asn: 65010,
+            router_id: None,
+            peers: vec![Peer {
+                address: "10.0.0.1".parse().expect("ip"),
+                asn: 65000,
+                password: None,
+                bfd: false,
+            }],
+            hold_time: Duration::from_secs(9),
+            bfd: Bfd {
+                interval: Duration::from_millis(100),
+                multiplier: 3
+            },
+        })
     );
-    assert_eq!(routing.asn, 65010);
-    assert_eq!(routing.router_id, None);
-    assert_eq!(
-        routing.peers,
-        vec![Peer {
-            address: "10.0.0.1".parse().expect("ip"),
-            asn: 65000,
-            password: None,
-            bfd: false,
-        }]
-    );
+    assert_eq!(routing.directory(), Path::new(DEFAULT_BIRD_DIRECTORY));
     assert_eq!(routing.announce, Announce::Always);
     assert_eq!(routing.withdraw_delay, Duration::from_secs(2));
-    assert_eq!(routing.hold_time, Duration::from_secs(9));
-    assert_eq!(
-        routing.bfd,
-        Bfd {
-            interval: Duration::from_millis(100),
-            multiplier: 3
-        }
-    );
     let names: Vec<&str> = routing.pools.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["public", "inner"]);
     let inside = routing.pool_of("203.0.113.5".parse().expect("ip"));
@@ -82,20 +77,18 @@ fn pools_carry_their_attributes_and_peers_their_password() {
     );
     let model = parse_str(&yaml, dir.path()).expect("valid");
     let routing = model.routing.clone().expect("section");
-    assert_eq!(
-        routing.daemon,
-        Daemon::Bird {
-            control_socket: dir.path().join("bird.ctl"),
-            directory: "/run/g".into(),
-        }
-    );
-    assert_eq!(routing.asn, 4_200_000_000);
-    assert_eq!(routing.router_id, Some("10.0.0.11".parse().expect("id")));
+    let Daemon::Bird(bgp) = &routing.daemon else {
+        panic!("BIRD: {:?}", routing.daemon);
+    };
+    assert_eq!(bgp.control_socket, dir.path().join("bird.ctl"));
+    assert_eq!(bgp.directory, Path::new("/run/g"));
+    assert_eq!(bgp.asn, 4_200_000_000);
+    assert_eq!(bgp.router_id, Some("10.0.0.11".parse().expect("id")));
     assert_eq!(routing.announce, Announce::Healthy);
     assert_eq!(routing.withdraw_delay, Duration::ZERO);
-    assert_eq!(routing.hold_time, Duration::from_secs(30));
-    assert_eq!(routing.bfd.multiplier, 5);
-    let peer = &routing.peers[0];
+    assert_eq!(bgp.hold_time, Duration::from_secs(30));
+    assert_eq!(bgp.bfd.multiplier, 5);
+    let peer = &bgp.peers[0];
     assert!(peer.bfd);
     let password = peer.password.as_ref().expect("password");
     assert_eq!(password.secret(), "s3cret-Key");
@@ -165,12 +158,12 @@ fn every_routing_value_is_checked_with_its_path() {
     );
     assert_all(
         &problems,
-        &["routing.directory: BIRD's configuration names this folder in quotes"],
+        &["routing.directory: the daemon's configuration names this folder in quotes"],
     );
     let problems = problems_of("routing: { daemon: frr, asn: 65010 }\n", dir.path());
     assert_all(
         &problems,
-        &["routing.daemon: `frr` is not supported: Gantry announces through BIRD 2"],
+        &["routing.daemon: `frr` is not supported: `bird` (BGP through BIRD 2) or `keepalived` (VRRP)"],
     );
     let problems = problems_of("routing: { daemon: bird }\n", dir.path());
     assert_all(
@@ -190,4 +183,52 @@ fn a_routing_change_is_a_change_of_its_own() {
     let new = parse_str(&base.replace("65000 }", "65001 }"), Path::new("/")).expect("valid");
     assert_eq!(diff(&old, &new), vec![Change::RoutingChanged]);
     assert_eq!(diff(&old, &old), Vec::new());
+}
+
+#[test]
+fn keepalived_takes_its_folder_and_pid_file_and_refuses_what_is_bgp() {
+    let yaml = "routing:\n  daemon: keepalived\n  pid_file: run/keepalived.pid\n  withdraw_delay: 1s\n  pools: [{ addresses: [203.0.113.0/24] }]\n";
+    let routing = parse_str(yaml, Path::new("/etc/gantry"))
+        .expect("valid")
+        .routing
+        .expect("section");
+    assert_eq!(
+        routing.daemon,
+        Daemon::Keepalived(Vrrp {
+            directory: DEFAULT_KEEPALIVED_DIRECTORY.into(),
+            pid_file: Some("/etc/gantry/run/keepalived.pid".into()),
+        })
+    );
+    assert_eq!(routing.directory(), Path::new(DEFAULT_KEEPALIVED_DIRECTORY));
+    let problems = problems_of(
+        "routing:\n  daemon: keepalived\n  control_socket: /run/bird/bird.ctl\n  asn: 65010\n  router_id: 10.0.0.1\n  hold_time: 9s\n  bfd: { interval: 100ms }\n  peers: [{ address: 10.0.0.1, asn: 65000 }]\n  pools: [{ addresses: [203.0.113.0/24], communities: [\"65000:1\"] }]\n",
+        Path::new("/"),
+    );
+    let bgp_only = "BGP only (`daemon: bird`): keepalived announces the addresses by VRRP";
+    for field in [
+        "control_socket",
+        "asn",
+        "router_id",
+        "hold_time",
+        "bfd",
+        "peers",
+    ] {
+        assert!(
+            problems.contains(&format!("routing.{field}: {bgp_only}")),
+            "{field}:\n{problems}"
+        );
+    }
+    assert!(
+        problems
+            .contains("routing.pools[0]: `communities` and `local_preference` are BGP attributes"),
+        "{problems}"
+    );
+    let problems = problems_of(
+        "routing: { daemon: bird, pid_file: /run/k.pid, asn: 1, peers: [{ address: 10.0.0.1, asn: 2 }], pools: [{ addresses: [192.0.2.1] }] }\n",
+        Path::new("/"),
+    );
+    assert!(
+        problems.contains("routing.pid_file: keepalived only"),
+        "{problems}"
+    );
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use lb_core::demo::{Demo, DemoOptions};
 use lb_core::logging::{self, LogFormat};
+use lb_core::routing::daemon::Withdrawal;
 use lb_core::run::RunOptions;
 
 /// jemalloc rather than the C library's allocator: its background threads give memory freed
@@ -64,12 +65,15 @@ enum Command {
     /// routes. Gantry starts it by itself; it is not meant to be run by hand.
     #[command(hide = true)]
     RoutingGuard {
+        /// The routing daemon: `bird` or `keepalived`.
+        #[arg(long, default_value = "bird")]
+        daemon: String,
         /// Gantry's routing folder.
         #[arg(long)]
         directory: PathBuf,
-        /// The routing daemon's control socket.
+        /// BIRD's control socket.
         #[arg(long)]
-        control_socket: PathBuf,
+        control_socket: Option<PathBuf>,
     },
     /// Start demo backends on loopback and Gantry balancing across them.
     Demo {
@@ -96,15 +100,10 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::WithdrawRoutes { config } => withdraw_routes(&config),
         Command::RoutingGuard {
+            daemon,
             directory,
             control_socket,
-        } => match lb_core::routing::guard::guard(&directory, &control_socket) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(directory = %directory.display(), %err, "could not withdraw the routes");
-                ExitCode::FAILURE
-            }
-        },
+        } => routing_guard(&daemon, directory, control_socket),
         Command::Run {
             config,
             takeover,
@@ -178,6 +177,27 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+fn routing_guard(daemon: &str, directory: PathBuf, control_socket: Option<PathBuf>) -> ExitCode {
+    let withdrawal = match (daemon, control_socket) {
+        ("bird", Some(control_socket)) => Withdrawal::Bird {
+            directory,
+            control_socket,
+        },
+        ("keepalived", None) => Withdrawal::Keepalived { directory },
+        _ => {
+            eprintln!("routing-guard: --daemon bird --control-socket PATH, or --daemon keepalived");
+            return ExitCode::FAILURE;
+        }
+    };
+    match lb_core::routing::guard::guard(&withdrawal) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(directory = %withdrawal.directory().display(), %err, "could not withdraw the routes");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn withdraw_routes(path: &Path) -> ExitCode {
     let model = match lb_config::load_file(path) {
         Ok(model) => model,
@@ -193,11 +213,9 @@ fn withdraw_routes(path: &Path) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     };
-    let lb_config::Daemon::Bird {
-        control_socket,
-        directory,
-    } = routing.daemon;
-    match lb_core::routing::guard::withdraw_if_unowned(&directory, &control_socket) {
+    let withdrawal = Withdrawal::of(&routing.daemon);
+    let directory = withdrawal.directory().to_owned();
+    match lb_core::routing::guard::withdraw_if_unowned(&withdrawal) {
         Ok(true) => {
             println!("routes in {} withdrawn", directory.display());
             ExitCode::SUCCESS

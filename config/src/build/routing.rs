@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::file::{BfdFile, PeerFile, RoutedPoolFile, RoutingFile};
-use crate::lenient::Lenient;
+use crate::lenient::{DurationText, Lenient};
 use crate::model::{
-    Announce, Bfd, Community, Daemon, Kubernetes, Password, Peer, RoutedPool, Routing,
+    Announce, Bfd, Bgp, Community, Daemon, Kubernetes, Password, Peer, RoutedPool, Routing, Vrrp,
 };
 use crate::problems::{FieldPath, Problems};
 
@@ -23,6 +23,9 @@ pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 
 /// Where Gantry writes its part of BIRD's configuration unless configured otherwise.
 pub const DEFAULT_BIRD_DIRECTORY: &str = "/run/gantry/bird";
+
+/// Where Gantry writes what keepalived includes unless configured otherwise.
+pub const DEFAULT_KEEPALIVED_DIRECTORY: &str = "/run/gantry/keepalived";
 
 /// Peers one appliance may have.
 pub const MAX_PEERS: usize = 32;
@@ -43,54 +46,87 @@ pub(super) fn build_routing(
     path: &FieldPath,
     p: &mut Problems,
 ) -> Option<Routing> {
-    let file = take(file, path, p)?;
-    if let Some(directory) = &file.directory {
+    let RoutingFile {
+        daemon,
+        control_socket,
+        directory,
+        pid_file,
+        asn,
+        router_id,
+        peers,
+        announce,
+        withdraw_delay: delay,
+        hold_time,
+        bfd,
+        pools,
+    } = take(file, path, p)?;
+    if let Some(directory) = &directory {
         if directory
             .chars()
             .any(|c| c == '"' || c == '\\' || c.is_control())
         {
             p.push(
                 &path.field("directory"),
-                "BIRD's configuration names this folder in quotes: no `\"`, `\\` or control characters",
+                "the daemon's configuration names this folder in quotes: no `\"`, `\\` or control characters",
             );
         }
     }
-    let daemon = match file.daemon.as_deref() {
-        Some("bird") => Daemon::Bird {
-            control_socket: base_dir.join(
-                file.control_socket
-                    .as_deref()
-                    .unwrap_or(DEFAULT_BIRD_SOCKET),
-            ),
-            directory: base_dir.join(file.directory.as_deref().unwrap_or(DEFAULT_BIRD_DIRECTORY)),
-        },
+    let daemon = match daemon.as_deref() {
+        Some("bird") => {
+            if pid_file.is_some() {
+                p.push(
+                    &path.field("pid_file"),
+                    "keepalived only: BIRD is reconfigured through `control_socket`",
+                );
+            }
+            Daemon::Bird(Bgp {
+                control_socket: base_dir
+                    .join(control_socket.as_deref().unwrap_or(DEFAULT_BIRD_SOCKET)),
+                directory: base_dir.join(directory.as_deref().unwrap_or(DEFAULT_BIRD_DIRECTORY)),
+                asn: self::asn(asn, &path.field("asn"), p).unwrap_or(1),
+                router_id: self::router_id(router_id, &path.field("router_id"), p),
+                peers: self::peers(peers, base_dir, &path.field("peers"), p),
+                hold_time: self::hold_time(hold_time, &path.field("hold_time"), p),
+                bfd: {
+                    let at = path.field("bfd");
+                    self::bfd(take(bfd, &at, p).unwrap_or_default(), &at, p)
+                },
+            })
+        }
+        Some("keepalived") => {
+            let given = [
+                ("control_socket", control_socket.is_some()),
+                ("asn", asn.is_some()),
+                ("router_id", router_id.is_some()),
+                ("peers", !peers.is_empty()),
+                ("hold_time", hold_time.is_some()),
+                ("bfd", bfd.is_some()),
+            ];
+            for (field, _) in given.iter().filter(|(_, given)| *given) {
+                p.push(
+                    &path.field(field),
+                    "BGP only (`daemon: bird`): keepalived announces the addresses by VRRP on its own interface",
+                );
+            }
+            Daemon::Keepalived(Vrrp {
+                directory: base_dir
+                    .join(directory.as_deref().unwrap_or(DEFAULT_KEEPALIVED_DIRECTORY)),
+                pid_file: pid_file.map(|file| base_dir.join(file)),
+            })
+        }
         Some(other) => {
             p.push(
                 &path.field("daemon"),
-                format!("`{other}` is not supported: Gantry announces through BIRD 2 (`bird`)"),
+                format!("`{other}` is not supported: `bird` (BGP through BIRD 2) or `keepalived` (VRRP)"),
             );
             return None;
         }
         None => {
-            p.push(&path.field("daemon"), "required: `bird`");
+            p.push(&path.field("daemon"), "required: `bird` or `keepalived`");
             return None;
         }
     };
-    let asn = asn(file.asn, &path.field("asn"), p);
-    let router_id = file
-        .router_id
-        .and_then(|text| match text.parse::<Ipv4Addr>() {
-            Ok(id) if !id.is_unspecified() => Some(id),
-            _ => {
-                p.push(
-                    &path.field("router_id"),
-                    format!("`{text}` is not a router ID: an IPv4 address other than 0.0.0.0"),
-                );
-                None
-            }
-        });
-    let peers = peers(file.peers, base_dir, &path.field("peers"), p);
-    let announce = match file.announce.as_deref() {
+    let announce = match announce.as_deref() {
         None | Some("always") => Announce::Always,
         Some("healthy") => Announce::Healthy,
         Some(other) => {
@@ -103,7 +139,7 @@ pub(super) fn build_routing(
     };
     let mut withdraw_delay = Duration::from_secs(2);
     set_duration(
-        file.withdraw_delay,
+        delay,
         &mut withdraw_delay,
         DurationRange {
             min: Duration::ZERO,
@@ -112,43 +148,46 @@ pub(super) fn build_routing(
         &path.field("withdraw_delay"),
         p,
     );
+    let bgp = matches!(daemon, Daemon::Bird(_));
+    let pools = self::pools(pools, kubernetes, bgp, &path.field("pools"), p);
+    Some(Routing {
+        daemon,
+        announce,
+        withdraw_delay,
+        pools,
+    })
+}
+
+fn router_id(text: Option<String>, path: &FieldPath, p: &mut Problems) -> Option<Ipv4Addr> {
+    let text = text?;
+    match text.parse::<Ipv4Addr>() {
+        Ok(id) if !id.is_unspecified() => Some(id),
+        _ => {
+            p.push(
+                path,
+                format!("`{text}` is not a router ID: an IPv4 address other than 0.0.0.0"),
+            );
+            None
+        }
+    }
+}
+
+fn hold_time(text: Option<DurationText>, path: &FieldPath, p: &mut Problems) -> Duration {
     let mut hold_time = Duration::from_secs(9);
-    let hold_path = path.field("hold_time");
-    if file
-        .hold_time
-        .as_ref()
-        .is_some_and(|t| t.0.subsec_nanos() != 0)
-    {
-        p.push(&hold_path, "must be a whole number of seconds");
+    if text.as_ref().is_some_and(|t| t.0.subsec_nanos() != 0) {
+        p.push(path, "must be a whole number of seconds");
     }
     set_duration(
-        file.hold_time,
+        text,
         &mut hold_time,
         DurationRange {
             min: Duration::from_secs(3),
             max: Duration::from_secs(65_535),
         },
-        &hold_path,
+        path,
         p,
     );
-    let bfd_path = path.field("bfd");
-    let bfd = bfd(
-        take(file.bfd, &bfd_path, p).unwrap_or_default(),
-        &bfd_path,
-        p,
-    );
-    let pools = pools(file.pools, kubernetes, &path.field("pools"), p);
-    Some(Routing {
-        daemon,
-        asn: asn.unwrap_or(1),
-        router_id,
-        peers,
-        announce,
-        withdraw_delay,
-        hold_time,
-        bfd,
-        pools,
-    })
+    hold_time
 }
 
 fn asn(value: Option<u64>, path: &FieldPath, p: &mut Problems) -> Option<u32> {
@@ -292,6 +331,7 @@ fn bfd(file: BfdFile, path: &FieldPath, p: &mut Problems) -> Bfd {
 fn pools(
     items: Vec<Lenient<RoutedPoolFile>>,
     kubernetes: Option<&Kubernetes>,
+    bgp: bool,
     path: &FieldPath,
     p: &mut Problems,
 ) -> Vec<RoutedPool> {
@@ -374,6 +414,12 @@ fn pools(
                 continue;
             }
         };
+        if !bgp && (!file.communities.is_empty() || file.local_preference.is_some()) {
+            p.push(
+                &at,
+                "`communities` and `local_preference` are BGP attributes (`daemon: bird`)",
+            );
+        }
         let communities = communities(&file.communities, &at.field("communities"), p);
         let local_preference = file.local_preference.and_then(|value| {
             let parsed = u32::try_from(value).ok();

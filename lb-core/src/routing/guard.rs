@@ -3,7 +3,8 @@
 //! routing folder for as long as it lives, and the kernel lets go of it however the process
 //! ends, `kill -9` included. A guard process (`gantry routing-guard`, one per folder) waits
 //! for the exclusive lock, which it gets only once no Gantry holds the shared one, then
-//! empties the routes files and has the daemon reconfigure.
+//! withdraws: BIRD's routes files emptied and BIRD reconfigured; for keepalived, the track
+//! file says the appliance does not serve, and another takes the addresses.
 //!
 //! A successor started by a handover takes its own shared lock before its predecessor exits,
 //! so a handover withdraws nothing. A Gantry that starts while a guard is withdrawing waits
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use rustix::fs::{flock, FlockOperation};
 
-use super::bird;
+use super::daemon::Withdrawal;
 
 /// The lock every announcing Gantry holds shared.
 const OWNER_LOCK: &str = "owner.lock";
@@ -92,18 +93,15 @@ fn open_lock(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// Starts the guard of `directory` (it exits at once if one already watches it).
-pub(crate) fn spawn(directory: &Path, socket: &Path) {
+/// Starts the guard of `withdrawal`'s folder (it exits at once if one already watches it).
+pub(crate) fn spawn(withdrawal: &Withdrawal) {
     let Some(program) = GUARD_PROGRAM.get() else {
         return;
     };
     let mut command = tokio::process::Command::new(program);
     command
         .arg("routing-guard")
-        .arg("--directory")
-        .arg(directory)
-        .arg("--control-socket")
-        .arg(socket)
+        .args(withdrawal.args())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         // Out of Gantry's process group: a Ctrl-C at a terminal stops Gantry, and the guard
@@ -123,9 +121,10 @@ pub(crate) fn spawn(directory: &Path, socket: &Path) {
     }
 }
 
-/// The guard's life: waits until no Gantry holds `directory`, then withdraws its routes.
-/// Returns at once when another guard already watches it.
-pub fn guard(directory: &Path, socket: &Path) -> std::io::Result<()> {
+/// The guard's life: waits until no Gantry holds the folder, then withdraws. Returns at once
+/// when another guard already watches it.
+pub fn guard(withdrawal: &Withdrawal) -> std::io::Result<()> {
+    let directory = withdrawal.directory();
     use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
     // It must outlive Gantry's drain, which a service manager's stop signal starts: those
     // signals stay pending, never delivered (SIGKILL still ends it).
@@ -141,7 +140,7 @@ pub fn guard(directory: &Path, socket: &Path) -> std::io::Result<()> {
     let owner = open_lock(&directory.join(OWNER_LOCK))?;
     flock(&owner, FlockOperation::LockExclusive)?;
     tracing::warn!(directory = %directory.display(), "no Gantry announces from here any more: withdrawing its routes");
-    let withdrawn = withdraw(directory, socket);
+    let withdrawn = withdraw(withdrawal);
     // The guard's lock goes first: a Gantry waiting for the owner lock then starts a guard
     // of its own that finds it free.
     drop(guard);
@@ -149,10 +148,9 @@ pub fn guard(directory: &Path, socket: &Path) -> std::io::Result<()> {
     withdrawn
 }
 
-/// Withdraws `directory`'s routes unless a Gantry holds it (for `ExecStopPost=`); returns
-/// whether it did.
-pub fn withdraw_if_unowned(directory: &Path, socket: &Path) -> std::io::Result<bool> {
-    let owner = match open_lock(&directory.join(OWNER_LOCK)) {
+/// Withdraws unless a Gantry holds the folder (for `ExecStopPost=`); returns whether it did.
+pub fn withdraw_if_unowned(withdrawal: &Withdrawal) -> std::io::Result<bool> {
+    let owner = match open_lock(&withdrawal.directory().join(OWNER_LOCK)) {
         Ok(owner) => owner,
         // No folder, no routes.
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -161,21 +159,20 @@ pub fn withdraw_if_unowned(directory: &Path, socket: &Path) -> std::io::Result<b
     if flock(&owner, FlockOperation::NonBlockingLockExclusive).is_err() {
         return Ok(false);
     }
-    withdraw(directory, socket)?;
+    withdraw(withdrawal)?;
     Ok(true)
 }
 
-/// Empties the routes files and has the daemon take that, trying for a while: the daemon
-/// reads the files when it starts, so a daemon that is down withdraws by itself.
-fn withdraw(directory: &Path, socket: &Path) -> std::io::Result<()> {
-    bird::write_routes(directory, &[]).map_err(std::io::Error::other)?;
+/// Withdraws, trying for a while: a daemon that is down reads the files when it starts, so
+/// it withdraws by itself.
+fn withdraw(withdrawal: &Withdrawal) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     for attempt in 1..=WITHDRAW_TRIES {
-        match runtime.block_on(bird::configure(socket)) {
+        match runtime.block_on(withdrawal.run()) {
             Ok(()) => {
-                tracing::info!(directory = %directory.display(), "routes withdrawn");
+                tracing::info!(directory = %withdrawal.directory().display(), "routes withdrawn");
                 return Ok(());
             }
             Err(err) if attempt == WITHDRAW_TRIES => return Err(std::io::Error::other(err)),

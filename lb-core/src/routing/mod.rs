@@ -11,21 +11,22 @@
 //! withdraws.
 
 pub(crate) mod bird;
+pub mod daemon;
 pub mod guard;
+pub(crate) mod keepalived;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lb_config::{Announce, Daemon, Routing};
+use lb_config::{Announce, Routing};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::bird::Announcement;
+use self::daemon::{Announcement, Offer, Withdrawal};
 use self::guard::OwnerLock;
 use crate::metrics::Metrics;
 
@@ -188,7 +189,7 @@ async fn supervise(s: Supervised) {
     let mut previous: Option<Routing> = None;
     loop {
         let current = section.borrow_and_update().clone();
-        let directory = current.as_ref().map(|r| daemon_paths(r).1.to_owned());
+        let directory = current.as_ref().map(|r| r.directory().to_owned());
         if let Some(lock) = held.take_if(|l| Some(l.directory()) != directory.as_deref()) {
             if let Some(old) = &previous {
                 retire(old).await;
@@ -206,10 +207,10 @@ async fn supervise(s: Supervised) {
             continue;
         };
         if held.is_none() {
-            let (socket, directory) = daemon_paths(&routing);
+            let directory = routing.directory();
             match guard::hold(directory).await {
                 Ok(lock) => {
-                    guard::spawn(directory, socket);
+                    guard::spawn(&Withdrawal::of(&routing.daemon));
                     held = Some(lock);
                 }
                 Err(err) => {
@@ -236,28 +237,12 @@ async fn supervise(s: Supervised) {
     }
 }
 
-/// The daemon's control socket and Gantry's folder.
-fn daemon_paths(routing: &Routing) -> (&Path, &Path) {
-    match &routing.daemon {
-        Daemon::Bird {
-            control_socket,
-            directory,
-        } => (control_socket, directory),
-    }
-}
-
-/// Removes what a section that went (or moved) had given the daemon: its sessions and routes.
+/// Removes what a section that went (or moved) had given the daemon.
 async fn retire(routing: &Routing) {
-    let (socket, directory) = daemon_paths(routing);
-    let emptied = bird::write_routes(directory, &[])
-        .and_then(|()| bird::write_file(&directory.join(bird::PROTOCOLS_FILE), ""));
-    let result = match emptied {
-        Ok(()) => bird::configure(socket).await,
-        Err(err) => Err(err),
-    };
-    match result {
+    let directory = routing.directory();
+    match daemon::retire(&routing.daemon).await {
         Ok(()) => {
-            tracing::info!(directory = %directory.display(), "routing section gone: its sessions and routes are removed")
+            tracing::info!(directory = %directory.display(), "routing section gone: what it announced is removed")
         }
         Err(err) => {
             tracing::error!(%err, "could not remove the routing section's sessions and routes")
@@ -268,43 +253,32 @@ async fn retire(routing: &Routing) {
 impl Announcer {
     /// Announces what serves under `routing` until the section changes or Gantry stops.
     async fn announce(&mut self, routing: &Routing) {
-        let (socket, directory) = daemon_paths(routing);
-        let protocols = bird::protocols(routing, directory);
-        let mut protocols_written = false;
-        let mut given: Option<Vec<Announcement>> = None;
+        let mut given: Option<Offer> = None;
         let mut retry = FIRST_RETRY;
         loop {
             let withdrawing = *self.withdrawing.borrow_and_update();
-            let wanted = if withdrawing {
-                Vec::new()
-            } else {
-                wanted(routing, &self.served.served())
+            let offer = Offer {
+                wanted: if withdrawing {
+                    Vec::new()
+                } else {
+                    wanted(routing, &self.served.served())
+                },
+                withdrawing,
             };
             let mut failed = false;
-            if given.as_ref() != Some(&wanted) || !protocols_written {
-                let written = if protocols_written {
-                    Ok(())
-                } else {
-                    bird::write_file(&directory.join(bird::PROTOCOLS_FILE), &protocols)
-                };
-                let result = match written.and_then(|()| bird::write_routes(directory, &wanted)) {
-                    Ok(()) => {
-                        protocols_written = true;
-                        bird::configure(socket).await
-                    }
-                    Err(err) => Err(err),
-                };
-                match result {
+            if given.as_ref() != Some(&offer) {
+                match daemon::give(&routing.daemon, &offer, given.is_none()).await {
                     Ok(()) => {
                         self.metrics.routing_update("ok");
-                        let v4 = wanted.iter().filter(|a| a.address.is_ipv4()).count();
-                        self.metrics.routing_announced(v4, wanted.len() - v4);
+                        let v4 = offer.wanted.iter().filter(|a| a.address.is_ipv4()).count();
+                        self.metrics.routing_announced(v4, offer.wanted.len() - v4);
                         tracing::info!(
-                            announced = wanted.len(),
+                            announced = offer.wanted.len(),
+                            withdrawing,
                             "routes given to the routing daemon"
                         );
-                        self.shown.send_replace(show(&wanted, None));
-                        given = Some(wanted);
+                        self.shown.send_replace(show(&offer, None));
+                        given = Some(offer);
                         retry = FIRST_RETRY;
                     }
                     Err(err) => {
@@ -315,10 +289,6 @@ impl Announcer {
                         failed = true;
                     }
                 }
-            }
-            if withdrawing && given.as_ref().is_some_and(Vec::is_empty) {
-                self.shown
-                    .send_if_modified(|shown| !std::mem::replace(&mut shown.withdrawn, true));
             }
             let wait = if failed {
                 let wait = retry;
@@ -355,9 +325,10 @@ fn wanted(routing: &Routing, served: &BTreeMap<IpAddr, bool>) -> Vec<Announcemen
         .collect()
 }
 
-fn show(announced: &[Announcement], error: Option<String>) -> Shown {
+fn show(offer: &Offer, error: Option<String>) -> Shown {
     Shown {
-        announced: announced
+        announced: offer
+            .wanted
             .iter()
             .map(|a| ShownRoute {
                 prefix: match a.address {
@@ -369,7 +340,7 @@ fn show(announced: &[Announcement], error: Option<String>) -> Shown {
             })
             .collect(),
         error,
-        withdrawn: false,
+        withdrawn: offer.withdrawing,
     }
 }
 
@@ -380,7 +351,7 @@ mod tests {
     #[test]
     fn only_served_addresses_of_routed_pools_are_wanted_and_healthy_ones_when_asked() {
         let yaml = "routing:\n  daemon: bird\n  asn: 65010\n  peers: [{ address: 10.0.0.1, asn: 65000 }]\n  pools:\n    - { addresses: [203.0.113.0/24], communities: [\"65000:7\"] }\n";
-        let mut routing = lb_config::parse_str(yaml, Path::new("/"))
+        let mut routing = lb_config::parse_str(yaml, std::path::Path::new("/"))
             .expect("valid")
             .routing
             .expect("routing");
