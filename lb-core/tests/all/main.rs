@@ -28,6 +28,7 @@ mod relay_timeouts;
 mod reload;
 mod routing;
 mod routing_ha;
+mod routing_l2;
 mod sandbox;
 mod source_ranges;
 mod support;

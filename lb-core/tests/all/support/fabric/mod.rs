@@ -1,27 +1,36 @@
-//! A routed network of namespaces the test makes (root, iproute2, BIRD 2, nftables): a router
-//! running BIRD with ECMP (`merge paths`) and BFD, appliances each running BIRD and the
-//! `gantry` binary with a `routing:` section that peers with the router, two backends on the
-//! appliances' segment, and a client behind the router. Everything it starts is stopped when
-//! it is dropped; nothing touches the host's network.
+//! A network of namespaces the test makes (root, iproute2, BIRD 2, keepalived, nftables), in
+//! one of two modes. With BGP, a router runs BIRD with ECMP (`merge paths`) and BFD, each
+//! appliance runs BIRD and the `gantry` binary with a `routing:` section that peers with the
+//! router, and the client is behind the router. With L2 (VRRP), each appliance runs
+//! keepalived beside Gantry, and the client shares the appliances' segment. Two backends are
+//! on that segment. Everything it starts is stopped when it is dropped; nothing touches the
+//! host's network.
 //!
 //! ```text
-//!   client 10.1.0.2 ── 10.1.0.1 router 10.0.0.1 ── br0 ─┬─ a1 10.0.0.11 (BIRD, gantry)
-//!                                                      ├─ a2 10.0.0.12 (BIRD, gantry)
+//!   client 10.1.0.2 ── 10.1.0.1 router 10.0.0.1 ── br0 ─┬─ a1 10.0.0.11 (BIRD or keepalived, gantry)
+//!   (L2: client 10.0.0.2 on br0)                        ├─ a2 10.0.0.12 (BIRD or keepalived, gantry)
 //!                                                      ├─ b1 10.0.0.21:8080
 //!                                                      └─ b2 10.0.0.22:8080
 //! ```
-//! Every appliance serves `VIP` (203.0.113.0/24 is local on each, AnyIP) and announces it;
-//! the router has a route with one next hop per appliance that announces.
+//! Every appliance serves `VIP` (203.0.113.0/24 is local on each, AnyIP). With BGP each
+//! announces it and the router has one next hop per appliance; with L2 one appliance at a time
+//! holds it on its `eth0` and answers ARP for it.
+
+mod configs;
+mod daemon;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use lb_k8s::testing::{Options, TestApiServer};
 use tokio::runtime::Runtime;
 
+use self::configs::{
+    appliance_bird_config, gantry_config, keepalived_config, kubernetes_config, router_config,
+};
+pub use self::daemon::Daemon;
 use super::binary::Running;
 use super::netns::Netns;
 use super::origin::{HttpOrigin, OriginProtocol};
@@ -35,7 +44,16 @@ const ROUTER: &str = "10.0.0.1";
 /// Long enough for BGP, BFD and a drain on a busy machine; never reached when all is well.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// How the appliances' sessions are watched.
+/// How the network reaches the appliances.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// BGP to a router, ECMP over every appliance; sessions watched as said.
+    Bgp(Liveness),
+    /// VRRP: one appliance at a time holds the addresses (keepalived, adverts every 100 ms).
+    L2,
+}
+
+/// How the appliances' BGP sessions are watched.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
     /// BFD, 100 ms × 3, on both ends.
@@ -44,78 +62,7 @@ pub enum Liveness {
     HoldTime,
 }
 
-/// A BIRD process in a namespace.
-pub struct Bird {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Bird {
-    fn start(netns: &Netns, dir: &Path, config: &str) -> Bird {
-        let path = dir.join("bird.conf");
-        std::fs::write(&path, config).expect("write bird.conf");
-        let socket = dir.join("bird.ctl");
-        let child = netns
-            .command("bird")
-            .arg("-f")
-            .arg("-c")
-            .arg(&path)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-P")
-            .arg(dir.join("bird.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start bird (Debian package bird2)");
-        let bird = Bird {
-            child,
-            socket,
-            log: dir.join("bird.log"),
-        };
-        let started = Instant::now();
-        while !bird.birdc("show status").contains("Daemon is up") {
-            assert!(
-                started.elapsed() < WAIT,
-                "BIRD did not start: {}",
-                bird.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bird
-    }
-
-    /// `birdc COMMAND`'s output.
-    pub fn birdc(&self, command: &str) -> String {
-        let output = Command::new("birdc")
-            .arg("-s")
-            .arg(&self.socket)
-            .args(command.split(' '))
-            .output()
-            .expect("run birdc");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// What BIRD logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `kill -9`.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One appliance: its namespace, its BIRD, its Gantry.
+/// One appliance: its namespace, its daemon, its Gantry.
 pub struct Appliance {
     /// `a1`, `a2`.
     pub name: String,
@@ -123,7 +70,8 @@ pub struct Appliance {
     pub address: String,
     pub netns: Netns,
     pub dir: PathBuf,
-    pub bird: Bird,
+    /// BIRD or keepalived.
+    pub daemon: Daemon,
     /// Its Gantry, while one runs.
     pub gantry: Option<Running>,
 }
@@ -136,7 +84,7 @@ impl Appliance {
         self.gantry = Some(gantry);
     }
 
-    /// `kill -9` of its Gantry alone (its guard and BIRD live on).
+    /// `kill -9` of its Gantry alone (its guard and daemon live on).
     pub fn kill_gantry(&mut self) {
         self.gantry
             .as_mut()
@@ -181,8 +129,10 @@ impl Appliance {
 
 /// The whole network.
 pub struct Fabric {
+    pub mode: Mode,
     pub router: Netns,
-    pub router_bird: Bird,
+    /// The router's BIRD (BGP only).
+    router_bird: Option<Daemon>,
     _client: Netns,
     /// Runs the client's tasks inside its namespace (taken when the fabric goes).
     client_runtime: Option<Runtime>,
@@ -196,16 +146,16 @@ pub struct Fabric {
 }
 
 impl Fabric {
-    /// Builds the network, starts BIRD everywhere, the backends, and Gantry on each of
-    /// `appliances` appliances (at most 9); returns once every appliance's route is on the
-    /// router.
-    pub async fn start(appliances: usize, liveness: Liveness) -> Fabric {
-        Fabric::start_with(appliances, liveness, false).await
+    /// Builds the network, starts the daemons, the backends, and Gantry on each of
+    /// `appliances` appliances (at most 9); returns once the network reaches them: with BGP,
+    /// every appliance's route is on the router (and BFD is up); with L2, one holds `VIP`.
+    pub async fn start(appliances: usize, mode: Mode) -> Fabric {
+        Fabric::start_with(appliances, mode, false).await
     }
 
     /// [`Fabric::start`], and with `cluster` a Kubernetes API server on the router that every
     /// appliance serves (`kubernetes:`, pool 203.0.113.32/28, the Lease in `default`).
-    pub async fn start_with(appliances: usize, liveness: Liveness, cluster: bool) -> Fabric {
+    pub async fn start_with(appliances: usize, mode: Mode, cluster: bool) -> Fabric {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -213,26 +163,36 @@ impl Fabric {
         router.ip(&["link", "add", "br0", "type", "bridge"]);
         router.ip(&["link", "set", "br0", "up"]);
         router.ip(&["addr", "add", &format!("{ROUTER}/24"), "dev", "br0"]);
-        router.sysctl(&[
-            "net.ipv4.ip_forward=1",
-            // Each connection's 5-tuple picks its next hop, so one client's connections
-            // spread over the appliances.
-            "net.ipv4.fib_multipath_hash_policy=1",
-        ]);
-        let client = Netns::create(&format!("ha{id}c"));
-        link(&router, "vc", &client);
-        router.ip(&["addr", "add", "10.1.0.1/24", "dev", "vc"]);
-        router.ip(&["link", "set", "vc", "up"]);
-        host(&client, "10.1.0.2/24", "10.1.0.1");
-
-        let router_dir = dir.path().join("router");
-        std::fs::create_dir(&router_dir).expect("router dir");
         let names: Vec<String> = (1..=appliances).map(|i| format!("a{i}")).collect();
-        let router_bird = Bird::start(
-            &router,
-            &router_dir,
-            &router_config(&router_dir, &names, liveness),
-        );
+        let client = Netns::create(&format!("ha{id}c"));
+        let router_bird = match mode {
+            Mode::Bgp(liveness) => {
+                router.sysctl(&[
+                    "net.ipv4.ip_forward=1",
+                    // Each connection's 5-tuple picks its next hop, so one client's
+                    // connections spread over the appliances.
+                    "net.ipv4.fib_multipath_hash_policy=1",
+                ]);
+                link(&router, "vc", &client);
+                router.ip(&["addr", "add", "10.1.0.1/24", "dev", "vc"]);
+                router.ip(&["link", "set", "vc", "up"]);
+                host(&client, "10.1.0.2/24", "10.1.0.1");
+                let router_dir = dir.path().join("router");
+                std::fs::create_dir(&router_dir).expect("router dir");
+                Some(Daemon::bird(
+                    &router,
+                    &router_dir,
+                    &router_config(&router_dir, &names, liveness),
+                ))
+            }
+            Mode::L2 => {
+                segment(&router, "vc", &client, "10.0.0.2");
+                // The served addresses are on the segment: the client asks by ARP who holds
+                // them, as the segment's router would.
+                client.ip(&["route", "add", "203.0.113.0/24", "dev", "eth0"]);
+                None
+            }
+        };
 
         let cluster = if cluster {
             let runtime = router.runtime();
@@ -276,14 +236,26 @@ impl Fabric {
             // The served addresses are local (AnyIP), as docs/routing.md sets them up.
             netns.ip(&["route", "add", "local", "203.0.113.0/24", "dev", "lo"]);
             let appliance_dir = dir.path().join(name);
-            // BIRD's include pattern needs the folder (the appliance's tmpfiles.d makes it).
+            // The daemons' includes need the folder (the appliance's tmpfiles.d makes it).
             std::fs::create_dir_all(appliance_dir.join("routes")).expect("appliance dir");
-            let bird = Bird::start(
-                &netns,
-                &appliance_dir,
-                &appliance_bird_config(&appliance_dir, &address),
-            );
-            let mut config = gantry_config(&appliance_dir, &address, liveness);
+            let daemon = match mode {
+                Mode::Bgp(_) => Daemon::bird(
+                    &netns,
+                    &appliance_dir,
+                    &appliance_bird_config(&appliance_dir, &address),
+                ),
+                Mode::L2 => {
+                    // Only the appliance holding an address on eth0 answers ARP for it.
+                    netns.sysctl(&["net.ipv4.conf.all.arp_ignore=1"]);
+                    let priority = u8::try_from(150 - 10 * i).expect("priority");
+                    Daemon::keepalived(
+                        &netns,
+                        &appliance_dir,
+                        &keepalived_config(&appliance_dir, priority),
+                    )
+                }
+            };
+            let mut config = gantry_config(&appliance_dir, &address, mode);
             if let Some((server, _)) = &cluster {
                 std::fs::write(appliance_dir.join("kubeconfig"), server.kubeconfig())
                     .expect("kubeconfig");
@@ -295,7 +267,7 @@ impl Fabric {
                 address,
                 netns,
                 dir: appliance_dir,
-                bird,
+                daemon,
                 gantry: None,
             };
             appliance.start_gantry().await;
@@ -303,6 +275,7 @@ impl Fabric {
         }
         let client_runtime = client.runtime();
         let fabric = Fabric {
+            mode,
             router,
             router_bird,
             _client: client,
@@ -312,16 +285,93 @@ impl Fabric {
             cluster,
             _dir: dir,
         };
-        let all: Vec<String> = fabric
-            .appliances
-            .iter()
-            .map(|a| a.address.clone())
-            .collect();
-        fabric.until_next_hops(&all).await;
-        if liveness == Liveness::Bfd {
-            fabric.until_bfd_up().await;
+        match mode {
+            Mode::Bgp(liveness) => {
+                let all: Vec<String> = fabric
+                    .appliances
+                    .iter()
+                    .map(|a| a.address.clone())
+                    .collect();
+                fabric.until_served_by(&all).await;
+                if liveness == Liveness::Bfd {
+                    fabric.until_bfd_up().await;
+                }
+            }
+            Mode::L2 => {
+                fabric.until(|f| f.holders().len() == 1).await;
+            }
         }
         fabric
+    }
+
+    /// With L2, the appliances that hold `VIP` on their `eth0` now.
+    pub fn holders(&self) -> Vec<String> {
+        self.appliances
+            .iter()
+            .filter(|a| {
+                let output = a
+                    .netns
+                    .command("ip")
+                    .args(["-br", "addr", "show", "eth0"])
+                    .output()
+                    .expect("ip addr");
+                String::from_utf8_lossy(&output.stdout).contains(&format!("{VIP}/32"))
+            })
+            .map(|a| a.address.clone())
+            .collect()
+    }
+
+    /// Waits until the network sends `VIP`'s clients to exactly the appliances at `wanted`
+    /// (addresses, any order): the router's next hops with BGP, the holder with L2.
+    pub async fn until_served_by(&self, wanted: &[String]) {
+        let mut wanted = wanted.to_vec();
+        wanted.sort();
+        match self.mode {
+            Mode::Bgp(_) => self.until_next_hops_of(VIP, &wanted).await,
+            Mode::L2 => self.until(|f| f.holders() == wanted).await,
+        }
+    }
+
+    /// Waits until `done`, reporting the daemons' state if it does not come.
+    async fn until(&self, done: impl Fn(&Fabric) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done(self) {
+            assert!(Instant::now() < deadline, "{}", self.report());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// What the daemons say, for a failure message.
+    fn report(&self) -> String {
+        let router = self.router_bird.as_ref().map_or(String::new(), |bird| {
+            format!(
+                "router: {}\nrouter log:\n{}\n",
+                bird.birdc("show protocols"),
+                bird.log()
+            )
+        });
+        let appliances: Vec<String> = self
+            .appliances
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}: {}\n{}\nfolder: {:?}",
+                    a.name,
+                    a.daemon.birdc("show protocols"),
+                    a.daemon.log(),
+                    std::fs::read_dir(a.routes()).map(|d| d
+                        .filter_map(Result::ok)
+                        .map(|e| e.file_name())
+                        .collect::<Vec<_>>())
+                )
+            })
+            .collect();
+        format!(
+            "holders {:?}, next hops {:?}\n{router}{}",
+            self.holders(),
+            self.next_hops_of(VIP),
+            appliances.join("\n")
+        )
     }
 
     /// The first two appliances' addresses.
@@ -357,56 +407,29 @@ impl Fabric {
         hops
     }
 
-    /// Waits until the router's next hops to `VIP` are `wanted` (addresses, any order).
-    pub async fn until_next_hops(&self, wanted: &[String]) {
-        self.until_next_hops_of(VIP, wanted).await;
-    }
-
     /// Waits until the router's next hops to `address` are `wanted` (addresses, any order).
     pub async fn until_next_hops_of(&self, address: &str, wanted: &[String]) {
         let mut wanted = wanted.to_vec();
         wanted.sort();
-        let deadline = Instant::now() + WAIT;
-        while self.next_hops_of(address) != wanted {
-            assert!(
-                Instant::now() < deadline,
-                "next hops {:?}, not {wanted:?}\nrouter: {}\nrouter log:\n{}\n{}",
-                self.next_hops_of(address),
-                self.router_bird.birdc("show protocols"),
-                self.router_bird.log(),
-                self.appliances
-                    .iter()
-                    .map(|a| format!(
-                        "{}: {}\n{}\nroutes: {:?}",
-                        a.name,
-                        a.bird.birdc("show protocols"),
-                        a.bird.log(),
-                        std::fs::read_to_string(a.routes().join("gantry.conf"))
-                    ))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.until(|f| f.next_hops_of(address) == wanted).await;
     }
 
     /// Waits until the router's BFD session with every appliance is up (a session that never
     /// came up takes nothing down when it fails).
     async fn until_bfd_up(&self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let sessions = self.router_bird.birdc("show bfd sessions");
-            let up = self.appliances.iter().all(|a| {
+        self.until(|f| {
+            let sessions = f
+                .router_bird
+                .as_ref()
+                .map(|bird| bird.birdc("show bfd sessions"))
+                .unwrap_or_default();
+            f.appliances.iter().all(|a| {
                 sessions
                     .lines()
                     .any(|l| l.contains(&a.address) && l.contains("Up"))
-            });
-            if up {
-                return;
-            }
-            assert!(Instant::now() < deadline, "BFD sessions: {sessions}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            })
+        })
+        .await;
     }
 
     /// The client's runtime: tasks spawned on it run in the client's namespace.
@@ -476,53 +499,4 @@ fn host(netns: &Netns, address: &str, gateway: &str) {
     netns.ip(&["addr", "add", address, "dev", "eth0"]);
     netns.ip(&["link", "set", "eth0", "up"]);
     netns.ip(&["route", "add", "default", "via", gateway]);
-}
-
-fn router_config(dir: &Path, appliances: &[String], liveness: Liveness) -> String {
-    let bfd = match liveness {
-        Liveness::Bfd => "on",
-        Liveness::HoldTime => "off",
-    };
-    let mut config = format!(
-        "log \"{}/bird.log\" all;\nrouter id {ROUTER};\nprotocol device {{ scan time 1; }}\n\
-         protocol bfd {{ interface \"*\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }}; }}\n\
-         protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; merge paths on; }}\n\
-         template bgp appliance {{ local {ROUTER} as 65000; hold time 9; keepalive time 3; \
-         connect delay time 1; connect retry time 1; error wait time 1, 5; graceful restart off; bfd {bfd}; \
-         ipv4 {{ import where net ~ [ 203.0.113.0/24{{32,32}} ]; export none; }}; }}\n",
-        dir.display()
-    );
-    for (i, name) in appliances.iter().enumerate() {
-        config.push_str(&format!(
-            "protocol bgp {name} from appliance {{ neighbor 10.0.0.1{} as 65010; }}\n",
-            i + 1
-        ));
-    }
-    config
-}
-
-fn kubernetes_config(dir: &Path, instance: &str) -> String {
-    format!(
-        "kubernetes:\n  kubeconfig: {}/kubeconfig\n  instance: {instance}\n  leader_election: {{ lease_namespace: default, lease_duration: 2s, renew_deadline: 1500ms, retry_period: 300ms }}\n  address_pools: [{{ name: public, addresses: [203.0.113.32/28] }}]\n",
-        dir.display()
-    )
-}
-
-fn appliance_bird_config(dir: &Path, address: &str) -> String {
-    format!(
-        "log \"{dir}/bird.log\" all;\nrouter id {address};\nprotocol device {{ scan time 1; }}\n\
-         protocol bfd {{}}\ninclude \"{dir}/routes/gantry.con[f]\";\n",
-        dir = dir.display()
-    )
-}
-
-fn gantry_config(dir: &Path, address: &str, liveness: Liveness) -> String {
-    let bfd = liveness == Liveness::Bfd;
-    format!(
-        "admin: {{ listen: \"{address}:9901\", open: true }}\n\
-         runtime: {{ shutdown_grace: 10s }}\n\
-         services:\n  - name: web\n    address: {VIP}\n    ports:\n      - name: http\n        port: 80\n        protocol: http\n        backends: [\"10.0.0.21:8080\", \"10.0.0.22:8080\"]\n        affinity: {{ policy: \"builtin:client-ip\" }}\n\
-         routing:\n  daemon: bird\n  control_socket: {dir}/bird.ctl\n  directory: {dir}/routes\n  asn: 65010\n  withdraw_delay: 1s\n  peers: [{{ address: {ROUTER}, asn: 65000, bfd: {bfd} }}]\n  pools: [{{ addresses: [203.0.113.0/24] }}]\n",
-        dir = dir.display()
-    )
 }
