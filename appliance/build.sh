@@ -41,7 +41,7 @@ mmdebstrap --variant=minbase --mode=root \
   --include=systemd,systemd-sysv,udev,dbus,systemd-resolved,systemd-timesyncd \
   --include=linux-image-cloud-amd64,initramfs-tools,e2fsprogs \
   --include=cloud-init,cloud-guest-utils,openssh-server,sudo,ca-certificates,iproute2,curl \
-  --include=bird2,nftables \
+  --include=bird2,keepalived,nftables \
   "$SUITE" "$root" "$MIRROR" >&2
 
 # Gantry: binary, user, unit (ordered after cloud-init), default configuration.
@@ -67,8 +67,10 @@ install -m 0644 appliance/files/routing.conf \
 install -D -m 0755 appliance/files/gantry-second-chance "$root/usr/lib/gantry/gantry-second-chance"
 install -m 0644 appliance/files/gantry-second-chance.service \
   "$root/usr/lib/systemd/system/gantry-second-chance.service"
+install -m 0644 appliance/files/gantry-keepalived-reload.path \
+  appliance/files/gantry-keepalived-reload.service "$root/usr/lib/systemd/system/"
 chroot "$root" systemctl enable gantry.service systemd-networkd.service bird.service \
-  gantry-second-chance.service \
+  gantry-second-chance.service gantry-keepalived-reload.path \
   systemd-networkd-wait-online.service systemd-resolved.service systemd-timesyncd.service >&2
 # Identity made at first boot; a persistent journal; the root file system by its UUID.
 echo gantry > "$root/etc/hostname"
