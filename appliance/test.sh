@@ -5,7 +5,9 @@
 # QEMU's user-mode network; the appliance's ports come back on 127.0.0.1). Nobody logs in.
 # Checks: a request through the appliance reaches the origin and is counted in /metrics; the
 # admin token made on first boot (0640 root:gantry) guards /config and /metrics;
-# gantry handed over to a new process on SIGUSR2 (systemd follows it) and runs as its own user; the image's sysctls are in force, nf_conntrack is not loaded,
+# gantry handed over to a new process on SIGUSR2 (systemd follows it) and runs as its own user;
+# the image's sysctls are in force, nf_conntrack is not loaded, BIRD runs beside Gantry and the
+# routing folders are made (keepalived's says "not serving"),
 # no unit failed and the root file system grew to the disk; and the VM powers off cleanly
 # (ACPI) when asked. Software emulation by default (under a minute here), KVM with ACCEL=kvm.
 #
@@ -74,6 +76,10 @@ runcmd:
       migrate_req=\$(sysctl -n net.ipv4.tcp_migrate_req)
       pool_routes=\$(ip -o route show table local type local 203.0.113.0/28 | wc -l)
       conntrack=\$(test -d /sys/module/nf_conntrack && echo loaded || echo absent)
+      arp_ignore=\$(sysctl -n net.ipv4.conf.all.arp_ignore)
+      bird=\$(systemctl is-active bird)
+      routing_dir=\$(stat -c %U /run/gantry/bird)
+      vrrp_ready=\$(cat /run/gantry/keepalived/ready)
       gantry=\$(systemctl is-active gantry)
       handover=\$handover
       user=\$(stat -c %U /proc/\$pid)
@@ -120,6 +126,7 @@ done
 booted=$(($(date +%s) - started))
 check=$(grep -a 'appliance-check:' "$work/console.log" | tail -n 1 | tr -d '\r')
 for expected in somaxconn=65535 nonlocal_bind=1 tw_reuse=1 migrate_req=1 pool_routes=1 conntrack=absent gantry=active \
+  arp_ignore=1 bird=active routing_dir=gantry vrrp_ready=1 \
   handover=done user=gantry token_mode=640:root:gantry failed_units=; do
   [[ " $check " == *" $expected "* ]] || fail "inside the VM, expected $expected: $check"
 done
