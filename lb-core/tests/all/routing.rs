@@ -2,8 +2,9 @@
 //! control socket that records what the routes file held at each `configure`: announced once
 //! serving, withdrawn on SIGTERM while the listeners still accept (before the drain), shown in
 //! `/config` and the metrics, withdrawn again by the guard once the process is gone, and
-//! `gantry withdraw-routes` leaving a running Gantry's routes alone. Real BIRD, ECMP and
-//! failover are in `routing_ha`.
+//! `gantry withdraw-routes` leaving a running Gantry's routes alone; with `announce: healthy`,
+//! withdrawn while no backend passes its health checks. Real BIRD, ECMP and failover are in
+//! `routing_ha`, keepalived in `routing_l2`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -132,10 +133,54 @@ async fn routes_are_announced_once_serving_and_withdrawn_before_the_drain_and_af
     // Its guard, seeing no Gantry left, withdraws once more (nothing left to withdraw) and
     // exits: its lock is free.
     configured(&mut bird, str::is_empty).await;
+    guard_gone(&routes).await;
+    assert!(withdraw_routes(&config).contains("withdrawn"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_announce_healthy_an_address_is_withdrawn_while_no_backend_is_healthy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = dir.path().join("routes");
+    let socket = dir.path().join("bird.ctl");
+    let mut bird = fake_bird(&socket, routes.clone());
+    let origin = HttpOrigin::start("a", OriginProtocol::Http1).await;
+    let config = dir.path().join("gantry.yaml");
+    Scenario::new()
+        .section(&format!(
+            "routing:\n  daemon: bird\n  control_socket: {}\n  directory: {}\n  asn: 65010\n  announce: healthy\n  peers: [{{ address: 10.0.0.1, asn: 65000 }}]\n  pools: [{{ addresses: [127.0.0.1] }}]",
+            socket.display(),
+            routes.display()
+        ))
+        .port(
+            "web",
+            Port::http("http").backends(&[origin.addr]).set(
+                "health",
+                "[{ policy: \"builtin:http-check\", params: { path: /healthz, interval: 100ms, \
+                 timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1 } }]",
+            ),
+        )
+        .write(&config);
+    let mut gantry = Running::start(&config);
+    gantry.log("ready").await;
+    let announced = |r: &str| r == "route 127.0.0.1/32 blackhole;\n";
+    configured(&mut bird, announced).await;
+    // Its only backend fails its checks: the address goes; it passes again: it comes back.
+    origin.set_health(503);
+    configured(&mut bird, str::is_empty).await;
+    origin.set_health(200);
+    configured(&mut bird, announced).await;
+    gantry.signal("TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(20), gantry.child.wait())
+        .await
+        .expect("gantry stops");
+    guard_gone(&routes).await;
+}
+
+/// Waits until the guard of the routing folder `routes` has exited (its lock is free).
+async fn guard_gone(routes: &Path) {
     crate::support::eventually("the guard to exit", || async {
         let file = std::fs::File::open(routes.join("guard.lock")).expect("guard lock");
         rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
     })
     .await;
-    assert!(withdraw_routes(&config).contains("withdrawn"));
 }
