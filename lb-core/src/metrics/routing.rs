@@ -1,7 +1,8 @@
 //! The announcer's metrics: the addresses announced through the routing daemon, by family,
-//! and its attempts to have the daemon take them, by outcome.
+//! its attempts to have the daemon take them, by outcome, and whether the daemon has the
+//! routes Gantry wants now (`gantry_routing_synced`, which an alert watches).
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::counter_vec;
 
@@ -9,6 +10,7 @@ use super::counter_vec;
 pub(super) struct RoutingMetrics {
     announced: IntGaugeVec,
     updates: IntCounterVec,
+    synced: IntGauge,
 }
 
 impl RoutingMetrics {
@@ -33,7 +35,20 @@ impl RoutingMetrics {
         for outcome in ["ok", "error"] {
             updates.with_label_values(&[outcome]);
         }
-        RoutingMetrics { announced, updates }
+        let synced = IntGauge::new(
+            "gantry_routing_synced",
+            "1 while the routing daemon has the routes Gantry wants (or there is no routing section), 0 while it refuses them or cannot be reached.",
+        )
+        .expect("static metric definition");
+        synced.set(1);
+        registry
+            .register(Box::new(synced.clone()))
+            .expect("metric names are unique");
+        RoutingMetrics {
+            announced,
+            updates,
+            synced,
+        }
     }
 }
 
@@ -49,8 +64,16 @@ impl super::Metrics {
         }
     }
 
-    /// One attempt to have the routing daemon take the routes, `ok` or `error`.
-    pub(crate) fn routing_update(&self, outcome: &str) {
+    /// One attempt to have the routing daemon take the routes: whether it did.
+    pub(crate) fn routing_update(&self, taken: bool) {
+        let outcome = if taken { "ok" } else { "error" };
         self.routing.updates.with_label_values(&[outcome]).inc();
+        self.routing.synced.set(i64::from(taken));
+    }
+
+    /// There is no routing section: nothing to announce, nothing out of date.
+    pub(crate) fn routing_off(&self) {
+        self.routing_announced(0, 0);
+        self.routing.synced.set(1);
     }
 }

@@ -199,7 +199,7 @@ async fn supervise(s: Supervised) {
         previous.clone_from(&current);
         let Some(routing) = current else {
             announcer.shown.send_replace(Shown::default());
-            announcer.metrics.routing_announced(0, 0);
+            announcer.metrics.routing_off();
             tokio::select! {
                 () = stop.cancelled() => return,
                 changed = section.changed() => if changed.is_err() { return },
@@ -216,6 +216,7 @@ async fn supervise(s: Supervised) {
                 Err(err) => {
                     // Nothing is announced without the hold: the guard could not withdraw it.
                     tracing::error!(directory = %directory.display(), %err, "cannot use the routing folder: nothing is announced");
+                    announcer.metrics.routing_update(false);
                     announcer.shown.send_replace(Shown {
                         error: Some(format!("{}: {err}", directory.display())),
                         ..Shown::default()
@@ -269,7 +270,7 @@ impl Announcer {
             if given.as_ref() != Some(&offer) {
                 match daemon::give(&routing.daemon, &offer, given.is_none()).await {
                     Ok(()) => {
-                        self.metrics.routing_update("ok");
+                        self.metrics.routing_update(true);
                         let v4 = offer.wanted.iter().filter(|a| a.address.is_ipv4()).count();
                         self.metrics.routing_announced(v4, offer.wanted.len() - v4);
                         tracing::info!(
@@ -282,7 +283,7 @@ impl Announcer {
                         retry = FIRST_RETRY;
                     }
                     Err(err) => {
-                        self.metrics.routing_update("error");
+                        self.metrics.routing_update(false);
                         tracing::warn!(%err, retry = ?retry, "the routing daemon did not take the routes; trying again");
                         self.shown
                             .send_modify(|shown| shown.error = Some(err.to_string()));

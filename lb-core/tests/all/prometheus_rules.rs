@@ -16,6 +16,7 @@ use crate::sandbox::plugin;
 use crate::support::binary::Running;
 use crate::support::certs::TestCa;
 use crate::support::client::{get, raw_exchange, tls_connect, H1};
+use crate::support::fake_bird::{guard_gone, FakeBird};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::promtool::{self, AlertCheck, QueryCheck, Scrapes, Situation};
 use crate::support::scenario::{Port, Scenario};
@@ -197,13 +198,23 @@ fn scenario(origin: SocketAddr, dead: SocketAddr, tls: &str, troubled: bool) -> 
 }
 
 /// The troubled Gantry: 5xx, a slow origin, a refusing backend, a port without backends,
-/// failing TLS handshakes, a quarantined plugin and a refused reload, beside healthy traffic.
-/// Returns its scrapes, the refusing backend, and the bytes of `web`'s last round.
+/// failing TLS handshakes, a quarantined plugin, a refused reload and a routing daemon that
+/// refuses its routes, beside healthy traffic. Returns its scrapes, the refusing backend, and
+/// the bytes of `web`'s last round.
 async fn troubled(dir: &Path, origin: SocketAddr, tls: &str) -> (Scrapes, SocketAddr, Bytes) {
     let refusing = Refusing::new();
     let dead = refusing.addr;
     let config = dir.join("troubled.yaml");
-    let mut under = Under::start(&scenario(origin, dead, tls, true), config).await;
+    let (socket, routes) = (dir.join("bird.ctl"), dir.join("routes"));
+    let bird = FakeBird::start(&socket, routes.clone());
+    bird.refuse(true);
+    let routing = format!(
+        "routing: {{ daemon: bird, control_socket: \"{}\", directory: \"{}\", asn: 65010, peers: [{{ address: 10.0.0.1, asn: 65000 }}], pools: [{{ addresses: [127.0.0.1] }}] }}",
+        socket.display(),
+        routes.display()
+    );
+    let troubled = scenario(origin, dead, tls, true).section(&routing);
+    let mut under = Under::start(&troubled, config).await;
     let mut held = Vec::new();
     for _ in 0..HELD {
         let mut client = H1::connect(under.port("web")).await.expect("connect");
@@ -242,6 +253,10 @@ async fn troubled(dir: &Path, origin: SocketAddr, tls: &str) -> (Scrapes, Socket
         scrapes.push(Some(under.settled_scrape(HELD).await));
     }
     drop(held);
+    // Gone, its guard withdraws: let the daemon take that, and wait for the guard to exit.
+    bird.refuse(false);
+    drop(under);
+    guard_gone(&routes).await;
     (scrapes, dead, web)
 }
 
@@ -479,6 +494,7 @@ async fn every_alert_fires_in_its_situation_and_every_dashboard_query_shows_it()
         "GantryPluginQuarantined",
         "GantryTLSHandshakeFailures",
         "GantryLatencyHigh",
+        "GantryRoutingDaemonRefuses",
     ];
     let situations = [
         Situation {
@@ -503,6 +519,7 @@ async fn every_alert_fires_in_its_situation_and_every_dashboard_query_shows_it()
                     vec![labels(&[("service", "secure"), ("port", "http")])],
                 ),
                 alert("GantryLatencyHigh", vec![port("slow")]),
+                alert("GantryRoutingDaemonRefuses", vec![target.clone()]),
             ],
             queries: panels(dead, origin.addr, web),
         },

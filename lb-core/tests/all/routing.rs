@@ -7,58 +7,16 @@
 //! `routing_ha`, keepalived in `routing_l2`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpStream, UnixListener};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 
 use crate::support::binary::{Running, GANTRY};
+use crate::support::fake_bird::{guard_gone, FakeBird};
 use crate::support::metric;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
-
-/// Answers `configure` as BIRD does; sends what the IPv4 routes file held at each.
-fn fake_bird(socket: &Path, routes: PathBuf) -> mpsc::UnboundedReceiver<String> {
-    let listener = UnixListener::bind(socket).expect("bind the control socket");
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (read, mut write) = stream.into_split();
-            if write.write_all(b"0001 BIRD 2.0.12 ready.\n").await.is_err() {
-                continue;
-            }
-            let mut lines = BufReader::new(read).lines();
-            if let Ok(Some(command)) = lines.next_line().await {
-                assert_eq!(command, "configure");
-                let held = std::fs::read_to_string(routes.join("routes4.conf")).unwrap_or_default();
-                let _ = tx.send(held);
-                let _ = write
-                    .write_all(
-                        b"0002-Reading configuration from /etc/bird/bird.conf\n0003 Reconfigured\n",
-                    )
-                    .await;
-            }
-        }
-    });
-    rx
-}
-
-/// The next `configure` whose routes satisfy `wanted`.
-async fn configured(rx: &mut mpsc::UnboundedReceiver<String>, wanted: impl Fn(&str) -> bool) {
-    let wait = async {
-        while let Some(routes) = rx.recv().await {
-            if wanted(&routes) {
-                return;
-            }
-        }
-        panic!("the control socket closed");
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait)
-        .await
-        .expect("a configure with the routes wanted");
-}
 
 fn withdraw_routes(config: &Path) -> String {
     let output = std::process::Command::new(GANTRY)
@@ -75,7 +33,7 @@ async fn routes_are_announced_once_serving_and_withdrawn_before_the_drain_and_af
     let dir = tempfile::tempdir().expect("tempdir");
     let routes = dir.path().join("routes");
     let socket = dir.path().join("bird.ctl");
-    let mut bird = fake_bird(&socket, routes.clone());
+    let mut bird = FakeBird::start(&socket, routes.clone());
     let origin = HttpOrigin::start("a", OriginProtocol::Http1).await;
     let config = dir.path().join("gantry.yaml");
     Scenario::new()
@@ -89,10 +47,8 @@ async fn routes_are_announced_once_serving_and_withdrawn_before_the_drain_and_af
     let mut gantry = Running::start(&config);
     let admin = gantry.address("admin listening").await;
     let proxy: SocketAddr = gantry.address("listening").await;
-    configured(&mut bird, |r| {
-        r == "route 127.0.0.1/32 blackhole { bgp_community.add((65000,7)); };\n"
-    })
-    .await;
+    bird.configured(|r| r == "route 127.0.0.1/32 blackhole { bgp_community.add((65000,7)); };\n")
+        .await;
     let protocols = std::fs::read_to_string(routes.join("gantry.conf")).expect("gantry.conf");
     assert!(
         protocols.contains("neighbor 10.0.0.1 as 65000;"),
@@ -123,7 +79,7 @@ async fn routes_are_announced_once_serving_and_withdrawn_before_the_drain_and_af
 
     // SIGTERM: the routes go first, while the listener still accepts.
     gantry.signal("TERM");
-    configured(&mut bird, str::is_empty).await;
+    bird.configured(str::is_empty).await;
     TcpStream::connect(proxy)
         .await
         .expect("still listening after the withdraw, during withdraw_delay");
@@ -132,7 +88,7 @@ async fn routes_are_announced_once_serving_and_withdrawn_before_the_drain_and_af
         .expect("gantry stops");
     // Its guard, seeing no Gantry left, withdraws once more (nothing left to withdraw) and
     // exits: its lock is free.
-    configured(&mut bird, str::is_empty).await;
+    bird.configured(str::is_empty).await;
     guard_gone(&routes).await;
     assert!(withdraw_routes(&config).contains("withdrawn"));
 }
@@ -142,7 +98,7 @@ async fn with_announce_healthy_an_address_is_withdrawn_while_no_backend_is_healt
     let dir = tempfile::tempdir().expect("tempdir");
     let routes = dir.path().join("routes");
     let socket = dir.path().join("bird.ctl");
-    let mut bird = fake_bird(&socket, routes.clone());
+    let mut bird = FakeBird::start(&socket, routes.clone());
     let origin = HttpOrigin::start("a", OriginProtocol::Http1).await;
     let config = dir.path().join("gantry.yaml");
     Scenario::new()
@@ -163,24 +119,15 @@ async fn with_announce_healthy_an_address_is_withdrawn_while_no_backend_is_healt
     let mut gantry = Running::start(&config);
     gantry.log("ready").await;
     let announced = |r: &str| r == "route 127.0.0.1/32 blackhole;\n";
-    configured(&mut bird, announced).await;
+    bird.configured(announced).await;
     // Its only backend fails its checks: the address goes; it passes again: it comes back.
     origin.set_health(503);
-    configured(&mut bird, str::is_empty).await;
+    bird.configured(str::is_empty).await;
     origin.set_health(200);
-    configured(&mut bird, announced).await;
+    bird.configured(announced).await;
     gantry.signal("TERM");
     let _ = tokio::time::timeout(Duration::from_secs(20), gantry.child.wait())
         .await
         .expect("gantry stops");
     guard_gone(&routes).await;
-}
-
-/// Waits until the guard of the routing folder `routes` has exited (its lock is free).
-async fn guard_gone(routes: &Path) {
-    crate::support::eventually("the guard to exit", || async {
-        let file = std::fs::File::open(routes.join("guard.lock")).expect("guard lock");
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
-    })
-    .await;
 }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod cluster;
 pub mod fabric;
 pub mod failover;
+pub mod fake_bird;
 pub mod keep_alive;
 pub mod load;
 pub mod netns;
