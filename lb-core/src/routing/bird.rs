@@ -19,7 +19,7 @@ use lb_config::{Bgp, Community, Peer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::daemon::{write_file, Announcement, DaemonError};
+use super::offer::{write_file, Announcement, DaemonError};
 
 /// The file BIRD's configuration includes (as `gantry.con[f]`, a pattern, so a missing file
 /// is no error before Gantry first ran).

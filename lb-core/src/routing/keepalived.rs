@@ -18,7 +18,7 @@ use lb_config::Vrrp;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::daemon::{write_file, DaemonError, Offer};
+use super::offer::{write_file, DaemonError, Offer};
 
 /// The addresses, for `virtual_ipaddress_excluded`.
 pub(crate) const ADDRESSES_FILE: &str = "addresses.conf";
@@ -84,7 +84,7 @@ fn reload(pid_file: &Path) -> Result<(), DaemonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::daemon::Announcement;
+    use crate::routing::offer::Announcement;
 
     #[test]
     fn serving_writes_the_addresses_then_ready_and_withdrawing_only_ready() {

@@ -14,6 +14,7 @@ pub(crate) mod bird;
 pub mod daemon;
 pub mod guard;
 pub(crate) mod keepalived;
+pub(crate) mod offer;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -26,8 +27,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::daemon::{Announcement, Offer, Withdrawal};
+use self::daemon::Withdrawal;
 use self::guard::OwnerLock;
+use self::offer::{Announcement, Offer};
 use crate::metrics::Metrics;
 
 /// How often backends' health is looked at with `announce: healthy`.
