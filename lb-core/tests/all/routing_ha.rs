@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use lb_k8s::testing::Kind;
 
 use crate::support::cluster::{load_balancer, slice};
-use crate::support::fabric::{Fabric, Liveness, Mode};
+use crate::support::fabric::{Fabric, Liveness, Mode, VIP6};
 use crate::support::failover::{graceful_stop, second_chance, vanish};
 use crate::support::load::{
     answered, backends, connection_through, failing_for, failures, figure, served_by,
@@ -283,5 +283,36 @@ async fn the_lease_moves_to_the_surviving_appliance_and_what_was_right_stays_wri
         .count();
     assert_eq!(rewrites, 1, "web's status was right: written once");
     assert_eq!(ensured(&fabric, "web"), 1, "web was not announced again");
+    fabric.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_address_goes_to_the_ipv6_peer_and_is_routed_around_a_dead_gantry() {
+    let mut fabric = Fabric::start(2, Mode::Bgp(Liveness::Bfd)).await;
+    let v6 = ["fd00::11".to_owned(), "fd00::12".to_owned()];
+    fabric.until_next_hops_of(VIP6, &v6).await;
+    // Both appliances answer on it (each connection's 5-tuple picks one).
+    let mut through = BTreeSet::new();
+    for _ in 0..64 {
+        let answer = fabric
+            .client()
+            .spawn(async {
+                let mut conn = Connection::open_to(VIP6).await?;
+                conn.get("/").await
+            })
+            .await
+            .expect("request")
+            .expect("an answer over IPv6");
+        through.insert(answer.0);
+        if through.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(through.len(), 2, "both appliances serve it: {through:?}");
+    // Gantry on a1 is killed: its guard withdraws the IPv6 route too.
+    fabric.appliances[0].kill_gantry();
+    fabric
+        .until_next_hops_of(VIP6, std::slice::from_ref(&v6[1]))
+        .await;
     fabric.stop().await;
 }

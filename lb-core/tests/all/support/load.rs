@@ -37,9 +37,9 @@ impl Connection {
         Connection::open_to(VIP).await
     }
 
-    /// A connection to port 80 of `ip`.
+    /// A connection to port 80 of `ip` (IPv4 or IPv6).
     pub async fn open_to(ip: &str) -> Result<Connection, String> {
-        let address: SocketAddr = format!("{ip}:80").parse().expect("addr");
+        let address = SocketAddr::new(ip.parse().expect("an IP address"), 80);
         let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(address))
             .await
             .map_err(|_| "connect: timed out".to_owned())?

@@ -38,6 +38,9 @@ use super::origin::{HttpOrigin, OriginProtocol};
 /// The address every appliance serves.
 pub const VIP: &str = "203.0.113.10";
 
+/// The IPv6 address every appliance serves (BGP mode: announced to the router's IPv6 session).
+pub const VIP6: &str = "2001:db8:100::10";
+
 /// The router's address on the appliances' segment.
 const ROUTER: &str = "10.0.0.1";
 
@@ -169,14 +172,20 @@ impl Fabric {
             Mode::Bgp(liveness) => {
                 router.sysctl(&[
                     "net.ipv4.ip_forward=1",
+                    "net.ipv6.conf.all.forwarding=1",
                     // Each connection's 5-tuple picks its next hop, so one client's
                     // connections spread over the appliances.
                     "net.ipv4.fib_multipath_hash_policy=1",
+                    "net.ipv6.fib_multipath_hash_policy=1",
                 ]);
+                router.ip(&["addr", "add", "fd00::1/64", "dev", "br0", "nodad"]);
                 link(&router, "vc", &client);
                 router.ip(&["addr", "add", "10.1.0.1/24", "dev", "vc"]);
+                router.ip(&["addr", "add", "fd01::1/64", "dev", "vc", "nodad"]);
                 router.ip(&["link", "set", "vc", "up"]);
                 host(&client, "10.1.0.2/24", "10.1.0.1");
+                client.ip(&["addr", "add", "fd01::2/64", "dev", "eth0", "nodad"]);
+                client.ip(&["-6", "route", "add", "default", "via", "fd01::1"]);
                 let router_dir = dir.path().join("router");
                 std::fs::create_dir(&router_dir).expect("router dir");
                 Some(Daemon::bird(
@@ -233,8 +242,25 @@ impl Fabric {
             let netns = Netns::create(&format!("ha{id}{name}"));
             let address = format!("10.0.0.1{}", i + 1);
             segment(&router, &format!("v{name}"), &netns, &address);
-            // The served addresses are local (AnyIP), as docs/routing.md sets them up.
+            // The served addresses are local (AnyIP), as docs/routing.md sets them up; IPv6
+            // binds them by `ip_nonlocal_bind`, as the appliance's sysctls allow.
             netns.ip(&["route", "add", "local", "203.0.113.0/24", "dev", "lo"]);
+            netns.sysctl(&["net.ipv6.ip_nonlocal_bind=1"]);
+            if let Mode::Bgp(_) = mode {
+                // Dual stack: an IPv6 session to the router, and IPv6 addresses served.
+                let v6 = format!("fd00::1{}/64", i + 1);
+                netns.ip(&["addr", "add", &v6, "dev", "eth0", "nodad"]);
+                netns.ip(&["-6", "route", "add", "default", "via", "fd00::1"]);
+                netns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "local",
+                    "2001:db8:100::/64",
+                    "dev",
+                    "lo",
+                ]);
+            }
             let appliance_dir = dir.path().join(name);
             // The daemons' includes need the folder (the appliance's tmpfiles.d makes it).
             std::fs::create_dir_all(appliance_dir.join("routes")).expect("appliance dir");
@@ -345,8 +371,9 @@ impl Fabric {
     fn report(&self) -> String {
         let router = self.router_bird.as_ref().map_or(String::new(), |bird| {
             format!(
-                "router: {}\nrouter log:\n{}\n",
+                "router: {}\n{}\nrouter log:\n{}\n",
                 bird.birdc("show protocols"),
+                bird.birdc("show route"),
                 bird.log()
             )
         });
@@ -366,8 +393,15 @@ impl Fabric {
                 )
             })
             .collect();
+        let routes = self
+            .router
+            .command("ip")
+            .args(["-6", "route", "show", "root", "2001:db8:100::/48"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
         format!(
-            "holders {:?}, next hops {:?}\n{router}{}",
+            "holders {:?}, next hops {:?}, IPv6 routes:\n{routes}\n{router}{}",
             self.holders(),
             self.next_hops_of(VIP),
             appliances.join("\n")
@@ -389,10 +423,11 @@ impl Fabric {
 
     /// The router's next hops to `address` now, sorted.
     pub fn next_hops_of(&self, address: &str) -> Vec<String> {
+        let family = if address.contains(':') { "-6" } else { "-4" };
         let output = self
             .router
             .command("ip")
-            .args(["route", "show", address])
+            .args([family, "route", "show", address])
             .output()
             .expect("ip route");
         let text = String::from_utf8_lossy(&output.stdout);
