@@ -136,6 +136,12 @@ impl FieldPath {
         next.0.push(Segment::Index(i));
         next
     }
+
+    /// Whether this path is `prefix` or lies under it, segment by segment (`Service
+    /// default/web-2` does not lie under `Service default/web`, though its text starts so).
+    pub fn starts_with(&self, prefix: &FieldPath) -> bool {
+        self.0.starts_with(&prefix.0)
+    }
 }
 
 impl fmt::Display for FieldPath {
@@ -159,6 +165,18 @@ impl fmt::Display for FieldPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_lies_under_another_segment_by_segment_not_by_text() {
+        let web = FieldPath::object("Service", "default/web");
+        let port = web.field("ports").index(0);
+        assert!(port.starts_with(&web));
+        assert!(web.starts_with(&web));
+        assert!(!web.starts_with(&port));
+        let other = FieldPath::object("Service", "default/web-2").field("ports");
+        assert!(other.to_string().starts_with(&web.to_string()));
+        assert!(!other.starts_with(&web));
+    }
 
     #[test]
     fn paths_print_like_the_file() {

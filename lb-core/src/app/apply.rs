@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_config::{
-    Change, ListenerKey, Model, Port, PortAspect, PortAspects, RuntimeAspect, RuntimeAspects,
-    ServiceSource,
+    Change, FieldPath, ListenerKey, Model, Port, PortAspect, PortAspects, RuntimeAspect,
+    RuntimeAspects, ServiceSource,
 };
 use lb_plugins::PluginError;
 
@@ -88,7 +88,7 @@ pub enum ApplyError {
 #[error("{origin}.{field}: {source}")]
 pub struct PolicyError {
     /// Where the port is in its source (`services[0].ports[1]`).
-    pub origin: String,
+    pub origin: FieldPath,
     /// `balancer`, `affinity` or `health[i]`.
     pub field: String,
     /// What is wrong with its plugin.
@@ -362,7 +362,7 @@ impl Gantry {
         let failed = |field: String| {
             move |source| {
                 ApplyError::Policy(PolicyError {
-                    origin: port.origin.to_string(),
+                    origin: port.origin.0.clone(),
                     field,
                     source,
                 })

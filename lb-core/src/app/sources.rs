@@ -171,7 +171,36 @@ fn blames(error: &ApplyError, candidate: &Candidate) -> bool {
     match error {
         ApplyError::Bind { key, .. } | ApplyError::Tls { key, .. } => named(&key.service),
         ApplyError::PortHeld { key, .. } => key.as_ref().is_some_and(|key| named(&key.service)),
-        ApplyError::Policy(policy) => policy.origin.starts_with(&candidate.origin.to_string()),
+        ApplyError::Policy(policy) => policy.origin.starts_with(&candidate.origin),
         ApplyError::Admin { .. } | ApplyError::Plugins(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::PolicyError;
+    use lb_plugins::PluginError;
+
+    #[test]
+    fn a_policy_error_blames_the_service_whose_path_it_lies_under_not_one_named_alike() {
+        let path = |name: &str| FieldPath::object("Service", name);
+        let error = ApplyError::Policy(PolicyError {
+            origin: path("default/web-2").field("ports").index(0),
+            field: "balancer".to_owned(),
+            source: PluginError::Rejected {
+                plugin: "p".to_owned(),
+                message: "no".to_owned(),
+            },
+        });
+        let candidate = |name: &str| Candidate {
+            origin: path(name),
+            alternatives: Vec::new(),
+        };
+        assert!(blames(&error, &candidate("default/web-2")));
+        assert!(
+            !blames(&error, &candidate("default/web")),
+            "default/web-2's error refused default/web"
+        );
     }
 }
