@@ -17,6 +17,7 @@ pub mod addresses;
 pub mod client;
 pub mod controller;
 pub mod index;
+mod jitter;
 pub mod plane;
 pub mod settings;
 pub mod telemetry;

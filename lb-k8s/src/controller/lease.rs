@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::jitter::Jitter;
 use crate::telemetry::{Leadership, Telemetry};
 
 /// Whether this replica may write to the cluster.
@@ -437,27 +438,5 @@ impl Elector {
             let seconds = o.spec.lease_duration_seconds.unwrap_or(0).max(0);
             o.at.elapsed() < Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
         })
-    }
-}
-
-/// A small generator for retry jitter (client-go draws from `rand`); seeded per replica so
-/// candidates drift apart.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(identity: &str) -> Jitter {
-        let seed = identity.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
-        Jitter(seed | 1)
-    }
-
-    /// The next draw in [0, 1).
-    fn next(&mut self) -> f64 {
-        // xorshift64
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
 }

@@ -2,13 +2,16 @@
 //! TLS Secret a Service names), each forwarding its events into the controller's one queue,
 //! so the index is only ever touched by one task. A watcher lists, then watches from the
 //! list's resourceVersion; after a `410 Gone` it lists again (its events then arrive between
-//! `Init` and `InitDone`), and errors back off (0.8 s doubling to 30 s) without ending it.
+//! `Init` and `InitDone`), and errors back off without ending it ([`WatchBackoff`]: 250 ms
+//! doubling to 3 s, so a watch is back within seconds of an API server's return).
 
 use std::fmt::Debug;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -17,6 +20,49 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::index::ObjectKey;
+use crate::jitter::Jitter;
+
+/// The first wait after a watch fails.
+const FIRST_WAIT: Duration = Duration::from_millis(250);
+
+/// The longest wait between a watch's tries. client-go's (and kube-rs's default) is 30 s, so
+/// a watch that failed through a 25 s API server outage may wait most of another 30 s after it
+/// is back; a few seconds keep the load of retries small and the return quick.
+const CEILING: Duration = Duration::from_secs(3);
+
+/// How long a watch waits after an error before it tries again: [`FIRST_WAIT`] doubling to
+/// [`CEILING`], each wait drawn between half and all of that (so watches do not retry in
+/// step), and back to [`FIRST_WAIT`] as soon as the watch delivers again.
+pub struct WatchBackoff {
+    next: Duration,
+    jitter: Jitter,
+}
+
+impl WatchBackoff {
+    /// A backoff for the watch of `kind` (its jitter is seeded by it).
+    pub fn new(kind: &str) -> WatchBackoff {
+        WatchBackoff {
+            next: FIRST_WAIT,
+            jitter: Jitter::new(kind),
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (self.next * 2).min(CEILING);
+        Some(wait.mul_f64(0.5 + 0.5 * self.jitter.next()))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = FIRST_WAIT;
+    }
+}
 
 /// One event of one watch.
 #[derive(Debug)]
@@ -92,7 +138,7 @@ where
 {
     tokio::spawn(async move {
         let stream = watcher::watcher(api, config)
-            .default_backoff()
+            .backoff(WatchBackoff::new(kind))
             // Managed fields are large and never read: drop them before they are kept.
             .modify(|object: &mut K| object.managed_fields_mut().clear());
         let mut stream = std::pin::pin!(stream);
@@ -106,4 +152,29 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_double_up_to_three_seconds_with_jitter_and_start_over_after_a_success() {
+        let mut backoff = WatchBackoff::new("Service");
+        let waits: Vec<Duration> = backoff.by_ref().take(8).collect();
+        let ceilings = [250, 500, 1000, 2000, 3000, 3000, 3000, 3000];
+        for (wait, ceiling) in waits.iter().zip(ceilings) {
+            let ceiling = Duration::from_millis(ceiling);
+            assert!(
+                *wait <= ceiling && *wait >= ceiling / 2,
+                "{wait:?} not within half of {ceiling:?}: {waits:?}"
+            );
+        }
+        assert!(
+            waits.windows(2).any(|w| w[0] != w[1]),
+            "jittered: {waits:?}"
+        );
+        backoff.reset();
+        assert!(backoff.next().is_some_and(|w| w <= FIRST_WAIT));
+    }
 }
