@@ -184,3 +184,53 @@ async fn a_secret_that_cannot_be_read_is_reported_not_waited_for() {
     .await;
     gantry.stop().await;
 }
+
+#[tokio::test]
+async fn a_change_made_after_the_api_server_returns_is_served_within_seconds() {
+    let mut run = Cluster::start().await;
+    let gantry = run.launch(YAML);
+    run.server.create(lb("web")).expect("web");
+    run.server
+        .create(slice("web", "198.51.100.7"))
+        .expect("slice");
+    let backends = |gantry: &support::Controller| -> Vec<String> {
+        let served = gantry.plane.served.lock().expect("lock");
+        served
+            .get("default/web")
+            .and_then(|s| s.ports.get("web"))
+            .map(|p| p.backends.iter().map(|b| b.address.to_string()).collect())
+            .unwrap_or_default()
+    };
+    run.until("served", || {
+        (backends(&gantry) == ["198.51.100.7:8080"]).then_some(())
+    })
+    .await;
+
+    // The API server goes away long enough for every watch to back off as far as it goes,
+    // and comes back without the history its watches were at (they get 410 Gone).
+    run.server.pause();
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    run.server
+        .resume()
+        .await
+        .expect("the API server comes back");
+    let back = std::time::Instant::now();
+    let mut moved = slice("web", "198.51.100.8");
+    moved["metadata"]["resourceVersion"] = run
+        .server
+        .get(&(Kind::EndpointSlice, "default".into(), "web-1".into()))
+        .expect("the slice")["metadata"]["resourceVersion"]
+        .clone();
+    run.server.replace(moved).expect("the slice changes");
+    run.until("the change served", || {
+        (backends(&gantry) == ["198.51.100.8:8080"]).then_some(())
+    })
+    .await;
+    let took = back.elapsed();
+    eprintln!("figure: a change made when the API server came back was served after {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "served {took:?} after the API server came back"
+    );
+    gantry.stop().await;
+}

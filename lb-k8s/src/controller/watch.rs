@@ -2,8 +2,9 @@
 //! TLS Secret a Service names), each forwarding its events into the controller's one queue,
 //! so the index is only ever touched by one task. A watcher lists, then watches from the
 //! list's resourceVersion; after a `410 Gone` it lists again (its events then arrive between
-//! `Init` and `InitDone`), and errors back off without ending it ([`WatchBackoff`]: 250 ms
-//! doubling to 3 s, so a watch is back within seconds of an API server's return).
+//! `Init` and `InitDone`), at once, and other errors back off without ending it
+//! ([`WatchBackoff`]: 250 ms doubling to 3 s, so a watch is back within seconds of an API
+//! server's return).
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -138,17 +139,31 @@ where
 {
     tokio::spawn(async move {
         let stream = watcher::watcher(api, config)
-            .backoff(WatchBackoff::new(kind))
             // Managed fields are large and never read: drop them before they are kept.
             .modify(|object: &mut K| object.managed_fields_mut().clear());
         let mut stream = std::pin::pin!(stream);
+        let mut backoff = WatchBackoff::new(kind);
         while let Some(item) = stream.next().await {
-            let update = match item {
-                Ok(event) => wrap(event),
-                Err(error) => Update::Failed(kind, secret.clone(), error.to_string()),
+            let (update, wait) = match item {
+                Ok(event) => {
+                    backoff.reset();
+                    (wrap(event), None)
+                }
+                Err(error) => {
+                    // The server no longer has the version the watch was at (`410 Gone`,
+                    // after an etcd restart or a compaction): the watcher lists again, at once.
+                    let expired =
+                        matches!(&error, watcher::Error::WatchError(status) if status.code == 410);
+                    let wait = (!expired).then(|| backoff.next()).flatten();
+                    let update = Update::Failed(kind, secret.clone(), error.to_string());
+                    (update, wait)
+                }
             };
             if queue.send(update).await.is_err() {
                 return;
+            }
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
             }
         }
     })

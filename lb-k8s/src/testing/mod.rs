@@ -61,6 +61,7 @@ pub struct TestApiServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: String,
+    acceptor: tokio_rustls::TlsAcceptor,
     tasks: JoinSet<()>,
 }
 
@@ -95,10 +96,22 @@ impl TestApiServer {
             seen: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
         });
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let mut tasks = JoinSet::new();
-        let serving = Arc::clone(&shared);
-        tasks.spawn(async move {
+        let mut server = TestApiServer {
+            shared,
+            addr,
+            ca_pem,
+            acceptor: tokio_rustls::TlsAcceptor::from(tls),
+            tasks: JoinSet::new(),
+        };
+        server.serve(listener);
+        Ok(server)
+    }
+
+    /// Accepts on `listener` until stopped (or paused).
+    fn serve(&mut self, listener: TcpListener) {
+        let serving = Arc::clone(&self.shared);
+        let acceptor = self.acceptor.clone();
+        self.tasks.spawn(async move {
             let mut connections = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
@@ -117,12 +130,23 @@ impl TestApiServer {
                 while connections.try_join_next().is_some() {}
             }
         });
-        Ok(TestApiServer {
-            shared,
-            addr,
-            ca_pem,
-            tasks,
-        })
+    }
+
+    /// Goes away as a stopped API server does: the port refuses connections and every open
+    /// one (watches included) ends. The objects are kept for [`TestApiServer::resume`].
+    pub fn pause(&mut self) {
+        self.tasks.abort_all();
+    }
+
+    /// Comes back on the same address after [`TestApiServer::pause`] with the same objects,
+    /// but, as after an etcd restart or a compaction, without their history: a watch from a
+    /// resourceVersion it had answers `410 Gone`, and its clients must list again.
+    pub async fn resume(&mut self) -> std::io::Result<()> {
+        while self.tasks.join_next().await.is_some() {}
+        self.shared.store.compact();
+        let listener = TcpListener::bind(self.addr).await?;
+        self.serve(listener);
+        Ok(())
     }
 
     /// `https://ADDRESS:PORT`.
