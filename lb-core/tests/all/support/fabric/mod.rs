@@ -330,7 +330,7 @@ impl Fabric {
         fabric
     }
 
-    /// With L2, the appliances that hold `VIP` on their `eth0` now.
+    /// With L2, the appliances that hold `VIP` on their `eth0` now, with the link up.
     pub fn holders(&self) -> Vec<String> {
         self.appliances
             .iter()
@@ -341,7 +341,12 @@ impl Fabric {
                     .args(["-br", "addr", "show", "eth0"])
                     .output()
                     .expect("ip addr");
-                String::from_utf8_lossy(&output.stdout).contains(&format!("{VIP}/32"))
+                // `eth0@ifN  UP  10.0.0.11/24 203.0.113.10/32 ...`: an appliance whose link is
+                // down reaches nobody, whatever addresses its killed keepalived left on it.
+                let text = String::from_utf8_lossy(&output.stdout);
+                let mut fields = text.split_whitespace();
+                let up = fields.nth(1) == Some("UP");
+                up && fields.any(|field| field == format!("{VIP}/32"))
             })
             .map(|a| a.address.clone())
             .collect()
