@@ -18,6 +18,36 @@ use crate::support::metric;
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
 
+/// What each test here starts from: a folder, a stand-in BIRD in it, an origin, and where the
+/// configuration goes.
+struct Bench {
+    dir: tempfile::TempDir,
+    routes: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    bird: FakeBird,
+    origin: HttpOrigin,
+    config: std::path::PathBuf,
+}
+
+impl Bench {
+    async fn start() -> Bench {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let routes = dir.path().join("routes");
+        let socket = dir.path().join("bird.ctl");
+        let bird = FakeBird::start(&socket, routes.clone());
+        let origin = HttpOrigin::start("a", OriginProtocol::Http1).await;
+        let config = dir.path().join("gantry.yaml");
+        Bench {
+            dir,
+            routes,
+            socket,
+            bird,
+            origin,
+            config,
+        }
+    }
+}
+
 fn withdraw_routes(config: &Path) -> String {
     let output = std::process::Command::new(GANTRY)
         .args(["withdraw-routes", "--config"])
@@ -30,12 +60,14 @@ fn withdraw_routes(config: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_are_announced_once_serving_and_withdrawn_before_the_drain_and_after_the_process() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let routes = dir.path().join("routes");
-    let socket = dir.path().join("bird.ctl");
-    let mut bird = FakeBird::start(&socket, routes.clone());
-    let origin = HttpOrigin::start("a", OriginProtocol::Http1).await;
-    let config = dir.path().join("gantry.yaml");
+    let Bench {
+        dir: _dir,
+        routes,
+        socket,
+        mut bird,
+        origin,
+        config,
+    } = Bench::start().await;
     Scenario::new()
         .section(&format!(
             "routing:\n  daemon: bird\n  control_socket: {}\n  directory: {}\n  asn: 65010\n  withdraw_delay: 1s\n  peers: [{{ address: 10.0.0.1, asn: 65000 }}]\n  pools: [{{ addresses: [127.0.0.1], communities: [\"65000:7\"] }}]",
@@ -95,12 +127,14 @@ async fn routes_are_announced_once_serving_and_withdrawn_before_the_drain_and_af
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_announce_healthy_an_address_is_withdrawn_while_no_backend_is_healthy() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let routes = dir.path().join("routes");
-    let socket = dir.path().join("bird.ctl");
-    let mut bird = FakeBird::start(&socket, routes.clone());
-    let origin = HttpOrigin::start("a", OriginProtocol::Http1).await;
-    let config = dir.path().join("gantry.yaml");
+    let Bench {
+        dir: _dir,
+        routes,
+        socket,
+        mut bird,
+        origin,
+        config,
+    } = Bench::start().await;
     Scenario::new()
         .section(&format!(
             "routing:\n  daemon: bird\n  control_socket: {}\n  directory: {}\n  asn: 65010\n  announce: healthy\n  peers: [{{ address: 10.0.0.1, asn: 65000 }}]\n  pools: [{{ addresses: [127.0.0.1] }}]",
