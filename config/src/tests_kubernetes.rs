@@ -239,17 +239,33 @@ fn another_sources_services_are_admitted_only_when_they_clash_with_nothing() {
             vec![vec![service("static", 9000)]],
         ),
     ]);
-    // a clashes with the file's port and falls back to its second configuration; b then
-    // clashes with a; c takes the file's name.
-    assert_eq!(outcomes[0], Ok(1));
-    let b = outcomes[1].as_ref().expect_err("b clashes").to_string();
+    // a clashes with the file's port and falls back to its second configuration, the clash
+    // of its first still told; b then clashes with a; c takes the file's name.
+    let Admission::Admitted {
+        alternative: 1,
+        passed_over,
+    } = &outcomes[0]
+    else {
+        panic!("a is served by its second configuration: {:?}", outcomes[0]);
+    };
+    assert!(
+        passed_over.to_string().contains(
+            "127.0.0.1:8080 (Service ns/a port `web`) is already used by services[0] port `web`"
+        ),
+        "{passed_over}"
+    );
+    let refused = |outcome: &Admission| match outcome {
+        Admission::Refused(clashes) => clashes.to_string(),
+        other => panic!("refused, not {other:?}"),
+    };
+    let b = refused(&outcomes[1]);
     assert!(
         b.contains(
             "127.0.0.1:8081 (Service ns/b port `web`) is already used by Service ns/a port `web`"
         ),
         "{b}"
     );
-    let c = outcomes[2].as_ref().expect_err("c clashes").to_string();
+    let c = refused(&outcomes[2]);
     assert!(
         c.contains("Service ns/c name: duplicate service name `static` (also services[0])"),
         "{c}"

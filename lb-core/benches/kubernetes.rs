@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use lb_core::Gantry;
-use lb_k8s::testing::{Kind, Options, Policy, TestApiServer};
+use lb_k8s_testing::{Kind, Options, Policy, TestApiServer};
 use serde_json::json;
 
 fn env(name: &str, default: usize) -> usize {
@@ -151,7 +151,7 @@ fn main() {
                 {"addresses": ["127.0.0.1"], "conditions": {"ready": true}},
                 {"addresses": [extra], "conditions": {"ready": true}}]});
             let sent = Instant::now();
-            api.patch(&id, lb_k8s::testing::Part::Main, &patch).expect("patch");
+            api.patch(&id, lb_k8s_testing::Part::Main, &patch).expect("patch");
             let name = format!("bench/s{i}");
             let backend: std::net::SocketAddr = format!("{extra}:9000").parse().expect("addr");
             wait_until("the new endpoint serving", || {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use lb_config::file::ServiceFile;
 use lb_config::model::Service;
-use lb_config::{FieldPath, Kubernetes, Problems};
-use lb_k8s::plane::{Candidate, DataPlane, Served};
+use lb_config::{Admission, FieldPath, Kubernetes, Problems};
+use lb_k8s::plane::{Candidate, DataPlane};
 use lb_k8s::telemetry::Telemetry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,7 +29,7 @@ impl DataPlane for Plane {
         self.0.check_kubernetes(origin, spec)
     }
 
-    async fn publish(&self, candidates: Vec<Candidate>) -> Result<Vec<Served>, String> {
+    async fn publish(&self, candidates: Vec<Candidate>) -> Result<Vec<Admission>, String> {
         self.0.publish_kubernetes(candidates).await
     }
 }

@@ -7,8 +7,8 @@
 //!   `lb_config::file::ServiceFile` specs, checked by the same `ModelBuilder` as the file), so
 //!   it is tested with plain objects and no server.
 //! - [`client`]: the connection, from a kubeconfig or in-cluster.
-//! - `testing` (feature `testing`): an API server speaking the real Kubernetes HTTP API, for
-//!   end-to-end tests.
+//!
+//! Its tests, and lb-core's, run against the API server of the `lb-k8s-testing` crate.
 //!
 //! What it does follows the rules in `docs/dev/kubernetes-semantics.md`; users' view is
 //! `docs/kubernetes.md`.
@@ -21,8 +21,6 @@ mod jitter;
 pub mod plane;
 pub mod settings;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use index::{Index, ObjectKey, Translation};
 pub use settings::{BackendMode, Settings};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use lb_config::file::ServiceFile;
 use lb_config::model::Service;
-use lb_config::{FieldPath, Problems};
+use lb_config::{Admission, FieldPath, Problems};
 
 /// A Kubernetes Service offered to the data plane: configurations to try, in order (what
 /// the object asks for now, then what was served for it last), the first that clashes with
@@ -20,16 +20,6 @@ pub struct Candidate {
     pub alternatives: Vec<Vec<Arc<Service>>>,
 }
 
-/// What became of a candidate.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Served {
-    /// Served with this alternative (0: what it asks for now), with the clashes of the
-    /// alternatives before it (none for 0).
-    Alternative(usize, Problems),
-    /// Not served: it clashes with what is served (or could not be bound).
-    Refused(Problems),
-}
-
 /// The data plane as the Kubernetes source sees it.
 #[async_trait::async_trait]
 pub trait DataPlane: Send + Sync + 'static {
@@ -38,7 +28,9 @@ pub trait DataPlane: Send + Sync + 'static {
     fn check(&self, origin: &FieldPath, spec: ServiceFile) -> Result<Service, Problems>;
 
     /// Serves exactly these Kubernetes services beside the file's (whatever was served for
-    /// objects not listed goes). One outcome per candidate, in order; `Err` when nothing could
-    /// be applied at all (the previous services keep serving).
-    async fn publish(&self, candidates: Vec<Candidate>) -> Result<Vec<Served>, String>;
+    /// objects not listed goes). One outcome per candidate, in order, as
+    /// [`lb_config::ModelBuilder::admit`] gives it (a candidate whose listener cannot be set
+    /// up is [`Admission::Refused`] with why); `Err` when nothing could be applied at all (the
+    /// previous services keep serving).
+    async fn publish(&self, candidates: Vec<Candidate>) -> Result<Vec<Admission>, String>;
 }

@@ -12,7 +12,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
 use lb_k8s::client::{connect, Credentials};
-use lb_k8s::testing::{Kind, Options, TestApiServer};
+use lb_k8s_testing::{Kind, Options, TestApiServer};
 use serde_json::json;
 
 async fn server_and_client() -> (TestApiServer, Client, tempfile::TempDir) {
@@ -481,4 +481,178 @@ async fn lists_page_and_watches_carry_bookmarks_and_replay_from_a_version() {
         .parse()
         .expect("a number");
     assert!(bookmarked > version.parse::<u64>().expect("a number"));
+}
+
+/// A `DELETED` event, and the answer to the DELETE, carry the resourceVersion of the deletion
+/// (etcd's revision of it), not the object's last one: a client that lists from it sees the
+/// object gone.
+#[tokio::test]
+async fn a_deletion_carries_its_own_resource_version() {
+    use kube::api::{ListParams, WatchEvent, WatchParams};
+    let (_server, client, _dir) = server_and_client().await;
+    let api: Api<Service> = Api::namespaced(client, "default");
+    let created = api
+        .create(&PostParams::default(), &service("gone"))
+        .await
+        .expect("create");
+    let last = created.metadata.resource_version.clone().expect("version");
+    let mut events = Box::pin(
+        api.watch(&WatchParams::default().timeout(10), &last)
+            .await
+            .expect("watch"),
+    );
+    api.delete("gone", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deleted = loop {
+        let event = tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("in time")
+            .expect("stream")
+            .expect("event");
+        if let WatchEvent::Deleted(service) = event {
+            break service;
+        }
+    };
+    let at_deletion = deleted.metadata.resource_version.expect("version");
+    let listed = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("version");
+    assert_ne!(at_deletion, last, "the deletion is a change of its own");
+    assert_eq!(at_deletion, listed, "nothing else changed after it");
+}
+
+/// A paged list is one snapshot: the continue token holds the first page's resourceVersion,
+/// so an object deleted or created between pages changes nothing in the pages that follow.
+#[tokio::test]
+async fn a_paged_list_is_a_snapshot_at_its_first_page() {
+    use kube::api::ListParams;
+    let (_server, client, _dir) = server_and_client().await;
+    let api: Api<Service> = Api::namespaced(client, "default");
+    for name in ["a", "b", "c"] {
+        api.create(&PostParams::default(), &service(name))
+            .await
+            .expect("create");
+    }
+    let mut names = Vec::new();
+    let mut page = api
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("page 1");
+    let version = page.metadata.resource_version.clone();
+    for pages in 1.. {
+        names.extend(page.items.iter().filter_map(|s| s.metadata.name.clone()));
+        assert_eq!(page.metadata.resource_version, version, "one version");
+        let Some(token) = page.metadata.continue_.clone().filter(|t| !t.is_empty()) else {
+            break;
+        };
+        // Between the first pages the first object goes; between the next, one that sorts
+        // before the rest comes.
+        match pages {
+            1 => api
+                .delete("a", &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .expect("delete"),
+            2 => api
+                .create(&PostParams::default(), &service("a0"))
+                .await
+                .map(|_| ())
+                .expect("create"),
+            _ => {}
+        }
+        page = api
+            .list(&ListParams::default().limit(1).continue_token(&token))
+            .await
+            .expect("next page");
+    }
+    assert_eq!(
+        names,
+        ["a", "b", "c"],
+        "every page from the first's snapshot"
+    );
+}
+
+/// What the status subresource refuses as kube-apiserver does: a condition reason outside
+/// `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`, an ingress port whose protocol is not TCP,
+/// UDP or SCTP; and, in the spec, a source range whose prefix its family cannot have.
+#[tokio::test]
+async fn reasons_protocols_and_prefixes_are_checked_as_the_real_server_does() {
+    let (server, _client, _dir) = server_and_client().await;
+    server
+        .create(serde_json::to_value(service("web")).expect("json"))
+        .expect("create");
+    let id = (Kind::Service, "default".to_owned(), "web".to_owned());
+    let status = |reason: &str, protocol: &str| {
+        json!({"status": {
+            "conditions": [{"type": "LoadBalancerReady", "status": "False", "reason": reason,
+                            "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ports": [{"port": 80, "protocol": protocol}]}]}}})
+    };
+    let code = |result: Result<serde_json::Value, lb_k8s_testing::ApiError>| {
+        result.map(|_| 200).unwrap_or_else(|e| e.code)
+    };
+    for (reason, protocol, expected) in [
+        ("Conflict", "TCP", 200),
+        ("Pool_Exhausted:v4,v6", "UDP", 200),
+        ("Address-In-Use", "TCP", 422),
+        ("example.com/Conflict", "TCP", 422),
+        ("1Conflict", "TCP", 422),
+        ("Conflict,", "TCP", 422),
+        ("Conflict", "HTTP", 422),
+        ("Conflict", "tcp", 422),
+    ] {
+        assert_eq!(
+            code(server.patch(&id, lb_k8s_testing::Part::Status, &status(reason, protocol))),
+            expected,
+            "reason {reason:?}, protocol {protocol:?}"
+        );
+    }
+    for (range, expected) in [
+        ("10.0.0.0/8", 200),
+        ("2001:db8::/128", 200),
+        ("10.0.0.0/33", 422),
+        ("10.0.0.0/99", 422),
+        ("2001:db8::/129", 422),
+    ] {
+        let patch = json!({"spec": {"loadBalancerSourceRanges": [range]}});
+        assert_eq!(
+            code(server.patch(&id, lb_k8s_testing::Part::Main, &patch)),
+            expected,
+            "{range}"
+        );
+    }
+}
+
+/// `metadata.generation` counts changes of the spec as stored, defaults applied: a spec sent
+/// without what the server defaults is the same spec, and a change of labels is no change of
+/// it.
+#[tokio::test]
+async fn the_generation_counts_changes_of_the_defaulted_spec() {
+    let (server, _client, _dir) = server_and_client().await;
+    let created = server
+        .create(serde_json::to_value(service("web")).expect("json"))
+        .expect("create");
+    let generation = |object: &serde_json::Value| object["metadata"]["generation"].as_i64();
+    assert_eq!(generation(&created), Some(1));
+
+    // The spec as first sent (without the defaults the server added) and a new label.
+    let mut resent = created.clone();
+    resent["spec"] = serde_json::to_value(service("web")).expect("json")["spec"].clone();
+    resent["metadata"]["labels"] = json!({"team": "edge"});
+    let relabelled = server.replace(resent).expect("replace");
+    assert_ne!(
+        relabelled["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
+    assert_eq!(generation(&relabelled), Some(1), "no change of the spec");
+
+    let mut changed = relabelled.clone();
+    changed["spec"]["ports"][0]["port"] = json!(8080);
+    let changed = server.replace(changed).expect("replace");
+    assert_eq!(generation(&changed), Some(2));
 }

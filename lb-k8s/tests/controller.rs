@@ -3,7 +3,7 @@
 
 mod support;
 
-use lb_k8s::testing::Kind;
+use lb_k8s_testing::Kind;
 use serde_json::json;
 use support::{lb, slice, Cluster};
 
@@ -153,7 +153,7 @@ async fn a_restart_readopts_every_address() {
 async fn a_secret_that_cannot_be_read_is_reported_not_waited_for() {
     let run = Cluster::start().await;
     let gantry = run.launch(YAML);
-    run.server.inject(lb_k8s::testing::Fault {
+    run.server.inject(lb_k8s_testing::Fault {
         method: http::Method::GET,
         path_contains: "/secrets".into(),
         status: 403,
@@ -185,6 +185,10 @@ async fn a_secret_that_cannot_be_read_is_reported_not_waited_for() {
     gantry.stop().await;
 }
 
+/// On the real clock: the controller's timing is tokio's, but with a paused clock tokio
+/// advances time whenever the runtime waits on the API server's sockets, so a renewal that is
+/// merely in flight times out and the Lease is lost. The figure is measured by tokio's clock,
+/// the one the controller's backoff and linger run on.
 #[tokio::test]
 async fn a_change_made_after_the_api_server_returns_is_served_within_seconds() {
     let mut run = Cluster::start().await;
@@ -214,7 +218,7 @@ async fn a_change_made_after_the_api_server_returns_is_served_within_seconds() {
         .resume()
         .await
         .expect("the API server comes back");
-    let back = std::time::Instant::now();
+    let back = tokio::time::Instant::now();
     let mut moved = slice("web", "198.51.100.8");
     moved["metadata"]["resourceVersion"] = run
         .server
@@ -231,6 +235,50 @@ async fn a_change_made_after_the_api_server_returns_is_served_within_seconds() {
     assert!(
         took < std::time::Duration::from_secs(5),
         "served {took:?} after the API server came back"
+    );
+    gantry.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_configuration_that_clashes_is_reported_while_the_old_one_keeps_serving() {
+    let run = Cluster::start().await;
+    // The file serves `static` on the node-facing address at 30080.
+    let yaml = format!(
+        "{YAML}  node_port_address: 192.0.2.50\nservices:\n  - name: static\n    address: 192.0.2.50\n    ports: [{{ name: web, port: 30080, backends: [\"198.51.100.1:80\"] }}]\n"
+    );
+    let gantry = run.launch(&yaml);
+    run.server
+        .create(json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "np", "namespace": "default"},
+                       "spec": {"type": "NodePort", "ports": [{"name": "web", "port": 80, "nodePort": 30081}]}}))
+        .expect("np");
+    run.until("served at its node port", || {
+        (gantry.bind("default/np", "web")? == "192.0.2.50:30081").then_some(())
+    })
+    .await;
+
+    // Its new node port is the file's: the new configuration clashes, the old one serves on,
+    // and the Service is told why its change is not served (a NodePort Service has no
+    // load-balancer status: a Warning Event is what it gets).
+    let mut moved = run.service("np").expect("np");
+    moved["spec"]["ports"][0]["nodePort"] = json!(30080);
+    run.server.replace(moved).expect("np moves");
+    let note = run
+        .until("a Warning Event tells the clash", || {
+            run.server.list(Kind::Event).into_iter().find_map(|e| {
+                (e["reason"] == "Conflict" && e["type"] == "Warning")
+                    .then(|| e["note"].as_str().unwrap_or_default().to_owned())
+            })
+        })
+        .await;
+    assert!(
+        note.contains("192.0.2.50:30080") && note.contains("already used by"),
+        "{note}"
+    );
+    assert_eq!(
+        gantry.bind("default/np", "web").as_deref(),
+        Some("192.0.2.50:30081"),
+        "the last good configuration keeps serving"
     );
     gantry.stop().await;
 }

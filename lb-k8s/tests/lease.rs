@@ -4,15 +4,16 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::Client;
 use lb_config::LeaderElection;
 use lb_k8s::client::{connect, Credentials};
 use lb_k8s::controller::lease::{self, Fence, Lead};
-use lb_k8s::testing::{Kind, TestApiServer};
+use lb_k8s_testing::{Kind, TestApiServer};
 use support::{Cluster, WAIT};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Short timings (the smallest the configuration accepts), so a takeover is quick.

@@ -7,7 +7,7 @@
 mod support;
 
 use http::Method;
-use lb_k8s::testing::{Fault, Kind, Part};
+use lb_k8s_testing::{Fault, Kind, Part};
 use serde_json::json;
 use support::{lb, slice, Cluster, Controller};
 

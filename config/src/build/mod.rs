@@ -63,6 +63,34 @@ pub struct ModelBuilder {
     problems: Problems,
 }
 
+/// What became of a candidate offered to [`ModelBuilder::admit`]: the one result every
+/// source and the Kubernetes reporter share, so a clash is never lost on the way.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Admission {
+    /// Added with this alternative (0: the first), after the first was passed over for these
+    /// clashes (none when it is the first): an object whose new configuration clashes keeps
+    /// serving its old one, and the clash is still reported.
+    Admitted {
+        /// The index of the alternative added.
+        alternative: usize,
+        /// Why the first alternative was not added (empty when it was).
+        passed_over: Problems,
+    },
+    /// Not added: every alternative clashes with what was added before (or, from a data
+    /// plane, could not be set up).
+    Refused(Problems),
+}
+
+impl Admission {
+    /// The clashes to report: empty only for a first alternative added cleanly.
+    pub fn clashes(&self) -> &Problems {
+        match self {
+            Admission::Admitted { passed_over, .. } => passed_over,
+            Admission::Refused(problems) => problems,
+        }
+    }
+}
+
 impl ModelBuilder {
     /// A builder with the appliance-wide sections of `file` (admin, runtime, defaults,
     /// plugins, plugin limits) and its services; relative file names resolve against
@@ -183,13 +211,13 @@ impl ModelBuilder {
     /// Adds services of another source, each candidate given as alternatives tried in order
     /// (say its wanted configuration, then its last good one). An alternative is a group of
     /// services added together or not at all (a dual-stack Service is one per address
-    /// family): the first whose services clash with nothing added before is added. Returns,
-    /// for each candidate, the index of the alternative added, or every clash of its first
-    /// alternative.
+    /// family): the first whose services clash with nothing added before is added. Returns
+    /// what became of each candidate, in order, with the clashes of its first alternative
+    /// when that one was not added (what the object asks for is what its owner must fix).
     pub fn admit(
         &mut self,
         candidates: Vec<(FieldPath, Vec<Vec<Arc<Service>>>)>,
-    ) -> Vec<Result<usize, Problems>> {
+    ) -> Vec<Admission> {
         let mut taken = conflicts::Taken::new(&self.admin);
         let mut ignored = Problems::default();
         for (origin, service) in &self.services {
@@ -198,8 +226,8 @@ impl ModelBuilder {
         let mut outcomes = Vec::with_capacity(candidates.len());
         for (origin, alternatives) in candidates {
             let mut first_clashes = None;
-            let mut admitted = None;
-            for (i, group) in alternatives.into_iter().enumerate() {
+            let mut outcome = None;
+            for (alternative, group) in alternatives.into_iter().enumerate() {
                 let mut clashes = Problems::default();
                 for service in &group {
                     clashes.extend(taken.clashes(&origin, service));
@@ -209,12 +237,19 @@ impl ModelBuilder {
                         taken.claim(&origin, &service, &mut ignored);
                         self.services.push((origin.clone(), service));
                     }
-                    admitted = Some(i);
+                    outcome = Some(alternative);
                     break;
                 }
                 first_clashes.get_or_insert(clashes);
             }
-            outcomes.push(admitted.ok_or_else(|| first_clashes.unwrap_or_default()));
+            let passed_over = first_clashes.unwrap_or_default();
+            outcomes.push(match outcome {
+                Some(alternative) => Admission::Admitted {
+                    alternative,
+                    passed_over,
+                },
+                None => Admission::Refused(passed_over),
+            });
         }
         outcomes
     }

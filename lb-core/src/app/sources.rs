@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use lb_config::file::ServiceFile;
 use lb_config::model::Service;
-use lb_config::{Change, ConfigError, FieldPath, ModelBuilder, Problems};
-use lb_k8s::plane::{Candidate, Served};
+use lb_config::{Admission, Change, ConfigError, FieldPath, ModelBuilder, Problems};
+use lb_k8s::plane::Candidate;
 
 use super::{ApplyError, Gantry};
 
@@ -61,8 +61,10 @@ impl Gantry {
         let mut kubernetes = Vec::new();
         for ((origin, mut services), outcome) in kept.into_iter().zip(outcomes) {
             match outcome {
-                Ok(_) => kubernetes.extend(services.pop().map(|s| (origin, s))),
-                Err(problems) => {
+                Admission::Admitted { .. } => {
+                    kubernetes.extend(services.pop().map(|s| (origin, s)))
+                }
+                Admission::Refused(problems) => {
                     tracing::warn!(%origin, "dropped: it clashes with the file: {problems}")
                 }
             }
@@ -102,7 +104,7 @@ impl Gantry {
     pub async fn publish_kubernetes(
         &self,
         candidates: Vec<Candidate>,
-    ) -> Result<Vec<Served>, String> {
+    ) -> Result<Vec<Admission>, String> {
         let mut sources = self.inner.sources.lock().await;
         let Some(file) = sources.file.clone() else {
             return Err("Gantry runs without a configuration file".into());
@@ -123,21 +125,23 @@ impl Gantry {
                     sources.kubernetes = offered
                         .iter()
                         .zip(&outcomes)
-                        .filter_map(|((origin, alternatives), outcome)| {
-                            let i = *outcome.as_ref().ok()?;
-                            Some((origin.clone(), alternatives.get(i)?.clone()))
+                        .filter_map(|((origin, alternatives), outcome)| match outcome {
+                            Admission::Admitted { alternative, .. } => {
+                                Some((origin.clone(), alternatives.get(*alternative)?.clone()))
+                            }
+                            Admission::Refused(_) => None,
                         })
                         .collect();
+                    // The candidates refused for an error first, the builder's outcomes for
+                    // the rest, in the order offered.
                     let mut outcomes = outcomes.into_iter();
                     return Ok(refused
                         .into_iter()
                         .map(|refusal| match refusal {
-                            Some(problems) => Served::Refused(problems),
-                            None => match outcomes.next() {
-                                Some(Ok(i)) => Served::Alternative(i, Problems::default()),
-                                Some(Err(problems)) => Served::Refused(problems),
-                                None => Served::Refused(Problems::default()),
-                            },
+                            Some(problems) => Admission::Refused(problems),
+                            None => outcomes
+                                .next()
+                                .unwrap_or(Admission::Refused(Problems::default())),
                         })
                         .collect());
                 }

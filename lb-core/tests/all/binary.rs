@@ -343,7 +343,7 @@ async fn run_reloads_on_sighup_and_drains_on_sigterm_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_a_cluster_from_the_kubernetes_section() {
-    use lb_k8s::testing::{Kind, Options, Policy, TestApiServer};
+    use lb_k8s_testing::{Kind, Options, Policy, TestApiServer};
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let api = TestApiServer::start(Options {

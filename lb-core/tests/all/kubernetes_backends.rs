@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use lb_k8s::testing::Kind;
+use lb_k8s_testing::Kind;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 

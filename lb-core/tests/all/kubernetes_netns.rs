@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use lb_k8s::testing::Kind;
+use lb_k8s_testing::Kind;
 use serde_json::json;
 
 use crate::support::cluster::{free_port, load_balancer, origin_behind, slice, Cluster};

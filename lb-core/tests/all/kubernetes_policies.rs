@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use base64::Engine;
-use lb_k8s::testing::Kind;
+use lb_k8s_testing::Kind;
 use serde_json::json;
 
 use crate::support::certs::TestCa;

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lb_k8s::testing::Kind;
+use lb_k8s_testing::Kind;
 
 use crate::support::cluster::{load_balancer, slice};
 use crate::support::fabric::{Fabric, Liveness, Mode, VIP6};

@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -25,6 +25,7 @@ use kube::Client;
 use lb_config::LeaderElection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::jitter::Jitter;
@@ -95,7 +96,7 @@ impl Fence {
         };
         tokio::select! {
             output = write => Ok(output),
-            () = tokio::time::sleep_until(until.into()) => Err(Fenced),
+            () = tokio::time::sleep_until(until) => Err(Fenced),
         }
     }
 

@@ -9,29 +9,32 @@
 mod built;
 pub mod lease;
 mod reconcile;
+mod relist;
 mod report;
 pub mod status;
 pub mod watch;
 pub mod writer;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::watcher::Event;
 use lb_config::Kubernetes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::lease::Fence;
 use self::reconcile::Tracked;
+use self::relist::Relist;
 use self::watch::Update;
 use self::writer::Writer;
 use crate::addresses::{Addresses, Pool};
 use crate::client::{connect, ConnectError, Credentials};
-use crate::index::{endpoints, Index, ObjectKey};
+use crate::index::{Index, ObjectKey};
 use crate::plane::DataPlane;
 use crate::settings::Settings;
 use crate::telemetry::{Leadership, Telemetry};
@@ -104,7 +107,7 @@ pub async fn run(
         plane,
         telemetry,
         secret_watches: BTreeMap::new(),
-        relists: Relists::default(),
+        relists: Relists::new(),
         synced: Synced::default(),
         dirty: BTreeMap::new(),
         retry: BTreeMap::new(),
@@ -115,7 +118,10 @@ pub async fn run(
     loop {
         let next_retry = controller.retry.values().map(|r| r.at).min();
         let wait = match next_retry {
-            _ if !controller.dirty.is_empty() && controller.synced.all() && fence.decided() => {
+            _ if !controller.dirty.is_empty()
+                && controller.relists.all_synced()
+                && fence.decided() =>
+            {
                 Duration::ZERO
             }
             Some(at) => at.saturating_duration_since(Instant::now()),
@@ -155,7 +161,7 @@ pub async fn run(
             }
             () = tokio::time::sleep(wait) => {}
         }
-        if controller.synced.all() && fence.decided() {
+        if controller.relists.all_synced() && fence.decided() {
             controller.reconcile().await;
         }
     }
@@ -185,33 +191,38 @@ fn pools(section: &Kubernetes) -> Vec<Pool> {
         .collect()
 }
 
-/// The first complete list of each kind has arrived.
+/// What this run has done once.
 #[derive(Default)]
 struct Synced {
-    services: bool,
-    slices: bool,
-    nodes: bool,
     /// Addresses were re-adopted from the Services' status.
     adopted: bool,
     /// The data plane has been given this run's Kubernetes services once.
     published: bool,
 }
 
-impl Synced {
-    fn all(&self) -> bool {
-        self.services && self.slices && self.nodes
-    }
+/// The list state of every watch.
+struct Relists {
+    services: Relist<k8s_openapi::api::core::v1::Service>,
+    slices: Relist<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    nodes: Relist<k8s_openapi::api::core::v1::Node>,
+    /// One per Secret watched.
+    secrets: BTreeMap<ObjectKey, Relist<Secret>>,
 }
 
-/// What a relist has seen so far, per kind (between `Init` and `InitDone`).
-#[derive(Default)]
-struct Relists {
-    services: Option<BTreeSet<ObjectKey>>,
-    slices: Option<BTreeSet<(ObjectKey, String)>>,
-    nodes: Option<BTreeSet<String>>,
-    /// Secrets whose watch has not completed its first list, or is relisting: whether the
-    /// Secret was seen.
-    secrets: BTreeMap<ObjectKey, bool>,
+impl Relists {
+    fn new() -> Self {
+        Relists {
+            services: Relist::new(()),
+            slices: Relist::new(()),
+            nodes: Relist::new(()),
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    /// The first complete list of Services, EndpointSlices and Nodes has arrived.
+    fn all_synced(&self) -> bool {
+        self.services.synced() && self.slices.synced() && self.nodes.synced()
+    }
 }
 
 /// When a key is tried again after a failed write.
@@ -268,124 +279,50 @@ impl Controller {
 
     /// Applies one watch update to the index and marks what it touches.
     fn take(&mut self, update: Update) {
-        match update {
-            Update::Service(event) => self.take_services(*event),
-            Update::Slice(event) => {
+        let (kind, outcome, touched) = match update {
+            Update::Service(event) => (
+                "Service",
+                outcome(&event),
+                self.relists.services.fold(&mut self.index, *event),
+            ),
+            Update::Slice(event) => (
+                "EndpointSlice",
+                outcome(&event),
+                self.relists.slices.fold(&mut self.index, *event),
+            ),
+            Update::Node(event) => (
+                "Node",
+                outcome(&event),
+                self.relists.nodes.fold(&mut self.index, *event),
+            ),
+            Update::Secret(key, event) => {
                 let outcome = outcome(&event);
-                let touched: Vec<ObjectKey> = match *event {
-                    Event::Init => {
-                        self.relists.slices = Some(BTreeSet::new());
-                        Vec::new()
-                    }
-                    Event::InitApply(slice) | Event::Apply(slice) => {
-                        if let (Some(seen), Some(owner)) =
-                            (self.relists.slices.as_mut(), endpoints::owner(&slice))
-                        {
-                            seen.insert(owner);
-                        }
-                        self.index.apply_slice(&slice).into_iter().collect()
-                    }
-                    Event::Delete(slice) => self.index.delete_slice(&slice).into_iter().collect(),
-                    Event::InitDone => {
-                        self.synced.slices = true;
-                        let seen = self.relists.slices.take().unwrap_or_default();
-                        self.index.retain_slices(&seen).into_iter().collect()
-                    }
+                // A watch stopped since (its Secret is no longer named) has nothing to say.
+                let Some(relist) = self.relists.secrets.get_mut(&key) else {
+                    return;
                 };
-                self.telemetry.watch_event("EndpointSlice", outcome);
-                self.touch(touched);
+                ("Secret", outcome, relist.fold(&mut self.index, *event))
             }
-            Update::Node(event) => {
-                let outcome = outcome(&event);
-                let touched = match *event {
-                    Event::Init => {
-                        self.relists.nodes = Some(BTreeSet::new());
-                        BTreeSet::new()
-                    }
-                    Event::InitApply(node) | Event::Apply(node) => {
-                        if let (Some(seen), Some(name)) =
-                            (self.relists.nodes.as_mut(), node.metadata.name.clone())
-                        {
-                            seen.insert(name);
-                        }
-                        self.index.apply_node(&node)
-                    }
-                    Event::Delete(node) => self
-                        .index
-                        .delete_node(node.metadata.name.as_deref().unwrap_or_default()),
-                    Event::InitDone => {
-                        self.synced.nodes = true;
-                        let seen = self.relists.nodes.take().unwrap_or_default();
-                        self.index.retain_nodes(&seen)
-                    }
-                };
-                self.telemetry.watch_event("Node", outcome);
-                self.touch(touched);
-            }
-            Update::Secret(key, event) => self.take_secret(key, *event),
             Update::Failed(kind, secret, error) => {
-                self.telemetry.watch_event(kind, "error");
                 tracing::warn!(kind, %error, "watch failed; retrying");
-                if let Some(key) = secret {
-                    // A Secret that cannot be read (forbidden, say) is not waited for: the
-                    // Services that name it are told why, and retried when the watch recovers.
-                    if self.relists.secrets.remove(&key).is_some() {
-                        let touched = self.index.secret_unreadable(&key, &error);
-                        self.touch(touched);
+                // A Secret that cannot be read (forbidden, say) is not waited for: the
+                // Services that name it are told why, and retried when the watch recovers.
+                let touched = match secret {
+                    Some(key)
+                        if self
+                            .relists
+                            .secrets
+                            .get_mut(&key)
+                            .is_some_and(Relist::give_up) =>
+                    {
+                        self.index.secret_unreadable(&key, &error)
                     }
-                }
-            }
-        }
-    }
-
-    fn take_services(&mut self, event: Event<k8s_openapi::api::core::v1::Service>) {
-        let outcome = outcome(&event);
-        let touched: Vec<ObjectKey> = match event {
-            Event::Init => {
-                self.relists.services = Some(BTreeSet::new());
-                Vec::new()
-            }
-            Event::InitApply(service) | Event::Apply(service) => {
-                let key = self.index.apply_service(&service);
-                if let (Some(seen), Some(key)) = (self.relists.services.as_mut(), key.clone()) {
-                    seen.insert(key);
-                }
-                key.into_iter().collect()
-            }
-            Event::Delete(service) => ObjectKey::of(&service)
-                .map(|key| self.index.delete_service(&key))
-                .into_iter()
-                .collect(),
-            Event::InitDone => {
-                self.synced.services = true;
-                let seen = self.relists.services.take().unwrap_or_default();
-                self.index.retain_services(&seen).into_iter().collect()
+                    _ => Default::default(),
+                };
+                (kind, "error", touched)
             }
         };
-        self.telemetry.watch_event("Service", outcome);
-        self.touch(touched);
-    }
-
-    fn take_secret(&mut self, key: ObjectKey, event: Event<Secret>) {
-        let outcome = outcome(&event);
-        let touched = match event {
-            Event::Init => {
-                self.relists.secrets.insert(key, false);
-                BTreeSet::new()
-            }
-            Event::InitApply(secret) | Event::Apply(secret) => {
-                if let Some(seen) = self.relists.secrets.get_mut(&key) {
-                    *seen = true;
-                }
-                self.index.apply_secret(&secret)
-            }
-            Event::Delete(_) => self.index.delete_secret(&key),
-            Event::InitDone => match self.relists.secrets.remove(&key) {
-                Some(false) => self.index.delete_secret(&key),
-                _ => self.index.referencing(&key),
-            },
-        };
-        self.telemetry.watch_event("Secret", outcome);
+        self.telemetry.watch_event(kind, outcome);
         self.touch(touched);
     }
 
@@ -405,7 +342,9 @@ impl Controller {
         for key in &referenced {
             if !self.secret_watches.contains_key(key) {
                 // Until its first list completes, the Secret is neither there nor missing.
-                self.relists.secrets.insert(key.clone(), false);
+                self.relists
+                    .secrets
+                    .insert(key.clone(), Relist::new(key.clone()));
                 let handle = watch::start_secret(&self.client, key, &self.queue);
                 self.secret_watches.insert(key.clone(), handle);
             }
@@ -415,7 +354,7 @@ impl Controller {
 
     /// Whether the Secret `key` is still being listed for the first time.
     fn secret_pending(&self, key: &ObjectKey) -> bool {
-        self.relists.secrets.contains_key(key)
+        self.relists.secrets.get(key).is_some_and(Relist::listing)
             && !self
                 .secret_watches
                 .get(key)

@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lb_config::model::ServiceSource;
-use lb_config::FieldPath;
+use lb_config::{Admission, FieldPath};
+use tokio::time::Instant;
 
 use super::built::{requests_of, Built, Front};
 use super::report::Tell;
@@ -20,7 +21,7 @@ use crate::index::endpoints::Family;
 use crate::index::service::{Role, ServiceView};
 use crate::index::translate::PortOutcome;
 use crate::index::{ObjectKey, Translation};
-use crate::plane::{Candidate, Served};
+use crate::plane::Candidate;
 
 /// Longest wait before a failed write is tried again.
 const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -469,17 +470,16 @@ impl Controller {
             let Some(tracked) = self.tracked.get_mut(key) else {
                 continue;
             };
-            match outcome {
-                Served::Alternative(i, clashes) => {
-                    tracked.served = alternatives.into_iter().nth(i);
-                    tracked.clash =
-                        (!clashes.is_empty()).then(|| ("Conflict".to_owned(), clashes.to_string()));
+            let refused = matches!(outcome, Admission::Refused(_));
+            let clashes = outcome.clashes();
+            tracked.clash = (refused || !clashes.is_empty())
+                .then(|| ("Conflict".to_owned(), clashes.to_string()));
+            tracked.served = match outcome {
+                Admission::Admitted { alternative, .. } => {
+                    alternatives.into_iter().nth(alternative)
                 }
-                Served::Refused(clashes) => {
-                    tracked.served = None;
-                    tracked.clash = Some(("Conflict".to_owned(), clashes.to_string()));
-                }
-            }
+                Admission::Refused(_) => None,
+            };
         }
         true
     }

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use lb_config::file::{FileConfig, ServiceFile};
 use lb_config::model::Service;
-use lb_config::{FieldPath, ModelBuilder, Problems};
-use lb_k8s::plane::{Candidate, DataPlane, Served};
+use lb_config::{Admission, FieldPath, ModelBuilder, Problems};
+use lb_k8s::plane::{Candidate, DataPlane};
 use lb_k8s::telemetry::{Leadership, Telemetry};
-use lb_k8s::testing::{Kind, Options, TestApiServer};
+use lb_k8s_testing::{Kind, Options, TestApiServer};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +32,7 @@ impl DataPlane for Recorder {
         self.builder.check_service(origin, spec)
     }
 
-    async fn publish(&self, candidates: Vec<Candidate>) -> Result<Vec<Served>, String> {
+    async fn publish(&self, candidates: Vec<Candidate>) -> Result<Vec<Admission>, String> {
         let mut builder = self.builder.clone();
         let offered: Vec<_> = candidates.iter().map(|c| c.alternatives.clone()).collect();
         let outcomes = builder.admit(
@@ -42,19 +42,13 @@ impl DataPlane for Recorder {
                 .collect(),
         );
         let mut served = BTreeMap::new();
-        let outcomes = outcomes
-            .into_iter()
-            .zip(offered)
-            .map(|(outcome, alternatives)| match outcome {
-                Ok(i) => {
-                    for service in &alternatives[i] {
-                        served.insert(service.name.clone(), service.clone());
-                    }
-                    Served::Alternative(i, Problems::default())
+        for (outcome, alternatives) in outcomes.iter().zip(offered) {
+            if let Admission::Admitted { alternative, .. } = outcome {
+                for service in &alternatives[*alternative] {
+                    served.insert(service.name.clone(), service.clone());
                 }
-                Err(problems) => Served::Refused(problems),
-            })
-            .collect();
+            }
+        }
         *self.served.lock().expect("lock") = served;
         Ok(outcomes)
     }

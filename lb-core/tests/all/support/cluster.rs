@@ -1,4 +1,4 @@
-//! A Kubernetes cluster for end-to-end tests: the test API server (`lb_k8s::testing`, the real
+//! A Kubernetes cluster for end-to-end tests: the test API server (`lb_k8s_testing`, the real
 //! HTTP API over TLS that kube-rs talks to unmodified) and Gantry started from a file whose
 //! `kubernetes:` section points at it, with an address pool on loopback so the load
 //! balancers' addresses are reachable. Endpoints are loopback origins, which the server only
@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use lb_core::Gantry;
-use lb_k8s::testing::{Kind, ObjectId, Options, Part, Policy, TestApiServer};
+use lb_k8s_testing::{Kind, ObjectId, Options, Part, Policy, TestApiServer};
 use serde_json::{json, Value};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use lb_k8s::testing::{Options, TestApiServer};
+use lb_k8s_testing::{Options, TestApiServer};
 use tokio::runtime::Runtime;
 
 use self::configs::{

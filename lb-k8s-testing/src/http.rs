@@ -363,32 +363,46 @@ fn selector(route: &Route, query: &HashMap<String, String>) -> Result<Selector, 
     )
 }
 
-/// A list, in pages of `limit` when asked; a continue token carries the resourceVersion of
-/// the first page and where the next starts.
+/// A list, in pages of `limit` when asked. Every page is cut from the objects as they were at
+/// the first page's resourceVersion: the continue token carries it and the last object given
+/// (`RV:NAMESPACE/NAME`), so an object created or deleted between pages neither appears twice
+/// nor makes another vanish.
 fn list(
     shared: &Shared,
     route: &Route,
     query: &HashMap<String, String>,
 ) -> Result<Response<ApiBody>, ApiError> {
     let selector = selector(route, query)?;
-    let (items, revision) = shared.store.list(route.kind, route.namespace.as_deref());
-    let mut items: Vec<Value> = items.into_iter().filter(|o| selector.matches(o)).collect();
-    let (revision, start) = match query.get("continue").filter(|c| !c.is_empty()) {
+    let (at, after) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
-            let (rv, start) = token
+            let (rv, last) = token
                 .split_once(':')
-                .and_then(|(rv, start)| {
-                    Some((rv.parse::<u64>().ok()?, start.parse::<usize>().ok()?))
-                })
+                .and_then(|(rv, last)| Some((rv.parse::<u64>().ok()?, last.split_once('/')?)))
                 .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
-            if rv < shared.store.oldest() {
-                return Err(ApiError { code: 410, reason: "Expired", message: "The provided continue parameter is too old to display a consistent list result.".into() });
-            }
-            (rv, start)
+            (Some(rv), Some((last.0.to_owned(), last.1.to_owned())))
         }
-        None => (revision, 0),
+        None => (None, None),
     };
-    items = items.into_iter().skip(start).collect();
+    let (items, revision) = shared
+        .store
+        .list_at(route.kind, route.namespace.as_deref(), at)
+        .map_err(|_| ApiError {
+            code: 410,
+            reason: "Expired",
+            message: "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
+        })?;
+    let place = |object: &Value| {
+        let meta = &object["metadata"];
+        (
+            meta["namespace"].as_str().unwrap_or_default().to_owned(),
+            meta["name"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let mut items: Vec<Value> = items
+        .into_iter()
+        .filter(|o| after.as_ref().is_none_or(|after| place(o) > *after))
+        .filter(|o| selector.matches(o))
+        .collect();
     let limit = query
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -396,7 +410,9 @@ fn list(
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if let Some(limit) = limit.filter(|l| items.len() > *l) {
         items.truncate(limit);
-        metadata["continue"] = json!(format!("{revision}:{}", start + limit));
+        if let Some((namespace, name)) = items.last().map(place) {
+            metadata["continue"] = json!(format!("{revision}:{namespace}/{name}"));
+        }
     }
     Ok(json_response(
         200,

@@ -9,7 +9,7 @@ use lb_config::names::{is_dns_subdomain, is_qualified_name};
 use serde_json::{json, Value};
 
 use super::{int, parse_ip, Problems};
-use crate::testing::store::{Kind, Objects};
+use crate::store::{Kind, Objects};
 
 /// The node port range kube-apiserver allocates from by default.
 pub(crate) const NODE_PORTS: std::ops::RangeInclusive<i64> = 30_000..=32_767;
@@ -314,8 +314,14 @@ fn load_balancer_fields(spec: &mut Value, type_: &str, p: &mut Problems) {
         .enumerate()
     {
         let text = range.as_str().unwrap_or_default().trim();
+        // An address and a prefix length its family can have (`/99` is no CIDR).
         let valid = text.split_once('/').is_some_and(|(ip, len)| {
-            ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok()
+            let bits = match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(_)) => 32,
+                Ok(std::net::IpAddr::V6(_)) => 128,
+                Err(_) => return false,
+            };
+            len.parse::<u8>().is_ok_and(|len| len <= bits)
         });
         if !valid {
             p.push(
@@ -465,11 +471,21 @@ pub(super) fn admit_status(object: &mut Value, p: &mut Problems) {
             .enumerate()
         {
             let field = format!("{field}.ports[{j}]");
-            if int(&port["port"]).is_none() {
-                p.push(format!("{field}.port"), "Required value");
+            match int(&port["port"]) {
+                None => p.push(format!("{field}.port"), "Required value"),
+                Some(number) if !(1..=65_535).contains(&number) => p.push(
+                    format!("{field}.port"),
+                    format!("Invalid value: {number}: must be between 1 and 65535, inclusive"),
+                ),
+                Some(_) => {}
             }
-            if port["protocol"].as_str().is_none() {
-                p.push(format!("{field}.protocol"), "Required value");
+            match port["protocol"].as_str() {
+                None => p.push(format!("{field}.protocol"), "Required value"),
+                Some("TCP" | "UDP" | "SCTP") => {}
+                Some(other) => p.push(
+                    format!("{field}.protocol"),
+                    format!("Unsupported value: \"{other}\": supported values: \"SCTP\", \"TCP\", \"UDP\""),
+                ),
             }
             if let Some(error) = port["error"].as_str() {
                 if !is_condition_reason(error) {
@@ -495,11 +511,16 @@ fn conditions(conditions: &Value, p: &mut Problems) {
             );
         }
         match condition["reason"].as_str() {
-            Some(reason) if is_condition_reason(reason) && !reason.contains('/') => {}
-            other => p.push(
+            None | Some("") => p.push(format!("{field}.reason"), "Required value"),
+            Some(reason) if reason.len() > 1024 => p.push(
                 format!("{field}.reason"),
-                format!("Invalid value: {other:?}: must be a CamelCase reason"),
+                "Too long: may not be more than 1024 bytes",
             ),
+            Some(reason) if !is_metav1_reason(reason) => p.push(
+                format!("{field}.reason"),
+                format!("Invalid value: \"{reason}\": a condition reason must start with alphabetic character, optionally followed by a string of alphanumeric characters or '_,:', and must end with an alphanumeric character or '_' (regex used for validation is '[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?')"),
+            ),
+            Some(_) => {}
         }
         if condition["lastTransitionTime"].as_str().is_none() {
             p.push(format!("{field}.lastTransitionTime"), "Required value");
@@ -516,7 +537,20 @@ fn conditions(conditions: &Value, p: &mut Problems) {
     }
 }
 
-/// `[prefix/]Reason`, as condition reasons and port errors must be.
+/// A `metav1.Condition` reason: `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`.
+fn is_metav1_reason(reason: &str) -> bool {
+    let bytes = reason.as_bytes();
+    let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {
+        return false;
+    };
+    first.is_ascii_alphabetic()
+        && (last.is_ascii_alphanumeric() || *last == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"_,:".contains(b))
+}
+
+/// `[prefix/]Reason`, as port errors must be.
 fn is_condition_reason(text: &str) -> bool {
     let reason =
         text.rsplit_once('/').map_or(

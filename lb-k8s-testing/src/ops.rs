@@ -184,12 +184,14 @@ impl Api<'_> {
                             object["status"] = current["status"].clone();
                         }
                         check_finalizers(current, &object)?;
+                        rules::admit(id.0, Some(current), &mut object, all, self.policy)?;
+                        // Compared once defaulted: a spec sent without what the server
+                        // defaults is the same spec, and only the spec makes a generation.
                         if object.get("spec") != current.get("spec") {
                             let generation =
                                 current["metadata"]["generation"].as_i64().unwrap_or(1);
                             object["metadata"]["generation"] = json!(generation + 1);
                         }
-                        rules::admit(id.0, Some(current), &mut object, all, self.policy)?;
                         object
                     }
                 };
@@ -228,7 +230,7 @@ impl Api<'_> {
                     return Ok(Write::Keep);
                 }
                 let mut marked = current.clone();
-                marked["metadata"]["deletionTimestamp"] = json!(super::now_rfc3339());
+                marked["metadata"]["deletionTimestamp"] = json!(crate::now_rfc3339());
                 marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
                 Ok(Write::Put(marked))
             })

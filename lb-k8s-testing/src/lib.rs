@@ -1,9 +1,12 @@
-//! A Kubernetes API server for tests (feature `testing`): the real HTTP API over TLS on
-//! loopback, so kube-rs (and Gantry) talk to it unmodified, for the kinds Gantry uses.
+//! `lb-k8s-testing`: a Kubernetes API server for tests: the real HTTP API over TLS on
+//! loopback, so kube-rs (and Gantry) talk to it unmodified, for the kinds Gantry uses. A
+//! crate of its own so that `lb-k8s` is the source alone, and this can grow (more kinds)
+//! without crowding it; only tests and benchmarks depend on it.
 //!
 //! It keeps what a real kube-apiserver promises and refuses what it refuses: LIST with a
-//! resourceVersion and pages, WATCH streams that replay from a resourceVersion, send bookmarks
-//! and end with `410 Gone` once that version has expired; `409 Conflict` on a stale update;
+//! resourceVersion and pages cut from one snapshot, WATCH streams that replay from a
+//! resourceVersion (a deletion at its own), send bookmarks and end with `410 Gone` once that
+//! version has expired; `409 Conflict` on a stale update;
 //! the `status` subresource; merge and JSON patches (a failed `test` is `422`); finalizers
 //! (`deletionTimestamp` set, the object kept until the list is empty); Service defaulting,
 //! node port allocation and validation; EndpointSlices with `addressType` and routable

@@ -127,10 +127,12 @@ pub(crate) struct Change {
     pub namespace: String,
     /// What happened.
     pub change: ChangeType,
-    /// The object after it (before it, for a deletion), as JSON.
+    /// The object after it, as JSON; for a deletion, the object as it was last with the
+    /// resourceVersion of its deletion (as a real API server's `DELETED` event carries it).
     pub object: Value,
-    /// The object before a modification: a watch with a selector turns a modification that
-    /// moves an object into or out of it into an addition or a deletion.
+    /// The object before a modification or a deletion: a watch with a selector turns a
+    /// modification that moves an object into or out of it into an addition or a deletion,
+    /// and a list at an older resourceVersion puts it back.
     pub previous: Option<Value>,
 }
 
@@ -297,6 +299,54 @@ impl Store {
         (inner.of_kind(kind, namespace), inner.revision)
     }
 
+    /// The objects of `kind` (in `namespace`, when given) as they were at `revision` (now,
+    /// when `None`), by namespace and name, with that resourceVersion: what etcd answers for a
+    /// read at a revision, and so what every page of one paged list is cut from. `Err` with
+    /// the oldest resourceVersion still known when the history no longer reaches back.
+    pub(crate) fn list_at(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        revision: Option<u64>,
+    ) -> Result<(Vec<Value>, u64), u64> {
+        let inner = self.lock();
+        let revision = revision.unwrap_or(inner.revision);
+        if revision < inner.oldest {
+            return Err(inner.oldest);
+        }
+        let in_scope = |k: Kind, ns: &str| k == kind && namespace.is_none_or(|n| n == ns);
+        let mut objects: BTreeMap<(String, String), Value> = inner
+            .objects
+            .iter()
+            .filter(|((k, ns, _), _)| in_scope(*k, ns))
+            .map(|((_, ns, name), object)| ((ns.clone(), name.clone()), object.clone()))
+            .collect();
+        // Undo what came after `revision`, newest first.
+        for change in inner.log.iter().rev() {
+            if change.revision <= revision {
+                break;
+            }
+            if !in_scope(change.kind, &change.namespace) {
+                continue;
+            }
+            let name = change.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let key = (change.namespace.clone(), name);
+            match (&change.change, &change.previous) {
+                (ChangeType::Added, _) => {
+                    objects.remove(&key);
+                }
+                (ChangeType::Modified | ChangeType::Deleted, Some(previous)) => {
+                    objects.insert(key, previous.clone());
+                }
+                (_, None) => {}
+            }
+        }
+        Ok((objects.into_values().collect(), revision))
+    }
+
     /// Runs `change` on the object `id` under the store's lock and records what it did.
     /// `change` gets the current object (`None` if there is none) and every object, and says
     /// what to do; a new or changed object gets its resourceVersion (and, when created, a uid
@@ -321,7 +371,7 @@ impl Store {
                 inner.uid += 1;
                 let uid = format!("00000000-0000-4000-8000-{:012x}", inner.uid);
                 object["metadata"]["uid"] = json!(uid);
-                object["metadata"]["creationTimestamp"] = json!(super::now_rfc3339());
+                object["metadata"]["creationTimestamp"] = json!(crate::now_rfc3339());
                 (ChangeType::Added, object)
             }
         };
@@ -329,8 +379,8 @@ impl Store {
         object["kind"] = json!(id.0.name());
         inner.revision += 1;
         let revision = inner.revision;
+        object["metadata"]["resourceVersion"] = json!(revision.to_string());
         if change_type != ChangeType::Deleted {
-            object["metadata"]["resourceVersion"] = json!(revision.to_string());
             inner.objects.insert(id.clone(), object.clone());
         }
         let change = Change {
@@ -339,7 +389,7 @@ impl Store {
             namespace: id.1.clone(),
             change: change_type,
             object: object.clone(),
-            previous: previous.filter(|_| change_type == ChangeType::Modified),
+            previous,
         };
         inner.log.push_back(change.clone());
         // Under the lock, so a watch replaying the log and then following sees each change
