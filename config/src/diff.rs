@@ -267,24 +267,44 @@ pub fn diff(old: &Model, new: &Model) -> Vec<Change> {
     if old.routing != new.routing {
         changes.push(Change::RoutingChanged);
     }
-    for (name, service) in &new.services {
-        if old
-            .services
-            .get(name)
-            .is_some_and(|o| o.source != service.source)
-        {
-            changes.push(Change::SourceChanged(name.clone()));
-        }
-    }
-    // A service both models share (the same `Arc`: a source rebuilt the model around it)
-    // cannot have changed; only the others' ports are compared.
-    let shared = |name: &String| matches!((old.services.get(name), new.services.get(name)), (Some(a), Some(b)) if std::sync::Arc::ptr_eq(a, b));
-    let keys: BTreeSet<&ListenerKey> = old
-        .ports()
-        .chain(new.ports())
-        .filter(|p| !shared(&p.key.service))
-        .map(|p| &p.key)
+    let names: BTreeSet<&str> = old
+        .services
+        .keys()
+        .chain(new.services.keys())
+        .map(String::as_str)
         .collect();
+    changes.extend(diff_services(old, new, names));
+    changes
+}
+
+/// The changes to the services named, whose listeners in key order; the others are taken to
+/// be the same in both models. A source that changed a few services of a large model diffs
+/// those, at their cost; [`diff`] names every service.
+pub fn diff_services<'a>(
+    old: &Model,
+    new: &Model,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let mut keys: BTreeSet<&ListenerKey> = BTreeSet::new();
+    for name in names {
+        let (before, after) = (old.services.get(name), new.services.get(name));
+        if let (Some(a), Some(b)) = (before, after) {
+            // The same `Arc` (a source rebuilt the model around it) cannot have changed.
+            if std::sync::Arc::ptr_eq(a, b) {
+                continue;
+            }
+            if a.source != b.source {
+                changes.push(Change::SourceChanged(name.to_owned()));
+            }
+        }
+        keys.extend(
+            before
+                .into_iter()
+                .chain(after)
+                .flat_map(|service| service.ports.values().map(|port| &port.key)),
+        );
+    }
     for key in keys {
         match (old.port(key), new.port(key)) {
             (Some(_), None) => changes.push(Change::ListenerRemoved(key.clone())),

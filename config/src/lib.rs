@@ -22,12 +22,14 @@ mod warnings;
 use std::path::{Path, PathBuf};
 
 pub use build::{
-    builtin_port_settings, parse_range, Admission, ModelBuilder, BUILTIN_AFFINITIES,
+    builtin_port_settings, parse_range, Admission, Admitted, ModelBuilder, BUILTIN_AFFINITIES,
     BUILTIN_BALANCERS, BUILTIN_HEALTH, DEFAULT_ADMIN_LISTEN, DEFAULT_AFFINITY_ENTRIES,
     DEFAULT_BALANCER, DEFAULT_BIRD_DIRECTORY, DEFAULT_BIRD_SOCKET, DEFAULT_KEEPALIVED_DIRECTORY,
     DEFAULT_LOAD_BALANCER_CLASS, MAX_PEERS, MAX_POOLS, MAX_POOL_ENTRIES, MAX_WEIGHT,
 };
-pub use diff::{diff, Change, PortAspect, PortAspects, RuntimeAspect, RuntimeAspects};
+pub use diff::{
+    diff, diff_services, Change, PortAspect, PortAspects, RuntimeAspect, RuntimeAspects,
+};
 pub use lenient::{DurationText, Lenient};
 pub use model::*;
 pub use problems::{FieldPath, Problem, Problems};

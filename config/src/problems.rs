@@ -92,10 +92,10 @@ impl fmt::Display for Problems {
 /// Where a part of the input is: a field path from the root of the file
 /// (`services[2].ports[0]`), or from an object of another source (`Service default/shop
 /// ports[0]`). Cheap to extend and print.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FieldPath(Vec<Segment>);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Segment {
     /// An object that is the root of its own input (`Service default/shop`).
     Object(String),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use lb_config::file::ServiceFile;
 use lb_config::model::Service;
 use lb_config::{Admission, FieldPath, Kubernetes, Problems};
-use lb_k8s::plane::{Candidate, DataPlane};
+use lb_k8s::plane::{DataPlane, Update};
 use lb_k8s::telemetry::Telemetry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,8 +29,8 @@ impl DataPlane for Plane {
         self.0.check_kubernetes(origin, spec)
     }
 
-    async fn publish(&self, candidates: Vec<Candidate>) -> Result<Vec<Admission>, String> {
-        self.0.publish_kubernetes(candidates).await
+    async fn publish(&self, update: Update) -> Result<Vec<Admission>, String> {
+        self.0.publish_kubernetes(update).await
     }
 }
 
@@ -60,7 +60,13 @@ pub(crate) fn supervise(
             }
             if section.is_some() && sections.borrow().is_none() {
                 tracing::info!("the kubernetes section is gone: its services stop");
-                if let Err(error) = gantry.publish_kubernetes(Vec::new()).await {
+                if let Err(error) = gantry
+                    .publish_kubernetes(Update {
+                        replace: true,
+                        ..Update::default()
+                    })
+                    .await
+                {
                     tracing::error!(%error, "could not remove the Kubernetes services");
                 }
             }

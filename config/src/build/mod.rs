@@ -7,6 +7,7 @@
 //! path rooted at the object ([`FieldPath::object`]). A source that must keep an object's last
 //! good configuration checks it alone first with [`ModelBuilder::check_service`].
 
+mod admitted;
 mod backends;
 mod conflicts;
 mod kubernetes;
@@ -32,6 +33,7 @@ use crate::model::{
 };
 use crate::problems::{FieldPath, Problems};
 
+pub use admitted::Admitted;
 pub use kubernetes::{parse_range, DEFAULT_LOAD_BALANCER_CLASS, MAX_POOLS, MAX_POOL_ENTRIES};
 pub use policy::{
     BUILTIN_AFFINITIES, BUILTIN_BALANCERS, BUILTIN_HEALTH, DEFAULT_AFFINITY_ENTRIES,
@@ -208,50 +210,39 @@ impl ModelBuilder {
         self.services.push((origin, Arc::new(service)));
     }
 
-    /// Adds services of another source, each candidate given as alternatives tried in order
-    /// (say its wanted configuration, then its last good one). An alternative is a group of
-    /// services added together or not at all (a dual-stack Service is one per address
-    /// family): the first whose services clash with nothing added before is added. Returns
-    /// what became of each candidate, in order, with the clashes of its first alternative
-    /// when that one was not added (what the object asks for is what its owner must fix).
-    pub fn admit(
-        &mut self,
-        candidates: Vec<(FieldPath, Vec<Vec<Arc<Service>>>)>,
-    ) -> Vec<Admission> {
+    /// What the builder's services and the admin listener hold, as the starting point of
+    /// another source's services kept beside them ([`Admitted`]).
+    pub fn admitted(&self) -> Admitted {
         let mut taken = conflicts::Taken::new(&self.admin);
         let mut ignored = Problems::default();
         for (origin, service) in &self.services {
             taken.claim(origin, service, &mut ignored);
         }
-        let mut outcomes = Vec::with_capacity(candidates.len());
-        for (origin, alternatives) in candidates {
-            let mut first_clashes = None;
-            let mut outcome = None;
-            for (alternative, group) in alternatives.into_iter().enumerate() {
-                let mut clashes = Problems::default();
-                for service in &group {
-                    clashes.extend(taken.clashes(&origin, service));
-                }
-                if clashes.is_empty() {
-                    for service in group {
-                        taken.claim(&origin, &service, &mut ignored);
-                        self.services.push((origin.clone(), service));
-                    }
-                    outcome = Some(alternative);
-                    break;
-                }
-                first_clashes.get_or_insert(clashes);
-            }
-            let passed_over = first_clashes.unwrap_or_default();
-            outcomes.push(match outcome {
-                Some(alternative) => Admission::Admitted {
-                    alternative,
-                    passed_over,
-                },
-                None => Admission::Refused(passed_over),
-            });
-        }
+        Admitted::new(taken)
+    }
+
+    /// Adds services of another source, each candidate given as alternatives tried in order
+    /// (see [`Admitted::admit`]). Returns what became of each candidate, in order.
+    pub fn admit(
+        &mut self,
+        candidates: Vec<(FieldPath, Vec<Vec<Arc<Service>>>)>,
+    ) -> Vec<Admission> {
+        let mut admitted = self.admitted();
+        let outcomes = candidates
+            .into_iter()
+            .map(|(origin, alternatives)| admitted.admit(origin, alternatives))
+            .collect();
+        self.add_admitted(&admitted);
         outcomes
+    }
+
+    /// Adds the services `admitted` holds (admitted beside this builder's).
+    pub fn add_admitted(&mut self, admitted: &Admitted) {
+        for (origin, services) in admitted.iter() {
+            for service in services {
+                self.services.push((origin.clone(), Arc::clone(service)));
+            }
+        }
     }
 
     /// `runtime.workers`, read before the runtime starts.

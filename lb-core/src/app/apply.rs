@@ -146,10 +146,24 @@ impl Gantry {
     /// Moves to `new`, changing only what differs; returns what changed. On an error nothing
     /// changed.
     pub async fn apply(&self, new: Model) -> Result<Vec<Change>, ApplyError> {
+        self.apply_with(|old| {
+            let changes = lb_config::diff(old, &new);
+            (new, changes)
+        })
+        .await
+    }
+
+    /// Moves to the model `next` makes of the running one, with the changes it says; for a
+    /// source that knows what it changed, so that neither making the model nor diffing it
+    /// costs with the services it did not touch. On an error nothing changed.
+    pub(crate) async fn apply_with(
+        &self,
+        next: impl FnOnce(&Model) -> (Model, Vec<Change>),
+    ) -> Result<Vec<Change>, ApplyError> {
         let mut listeners = self.inner.listeners.lock().await;
         let old = self.inner.model.load_full();
         let diffing = std::time::Instant::now();
-        let changes = lb_config::diff(&old, &new);
+        let (new, changes) = next(&old);
         let diffed = diffing.elapsed();
         if changes.is_empty() {
             return Ok(changes);

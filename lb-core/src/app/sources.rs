@@ -1,16 +1,20 @@
 //! The sources of the model and how they combine: the file's sections and services (kept as
-//! the [`ModelBuilder`] that checked them) and the Kubernetes source's services. Whichever
-//! source changes, the model is rebuilt from the last good state of both, under one lock, so
-//! a file reload and a Kubernetes update never interleave. The file's services come first:
-//! a Kubernetes service that clashes with one of them (a name, an address and port) is
-//! refused and reported on its object, never silently preferred.
+//! the [`ModelBuilder`] that checked them) and the Kubernetes source's services (kept as
+//! [`Admitted`] beside them: what each holds stays indexed). Either source changes the model
+//! under one lock, so a file reload and a Kubernetes update never interleave. A file reload
+//! rebuilds the model from both; a Kubernetes update changes only the services it names, at
+//! their cost, however many others serve. The file's services come first: a Kubernetes
+//! service that clashes with one of them (a name, an address and port) is refused and
+//! reported on its object, never silently preferred.
 
 use std::sync::Arc;
 
 use lb_config::file::ServiceFile;
 use lb_config::model::Service;
-use lb_config::{Admission, Change, ConfigError, FieldPath, ModelBuilder, Problems};
-use lb_k8s::plane::Candidate;
+use lb_config::{
+    Admission, Admitted, Change, ConfigError, FieldPath, Model, ModelBuilder, Problems,
+};
+use lb_k8s::plane::{Candidate, Held, Update};
 
 use super::{ApplyError, Gantry};
 
@@ -19,9 +23,9 @@ use super::{ApplyError, Gantry};
 pub(super) struct Sources {
     /// The file, as checked; `None` for a Gantry started from a bare model (tests, the demo).
     file: Option<ModelBuilder>,
-    /// The Kubernetes Services served (each as the services of the model it became), in the
-    /// order they were admitted.
-    kubernetes: Vec<(FieldPath, Vec<Arc<Service>>)>,
+    /// The Kubernetes Services served, admitted beside the file's; `None` until the source
+    /// first publishes.
+    kubernetes: Option<Admitted>,
 }
 
 /// Why the file could not be applied.
@@ -40,7 +44,7 @@ impl Sources {
     pub(super) fn with_file(file: Option<ModelBuilder>) -> Self {
         Sources {
             file,
-            kubernetes: Vec::new(),
+            kubernetes: None,
         }
     }
 }
@@ -51,31 +55,23 @@ impl Gantry {
     /// reported by the Kubernetes source at its next update).
     pub async fn apply_file(&self, builder: ModelBuilder) -> Result<Vec<Change>, FileApplyError> {
         let mut sources = self.inner.sources.lock().await;
-        let mut combined = builder.clone();
-        let kept: Vec<(FieldPath, Vec<Vec<Arc<Service>>>)> = sources
-            .kubernetes
-            .iter()
-            .map(|(origin, services)| (origin.clone(), vec![services.clone()]))
-            .collect();
-        let outcomes = combined.admit(kept.clone());
-        let mut kubernetes = Vec::new();
-        for ((origin, mut services), outcome) in kept.into_iter().zip(outcomes) {
-            match outcome {
-                Admission::Admitted { .. } => {
-                    kubernetes.extend(services.pop().map(|s| (origin, s)))
-                }
-                Admission::Refused(problems) => {
-                    tracing::warn!(%origin, "dropped: it clashes with the file: {problems}")
-                }
+        let mut admitted = builder.admitted();
+        for (origin, services) in sources.kubernetes.iter().flat_map(Admitted::iter) {
+            if let Admission::Refused(problems) =
+                admitted.admit(origin.clone(), vec![services.to_vec()])
+            {
+                tracing::warn!(%origin, "dropped: it clashes with the file: {problems}");
             }
         }
+        let mut combined = builder.clone();
+        combined.add_admitted(&admitted);
         let model = combined.finish().map_err(ConfigError::Invalid)?;
         let changes = self.apply(model).await?;
         self.inner
             .file
             .store(Some(std::sync::Arc::new(builder.clone())));
         sources.file = Some(builder);
-        sources.kubernetes = kubernetes;
+        sources.kubernetes = sources.kubernetes.is_some().then_some(admitted);
         Ok(changes)
     }
 
@@ -98,68 +94,159 @@ impl Gantry {
         }
     }
 
-    /// Serves exactly `candidates` as the Kubernetes services (see
+    /// Applies an update of the Kubernetes services (see
     /// [`lb_k8s::plane::DataPlane::publish`]). A candidate whose listener cannot be bound or
     /// set up is refused with the error, and the rest applied without it.
-    pub async fn publish_kubernetes(
-        &self,
-        candidates: Vec<Candidate>,
-    ) -> Result<Vec<Admission>, String> {
+    pub async fn publish_kubernetes(&self, update: Update) -> Result<Vec<Admission>, String> {
         let mut sources = self.inner.sources.lock().await;
         let Some(file) = sources.file.clone() else {
             return Err("Gantry runs without a configuration file".into());
         };
-        let mut refused: Vec<Option<Problems>> = vec![None; candidates.len()];
-        loop {
-            let offered: Vec<(FieldPath, Vec<Vec<Arc<Service>>>)> = candidates
-                .iter()
-                .zip(&refused)
-                .filter(|(_, refused)| refused.is_none())
-                .map(|(c, _)| (c.origin.clone(), c.alternatives.clone()))
-                .collect();
-            let mut combined = file.clone();
-            let outcomes = combined.admit(offered.clone());
-            let model = combined.finish().map_err(|problems| problems.to_string())?;
-            match self.apply(model).await {
-                Ok(_) => {
-                    sources.kubernetes = offered
-                        .iter()
-                        .zip(&outcomes)
-                        .filter_map(|((origin, alternatives), outcome)| match outcome {
-                            Admission::Admitted { alternative, .. } => {
-                                Some((origin.clone(), alternatives.get(*alternative)?.clone()))
-                            }
-                            Admission::Refused(_) => None,
-                        })
-                        .collect();
-                    // The candidates refused for an error first, the builder's outcomes for
-                    // the rest, in the order offered.
-                    let mut outcomes = outcomes.into_iter();
-                    return Ok(refused
-                        .into_iter()
-                        .map(|refusal| match refusal {
-                            Some(problems) => Admission::Refused(problems),
-                            None => outcomes
-                                .next()
-                                .unwrap_or(Admission::Refused(Problems::default())),
-                        })
-                        .collect());
-                }
-                Err(error) => {
-                    // Refuse the service the error is about, and try again without it.
-                    let culprit = candidates
-                        .iter()
-                        .enumerate()
-                        .find(|(i, c)| refused[*i].is_none() && blames(&error, c));
-                    let Some((i, candidate)) = culprit else {
-                        return Err(error.to_string());
-                    };
-                    let mut problems = Problems::default();
-                    problems.push(&candidate.origin, error.to_string());
-                    refused[i] = Some(problems);
-                }
+        match sources.kubernetes.as_mut() {
+            Some(admitted) if !update.replace => self.update_kubernetes(admitted, update).await,
+            _ => {
+                let (outcomes, admitted) = self.replace_kubernetes(&file, update.offered).await?;
+                sources.kubernetes = Some(admitted);
+                Ok(outcomes)
             }
         }
+    }
+
+    /// Serves exactly `offered` as the Kubernetes services: the model rebuilt from the file's
+    /// and theirs.
+    async fn replace_kubernetes(
+        &self,
+        file: &ModelBuilder,
+        offered: Vec<Candidate>,
+    ) -> Result<(Vec<Admission>, Admitted), String> {
+        let mut refused: Vec<Option<Problems>> = vec![None; offered.len()];
+        loop {
+            let mut admitted = file.admitted();
+            let outcomes = admit(&mut admitted, &offered, &refused);
+            let mut combined = file.clone();
+            combined.add_admitted(&admitted);
+            let model = combined.finish().map_err(|problems| problems.to_string())?;
+            match self.apply(model).await {
+                Ok(_) => return Ok((merge(refused, outcomes), admitted)),
+                Err(error) => refuse_culprit(&error, &offered, &mut refused)?,
+            }
+        }
+    }
+
+    /// Applies `update` to what `admitted` holds, in place: the services it names are
+    /// withdrawn and admitted again, and the running model changes in those only.
+    async fn update_kubernetes(
+        &self,
+        admitted: &mut Admitted,
+        update: Update,
+    ) -> Result<Vec<Admission>, String> {
+        // What every origin the update names held, to tell the model what went and to put
+        // back should nothing apply.
+        let before = update.withdraw(admitted);
+        let offered = update.offered;
+        let mut refused: Vec<Option<Problems>> = vec![None; offered.len()];
+        loop {
+            let outcomes = admit(admitted, &offered, &refused);
+            let applied = self
+                .apply_with(|old| {
+                    let model = patched(old, &before, admitted);
+                    let names = before
+                        .values()
+                        .flatten()
+                        .flatten()
+                        .chain(before.keys().filter_map(|o| admitted.get(o)).flatten())
+                        .map(|s| s.name.as_str());
+                    let changes = lb_config::diff_services(old, &model, names);
+                    (model, changes)
+                })
+                .await;
+            let error = match applied {
+                Ok(_) => return Ok(merge(refused, outcomes)),
+                Err(error) => error,
+            };
+            for candidate in &offered {
+                admitted.withdraw(&candidate.origin);
+            }
+            if let Err(message) = refuse_culprit(&error, &offered, &mut refused) {
+                // Nothing applied: everything is as it was.
+                for (origin, held) in before {
+                    if let Some(held) = held {
+                        admitted.admit(origin, vec![held]);
+                    }
+                }
+                return Err(message);
+            }
+        }
+    }
+}
+
+/// Offers the candidates not refused to `admitted`, in order.
+fn admit(
+    admitted: &mut Admitted,
+    offered: &[Candidate],
+    refused: &[Option<Problems>],
+) -> Vec<Option<Admission>> {
+    offered
+        .iter()
+        .zip(refused)
+        .map(|(candidate, refusal)| refusal.is_none().then(|| candidate.offer(admitted)))
+        .collect()
+}
+
+/// One outcome per candidate: its refusal for an error, else what admitting it gave.
+fn merge(refused: Vec<Option<Problems>>, outcomes: Vec<Option<Admission>>) -> Vec<Admission> {
+    refused
+        .into_iter()
+        .zip(outcomes)
+        .map(|(refusal, outcome)| match (refusal, outcome) {
+            (Some(problems), _) => Admission::Refused(problems),
+            (None, Some(outcome)) => outcome,
+            (None, None) => Admission::Refused(Problems::default()),
+        })
+        .collect()
+}
+
+/// Refuses the candidate `error` is about (it is tried again without it); `Err` when it is
+/// about none of them.
+fn refuse_culprit(
+    error: &ApplyError,
+    offered: &[Candidate],
+    refused: &mut [Option<Problems>],
+) -> Result<(), String> {
+    let culprit = offered
+        .iter()
+        .enumerate()
+        .find(|(i, c)| refused[*i].is_none() && blames(error, c));
+    let Some((i, candidate)) = culprit else {
+        return Err(error.to_string());
+    };
+    let mut problems = Problems::default();
+    problems.push(&candidate.origin, error.to_string());
+    refused[i] = Some(problems);
+    Ok(())
+}
+
+/// The running model with the services of the origins `before` names as `admitted` holds
+/// them now: the others are the running model's own (`Arc`s, not copies).
+fn patched(old: &Model, before: &Held, admitted: &Admitted) -> Model {
+    let mut services = old.services.clone();
+    for service in before.values().flatten().flatten() {
+        services.remove(&service.name);
+    }
+    for service in before
+        .keys()
+        .filter_map(|origin| admitted.get(origin))
+        .flatten()
+    {
+        services.insert(service.name.clone(), Arc::clone(service));
+    }
+    Model {
+        admin: old.admin.clone(),
+        runtime: old.runtime.clone(),
+        plugin_limits: old.plugin_limits,
+        services,
+        kubernetes: old.kubernetes.clone(),
+        routing: old.routing.clone(),
     }
 }
 

@@ -15,7 +15,7 @@ pub mod status;
 pub mod watch;
 pub mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,6 +112,7 @@ pub async fn run(
         dirty: BTreeMap::new(),
         retry: BTreeMap::new(),
         tracked: BTreeMap::new(),
+        waiting: BTreeSet::new(),
         last_publish: Duration::ZERO,
     };
     tracing::info!(class = %section.load_balancer_class, "Kubernetes source started");
@@ -252,6 +253,9 @@ pub(crate) struct Controller {
     dirty: BTreeMap<ObjectKey, Instant>,
     retry: BTreeMap<ObjectKey, Retry>,
     tracked: BTreeMap<ObjectKey, Tracked>,
+    /// Services not served as they ask (refused, or served by their last good
+    /// configuration): offered again with every publish, as what blocks them may have gone.
+    waiting: BTreeSet<ObjectKey>,
     /// How long the last publish to the data plane took.
     last_publish: Duration,
 }

@@ -3,7 +3,7 @@
 //! plane at once, then tell the cluster: status, Events, and, for a Service Gantry lets go,
 //! its address released and its finalizer removed only after its listeners are gone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use crate::index::endpoints::Family;
 use crate::index::service::{Role, ServiceView};
 use crate::index::translate::PortOutcome;
 use crate::index::{ObjectKey, Translation};
-use crate::plane::Candidate;
+use crate::plane::{Candidate, Update};
 
 /// Longest wait before a failed write is tried again.
 const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -123,11 +123,12 @@ impl Controller {
         }
         let mut tell = Tell::default();
         let mut releasing = Vec::new();
-        // Whether the data plane must hear of the batch: something Gantry serves, or wants
-        // to, changed. Most events change nothing served: a cluster's other Services, and the
-        // echo of Gantry's own status writes. The first publish of a run always happens: it
-        // replaces whatever an earlier run served.
-        let mut changed = !self.synced.published;
+        // What the data plane must hear of: the Services whose configuration, wanted or
+        // served, changed, and those it no longer serves. Most events change nothing served
+        // (a cluster's other Services, the echo of Gantry's own status writes) and cost no
+        // publish. The first publish of a run replaces whatever an earlier run served.
+        let mut touched = Vec::new();
+        let mut withdrawn = Vec::new();
         for key in batch.keys() {
             let before = self
                 .tracked
@@ -135,23 +136,32 @@ impl Controller {
                 .map(|t| (t.wanted.clone(), t.served.clone()));
             if self.decide(key, &mut tell) {
                 let after = self.tracked.get(key);
-                changed |= match (&before, after) {
+                let differs = match (&before, after) {
                     (Some((wanted, served)), Some(now)) => {
                         !same(wanted, &now.wanted) || !same(served, &now.served)
                     }
                     _ => true,
                 };
+                if differs {
+                    touched.push(key.clone());
+                }
             } else {
                 let had = self.tracked.remove(key).is_some_and(|t| t.served.is_some());
-                changed |= before.is_some();
+                self.waiting.remove(key);
+                if before.is_some() {
+                    withdrawn.push(key.clone());
+                }
                 releasing.push((key.clone(), had));
             }
         }
-        if changed {
+        let replace = !self.synced.published;
+        if replace || !touched.is_empty() || !withdrawn.is_empty() {
             let publishing = Instant::now();
-            let published = self.publish().await;
+            let published = self.publish(touched, withdrawn, replace).await;
             self.last_publish = publishing.elapsed();
             if !published {
+                // The next publish starts over from everything tracked.
+                self.synced.published = false;
                 for key in batch.keys() {
                     self.later(key);
                 }
@@ -427,22 +437,47 @@ impl Controller {
         });
     }
 
-    /// Hands every Kubernetes service to the data plane: those served already first (a new
+    /// Tells the data plane what changed: the Services `touched` and those still waiting for
+    /// what they ask (everything tracked, when `replace`), those served already first (a new
     /// Service never takes what one that serves holds), each with what it asks for, then its
-    /// last good configuration. `false` when nothing could be applied.
-    async fn publish(&mut self) -> bool {
-        let mut order: Vec<ObjectKey> = self
-            .tracked
+    /// last good configuration; and the Services `withdrawn`. `false` when nothing could be
+    /// applied.
+    async fn publish(
+        &mut self,
+        touched: Vec<ObjectKey>,
+        withdrawn: Vec<ObjectKey>,
+        replace: bool,
+    ) -> bool {
+        let mut offer: BTreeSet<ObjectKey> = if replace {
+            self.tracked.keys().cloned().collect()
+        } else {
+            touched
+                .into_iter()
+                .chain(self.waiting.iter().cloned())
+                .collect()
+        };
+        let mut withdrawn: Vec<FieldPath> = withdrawn.iter().map(origin).collect();
+        // A Service with nothing to serve (its configuration cannot be built and none was
+        // served) is not offered: whatever it had goes.
+        let nothing: Vec<ObjectKey> = offer
             .iter()
-            .filter(|(_, t)| t.served.is_some())
-            .map(|(k, _)| k.clone())
+            .filter(|key| {
+                !self
+                    .tracked
+                    .get(*key)
+                    .is_some_and(|t| t.served.is_some() || t.wanted.is_some())
+            })
+            .cloned()
             .collect();
-        order.extend(
-            self.tracked
-                .iter()
-                .filter(|(_, t)| t.served.is_none() && t.wanted.is_some())
-                .map(|(k, _)| k.clone()),
-        );
+        for key in nothing {
+            offer.remove(&key);
+            self.waiting.remove(&key);
+            withdrawn.push(origin(&key));
+        }
+        let serves = |key: &ObjectKey| self.tracked.get(key).is_some_and(|t| t.served.is_some());
+        let (mut order, new): (Vec<ObjectKey>, Vec<ObjectKey>) =
+            offer.into_iter().partition(|key| serves(key));
+        order.extend(new);
         let mut offered: Vec<Vec<Built>> = Vec::with_capacity(order.len());
         let mut candidates = Vec::with_capacity(order.len());
         for key in &order {
@@ -459,13 +494,21 @@ impl Controller {
             });
             offered.push(alternatives);
         }
-        let outcomes = match self.plane.publish(candidates).await {
+        let update = Update {
+            offered: candidates,
+            withdrawn,
+            replace,
+        };
+        let outcomes = match self.plane.publish(update).await {
             Ok(outcomes) => outcomes,
             Err(error) => {
                 tracing::error!(%error, "Kubernetes services could not be applied; the previous ones keep serving");
                 return false;
             }
         };
+        if replace {
+            self.waiting.clear();
+        }
         for ((key, alternatives), outcome) in order.iter().zip(offered).zip(outcomes) {
             let Some(tracked) = self.tracked.get_mut(key) else {
                 continue;
@@ -474,12 +517,19 @@ impl Controller {
             let clashes = outcome.clashes();
             tracked.clash = (refused || !clashes.is_empty())
                 .then(|| ("Conflict".to_owned(), clashes.to_string()));
+            let first = matches!(outcome, Admission::Admitted { alternative: 0, .. });
             tracked.served = match outcome {
                 Admission::Admitted { alternative, .. } => {
                     alternatives.into_iter().nth(alternative)
                 }
                 Admission::Refused(_) => None,
             };
+            // Not served as it asks: offered again with every publish until it is.
+            if first {
+                self.waiting.remove(key);
+            } else {
+                self.waiting.insert(key.clone());
+            }
         }
         true
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use lb_config::file::{FileConfig, ServiceFile};
 use lb_config::model::Service;
-use lb_config::{Admission, FieldPath, ModelBuilder, Problems};
-use lb_k8s::plane::{Candidate, DataPlane};
+use lb_config::{Admission, Admitted, FieldPath, ModelBuilder, Problems};
+use lb_k8s::plane::{DataPlane, Update};
 use lb_k8s::telemetry::{Leadership, Telemetry};
 use lb_k8s_testing::{Kind, Options, TestApiServer};
 use serde_json::{json, Value};
@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 /// Long enough for any step of these tests on a busy machine; never reached when they pass.
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
-/// Serves nothing; remembers the services it was given.
+/// Serves nothing; admits what it is given exactly as the appliance does (the same
+/// [`Admitted`], kept from one update to the next) and remembers the services admitted.
 pub(crate) struct Recorder {
     builder: ModelBuilder,
+    admitted: Mutex<Option<Admitted>>,
     pub(crate) served: Mutex<BTreeMap<String, Arc<Service>>>,
 }
 
@@ -32,24 +34,19 @@ impl DataPlane for Recorder {
         self.builder.check_service(origin, spec)
     }
 
-    async fn publish(&self, candidates: Vec<Candidate>) -> Result<Vec<Admission>, String> {
-        let mut builder = self.builder.clone();
-        let offered: Vec<_> = candidates.iter().map(|c| c.alternatives.clone()).collect();
-        let outcomes = builder.admit(
-            candidates
-                .into_iter()
-                .map(|c| (c.origin, c.alternatives))
-                .collect(),
-        );
-        let mut served = BTreeMap::new();
-        for (outcome, alternatives) in outcomes.iter().zip(offered) {
-            if let Admission::Admitted { alternative, .. } = outcome {
-                for service in &alternatives[*alternative] {
-                    served.insert(service.name.clone(), service.clone());
-                }
-            }
-        }
-        *self.served.lock().expect("lock") = served;
+    async fn publish(&self, update: Update) -> Result<Vec<Admission>, String> {
+        let mut admitted = self.admitted.lock().expect("lock");
+        let admitted = match admitted.as_mut() {
+            Some(admitted) if !update.replace => admitted,
+            _ => admitted.insert(self.builder.admitted()),
+        };
+        update.withdraw(admitted);
+        let outcomes = update.offered.iter().map(|c| c.offer(admitted)).collect();
+        *self.served.lock().expect("lock") = admitted
+            .iter()
+            .flat_map(|(_, services)| services)
+            .map(|service| (service.name.clone(), Arc::clone(service)))
+            .collect();
         Ok(outcomes)
     }
 }
@@ -101,6 +98,7 @@ impl Cluster {
         let section = builder.kubernetes().cloned().expect("section");
         let plane = Arc::new(Recorder {
             builder,
+            admitted: Mutex::new(None),
             served: Mutex::new(BTreeMap::new()),
         });
         let log = Arc::new(Log::default());
