@@ -1,23 +1,30 @@
 //! `cargo bench -p lb-core --bench kubernetes`: how the Kubernetes source scales, in process,
 //! against the test API server (the real HTTP API over TLS on loopback, kube-rs unmodified).
+//! The API server runs on a runtime of its own (threads `apiserver`), so Gantry's CPU is the
+//! process's less the API server's and the driver's.
 //!
-//! - provision: N LoadBalancer Services (each with an EndpointSlice) created through the API
-//!   at once; the time until every one serves (its listener in the running model) and until
-//!   every status shows its address.
-//! - programming: M changes, one at a time, each adding an endpoint to one Service's slice;
-//!   for each, the time from the API server accepting the write to the data plane serving the
-//!   new backend (the model holding it), p50/p90/p99. The same span as
-//!   `gantry_kubernetes_programming_duration_seconds` plus the watch's delivery; Kubernetes'
-//!   own SLO for network programming is p99 ≤ 30 s.
+//! - provision: N LoadBalancer Services with E ready endpoints each are in the cluster
+//!   before Gantry starts; the time from its start (its LIST) until every one serves (its
+//!   listener in the running model, with every endpoint) and until every status shows its
+//!   address. The resident memory then, less the API server's before Gantry started.
+//! - churn: for `CHURN_SECONDS`, `CHURN_PERCENT` % of all endpoints change per second (an
+//!   endpoint of a random Service replaced by a new address, ten writes a second); for each,
+//!   the time from the API server accepting the write to the running model holding the new
+//!   backend, p50/p99, and Gantry's CPU per change.
+//! - restart: Gantry stops and a new one starts on the same cluster; once it serves
+//!   everything, how many writes it made to Services and Events (re-adoption must make none).
 //!
-//! `SERVICES` (default 1000) and `CHANGES` (default 200) set N and M. Figures are printed;
-//! nothing is asserted.
+//! `SERVICES` (default 1000), `ENDPOINTS` (10), `CHURN_PERCENT` (1), `CHURN_SECONDS` (20) set
+//! them. Figures are printed, one line per phase; nothing is asserted but that each phase
+//! completes.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_core::Gantry;
-use lb_k8s_testing::{Kind, Options, Policy, TestApiServer};
+use lb_k8s_testing::{Kind, Options, Part, Policy, TestApiServer};
 use serde_json::json;
 
 fn env(name: &str, default: usize) -> usize {
@@ -25,12 +32,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// The i-th address of the pool 127.3.0.0/16 (the /16's first usable is .0.1).
-fn address(i: usize) -> IpAddr {
-    let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
-    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 3, 0, 0)) + n))
 }
 
 fn service(i: usize) -> serde_json::Value {
@@ -42,15 +43,24 @@ fn service(i: usize) -> serde_json::Value {
                     "ports": [{"name": "http", "port": 8080}]}})
 }
 
-fn slice(i: usize, endpoints: &[&str]) -> serde_json::Value {
-    let endpoints: Vec<_> = endpoints
+/// The endpoint address number `n` (distinct for every n below 2^24).
+fn endpoint(n: usize) -> String {
+    let n = u32::try_from(n % (1 << 24)).unwrap_or(0);
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + n).to_string()
+}
+
+fn endpoints(addresses: &[String]) -> serde_json::Value {
+    addresses
         .iter()
         .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
-        .collect();
+        .collect()
+}
+
+fn slice(i: usize, addresses: &[String]) -> serde_json::Value {
     json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
            "metadata": {"name": format!("s{i}-1"), "namespace": "bench",
                         "labels": {"kubernetes.io/service-name": format!("s{i}")}},
-           "ports": [{"name": "http", "port": 9000}], "endpoints": endpoints})
+           "ports": [{"name": "http", "port": 9000}], "endpoints": endpoints(addresses)})
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -67,60 +77,164 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds used so far by this process's threads: Gantry's (every thread but the
+/// API server's and the main one, which drives), and the others'.
+fn cpu_seconds() -> (f64, f64) {
+    let pid = std::process::id().to_string();
+    let ticks = 100.0; // USER_HZ on Linux
+    let (mut gantry, mut other) = (0.0, 0.0);
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten() {
+        let Ok(task) = task else { continue };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: the fields after the comm, utime and stime the 12th and 13th.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let comm = head.split_once(" (").map_or("", |(_, c)| c);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let used = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let seconds = (used(11) + used(12)) / ticks;
+        let main = task.file_name().to_string_lossy() == pid;
+        if main || comm.starts_with("apiserver") {
+            other += seconds;
+        } else {
+            gantry += seconds;
+        }
+    }
+    (gantry, other)
+}
+
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !done() {
         assert!(
-            started.elapsed() < Duration::from_secs(600),
+            started.elapsed() < Duration::from_secs(900),
             "{what} never happened"
         );
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     started.elapsed()
 }
 
+/// Whether the running model serves `bench/s{i}` with exactly these endpoints.
+fn serves(gantry: &Gantry, i: usize, addresses: &[String]) -> bool {
+    gantry
+        .model()
+        .services
+        .get(&format!("bench/s{i}"))
+        .is_some_and(|s| {
+            let backends = &s.ports["http"].backends;
+            backends.len() == addresses.len()
+                && addresses.iter().all(|a| {
+                    let want: SocketAddr = format!("{a}:9000").parse().expect("addr");
+                    backends.iter().any(|b| b.address == want)
+                })
+        })
+}
+
+/// Writes to Services and Events the API server has answered so far.
+fn writes(api: &TestApiServer) -> usize {
+    api.seen()
+        .iter()
+        .filter(|s| s.method != http::Method::GET && !s.path.contains("/leases/"))
+        .filter(|s| s.path.contains("/services/") || s.path.contains("/events"))
+        .count()
+}
+
+/// A small deterministic generator (xorshift), so every run churns alike.
+struct Pick(u64);
+
+impl Pick {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        usize::try_from(self.0 % n.max(1) as u64).unwrap_or(0)
+    }
+}
+
+async fn start_gantry(config: &std::path::Path) -> Gantry {
+    Gantry::start_file(lb_config::load_builder(config).expect("config"))
+        .await
+        .expect("gantry")
+}
+
 fn main() {
     let services = env("SERVICES", 1000);
-    let changes = env("CHANGES", 200);
+    let per_service = env("ENDPOINTS", 10);
+    let churn_percent = env("CHURN_PERCENT", 1);
+    let churn_seconds = env("CHURN_SECONDS", 20);
     let _ = rustls::crypto::ring::default_provider().install_default();
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .init();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let api_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("apiserver")
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(async {
-        let api = TestApiServer::start(Options {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("gantry")
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let api = api_runtime
+        .block_on(TestApiServer::start(Options {
             policy: Policy {
                 allow_loopback_endpoints: true,
             },
             ..Options::default()
-        })
-        .await
+        }))
         .expect("API server");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig()).expect("kubeconfig");
-        let config = dir.path().join("gantry.yaml");
-        std::fs::write(
-            &config,
-            "admin: { listen: 127.0.0.1:0 }\nkubernetes:\n  kubeconfig: kubeconfig\n  address_pools: [{ name: bench, addresses: [127.3.0.0/16] }]\n",
-        )
-        .expect("config");
-        let gantry = Gantry::start_file(lb_config::load_builder(&config).expect("config"))
-            .await
-            .expect("gantry");
+    let api = Arc::new(api);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig()).expect("kubeconfig");
+    let config = dir.path().join("gantry.yaml");
+    std::fs::write(
+        &config,
+        "admin: { listen: 127.0.0.1:0 }\nkubernetes:\n  kubeconfig: kubeconfig\n  address_pools: [{ name: bench, addresses: [127.3.0.0/16] }]\n",
+    )
+    .expect("config");
 
+    // The cluster as Gantry will find it.
+    let mut current: Vec<Vec<String>> = Vec::with_capacity(services);
+    let mut next_address = 0;
+    for i in 0..services {
+        let addresses: Vec<String> = (0..per_service)
+            .map(|_| {
+                next_address += 1;
+                endpoint(next_address)
+            })
+            .collect();
+        api.create(service(i)).expect("service");
+        api.create(slice(i, &addresses)).expect("slice");
+        current.push(addresses);
+    }
+    let api_rss = rss_mib();
+
+    runtime.block_on(async {
         let started = Instant::now();
-        for i in 0..services {
-            api.create(service(i)).expect("service");
-            api.create(slice(i, &["127.0.0.1"])).expect("slice");
-        }
-        let created = started.elapsed();
-        wait_until("every Service serving", || gantry.model().services.len() == services).await;
+        let gantry = start_gantry(&config).await;
+        wait_until("every Service serving", || {
+            let model = gantry.model();
+            model.services.len() == services
+                && model
+                    .services
+                    .values()
+                    .all(|s| s.ports["http"].backends.len() == per_service)
+        })
+        .await;
         let serving = started.elapsed();
         wait_until("every status written", || {
             api.list(Kind::Service)
@@ -129,47 +243,93 @@ fn main() {
         })
         .await;
         let reported = started.elapsed();
+        let rss = rss_mib();
         println!(
-            "provision  services={services} created_in={:.2}s serving_after={:.2}s status_after={:.2}s rss={:.0}MiB",
-            created.as_secs_f64(),
+            "provision  services={services} endpoints={} serving_after={:.2}s status_after={:.2}s rss={rss:.0}MiB gantry_rss={:.0}MiB",
+            services * per_service,
             serving.as_secs_f64(),
             reported.as_secs_f64(),
-            rss_mib()
-        );
-        assert_eq!(
-            gantry.model().services["bench/s0"].address,
-            address(0),
-            "addresses in pool order"
+            rss - api_rss,
         );
 
-        let mut latencies = Vec::with_capacity(changes);
-        for n in 0..changes {
-            let i = (n * 7919) % services;
-            let extra = format!("127.0.{}.{}", 1 + n / 250, 1 + n % 250);
-            let id = (Kind::EndpointSlice, "bench".to_owned(), format!("s{i}-1"));
-            let patch = json!({"endpoints": [
-                {"addresses": ["127.0.0.1"], "conditions": {"ready": true}},
-                {"addresses": [extra], "conditions": {"ready": true}}]});
-            let sent = Instant::now();
-            api.patch(&id, lb_k8s_testing::Part::Main, &patch).expect("patch");
-            let name = format!("bench/s{i}");
-            let backend: std::net::SocketAddr = format!("{extra}:9000").parse().expect("addr");
-            wait_until("the new endpoint serving", || {
-                gantry.model().services.get(&name).is_some_and(|s| {
-                    s.ports["http"].backends.iter().any(|b| b.address == backend)
-                })
-            })
-            .await;
-            latencies.push(sent.elapsed());
+        // Churn: ten writes a second, each replacing one endpoint of a random Service.
+        let per_second = (services * per_service * churn_percent).div_ceil(100);
+        let per_tick = per_second.div_ceil(10).max(1);
+        let mut pick = Pick(0x9e37_79b9_7f4a_7c15);
+        let mut pending: BTreeMap<usize, (Instant, Vec<String>)> = BTreeMap::new();
+        let mut latencies = Vec::new();
+        let (cpu_before, _) = cpu_seconds();
+        let churn_started = Instant::now();
+        let mut changes = 0usize;
+        let mut next_tick = Instant::now();
+        while churn_started.elapsed() < Duration::from_secs(churn_seconds as u64) {
+            if Instant::now() >= next_tick {
+                next_tick += Duration::from_millis(100);
+                for _ in 0..per_tick {
+                    let i = pick.below(services);
+                    let slot = pick.below(per_service);
+                    next_address += 1;
+                    current[i][slot] = endpoint(next_address);
+                    let id = (Kind::EndpointSlice, "bench".to_owned(), format!("s{i}-1"));
+                    let patch = json!({"endpoints": endpoints(&current[i])});
+                    api.patch(&id, Part::Main, &patch).expect("patch");
+                    // A second change to a Service still pending is timed from its first.
+                    let sent = pending.get(&i).map_or_else(Instant::now, |(at, _)| *at);
+                    pending.insert(i, (sent, current[i].clone()));
+                    changes += 1;
+                }
+            }
+            // Checked every millisecond, so a latency is read to the millisecond.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            pending.retain(|i, (sent, addresses)| {
+                let done = serves(&gantry, *i, addresses);
+                if done {
+                    latencies.push(sent.elapsed());
+                }
+                !done
+            });
         }
+        wait_until("the last changes serving", || {
+            pending.retain(|i, (sent, addresses)| {
+                let done = serves(&gantry, *i, addresses);
+                if done {
+                    latencies.push(sent.elapsed());
+                }
+                !done
+            });
+            pending.is_empty()
+        })
+        .await;
+        let (cpu_after, _) = cpu_seconds();
         latencies.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "programming changes={changes} services={services} p50={:.1}ms p90={:.1}ms p99={:.1}ms max={:.1}ms",
+            "churn      services={services} changes={changes} per_second={per_second} p50={:.1}ms p99={:.1}ms max={:.1}ms cpu_per_change={:.2}ms rss={:.0}MiB",
             ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.9)),
             ms(percentile(&latencies, 0.99)),
             ms(percentile(&latencies, 1.0)),
+            (cpu_after - cpu_before) * 1000.0 / changes.max(1) as f64,
+            rss_mib(),
+        );
+
+        // Restart: a new Gantry re-adopts every address and writes nothing.
+        gantry.shutdown(Duration::from_secs(1)).await;
+        drop(gantry);
+        let before = writes(&api);
+        let restarted = Instant::now();
+        let gantry = start_gantry(&config).await;
+        wait_until("every Service serving again", || {
+            gantry.model().services.len() == services
+        })
+        .await;
+        let serving = restarted.elapsed();
+        // Whatever it would write, it would have written by the time it serves everything;
+        // a second's grace for writes in flight.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        println!(
+            "restart    services={services} serving_after={:.2}s api_writes={}",
+            serving.as_secs_f64(),
+            writes(&api) - before,
         );
         gantry.shutdown(Duration::from_secs(1)).await;
     });
