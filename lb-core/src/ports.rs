@@ -6,12 +6,12 @@
 //! namespace (`/proc/net/{tcp,udp}{,6}`); one held by another process makes the apply fail
 //! with that process's name, before the socket listens or serves.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// A socket's protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// A TCP listening (or bound) socket.
     Tcp,
@@ -63,10 +63,15 @@ pub fn held_elsewhere(bound: &[(Transport, SocketAddr)]) -> Option<(Transport, H
         return None;
     }
     let ours = own_sockets();
+    // Each table read once, however many sockets a plan binds: a read walks every socket of
+    // the host, so one read per bound socket made binding N ports cost N².
+    let mut tables: HashMap<(Transport, bool), Vec<Listed>> = HashMap::new();
     for &(transport, address) in bound {
-        let listed = listed(transport, address.is_ipv4());
+        let listed = tables
+            .entry((transport, address.is_ipv4()))
+            .or_insert_with(|| listed(transport, address.is_ipv4()));
         if let Some(other) = listed
-            .into_iter()
+            .iter()
             .find(|l| !ours.contains(&l.inode) && overlaps(l.address, address))
         {
             return Some((

@@ -102,12 +102,18 @@ struct Hold {
     ports: Vec<Listen>,
 }
 
+/// Who holds: a Service, for one address family.
+type Holder = (ObjectKey, Family);
+
 /// The pools and who holds what: a Service holds at most one address per family (two for a
-/// dual-stack Service).
+/// dual-stack Service). Holds are indexed by address too, so a check, an assignment or a
+/// release costs what the address's holders cost, not what every Service's does.
 #[derive(Debug, Default)]
 pub struct Addresses {
     pools: Vec<Pool>,
-    holds: BTreeMap<(ObjectKey, Family), Hold>,
+    holds: BTreeMap<Holder, Hold>,
+    /// The holders of each address held, in address order.
+    by_address: BTreeMap<IpAddr, BTreeSet<Holder>>,
 }
 
 impl Request {
@@ -126,6 +132,7 @@ impl Addresses {
         Addresses {
             pools,
             holds: BTreeMap::new(),
+            by_address: BTreeMap::new(),
         }
     }
 
@@ -183,6 +190,7 @@ impl Addresses {
     /// takes the Lease over starts from what the cluster shows, as a restart does).
     pub fn reset(&mut self) {
         self.holds.clear();
+        self.by_address.clear();
     }
 
     /// Whether `ip` is in one of the pools.
@@ -192,45 +200,76 @@ impl Addresses {
 
     /// `key` no longer holds an address.
     pub fn release(&mut self, key: &ObjectKey) {
-        self.holds.retain(|(holder, _), _| holder != key);
+        self.keep_families(key, &[]);
     }
 
     /// `key` holds addresses of `families` only (a Service that stops being dual-stack).
     pub fn keep_families(&mut self, key: &ObjectKey, families: &[Family]) {
-        self.holds
-            .retain(|(holder, family), _| holder != key || families.contains(family));
+        for family in [Family::V4, Family::V6] {
+            if !families.contains(&family) {
+                self.unhold(&(key.clone(), family));
+            }
+        }
     }
 
     /// The addresses `key` holds.
     pub fn held(&self, key: &ObjectKey) -> Vec<IpAddr> {
-        self.holds
-            .iter()
-            .filter(|((holder, _), _)| holder == key)
-            .map(|(_, h)| h.address)
+        [Family::V4, Family::V6]
+            .into_iter()
+            .filter_map(|family| self.holds.get(&(key.clone(), family)))
+            .map(|hold| hold.address)
             .collect()
     }
 
     /// Addresses in use in each pool, by pool name.
     pub fn in_use(&self) -> BTreeMap<&str, usize> {
-        let addresses: BTreeSet<IpAddr> = self.holds.values().map(|h| h.address).collect();
         self.pools
             .iter()
             .map(|pool| {
-                let used = addresses.iter().filter(|ip| pool.contains(**ip)).count();
+                let used = self
+                    .by_address
+                    .keys()
+                    .filter(|ip| pool.contains(**ip))
+                    .count();
                 (pool.name.as_str(), used)
             })
             .collect()
     }
 
     fn hold(&mut self, key: &ObjectKey, address: IpAddr, request: &Request) {
+        let holder = (key.clone(), Family::of(address));
+        self.unhold(&holder);
+        self.by_address
+            .entry(address)
+            .or_default()
+            .insert(holder.clone());
         self.holds.insert(
-            (key.clone(), Family::of(address)),
+            holder,
             Hold {
                 address,
                 sharing_key: request.sharing_key.clone(),
                 ports: request.ports.clone(),
             },
         );
+    }
+
+    fn unhold(&mut self, holder: &Holder) {
+        let Some(hold) = self.holds.remove(holder) else {
+            return;
+        };
+        if let Some(holders) = self.by_address.get_mut(&hold.address) {
+            holders.remove(holder);
+            if holders.is_empty() {
+                self.by_address.remove(&hold.address);
+            }
+        }
+    }
+
+    /// Whether a Service other than `key` holds `ip`.
+    fn held_by_another(&self, key: &ObjectKey, ip: IpAddr) -> bool {
+        self.by_address
+            .get(&ip)
+            .is_some_and(|holders| holders.iter().any(|(other, _)| other != key))
     }
 
     /// Whether `address` is what `request` asks for.
@@ -248,9 +287,11 @@ impl Addresses {
 
     /// Another Service holding `address` that `key` may not share it with.
     fn conflict(&self, key: &ObjectKey, address: IpAddr, request: &Request) -> Option<ObjectKey> {
-        self.holds
+        self.by_address
+            .get(&address)?
             .iter()
-            .filter(|((other, _), hold)| other != key && hold.address == address)
+            .filter(|(other, _)| other != key)
+            .filter_map(|holder| Some((holder, self.holds.get(holder)?)))
             .find(|(_, hold)| {
                 let same_key =
                     request.sharing_key.is_some() && hold.sharing_key == request.sharing_key;
@@ -274,7 +315,7 @@ impl Addresses {
         let family = request.family();
         // Sharing first: an address a Service with the same key already holds.
         if request.sharing_key.is_some() {
-            let shared = self.holds.values().map(|h| h.address).find(|ip| {
+            let shared = self.by_address.keys().copied().find(|ip| {
                 Family::of(*ip) == family
                     && pools.iter().any(|p| p.contains(*ip))
                     && self.conflict(key, *ip, request).is_none()
@@ -283,37 +324,40 @@ impl Addresses {
                 return Ok(address);
             }
         }
-        let taken: BTreeSet<IpAddr> = self
-            .holds
-            .iter()
-            .filter(|((other, _), _)| other != key)
-            .map(|(_, h)| h.address)
-            .collect();
         for range in pools.iter().flat_map(|p| p.ranges.iter()) {
             if Family::of(range.first) != family {
                 continue;
             }
-            if let Some(ip) = first_free(range, &taken) {
+            if let Some(ip) = self.first_free(key, range) {
                 return Ok(ip);
             }
         }
         Err(Refusal::Exhausted)
     }
-}
 
-/// The first address of `range` not in `taken`. Walks past taken addresses only, so a huge
-/// IPv6 range costs as little as a small one.
-fn first_free(range: &AddressRange, taken: &BTreeSet<IpAddr>) -> Option<IpAddr> {
-    let (first, last) = (as_u128(range.first), as_u128(range.last));
-    let mut candidate = first;
-    while candidate <= last {
-        let ip = from_u128(candidate, range.first);
-        if !taken.contains(&ip) {
-            return Some(ip);
+    /// The first address of `range` no other Service holds. Walks the held addresses of the
+    /// range in order beside the candidate, so a huge IPv6 range costs as little as a small
+    /// one, and each step is a step of an ordered walk, not a lookup.
+    fn first_free(&self, key: &ObjectKey, range: &AddressRange) -> Option<IpAddr> {
+        let (first, last) = (as_u128(range.first), as_u128(range.last));
+        let mut candidate = first;
+        for &held in self
+            .by_address
+            .range(range.first..=range.last)
+            .map(|(ip, _)| ip)
+        {
+            let held_at = as_u128(held);
+            if held_at > candidate {
+                break;
+            }
+            if held_at == candidate && self.held_by_another(key, held) {
+                candidate = candidate.checked_add(1)?;
+            } else if held_at == candidate {
+                break;
+            }
         }
-        candidate = candidate.checked_add(1)?;
+        (candidate <= last).then(|| from_u128(candidate, range.first))
     }
-    None
 }
 
 fn as_u128(ip: IpAddr) -> u128 {

@@ -99,6 +99,9 @@ pub struct Index {
     nodes: BTreeMap<String, NodeView>,
     /// TLS Secrets Services name, as read (or why they cannot be used).
     secrets: BTreeMap<ObjectKey, Result<SecretView, String>>,
+    /// The Services naming each Secret: a Secret's change touches those without a walk over
+    /// every Service.
+    named_by: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
 }
 
 impl Index {
@@ -135,14 +138,33 @@ impl Index {
             view,
             problems,
         };
+        self.remove_service(&key);
+        if let Some(secret) = secret_named(&key, &entry) {
+            self.named_by.entry(secret).or_default().insert(key.clone());
+        }
         self.services.insert(key.clone(), entry);
         Some(key)
     }
 
     /// A Service is gone.
     pub fn delete_service(&mut self, key: &ObjectKey) -> ObjectKey {
-        self.services.remove(key);
+        self.remove_service(key);
         key.clone()
+    }
+
+    /// Forgets the Service `key`, and that it names its Secret.
+    fn remove_service(&mut self, key: &ObjectKey) {
+        let Some(entry) = self.services.remove(key) else {
+            return;
+        };
+        if let Some(secret) = secret_named(key, &entry) {
+            if let Some(naming) = self.named_by.get_mut(&secret) {
+                naming.remove(key);
+                if naming.is_empty() {
+                    self.named_by.remove(&secret);
+                }
+            }
+        }
     }
 
     /// An EndpointSlice was added or changed; returns its Service's key.
@@ -213,13 +235,14 @@ impl Index {
 
     /// The Secrets Gantry's Services name: the only ones Gantry reads.
     pub fn referenced_secrets(&self) -> BTreeSet<ObjectKey> {
-        self.services
+        self.named_by
             .iter()
-            .filter(|(_, entry)| entry.role != Role::None)
-            .filter_map(|(key, entry)| {
-                let name = entry.view.annotations.tls_secret.as_deref()?;
-                Some(ObjectKey::new(&key.namespace, name))
+            .filter(|(_, naming)| {
+                naming
+                    .iter()
+                    .any(|key| self.services.get(key).is_some_and(|e| e.role != Role::None))
             })
+            .map(|(secret, _)| secret.clone())
             .collect()
     }
 
@@ -234,14 +257,7 @@ impl Index {
     }
 
     fn naming(&self, secret: &ObjectKey) -> BTreeSet<ObjectKey> {
-        self.services
-            .iter()
-            .filter(|(key, entry)| {
-                key.namespace == secret.namespace
-                    && entry.view.annotations.tls_secret.as_deref() == Some(secret.name.as_str())
-            })
-            .map(|(key, _)| key.clone())
-            .collect()
+        self.named_by.get(secret).cloned().unwrap_or_default()
     }
 
     /// The load balancers that may send traffic to nodes.
@@ -331,7 +347,7 @@ impl Index {
             .cloned()
             .collect();
         for key in &gone {
-            self.services.remove(key);
+            self.remove_service(key);
         }
         gone
     }
@@ -366,4 +382,10 @@ impl Index {
     pub fn view(&self, key: &ObjectKey) -> Option<&ServiceView> {
         self.services.get(key).map(|entry| &entry.view)
     }
+}
+
+/// The Secret a Service names (in its own namespace), if any.
+fn secret_named(key: &ObjectKey, entry: &Entry) -> Option<ObjectKey> {
+    let name = entry.view.annotations.tls_secret.as_deref()?;
+    Some(ObjectKey::new(&key.namespace, name))
 }
