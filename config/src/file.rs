@@ -154,6 +154,10 @@ pub struct KubernetesFile {
     pub instance: Option<String>,
     /// Which of several replicas writes to the cluster: the holder of a Lease.
     pub leader_election: Option<Lenient<LeaderElectionFile>>,
+    /// How long a burst of changes (many arriving at once: a rollout, a relist) is gathered
+    /// into one apply, counted from its first change; a lone change is applied at once.
+    /// 0s to 1s, default 20ms.
+    pub batch_delay: Option<DurationText>,
 }
 
 /// `kubernetes.leader_election:`: replicas watching one cluster all serve, and the holder of

@@ -308,6 +308,9 @@ pub struct Kubernetes {
     pub instance: String,
     /// The Lease that decides which replica writes; `None`: this one writes without.
     pub leader_election: Option<LeaderElection>,
+    /// How long a burst of changes is gathered into one apply.
+    #[serde(with = "duration_text")]
+    pub batch_delay: Duration,
 }
 
 /// Which replica writes to the cluster: the holder of a Lease (client-go's leader election).

@@ -32,6 +32,7 @@ fn the_section_takes_its_defaults_and_resolves_the_kubeconfig() {
     assert!(!section.default_provider);
     assert_eq!(section.backends, KubeBackends::Pods);
     assert_eq!(section.node_port_address, None);
+    assert_eq!(section.batch_delay, DEFAULT_BATCH_DELAY);
     let ranges = &section.address_pools[0].ranges;
     // A /30 leaves out its network and broadcast addresses.
     assert_eq!(
@@ -207,6 +208,25 @@ fn leader_election_durations_keep_their_ranges_and_order() {
             "missing `{expected}` in:\n{problems}"
         );
     }
+}
+
+#[test]
+fn the_batch_delay_keeps_its_range() {
+    let section = |delay: &str| format!("kubernetes:\n  kubeconfig: k\n  batch_delay: {delay}\n");
+    let model = parse_str(&section("0s"), Path::new("/")).expect("0s: every change at once");
+    assert_eq!(
+        model.kubernetes.expect("section").batch_delay,
+        Duration::ZERO
+    );
+    let model = parse_str(&section("1s"), Path::new("/")).expect("the maximum");
+    assert_eq!(
+        model.kubernetes.expect("section").batch_delay,
+        MAX_BATCH_DELAY
+    );
+    assert_eq!(
+        problems_of(&section("2s")),
+        ["kubernetes.batch_delay: 2s is above the maximum of 1s"]
+    );
 }
 
 #[test]

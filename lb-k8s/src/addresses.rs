@@ -265,13 +265,6 @@ impl Addresses {
         }
     }
 
-    /// Whether a Service other than `key` holds `ip`.
-    fn held_by_another(&self, key: &ObjectKey, ip: IpAddr) -> bool {
-        self.by_address
-            .get(&ip)
-            .is_some_and(|holders| holders.iter().any(|(other, _)| other != key))
-    }
-
     /// Whether `address` is what `request` asks for.
     fn meets(&self, address: IpAddr, request: &Request) -> bool {
         match (request.address, &request.pool, request.family) {
@@ -341,20 +334,12 @@ impl Addresses {
     fn first_free(&self, key: &ObjectKey, range: &AddressRange) -> Option<IpAddr> {
         let (first, last) = (as_u128(range.first), as_u128(range.last));
         let mut candidate = first;
-        for &held in self
-            .by_address
-            .range(range.first..=range.last)
-            .map(|(ip, _)| ip)
-        {
-            let held_at = as_u128(held);
-            if held_at > candidate {
+        // The held addresses come in order from `first`, each at or past the candidate.
+        for (held, holders) in self.by_address.range(range.first..=range.last) {
+            if as_u128(*held) > candidate || holders.iter().all(|(other, _)| other == key) {
                 break;
             }
-            if held_at == candidate && self.held_by_another(key, held) {
-                candidate = candidate.checked_add(1)?;
-            } else if held_at == candidate {
-                break;
-            }
+            candidate = candidate.checked_add(1)?;
         }
         (candidate <= last).then(|| from_u128(candidate, range.first))
     }

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -14,10 +15,18 @@ use crate::names::{is_dns_label, is_qualified_name};
 use crate::problems::{FieldPath, Problems};
 
 use super::leader_election::build_leader_election;
+use super::settings::{set_duration, DurationRange};
 use super::take;
 
 /// The class Gantry answers to unless configured otherwise.
 pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "gantry.io/lb";
+
+/// How long a burst of Kubernetes changes is gathered by default: long enough that a
+/// rollout's thousand endpoint updates, arriving within milliseconds, make one apply.
+pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(20);
+
+/// The longest a burst may be gathered: beyond, a change waits longer than it takes to apply.
+pub const MAX_BATCH_DELAY: Duration = Duration::from_secs(1);
 
 /// Pools one appliance may have.
 pub const MAX_POOLS: usize = 64;
@@ -96,6 +105,17 @@ pub(super) fn build_kubernetes(
     }
     let leader_election =
         build_leader_election(file.leader_election, &path.field("leader_election"), p);
+    let mut batch_delay = DEFAULT_BATCH_DELAY;
+    set_duration(
+        file.batch_delay,
+        &mut batch_delay,
+        DurationRange {
+            min: Duration::ZERO,
+            max: MAX_BATCH_DELAY,
+        },
+        &path.field("batch_delay"),
+        p,
+    );
     Some(Kubernetes {
         credentials,
         load_balancer_class: class,
@@ -105,6 +125,7 @@ pub(super) fn build_kubernetes(
         address_pools,
         instance,
         leader_election,
+        batch_delay,
     })
 }
 

@@ -34,7 +34,10 @@ use crate::model::{
 use crate::problems::{FieldPath, Problems};
 
 pub use admitted::Admitted;
-pub use kubernetes::{parse_range, DEFAULT_LOAD_BALANCER_CLASS, MAX_POOLS, MAX_POOL_ENTRIES};
+pub use kubernetes::{
+    parse_range, DEFAULT_BATCH_DELAY, DEFAULT_LOAD_BALANCER_CLASS, MAX_BATCH_DELAY, MAX_POOLS,
+    MAX_POOL_ENTRIES,
+};
 pub use policy::{
     BUILTIN_AFFINITIES, BUILTIN_BALANCERS, BUILTIN_HEALTH, DEFAULT_AFFINITY_ENTRIES,
     DEFAULT_BALANCER,

@@ -43,9 +43,6 @@ use crate::telemetry::{Leadership, Telemetry};
 /// becomes a few reconciles, not one per event.
 const BATCH: usize = 1024;
 
-/// Longest a burst is gathered before it is reconciled.
-const MAX_LINGER: Duration = Duration::from_millis(250);
-
 /// Runs the Kubernetes source for `section` until `stop`: serves what the cluster asks of
 /// Gantry through `plane`. Returns an error only when the cluster cannot be reached at all
 /// (a bad kubeconfig); once running, API errors are retried.
@@ -113,7 +110,6 @@ pub async fn run(
         retry: BTreeMap::new(),
         tracked: BTreeMap::new(),
         waiting: BTreeSet::new(),
-        last_publish: Duration::ZERO,
     };
     tracing::info!(class = %section.load_balancer_class, "Kubernetes source started");
     loop {
@@ -142,11 +138,11 @@ pub async fn run(
                     }
                     taken += 1;
                 }
-                // In a burst (a relist, a rollout, many Services at once), gather for as long
-                // as the last publish took, so publishing, which costs with the number of
-                // Services, stays a bounded share of the time. A lone change goes at once.
+                // A burst (a relist, a rollout, many Services at once) is gathered for
+                // `batch_delay` from its first change, so it makes one apply, not one each.
+                // A lone change goes at once.
                 if taken > 1 {
-                    let linger = tokio::time::sleep(controller.last_publish.min(MAX_LINGER));
+                    let linger = tokio::time::sleep(section.batch_delay);
                     tokio::pin!(linger);
                     while taken < BATCH {
                         tokio::select! {
@@ -256,8 +252,6 @@ pub(crate) struct Controller {
     /// Services not served as they ask (refused, or served by their last good
     /// configuration): offered again with every publish, as what blocks them may have gone.
     waiting: BTreeSet<ObjectKey>,
-    /// How long the last publish to the data plane took.
-    last_publish: Duration,
 }
 
 impl Controller {

@@ -156,10 +156,7 @@ impl Controller {
         }
         let replace = !self.synced.published;
         if replace || !touched.is_empty() || !withdrawn.is_empty() {
-            let publishing = Instant::now();
-            let published = self.publish(touched, withdrawn, replace).await;
-            self.last_publish = publishing.elapsed();
-            if !published {
+            if !self.publish(touched, withdrawn, replace).await {
                 // The next publish starts over from everything tracked.
                 self.synced.published = false;
                 for key in batch.keys() {
