@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::ops::{Api, Part, PatchType};
 use super::rules::Policy;
 use super::select::Selector;
-use super::store::{ApiError, Change, ChangeType, Kind, ObjectId, Store};
+use super::store::{ApiError, Change, ChangeType, Kind, ObjectId, Page, Store};
 
 /// A request the server answered, for tests to assert on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -383,36 +383,34 @@ fn list(
         }
         None => (None, None),
     };
-    let (items, revision) = shared
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let keep = |object: &Value| selector.matches(object);
+    let page = Page {
+        after: after
+            .as_ref()
+            .map(|(ns, name)| (ns.as_str(), name.as_str())),
+        keep: &keep,
+        limit: limit.unwrap_or(usize::MAX),
+    };
+    let (items, revision, more) = shared
         .store
-        .list_at(route.kind, route.namespace.as_deref(), at)
+        .list_at(route.kind, route.namespace.as_deref(), at, &page)
         .map_err(|_| ApiError {
             code: 410,
             reason: "Expired",
             message: "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
         })?;
-    let place = |object: &Value| {
-        let meta = &object["metadata"];
-        (
-            meta["namespace"].as_str().unwrap_or_default().to_owned(),
-            meta["name"].as_str().unwrap_or_default().to_owned(),
-        )
-    };
-    let mut items: Vec<Value> = items
-        .into_iter()
-        .filter(|o| after.as_ref().is_none_or(|after| place(o) > *after))
-        .filter(|o| selector.matches(o))
-        .collect();
-    let limit = query
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .filter(|l| *l > 0);
     let mut metadata = json!({"resourceVersion": revision.to_string()});
-    if let Some(limit) = limit.filter(|l| items.len() > *l) {
-        items.truncate(limit);
-        if let Some((namespace, name)) = items.last().map(place) {
-            metadata["continue"] = json!(format!("{revision}:{namespace}/{name}"));
-        }
+    if let (true, Some(last)) = (more, items.last()) {
+        let meta = &last["metadata"];
+        let (namespace, name) = (
+            meta["namespace"].as_str().unwrap_or_default(),
+            meta["name"].as_str().unwrap_or_default(),
+        );
+        metadata["continue"] = json!(format!("{revision}:{namespace}/{name}"));
     }
     Ok(json_response(
         200,

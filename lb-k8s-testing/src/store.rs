@@ -136,6 +136,16 @@ pub(crate) struct Change {
     pub previous: Option<Value>,
 }
 
+/// Which part of a list to answer.
+pub(crate) struct Page<'a> {
+    /// Only objects after this (namespace, name).
+    pub after: Option<(&'a str, &'a str)>,
+    /// Only objects this keeps (a selector).
+    pub keep: &'a dyn Fn(&Value) -> bool,
+    /// At most this many.
+    pub limit: usize,
+}
+
 /// `(kind, namespace, name)`.
 pub type ObjectId = (Kind, String, String);
 
@@ -299,52 +309,63 @@ impl Store {
         (inner.of_kind(kind, namespace), inner.revision)
     }
 
-    /// The objects of `kind` (in `namespace`, when given) as they were at `revision` (now,
-    /// when `None`), by namespace and name, with that resourceVersion: what etcd answers for a
-    /// read at a revision, and so what every page of one paged list is cut from. `Err` with
-    /// the oldest resourceVersion still known when the history no longer reaches back.
+    /// One page of the objects of `kind` (in `namespace`, when given) as they were at
+    /// `revision` (now, when `None`): those after `page.after` (namespace, name) that `page`
+    /// keeps, by namespace and name, at most `page.limit`; with that resourceVersion and
+    /// whether more follow. What etcd answers for a read at a revision, so every page of one
+    /// paged list is cut from one snapshot; only the page is copied. `Err` with the oldest
+    /// resourceVersion still known when the history no longer reaches back.
     pub(crate) fn list_at(
         &self,
         kind: Kind,
         namespace: Option<&str>,
         revision: Option<u64>,
-    ) -> Result<(Vec<Value>, u64), u64> {
+        page: &Page<'_>,
+    ) -> Result<(Vec<Value>, u64, bool), u64> {
         let inner = self.lock();
         let revision = revision.unwrap_or(inner.revision);
         if revision < inner.oldest {
             return Err(inner.oldest);
         }
-        let in_scope = |k: Kind, ns: &str| k == kind && namespace.is_none_or(|n| n == ns);
-        let mut objects: BTreeMap<(String, String), Value> = inner
+        let wanted = |k: Kind, ns: &str, name: &str| {
+            k == kind
+                && namespace.is_none_or(|n| n == ns)
+                && page
+                    .after
+                    .is_none_or(|(a_ns, a_name)| (ns, name) > (a_ns, a_name))
+        };
+        let mut objects: BTreeMap<(&str, &str), &Value> = inner
             .objects
             .iter()
-            .filter(|((k, ns, _), _)| in_scope(*k, ns))
-            .map(|((_, ns, name), object)| ((ns.clone(), name.clone()), object.clone()))
+            .filter(|((k, ns, name), _)| wanted(*k, ns, name))
+            .map(|((_, ns, name), object)| ((ns.as_str(), name.as_str()), object))
             .collect();
         // Undo what came after `revision`, newest first.
         for change in inner.log.iter().rev() {
             if change.revision <= revision {
                 break;
             }
-            if !in_scope(change.kind, &change.namespace) {
-                continue;
-            }
             let name = change.object["metadata"]["name"]
                 .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let key = (change.namespace.clone(), name);
+                .unwrap_or_default();
+            if !wanted(change.kind, &change.namespace, name) {
+                continue;
+            }
+            let key = (change.namespace.as_str(), name);
             match (&change.change, &change.previous) {
                 (ChangeType::Added, _) => {
                     objects.remove(&key);
                 }
                 (ChangeType::Modified | ChangeType::Deleted, Some(previous)) => {
-                    objects.insert(key, previous.clone());
+                    objects.insert(key, previous);
                 }
                 (_, None) => {}
             }
         }
-        Ok((objects.into_values().collect(), revision))
+        let mut kept = objects.into_values().filter(|object| (page.keep)(object));
+        let items: Vec<Value> = kept.by_ref().take(page.limit).cloned().collect();
+        let more = kept.next().is_some();
+        Ok((items, revision, more))
     }
 
     /// Runs `change` on the object `id` under the store's lock and records what it did.

@@ -60,7 +60,21 @@ pub(super) fn admit(old: Option<&Value>, object: &mut Value, all: &Objects, p: &
         || (type_ == LB && spec["allocateLoadBalancerNodePorts"].as_bool() != Some(false));
     cluster_ip(spec, &old_spec);
     check_ip_families(spec, p);
-    let taken = node_ports_in_use(all, &id);
+    // Which node ports the others hold is a walk over every Service: only when this one has
+    // or may get a node port (a cluster of 10,000 load balancers without them writes often).
+    let names_a_node_port = spec["ports"]
+        .as_array()
+        .is_some_and(|ports| ports.iter().any(|port| !port["nodePort"].is_null()));
+    let may_get_health_port = type_ == LB && spec["externalTrafficPolicy"] == "Local";
+    let taken = if uses_node_ports
+        || names_a_node_port
+        || may_get_health_port
+        || !spec["healthCheckNodePort"].is_null()
+    {
+        node_ports_in_use(all, &id)
+    } else {
+        BTreeSet::new()
+    };
     ports(spec, uses_node_ports, &taken, p);
     load_balancer_fields(spec, &type_, p);
     traffic_policy(spec, &old_spec, &type_, &taken, p);
