@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use lb_policy::{hash_key, Outcome, PickContext};
 
+use crate::metrics::Counter;
 use crate::pool::attempt::{self, Attempts};
 use crate::pool::{BackendLease, BackendState};
 use crate::proxy_protocol;
@@ -176,8 +176,8 @@ pub async fn relay<A, B>(
     client: A,
     upstream: B,
     idle: Duration,
-    received: &IntCounter,
-    sent: &IntCounter,
+    received: &Counter,
+    sent: &Counter,
 ) -> RelayOutcome
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -246,7 +246,7 @@ async fn pump<R, W>(
     from: &mut R,
     to: &mut W,
     last_activity: &ActivityClock,
-    counter: &IntCounter,
+    counter: &Counter,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -271,9 +271,8 @@ where
 mod tests {
     use super::*;
 
-    fn counters() -> (IntCounter, IntCounter) {
-        let make = |name: &str| IntCounter::new(name, "test").expect("counter");
-        (make("received"), make("sent"))
+    fn counters() -> (Counter, Counter) {
+        (Counter::default(), Counter::default())
     }
 
     #[tokio::test]

@@ -3,9 +3,83 @@
 //! built, and touch only atomics; the registry shows them once the reload commits (see
 //! [`super::Metrics::show_port`]), so a refused reload leaves no series behind.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
+use prometheus::core::Metric;
+use prometheus::proto;
+use prometheus::{Histogram, HistogramOpts};
+
+/// A counter the data path bumps: one shared atomic and nothing else. A prometheus
+/// `IntCounter` carries its own descriptor (name, help, labels: some 350 bytes); these are
+/// shown under a family that has them (see `super::shown`), and a cluster's 100,000 backends,
+/// 18 handles each, would spend hundreds of megabytes on descriptors never read.
+#[derive(Clone, Debug, Default)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n`.
+    pub fn inc_by(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Metric for Counter {
+    fn metric(&self) -> proto::Metric {
+        let mut counter = proto::Counter::default();
+        counter.set_value(self.get() as f64);
+        let mut metric = proto::Metric::default();
+        metric.set_counter(counter);
+        metric
+    }
+}
+
+/// A gauge the data path sets: one shared atomic, as [`Counter`].
+#[derive(Clone, Debug, Default)]
+pub struct Gauge(Arc<AtomicI64>);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Sets it.
+    pub fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    /// Its value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Metric for Gauge {
+    fn metric(&self) -> proto::Metric {
+        let mut gauge = proto::Gauge::default();
+        gauge.set_value(self.get() as f64);
+        let mut metric = proto::Metric::default();
+        metric.set_gauge(gauge);
+        metric
+    }
+}
 
 /// Buckets for request durations: a proxy's interesting range starts well under a millisecond.
 pub(super) const DURATION_BUCKETS: &[f64] = &[
@@ -15,14 +89,12 @@ pub(super) const DURATION_BUCKETS: &[f64] = &[
 /// Status classes counted per backend; `none` is a request that ended without a response.
 pub(super) const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
-fn counter() -> IntCounter {
-    // Detached: the name only satisfies the constructor; the registry shows the handle under
-    // its family's name and labels.
-    IntCounter::new("detached", "detached").expect("a static name")
+fn counter() -> Counter {
+    Counter::default()
 }
 
-fn gauge() -> IntGauge {
-    IntGauge::new("detached", "detached").expect("a static name")
+fn gauge() -> Gauge {
+    Gauge::default()
 }
 
 /// Why a request was refused before it reached a backend (`reason` label).
@@ -138,7 +210,7 @@ impl AffinityOutcome {
 
 /// Counters of one port's affinity decisions.
 #[derive(Clone)]
-pub struct AffinityCounters(pub(super) [IntCounter; 3]);
+pub struct AffinityCounters(pub(super) [Counter; 3]);
 
 impl AffinityCounters {
     /// Counts one decision.
@@ -155,25 +227,25 @@ impl AffinityCounters {
 #[derive(Clone)]
 pub struct PortMetrics {
     /// Accepted connections.
-    pub connections: IntCounter,
+    pub connections: Counter,
     /// Connections closed at once: the client is outside the port's source ranges.
-    pub refused_by_source: IntCounter,
+    pub refused_by_source: Counter,
     /// Open connections.
-    pub active: IntGauge,
+    pub active: Gauge,
     /// Completed TLS handshakes.
-    pub tls_handshakes: IntCounter,
+    pub tls_handshakes: Counter,
     /// Failed TLS handshakes.
-    pub tls_handshake_failures: IntCounter,
-    pub(super) rejected: [IntCounter; Rejection::ALL.len()],
+    pub tls_handshake_failures: Counter,
+    pub(super) rejected: [Counter; Rejection::ALL.len()],
     /// Session-affinity decisions.
     pub affinity: AffinityCounters,
     /// UDP flows open now.
-    pub flows_active: IntGauge,
+    pub flows_active: Gauge,
     /// UDP flows started.
-    pub flows_created: IntCounter,
+    pub flows_created: Counter,
     /// UDP flows ended after their idle timeout.
-    pub flows_expired: IntCounter,
-    pub(super) udp_dropped: [IntCounter; 6],
+    pub flows_expired: Counter,
+    pub(super) udp_dropped: [Counter; 6],
 }
 
 impl PortMetrics {
@@ -217,29 +289,29 @@ impl Default for PortMetrics {
 #[derive(Clone)]
 pub struct BackendMetrics {
     /// Connections (TCP) or requests (HTTP) sent.
-    pub connections: IntCounter,
-    pub(super) requests: [IntCounter; 6],
+    pub connections: Counter,
+    pub(super) requests: [Counter; 6],
     pub(super) duration: Histogram,
     /// Bytes from clients.
-    pub bytes_received: IntCounter,
+    pub bytes_received: Counter,
     /// Bytes to clients.
-    pub bytes_sent: IntCounter,
+    pub bytes_sent: Counter,
     /// Failed connects.
-    pub connect_errors: IntCounter,
+    pub connect_errors: Counter,
     /// Work in progress.
-    pub in_flight: IntGauge,
+    pub in_flight: Gauge,
     /// 0 while skipped after failed connects.
-    pub up: IntGauge,
+    pub up: Gauge,
     /// 0 while the port's health policies hold the backend out.
-    pub healthy: IntGauge,
+    pub healthy: Gauge,
     /// Passive ejections.
-    pub ejections: IntCounter,
+    pub ejections: Counter,
     /// Traffic outcomes a health policy could not keep up with.
-    pub health_observations_dropped: IntCounter,
+    pub health_observations_dropped: Counter,
     /// UDP datagrams relayed from clients to the backend.
-    pub datagrams_received: IntCounter,
+    pub datagrams_received: Counter,
     /// UDP datagrams relayed from the backend to clients.
-    pub datagrams_sent: IntCounter,
+    pub datagrams_sent: Counter,
 }
 
 impl BackendMetrics {

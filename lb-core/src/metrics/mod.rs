@@ -14,7 +14,8 @@ use lb_plugins::{FaultHandles, PluginTelemetry};
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 
 pub use handles::{
-    AffinityCounters, AffinityOutcome, BackendMetrics, PortMetrics, Rejection, UdpDrop,
+    AffinityCounters, AffinityOutcome, BackendMetrics, Counter, Gauge, PortMetrics, Rejection,
+    UdpDrop,
 };
 
 use shown::{lock, Shown, ShownBackend};
