@@ -156,7 +156,7 @@ pub struct KubernetesFile {
     pub leader_election: Option<Lenient<LeaderElectionFile>>,
     /// How long a burst of changes (many arriving at once: a rollout, a relist) is gathered
     /// into one apply, counted from its first change; a lone change is applied at once.
-    /// 0s to 1s, default 20ms.
+    /// 0s to 1s, default 10ms.
     pub batch_delay: Option<DurationText>,
 }
 

@@ -17,8 +17,8 @@
 //!   everything, how many Services and Events it changed (re-adoption must change none).
 //!
 //! `SERVICES` (default 1000), `ENDPOINTS` (10), `CHURN_PERCENT` (1), `CHURN_SECONDS` (20) set
-//! them. Figures are printed, one line per phase; nothing is asserted but that each phase
-//! completes.
+//! them, and `BATCH_DELAY` Gantry's `kubernetes.batch_delay` (default: its own). Figures are
+//! printed, one line per phase; nothing is asserted but that each phase completes.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -257,6 +257,10 @@ fn main() {
     let per_service = env("ENDPOINTS", 10);
     let churn_percent = env("CHURN_PERCENT", 1);
     let churn_seconds = env("CHURN_SECONDS", 20);
+    // Gantry's default unless asked.
+    let batch_delay = std::env::var("BATCH_DELAY")
+        .map(|delay| format!("  batch_delay: {delay}\n"))
+        .unwrap_or_default();
     let _ = rustls::crypto::ring::default_provider().install_default();
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -268,7 +272,9 @@ fn main() {
     let config = dir.path().join("gantry.yaml");
     std::fs::write(
         &config,
-        "admin: { listen: 127.0.0.1:0 }\nkubernetes:\n  kubeconfig: kubeconfig\n  address_pools: [{ name: bench, addresses: [127.3.0.0/16] }]\n",
+        format!(
+            "admin: {{ listen: 127.0.0.1:0 }}\nkubernetes:\n  kubeconfig: kubeconfig\n{batch_delay}  address_pools: [{{ name: bench, addresses: [127.3.0.0/16] }}]\n"
+        ),
     )
     .expect("config");
     let driver = tokio::runtime::Builder::new_multi_thread()

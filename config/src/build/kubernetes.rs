@@ -23,7 +23,7 @@ pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "gantry.io/lb";
 
 /// How long a burst of Kubernetes changes is gathered by default: long enough that a
 /// rollout's thousand endpoint updates, arriving within milliseconds, make one apply.
-pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(20);
+pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(10);
 
 /// The longest a burst may be gathered: beyond, a change waits longer than it takes to apply.
 pub const MAX_BATCH_DELAY: Duration = Duration::from_secs(1);

@@ -441,3 +441,25 @@ impl Elector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The right to write runs on tokio's clock: on a paused clock it ends at its deadline
+    /// with no real wait (on the system clock it would still be open here).
+    #[tokio::test(start_paused = true)]
+    async fn the_right_to_write_ends_at_its_deadline_by_tokios_clock() {
+        let started = Instant::now();
+        let until = started + Duration::from_secs(10);
+        let (_elector, lead) = watch::channel(Lead::Leading { until });
+        let fence = Fence(lead);
+        assert!(fence.leading_now());
+        // A write in flight is abandoned when the right ends, and none starts after.
+        let in_flight = fence.guard(std::future::pending::<()>()).await;
+        assert_eq!(in_flight, Err(Fenced));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert!(!fence.leading_now());
+        assert_eq!(fence.guard(async {}).await, Err(Fenced));
+    }
+}
