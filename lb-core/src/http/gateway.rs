@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use lb_policy::{hash_key, Outcome, PickContext, ResponseHeader as AffinityHeader};
 
+use super::exchange::strip_port;
 use super::forwarding::forwarded;
 use crate::http::routes::ListenerRoutes;
 use crate::metrics::Rejection;
@@ -63,13 +64,6 @@ fn authority(session: &Session) -> Option<&str> {
         .host()
         .or_else(|| header.headers.get(http::header::HOST)?.to_str().ok());
     host.map(strip_port)
-}
-
-pub(crate) fn strip_port(host: &str) -> &str {
-    if let Some(end) = host.strip_prefix('[').and_then(|rest| rest.find(']')) {
-        return &host[..end + 2]; // an IPv6 literal keeps its brackets
-    }
-    host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
 #[async_trait]
@@ -384,14 +378,6 @@ fn status_for(e: &Error) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ports_are_stripped_from_host_names_and_ipv6_literals() {
-        assert_eq!(strip_port("a.test:8080"), "a.test");
-        assert_eq!(strip_port("a.test"), "a.test");
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
-        assert_eq!(strip_port("[::1]"), "[::1]");
-    }
 
     #[test]
     fn upstream_timeouts_are_504_and_other_upstream_errors_502() {

@@ -13,6 +13,7 @@
 //! changes.
 
 pub mod deadline;
+pub mod exchange;
 pub mod forwarding;
 pub mod gateway;
 pub mod h2;
@@ -111,7 +112,7 @@ fn build_app(routes: Arc<ListenerRoutes>, key: AppKey) -> Arc<HttpApp> {
     // An HTTP/2 connection without a stream is idle, as an HTTP/1 one between requests.
     options.h2_idle_timeout = Some(key.client_idle);
     proxy.server_options = Some(options);
-    proxy.h2_options = Some(h2::server_options(key.max_header_bytes));
+    proxy.h2_options = Some(self::h2::settings::server_options(key.max_header_bytes));
     Arc::new(proxy)
 }
 
@@ -149,7 +150,7 @@ pub(crate) async fn serve_cleartext(
     if matches!(first, Head::Ready(_)) && buffers.client_in.starts_with(H2_PREFACE_START) {
         // Nothing was written yet, so the inner stream can take the bytes back.
         stream.get_mut().rewind(&buffers.client_in);
-        http2(app, Box::new(stream), drain).await;
+        http2(app, route, Box::new(stream), drain).await;
     } else {
         let stream = Box::new(stream);
         http1(app, route, limiter, stream, buffers, Some(first), drain).await;
@@ -165,18 +166,30 @@ pub(crate) fn serve_tls<'a>(
     drain: watch::Receiver<bool>,
 ) -> Work<'a> {
     if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-        http2(app, stream, drain)
+        http2(app, route, stream, drain)
     } else {
         http1(app, route, limiter, stream, Buffers::default(), None, drain)
     }
 }
 
-/// An HTTP/2 connection, served by pingora.
-fn http2(app: Arc<HttpApp>, stream: Stream, drain: watch::Receiver<bool>) -> Work<'static> {
-    let stream = Box::new(SettingsGuard::new(stream));
-    Box::pin(async move {
-        ServerApp::process_new(&app, stream, &drain).await;
-    })
+/// An HTTP/2 connection: Gantry's own server ([`self::h2`]), or pingora's for ports whose
+/// backends speak h2c.
+fn http2<'a>(
+    app: Arc<HttpApp>,
+    route: &'a RouteCell,
+    stream: Stream,
+    drain: watch::Receiver<bool>,
+) -> Work<'a> {
+    let peer = peer_address(&stream);
+    let stream = SettingsGuard::new(stream);
+    match peer {
+        Some(peer) if route.load().port.backend_protocol != BackendProtocol::H2c => {
+            Box::pin(self::h2::serve(route, stream, peer, drain))
+        }
+        _ => Box::pin(async move {
+            ServerApp::process_new(&app, Box::new(stream), &drain).await;
+        }),
+    }
 }
 
 /// An HTTP/1 connection, served by [`serve_http1`].
@@ -206,7 +219,7 @@ async fn serve_http1(
     mut pending: Option<Head>,
     drain: watch::Receiver<bool>,
 ) {
-    let Some((peer, local)) = addresses(&stream) else {
+    let Some(peer) = peer_address(&stream) else {
         return;
     };
     let client_ip = ClientIp::new(peer.ip());
@@ -224,7 +237,7 @@ async fn serve_http1(
         match head {
             Head::Ready(head) if head.upgrade => {
                 let bytes = buffers.client_in.split();
-                Box::pin(upgrade::tunnel(&current, stream, bytes, peer, local)).await;
+                Box::pin(upgrade::tunnel(&current, stream, bytes, peer)).await;
                 return;
             }
             Head::Ready(_) if current.port.backend_protocol == BackendProtocol::H2c => {
@@ -261,10 +274,8 @@ async fn serve_http1(
     }
 }
 
-/// The client's and the local address, as recorded when the connection was accepted.
-fn addresses(stream: &Stream) -> Option<(SocketAddr, SocketAddr)> {
+/// The client's address, as recorded when the connection was accepted.
+fn peer_address(stream: &Stream) -> Option<SocketAddr> {
     let digest = stream.get_socket_digest()?;
-    let peer = *digest.peer_addr()?.as_inet()?;
-    let local = *digest.local_addr()?.as_inet()?;
-    Some((peer, local))
+    Some(*digest.peer_addr()?.as_inet()?)
 }

@@ -6,77 +6,94 @@
 //! itself (forwarding headers rewritten by the same policy as every request), relays the
 //! backend's response head and counts its status, then relays bytes both ways exactly as a TCP
 //! port does. The connection is not reused for further requests afterwards.
+//!
+//! An upgrade is an exchange like any other ([`crate::http::exchange`]): the backend is picked
+//! from the same input (the headers and cookies included, so cookie affinity and header hash
+//! keys hold), the affinity's `Set-Cookie` goes on the backend's answer, a failed connect is
+//! tried elsewhere by the retry rule, and the one record counts and logs it. A backend that
+//! closes before answering the upgrade is not retried: the tunnel's first bytes may already be
+//! on their way.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use lb_policy::ResponseHeader as AffinityHeader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::exchange::{pick_context, strip_port, AccessLine, Engine, Failure, Record};
 use super::forwarding::ClientIp;
-use super::gateway::strip_port;
 use super::head::close_response;
-use super::relay::request;
-use super::relay::response::MAX_RESPONSE_HEAD;
+use super::relay::forward::choose;
+use super::relay::request::{self, UpgradeHead};
+use super::relay::response::{HeadOut, MAX_RESPONSE_HEAD};
+use crate::pool::attempt::Attempts;
 use crate::route::Route;
-use crate::tcp::{self, ClientInfo};
+use crate::tcp;
 
 /// Tunnels one upgrade request whose head (and any bytes after it) is `head`.
-pub async fn tunnel<C>(
-    route: &Route,
-    mut client: C,
-    head: BytesMut,
-    peer: SocketAddr,
-    local: SocketAddr,
-) where
+pub async fn tunnel<C>(route: &Route, mut client: C, head: BytesMut, peer: SocketAddr)
+where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let (request, host) = match rewrite_head(route, &head, peer) {
-        Some(rewritten) => rewritten,
-        None => return refuse(client, 400).await,
+    let mut request = Vec::with_capacity(head.len() + 128);
+    let ip = ClientIp::new(peer.ip());
+    let Some(parsed) = request::upgrade_head(&head, route, Some(&ip), &mut request) else {
+        return refuse(client, 400).await;
     };
-    let info = ClientInfo {
-        peer,
-        local,
-        server_name: host.as_deref(),
+    request.extend_from_slice(&head[parsed.head_len..]);
+    let mut record = Record::new(route, Engine::Upgrade, peer, started, || {
+        access_line(&parsed, &head)
+    });
+    let authority = parsed
+        .host
+        .clone()
+        .and_then(|range| std::str::from_utf8(&head[range]).ok())
+        .map(strip_port);
+    let cx = pick_context(route, peer, authority, parsed.headers.as_ref());
+    let mut attempts = Attempts::new();
+    let chosen = choose(route, &cx, &mut attempts, None).await;
+    record.retries = attempts.failures();
+    let mut chosen = match chosen {
+        Ok(chosen) => chosen,
+        Err(no) => return fail(record, client, Failure::NoBackend(no)).await,
     };
-    let Some((lease, mut upstream)) = tcp::connect(route, &info).await else {
-        route.unrouted.request(Some(502), started.elapsed());
-        return refuse(client, 502).await;
-    };
-    let backend = lease.backend();
+    let backend = chosen.attempt.backend().clone();
+    record.backend = Some(backend.clone());
     let timeout = route.port.settings.timeouts.upstream_read;
-    let status = match exchange_heads(&mut upstream, &request, timeout).await {
-        Some((status, response)) => {
-            // The client stream gathers writes until flushed (see `coalesce`).
-            if client.write_all(&response).await.is_err() || client.flush().await.is_err() {
-                return;
-            }
-            status
-        }
-        None => {
-            backend.metrics.request(Some(502), started.elapsed());
-            return refuse(client, 502).await;
-        }
+    let mut response = match exchange_heads(&mut chosen.upstream, &request, timeout).await {
+        Ok(response) => response,
+        Err(failure) => return fail(record, client, failure).await,
     };
-    let outcome = tcp::relay_to_backend(route, backend, client, upstream).await;
-    backend.metrics.request(Some(status), started.elapsed());
-    if route.logs_access() {
-        let key = &route.port.key;
-        tracing::info!(
-            target: "gantry::access",
-            service = %key.service,
-            port = %key.port,
-            client = %peer,
-            upgrade = true,
-            status,
-            backend = %backend.label,
-            outcome = ?outcome,
-            duration_ms = crate::logging::millis(started.elapsed()),
-        );
+    record.answered(&backend, response.status);
+    if let Some(header) = &chosen.affinity {
+        response.add_header(header);
+    }
+    // The client stream gathers writes until flushed (see `coalesce`).
+    if client.write_all(&response.bytes).await.is_err() || client.flush().await.is_err() {
+        record.failed(Failure::ClientGone);
+        return record.finish();
+    }
+    // The tunnel counts its bytes in the backend's metrics as they pass.
+    let outcome = tcp::relay_to_backend(route, &backend, client, chosen.upstream).await;
+    tracing::debug!(service = %route.port.key.service, port = %route.port.key.port, backend = %backend.label, ?outcome, "tunnel ended");
+    drop(chosen.attempt); // the lease: the backend's in-flight count
+    record.finish();
+}
+
+/// Answers the failure's status, closes, and records the exchange.
+async fn fail<C>(mut record: Record<'_>, client: C, failure: Failure)
+where
+    C: tokio::io::AsyncWrite + Unpin,
+{
+    record.failed(failure);
+    let status = record.status;
+    record.finish();
+    if let Some(status) = status {
+        refuse(client, status).await;
     }
 }
 
@@ -87,17 +104,34 @@ async fn refuse<C: tokio::io::AsyncWrite + Unpin>(mut client: C, status: u16) {
     }
 }
 
-/// The request head to send upstream (with anything the client sent after it), and the host
-/// without its port.
-fn rewrite_head(route: &Route, head: &[u8], peer: SocketAddr) -> Option<(Vec<u8>, Option<String>)> {
-    let mut out = Vec::with_capacity(head.len() + 128);
-    let (length, host) =
-        request::upgrade_head(head, route, Some(&ClientIp::new(peer.ip())), &mut out)?;
-    let host = host
-        .and_then(|range| std::str::from_utf8(&head[range]).ok())
-        .map(|h| strip_port(h).to_owned());
-    out.extend_from_slice(&head[length..]);
-    Some((out, host))
+fn access_line(parsed: &UpgradeHead, head: &[u8]) -> AccessLine {
+    let text = |range: std::ops::Range<usize>| String::from_utf8_lossy(&head[range]).into_owned();
+    AccessLine {
+        method: text(parsed.method.clone()),
+        path: text(parsed.target.clone()),
+    }
+}
+
+/// The backend's answer to an upgrade: its head and whatever came with it.
+struct UpgradeResponse {
+    status: u16,
+    head_len: usize,
+    bytes: BytesMut,
+}
+
+impl UpgradeResponse {
+    /// Adds `header` at the end of the head.
+    fn add_header(&mut self, header: &AffinityHeader) {
+        let end = self.head_len - 2; // before the blank line
+        let mut line = Vec::new();
+        line.field(header.name.as_str(), header.value.as_bytes());
+        let mut bytes = BytesMut::with_capacity(self.bytes.len() + line.len());
+        bytes.extend_from_slice(&self.bytes[..end]);
+        bytes.extend_from_slice(&line);
+        bytes.extend_from_slice(&self.bytes[end..]);
+        self.head_len += line.len();
+        self.bytes = bytes;
+    }
 }
 
 /// Sends the request head and reads the backend's response head (and whatever came with it).
@@ -105,21 +139,38 @@ async fn exchange_heads(
     upstream: &mut TcpStream,
     request: &[u8],
     timeout: Duration,
-) -> Option<(u16, BytesMut)> {
-    upstream.write_all(request).await.ok()?;
+) -> Result<UpgradeResponse, Failure> {
+    let closed = Failure::Backend {
+        timed_out: false,
+        dead_reuse: false,
+    };
+    upstream.write_all(request).await.map_err(|_| closed)?;
     let mut response = BytesMut::with_capacity(1024);
     let deadline = lb_policy::clock::instant_after(timeout);
     loop {
-        let read = tokio::time::timeout_at(deadline, upstream.read_buf(&mut response)).await;
-        if !matches!(read, Ok(Ok(n)) if n > 0) {
-            return None;
+        match tokio::time::timeout_at(deadline, upstream.read_buf(&mut response)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(closed),
+            Err(_) => {
+                return Err(Failure::Backend {
+                    timed_out: true,
+                    dead_reuse: false,
+                })
+            }
         }
         let mut slots = [httparse::EMPTY_HEADER; 128];
         let mut parsed = httparse::Response::new(&mut slots);
         match parsed.parse(&response) {
-            Ok(httparse::Status::Complete(_)) => return Some((parsed.code?, response)),
+            Ok(httparse::Status::Complete(head_len)) => {
+                let status = parsed.code.ok_or(Failure::BadResponse)?;
+                return Ok(UpgradeResponse {
+                    status,
+                    head_len,
+                    bytes: response,
+                });
+            }
             Ok(httparse::Status::Partial) if response.len() < MAX_RESPONSE_HEAD => {}
-            _ => return None,
+            _ => return Err(Failure::BadResponse),
         }
     }
 }

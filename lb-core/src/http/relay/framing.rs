@@ -33,6 +33,8 @@ pub enum Framing {
 #[derive(Clone, Debug)]
 pub struct Body {
     state: BodyState,
+    /// A finished chunked body's kept trailer lines.
+    trailers: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug)]
@@ -52,7 +54,10 @@ impl Body {
             Framing::Chunked => BodyState::Chunked(ChunkedScanner::new(max_trailer_bytes)),
             Framing::UntilClose => BodyState::UntilClose,
         };
-        Body { state }
+        Body {
+            state,
+            trailers: None,
+        }
     }
 
     /// Takes the body's share of `input`, the next bytes on the wire: how many belong to it
@@ -81,12 +86,27 @@ impl Body {
             BodyState::Chunked(scanner) => {
                 let scanned = scanner.scan(input, data)?;
                 if scanned.done {
+                    self.trailers = scanner.trailers.take();
                     self.state = BodyState::Done;
                 }
                 scanned.consumed
             }
         };
         Ok(taken)
+    }
+
+    /// Keeps a chunked body's trailer field lines, for [`Body::take_trailers`].
+    pub fn keep_trailers(mut self) -> Self {
+        if let BodyState::Chunked(scanner) = &mut self.state {
+            scanner.keep_trailers();
+        }
+        self
+    }
+
+    /// The trailer field lines (`name: value\r\n` each) of a chunked body kept with
+    /// [`Body::keep_trailers`], once it is done; `None` when there were none (or not yet).
+    pub fn take_trailers(&mut self) -> Option<Vec<u8>> {
+        self.trailers.take().filter(|t| !t.is_empty())
     }
 
     /// Whether the whole body has passed.
@@ -141,6 +161,8 @@ pub struct ChunkedScanner {
     state: State,
     trailer_bytes: usize,
     max_trailer_bytes: usize,
+    /// The trailer section's field lines, kept for a reader that re-frames them (HTTP/2).
+    trailers: Option<Vec<u8>>,
 }
 
 /// What one call to [`ChunkedScanner::scan`] found.
@@ -159,6 +181,7 @@ impl ChunkedScanner {
             state: State::Size { digits: 0, size: 0 },
             trailer_bytes: 0,
             max_trailer_bytes,
+            trailers: None,
         }
     }
 
@@ -186,7 +209,15 @@ impl ChunkedScanner {
                 };
                 continue;
             }
-            self.state = self.step(input[at])?;
+            let byte = input[at];
+            let next = self.step(byte)?;
+            // A trailer line's bytes, its CRLF included (not the final empty line's).
+            let in_trailer = matches!(next, State::Trailer | State::TrailerLf { last: false })
+                || (self.state == State::TrailerLf { last: false } && byte == b'\n');
+            if let (true, Some(kept)) = (in_trailer, &mut self.trailers) {
+                kept.push(byte);
+            }
+            self.state = next;
             at += 1;
         }
         Ok(Scanned {
@@ -198,6 +229,11 @@ impl ChunkedScanner {
     /// Whether the body is complete.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// Keeps the trailer section's field lines from now on (see [`Body::take_trailers`]).
+    fn keep_trailers(&mut self) {
+        self.trailers.get_or_insert_with(Vec::new);
     }
 
     /// The state after one framing byte.
@@ -281,6 +317,27 @@ fn is_field_byte(byte: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_trailers_are_the_field_lines_whatever_the_split() {
+        let body = b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\nx-t: 1\r\n\r\n";
+        for step in 1..body.len() {
+            let mut framed = Body::new(Framing::Chunked, 64).keep_trailers();
+            let mut at = 0;
+            for piece in body.chunks(step) {
+                at += framed.accept(piece, |_| {}).expect("valid");
+            }
+            assert!(framed.is_done() && at == body.len());
+            assert_eq!(
+                framed.take_trailers().as_deref(),
+                Some(&b"grpc-status: 0\r\nx-t: 1\r\n"[..]),
+                "in pieces of {step}"
+            );
+        }
+        let mut plain = Body::new(Framing::Chunked, 64).keep_trailers();
+        plain.accept(b"0\r\n\r\n", |_| {}).expect("valid");
+        assert_eq!(plain.take_trailers(), None);
+    }
 
     /// Scans `body` in pieces of `step` bytes; the decoded data, or the error.
     fn scan_in_pieces(body: &[u8], step: usize) -> Result<(Vec<u8>, usize), ChunkError> {

@@ -12,7 +12,7 @@
 //! 502/503/504 rules, metrics and the access log. Pipelined requests are answered in order,
 //! since the client's buffer carries over from one request to the next.
 
-pub mod exchange;
+pub mod forward;
 pub mod framing;
 pub mod idle;
 pub mod request;
@@ -20,7 +20,7 @@ pub mod response;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-pub use self::exchange::{relay, After, Buffers, Client};
+pub use self::forward::{relay, After, Buffers, Client};
 use crate::http::head::{close_response, refusal_status};
 use crate::metrics::Rejection;
 use crate::route::Route;

@@ -4,8 +4,13 @@
 //! hop-by-hop ones, with the forwarding headers set by policy and one canonical
 //! `Content-Length`.
 //!
+//! A request in absolute form (`GET http://a.example/ HTTP/1.1`) goes with the target's
+//! authority as its `Host`, whatever `Host` the client sent (RFC 9112 §3.2.2), and that
+//! authority is what policies see.
+//!
 //! Refused with 400 (never forwarded): an HTTP/1.1 request without `Host`, more than one
-//! `Host`, a `Host` that is not `uri-host[:port]` (§3.2); a `Content-Length` that is not a
+//! `Host`, a `Host` that is not `uri-host[:port]` (§3.2), an absolute-form target whose
+//! authority is not one; a `Content-Length` that is not a
 //! number (lists of one repeated value are collapsed, RFC 9110 §8.6; differing ones were
 //! refused by the head reader); a `Transfer-Encoding` whose last coding is not `chunked`, that
 //! names `chunked` twice, or that comes in HTTP/1.0 (§6.1). `CONNECT` is 405.
@@ -14,6 +19,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::framing::{parse_length, push_content_length, Framing};
+use crate::http::exchange::is_idempotent;
 use crate::http::forwarding::{append_forwarded, ClientIp, FORWARDED_FOR, FORWARDED_PROTO};
 use crate::metrics::Rejection;
 use crate::route::Route;
@@ -24,7 +30,7 @@ pub const HEADER_SLOTS: usize = 256;
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1, and the obsolete ones proxies still strip): they
 /// describe one connection, not the message; the same list serves requests and responses.
-pub(super) const HOP_BY_HOP: [&str; 8] = [
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -54,7 +60,7 @@ pub struct Request {
     pub method: Range<usize>,
     /// The request target, within the head.
     pub target: Range<usize>,
-    /// The `Host` value, within the head.
+    /// The authority: the absolute-form target's, else the `Host` value; within the head.
     pub host: Option<Range<usize>>,
     /// The headers as a map, for balancing and affinity policies that may read them (none
     /// otherwise: building it costs allocations per request).
@@ -85,6 +91,7 @@ pub fn parse(
     }
     let http10 = version == 0;
     let fields = Fields::read(parsed.headers, http10)?;
+    let absolute = absolute_authority(target.as_bytes())?;
     let framing = match (fields.chunked, fields.length) {
         (true, _) => Framing::Chunked,
         (false, Some(0) | None) => Framing::Empty,
@@ -101,21 +108,19 @@ pub fn parse(
         target,
         parsed.headers,
         &fields,
+        absolute,
         route,
         client,
         false,
     );
-    let host = fields.host.map(|h| within(buf, h));
+    let host = absolute.or(fields.host).map(|h| within(buf, h));
     Ok(Request {
         head_len,
         framing,
         keep_alive,
         http10,
         head_method: method == "HEAD",
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        ),
+        idempotent: is_idempotent(method.as_bytes()),
         method: within(buf, method.as_bytes()),
         target: within(buf, target.as_bytes()),
         host,
@@ -123,15 +128,30 @@ pub fn parse(
     })
 }
 
-/// Writes the head of an upgrade request (`Connection` and `Upgrade` kept) for the tunnel;
-/// the length of the client's head and where its `Host` value is, or `None` when the head is
-/// not a complete, valid request.
+/// What the tunnel needs to know of an upgrade request, its head already written for the
+/// backend.
+#[derive(Debug)]
+pub struct UpgradeHead {
+    /// Length of the head in the client's buffer.
+    pub head_len: usize,
+    /// The method, within the head.
+    pub method: Range<usize>,
+    /// The request target, within the head.
+    pub target: Range<usize>,
+    /// The authority (see [`Request::host`]), within the head.
+    pub host: Option<Range<usize>>,
+    /// The headers, for policies that read them (see [`Request::headers`]).
+    pub headers: Option<http::HeaderMap>,
+}
+
+/// Writes the head of an upgrade request (`Connection` and `Upgrade` kept) for the tunnel, or
+/// `None` when the head is not a complete, valid request.
 pub fn upgrade_head(
     buf: &[u8],
     route: &Route,
     client: Option<&ClientIp>,
     upstream: &mut Vec<u8>,
-) -> Option<(usize, Option<Range<usize>>)> {
+) -> Option<UpgradeHead> {
     let mut slots = [MaybeUninit::uninit(); HEADER_SLOTS];
     let mut parsed = httparse::Request::new(&mut []);
     let httparse::Status::Complete(head_len) =
@@ -140,17 +160,26 @@ pub fn upgrade_head(
         return None;
     };
     let fields = Fields::read(parsed.headers, parsed.version? == 0).ok()?;
+    let (method, target) = (parsed.method?, parsed.path?);
+    let absolute = absolute_authority(target.as_bytes()).ok()?;
     write_upstream_head(
         upstream,
-        parsed.method?,
-        parsed.path?,
+        method,
+        target,
         parsed.headers,
         &fields,
+        absolute,
         route,
         client,
         true,
     );
-    Some((head_len, fields.host.map(|h| within(buf, h))))
+    Some(UpgradeHead {
+        head_len,
+        method: within(buf, method.as_bytes()),
+        target: within(buf, target.as_bytes()),
+        host: absolute.or(fields.host).map(|h| within(buf, h)),
+        headers: route.reads_headers.then(|| header_map(parsed.headers)),
+    })
 }
 
 /// Where `part`, a slice of `buf`, lies in it.
@@ -253,6 +282,7 @@ fn write_upstream_head(
     target: &str,
     headers: &[httparse::Header<'_>],
     fields: &Fields<'_>,
+    absolute: Option<&[u8]>,
     route: &Route,
     client: Option<&ClientIp>,
     upgrade: bool,
@@ -271,7 +301,8 @@ fn write_upstream_head(
         }
         let kept_for_upgrade = upgrade
             && (name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("upgrade"));
-        if fields.skipped(name) && !kept_for_upgrade {
+        let overridden = absolute.is_some() && name.eq_ignore_ascii_case("host");
+        if (fields.skipped(name) && !kept_for_upgrade) || overridden {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -279,11 +310,12 @@ fn write_upstream_head(
         out.extend_from_slice(header.value);
         out.extend_from_slice(b"\r\n");
     }
-    if fields.host.is_none() {
-        // Only an HTTP/1.0 request comes without `Host`; it leaves as HTTP/1.1, which needs
-        // one (RFC 9112 §3.2): the target's authority, or empty when the target has none.
+    if absolute.is_some() || fields.host.is_none() {
+        // The absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2); and only
+        // an HTTP/1.0 request comes without `Host`, leaving as HTTP/1.1, which needs one
+        // (§3.2): empty when the target has no authority.
         out.extend_from_slice(b"host: ");
-        out.extend_from_slice(target_authority(target.as_bytes()));
+        out.extend_from_slice(absolute.unwrap_or_default());
         out.extend_from_slice(b"\r\n");
     }
     if let Some(length) = fields.length.filter(|_| !fields.chunked) {
@@ -297,10 +329,15 @@ fn write_upstream_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// The authority of an absolute-form target (`http://host:port/path`), else nothing.
-fn target_authority(target: &[u8]) -> &[u8] {
+/// The authority of an absolute-form target (`http://host:port/path`); `None` for any other
+/// form; refused when the target is absolute but its authority is not a valid
+/// `uri-host[:port]` (userinfo, junk, or none at all).
+fn absolute_authority(target: &[u8]) -> Result<Option<&[u8]>, Rejection> {
+    if target.first() == Some(&b'/') || target == b"*" {
+        return Ok(None);
+    }
     let Some(scheme_end) = target.windows(3).position(|w| w == b"://") else {
-        return b"";
+        return Ok(None);
     };
     let rest = &target[scheme_end + 3..];
     let end = rest
@@ -308,11 +345,10 @@ fn target_authority(target: &[u8]) -> &[u8] {
         .position(|b| matches!(b, b'/' | b'?' | b'#'))
         .unwrap_or(rest.len());
     let authority = &rest[..end];
-    // Only a valid `uri-host[:port]` goes into the header; userinfo or junk leaves it empty.
-    if valid_host(authority) {
-        authority
+    if !authority.is_empty() && valid_host(authority) {
+        Ok(Some(authority))
     } else {
-        b""
+        Err(Rejection::Malformed)
     }
 }
 
@@ -409,15 +445,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_request_without_host_leaves_with_its_targets_authority_or_an_empty_one() {
-        assert_eq!(target_authority(b"http://b:8/p?q"), b"b:8");
-        assert_eq!(target_authority(b"http://[::1]"), b"[::1]");
-        assert_eq!(target_authority(b"/p"), b"");
+    fn an_absolute_targets_authority_is_taken_and_a_bad_one_refused() {
+        assert_eq!(absolute_authority(b"http://b:8/p?q"), Ok(Some(&b"b:8"[..])));
+        assert_eq!(absolute_authority(b"http://[::1]"), Ok(Some(&b"[::1]"[..])));
+        assert_eq!(absolute_authority(b"/p"), Ok(None));
+        assert_eq!(absolute_authority(b"*"), Ok(None));
         assert_eq!(
-            target_authority(b"http://user@b/"),
-            b"",
+            absolute_authority(b"http://user@b/"),
+            Err(Rejection::Malformed),
             "userinfo is not a host"
         );
+        assert_eq!(absolute_authority(b"http:///p"), Err(Rejection::Malformed));
+    }
+
+    #[test]
+    fn an_absolute_targets_authority_replaces_the_clients_host() {
+        let yaml = "services:\n  - name: s\n    address: 127.0.0.1\n    ports:\n      - { name: http, port: 8080, protocol: http, backends: [\"127.0.0.1:9\"] }\n";
+        let model = lb_config::parse_str(yaml, std::path::Path::new("/")).expect("model");
+        let route = Route::standalone(model.ports().next().expect("port")).expect("route");
+        let head = b"GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\nAccept: */*\r\n\r\n";
+        let mut upstream = Vec::new();
+        let request = parse(head, &route, None, &mut upstream).expect("a valid request");
+        let sent = String::from_utf8(upstream).expect("text");
+        assert!(sent.contains("host: a.example\r\n"), "{sent}");
+        assert!(!sent.contains("b.example"), "{sent}");
+        assert_eq!(&head[request.host.expect("an authority")], b"a.example");
     }
 
     #[test]

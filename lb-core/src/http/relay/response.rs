@@ -2,7 +2,8 @@
 //! ends (RFC 9112 §6.3, from the request's point of view: a `HEAD` request's response, 1xx,
 //! 204 and 304 have none), whether the backend connection can be reused, and the head the
 //! client gets, which is the backend's own lines minus the hop-by-hop ones, with Gantry's
-//! `Connection` answer and the affinity's header added.
+//! `Connection` answer and the affinity's header added. The same rules write the head for an
+//! HTTP/1 client (bytes) and for an HTTP/2 one (a header map, see [`HeadOut`]).
 //!
 //! A response Gantry cannot frame safely is a bad gateway (502): both `Content-Length` and
 //! `Transfer-Encoding`, an invalid or conflicting `Content-Length`, a `101` to a request that
@@ -12,7 +13,7 @@ use std::mem::MaybeUninit;
 
 use lb_policy::ResponseHeader as AffinityHeader;
 
-use super::framing::{parse_length, push_content_length, Framing};
+use super::framing::{parse_length, Framing};
 use super::request::{end_to_end, Nominated, HEADER_SLOTS, HOP_BY_HOP};
 
 /// Largest response head accepted from a backend.
@@ -55,13 +56,90 @@ pub struct Exchange<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BadResponse;
 
+/// Where a response head is written for the client: the head's bytes for an HTTP/1 client,
+/// a header map for an HTTP/2 one.
+pub trait HeadOut {
+    /// The client gets the body's data, not its chunked framing (HTTP/2's frames delimit it).
+    const DECHUNKS: bool;
+    /// Empties it.
+    fn clear(&mut self);
+    /// Starts a head (clearing what was there).
+    fn start(&mut self, status: u16, reason: &str);
+    /// Adds a field.
+    fn field(&mut self, name: &str, value: &[u8]);
+    /// Ends the head; for a final one, whether the connection stays open after it, and
+    /// whether the client speaks HTTP/1.0.
+    fn end(&mut self, last: Option<(bool, bool)>);
+}
+
+impl HeadOut for Vec<u8> {
+    const DECHUNKS: bool = false;
+
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
+
+    fn start(&mut self, status: u16, reason: &str) {
+        Vec::clear(self);
+        self.reserve(super::HEAD_ROOM);
+        self.extend_from_slice(b"HTTP/1.1 ");
+        self.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        self.push(b' ');
+        self.extend_from_slice(reason.as_bytes());
+        self.extend_from_slice(b"\r\n");
+    }
+
+    fn field(&mut self, name: &str, value: &[u8]) {
+        self.extend_from_slice(name.as_bytes());
+        self.extend_from_slice(b": ");
+        self.extend_from_slice(value);
+        self.extend_from_slice(b"\r\n");
+    }
+
+    fn end(&mut self, last: Option<(bool, bool)>) {
+        match last {
+            Some((false, _)) => self.extend_from_slice(b"connection: close\r\n"),
+            Some((true, true)) => self.extend_from_slice(b"connection: keep-alive\r\n"),
+            Some((true, false)) | None => {}
+        }
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
+impl HeadOut for http::HeaderMap {
+    const DECHUNKS: bool = true;
+
+    fn clear(&mut self) {
+        http::HeaderMap::clear(self);
+    }
+
+    fn start(&mut self, _status: u16, _reason: &str) {
+        http::HeaderMap::clear(self);
+    }
+
+    fn field(&mut self, name: &str, value: &[u8]) {
+        match (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                self.append(name, value);
+            }
+            // httparse lets through bytes HTTP/2 forbids in a field (obsolete text).
+            _ => tracing::debug!(field = name, "response field HTTP/2 cannot carry dropped"),
+        }
+    }
+
+    fn end(&mut self, _last: Option<(bool, bool)>) {}
+}
+
 /// Parses the response head at the start of `buf`: `Ok(None)` while incomplete. A complete
 /// head's client-side form is written to `out` (cleared first), except for 1xx heads an
 /// HTTP/1.0 client must not get, for which `out` is left empty.
-pub fn parse(
+pub fn parse<O: HeadOut>(
     buf: &[u8],
     exchange: &Exchange<'_>,
-    out: &mut Vec<u8>,
+    out: &mut O,
 ) -> Result<Option<Response>, BadResponse> {
     // Uninitialised: zeroing the slots would cost more than parsing a small head.
     let mut slots = [MaybeUninit::uninit(); HEADER_SLOTS];
@@ -127,7 +205,7 @@ pub fn parse(
         }
     };
     let reusable = framing != Framing::UntilClose && !close && (version == 1 || keep_alive_token);
-    let dechunk = framing == Framing::Chunked && exchange.http10;
+    let dechunk = framing == Framing::Chunked && (exchange.http10 || O::DECHUNKS);
     let keep_alive = exchange.keep_alive && framing != Framing::UntilClose && !dechunk;
     let response = Response {
         head_len,
@@ -138,47 +216,36 @@ pub fn parse(
         keep_alive,
         dechunk,
     };
-    out.clear();
-    out.reserve(super::HEAD_ROOM);
     if informational && exchange.http10 {
+        out.clear();
         return Ok(Some(response)); // RFC 9110 §15.2: never to an HTTP/1.0 client
     }
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parsed.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.start(status, parsed.reason.unwrap_or(""));
     for header in parsed.headers.iter() {
         let name = header.name;
         let skipped = HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-            || (dechunk && name.eq_ignore_ascii_case("transfer-encoding"))
+            || ((dechunk || O::DECHUNKS) && name.eq_ignore_ascii_case("transfer-encoding"))
             || name.eq_ignore_ascii_case("content-length")
             || (nominated.contains(name) && !end_to_end(name));
         if skipped {
             continue;
         }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(header.value);
-        out.extend_from_slice(b"\r\n");
+        out.field(name, header.value);
     }
     if let Some(length) = length {
-        push_content_length(out, length);
+        out.field(
+            "content-length",
+            itoa::Buffer::new().format(length).as_bytes(),
+        );
     }
-    if !informational {
+    if informational {
+        out.end(None);
+    } else {
         if let Some(header) = exchange.affinity {
-            out.extend_from_slice(header.name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(header.value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            out.field(header.name.as_str(), header.value.as_bytes());
         }
-        match (keep_alive, exchange.http10) {
-            (false, _) => out.extend_from_slice(b"connection: close\r\n"),
-            (true, true) => out.extend_from_slice(b"connection: keep-alive\r\n"),
-            (true, false) => {}
-        }
+        out.end(Some((keep_alive, exchange.http10)));
     }
-    out.extend_from_slice(b"\r\n");
     Ok(Some(response))
 }
 

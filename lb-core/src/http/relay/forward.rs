@@ -3,20 +3,18 @@
 //! idle connection reused when one is alive, the head and the body sent as they come while the
 //! response is awaited (so `Expect: 100-continue` and early answers work), the response
 //! relayed with exact framing, then the outcome told to health policies, metrics and the
-//! access log.
+//! access log through the one [`Record`].
 //!
-//! Statuses, as on every HTTP path: 503 when the port has no backend to try, 502 when every
-//! try failed or the backend's answer cannot be relayed, 504 when the backend does not answer
-//! within `upstream_read`. A request sent on a reused connection that turns out dead (closed
-//! before any answer) is sent once more on a new connection, when it is idempotent and was
-//! sent whole, as nginx and pingora do.
+//! Statuses and the retry rule are the exchange's ([`crate::http::exchange`]). A request sent
+//! on a reused connection that turns out dead (closed before any answer) is sent once more on
+//! a new connection to the same backend, when the rule allows sending it again, as nginx and
+//! pingora do; that does not count against `retries` (the backend did nothing wrong).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use lb_policy::{hash_key, Outcome, PickContext, ResponseHeader as AffinityHeader};
+use lb_policy::{Outcome, PickContext, ResponseHeader as AffinityHeader};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -27,11 +25,12 @@ use super::request::{self, Request};
 use super::response::{self, Exchange, Response};
 use super::{idle, refuse};
 use crate::http::deadline::Deadline;
+use crate::http::exchange::{
+    may_resend, pick_context, strip_port, AccessLine, Engine, Failure, Record,
+};
 use crate::http::forwarding::ClientIp;
-use crate::http::gateway::strip_port;
 use crate::metrics::Rejection;
-use crate::pool::attempt::{self, Attempt, Attempts, NoBackend};
-use crate::pool::BackendState;
+use crate::pool::attempt::{Attempt, Attempts, NoBackend};
 use crate::route::Route;
 use crate::tcp;
 
@@ -84,38 +83,6 @@ pub enum After {
     Close,
 }
 
-/// Why a request failed after it was parsed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Failure {
-    /// No backend to try, or none left (503, 502).
-    NoBackend(NoBackend),
-    /// The backend broke the exchange before its answer (502), or did not answer in time
-    /// (504). `dead_reuse`: it was a reused connection that died before answering anything.
-    Backend { timed_out: bool, dead_reuse: bool },
-    /// The backend's answer cannot be relayed (502).
-    BadResponse,
-    /// The client's body was malformed (400) or stalled (408).
-    Client(Rejection),
-    /// The client went away.
-    ClientGone,
-}
-
-impl Failure {
-    /// The status the client gets, if any.
-    fn status(self) -> Option<u16> {
-        match self {
-            Failure::NoBackend(NoBackend::Unavailable) => Some(503),
-            Failure::NoBackend(NoBackend::Exhausted) | Failure::BadResponse => Some(502),
-            Failure::Backend {
-                timed_out: true, ..
-            } => Some(504),
-            Failure::Backend { .. } => Some(502),
-            Failure::Client(why) => Some(crate::http::head::refusal_status(why)),
-            Failure::ClientGone => None,
-        }
-    }
-}
-
 /// The client side of one request.
 pub struct Client<'a, C> {
     /// The connection.
@@ -155,9 +122,9 @@ where
             return After::Close;
         }
     };
-    let log = route
-        .logs_access()
-        .then(|| AccessLine::of(&request, &buffers.client_in));
+    let record = Record::new(route, Engine::Http1, client.peer, started, || {
+        access_line(&request, &buffers.client_in)
+    });
     // The authority outlives the head's bytes (a retry picks again after they are consumed),
     // in a buffer the connection keeps.
     let mut authority = std::mem::take(&mut buffers.authority);
@@ -168,19 +135,14 @@ where
         .and_then(|host| std::str::from_utf8(&buffers.client_in[host]).ok())
         .map(|host| authority.push_str(strip_port(host)))
         .is_some();
-    let cx = PickContext {
-        client: Some(client.peer),
-        authority: known.then_some(authority.as_str()),
-        protocol: route.port.protocol,
-        hash_key: hash_key(
-            &route.port.balancer.hash_key,
-            Some(client.peer.ip()),
-            request.headers.as_ref(),
-        ),
-        headers: request.headers.as_ref(),
-    };
+    let cx = pick_context(
+        route,
+        client.peer,
+        known.then_some(authority.as_str()),
+        request.headers.as_ref(),
+    );
     let mut attempts = Attempts::new();
-    let mut chosen = choose(route, &cx, &mut attempts, started).await;
+    let mut chosen = choose(route, &cx, &mut attempts, Some(started)).await;
     // What was in hand goes with the head, in one write; the rest follows as it comes.
     buffers
         .upstream_out
@@ -190,37 +152,39 @@ where
         route,
         request: &request,
         body,
-        body_bytes: in_hand as u64,
-        sent_bytes: 0,
-        started,
+        record,
     };
+    run.record.bytes_received = in_hand as u64;
     let outcome = loop {
         let ended = match chosen {
             Ok(chosen) => {
                 run.with_backend(chosen, client.io, client.drain, buffers)
                     .await
             }
-            Err(no) => Ended::Finished(Err((Failure::NoBackend(no), None))),
+            Err(no) => {
+                run.record.failed(Failure::NoBackend(no));
+                Ended::Finished(Err(Failure::NoBackend(no)))
+            }
         };
         match ended {
             Ended::Finished(outcome) => break outcome,
             Ended::Retry(attempt) => {
                 let backend = attempt.backend().clone();
+                // The attempt loop tells the backend's observers.
                 if !attempts.failed(&route.pool, attempt, Outcome::ConnectFailed) {
-                    let failure = Failure::Backend {
-                        timed_out: false,
-                        dead_reuse: false,
-                    };
-                    break Err((failure, Some(backend)));
+                    let failure = Failure::NoBackend(NoBackend::Exhausted);
+                    run.record.backend = Some(backend);
+                    run.record.failed(failure);
+                    break Err(failure);
                 }
                 tracing::debug!(service = %route.port.key.service, port = %route.port.key.port, backend = %backend.label, "backend failed before answering; retrying on another");
-                chosen = choose(route, &cx, &mut attempts, started).await;
+                chosen = choose(route, &cx, &mut attempts, Some(started)).await;
             }
         }
     };
+    run.record.retries = attempts.failures();
     buffers.authority = authority;
-    let timer = &mut buffers.client_timer;
-    run.finish(outcome, client.io, client.peer, log, timer)
+    run.finish(outcome, client.io, &mut buffers.client_timer)
         .await
 }
 
@@ -232,29 +196,31 @@ enum Ended {
 }
 
 /// A backend chosen for the request, its connection open.
-struct Chosen {
-    attempt: Attempt,
-    upstream: TcpStream,
-    reused: bool,
-    affinity: Option<AffinityHeader>,
+pub(crate) struct Chosen {
+    pub(crate) attempt: Attempt,
+    pub(crate) upstream: TcpStream,
+    pub(crate) reused: bool,
+    /// The affinity's header for the response (a `Set-Cookie`).
+    pub(crate) affinity: Option<AffinityHeader>,
 }
 
-/// Picks a backend and gets a connection to it: an idle one if alive, else a new one, trying
-/// other backends after a failed connect by the retry rule (`attempts` counts across the
-/// request's turns). `started`: when the request was read (the clock is not read again for
-/// the idle pool).
-async fn choose(
+/// Picks a backend and gets a connection to it: an idle one if alive (and `started` is
+/// given: when the request was read, so the clock is not read again for the idle pool), else
+/// a new one, trying other backends after a failed connect by the retry rule (`attempts`
+/// counts across the request's turns).
+pub(crate) async fn choose(
     route: &Route,
     cx: &PickContext<'_>,
     attempts: &mut Attempts,
-    started: Instant,
+    started: Option<Instant>,
 ) -> Result<Chosen, NoBackend> {
     let pool = &route.pool;
     loop {
         let mut attempt = attempts.next(pool, cx)?;
         let affinity = attempt.response_header.take();
         let backend = attempt.backend().clone();
-        if let Some(upstream) = idle::take(backend.address, started) {
+        let kept = started.and_then(|now| idle::take(backend.address, now));
+        if let Some(upstream) = kept {
             return Ok(Chosen {
                 attempt,
                 upstream,
@@ -287,16 +253,13 @@ struct Run<'r> {
     request: &'r Request,
     /// The request body, as far as it has been read from the client.
     body: Body,
-    /// Request body bytes read from the client.
-    body_bytes: u64,
-    /// Response body bytes sent to the client.
-    sent_bytes: u64,
-    started: Instant,
+    /// How it goes, for the metrics and the access log.
+    record: Record<'r>,
 }
 
-/// How a request ended: the status answered, the backend and what the client connection
-/// does next; or why it failed, and the backend if one was chosen.
-type Finished = Result<(u16, Arc<BackendState>, After), (Failure, Option<Arc<BackendState>>)>;
+/// How a request ended: what the client connection does next, or why it failed (the
+/// [`Record`] has the rest).
+type Finished = Result<After, Failure>;
 
 impl Run<'_> {
     async fn with_backend<C>(
@@ -316,11 +279,10 @@ impl Run<'_> {
             affinity,
         } = chosen;
         let backend = attempt.backend().clone();
-        // A whole idempotent request (no body left to read) can be sent again: on a fresh
-        // connection to the same backend when a kept one turns out dead, and to another
-        // backend when this one fails before answering (as nginx's `proxy_next_upstream
-        // error` does). A timeout is not retried: it would double the wait.
-        let resendable = self.body.is_done() && self.request.idempotent;
+        // By the exchange's retry rule: on a fresh connection to the same backend when a kept
+        // one turns out dead, and to another backend when this one fails before answering
+        // (as nginx's `proxy_next_upstream error` does). A timeout is not retried.
+        let resendable = may_resend(self.request.idempotent, self.body.is_done());
         let response = loop {
             match self
                 .exchange(&mut upstream, client, drain, buffers, affinity.as_ref())
@@ -345,38 +307,21 @@ impl Run<'_> {
                     return Ended::Retry(attempt);
                 }
                 Err(failure) => {
-                    let outcome = match failure {
-                        // A kept connection the backend had closed says nothing of its health.
-                        Failure::Backend {
-                            dead_reuse: true, ..
-                        } if reused => None,
-                        Failure::Backend {
-                            timed_out: true, ..
-                        } => Some(Outcome::TimedOut),
-                        Failure::Backend { .. } | Failure::BadResponse => {
-                            Some(Outcome::ConnectFailed)
-                        }
-                        _ => None,
+                    // A dead kept connection is only the backend's failure on a fresh one.
+                    let failure = match failure {
+                        Failure::Backend { timed_out, .. } if !reused => Failure::Backend {
+                            timed_out,
+                            dead_reuse: false,
+                        },
+                        other => other,
                     };
-                    if let Some(outcome) = outcome {
-                        attempt::finished(
-                            &self.route.pool,
-                            &backend,
-                            outcome,
-                            self.started.elapsed(),
-                        );
-                    }
-                    return Ended::Finished(Err((failure, Some(backend))));
+                    self.record.backend = Some(backend);
+                    self.record.failed(failure);
+                    return Ended::Finished(Err(failure));
                 }
             }
         };
-        let pool = &self.route.pool;
-        attempt::finished(
-            pool,
-            &backend,
-            Outcome::Responded(response.status),
-            self.started.elapsed(),
-        );
+        self.record.answered(&backend, response.status);
         let relayed = self
             .relay_response(&response, &mut upstream, client, buffers)
             .await;
@@ -394,10 +339,13 @@ impl Run<'_> {
                 } else {
                     After::Close
                 };
-                Ended::Finished(Ok((response.status, backend, after)))
+                Ended::Finished(Ok(after))
             }
             // The head is out: the client sees a cut response, the status stays what it got.
-            Err(_) => Ended::Finished(Ok((response.status, backend, After::Close))),
+            Err(failure) => {
+                self.record.failed(failure);
+                Ended::Finished(Ok(After::Close))
+            }
         }
     }
 
@@ -486,7 +434,7 @@ impl Run<'_> {
                                 tracing::debug!(error = ?e, "malformed chunked request body");
                                 Failure::Client(Rejection::Malformed)
                             })?;
-                            self.body_bytes += pending as u64;
+                            self.record.bytes_received += pending as u64;
                         }
                     }
                 }
@@ -495,14 +443,14 @@ impl Run<'_> {
     }
 
     /// Relays the response body (its start is in `upstream_in`) after the head in
-    /// `client_out`.
+    /// `client_out`. A failure is the client's going away or the response's being cut.
     async fn relay_response<C>(
         &mut self,
         response: &Response,
         upstream: &mut TcpStream,
         client: &mut C,
         buffers: &mut Buffers,
-    ) -> std::io::Result<()>
+    ) -> Result<(), Failure>
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -524,14 +472,16 @@ impl Run<'_> {
                         client_out.extend_from_slice(&upstream_in[range]);
                     }
                 })
-                .map_err(|_| std::io::Error::other("malformed chunked response"))?;
+                .map_err(|_| Failure::CutResponse)?;
             if !response.dechunk {
                 client_out.extend_from_slice(&upstream_in[..taken]);
             }
-            self.sent_bytes += (client_out.len() - start) as u64;
+            self.record.bytes_sent += (client_out.len() - start) as u64;
             upstream_in.advance(taken);
             if !client_out.is_empty() {
-                write_flushed(client, client_out, client_timer, timeouts.client_idle).await?;
+                write_flushed(client, client_out, client_timer, timeouts.client_idle)
+                    .await
+                    .map_err(|_| Failure::ClientGone)?;
                 client_out.clear();
             }
             if body.is_done() {
@@ -542,78 +492,33 @@ impl Run<'_> {
             let read = tokio::select! {
                 biased;
                 read = upstream.read_buf(upstream_in) => read,
-                _ = upstream_timer.at(read_by) => return Err(std::io::ErrorKind::TimedOut.into()),
+                _ = upstream_timer.at(read_by) => return Err(Failure::CutResponse),
             };
             match read {
                 Ok(0) if body.until_close() => return Ok(()),
-                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) | Err(_) => return Err(Failure::CutResponse),
                 Ok(_) => {}
-                Err(err) => return Err(err),
             }
         }
     }
 
-    /// Answers a failure, counts the request, logs it.
-    async fn finish<C>(
-        &self,
-        outcome: Finished,
-        client: &mut C,
-        peer: SocketAddr,
-        log: Option<AccessLine>,
-        timer: &mut Deadline,
-    ) -> After
+    /// Answers a failure that left the client without a response, and records the request.
+    async fn finish<C>(self, outcome: Finished, client: &mut C, timer: &mut Deadline) -> After
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        let route = self.route;
-        let key = &route.port.key;
-        let (status, backend, after) = match outcome {
-            Ok((status, backend, after)) => (Some(status), Some(backend), after),
-            Err((failure, backend)) => {
-                let status = failure.status();
-                if let Some(status) = status {
+        let after = match outcome {
+            Ok(after) => after,
+            Err(failure) => {
+                if let Some(status) = failure.status() {
                     let answer = crate::http::head::close_response(status);
-                    let within = route.port.settings.timeouts.client_idle;
+                    let within = self.route.port.settings.timeouts.client_idle;
                     let _ = write_flushed(client, &answer, timer, within).await;
                 }
-                let label = backend.as_ref().map_or("none", |b| b.label.as_str());
-                match failure {
-                    Failure::ClientGone | Failure::Client(_) => {
-                        if let Failure::Client(why) = failure {
-                            route.metrics.rejected(why);
-                        }
-                        tracing::debug!(service = %key.service, port = %key.port, backend = label, ?failure, "client ended the request");
-                    }
-                    Failure::NoBackend(_) if route.pool.backends().is_empty() => {
-                        tracing::debug!(service = %key.service, port = %key.port, "no backends");
-                    }
-                    _ => tracing::warn!(
-                        service = %key.service, port = %key.port, backend = label,
-                        status = status.unwrap_or(0), ?failure, "request failed"
-                    ),
-                }
-                (status, backend, After::Close)
+                After::Close
             }
         };
-        let metrics = backend.as_deref().map_or(&route.unrouted, |b| &b.metrics);
-        let elapsed = self.started.elapsed();
-        metrics.request(status, elapsed);
-        metrics.bytes_received.inc_by(self.body_bytes);
-        metrics.bytes_sent.inc_by(self.sent_bytes);
-        if let Some(line) = log {
-            tracing::info!(
-                target: "gantry::access",
-                service = %key.service,
-                port = %key.port,
-                client = %peer,
-                method = %line.method,
-                path = %line.path,
-                status = status.unwrap_or(0),
-                backend = backend.as_deref().map_or("none", |b| b.label.as_str()),
-                duration_ms = crate::logging::millis(elapsed),
-                bytes_sent = self.sent_bytes,
-            );
-        }
+        self.record.finish();
         after
     }
 }
@@ -685,18 +590,10 @@ async fn write_flushed<C: AsyncWrite + Unpin>(
 }
 
 /// What the access log says of a request, copied before its head is consumed.
-struct AccessLine {
-    method: String,
-    path: String,
-}
-
-impl AccessLine {
-    fn of(request: &Request, head: &[u8]) -> Self {
-        let text =
-            |range: std::ops::Range<usize>| String::from_utf8_lossy(&head[range]).into_owned();
-        AccessLine {
-            method: text(request.method.clone()),
-            path: text(request.target.clone()),
-        }
+fn access_line(request: &Request, head: &[u8]) -> AccessLine {
+    let text = |range: std::ops::Range<usize>| String::from_utf8_lossy(&head[range]).into_owned();
+    AccessLine {
+        method: text(request.method.clone()),
+        path: text(request.target.clone()),
     }
 }

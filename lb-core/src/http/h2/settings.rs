@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use pingora::protocols::http::v2::server::H2Options;
+use h2::server::Builder;
 
 /// Streams a client may have open at once (HAProxy's and Envoy's default is 100, nginx 128).
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -41,9 +41,9 @@ pub const MAX_REMEMBERED_RESETS: usize = 50;
 pub const RESET_MEMORY: Duration = Duration::from_secs(1);
 
 /// The HTTP/2 server settings for listeners whose header lists are bounded by
-/// `max_header_bytes`.
-pub fn server_options(max_header_bytes: u32) -> H2Options {
-    let mut h2 = H2Options::new();
+/// `max_header_bytes` (pingora's `H2Options` is this builder too).
+pub fn server_options(max_header_bytes: u32) -> Builder {
+    let mut h2 = Builder::new();
     h2.max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(max_header_bytes)
         .initial_window_size(STREAM_WINDOW)
