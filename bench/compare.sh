@@ -12,7 +12,7 @@
 #          proxy), and through Gantry (its own HTTP/1 relay)
 #   tcp    the same HTTP traffic through a layer-4 proxy (HAProxy `mode tcp`, Gantry `tcp`)
 #   tls    a new TLS connection per request (`Connection: close`), ECDSA P-256, TLS 1.3
-#   h2     HTTP/2 over TLS (h2load: 10 connections x 10 streams), through pingora's h2 in Gantry
+#   h2     HTTP/2 over TLS (h2load: 20 connections x 10 streams), Gantry's own HTTP/2 server
 #   udp    bench/udp.sh, run last: beside nginx `stream` and Envoy `udp_proxy`
 # Each proxy runs one worker thread pinned to CPU 0; wrk and nginx share CPU 1, so the proxy's
 # own cost decides its figures. Each cell is the median of ROUNDS runs, the rounds interleaved. The last column is
@@ -130,13 +130,14 @@ errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", text)
 print(f"{values[0]:.0f} {values[1]:.3f} {values[2]:.3f} {cpu_us:.2f}" + (" ERRORS" if errors else ""))' "$before" "$after" "$(getconf CLK_TCK)"
 }
 
-# The same four columns for one h2load run (HTTP/2 over TLS, ALPN h2): 10 connections of 10
-# streams each. h2load gives no percentiles: the p50 column holds the mean, p99 the maximum.
+# The same four columns for one h2load run (HTTP/2 over TLS, ALPN h2): H2_CONNECTIONS (20)
+# connections of 10 streams each. h2load gives no percentiles: the p50 column holds the mean,
+# p99 the maximum.
 measure_h2() {
   local pid=$1 url=$2; shift 2
   local before after out
   before=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CPUS" h2load -t "$WORKERS" -c 10 -m 10 -D "$DURATION" "$url" 2>&1)
+  out=$(taskset -c "$LOAD_CPUS" h2load -t "$WORKERS" -c "${H2_CONNECTIONS:-20}" -m 10 -D "$DURATION" "$url" 2>&1)
   after=$(cpu_ticks "$pid")
   echo "$out" | python3 -c '
 import re, sys
@@ -189,8 +190,8 @@ measure_cell() {
     h2_gantry) measure_h2 "$GANTRY_PID" "https://127.0.0.1:$G_TLS/" ;;
   esac
 }
-cells=(http_direct http_haproxy http_pingora http_gantry http_native tcp_haproxy tcp_gantry
-  tls_haproxy tls_gantry h2_haproxy h2_gantry)
+# CELLS="h2_haproxy h2_gantry" measures only those.
+read -r -a cells <<< "${CELLS:-http_direct http_haproxy http_pingora http_gantry http_native tcp_haproxy tcp_gantry tls_haproxy tls_gantry h2_haproxy h2_gantry}"
 # Rounds are interleaved: each round measures every cell once, in turn, so a change in the
 # shared machine's speed during the run reaches HAProxy and Gantry alike.
 for _ in $(seq 1 "$ROUNDS"); do
@@ -207,6 +208,7 @@ echo
 echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(haproxy -v | head -1 | cut -d' ' -f1-3); $WORKERS worker(s) each; wrk -t$WORKERS -c$CONNECTIONS -d$DURATION, median of $ROUNDS interleaved rounds"
 pairs=()
 for key in "${!result[@]}"; do pairs+=("$key" "${result[$key]}"); done
+[ "${#pairs[@]}" -gt 0 ] || { echo "no cells measured" >&2; exit 1; }
 python3 - "${pairs[@]}" <<'EOF'
 import sys
 pairs = sys.argv[1:]
@@ -219,7 +221,7 @@ for test in ("http", "tcp", "tls", "h2"):
         if not row:
             continue
         note = ""
-        if target == "gantry":
+        if target == "gantry" and f"{test}_haproxy" in r:
             h = r[f"{test}_haproxy"]
             note = f"   req/s x{float(row[0]) / float(h[0]):.2f}, cpu/req x{float(row[3]) / float(h[3]):.2f}, p50 x{float(row[1]) / float(h[1]):.2f}, p99 x{float(row[2]) / float(h[2]):.2f}"
             if f"{test}_pingora" in r:

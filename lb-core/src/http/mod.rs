@@ -17,6 +17,7 @@ pub mod exchange;
 pub mod forwarding;
 pub mod gateway;
 pub mod h2;
+pub mod h2c;
 pub mod head;
 pub mod relay;
 pub mod routes;
@@ -29,7 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use lb_config::BackendProtocol;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
+use pingora::apps::{HttpServerApp, HttpServerOptions};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Stream, ALPN};
@@ -150,7 +151,7 @@ pub(crate) async fn serve_cleartext(
     if matches!(first, Head::Ready(_)) && buffers.client_in.starts_with(H2_PREFACE_START) {
         // Nothing was written yet, so the inner stream can take the bytes back.
         stream.get_mut().rewind(&buffers.client_in);
-        http2(app, route, Box::new(stream), drain).await;
+        http2(route, Box::new(stream), drain).await;
     } else {
         let stream = Box::new(stream);
         http1(app, route, limiter, stream, buffers, Some(first), drain).await;
@@ -166,29 +167,22 @@ pub(crate) fn serve_tls<'a>(
     drain: watch::Receiver<bool>,
 ) -> Work<'a> {
     if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-        http2(app, route, stream, drain)
+        http2(route, stream, drain)
     } else {
         http1(app, route, limiter, stream, Buffers::default(), None, drain)
     }
 }
 
-/// An HTTP/2 connection: Gantry's own server ([`self::h2`]), or pingora's for ports whose
-/// backends speak h2c.
-fn http2<'a>(
-    app: Arc<HttpApp>,
-    route: &'a RouteCell,
-    stream: Stream,
-    drain: watch::Receiver<bool>,
-) -> Work<'a> {
-    let peer = peer_address(&stream);
-    let stream = SettingsGuard::new(stream);
-    match peer {
-        Some(peer) if route.load().port.backend_protocol != BackendProtocol::H2c => {
-            Box::pin(self::h2::serve(route, stream, peer, drain))
-        }
-        _ => Box::pin(async move {
-            ServerApp::process_new(&app, Box::new(stream), &drain).await;
-        }),
+/// An HTTP/2 connection, served by Gantry's own server ([`self::h2`]).
+fn http2<'a>(route: &'a RouteCell, stream: Stream, drain: watch::Receiver<bool>) -> Work<'a> {
+    match peer_address(&stream) {
+        Some(peer) => Box::pin(self::h2::serve(
+            route,
+            SettingsGuard::new(stream),
+            peer,
+            drain,
+        )),
+        None => Box::pin(async {}),
     }
 }
 

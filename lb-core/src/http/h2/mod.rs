@@ -12,6 +12,7 @@
 pub mod request;
 pub mod settings;
 mod stream;
+mod to_h2c;
 
 use std::net::SocketAddr;
 

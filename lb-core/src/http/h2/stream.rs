@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::request::{push_chunk, push_last_chunk, write_head, BodyFraming};
+use super::to_h2c::{self, ClientStream};
 use crate::http::exchange::{
     is_idempotent, may_resend, pick_context, strip_port, AccessLine, Engine, Failure, Record,
 };
@@ -40,6 +41,7 @@ use crate::metrics::Rejection;
 use crate::pool::attempt::{Attempt, Attempts, NoBackend};
 use crate::route::Route;
 use crate::tcp;
+use lb_config::BackendProtocol;
 
 /// Room read at a time from a backend's response.
 const READ_CHUNK: usize = 16 * 1024;
@@ -90,6 +92,16 @@ pub(super) async fn serve(
         authority.map(strip_port),
         Some(&parts.headers),
     );
+    if route.port.backend_protocol == BackendProtocol::H2c {
+        let client = ClientStream {
+            peer,
+            parts: &parts,
+            recv,
+            respond,
+        };
+        to_h2c::forward(&route, &cx, client, &mut record).await;
+        return record.finish();
+    }
     let mut head = Vec::with_capacity(512 + 64 * parts.headers.len());
     let ended = recv.is_end_stream();
     let framing = write_head(&mut head, &parts, authority, &route, client_ip, ended);
@@ -133,7 +145,7 @@ pub(super) async fn serve(
 }
 
 /// Whether a request or response is gRPC's.
-fn is_grpc(headers: &http::HeaderMap) -> bool {
+pub(super) fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
@@ -141,7 +153,7 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
 
 /// Answers a request that got no response: its status, or for a gRPC request that reached no
 /// backend, `REFUSED_STREAM`.
-fn answer(respond: &mut SendResponse<Bytes>, record: &Record<'_>, grpc: bool) {
+pub(super) fn answer(respond: &mut SendResponse<Bytes>, record: &Record<'_>, grpc: bool) {
     let refused = matches!(record.failure, Some(Failure::NoBackend(_))) && grpc;
     match record.status {
         Some(_) if refused => respond.send_reset(Reason::REFUSED_STREAM),
@@ -452,7 +464,7 @@ impl Run<'_> {
             if !data.is_empty() || end {
                 let chunk = data.split().freeze();
                 self.record.bytes_sent += chunk.len() as u64;
-                send_data(&mut send, chunk, end, timeouts.client_idle).await?;
+                send_data(&mut send, chunk, end, Some(timeouts.client_idle)).await?;
             }
             if let Some(trailers) = trailers {
                 send.send_trailers(trailers)
@@ -474,7 +486,7 @@ impl Run<'_> {
             };
             match read {
                 Ok(0) if body.until_close() => {
-                    send_data(&mut send, Bytes::new(), true, timeouts.client_idle).await?;
+                    send_data(&mut send, Bytes::new(), true, Some(timeouts.client_idle)).await?;
                     return Ok(());
                 }
                 Ok(0) | Err(_) => return Err(cut(&mut send, grpc)),
@@ -485,7 +497,7 @@ impl Run<'_> {
 }
 
 /// Ends a stream whose response the backend cut short (see the module documentation).
-fn cut(send: &mut SendStream<Bytes>, grpc: bool) -> Failure {
+pub(super) fn cut(send: &mut SendStream<Bytes>, grpc: bool) -> Failure {
     if grpc {
         let mut trailers = http::HeaderMap::new();
         trailers.insert(
@@ -504,13 +516,13 @@ fn cut(send: &mut SendStream<Bytes>, grpc: bool) -> Failure {
     Failure::CutResponse
 }
 
-/// Sends `data` within the stream's flow-control window, waiting for the client to open it
-/// for at most `client_idle` at a time (a client that never does is let go).
-async fn send_data(
+/// Sends `data` within the stream's flow-control window, waiting for the receiver to open it
+/// for at most `within` at a time (a client that never does is let go; `None`: no bound).
+pub(super) async fn send_data(
     send: &mut SendStream<Bytes>,
     mut data: Bytes,
     end: bool,
-    client_idle: Duration,
+    within: Option<Duration>,
 ) -> Result<(), Failure> {
     if data.is_empty() {
         return send.send_data(data, end).map_err(|_| Failure::ClientGone);
@@ -520,7 +532,11 @@ async fn send_data(
         let granted = match send.capacity() {
             0 => {
                 let wait = poll_fn(|cx| send.poll_capacity(cx));
-                match tokio::time::timeout(client_idle, wait).await {
+                let waited = match within {
+                    Some(within) => tokio::time::timeout(within, wait).await,
+                    None => Ok(wait.await),
+                };
+                match waited {
                     Ok(Some(Ok(granted))) => granted,
                     Ok(_) => return Err(Failure::ClientGone),
                     Err(_) => {
