@@ -20,6 +20,7 @@ mod kubernetes_backends;
 mod kubernetes_netns;
 mod kubernetes_policies;
 mod limits;
+mod parity;
 mod policies;
 mod prometheus_rules;
 mod refused_reload;

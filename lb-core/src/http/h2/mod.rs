@@ -62,7 +62,15 @@ pub(crate) async fn serve<I>(
     }
     loop {
         tokio::select! {
+            // Streams first: every stream that can progress queues its frames before the
+            // connection is polled, and polling it writes them all at once (one TLS record
+            // and one send for many responses, as HAProxy's event loop batches).
             biased;
+            Some(()) = streams.next() => {
+                if streams.is_empty() {
+                    idle.as_mut().reset(Instant::now() + client_idle);
+                }
+            }
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
                     let current = route.load_full();
@@ -74,11 +82,6 @@ pub(crate) async fn serve<I>(
                 }
                 None => break,
             },
-            Some(()) = streams.next() => {
-                if streams.is_empty() {
-                    idle.as_mut().reset(Instant::now() + client_idle);
-                }
-            }
             () = &mut idle, if streams.is_empty() && !closing => {
                 connection.graceful_shutdown();
                 closing = true;

@@ -184,6 +184,15 @@ impl HttpOrigin {
     }
 
     fn websocket(&self, mut req: Request<Incoming>) -> Response<TestBody> {
+        let seen = |name: &str| {
+            req.headers()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        let (xff, xfp) = (seen("x-forwarded-for"), seen("x-forwarded-proto"));
         let key = req
             .headers()
             .get("sec-websocket-key")
@@ -214,6 +223,9 @@ impl HttpOrigin {
             "sec-websocket-accept",
             websocket_accept(&key).parse().expect("value"),
         );
+        headers.insert("x-origin", self.name.parse().expect("value"));
+        headers.insert("x-seen-xff", xff.parse().expect("value"));
+        headers.insert("x-seen-xfp", xfp.parse().expect("value"));
         response
     }
 }

@@ -1,0 +1,344 @@
+//! The HTTP guarantees, each run on every engine that carries HTTP: an HTTP/1.1 request, an
+//! HTTP/2 stream (h2c by prior knowledge) and a WebSocket upgrade. One table of engines, one
+//! helper that sends a request on an engine and reads the answer's head, one test per
+//! guarantee: a guarantee that fails on one engine fails its test naming the engine. What an
+//! engine cannot do is listed in `docs/architecture.md` ("What each HTTP engine does").
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::client::{read_one_response, H1, H2};
+use crate::support::origin::{HttpOrigin, OriginProtocol};
+use crate::support::scenario::{Port, Scenario};
+use crate::support::{access_log, addr};
+
+/// An engine that carries HTTP through Gantry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    Http1,
+    Http2,
+    WebSocket,
+}
+
+const ENGINES: [Engine; 3] = [Engine::Http1, Engine::Http2, Engine::WebSocket];
+
+/// The head of an answer.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends one request with `headers` on a new connection of `engine` to `proxy` (path `/` for
+/// HTTP, `/ws` for an upgrade) and returns the answer's head.
+async fn ask(engine: Engine, proxy: SocketAddr, headers: &[(&str, &str)]) -> Head {
+    match engine {
+        Engine::Http1 | Engine::Http2 => {
+            let mut request = Request::get(format!("http://shop.example:{}/", proxy.port()));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            if engine == Engine::Http1 {
+                request = request.header("host", format!("shop.example:{}", proxy.port()));
+            }
+            let request = request.body(Full::new(Bytes::new())).expect("request");
+            let stream = TcpStream::connect(proxy).await.expect("connect");
+            let answer = if engine == Engine::Http1 {
+                let authority = format!("shop.example:{}", proxy.port());
+                let mut client = H1::over(stream, authority).await.expect("handshake");
+                client.send(request).await.expect("answer")
+            } else {
+                H2::over(stream).await.send(request).await
+            };
+            Head {
+                status: answer.status.as_u16(),
+                headers: answer.headers,
+            }
+        }
+        Engine::WebSocket => {
+            let mut head = format!(
+                "GET /ws HTTP/1.1\r\nHost: shop.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            );
+            for (name, value) in headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            let mut stream = TcpStream::connect(proxy).await.expect("connect");
+            stream.write_all(head.as_bytes()).await.expect("send");
+            parse_head(&read_one_response(&mut stream).await)
+        }
+    }
+}
+
+/// The status and fields of a raw HTTP/1 response head.
+fn parse_head(raw: &str) -> Head {
+    let mut lines = raw.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("a status line in {raw:?}"));
+    let mut headers = HeaderMap::new();
+    for line in lines.take_while(|line| !line.is_empty()) {
+        if let Some((name, value)) = line.split_once(':') {
+            headers.append(
+                http::HeaderName::from_bytes(name.trim().as_bytes()).expect("name"),
+                http::HeaderValue::from_str(value.trim()).expect("value"),
+            );
+        }
+    }
+    Head { status, headers }
+}
+
+/// The status a successful exchange has on `engine`.
+fn ok(engine: Engine) -> u16 {
+    match engine {
+        Engine::WebSocket => 101,
+        _ => 200,
+    }
+}
+
+async fn origins(n: usize) -> Vec<HttpOrigin> {
+    let mut all = Vec::new();
+    for i in 0..n {
+        all.push(HttpOrigin::start(&format!("o{i}"), OriginProtocol::Http1).await);
+    }
+    all
+}
+
+fn addresses(origins: &[HttpOrigin]) -> Vec<SocketAddr> {
+    origins.iter().map(|o| o.addr).collect()
+}
+
+/// An address nothing listens on.
+async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_set_on_every_engine() {
+    let backends = origins(1).await;
+    let gantry = Scenario::new()
+        .port("shop", Port::http("web").backends(&addresses(&backends)))
+        .start()
+        .await;
+    let proxy = addr(&gantry, "shop", "web");
+    for engine in ENGINES {
+        let head = ask(engine, proxy, &[("x-forwarded-for", "203.0.113.9")]).await;
+        assert_eq!(head.status, ok(engine), "{engine:?}");
+        // A client outside trusted_proxies cannot claim an address.
+        assert_eq!(head.header("x-seen-xff"), "127.0.0.1", "{engine:?}");
+        assert_eq!(head.header("x-seen-xfp"), "http", "{engine:?}");
+    }
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_affinity_is_set_and_honoured_on_every_engine() {
+    let backends = origins(3).await;
+    let gantry = Scenario::new()
+        .port(
+            "shop",
+            Port::http("web").backends(&addresses(&backends)).set(
+                "affinity",
+                "{ policy: \"builtin:cookie\", params: { name: sid, max_age_seconds: 60 } }",
+            ),
+        )
+        .start()
+        .await;
+    let proxy = addr(&gantry, "shop", "web");
+    for engine in ENGINES {
+        let first = ask(engine, proxy, &[]).await;
+        assert_eq!(first.status, ok(engine), "{engine:?}");
+        let set_cookie = first.header("set-cookie");
+        let pair = set_cookie
+            .split(';')
+            .next()
+            .filter(|pair| pair.starts_with("sid="))
+            .unwrap_or_else(|| panic!("{engine:?}: no affinity cookie in {first:?}"));
+        for _ in 0..6 {
+            let again = ask(engine, proxy, &[("cookie", pair)]).await;
+            assert_eq!(
+                again.header("x-origin"),
+                first.header("x-origin"),
+                "{engine:?}: the cookie keeps the client on its backend"
+            );
+            assert_eq!(again.header("set-cookie"), "", "{engine:?}");
+        }
+    }
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_hash_key_keeps_a_key_on_one_backend_on_every_engine() {
+    let backends = origins(3).await;
+    let gantry = Scenario::new()
+        .port(
+            "shop",
+            Port::http("web")
+                .backends(&addresses(&backends))
+                .set("balancer", "{ policy: \"builtin:maglev\", hash_key: \"header:x-user\" }"),
+        )
+        .start()
+        .await;
+    let proxy = addr(&gantry, "shop", "web");
+    for engine in ENGINES {
+        let mut by_user = std::collections::HashMap::new();
+        for round in 0..3 {
+            for user in ["ann", "bob", "cyd", "dee", "eve", "fay"] {
+                let head = ask(engine, proxy, &[("x-user", user)]).await;
+                let origin = head.header("x-origin").to_owned();
+                let first = by_user.entry(user).or_insert_with(|| origin.clone());
+                assert_eq!(*first, origin, "{engine:?}: {user} moved in round {round}");
+            }
+        }
+        let spread: std::collections::HashSet<_> = by_user.values().collect();
+        assert!(spread.len() > 1, "{engine:?}: keys are spread: {by_user:?}");
+    }
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_is_retried_within_the_budget_on_every_engine() {
+    let live = origins(1).await;
+    let dead = closed_port().await;
+    let backends = [dead, live[0].addr];
+    let scenario = |retries: u32| {
+        Scenario::new().port(
+            "shop",
+            Port::http("web")
+                .backends(&backends)
+                .set("retries", &retries.to_string())
+                // Every request tries the dead backend first while it is not backing off.
+                .set("backoff", "{ initial: 1ms, max: 1ms }"),
+        )
+    };
+    let gantry = scenario(1).start().await;
+    let proxy = addr(&gantry, "shop", "web");
+    for engine in ENGINES {
+        for _ in 0..4 {
+            let head = ask(engine, proxy, &[]).await;
+            assert_eq!(head.status, ok(engine), "{engine:?}: retried on the live one");
+        }
+    }
+    gantry.shutdown(Duration::from_secs(1)).await;
+
+    let gantry = scenario(0).start().await;
+    let proxy = addr(&gantry, "shop", "web");
+    for engine in ENGINES {
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(ask(engine, proxy, &[]).await.status);
+        }
+        assert!(
+            statuses.contains(&502),
+            "{engine:?}: with no retries, the dead backend's turn is a 502: {statuses:?}"
+        );
+    }
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backend_is_503_and_unreachable_backends_502_on_every_engine() {
+    let dead = closed_port().await;
+    let gantry = Scenario::new()
+        .port("shop", Port::http("web").backends(&[]))
+        .port("gone", Port::http("web").backends(&[dead]))
+        .start()
+        .await;
+    for engine in ENGINES {
+        let none = ask(engine, addr(&gantry, "shop", "web"), &[]).await;
+        assert_eq!(none.status, 503, "{engine:?}");
+        let gone = ask(engine, addr(&gantry, "gone", "web"), &[]).await;
+        assert_eq!(gone.status, 502, "{engine:?}");
+    }
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_the_same_fields_on_every_engine() {
+    access_log::capture();
+    let backends = origins(1).await;
+    let gantry = Scenario::new()
+        .section("runtime: { access_log: true }")
+        .port("parity-log", Port::http("web").backends(&addresses(&backends)))
+        .start()
+        .await;
+    let proxy = addr(&gantry, "parity-log", "web");
+    for engine in ENGINES {
+        assert_eq!(ask(engine, proxy, &[]).await.status, ok(engine));
+    }
+    // The upgrade's line is written when its tunnel ends, which the origin's echo keeps open
+    // until the client leaves: the client has left, so wait for it.
+    let mut lines = Vec::new();
+    for _ in 0..200 {
+        lines = access_log::lines_for("parity-log");
+        if lines.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (protocol, engine) in [("http/1.1", "HTTP/1"), ("h2", "HTTP/2"), ("upgrade", "upgrade")] {
+        let line = lines
+            .iter()
+            .find(|line| line.contains(&format!(" protocol={protocol} ")))
+            .unwrap_or_else(|| panic!("no {engine} line in {lines:?}"));
+        for field in [
+            "service=", "port=", "client=", "method=GET", "path=/", "status=", "backend=",
+            "duration_ms=", "bytes_received=", "bytes_sent=", "retries=0",
+        ] {
+            assert!(line.contains(field), "{engine}: {field} missing from {line}");
+        }
+    }
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_request_goes_with_its_targets_authority() {
+    // A backend that only records the head Gantry forwards.
+    let catcher = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let catcher_addr = catcher.local_addr().expect("addr");
+    let gantry = Scenario::new()
+        .port("raw", Port::http("web").backends(&[catcher_addr]))
+        .start()
+        .await;
+    let mut client = TcpStream::connect(addr(&gantry, "raw", "web"))
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n")
+        .await
+        .expect("send");
+    let (mut upstream, _) = catcher.accept().await.expect("forwarded");
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !seen.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), upstream.read(&mut chunk))
+            .await
+            .expect("the head within 10s")
+            .expect("read");
+        assert!(n > 0, "closed before the whole head");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("GET http://a.example/x HTTP/1.1\r\n"), "{seen}");
+    assert!(seen.contains("host: a.example\r\n"), "RFC 9112 §3.2.2: {seen}");
+    assert!(!seen.contains("b.example"), "{seen}");
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
