@@ -13,7 +13,7 @@ use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::client::{read_one_response, H1, H2};
+use crate::support::client::{H1, H2};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
 use crate::support::{access_log, addr};
@@ -49,7 +49,12 @@ impl Head {
 async fn ask(engine: Engine, proxy: SocketAddr, headers: &[(&str, &str)]) -> Head {
     match engine {
         Engine::Http1 | Engine::Http2 => {
-            let mut request = Request::get(format!("http://shop.example:{}/", proxy.port()));
+            // HTTP/1 in origin form with `Host`; HTTP/2 with `:authority`.
+            let target = match engine {
+                Engine::Http1 => "/".to_owned(),
+                _ => format!("http://shop.example:{}/", proxy.port()),
+            };
+            let mut request = Request::get(target);
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
@@ -80,9 +85,24 @@ async fn ask(engine: Engine, proxy: SocketAddr, headers: &[(&str, &str)]) -> Hea
             head.push_str("\r\n");
             let mut stream = TcpStream::connect(proxy).await.expect("connect");
             stream.write_all(head.as_bytes()).await.expect("send");
-            parse_head(&read_one_response(&mut stream).await)
+            parse_head(&read_head(&mut stream).await)
         }
     }
+}
+
+/// Reads a response head (a `101` has no body; any other answer here has none that matters).
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("a head within 10s")
+            .expect("read");
+        assert!(n > 0, "closed before the whole head: {seen:?}");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
 }
 
 /// The status and fields of a raw HTTP/1 response head.
@@ -191,9 +211,10 @@ async fn a_header_hash_key_keeps_a_key_on_one_backend_on_every_engine() {
     let gantry = Scenario::new()
         .port(
             "shop",
-            Port::http("web")
-                .backends(&addresses(&backends))
-                .set("balancer", "{ policy: \"builtin:maglev\", hash_key: \"header:x-user\" }"),
+            Port::http("web").backends(&addresses(&backends)).set(
+                "balancer",
+                "{ policy: \"builtin:maglev\", hash_key: \"header:x-user\" }",
+            ),
         )
         .start()
         .await;
@@ -234,7 +255,11 @@ async fn a_failed_connect_is_retried_within_the_budget_on_every_engine() {
     for engine in ENGINES {
         for _ in 0..4 {
             let head = ask(engine, proxy, &[]).await;
-            assert_eq!(head.status, ok(engine), "{engine:?}: retried on the live one");
+            assert_eq!(
+                head.status,
+                ok(engine),
+                "{engine:?}: retried on the live one"
+            );
         }
     }
     gantry.shutdown(Duration::from_secs(1)).await;
@@ -277,7 +302,10 @@ async fn the_access_log_has_the_same_fields_on_every_engine() {
     let backends = origins(1).await;
     let gantry = Scenario::new()
         .section("runtime: { access_log: true }")
-        .port("parity-log", Port::http("web").backends(&addresses(&backends)))
+        .port(
+            "parity-log",
+            Port::http("web").backends(&addresses(&backends)),
+        )
         .start()
         .await;
     let proxy = addr(&gantry, "parity-log", "web");
@@ -294,16 +322,32 @@ async fn the_access_log_has_the_same_fields_on_every_engine() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for (protocol, engine) in [("http/1.1", "HTTP/1"), ("h2", "HTTP/2"), ("upgrade", "upgrade")] {
+    for (protocol, engine) in [
+        ("http/1.1", "HTTP/1"),
+        ("h2", "HTTP/2"),
+        ("upgrade", "upgrade"),
+    ] {
         let line = lines
             .iter()
             .find(|line| line.contains(&format!(" protocol={protocol} ")))
             .unwrap_or_else(|| panic!("no {engine} line in {lines:?}"));
         for field in [
-            "service=", "port=", "client=", "method=GET", "path=/", "status=", "backend=",
-            "duration_ms=", "bytes_received=", "bytes_sent=", "retries=0",
+            "service=",
+            "port=",
+            "client=",
+            "method=GET",
+            "path=/",
+            "status=",
+            "backend=",
+            "duration_ms=",
+            "bytes_received=",
+            "bytes_sent=",
+            "retries=0",
         ] {
-            assert!(line.contains(field), "{engine}: {field} missing from {line}");
+            assert!(
+                line.contains(field),
+                "{engine}: {field} missing from {line}"
+            );
         }
     }
     gantry.shutdown(Duration::from_secs(1)).await;
@@ -326,19 +370,15 @@ async fn an_absolute_form_request_goes_with_its_targets_authority() {
         .await
         .expect("send");
     let (mut upstream, _) = catcher.accept().await.expect("forwarded");
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !seen.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), upstream.read(&mut chunk))
-            .await
-            .expect("the head within 10s")
-            .expect("read");
-        assert!(n > 0, "closed before the whole head");
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    let seen = String::from_utf8_lossy(&seen);
-    assert!(seen.starts_with("GET http://a.example/x HTTP/1.1\r\n"), "{seen}");
-    assert!(seen.contains("host: a.example\r\n"), "RFC 9112 §3.2.2: {seen}");
+    let seen = read_head(&mut upstream).await;
+    assert!(
+        seen.starts_with("GET http://a.example/x HTTP/1.1\r\n"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("host: a.example\r\n"),
+        "RFC 9112 §3.2.2: {seen}"
+    );
     assert!(!seen.contains("b.example"), "{seen}");
     gantry.shutdown(Duration::from_secs(1)).await;
 }
