@@ -3,11 +3,11 @@
 //! went to the pool's back-off, the health observers and the metrics, and decide whether to
 //! try another.
 //!
-//! **The retry rule.** After a failed connect (refused, reset, timed out) the unit of work
-//! tries another backend while no more than `retries` backends have failed for it and an
-//! untried backend remains. Nothing has been sent to a backend whose connect failed, so any
-//! request may be retried. Failures after the connection is up are not retried: the backend
-//! may have acted on the request.
+//! **The retry budget.** A unit of work tries another backend while no more than `retries`
+//! backends have failed for it and an untried backend remains. What counts as a failure that
+//! may be retried: for TCP and UDP, a failed connect (refused, reset, timed out); for HTTP, the
+//! exchange's rule ([`crate::http::exchange`]), which adds a backend that closed before
+//! answering an idempotent request read whole.
 
 use std::sync::Arc;
 use std::time::Duration;
