@@ -12,6 +12,7 @@ mod dashboard;
 mod deploy;
 mod fuzz_corpus;
 mod h2_abuse;
+mod h2_proxy;
 mod health;
 mod http_proxy;
 mod keep_alive_drain;
