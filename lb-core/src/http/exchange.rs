@@ -55,6 +55,38 @@ pub fn may_resend(idempotent: bool, read_whole: bool) -> bool {
     idempotent && read_whole
 }
 
+/// What an engine does after a try failed before any answer, by the retry rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextTry {
+    /// Send the request again on a fresh connection to the same backend: a kept connection
+    /// turned out closed (the backend did nothing wrong; not counted against `retries`).
+    FreshConnection,
+    /// Send it to another backend, within the `retries` budget.
+    OtherBackend,
+    /// Answer the failure.
+    GiveUp(Failure),
+}
+
+/// What follows a try that failed with `failure` before any answer, on a kept connection
+/// (`reused`) or a new one, for a request the rule lets be sent again (`resend`, see
+/// [`may_resend`]) or not.
+pub fn next_try(failure: Failure, reused: bool, resend: bool) -> NextTry {
+    match failure {
+        Failure::Backend {
+            dead_reuse: true, ..
+        } if reused && resend => NextTry::FreshConnection,
+        Failure::Backend {
+            timed_out: false, ..
+        } if resend => NextTry::OtherBackend,
+        // A closed kept connection says nothing of the backend; a fresh one that closed does.
+        Failure::Backend { timed_out, .. } if !reused => NextTry::GiveUp(Failure::Backend {
+            timed_out,
+            dead_reuse: false,
+        }),
+        other => NextTry::GiveUp(other),
+    }
+}
+
 /// Whether `method` is idempotent (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &[u8]) -> bool {
     matches!(
@@ -350,6 +382,26 @@ mod tests {
         assert_eq!(dead_reuse.health(), None);
         assert_eq!(Failure::ClientGone.health(), None);
         assert_eq!(Failure::CutResponse.health(), Some(Outcome::ConnectFailed));
+    }
+
+    #[test]
+    fn a_dead_kept_connection_is_tried_fresh_and_a_closed_backend_elsewhere() {
+        let closed = |dead_reuse| Failure::Backend {
+            timed_out: false,
+            dead_reuse,
+        };
+        assert_eq!(next_try(closed(true), true, true), NextTry::FreshConnection);
+        assert_eq!(next_try(closed(false), false, true), NextTry::OtherBackend);
+        assert_eq!(
+            next_try(closed(true), false, false),
+            NextTry::GiveUp(closed(false)),
+            "a new connection that closed is the backend's failure"
+        );
+        let timed_out = Failure::Backend {
+            timed_out: true,
+            dead_reuse: false,
+        };
+        assert_eq!(next_try(timed_out, true, true), NextTry::GiveUp(timed_out));
     }
 
     #[test]

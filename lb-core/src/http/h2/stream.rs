@@ -30,7 +30,8 @@ use tokio::time::Instant;
 use super::request::{push_chunk, push_last_chunk, write_head, BodyFraming};
 use super::to_h2c::{self, ClientStream};
 use crate::http::exchange::{
-    is_idempotent, may_resend, pick_context, strip_port, AccessLine, Engine, Failure, Record,
+    is_idempotent, may_resend, next_try, pick_context, strip_port, AccessLine, Engine, Failure,
+    NextTry, Record,
 };
 use crate::http::forwarding::ClientIp;
 use crate::http::relay::forward::{choose, Chosen};
@@ -295,31 +296,25 @@ impl Run<'_> {
             {
                 Ok(answer) => break answer,
                 // A kept connection the backend had closed: once more on a fresh one.
-                Err(Failure::Backend {
-                    dead_reuse: true, ..
-                }) if reused && resend => {
-                    upstream_in.clear();
-                    let timeout = self.route.port.settings.timeouts.connect;
-                    match tcp::dial(&backend, timeout).await {
-                        Ok(fresh) => upstream = fresh,
-                        Err(_) => return Turn::Retry(attempt),
+                Err(failure) => match next_try(failure, reused, resend) {
+                    NextTry::FreshConnection => {
+                        upstream_in.clear();
+                        let timeout = self.route.port.settings.timeouts.connect;
+                        match tcp::dial(&backend, timeout).await {
+                            Ok(fresh) => upstream = fresh,
+                            Err(_) => return Turn::Retry(attempt),
+                        }
+                        reused = false;
                     }
-                    reused = false;
-                }
-                Err(Failure::Backend {
-                    timed_out: false, ..
-                }) if resend => return Turn::Retry(attempt),
-                Err(failure) => {
-                    let failure = match failure {
-                        Failure::Backend { timed_out, .. } if !reused => Failure::Backend {
-                            timed_out,
-                            dead_reuse: false,
-                        },
-                        other => other,
-                    };
-                    self.record.backend = Some(backend);
-                    return Turn::Failed(failure);
-                }
+                    NextTry::OtherBackend => {
+                        upstream_in.clear();
+                        return Turn::Retry(attempt);
+                    }
+                    NextTry::GiveUp(failure) => {
+                        self.record.backend = Some(backend);
+                        return Turn::Failed(failure);
+                    }
+                },
             }
         };
         self.record.answered(&backend, response.status);

@@ -26,7 +26,7 @@ use super::response::{self, Exchange, Response};
 use super::{idle, refuse};
 use crate::http::deadline::Deadline;
 use crate::http::exchange::{
-    may_resend, pick_context, strip_port, AccessLine, Engine, Failure, Record,
+    may_resend, next_try, pick_context, strip_port, AccessLine, Engine, Failure, NextTry, Record,
 };
 use crate::http::forwarding::ClientIp;
 use crate::metrics::Rejection;
@@ -289,36 +289,26 @@ impl Run<'_> {
                 .await
             {
                 Ok(response) => break response,
-                Err(Failure::Backend {
-                    dead_reuse: true, ..
-                }) if reused && resendable => {
-                    buffers.upstream_in.clear();
-                    let timeout = self.route.port.settings.timeouts.connect;
-                    match tcp::dial(&backend, timeout).await {
-                        Ok(fresh) => upstream = fresh,
-                        Err(_) => return Ended::Retry(attempt),
+                Err(failure) => match next_try(failure, reused, resendable) {
+                    NextTry::FreshConnection => {
+                        buffers.upstream_in.clear();
+                        let timeout = self.route.port.settings.timeouts.connect;
+                        match tcp::dial(&backend, timeout).await {
+                            Ok(fresh) => upstream = fresh,
+                            Err(_) => return Ended::Retry(attempt),
+                        }
+                        reused = false;
                     }
-                    reused = false;
-                }
-                Err(Failure::Backend {
-                    timed_out: false, ..
-                }) if resendable => {
-                    buffers.upstream_in.clear();
-                    return Ended::Retry(attempt);
-                }
-                Err(failure) => {
-                    // A dead kept connection is only the backend's failure on a fresh one.
-                    let failure = match failure {
-                        Failure::Backend { timed_out, .. } if !reused => Failure::Backend {
-                            timed_out,
-                            dead_reuse: false,
-                        },
-                        other => other,
-                    };
-                    self.record.backend = Some(backend);
-                    self.record.failed(failure);
-                    return Ended::Finished(Err(failure));
-                }
+                    NextTry::OtherBackend => {
+                        buffers.upstream_in.clear();
+                        return Ended::Retry(attempt);
+                    }
+                    NextTry::GiveUp(failure) => {
+                        self.record.backend = Some(backend);
+                        self.record.failed(failure);
+                        return Ended::Finished(Err(failure));
+                    }
+                },
             }
         };
         self.record.answered(&backend, response.status);
