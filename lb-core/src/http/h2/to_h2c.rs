@@ -75,7 +75,19 @@ pub(super) async fn forward(
         }
         let request = backend_request(route, &client);
         record.backend = Some(backend);
-        let turn = exchange(route, send, request, &mut client, affinity.as_ref(), record).await;
+        // Counted however the exchange ends (the upload's future may be dropped unfinished).
+        let bytes_up = AtomicU64::new(0);
+        let turn = exchange(
+            route,
+            send,
+            request,
+            &mut client,
+            affinity.as_ref(),
+            record,
+            &bytes_up,
+        )
+        .await;
+        record.bytes_received += bytes_up.load(Ordering::Relaxed);
         let early = match turn {
             Ok(()) => break None,
             Err(Early::Answered(failure)) => break failure,
@@ -200,6 +212,7 @@ async fn exchange(
     client: &mut ClientStream<'_>,
     affinity: Option<&AffinityHeader>,
     record: &mut Record<'_>,
+    bytes_up: &AtomicU64,
 ) -> Result<(), Early> {
     let timeouts = route.port.settings.timeouts;
     let body_empty = client.recv.is_end_stream();
@@ -208,9 +221,7 @@ async fn exchange(
         Err(err) => return Err(early(&err)),
     };
     let mut uploaded = body_empty;
-    // Read after the upload's future may have been dropped unfinished.
-    let bytes_up = AtomicU64::new(0);
-    let upload = upload(&mut client.recv, &mut upstream, &bytes_up);
+    let upload = upload(&mut client.recv, &mut upstream, bytes_up);
     tokio::pin!(upload);
     tokio::pin!(response);
     // The response head, while the body goes up.
@@ -280,7 +291,6 @@ async fn exchange(
             }
         }
     };
-    record.bytes_received += bytes_up.load(Ordering::Relaxed);
     match result {
         Ok(sent) => {
             record.bytes_sent += sent;
