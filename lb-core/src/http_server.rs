@@ -25,7 +25,7 @@ pub struct BoundServer {
 impl BoundServer {
     /// Binds `address`, with port reuse as Gantry's ports.
     pub async fn bind(address: SocketAddr) -> std::io::Result<BoundServer> {
-        let socket = crate::listener::bound_socket(address, socket2::Type::STREAM, false)?;
+        let socket = crate::bind::bound_socket(address, socket2::Type::STREAM, false)?;
         let mut bound = Self::listen(socket)?;
         bound.fresh = true;
         Ok(bound)
@@ -33,7 +33,7 @@ impl BoundServer {
 
     /// Serves on a socket that is bound already (handed over by another process).
     pub fn listen(socket: socket2::Socket) -> std::io::Result<BoundServer> {
-        let listener = crate::listener::listening(socket)?;
+        let listener = crate::bind::listening(socket)?;
         let local_addr = listener.local_addr()?;
         Ok(BoundServer {
             listener,

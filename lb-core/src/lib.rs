@@ -5,12 +5,14 @@
 //! the Kubernetes source, [`kubernetes`], combined by `app::sources`) is applied by [`Gantry`], which reconciles by the typed diff ([`app`]: build, then activate)
 //! and keeps one `listener` per service port. Each accepted connection loads the port's
 //! current [`route::Route`] (an immutable snapshot swapped whole on reload) and is served as
-//! layer 4 ([`tcp`]), TLS-terminated layer 4, or HTTP through pingora ([`http`]). Backends are
+//! layer 4 ([`tcp`]), TLS-terminated layer 4, or HTTP ([`http`]: Gantry's own HTTP/1 relay and
+//! HTTP/2 server, one exchange for both). Backends are
 //! chosen through the pool's attempt loop ([`pool::attempt`]) by policies behind the
 //! `lb-policy` traits, run as Wasm plugins by `lb-plugins`.
 
 pub mod admin;
 pub mod app;
+mod bind;
 pub mod coalesce;
 mod connection;
 pub mod demo;

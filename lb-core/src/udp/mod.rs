@@ -27,6 +27,6 @@ pub use self::transfer::{FlowState, HandedFlow};
 
 /// A UDP socket on `addr`; with `freebind` the address need not be configured on the host.
 pub(crate) fn bind(addr: SocketAddr, freebind: bool) -> std::io::Result<UdpSocket> {
-    let socket = crate::listener::bound_socket(addr, socket2::Type::DGRAM, freebind)?;
+    let socket = crate::bind::bound_socket(addr, socket2::Type::DGRAM, freebind)?;
     UdpSocket::from_std(socket.into())
 }
