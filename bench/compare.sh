@@ -5,6 +5,8 @@
 #   ROUNDS=5 DURATION=20s bash bench/compare.sh
 #   WORKERS=2 bash bench/compare.sh     # two worker threads per proxy, nothing pinned
 #   UDP=0 bash bench/compare.sh         # without the UDP row
+#   CELLS="h2_haproxy h2_gantry" bash bench/compare.sh   # only these cells
+#   H2_CONNECTIONS=100 bash bench/compare.sh             # h2load connections (default 20)
 #
 # One nginx origin on loopback serves a small response. wrk drives, in turn:
 #   http   HTTP/1.1 keep-alive requests: direct to nginx, through HAProxy, through pingora

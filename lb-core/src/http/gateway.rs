@@ -1,4 +1,6 @@
-//! Gantry's pingora `ProxyHttp`: per request, load the listener's current route, pick a backend
+//! Gantry's pingora `ProxyHttp`, which serves only HTTP/1 requests to h2c backends (HTTP/2
+//! clients have Gantry's own server, [`crate::http::h2`], which will take these over too): per
+//! request, load the listener's current route, pick a backend
 //! through the pool's attempt loop (another after a failed connect, by its retry rule; pingora
 //! calls back for each try), rewrite the forwarding headers,
 //! add the affinity's response header (a `set-cookie`), and account the outcome in metrics
@@ -20,7 +22,6 @@ use lb_policy::{hash_key, Outcome, PickContext, ResponseHeader as AffinityHeader
 use super::exchange::strip_port;
 use super::forwarding::forwarded;
 use crate::http::routes::ListenerRoutes;
-use crate::metrics::Rejection;
 use crate::pool::attempt::{self, Attempt, Attempts, NoBackend};
 use crate::pool::BackendState;
 use crate::route::Route;
@@ -99,19 +100,6 @@ impl ProxyHttp for Gateway {
         // is given up on after `client_idle` without progress, as the HTTP/1 relay does.
         session.set_write_timeout(Some(route.port.settings.timeouts.client_idle));
         Ok(())
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let route = routed(&ctx.route)?;
-        // HTTP/1 heads were checked by the head reader. An HTTP/2 header list is bounded in
-        // bytes by the h2 settings; its count is checked here.
-        let limit = route.port.settings.limits.max_headers as usize;
-        if session.is_http2() && session.req_header().headers.len() > limit {
-            route.metrics.rejected(Rejection::TooManyHeaders);
-            session.respond_error(431).await?;
-            return Ok(true);
-        }
-        Ok(false)
     }
 
     async fn upstream_peer(

@@ -1,13 +1,12 @@
 //! HTTP listeners. Gantry drives each client connection itself. HTTP/1 runs a loop in which
 //! [`head::read_head`] reads and checks each request head under Gantry's limits, then Gantry's
 //! own [`relay`] proxies it (upgrades are tunnelled by [`upgrade`]). HTTP/2 (ALPN `h2`, or the
-//! h2c preface on cleartext), and HTTP/1 requests to h2c backends, go to a pingora
-//! `HttpProxy`.
+//! h2c preface on cleartext) is Gantry's own server ([`h2`]). Every engine goes through the
+//! one [`exchange`]. Only HTTP/1 requests to h2c backends still go to a pingora `HttpProxy`
+//! ([`gateway`]), until the h2c client ([`h2c`]) serves them too.
 //!
-//! The pingora apps are shared ([`HttpApps`]): one per distinct [`AppKey`] (the header-size
-//! limit, which bounds HTTP/2 header lists, and the client idle timeout, which bounds an
-//! HTTP/2 connection without streams), whatever the number of listeners, each request finding its listener's
-//! route by address ([`routes`]). A pingora app is not small (its upstream connector loads
+//! The pingora apps are shared ([`HttpApps`]): one per distinct [`AppKey`], whatever the
+//! number of listeners, each request finding its listener's route by address ([`routes`]). A pingora app is not small (its upstream connector loads
 //! the platform's root certificates), so an app per listener would make ports cost hundreds
 //! of kilobytes each; shared, they also share upstream keep-alive pools, which survive backend
 //! changes.
@@ -27,10 +26,9 @@ pub mod upgrade;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use lb_config::BackendProtocol;
-use pingora::apps::{HttpServerApp, HttpServerOptions};
+use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Stream, ALPN};
@@ -56,23 +54,16 @@ pub type HttpApp = HttpProxy<Gateway>;
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4), enough to tell h2c from HTTP/1.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
 
-/// What a pingora app is built with: listeners whose routes agree on it share the app.
+/// What a pingora app is built with: listeners whose routes agree on it share the app. Since
+/// pingora serves only HTTP/1 sessions (requests to h2c backends), whose limits and timeouts
+/// Gantry applies itself, no route setting shapes the app: every HTTP listener shares one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AppKey {
-    /// Bounds HTTP/2 header lists (`limits.max_header_bytes`).
-    pub max_header_bytes: u32,
-    /// How long an HTTP/2 connection may stay open without a stream (`timeouts.client_idle`).
-    pub client_idle: Duration,
-}
+pub struct AppKey;
 
 impl AppKey {
     /// The app an HTTP route needs; `None` for other protocols.
     pub fn of(route: &Route) -> Option<AppKey> {
-        let settings = &route.port.settings;
-        route.port.protocol.is_http().then_some(AppKey {
-            max_header_bytes: settings.limits.max_header_bytes,
-            client_idle: settings.timeouts.client_idle,
-        })
+        route.port.protocol.is_http().then_some(AppKey)
     }
 }
 
@@ -97,23 +88,16 @@ impl HttpApps {
             return app;
         }
         apps.retain(|_, app| app.strong_count() > 0);
-        let app = build_app(self.routes.clone(), key);
+        let app = build_app(self.routes.clone());
         apps.insert(key, Arc::downgrade(&app));
         app
     }
 }
 
-/// Builds an app serving the listeners in `routes` with the settings of `key`.
-fn build_app(routes: Arc<ListenerRoutes>, key: AppKey) -> Arc<HttpApp> {
+/// Builds an app serving the listeners in `routes`.
+fn build_app(routes: Arc<ListenerRoutes>) -> Arc<HttpApp> {
     let mut proxy = HttpProxy::new(Gateway::new(routes), Arc::new(ServerConf::default()));
     proxy.handle_init_modules();
-    let mut options = HttpServerOptions::default();
-    // Lets pingora accept the h2c connections `serve_cleartext` hands it.
-    options.h2c = true;
-    // An HTTP/2 connection without a stream is idle, as an HTTP/1 one between requests.
-    options.h2_idle_timeout = Some(key.client_idle);
-    proxy.server_options = Some(options);
-    proxy.h2_options = Some(self::h2::settings::server_options(key.max_header_bytes));
     Arc::new(proxy)
 }
 

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::support::client::{H1, H2};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
-use crate::support::{access_log, addr};
+use crate::support::{access_log, addr, eventually};
 
 /// An engine that carries HTTP through Gantry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,14 +314,11 @@ async fn the_access_log_has_the_same_fields_on_every_engine() {
     }
     // The upgrade's line is written when its tunnel ends, which the origin's echo keeps open
     // until the client leaves: the client has left, so wait for it.
-    let mut lines = Vec::new();
-    for _ in 0..200 {
-        lines = access_log::lines_for("parity-log");
-        if lines.len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("three access-log lines", || async {
+        access_log::lines_for("parity-log").len() >= 3
+    })
+    .await;
+    let lines = access_log::lines_for("parity-log");
     for (protocol, engine) in [
         ("http/1.1", "HTTP/1"),
         ("h2", "HTTP/2"),

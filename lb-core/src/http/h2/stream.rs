@@ -87,11 +87,13 @@ pub(super) async fn serve(
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
     });
+    // Headers reach the policies only when they read any, as on the HTTP/1 relay (a Wasm
+    // call that can read them costs more).
     let cx = pick_context(
         &route,
         peer,
         authority.map(strip_port),
-        Some(&parts.headers),
+        route.reads_headers.then_some(&parts.headers),
     );
     if route.port.backend_protocol == BackendProtocol::H2c {
         let client = ClientStream {
