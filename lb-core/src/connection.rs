@@ -16,11 +16,10 @@ use pingora::protocols::SocketDigest;
 use pingora::protocols::{GetSocketDigest, Ssl};
 use tokio::net::TcpStream;
 
-use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
 use crate::coalesce::CoalescedWrites;
-use crate::http::{self, HttpApp};
+use crate::http;
 use crate::limiter::ConnLimiter;
 use crate::route::{Route, RouteCell};
 use crate::tcp::{self, ClientInfo};
@@ -29,8 +28,6 @@ use crate::tcp::{self, ClientInfo};
 pub(crate) struct ListenerShared {
     /// The current route.
     pub(crate) route: RouteCell,
-    /// The pingora app, for HTTP ports.
-    pub(crate) http: ArcSwapOption<HttpApp>,
     /// Flips to `true` when the listener drains.
     pub(crate) drain: watch::Receiver<bool>,
     pub(crate) limiter: Arc<ConnLimiter>,
@@ -112,15 +109,11 @@ fn protocol_work<'a>(
         }
         // A UDP port has no stream listener: no connection ever arrives for one.
         Protocol::Udp => nothing,
-        Protocol::Http => match shared.http.load_full() {
-            Some(app) => {
-                let stream = pingora_stream(stream, peer, local);
-                let (routes, limiter, drain) =
-                    (&shared.route, &shared.limiter, shared.drain.clone());
-                Box::pin(http::serve_cleartext(app, routes, limiter, stream, drain))
-            }
-            None => nothing,
-        },
+        Protocol::Http => {
+            let stream = pingora_stream(stream, peer, local);
+            let (routes, limiter, drain) = (&shared.route, &shared.limiter, shared.drain.clone());
+            Box::pin(http::serve_cleartext(routes, limiter, stream, drain))
+        }
         Protocol::Tls | Protocol::Https => {
             let stream = pingora_stream(stream, peer, local);
             Box::pin(serve_tls(shared, route, stream, Addresses { peer, local }))
@@ -149,9 +142,9 @@ async fn serve_tls(
             server_name: server_name.as_deref(),
         };
         Box::pin(tcp::proxy(route, tls, info)).await;
-    } else if let Some(app) = shared.http.load_full() {
+    } else {
         let (routes, limiter, drain) = (&shared.route, &shared.limiter, shared.drain.clone());
-        http::serve_tls(app, routes, limiter, Box::new(tls), drain).await;
+        http::serve_tls(routes, limiter, Box::new(tls), drain).await;
     }
 }
 

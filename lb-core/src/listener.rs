@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use lb_config::ListenerKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,7 +21,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::bind::{bound_socket, listening};
 use crate::connection::{self, ListenerShared};
-use crate::http::{AppKey, HttpApps};
 use crate::limiter::ConnLimiter;
 use crate::ports::Transport;
 use crate::route::{Route, RouteCell};
@@ -37,10 +36,6 @@ pub(crate) struct Listener {
     shared: Arc<ListenerShared>,
     /// Long-lived TLS state, once the port terminates TLS.
     tls: Option<Arc<TlsEndpoint>>,
-    /// What the HTTP app in use was built with; `None` when not HTTP.
-    http_app: Option<AppKey>,
-    /// The shared HTTP apps, and the routes they find requests' listeners by.
-    apps: Arc<HttpApps>,
     socket: Option<Bound>,
     /// The socket was bound here, not taken over (from a draining port or a predecessor).
     fresh: bool,
@@ -102,22 +97,16 @@ impl Listener {
         };
         let limiter = ConnLimiter::new(route.port.settings.limits.max_connections);
         let (drain, drain_rx) = watch::channel(false);
-        let http_app = AppKey::of(&route);
         let route: RouteCell = Arc::new(ArcSwap::from_pointee(route));
-        let apps = &sockets.apps;
-        let http = http_app.map(|key| apps.app(key));
         Ok(Listener {
             key,
             local_addr,
             shared: Arc::new(ListenerShared {
                 route,
-                http: ArcSwapOption::new(http),
                 drain: drain_rx,
                 limiter,
             }),
             tls,
-            http_app,
-            apps: apps.clone(),
             socket: Some(socket),
             fresh,
             accept_task: None,
@@ -154,9 +143,6 @@ impl Listener {
                         return;
                     }
                 };
-                self.apps
-                    .routes()
-                    .register(self.local_addr, self.shared.route.clone());
                 self.listening = Some(socket.clone());
                 tokio::spawn(accept_loop(
                     socket,
@@ -221,23 +207,7 @@ impl Listener {
         self.shared
             .limiter
             .set_max(route.port.settings.limits.max_connections);
-        let wanted = AppKey::of(&route);
-        if wanted == self.http_app {
-            return self.shared.route.swap(Arc::new(route));
-        }
-        self.http_app = wanted;
-        // The app must exist before a route that needs it, and outlive a route that did.
-        match wanted {
-            Some(key) => {
-                self.shared.http.store(Some(self.apps.app(key)));
-                self.shared.route.swap(Arc::new(route))
-            }
-            None => {
-                let old = self.shared.route.swap(Arc::new(route));
-                self.shared.http.store(None);
-                old
-            }
-        }
+        self.shared.route.swap(Arc::new(route))
     }
 
     /// How to count the listener's open connections (or flows).
@@ -282,9 +252,6 @@ impl Listener {
             self.force_close.cancel();
             self.connections.wait().await;
         }
-        self.apps
-            .routes()
-            .unregister(self.local_addr, &self.shared.route);
     }
 }
 

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::HttpApps;
 use crate::udp::UdpPorts;
 
 /// What a socket handed between processes serves.
@@ -63,8 +62,6 @@ impl Inherited {
 pub(crate) struct Sockets {
     /// The UDP ports, by address.
     pub(crate) udp: Arc<UdpPorts>,
-    /// The pingora apps every HTTP listener shares.
-    pub(crate) apps: Arc<HttpApps>,
     /// Sockets handed over by a predecessor, not taken yet.
     inherited: Mutex<Inherited>,
 }

@@ -12,9 +12,9 @@ use crate::problems::{FieldPath, Problems};
 
 use super::{lenient_ref, parse_net};
 
-/// Header count ceiling: pingora's HTTP/1 parser holds at most 256 headers.
+/// Header count ceiling: the HTTP/1 relay parses a head into 256 header slots.
 const MAX_HEADERS_CEILING: u32 = 256;
-/// Header size ceiling: pingora refuses request heads above 1 MiB - 1 on its own.
+/// Header size ceiling (1 MiB - 1): a head is read whole into memory before it is parsed.
 const MAX_HEADER_BYTES_CEILING: u32 = 1_048_575;
 /// Weight ceiling, as HAProxy's: keeps the native weighted schedule small.
 pub const MAX_WEIGHT: u32 = 256;

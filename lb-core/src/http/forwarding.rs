@@ -1,5 +1,5 @@
 //! `X-Forwarded-For` and `X-Forwarded-Proto`, one policy for every path that forwards HTTP (the
-//! HTTP/1 relay, the upgrade tunnel, and the pingora gateway for HTTP/2): from a client inside
+//! HTTP/1 relay, the HTTP/2 server, the upgrade tunnel and requests to h2c backends): from a client inside
 //! `trusted_proxies` the prior values are kept and the client's address appended; from anyone
 //! else they are replaced, as they would let a client claim any address or scheme.
 

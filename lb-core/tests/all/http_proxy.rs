@@ -9,7 +9,7 @@ use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::client::{get, H1, H2};
+use crate::support::client::{get, raw_exchange, H1, H2};
 use crate::support::origin::{
     read_ws_frame, websocket_accept, ws_frame, HttpOrigin, OriginProtocol,
 };
@@ -200,6 +200,56 @@ async fn a_websocket_upgrade_is_tunnelled_both_ways() {
         async move { metric(&text, &series) == 1.0 }
     })
     .await;
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+/// HTTP/1.1 clients of a port whose backends speak h2c: requests on one kept-alive
+/// connection, a chunked body with trailers up, the backend's HTTP/2 trailers down as chunked
+/// trailers, the forwarding headers set, and a body framed by its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_clients_reach_h2c_backends_over_one_kept_connection() {
+    let origin = HttpOrigin::start("grpc", OriginProtocol::H2c).await;
+    let gantry = Scenario::new()
+        .port(
+            "api",
+            Port::http("grpc")
+                .set("backend_protocol", "h2c")
+                .backends(&[origin.addr]),
+        )
+        .start()
+        .await;
+    let proxy = addr(&gantry, "api", "grpc");
+    let requests = concat!(
+        "GET /plain HTTP/1.1\r\nHost: api.example\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n",
+        "POST /grpc HTTP/1.1\r\nHost: api.example\r\ncontent-type: application/grpc\r\n",
+        "transfer-encoding: chunked\r\n\r\n5\r\n\0\0\0\0\0\r\n0\r\nx-sum: 1\r\n\r\n",
+        "POST /echo HTTP/1.1\r\nHost: api.example\r\ncontent-length: 11\r\nconnection: close\r\n\r\nhello world",
+    );
+    let answer = raw_exchange(proxy, requests.as_bytes()).await;
+    let heads: Vec<&str> = answer.matches("HTTP/1.1 200 OK\r\n").collect();
+    assert_eq!(heads.len(), 3, "three answers on one connection: {answer}");
+    assert!(
+        answer.contains("x-seen-xff: 127.0.0.1\r\n"),
+        "forwarding headers by policy (an untrusted client's own dropped): {answer}"
+    );
+    assert!(
+        answer.contains("transfer-encoding: chunked\r\n"),
+        "a body without a length is chunked: {answer}"
+    );
+    assert!(
+        answer.contains("\r\n0\r\ngrpc-status: 0\r\n\r\n"),
+        "the backend's trailers end the chunked body: {answer}"
+    );
+    assert_eq!(
+        answer.matches("\r\n0\r\n").count(),
+        3,
+        "each body ends once: {answer}"
+    );
+    assert!(
+        answer.ends_with("connection: close\r\n\r\n7\r\ngrpc 11\r\n0\r\n\r\n"),
+        "the length-framed body reached the backend whole, and the connection closed: {answer}"
+    );
+    assert_eq!(origin.requests(), 3);
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -1,7 +1,8 @@
 //! The HTTP guarantees, each run on every engine that carries HTTP: an HTTP/1.1 request, an
-//! HTTP/2 stream (h2c by prior knowledge) and a WebSocket upgrade. One table of engines, one
-//! helper that sends a request on an engine and reads the answer's head, one test per
-//! guarantee: a guarantee that fails on one engine fails its test naming the engine. What an
+//! HTTP/2 stream (h2c by prior knowledge) and a WebSocket upgrade, to HTTP/1 backends and,
+//! for requests, to h2c backends. One table of engines, one helper that sends a request on an
+//! engine and reads the answer's head, one test per guarantee: a guarantee that fails on one
+//! engine fails its test naming the engine and the backends' protocol. What an
 //! engine cannot do is listed in `docs/architecture.md` ("What each HTTP engine does").
 
 use std::net::SocketAddr;
@@ -26,7 +27,23 @@ enum Engine {
     WebSocket,
 }
 
-const ENGINES: [Engine; 3] = [Engine::Http1, Engine::Http2, Engine::WebSocket];
+/// What the backends speak, and the engines that reach them: an upgrade needs an HTTP/1
+/// backend (HTTP/2 has no `Upgrade`; RFC 8441's extended CONNECT is not offered).
+const BACKENDS: [(OriginProtocol, &[Engine]); 2] = [
+    (
+        OriginProtocol::Http1,
+        &[Engine::Http1, Engine::Http2, Engine::WebSocket],
+    ),
+    (OriginProtocol::H2c, &[Engine::Http1, Engine::Http2]),
+];
+
+/// An HTTP port named `name` whose backends speak `protocol`.
+fn web(name: &str, protocol: OriginProtocol) -> Port {
+    match protocol {
+        OriginProtocol::Http1 => Port::http(name),
+        OriginProtocol::H2c => Port::http(name).set("backend_protocol", "h2c"),
+    }
+}
 
 /// The head of an answer.
 #[derive(Debug)]
@@ -133,10 +150,10 @@ fn ok(engine: Engine) -> u16 {
     }
 }
 
-async fn origins(n: usize) -> Vec<HttpOrigin> {
+async fn origins(n: usize, protocol: OriginProtocol) -> Vec<HttpOrigin> {
     let mut all = Vec::new();
     for i in 0..n {
-        all.push(HttpOrigin::start(&format!("o{i}"), OriginProtocol::Http1).await);
+        all.push(HttpOrigin::start(&format!("o{i}"), protocol).await);
     }
     all
 }
@@ -153,201 +170,301 @@ async fn closed_port() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_set_on_every_engine() {
-    let backends = origins(1).await;
-    let gantry = Scenario::new()
-        .port("shop", Port::http("web").backends(&addresses(&backends)))
-        .start()
-        .await;
-    let proxy = addr(&gantry, "shop", "web");
-    for engine in ENGINES {
-        let head = ask(engine, proxy, &[("x-forwarded-for", "203.0.113.9")]).await;
-        assert_eq!(head.status, ok(engine), "{engine:?}");
-        // A client outside trusted_proxies cannot claim an address.
-        assert_eq!(head.header("x-seen-xff"), "127.0.0.1", "{engine:?}");
-        assert_eq!(head.header("x-seen-xfp"), "http", "{engine:?}");
+    for (protocol, engines) in BACKENDS {
+        let backends = origins(1, protocol).await;
+        let gantry = Scenario::new()
+            .port("shop", web("web", protocol).backends(&addresses(&backends)))
+            .start()
+            .await;
+        let proxy = addr(&gantry, "shop", "web");
+        for &engine in engines {
+            let head = ask(engine, proxy, &[("x-forwarded-for", "203.0.113.9")]).await;
+            let on = format!("{engine:?} to {protocol:?}");
+            assert_eq!(head.status, ok(engine), "{on}");
+            // A client outside trusted_proxies cannot claim an address.
+            assert_eq!(head.header("x-seen-xff"), "127.0.0.1", "{on}");
+            assert_eq!(head.header("x-seen-xfp"), "http", "{on}");
+        }
+        gantry.shutdown(Duration::from_secs(1)).await;
     }
-    gantry.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_affinity_is_set_and_honoured_on_every_engine() {
-    let backends = origins(3).await;
-    let gantry = Scenario::new()
-        .port(
-            "shop",
-            Port::http("web").backends(&addresses(&backends)).set(
-                "affinity",
-                "{ policy: \"builtin:cookie\", params: { name: sid, max_age_seconds: 60 } }",
-            ),
-        )
-        .start()
-        .await;
-    let proxy = addr(&gantry, "shop", "web");
-    for engine in ENGINES {
-        let first = ask(engine, proxy, &[]).await;
-        assert_eq!(first.status, ok(engine), "{engine:?}");
-        let set_cookie = first.header("set-cookie");
-        let pair = set_cookie
-            .split(';')
-            .next()
-            .filter(|pair| pair.starts_with("sid="))
-            .unwrap_or_else(|| panic!("{engine:?}: no affinity cookie in {first:?}"));
-        for _ in 0..6 {
-            let again = ask(engine, proxy, &[("cookie", pair)]).await;
-            assert_eq!(
-                again.header("x-origin"),
-                first.header("x-origin"),
-                "{engine:?}: the cookie keeps the client on its backend"
-            );
-            assert_eq!(again.header("set-cookie"), "", "{engine:?}");
+    for (protocol, engines) in BACKENDS {
+        let backends = origins(3, protocol).await;
+        let gantry = Scenario::new()
+            .port(
+                "shop",
+                web("web", protocol).backends(&addresses(&backends)).set(
+                    "affinity",
+                    "{ policy: \"builtin:cookie\", params: { name: sid, max_age_seconds: 60 } }",
+                ),
+            )
+            .start()
+            .await;
+        let proxy = addr(&gantry, "shop", "web");
+        for &engine in engines {
+            let on = format!("{engine:?} to {protocol:?}");
+            let first = ask(engine, proxy, &[]).await;
+            assert_eq!(first.status, ok(engine), "{on}");
+            let set_cookie = first.header("set-cookie");
+            let pair = set_cookie
+                .split(';')
+                .next()
+                .filter(|pair| pair.starts_with("sid="))
+                .unwrap_or_else(|| panic!("{on}: no affinity cookie in {first:?}"));
+            for _ in 0..6 {
+                let again = ask(engine, proxy, &[("cookie", pair)]).await;
+                assert_eq!(
+                    again.header("x-origin"),
+                    first.header("x-origin"),
+                    "{on}: the cookie keeps the client on its backend"
+                );
+                assert_eq!(again.header("set-cookie"), "", "{on}");
+            }
         }
+        gantry.shutdown(Duration::from_secs(1)).await;
     }
-    gantry.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_hash_key_keeps_a_key_on_one_backend_on_every_engine() {
-    let backends = origins(3).await;
-    let gantry = Scenario::new()
-        .port(
-            "shop",
-            Port::http("web").backends(&addresses(&backends)).set(
-                "balancer",
-                "{ policy: \"builtin:maglev\", hash_key: \"header:x-user\" }",
-            ),
-        )
-        .start()
-        .await;
-    let proxy = addr(&gantry, "shop", "web");
-    for engine in ENGINES {
-        let mut by_user = std::collections::HashMap::new();
-        for round in 0..3 {
-            for user in ["ann", "bob", "cyd", "dee", "eve", "fay"] {
-                let head = ask(engine, proxy, &[("x-user", user)]).await;
-                let origin = head.header("x-origin").to_owned();
-                let first = by_user.entry(user).or_insert_with(|| origin.clone());
-                assert_eq!(*first, origin, "{engine:?}: {user} moved in round {round}");
+    for (protocol, engines) in BACKENDS {
+        let backends = origins(3, protocol).await;
+        let gantry = Scenario::new()
+            .port(
+                "shop",
+                web("web", protocol).backends(&addresses(&backends)).set(
+                    "balancer",
+                    "{ policy: \"builtin:maglev\", hash_key: \"header:x-user\" }",
+                ),
+            )
+            .start()
+            .await;
+        let proxy = addr(&gantry, "shop", "web");
+        for &engine in engines {
+            let on = format!("{engine:?} to {protocol:?}");
+            let mut by_user = std::collections::HashMap::new();
+            for round in 0..3 {
+                for user in ["ann", "bob", "cyd", "dee", "eve", "fay"] {
+                    let head = ask(engine, proxy, &[("x-user", user)]).await;
+                    let origin = head.header("x-origin").to_owned();
+                    let first = by_user.entry(user).or_insert_with(|| origin.clone());
+                    assert_eq!(*first, origin, "{on}: {user} moved in round {round}");
+                }
             }
+            let spread: std::collections::HashSet<_> = by_user.values().collect();
+            assert!(spread.len() > 1, "{on}: keys are spread: {by_user:?}");
         }
-        let spread: std::collections::HashSet<_> = by_user.values().collect();
-        assert!(spread.len() > 1, "{engine:?}: keys are spread: {by_user:?}");
+        gantry.shutdown(Duration::from_secs(1)).await;
     }
-    gantry.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_connect_is_retried_within_the_budget_on_every_engine() {
-    let live = origins(1).await;
-    let dead = closed_port().await;
-    let backends = [dead, live[0].addr];
-    let scenario = |retries: u32| {
-        Scenario::new().port(
-            "shop",
-            Port::http("web")
-                .backends(&backends)
-                .set("retries", &retries.to_string())
-                // Every request tries the dead backend first while it is not backing off.
-                .set("backoff", "{ initial: 1ms, max: 1ms }"),
-        )
-    };
-    let gantry = scenario(1).start().await;
-    let proxy = addr(&gantry, "shop", "web");
-    for engine in ENGINES {
-        for _ in 0..4 {
-            let head = ask(engine, proxy, &[]).await;
-            assert_eq!(
-                head.status,
-                ok(engine),
-                "{engine:?}: retried on the live one"
+    for (protocol, engines) in BACKENDS {
+        let live = origins(1, protocol).await;
+        let dead = closed_port().await;
+        let backends = [dead, live[0].addr];
+        let scenario = |retries: u32| {
+            Scenario::new().port(
+                "shop",
+                web("web", protocol)
+                    .backends(&backends)
+                    .set("retries", &retries.to_string())
+                    // Every request tries the dead backend first while it is not backing off.
+                    .set("backoff", "{ initial: 1ms, max: 1ms }"),
+            )
+        };
+        let gantry = scenario(1).start().await;
+        let proxy = addr(&gantry, "shop", "web");
+        for &engine in engines {
+            for _ in 0..4 {
+                let head = ask(engine, proxy, &[]).await;
+                assert_eq!(
+                    head.status,
+                    ok(engine),
+                    "{engine:?} to {protocol:?}: retried on the live one"
+                );
+            }
+        }
+        gantry.shutdown(Duration::from_secs(1)).await;
+
+        let gantry = scenario(0).start().await;
+        let proxy = addr(&gantry, "shop", "web");
+        for &engine in engines {
+            let mut statuses = Vec::new();
+            for _ in 0..4 {
+                statuses.push(ask(engine, proxy, &[]).await.status);
+            }
+            assert!(
+                statuses.contains(&502),
+                "{engine:?} to {protocol:?}: with no retries, the dead backend's turn is a 502: {statuses:?}"
             );
         }
+        gantry.shutdown(Duration::from_secs(1)).await;
     }
-    gantry.shutdown(Duration::from_secs(1)).await;
-
-    let gantry = scenario(0).start().await;
-    let proxy = addr(&gantry, "shop", "web");
-    for engine in ENGINES {
-        let mut statuses = Vec::new();
-        for _ in 0..4 {
-            statuses.push(ask(engine, proxy, &[]).await.status);
-        }
-        assert!(
-            statuses.contains(&502),
-            "{engine:?}: with no retries, the dead backend's turn is a 502: {statuses:?}"
-        );
-    }
-    gantry.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_backend_is_503_and_unreachable_backends_502_on_every_engine() {
-    let dead = closed_port().await;
-    let gantry = Scenario::new()
-        .port("shop", Port::http("web").backends(&[]))
-        .port("gone", Port::http("web").backends(&[dead]))
-        .start()
-        .await;
-    for engine in ENGINES {
-        let none = ask(engine, addr(&gantry, "shop", "web"), &[]).await;
-        assert_eq!(none.status, 503, "{engine:?}");
-        let gone = ask(engine, addr(&gantry, "gone", "web"), &[]).await;
-        assert_eq!(gone.status, 502, "{engine:?}");
+    for (protocol, engines) in BACKENDS {
+        let dead = closed_port().await;
+        let gantry = Scenario::new()
+            .port("shop", web("web", protocol).backends(&[]))
+            .port("gone", web("web", protocol).backends(&[dead]))
+            .start()
+            .await;
+        for &engine in engines {
+            let none = ask(engine, addr(&gantry, "shop", "web"), &[]).await;
+            assert_eq!(none.status, 503, "{engine:?} to {protocol:?}");
+            let gone = ask(engine, addr(&gantry, "gone", "web"), &[]).await;
+            assert_eq!(gone.status, 502, "{engine:?} to {protocol:?}");
+        }
+        gantry.shutdown(Duration::from_secs(1)).await;
     }
-    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A backend that accepts connections and never answers (it holds them until dropped).
+struct Silent {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Silent {
+    async fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        Silent { addr, task }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_answer_in_time_is_504_on_every_engine() {
+    for (protocol, engines) in BACKENDS {
+        let silent = Silent::start().await;
+        let gantry = Scenario::new()
+            .port(
+                "shop",
+                web("web", protocol)
+                    .backends(&[silent.addr])
+                    .set("timeouts", "{ upstream_read: 300ms }"),
+            )
+            .start()
+            .await;
+        for &engine in engines {
+            let asked = std::time::Instant::now();
+            let head = ask(engine, addr(&gantry, "shop", "web"), &[]).await;
+            assert_eq!(head.status, 504, "{engine:?} to {protocol:?}");
+            // The answer comes from the timeout, not from a later failure.
+            assert!(
+                asked.elapsed() >= Duration::from_millis(300),
+                "{engine:?} to {protocol:?}: answered before upstream_read"
+            );
+        }
+        gantry.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_request_headers_are_431_on_every_engine() {
+    for (protocol, engines) in BACKENDS {
+        let backends = origins(1, protocol).await;
+        let gantry = Scenario::new()
+            .port(
+                "shop",
+                web("web", protocol)
+                    .backends(&addresses(&backends))
+                    .set("limits", "{ max_headers: 8 }"),
+            )
+            .start()
+            .await;
+        let proxy = addr(&gantry, "shop", "web");
+        let names: Vec<String> = (0..12).map(|i| format!("x-extra-{i}")).collect();
+        let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        for &engine in engines {
+            assert_eq!(ask(engine, proxy, &many[..2]).await.status, ok(engine));
+            let head = ask(engine, proxy, &many).await;
+            assert_eq!(head.status, 431, "{engine:?} to {protocol:?}");
+        }
+        assert_eq!(
+            backends[0].requests(),
+            engines.len(),
+            "{protocol:?}: refused requests never reach a backend"
+        );
+        gantry.shutdown(Duration::from_secs(1)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_the_same_fields_on_every_engine() {
     access_log::capture();
-    let backends = origins(1).await;
-    let gantry = Scenario::new()
-        .section("runtime: { access_log: true }")
-        .port(
-            "parity-log",
-            Port::http("web").backends(&addresses(&backends)),
-        )
-        .start()
-        .await;
-    let proxy = addr(&gantry, "parity-log", "web");
-    for engine in ENGINES {
-        assert_eq!(ask(engine, proxy, &[]).await.status, ok(engine));
-    }
-    // The upgrade's line is written when its tunnel ends, which the origin's echo keeps open
-    // until the client leaves: the client has left, so wait for it.
-    eventually("three access-log lines", || async {
-        access_log::lines_for("parity-log").len() >= 3
-    })
-    .await;
-    let lines = access_log::lines_for("parity-log");
-    for (protocol, engine) in [
-        ("http/1.1", "HTTP/1"),
-        ("h2", "HTTP/2"),
-        ("upgrade", "upgrade"),
-    ] {
-        let line = lines
-            .iter()
-            .find(|line| line.contains(&format!(" protocol={protocol} ")))
-            .unwrap_or_else(|| panic!("no {engine} line in {lines:?}"));
-        for field in [
-            "service=",
-            "port=",
-            "client=",
-            "method=GET",
-            "path=/",
-            "status=",
-            "backend=",
-            "duration_ms=",
-            "bytes_received=",
-            "bytes_sent=",
-            "retries=0",
-        ] {
-            assert!(
-                line.contains(field),
-                "{engine}: {field} missing from {line}"
-            );
+    for (protocol, engines) in BACKENDS {
+        let service = format!("parity-log-{protocol:?}").to_lowercase();
+        let backends = origins(1, protocol).await;
+        let gantry = Scenario::new()
+            .section("runtime: { access_log: true }")
+            .port(
+                &service,
+                web("web", protocol).backends(&addresses(&backends)),
+            )
+            .start()
+            .await;
+        let proxy = addr(&gantry, &service, "web");
+        for &engine in engines {
+            assert_eq!(ask(engine, proxy, &[]).await.status, ok(engine));
         }
+        // An upgrade's line is written when its tunnel ends, which the origin's echo keeps
+        // open until the client leaves: the client has left, so wait for it.
+        eventually("a line per engine", || async {
+            access_log::lines_for(&service).len() >= engines.len()
+        })
+        .await;
+        let lines = access_log::lines_for(&service);
+        for &engine in engines {
+            let protocol_field = match engine {
+                Engine::Http1 => "http/1.1",
+                Engine::Http2 => "h2",
+                Engine::WebSocket => "upgrade",
+            };
+            let line = lines
+                .iter()
+                .find(|line| line.contains(&format!(" protocol={protocol_field} ")))
+                .unwrap_or_else(|| panic!("no {engine:?} line to {protocol:?} in {lines:?}"));
+            for field in [
+                "service=",
+                "port=",
+                "client=",
+                "method=GET",
+                "path=/",
+                "status=",
+                "backend=",
+                "duration_ms=",
+                "bytes_received=",
+                "bytes_sent=",
+                "retries=0",
+            ] {
+                assert!(
+                    line.contains(field),
+                    "{engine:?} to {protocol:?}: {field} missing from {line}"
+                );
+            }
+        }
+        gantry.shutdown(Duration::from_secs(1)).await;
     }
-    gantry.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,12 +28,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::request::{push_chunk, push_last_chunk, write_head, BodyFraming};
-use super::to_h2c::{self, ClientStream};
+use super::to_h2c;
 use crate::http::exchange::{
     is_idempotent, may_resend, next_try, pick_context, strip_port, AccessLine, Engine, Failure,
     NextTry, Record,
 };
 use crate::http::forwarding::ClientIp;
+use crate::http::h2c::forward::{is_grpc, send_data};
 use crate::http::relay::forward::{choose, Chosen};
 use crate::http::relay::framing::Body;
 use crate::http::relay::idle;
@@ -96,13 +97,7 @@ pub(super) async fn serve(
         route.reads_headers.then_some(&parts.headers),
     );
     if route.port.backend_protocol == BackendProtocol::H2c {
-        let client = ClientStream {
-            peer,
-            parts: &parts,
-            recv,
-            respond,
-        };
-        to_h2c::forward(&route, &cx, client, &mut record).await;
+        to_h2c::forward(&route, &cx, peer, &parts, recv, respond, &mut record).await;
         return record.finish();
     }
     let mut head = Vec::with_capacity(512 + 64 * parts.headers.len());
@@ -147,16 +142,9 @@ pub(super) async fn serve(
     run.record.finish();
 }
 
-/// Whether a request or response is gRPC's.
-pub(super) fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 /// Answers a request that got no response: its status, or for a gRPC request that reached no
 /// backend, `REFUSED_STREAM`.
-pub(super) fn answer(respond: &mut SendResponse<Bytes>, record: &Record<'_>, grpc: bool) {
+pub(crate) fn answer(respond: &mut SendResponse<Bytes>, record: &Record<'_>, grpc: bool) {
     let refused = matches!(record.failure, Some(Failure::NoBackend(_))) && grpc;
     match record.status {
         Some(_) if refused => respond.send_reset(Reason::REFUSED_STREAM),
@@ -494,7 +482,7 @@ impl Run<'_> {
 }
 
 /// Ends a stream whose response the backend cut short (see the module documentation).
-pub(super) fn cut(send: &mut SendStream<Bytes>, grpc: bool) -> Failure {
+pub(crate) fn cut(send: &mut SendStream<Bytes>, grpc: bool) -> Failure {
     if grpc {
         let mut trailers = http::HeaderMap::new();
         trailers.insert(
@@ -511,45 +499,4 @@ pub(super) fn cut(send: &mut SendStream<Bytes>, grpc: bool) -> Failure {
     }
     send.send_reset(Reason::INTERNAL_ERROR);
     Failure::CutResponse
-}
-
-/// Sends `data` within the stream's flow-control window, waiting for the receiver to open it
-/// for at most `within` at a time (a client that never does is let go; `None`: no bound).
-pub(super) async fn send_data(
-    send: &mut SendStream<Bytes>,
-    mut data: Bytes,
-    end: bool,
-    within: Option<Duration>,
-) -> Result<(), Failure> {
-    if data.is_empty() {
-        return send.send_data(data, end).map_err(|_| Failure::ClientGone);
-    }
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let granted = match send.capacity() {
-            0 => {
-                let wait = poll_fn(|cx| send.poll_capacity(cx));
-                let waited = match within {
-                    Some(within) => tokio::time::timeout(within, wait).await,
-                    None => Ok(wait.await),
-                };
-                match waited {
-                    Ok(Some(Ok(granted))) => granted,
-                    Ok(_) => return Err(Failure::ClientGone),
-                    Err(_) => {
-                        send.send_reset(Reason::CANCEL);
-                        return Err(Failure::ClientGone);
-                    }
-                }
-            }
-            granted => granted,
-        };
-        if granted == 0 {
-            continue;
-        }
-        let piece = data.split_to(granted.min(data.len()));
-        send.send_data(piece, end && data.is_empty())
-            .map_err(|_| Failure::ClientGone)?;
-    }
-    Ok(())
 }

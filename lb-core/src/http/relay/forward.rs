@@ -35,7 +35,7 @@ use crate::route::Route;
 use crate::tcp;
 
 /// Room read at a time from a backend's response body.
-const READ_CHUNK: usize = 16 * 1024;
+pub(super) const READ_CHUNK: usize = 16 * 1024;
 
 /// The buffers of one client connection: reused from request to request while the client
 /// keeps sending, given back while it idles ([`Buffers::release_while_idle`]).
@@ -50,11 +50,11 @@ pub struct Buffers {
     /// The request's authority, kept for picking again on a retry.
     authority: String,
     /// The head (and the start of the body) for the backend.
-    upstream_out: Vec<u8>,
+    pub(super) upstream_out: Vec<u8>,
     /// What the backend sent.
     upstream_in: BytesMut,
     /// The head (and the start of the body) for the client.
-    client_out: Vec<u8>,
+    pub(super) client_out: Vec<u8>,
 }
 
 impl Buffers {
@@ -580,7 +580,7 @@ async fn write_flushed<C: AsyncWrite + Unpin>(
 }
 
 /// What the access log says of a request, copied before its head is consumed.
-fn access_line(request: &Request, head: &[u8]) -> AccessLine {
+pub(super) fn access_line(request: &Request, head: &[u8]) -> AccessLine {
     let text = |range: std::ops::Range<usize>| String::from_utf8_lossy(&head[range]).into_owned();
     AccessLine {
         method: text(request.method.clone()),

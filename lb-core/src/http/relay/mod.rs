@@ -1,6 +1,6 @@
-//! Gantry's own HTTP/1.1 proxy path, for every HTTP/1 request to an HTTP/1 backend (HTTP/2
-//! from clients and h2c backends stay with pingora). pingora's HTTP/1 proxy builds a session,
-//! two header maps and two channels per request and runs its halves as tasks; this path parses
+//! Gantry's own HTTP/1.1 proxy path, for every HTTP/1 request ([`to_h2c`] carries those for
+//! h2c backends as HTTP/2). Where a general proxy builds a session, two header maps and two
+//! channels per request and runs its halves as tasks, this path parses
 //! heads with `httparse` in place, forwards the client's header bytes with only Gantry's edits
 //! ([`request`], [`response`]), relays bodies byte for byte under exact framing ([`framing`]),
 //! and keeps backend connections per worker thread ([`idle`]), all within the client
@@ -17,6 +17,7 @@ pub mod framing;
 pub mod idle;
 pub mod request;
 pub mod response;
+pub mod to_h2c;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 

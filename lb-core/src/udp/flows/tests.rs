@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::*;
@@ -18,7 +18,6 @@ fn owner(backends: &[&str]) -> Arc<FlowOwner> {
     let (_, drain) = watch::channel(false);
     Arc::new(FlowOwner::new(Arc::new(ListenerShared {
         route: Arc::new(ArcSwap::from_pointee(route)),
-        http: ArcSwapOption::empty(),
         drain,
         limiter: ConnLimiter::new(10),
     })))

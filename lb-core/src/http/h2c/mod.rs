@@ -4,6 +4,11 @@
 //! connection is driven by a task of its own (the only task an h2c backend costs, not one
 //! per request). A connection found closed is replaced; the backend's own
 //! `SETTINGS_MAX_CONCURRENT_STREAMS` makes further requests wait for a stream.
+//!
+//! [`forward`] proxies one request over such a connection, for HTTP/2 and HTTP/1 clients
+//! alike.
+
+pub mod forward;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
