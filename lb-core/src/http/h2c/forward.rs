@@ -84,7 +84,7 @@ pub(crate) async fn forward<B: ClientBody, A: ClientAnswer>(
 ) {
     let body_empty = client.body.is_empty();
     let resend = may_resend(client.idempotent, body_empty);
-    let connect = route.port.settings.timeouts.connect;
+    let timeouts = &route.port.settings.timeouts;
     let mut attempts = Attempts::new();
     let failure = loop {
         let mut attempt = match attempts.next(&route.pool, cx) {
@@ -93,7 +93,7 @@ pub(crate) async fn forward<B: ClientBody, A: ClientAnswer>(
         };
         let affinity = attempt.response_header.take();
         let backend = attempt.backend().clone();
-        let (send, fresh) = match ready(&backend, connect).await {
+        let (send, fresh) = match ready(&backend, timeouts).await {
             Ok(ready) => ready,
             Err(outcome) => {
                 if attempts.failed(&route.pool, attempt, outcome) {
