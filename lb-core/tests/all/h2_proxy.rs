@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::addr;
+use crate::support::client::h2_client;
 use crate::support::scenario::{Port, Scenario};
 
 /// Reads from `stream` until what was read ends with `end`, within 10 s.
@@ -23,16 +24,6 @@ async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, end: &[u8]) {
         assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(seen));
         seen.extend_from_slice(&chunk[..n]);
     }
-}
-
-/// An h2c client connection to `proxy`, its connection driven in the background.
-async fn h2_client(proxy: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let stream = TcpStream::connect(proxy).await.expect("connect");
-    let (send, connection) = h2::client::handshake(stream).await.expect("handshake");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    send.ready().await.expect("ready")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

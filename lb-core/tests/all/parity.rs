@@ -409,6 +409,86 @@ async fn too_many_request_headers_are_431_on_every_engine() {
     }
 }
 
+/// Sends a 5-byte `PUT` expecting `100-continue` on `engine` and sends the body only once the
+/// `100` came (within 10 s, far below no client's own expect timeout); the final answer's
+/// status and body.
+async fn put_expecting_continue(engine: Engine, proxy: SocketAddr) -> (u16, String) {
+    const WAIT: Duration = Duration::from_secs(10);
+    match engine {
+        Engine::Http1 => {
+            let mut stream = TcpStream::connect(proxy).await.expect("connect");
+            let head = "PUT /up HTTP/1.1\r\nHost: shop.example\r\nExpect: 100-continue\r\ncontent-length: 5\r\nconnection: close\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.expect("head");
+            let interim = read_head(&mut stream).await;
+            assert!(interim.starts_with("HTTP/1.1 100 "), "{interim}");
+            let after_interim = interim[interim.find("\r\n\r\n").expect("end") + 4..].to_owned();
+            stream.write_all(b"hello").await.expect("body");
+            let mut rest = Vec::new();
+            tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+                .await
+                .expect("the answer within 10s")
+                .expect("read");
+            let answer = after_interim + &String::from_utf8_lossy(&rest);
+            let head = parse_head(&answer);
+            let body = answer[answer.find("\r\n\r\n").expect("end") + 4..].to_owned();
+            (head.status, body)
+        }
+        Engine::Http2 => {
+            let mut client = crate::support::client::h2_client(proxy).await;
+            let request = Request::put("http://shop.example/up")
+                .header("expect", "100-continue")
+                .header("content-length", "5")
+                .body(())
+                .expect("request");
+            let (mut response, mut body) = client.send_request(request, false).expect("send");
+            let interim = tokio::time::timeout(
+                WAIT,
+                std::future::poll_fn(|cx| response.poll_informational(cx)),
+            )
+            .await
+            .expect("the 100 within 10s")
+            .expect("an informational response")
+            .expect("no error");
+            assert_eq!(interim.status(), 100);
+            body.send_data(Bytes::from_static(b"hello"), true)
+                .expect("body");
+            let response = tokio::time::timeout(WAIT, response)
+                .await
+                .expect("the answer within 10s")
+                .expect("response");
+            let status = response.status().as_u16();
+            let mut data = response.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = data.data().await {
+                let chunk = chunk.expect("data");
+                let _ = data.flow_control().release_capacity(chunk.len());
+                text.extend_from_slice(&chunk);
+            }
+            (status, String::from_utf8_lossy(&text).into_owned())
+        }
+        Engine::WebSocket => unreachable!("an upgrade carries no body before its 101"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_expecting_100_continue_gets_it_before_sending_on_every_engine() {
+    for (protocol, engines) in BACKENDS {
+        let backends = origins(1, protocol).await;
+        let gantry = Scenario::new()
+            .port("shop", web("web", protocol).backends(&addresses(&backends)))
+            .start()
+            .await;
+        let proxy = addr(&gantry, "shop", "web");
+        for &engine in engines.iter().filter(|e| **e != Engine::WebSocket) {
+            let (status, body) = put_expecting_continue(engine, proxy).await;
+            assert_eq!(status, 200, "{engine:?} to {protocol:?}");
+            // The origin names itself and the body length it got.
+            assert!(body.contains("o0 5"), "{engine:?} to {protocol:?}: {body}");
+        }
+        gantry.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_the_same_fields_on_every_engine() {
     access_log::capture();

@@ -35,6 +35,7 @@ pub(super) async fn forward(
     let mut answer = StreamAnswer {
         respond,
         send: None,
+        continued: false,
     };
     let client = forward::Client {
         request: &request,
@@ -138,9 +139,22 @@ impl ClientBody for RecvStream {
 struct StreamAnswer {
     respond: SendResponse<Bytes>,
     send: Option<SendStream<Bytes>>,
+    /// The client was told to send its body.
+    continued: bool,
 }
 
 impl ClientAnswer for StreamAnswer {
+    async fn proceed(&mut self) -> Result<(), Failure> {
+        if !std::mem::replace(&mut self.continued, true) {
+            let mut informational = http::Response::new(());
+            *informational.status_mut() = http::StatusCode::CONTINUE;
+            self.respond
+                .send_informational(informational)
+                .map_err(|_| Failure::ClientGone)?;
+        }
+        Ok(())
+    }
+
     async fn head(&mut self, response: http::Response<()>, end: bool) -> Result<(), Failure> {
         let send = self
             .respond

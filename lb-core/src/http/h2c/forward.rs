@@ -44,6 +44,9 @@ pub(crate) trait ClientBody {
 
 /// Where the response goes.
 pub(crate) trait ClientAnswer {
+    /// Tells a client that expects `100-continue` to send its body: the backend's stream is
+    /// open (once per request, whatever the tries).
+    async fn proceed(&mut self) -> Result<(), Failure>;
     /// Sends the response head; `end`: nothing follows it.
     async fn head(&mut self, response: http::Response<()>, end: bool) -> Result<(), Failure>;
     /// Sends a piece of the body, waiting at most `within` at a time for the client to take
@@ -113,6 +116,7 @@ pub(crate) async fn forward<B: ClientBody, A: ClientAnswer>(
             route,
             affinity: affinity.as_ref(),
             grpc: client.grpc,
+            request_headers: client.request.headers(),
             bytes_up: &bytes_up,
         };
         let request = copy(client.request);
@@ -187,6 +191,8 @@ struct Turn<'t> {
     /// The affinity's header for the response (a `Set-Cookie`).
     affinity: Option<&'t AffinityHeader>,
     grpc: bool,
+    /// The request's header fields.
+    request_headers: &'t http::HeaderMap,
     /// Request body bytes sent up so far.
     bytes_up: &'t AtomicU64,
 }
@@ -207,6 +213,14 @@ impl Turn<'_> {
             Ok(pair) => pair,
             Err(err) => return Err(early(&err)),
         };
+        // An h2c backend's own `100` is not relayed (the `h2` client keeps informational
+        // responses apart): Gantry answers the expectation once the stream is open, as a
+        // proxy may (RFC 9110 §10.1.1).
+        if !body_empty && expects_continue(self.request_headers) && answer.proceed().await.is_err()
+        {
+            upstream.send_reset(Reason::CANCEL);
+            return Err(Early::Answered(Some(Failure::ClientGone)));
+        }
         let mut uploaded = body_empty;
         let upload = upload(body, &mut upstream, self.bytes_up);
         tokio::pin!(upload);
@@ -285,6 +299,13 @@ impl Turn<'_> {
             Err(failure) => Err(Early::Answered(failure)),
         }
     }
+}
+
+/// Whether a request expects `100 Continue` before it sends its body.
+fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Whether a request or response is gRPC's.

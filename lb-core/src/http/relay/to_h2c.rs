@@ -88,6 +88,7 @@ where
         keep_alive: request.keep_alive && !*client.drain.borrow(),
         chunked: false,
         whole: false,
+        continued: request.http10,
         idle: timeouts.client_idle,
     };
     let grpc = is_grpc(upstream.headers());
@@ -257,6 +258,8 @@ struct Answer<W> {
     chunked: bool,
     /// The response went out whole.
     whole: bool,
+    /// The client was told to send its body (or is an HTTP/1.0 one, which must not be).
+    continued: bool,
     /// How long the client may leave its answer untaken.
     idle: Duration,
 }
@@ -279,6 +282,15 @@ impl<W: AsyncWrite + Unpin> Answer<W> {
 }
 
 impl<W: AsyncWrite + Unpin> ClientAnswer for Answer<W> {
+    async fn proceed(&mut self) -> Result<(), Failure> {
+        if std::mem::replace(&mut self.continued, true) {
+            return Ok(());
+        }
+        self.out.clear();
+        self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.write_out(self.idle).await
+    }
+
     async fn head(&mut self, response: http::Response<()>, end: bool) -> Result<(), Failure> {
         let (parts, ()) = response.into_parts();
         let status = parts.status.as_u16();

@@ -236,3 +236,14 @@ pub async fn tcp_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     stream.shutdown().await.expect("half-close");
     read_until_closed(&mut stream).await
 }
+
+/// A raw `h2` client connection to `proxy` (h2c by prior knowledge), for what hyper's client
+/// does not show (informational responses, resets); its connection driven in the background.
+pub async fn h2_client(proxy: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let stream = TcpStream::connect(proxy).await.expect("connect");
+    let (send, connection) = h2::client::handshake(stream).await.expect("handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send.ready().await.expect("ready")
+}
