@@ -267,6 +267,11 @@ impl Turn<'_> {
             record.answered(&backend, parts.status.as_u16());
         }
         let grpc = self.grpc || is_grpc(&parts.headers);
+        if grpc {
+            // As from an HTTP/1 backend: a cut gRPC response ends with trailers, which a
+            // declared length would make a protocol error.
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
         let ended = down.is_end_stream();
         let response = http::Response::from_parts(parts, ());
         if answer.head(response, ended).await.is_err() {

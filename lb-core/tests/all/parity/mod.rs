@@ -5,6 +5,8 @@
 //! engine fails its test naming the engine and the backends' protocol. What an
 //! engine cannot do is listed in `docs/architecture.md` ("What each HTTP engine does").
 
+mod cut;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use crate::support::{access_log, addr, eventually};
 
 /// An engine that carries HTTP through Gantry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Engine {
+pub(super) enum Engine {
     Http1,
     Http2,
     WebSocket,
@@ -29,7 +31,7 @@ enum Engine {
 
 /// What the backends speak, and the engines that reach them: an upgrade needs an HTTP/1
 /// backend (HTTP/2 has no `Upgrade`; RFC 8441's extended CONNECT is not offered).
-const BACKENDS: [(OriginProtocol, &[Engine]); 2] = [
+pub(super) const BACKENDS: [(OriginProtocol, &[Engine]); 2] = [
     (
         OriginProtocol::Http1,
         &[Engine::Http1, Engine::Http2, Engine::WebSocket],
@@ -38,7 +40,7 @@ const BACKENDS: [(OriginProtocol, &[Engine]); 2] = [
 ];
 
 /// An HTTP port named `name` whose backends speak `protocol`.
-fn web(name: &str, protocol: OriginProtocol) -> Port {
+pub(super) fn web(name: &str, protocol: OriginProtocol) -> Port {
     match protocol {
         OriginProtocol::Http1 => Port::http(name),
         OriginProtocol::H2c => Port::http(name).set("backend_protocol", "h2c"),
@@ -108,7 +110,7 @@ async fn ask(engine: Engine, proxy: SocketAddr, headers: &[(&str, &str)]) -> Hea
 }
 
 /// Reads a response head (a `101` has no body; any other answer here has none that matters).
-async fn read_head(stream: &mut TcpStream) -> String {
+pub(super) async fn read_head(stream: &mut TcpStream) -> String {
     let mut seen = Vec::new();
     let mut chunk = [0u8; 1024];
     while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
