@@ -3,9 +3,7 @@
 //! TLS handshake (bounded by `tls_handshake`) where the port terminates TLS, then the TCP relay
 //! or the HTTP driver.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use lb_config::Protocol;
@@ -23,6 +21,7 @@ use crate::http;
 use crate::limiter::ConnLimiter;
 use crate::route::{Route, RouteCell};
 use crate::tcp::{self, ClientInfo};
+use crate::work::Work;
 
 /// What connection tasks share with their listener.
 pub(crate) struct ListenerShared {
@@ -81,16 +80,8 @@ struct Addresses {
     local: SocketAddr,
 }
 
-/// A connection's work from some point on, made on the heap by a plain function (see
-/// [`protocol_work`]).
-pub(crate) type Work<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// Makes, on the heap, the work `route`'s protocol does with an accepted connection.
-///
-/// A plain function on purpose: a future made inside an `async fn` keeps room in that
-/// function's own state for every callee future it built, even once moved into a box, so the
-/// connection's task would be as large as the largest protocol's state (7 KB, where it
-/// waits for a first byte with a few hundred). Made here, the task holds one pointer.
+/// Makes, on the heap, the work `route`'s protocol does with an accepted connection (a plain
+/// function on purpose: see [`crate::work`]).
 fn protocol_work<'a>(
     shared: &'a ListenerShared,
     route: &'a Route,

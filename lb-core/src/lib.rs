@@ -39,6 +39,7 @@ pub mod takeover;
 pub mod tcp;
 pub mod tls;
 pub mod udp;
+mod work;
 
 #[cfg(test)]
 mod test_certs;

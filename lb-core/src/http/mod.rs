@@ -29,9 +29,9 @@ use self::head::{read_head, Head, HeadLimits};
 use self::relay::{relay, After, Buffers, Client};
 use self::settings_guard::SettingsGuard;
 use crate::coalesce::CoalescedWrites;
-use crate::connection::Work;
 use crate::limiter::ConnLimiter;
 use crate::route::{Route, RouteCell};
+use crate::work::Work;
 
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4), enough to tell h2c from HTTP/1.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
@@ -50,7 +50,7 @@ fn head_limits(route: &Route) -> HeadLimits {
 ///
 /// What comes after the first head is made by plain functions ([`http2`], [`http1`]), so that
 /// this future, which an idle connection's task holds while it waits, keeps only what that
-/// wait needs (see [`crate::connection::Work`]).
+/// wait needs (see [`crate::work`]).
 pub(crate) async fn serve_cleartext(
     route: &RouteCell,
     limiter: &Arc<ConnLimiter>,

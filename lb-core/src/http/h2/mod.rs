@@ -10,6 +10,7 @@
 //! lets the streams under way finish.
 
 pub mod request;
+mod respond;
 pub mod settings;
 mod stream;
 mod to_h2c;

@@ -21,13 +21,14 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{RecvStream, SendStream};
 use lb_policy::{Outcome, ResponseHeader as AffinityHeader};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::request::{push_chunk, push_last_chunk, write_head, BodyFraming};
+use super::respond::{answer, cut};
 use super::to_h2c;
 use crate::http::exchange::{
     is_idempotent, may_resend, next_try, pick_context, strip_port, AccessLine, Engine, Failure,
@@ -47,9 +48,6 @@ use lb_config::BackendProtocol;
 
 /// Room read at a time from a backend's response.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// The gRPC status for "the service is unavailable": the client may retry.
-const GRPC_UNAVAILABLE: &str = "14";
 
 /// Serves one stream of a client at `peer`.
 pub(super) async fn serve(
@@ -140,22 +138,6 @@ pub(super) async fn serve(
     run.record.retries = attempts.failures();
     run.record.bytes_received = run.body.bytes;
     run.record.finish();
-}
-
-/// Answers a request that got no response: its status, or for a gRPC request that reached no
-/// backend, `REFUSED_STREAM`.
-pub(crate) fn answer(respond: &mut SendResponse<Bytes>, record: &Record<'_>, grpc: bool) {
-    let refused = matches!(record.failure, Some(Failure::NoBackend(_))) && grpc;
-    match record.status {
-        Some(_) if refused => respond.send_reset(Reason::REFUSED_STREAM),
-        Some(status) => {
-            let mut response = http::Response::new(());
-            *response.status_mut() =
-                http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-            let _ = respond.send_response(response, true);
-        }
-        None => respond.send_reset(Reason::CANCEL),
-    }
 }
 
 /// How a turn with one backend ended.
@@ -485,24 +467,4 @@ impl Run<'_> {
             }
         }
     }
-}
-
-/// Ends a stream whose response the backend cut short (see the module documentation).
-pub(crate) fn cut(send: &mut SendStream<Bytes>, grpc: bool) -> Failure {
-    if grpc {
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert(
-            "grpc-status",
-            http::HeaderValue::from_static(GRPC_UNAVAILABLE),
-        );
-        trailers.insert(
-            "grpc-message",
-            http::HeaderValue::from_static("backend closed the stream"),
-        );
-        if send.send_trailers(trailers).is_ok() {
-            return Failure::CutResponse;
-        }
-    }
-    send.send_reset(Reason::INTERNAL_ERROR);
-    Failure::CutResponse
 }

@@ -2,7 +2,7 @@
 //! (connection fields dropped, forwarding headers set by policy), the stream's body and trailers
 //! as [`ClientBody`], and its answer as [`ClientAnswer`], for the one h2c exchange
 //! ([`crate::http::h2c::forward`]). A response the backend cuts short ends as the HTTP/2 server
-//! ends every cut response ([`super::stream::cut`]: `grpc-status: 14` for gRPC).
+//! ends every cut response ([`super::respond::cut`]: `grpc-status: 14` for gRPC).
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -14,7 +14,7 @@ use h2::{RecvStream, SendStream};
 use http::request::Parts;
 use lb_policy::PickContext;
 
-use super::stream::{answer, cut};
+use super::respond::{answer, cut};
 use crate::http::exchange::{is_idempotent, Failure, Record};
 use crate::http::forwarding::forwarded;
 use crate::http::h2c::forward::{self, is_grpc, send_data, ClientAnswer, ClientBody};
