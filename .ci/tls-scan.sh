@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GANTRY=${GANTRY:-target/debug/gantry}
-[ -x "$GANTRY" ] || cargo build --locked -p lb-core --bin gantry
+[ -x "$GANTRY" ] || cargo build --locked -p gantry --bin gantry
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 

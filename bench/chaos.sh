@@ -27,7 +27,7 @@ CONNECTIONS=${CONNECTIONS:-20}
 install_missing nginx:nginx-light wrk:wrk openssl:openssl
 if [ -z "${GANTRY:-}" ]; then
   bash .ci/setup
-  cargo build --release --locked -p lb-core --bin gantry >&2
+  cargo build --release --locked -p gantry --bin gantry >&2
   GANTRY=$PWD/target/release/gantry
 fi
 PLUGINS=${PLUGINS:-$PWD/target/plugins/wasm32-wasip2/release}

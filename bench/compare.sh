@@ -10,7 +10,7 @@
 #
 # One nginx origin on loopback serves a small response. wrk drives, in turn:
 #   http   HTTP/1.1 keep-alive requests: direct to nginx, through HAProxy, through pingora
-#          alone (lb-core/examples/pingora_baseline.rs: pingora's server and the smallest
+#          alone (gantry/examples/pingora_baseline.rs: pingora's server and the smallest
 #          proxy), and through Gantry (its own HTTP/1 relay)
 #   tcp    the same HTTP traffic through a layer-4 proxy (HAProxy `mode tcp`, Gantry `tcp`)
 #   tls    a new TLS connection per request (`Connection: close`), ECDSA P-256, TLS 1.3
@@ -36,7 +36,7 @@ if [ "$WORKERS" = 1 ]; then PROXY_CPUS=0 LOAD_CPUS=1; else PROXY_CPUS=0-$(($(npr
 install_missing haproxy:haproxy nginx:nginx-light wrk:wrk h2load:nghttp2-client \
   openssl:openssl taskset:util-linux python3:python3
 bash .ci/setup
-cargo build --release --locked -p lb-core --bin gantry --example pingora_baseline >&2
+cargo build --release --locked -p gantry --bin gantry --example pingora_baseline >&2
 GANTRY=$PWD/target/release/gantry
 PINGORA=$PWD/target/release/examples/pingora_baseline
 

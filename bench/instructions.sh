@@ -23,7 +23,7 @@ CONNECTIONS=${CONNECTIONS:-10}
 install_missing valgrind:valgrind h2load:nghttp2-client haproxy:haproxy nginx:nginx-light
 if [ -z "${GANTRY:-}" ]; then
   bash .ci/setup
-  cargo build --release --locked -p lb-core --bin gantry >&2
+  cargo build --release --locked -p gantry --bin gantry >&2
   GANTRY=$PWD/target/release/gantry
 fi
 

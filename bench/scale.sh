@@ -28,7 +28,7 @@ PROTOCOL=${PROTOCOL:-http}
 for tool in curl python3; do
   command -v "$tool" >/dev/null 2>&1 || { echo "needs $tool" >&2; exit 1; }
 done
-cargo build --release --locked -p lb-core --bin gantry >&2
+cargo build --release --locked -p gantry --bin gantry >&2
 GANTRY=$PWD/target/release/gantry
 # One socket per port, and a few more.
 ulimit -n "$(ulimit -Hn)"

@@ -11,7 +11,7 @@
 #   oneway  8 flows sending 64-byte datagrams as fast as they can; datagrams per second that
 #           reach the backend
 #   cpu     the proxy's CPU time (user and system, all its threads and processes) per rr answer
-# The load generator and the echo backend are lb-core/examples/udp_load.rs. Each cell is the
+# The load generator and the echo backend are gantry/examples/udp_load.rs. Each cell is the
 # median of ROUNDS runs, the targets' rounds interleaved; the ratios are Gantry's against each
 # of the others (higher is better for rates, lower for latency and CPU).
 set -euo pipefail
@@ -30,7 +30,7 @@ if ! command -v nginx >/dev/null 2>&1 || [ ! -e /usr/lib/nginx/modules/ngx_strea
   sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-stream util-linux python3
 fi
 bash .ci/setup
-cargo build --release --locked -p lb-core --bin gantry --example udp_load >&2
+cargo build --release --locked -p gantry --bin gantry --example udp_load >&2
 GANTRY=$PWD/target/release/gantry
 LOAD=$PWD/target/release/examples/udp_load
 

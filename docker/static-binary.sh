@@ -19,5 +19,5 @@ rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
 # would ask for musl's dynamic loader, which neither image has).
 CC_x86_64_unknown_linux_musl=musl-gcc \
   cargo build --profile "$PROFILE" --locked --target x86_64-unknown-linux-musl \
-  -p lb-core --bin gantry >&2
+  -p gantry --bin gantry >&2
 strip -o target/gantry-static "target/x86_64-unknown-linux-musl/$PROFILE/gantry"

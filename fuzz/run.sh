@@ -3,7 +3,7 @@
 # SECONDS_PER_TARGET seconds, on stable Rust: the coverage instrumentation cargo-fuzz would
 # add, without its sanitizer (which needs nightly). New inputs go to fuzz/work/TARGET (not
 # checked in); crashes to fuzz/findings/TARGET/. A finding is fixed, then its input is added
-# to fuzz/corpus/TARGET/, which `cargo test` replays (lb-core/tests/all/fuzz_corpus.rs).
+# to fuzz/corpus/TARGET/, which `cargo test` replays (gantry/tests/all/fuzz_corpus.rs).
 #
 #   bash fuzz/run.sh                                  # 60 s each, every target
 #   SECONDS_PER_TARGET=600 TARGETS="http_request" bash fuzz/run.sh

@@ -12,6 +12,7 @@ mod addresses;
 mod build;
 pub mod diff;
 pub mod file;
+pub mod fuzzing;
 mod lenient;
 pub mod model;
 pub mod names;

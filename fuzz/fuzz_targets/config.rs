@@ -1,4 +1,4 @@
-//! libFuzzer target: `lb_core::fuzzing::config` (see that module for the properties checked).
+//! libFuzzer target: `lb_config::fuzzing::config` (see that module for the properties checked).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| lb_core::fuzzing::config(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| lb_config::fuzzing::config(data));

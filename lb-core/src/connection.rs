@@ -24,9 +24,9 @@ use crate::tcp::{self, ClientInfo};
 use crate::work::Work;
 
 /// What connection tasks share with their listener.
-pub(crate) struct ListenerShared {
+pub struct ListenerShared {
     /// The current route.
-    pub(crate) route: RouteCell,
+    pub route: RouteCell,
     /// Flips to `true` when the listener drains.
     pub(crate) drain: watch::Receiver<bool>,
     pub(crate) limiter: Arc<ConnLimiter>,

@@ -10,15 +10,13 @@
 //!   the same verdict and the same content either way.
 //! - [`proxy_protocol`]: the PROXY protocol writer (v1, v2, v2 datagram), read back by an
 //!   independent parser: the addresses and the server name survive the trip.
-//! - [`config`]: the configuration loader on arbitrary text: problems, never a panic, and
-//!   every problem says what is wrong.
 //! - [`plugin_answers`]: a health plugin's probe plan and an affinity plugin's response
 //!   header, as the host takes them: what it acts on is one well-formed probe request (the
 //!   path and host the plugin asked for, nothing smuggled in), a probe no more often than
 //!   every 100 ms, and a header that is one header line.
-//! - [`kubernetes_service`]: a Service object (JSON, as the API server sends it) through the
-//!   Kubernetes source's index and translation (annotations, ports, policies): an answer,
-//!   never a panic.
+//!
+//! The configuration loader's target is `lb_config::fuzzing`, the Kubernetes source's
+//! `lb_k8s::fuzzing`: each target's body lives in the crate it tests.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
@@ -265,41 +263,6 @@ fn parse_v2(header: &[u8]) -> Result<ParsedV2, String> {
         local: SocketAddr::new(local_ip, u16::from_be_bytes([*lp_hi, *lp_lo])),
         authority,
     })
-}
-
-/// The configuration loader on `data` as text: it returns, and every problem has a message.
-pub fn config(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    // A base folder that does not exist: files named by the text are not found, not read.
-    if let Err(lb_config::ConfigError::Invalid(problems)) =
-        lb_config::parse_str(text, std::path::Path::new("/nonexistent-fuzz-base"))
-    {
-        assert!(!problems.is_empty());
-        for problem in problems.iter() {
-            assert!(!problem.message.is_empty(), "a problem says what is wrong");
-        }
-    }
-}
-
-/// A Service object from `data` (JSON) indexed and translated as the Kubernetes source does,
-/// with an address allocated.
-pub fn kubernetes_service(data: &[u8]) {
-    let Ok(service) = serde_json::from_slice::<k8s_openapi::api::core::v1::Service>(data) else {
-        return;
-    };
-    let mut index = lb_k8s::Index::new(lb_k8s::Settings::default());
-    let Some(key) = index.apply_service(&service) else {
-        return;
-    };
-    for allocated in [
-        None,
-        Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10))),
-        Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10))),
-    ] {
-        let _ = index.translate(&key, allocated);
-    }
 }
 
 /// A health plan and an affinity header made of `data` (numbers from its first bytes, then

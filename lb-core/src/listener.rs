@@ -30,7 +30,7 @@ use crate::udp::{FlowOwner, PortHold, UdpPort, UdpPorts};
 
 /// A bound listener. It accepts once [`Listener::start`] is called; dropped before that, its
 /// socket simply closes (how a failed reload rolls back).
-pub(crate) struct Listener {
+pub struct Listener {
     key: ListenerKey,
     local_addr: SocketAddr,
     shared: Arc<ListenerShared>,
@@ -56,7 +56,7 @@ impl Listener {
     /// Binds `bind` for `route`; nothing is accepted until [`Listener::start`]. With
     /// `freebind`, the address need not be configured on the host yet. A UDP port whose
     /// address has a socket already (a draining port's) takes a hold on it instead of binding.
-    pub(crate) fn bind(
+    pub fn bind(
         key: ListenerKey,
         bind: SocketAddr,
         freebind: bool,
@@ -121,7 +121,7 @@ impl Listener {
     }
 
     /// Starts listening and accepting (a UDP listener: taking new flows on its socket).
-    pub(crate) fn start(&mut self) {
+    pub fn start(&mut self) {
         let task = match self.socket.take() {
             None => return,
             Some(Bound::Udp(hold)) => {
@@ -159,7 +159,7 @@ impl Listener {
 
     /// The socket this listener bound itself, not yet serving: checked against other
     /// processes' sockets before it serves ([`crate::ports`]).
-    pub(crate) fn freshly_bound(&self) -> Option<(Transport, SocketAddr)> {
+    pub fn freshly_bound(&self) -> Option<(Transport, SocketAddr)> {
         match (&self.socket, self.fresh) {
             (Some(Bound::Tcp(_)), true) => Some((Transport::Tcp, self.local_addr)),
             (Some(Bound::Udp(_)), true) => Some((Transport::Udp, self.local_addr)),
@@ -168,42 +168,42 @@ impl Listener {
     }
 
     /// The listening socket of a TCP port while it accepts (to hand to a successor).
-    pub(crate) fn listening_socket(&self) -> Option<BorrowedFd<'_>> {
+    pub fn listening_socket(&self) -> Option<BorrowedFd<'_>> {
         self.listening.as_ref().map(|socket| socket.as_fd())
     }
 
     /// The address actually bound (differs from the configured one for port 0).
-    pub(crate) fn local_addr(&self) -> SocketAddr {
+    pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// The key.
-    pub(crate) fn key(&self) -> &ListenerKey {
+    pub fn key(&self) -> &ListenerKey {
         &self.key
     }
 
     /// What connection tasks share.
-    pub(crate) fn shared(&self) -> &Arc<ListenerShared> {
+    pub fn shared(&self) -> &Arc<ListenerShared> {
         &self.shared
     }
 
     /// The route served now.
-    pub(crate) fn route(&self) -> Arc<Route> {
+    pub fn route(&self) -> Arc<Route> {
         self.shared.route.load_full()
     }
 
     /// The listener's TLS state, if it has any yet.
-    pub(crate) fn tls(&self) -> Option<&Arc<TlsEndpoint>> {
+    pub fn tls(&self) -> Option<&Arc<TlsEndpoint>> {
         self.tls.as_ref()
     }
 
     /// Keeps `endpoint` as the listener's TLS state.
-    pub(crate) fn set_tls(&mut self, endpoint: Arc<TlsEndpoint>) {
+    pub fn set_tls(&mut self, endpoint: Arc<TlsEndpoint>) {
         self.tls = Some(endpoint);
     }
 
     /// Serves `route` from the next connection or request on; returns the route it replaced.
-    pub(crate) fn swap(&mut self, route: Route) -> Arc<Route> {
+    pub fn swap(&mut self, route: Route) -> Arc<Route> {
         self.shared
             .limiter
             .set_max(route.port.settings.limits.max_connections);
@@ -211,16 +211,16 @@ impl Listener {
     }
 
     /// How to count the listener's open connections (or flows).
-    pub(crate) fn open_count(&self) -> OpenCount {
+    pub fn open_count(&self) -> OpenCount {
         match &self.udp {
-            Some(udp) => OpenCount::Flows(udp.owner.clone()),
-            None => OpenCount::Connections(self.connections.clone()),
+            Some(udp) => OpenCount(Open::Flows(udp.owner.clone())),
+            None => OpenCount(Open::Connections(self.connections.clone())),
         }
     }
 
     /// Stops accepting and asks open connections to finish. The socket is closed when this
     /// returns: new connections are refused from then on.
-    pub(crate) async fn begin_drain(&mut self) {
+    pub async fn begin_drain(&mut self) {
         self.socket = None;
         self.stop_accepting.cancel();
         if let Some(task) = self.accept_task.take() {
@@ -236,7 +236,7 @@ impl Listener {
     }
 
     /// Waits for open connections to finish, up to `grace`; then closes the rest.
-    pub(crate) async fn finish_drain(&mut self, grace: Duration) {
+    pub async fn finish_drain(&mut self, grace: Duration) {
         if let Some(udp) = self.udp.take() {
             return udp.finish_drain(&self.key, grace).await;
         }
@@ -304,16 +304,20 @@ impl UdpServing {
 
 /// Counts a listener's open connections, or a UDP listener's flows.
 #[derive(Clone)]
-pub(crate) enum OpenCount {
+pub struct OpenCount(Open);
+
+#[derive(Clone)]
+enum Open {
     Connections(TaskTracker),
     Flows(Arc<FlowOwner>),
 }
 
 impl OpenCount {
-    pub(crate) fn get(&self) -> usize {
-        match self {
-            OpenCount::Connections(tracker) => tracker.len(),
-            OpenCount::Flows(owner) => owner.open(),
+    /// How many are open now.
+    pub fn get(&self) -> usize {
+        match &self.0 {
+            Open::Connections(tracker) => tracker.len(),
+            Open::Flows(owner) => owner.open(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Where a listener's socket comes from, besides a fresh bind: a UDP socket of this process
 //! still serving a draining port at the same address ([`crate::udp::UdpPorts`]), or a socket
 //! handed over by the process this one took over from ([`Inherited`], see
-//! [`crate::takeover`]). Either way there is one socket per address, port and protocol: the
+//! the appliance's takeover). Either way there is one socket per address, port and protocol: the
 //! kernel never has two to choose between.
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::udp::UdpPorts;
+use crate::udp::{HandedFlow, UdpPorts};
 
 /// What a socket handed between processes serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -49,7 +49,7 @@ impl Inherited {
 
     /// The socket of `kind` bound to `address`, if one was handed over (a port 0 asks for a
     /// new socket and never matches).
-    pub(crate) fn take(&mut self, kind: SocketKind, address: SocketAddr) -> Option<OwnedFd> {
+    pub fn take(&mut self, kind: SocketKind, address: SocketAddr) -> Option<OwnedFd> {
         if address.port() == 0 {
             return None;
         }
@@ -59,7 +59,7 @@ impl Inherited {
 
 /// The sockets of one Gantry and what its listeners share.
 #[derive(Default)]
-pub(crate) struct Sockets {
+pub struct Sockets {
     /// The UDP ports, by address.
     pub(crate) udp: Arc<UdpPorts>,
     /// Sockets handed over by a predecessor, not taken yet.
@@ -68,7 +68,7 @@ pub(crate) struct Sockets {
 
 impl Sockets {
     /// Sockets with these handed over.
-    pub(crate) fn inheriting(inherited: Inherited) -> Self {
+    pub fn inheriting(inherited: Inherited) -> Self {
         Sockets {
             inherited: Mutex::new(inherited),
             ..Sockets::default()
@@ -76,7 +76,7 @@ impl Sockets {
     }
 
     /// Takes the handed-over socket of `kind` bound to `address`, if there is one.
-    pub(crate) fn take_inherited(&self, kind: SocketKind, address: SocketAddr) -> Option<OwnedFd> {
+    pub fn take_inherited(&self, kind: SocketKind, address: SocketAddr) -> Option<OwnedFd> {
         self.inherited
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -84,8 +84,46 @@ impl Sockets {
     }
 
     /// Closes the handed-over sockets no port took; returns how many.
-    pub(crate) fn close_unused_inherited(&self) -> usize {
+    pub fn close_unused_inherited(&self) -> usize {
         let mut inherited = self.inherited.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *inherited).len()
+    }
+
+    /// Every UDP socket, a draining port's too, with its address (to hand to a successor: a
+    /// port of the successor at that address must take it over rather than bind beside it).
+    pub fn udp_sockets(&self) -> Vec<(SocketAddr, Arc<tokio::net::UdpSocket>)> {
+        let ports = self.udp.all();
+        ports
+            .iter()
+            .map(|port| (port.local, port.socket.clone()))
+            .collect()
+    }
+
+    /// Stops reading the UDP port bound to `address` for good and hands over its flows (see
+    /// [`crate::udp::transfer`]); none if no port has that address.
+    pub async fn hand_over_udp_flows(
+        &self,
+        address: SocketAddr,
+    ) -> std::io::Result<Vec<HandedFlow>> {
+        match self.udp.get(address) {
+            Some(port) => port.hand_over_flows().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Adopts flows handed over for the UDP port bound to `address`; returns how many were
+    /// adopted. The port reads its socket once [`Sockets::open_handed_over_ports`] is called.
+    pub fn adopt_udp_flows(&self, address: SocketAddr, flows: Vec<HandedFlow>) -> usize {
+        match self.udp.get(address) {
+            Some(port) => port.adopt_flows(flows),
+            None => 0,
+        }
+    }
+
+    /// Lets every UDP port read its socket (those whose flows never came, too).
+    pub fn open_handed_over_ports(&self) {
+        for port in self.udp.all() {
+            port.open_gate();
+        }
     }
 }

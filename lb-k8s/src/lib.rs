@@ -16,6 +16,7 @@
 pub mod addresses;
 pub mod client;
 pub mod controller;
+pub mod fuzzing;
 pub mod index;
 mod jitter;
 pub mod plane;

@@ -17,7 +17,7 @@ use crate::model::{
 use crate::problems::{FieldPath, Problems};
 
 /// The balancers embedded in Gantry, usable as `builtin:NAME`. The `gantry` build embeds
-/// exactly these (a test in lb-core holds the two lists together).
+/// exactly these (a test in lb-plugins holds the two lists together).
 pub const BUILTIN_BALANCERS: &[&str] = &[
     "round-robin",
     "random",

@@ -18,7 +18,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 pub use throttle::{Counts, COUNTS, LINES_PER_WINDOW, WINDOW};
 
 /// Log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,

@@ -4,7 +4,6 @@
 //! the sets of removed ports, backends and plugins are hidden, so `/metrics` shows what runs.
 
 mod handles;
-mod kube;
 mod log;
 mod routing;
 mod shown;
@@ -53,11 +52,11 @@ pub struct Metrics {
     shown: std::sync::Arc<Shown>,
     reloads: IntCounterVec,
     changes: IntCounterVec,
-    kube: kube::KubeMetrics,
     routing: routing::RoutingMetrics,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+/// A counter family registered with `registry`.
+pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
     registry
         .register(Box::new(vec.clone()))
@@ -114,7 +113,6 @@ impl Metrics {
                 "Changes applied by reloads, by kind.",
                 &["kind"],
             ),
-            kube: kube::KubeMetrics::new(&registry),
             routing: routing::RoutingMetrics::new(&registry),
             shown,
             registry,
@@ -176,9 +174,9 @@ impl Metrics {
         self.changes.with_label_values(&[kind]).inc();
     }
 
-    /// Which replica writes to the cluster, as the Kubernetes source last reported it.
-    pub fn kubernetes_leadership(&self) -> Option<lb_k8s::telemetry::Leadership> {
-        self.kube.leadership()
+    /// The registry, for families the appliance adds (its sources' own).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Everything, in the Prometheus text format.

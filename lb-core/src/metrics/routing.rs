@@ -54,7 +54,7 @@ impl RoutingMetrics {
 
 impl super::Metrics {
     /// The routing daemon now announces `ipv4` and `ipv6` addresses for this Gantry.
-    pub(crate) fn routing_announced(&self, ipv4: usize, ipv6: usize) {
+    pub fn routing_announced(&self, ipv4: usize, ipv6: usize) {
         for (family, count) in [("ipv4", ipv4), ("ipv6", ipv6)] {
             let count = i64::try_from(count).unwrap_or(i64::MAX);
             self.routing
@@ -65,14 +65,14 @@ impl super::Metrics {
     }
 
     /// One attempt to have the routing daemon take the routes: whether it did.
-    pub(crate) fn routing_update(&self, taken: bool) {
+    pub fn routing_update(&self, taken: bool) {
         let outcome = if taken { "ok" } else { "error" };
         self.routing.updates.with_label_values(&[outcome]).inc();
         self.routing.synced.set(i64::from(taken));
     }
 
     /// There is no routing section: nothing to announce, nothing out of date.
-    pub(crate) fn routing_off(&self) {
+    pub fn routing_off(&self) {
         self.routing_announced(0, 0);
         self.routing.synced.set(1);
     }
