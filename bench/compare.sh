@@ -15,6 +15,9 @@
 #   tcp    the same HTTP traffic through a layer-4 proxy (HAProxy `mode tcp`, Gantry `tcp`)
 #   tls    a new TLS connection per request (`Connection: close`), ECDSA P-256, TLS 1.3
 #   h2     HTTP/2 over TLS (h2load: 20 connections x 10 streams), Gantry's own HTTP/2 server
+#   grpc   gRPC-shaped calls: HTTP/2 over TLS in, h2c to an nginx h2c origin (HAProxy `proto h2`,
+#          Gantry `backend_protocol: h2c`), each a POST of one length-prefixed message answered
+#          with a message and `grpc-status` trailers
 #   udp    bench/udp.sh, run last: beside nginx `stream` and Envoy `udp_proxy`
 # Each proxy runs one worker thread pinned to CPU 0; wrk and nginx share CPU 1, so the proxy's
 # own cost decides its figures. Each cell is the median of ROUNDS runs, the rounds interleaved. The last column is
@@ -41,9 +44,10 @@ GANTRY=$PWD/target/release/gantry
 PINGORA=$PWD/target/release/examples/pingora_baseline
 
 
-ORIGIN=$(free_port); ADMIN=$(free_port)
+ORIGIN=$(free_port); ORIGIN_H2C=$(free_port); ADMIN=$(free_port)
 G_HTTP=$(free_port); G_NATIVE=$(free_port); G_TCP=$(free_port); G_TLS=$(free_port)
-H_HTTP=$(free_port); H_TCP=$(free_port); H_TLS=$(free_port); H_H2=$(free_port)
+H_HTTP=$(free_port); H_TCP=$(free_port); H_TLS=$(free_port); H_H2=$(free_port); H_GRPC=$(free_port)
+G_GRPC=$(free_port)
 P_HTTP=$(free_port)
 
 # One certificate for both proxies.
@@ -53,7 +57,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
 
 mkdir -p "$work/nginx"
-origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"
+origin_nginx_conf "$ORIGIN" "$ORIGIN_H2C" > "$work/nginx.conf"
+# A gRPC-shaped call: a length-prefixed message in, a message and `grpc-status` trailers out.
+printf '\0\0\0\0\x05hello' > "$work/grpc-request"
 
 { haproxy_conf_head "$WORKERS"; cat <<EOF; } > "$work/haproxy.cfg"
 frontend http
@@ -70,8 +76,13 @@ frontend h2
   option forwardfor
   http-request set-header X-Forwarded-Proto https
   default_backend origin
+frontend grpc
+  bind 127.0.0.1:$H_GRPC ssl crt $work/haproxy.pem alpn h2
+  default_backend origin_h2c
 backend origin
   server o 127.0.0.1:$ORIGIN
+backend origin_h2c
+  server o 127.0.0.1:$ORIGIN_H2C proto h2
 listen tcp
   mode tcp
   bind 127.0.0.1:$H_TCP
@@ -89,13 +100,19 @@ EOF
         protocol: https
         backends: ["127.0.0.1:$ORIGIN"]
         tls: { certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem" }] }
+      - name: grpc
+        port: $G_GRPC
+        protocol: https
+        backend_protocol: h2c
+        backends: ["127.0.0.1:$ORIGIN_H2C"]
+        tls: { certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem" }] }
 EOF
 
 taskset -c "$LOAD_CPUS" nginx -c "$work/nginx.conf" & pids+=($!); NGINX_PID=$!
 taskset -c "$PROXY_CPUS" haproxy -f "$work/haproxy.cfg" -db & pids+=($!); HAPROXY_PID=$!
 taskset -c "$PROXY_CPUS" "$GANTRY" --log-level warn run --config "$work/gantry.yaml" & pids+=($!); GANTRY_PID=$!
 taskset -c "$PROXY_CPUS" "$PINGORA" "127.0.0.1:$P_HTTP" "127.0.0.1:$ORIGIN" 2>/dev/null & pids+=($!); PINGORA_PID=$!
-for port in $ORIGIN $H_HTTP $H_TCP $H_TLS $H_H2 $G_HTTP $G_NATIVE $G_TCP $G_TLS $P_HTTP; do wait_port "$port"; done
+for port in $ORIGIN $ORIGIN_H2C $H_HTTP $H_TCP $H_TLS $H_H2 $H_GRPC $G_HTTP $G_NATIVE $G_TCP $G_TLS $G_GRPC $P_HTTP; do wait_port "$port"; done
 
 # CPU time (user + system, clock ticks) process $1 has used so far.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -139,7 +156,7 @@ measure_h2() {
   local pid=$1 url=$2; shift 2
   local before after out
   before=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CPUS" h2load -t "$WORKERS" -c "${H2_CONNECTIONS:-20}" -m 10 -D "$DURATION" "$url" 2>&1)
+  out=$(taskset -c "$LOAD_CPUS" h2load -t "$WORKERS" -c "${H2_CONNECTIONS:-20}" -m 10 -D "$DURATION" "$@" "$url" 2>&1)
   after=$(cpu_ticks "$pid")
   echo "$out" | python3 -c '
 import re, sys
@@ -176,6 +193,7 @@ print(f"{cols[0]:.0f} {cols[1]:.3f} {cols[2]:.3f} {cols[3]:.2f}{flag}")'
 }
 
 close=(-H "Connection: close")
+grpc=(-d "$work/grpc-request" -H "content-type: application/grpc" -H "te: trailers")
 # One measurement of the cell named $1.
 measure_cell() {
   case $1 in
@@ -190,10 +208,12 @@ measure_cell() {
     tls_gantry) measure "$GANTRY_PID" "https://127.0.0.1:$G_TLS/" "${close[@]}" ;;
     h2_haproxy) measure_h2 "$HAPROXY_PID" "https://127.0.0.1:$H_H2/" ;;
     h2_gantry) measure_h2 "$GANTRY_PID" "https://127.0.0.1:$G_TLS/" ;;
+    grpc_haproxy) measure_h2 "$HAPROXY_PID" "https://127.0.0.1:$H_GRPC/bench.Echo/Say" "${grpc[@]}" ;;
+    grpc_gantry) measure_h2 "$GANTRY_PID" "https://127.0.0.1:$G_GRPC/bench.Echo/Say" "${grpc[@]}" ;;
   esac
 }
 # CELLS="h2_haproxy h2_gantry" measures only those.
-read -r -a cells <<< "${CELLS:-http_direct http_haproxy http_pingora http_gantry http_native tcp_haproxy tcp_gantry tls_haproxy tls_gantry h2_haproxy h2_gantry}"
+read -r -a cells <<< "${CELLS:-http_direct http_haproxy http_pingora http_gantry http_native tcp_haproxy tcp_gantry tls_haproxy tls_gantry h2_haproxy h2_gantry grpc_haproxy grpc_gantry}"
 # Rounds are interleaved: each round measures every cell once, in turn, so a change in the
 # shared machine's speed during the run reaches HAProxy and Gantry alike.
 for _ in $(seq 1 "$ROUNDS"); do
@@ -216,8 +236,8 @@ import sys
 pairs = sys.argv[1:]
 r = {pairs[i]: pairs[i + 1].split() for i in range(0, len(pairs), 2)}
 print(f"{'test':<22}{'target':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>11}   gantry/haproxy")
-names = {"http": "http keep-alive", "tcp": "tcp (http over L4)", "tls": "tls new conn/s", "h2": "h2 tls (mean/max)"}
-for test in ("http", "tcp", "tls", "h2"):
+names = {"http": "http keep-alive", "tcp": "tcp (http over L4)", "tls": "tls new conn/s", "h2": "h2 tls (mean/max)", "grpc": "grpc h2->h2c (mean/max)"}
+for test in ("http", "tcp", "tls", "h2", "grpc"):
     for target in ("direct", "haproxy", "pingora", "native", "gantry"):
         row = r.get(f"{test}_{target}")
         if not row:

@@ -12,6 +12,8 @@
 #   GANTRY=path/to/gantry bash bench/instructions.sh   # another build (e.g. other settings)
 #   PROFILES=/tmp/p bash bench/instructions.sh   # also keep each counted window's profile, for
 #                                                # callgrind_annotate /tmp/p/gantry.callgrind
+#   HTTP=h2 bash bench/instructions.sh       # HTTP/2 over TLS (ALPN h2, 10 streams per
+#                                            # connection) to HTTP/1 backends, both proxies
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -19,6 +21,12 @@ source bench/lib.sh
 
 REQUESTS=${REQUESTS:-20000}
 CONNECTIONS=${CONNECTIONS:-10}
+HTTP=${HTTP:-h1}
+case $HTTP in
+  h1) scheme=http load=(--h1) ;;
+  h2) scheme=https load=(-m 10) ;;
+  *) echo "HTTP is h1 or h2" >&2; exit 1 ;;
+esac
 
 install_missing valgrind:valgrind h2load:nghttp2-client haproxy:haproxy nginx:nginx-light
 if [ -z "${GANTRY:-}" ]; then
@@ -32,10 +40,23 @@ ORIGIN=$(free_port); ADMIN=$(free_port); G_HTTP=$(free_port); G_WASM=$(free_port
 
 mkdir -p "$work/nginx"
 origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+# Over HTTP/2 both proxies terminate TLS (ALPN h2) on the counted port.
+tls_bind=""
+g_protocol=http
+gantry_tls=""
+if [ "$HTTP" = h2 ]; then
+  tls_bind=" ssl crt $work/haproxy.pem alpn h2"
+  g_protocol=https
+  gantry_tls=", tls: { certificates: [{ cert: \"$work/cert.pem\", key: \"$work/key.pem\" }] }"
+fi
 
 { haproxy_conf_head 1; cat <<EOF; } > "$work/haproxy.cfg"
 frontend http
-  bind 127.0.0.1:$H_HTTP
+  bind 127.0.0.1:$H_HTTP$tls_bind
   option forwardfor
   default_backend origin
 backend origin
@@ -43,9 +64,9 @@ backend origin
 EOF
 
 { gantry_conf_head "$ADMIN"; cat <<EOF; } > "$work/gantry.yaml"
-      - { name: http, port: $G_HTTP, protocol: http, backends: ["127.0.0.1:$ORIGIN"], balancer: { policy: "native:round-robin" } }
+      - { name: http, port: $G_HTTP, protocol: $g_protocol, backends: ["127.0.0.1:$ORIGIN"], balancer: { policy: "native:round-robin" }$gantry_tls }
       # The default balancer, builtin:round-robin: a Wasm plugin called per request.
-      - { name: http-wasm, port: $G_WASM, protocol: http, backends: ["127.0.0.1:$ORIGIN"] }
+      - { name: http-wasm, port: $G_WASM, protocol: $g_protocol, backends: ["127.0.0.1:$ORIGIN"]$gantry_tls }
 EOF
 
 nginx -c "$work/nginx.conf" & pids+=($!)
@@ -63,10 +84,10 @@ count() {
     sleep 0.1
   done
   # Warm-up: connections, pools and lazily built state exist before counting starts.
-  h2load --h1 -n 2000 -c "$CONNECTIONS" "http://127.0.0.1:$port/" >/dev/null
+  h2load "${load[@]}" -n 2000 -c "$CONNECTIONS" "$scheme://127.0.0.1:$port/" >/dev/null
   callgrind_control --zero "$pid" >/dev/null 2>&1
   local succeeded
-  succeeded=$(h2load --h1 -n "$REQUESTS" -c "$CONNECTIONS" "http://127.0.0.1:$port/" | sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p')
+  succeeded=$(h2load "${load[@]}" -n "$REQUESTS" -c "$CONNECTIONS" "$scheme://127.0.0.1:$port/" | sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p')
   callgrind_control --dump="$label" "$pid" >/dev/null 2>&1
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
@@ -85,7 +106,7 @@ count() {
   echo "$label $((instructions / REQUESTS))"
 }
 
-echo "$(date -u +%Y-%m-%d) $(haproxy -v | head -1 | cut -d' ' -f1-3); h2load --h1 -n $REQUESTS -c $CONNECTIONS; instructions per request (callgrind Ir)"
+echo "$(date -u +%Y-%m-%d) $(haproxy -v | head -1 | cut -d' ' -f1-3); h2load ${load[*]} -n $REQUESTS -c $CONNECTIONS ($scheme); instructions per request (callgrind Ir)"
 haproxy_ir=$(count haproxy "$H_HTTP" haproxy -f "$work/haproxy.cfg" -db)
 gantry_ir=$(count gantry "$G_HTTP" "$GANTRY" --log-level warn run --config "$work/gantry.yaml")
 wasm_ir=$(count gantry-wasm "$G_WASM" "$GANTRY" --log-level warn run --config "$work/gantry.yaml")

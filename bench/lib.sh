@@ -71,7 +71,8 @@ wait_port() {
 }
 
 # An nginx configuration (one worker, no logs) for an origin on 127.0.0.1:$1 that answers
-# every request with a 22-byte body.
+# every request with a 22-byte body; with $2, also an h2c origin (prior knowledge) there that
+# answers gRPC-shaped: content type application/grpc and a `grpc-status: 0` trailer.
 origin_nginx_conf() {
   cat <<CONF
 worker_processes 1;
@@ -87,6 +88,18 @@ http {
     listen 127.0.0.1:$1;
     location / { return 200 "hello from the origin\n"; }
   }
+$(if [ -n "${2:-}" ]; then cat <<H2C
+  # h2c by prior knowledge: the gRPC-shaped backend (a message, then grpc-status trailers).
+  server {
+    listen 127.0.0.1:$2 http2;
+    location / {
+      default_type application/grpc;
+      add_trailer grpc-status 0;
+      return 200 "hello from the h2c origin";
+    }
+  }
+H2C
+fi)
 }
 CONF
 }

@@ -3,7 +3,7 @@
 //! listeners come and go on it: with two sockets sharing a port, the kernel would hand each
 //! new client to either, and a draining one would drop what it was given. So a port re-added
 //! at the address of one still draining takes that socket over ([`UdpPorts::find`] at the
-//! build of a reload, [`UdpPort::serve`] at its commit), and the socket closes only once no
+//! build of a reload, `UdpPort::serve`, in [`super::relay`], at its commit), and the socket closes only once no
 //! listener holds it ([`PortHold`]).
 
 use std::collections::HashMap;
@@ -27,7 +27,7 @@ pub(crate) struct UdpPort {
     pub(crate) local: SocketAddr,
     pub(crate) flows: FlowTable,
     /// The listener that takes new flows (it may be draining: then none are taken).
-    serving: ArcSwapOption<FlowOwner>,
+    pub(super) serving: ArcSwapOption<FlowOwner>,
     /// Listeners holding the port; 0 once closed, for good.
     holders: Mutex<usize>,
     /// Cancelled when the last holder lets go: the receive loop and every flow end.
@@ -38,7 +38,7 @@ pub(crate) struct UdpPort {
     /// Cancelled when the socket is handed over: the receive loop stops for good.
     pub(crate) stop_reading: CancellationToken,
     /// The receive loop, once started.
-    receiving: Mutex<Option<JoinHandle<()>>>,
+    pub(super) receiving: Mutex<Option<JoinHandle<()>>>,
     /// The flows' tasks.
     pub(crate) tasks: TaskTracker,
 }
@@ -74,34 +74,6 @@ impl UdpPort {
     /// The listener taking new flows now.
     pub(crate) fn serving(&self) -> Option<Arc<FlowOwner>> {
         self.serving.load_full()
-    }
-
-    /// Makes `owner` the listener that takes new flows, starting the receive loop if it is not
-    /// running. Taking the port over from listeners that go away, it takes their flows whose
-    /// backend its route also has; the others stay theirs until they end.
-    pub(crate) fn serve(self: &Arc<Self>, owner: Arc<FlowOwner>, ports: &UdpPorts) {
-        let previous = self.serving.swap(Some(owner.clone()));
-        if previous.is_some() {
-            let route = owner.route();
-            let moved = self
-                .flows
-                .snapshot()
-                .iter()
-                .filter(|flow| {
-                    let header = super::relay::proxy_header(&route, flow.client, self.local);
-                    flow.move_to(&owner, &route, header)
-                })
-                .count();
-            tracing::info!(
-                port = %route.port.key, address = %self.local, moved,
-                "took over the UDP socket of a port going away; its flows whose backend this port has are now this port's"
-            );
-        }
-        ports.register(self);
-        let mut receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
-        if receiving.is_none() {
-            *receiving = Some(tokio::spawn(super::relay::receive(self.clone())));
-        }
     }
 
     /// Lets the receive loop read.
@@ -254,7 +226,7 @@ impl UdpPorts {
             .collect()
     }
 
-    fn register(&self, port: &Arc<UdpPort>) {
+    pub(super) fn register(&self, port: &Arc<UdpPort>) {
         let mut ports = self.0.lock().unwrap_or_else(|p| p.into_inner());
         ports.retain(|_, port| port.strong_count() > 0);
         ports.insert(port.local, Arc::downgrade(port));

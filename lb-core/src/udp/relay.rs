@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 
 use super::batch::{read_available, with_buffers};
 use super::flows::{Flow, FlowOwner, Live};
-use super::port::UdpPort;
+use super::port::{UdpPort, UdpPorts};
 use crate::metrics::UdpDrop;
 use crate::pool::attempt::{self, Attempts};
 use crate::proxy_protocol;
@@ -28,6 +28,38 @@ pub(crate) fn proxy_header(
         .port
         .proxy_protocol
         .map(|_| proxy_protocol::datagram_header(client, local))
+}
+
+/// Starting a port's relaying lives here, beside the loop it starts, so the port's own
+/// module ([`super::port`]) keeps only its state.
+impl UdpPort {
+    /// Makes `owner` the listener that takes new flows, starting the receive loop if it is not
+    /// running. Taking the port over from listeners that go away, it takes their flows whose
+    /// backend its route also has; the others stay theirs until they end.
+    pub(crate) fn serve(self: &Arc<Self>, owner: Arc<FlowOwner>, ports: &UdpPorts) {
+        let previous = self.serving.swap(Some(owner.clone()));
+        if previous.is_some() {
+            let route = owner.route();
+            let moved = self
+                .flows
+                .snapshot()
+                .iter()
+                .filter(|flow| {
+                    let header = proxy_header(&route, flow.client, self.local);
+                    flow.move_to(&owner, &route, header)
+                })
+                .count();
+            tracing::info!(
+                port = %route.port.key, address = %self.local, moved,
+                "took over the UDP socket of a port going away; its flows whose backend this port has are now this port's"
+            );
+        }
+        ports.register(self);
+        let mut receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
+        if receiving.is_none() {
+            *receiving = Some(tokio::spawn(receive(self.clone())));
+        }
+    }
 }
 
 /// Client datagrams read from a port's socket in one call.

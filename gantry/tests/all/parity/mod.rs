@@ -164,6 +164,20 @@ fn addresses(origins: &[HttpOrigin]) -> Vec<SocketAddr> {
     origins.iter().map(|o| o.addr).collect()
 }
 
+/// A Gantry with one port, `shop/web`, over `n` origins speaking `protocol`, the port shaped
+/// by `shape`: the origins, the Gantry and the port's address.
+async fn shop(
+    protocol: OriginProtocol,
+    n: usize,
+    shape: impl FnOnce(Port) -> Port,
+) -> (Vec<HttpOrigin>, gantry::Gantry, SocketAddr) {
+    let backends = origins(n, protocol).await;
+    let port = shape(web("web", protocol).backends(&addresses(&backends)));
+    let gantry = Scenario::new().port("shop", port).start().await;
+    let proxy = addr(&gantry, "shop", "web");
+    (backends, gantry, proxy)
+}
+
 /// An address nothing listens on.
 async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -173,12 +187,7 @@ async fn closed_port() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_set_on_every_engine() {
     for (protocol, engines) in BACKENDS {
-        let backends = origins(1, protocol).await;
-        let gantry = Scenario::new()
-            .port("shop", web("web", protocol).backends(&addresses(&backends)))
-            .start()
-            .await;
-        let proxy = addr(&gantry, "shop", "web");
+        let (_origins, gantry, proxy) = shop(protocol, 1, |port| port).await;
         for &engine in engines {
             let head = ask(engine, proxy, &[("x-forwarded-for", "203.0.113.9")]).await;
             let on = format!("{engine:?} to {protocol:?}");
@@ -194,18 +203,13 @@ async fn forwarding_headers_are_set_on_every_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_affinity_is_set_and_honoured_on_every_engine() {
     for (protocol, engines) in BACKENDS {
-        let backends = origins(3, protocol).await;
-        let gantry = Scenario::new()
-            .port(
-                "shop",
-                web("web", protocol).backends(&addresses(&backends)).set(
-                    "affinity",
-                    "{ policy: \"builtin:cookie\", params: { name: sid, max_age_seconds: 60 } }",
-                ),
+        let (_origins, gantry, proxy) = shop(protocol, 3, |port| {
+            port.set(
+                "affinity",
+                "{ policy: \"builtin:cookie\", params: { name: sid, max_age_seconds: 60 } }",
             )
-            .start()
-            .await;
-        let proxy = addr(&gantry, "shop", "web");
+        })
+        .await;
         for &engine in engines {
             let on = format!("{engine:?} to {protocol:?}");
             let first = ask(engine, proxy, &[]).await;
@@ -233,18 +237,13 @@ async fn cookie_affinity_is_set_and_honoured_on_every_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_hash_key_keeps_a_key_on_one_backend_on_every_engine() {
     for (protocol, engines) in BACKENDS {
-        let backends = origins(3, protocol).await;
-        let gantry = Scenario::new()
-            .port(
-                "shop",
-                web("web", protocol).backends(&addresses(&backends)).set(
-                    "balancer",
-                    "{ policy: \"builtin:maglev\", hash_key: \"header:x-user\" }",
-                ),
+        let (_origins, gantry, proxy) = shop(protocol, 3, |port| {
+            port.set(
+                "balancer",
+                "{ policy: \"builtin:maglev\", hash_key: \"header:x-user\" }",
             )
-            .start()
-            .await;
-        let proxy = addr(&gantry, "shop", "web");
+        })
+        .await;
         for &engine in engines {
             let on = format!("{engine:?} to {protocol:?}");
             let mut by_user = std::collections::HashMap::new();
@@ -384,17 +383,8 @@ async fn a_backend_that_does_not_answer_in_time_is_504_on_every_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_request_headers_are_431_on_every_engine() {
     for (protocol, engines) in BACKENDS {
-        let backends = origins(1, protocol).await;
-        let gantry = Scenario::new()
-            .port(
-                "shop",
-                web("web", protocol)
-                    .backends(&addresses(&backends))
-                    .set("limits", "{ max_headers: 8 }"),
-            )
-            .start()
-            .await;
-        let proxy = addr(&gantry, "shop", "web");
+        let (backends, gantry, proxy) =
+            shop(protocol, 1, |port| port.set("limits", "{ max_headers: 8 }")).await;
         let names: Vec<String> = (0..12).map(|i| format!("x-extra-{i}")).collect();
         let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
         for &engine in engines {
@@ -475,12 +465,7 @@ async fn put_expecting_continue(engine: Engine, proxy: SocketAddr) -> (u16, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_expecting_100_continue_gets_it_before_sending_on_every_engine() {
     for (protocol, engines) in BACKENDS {
-        let backends = origins(1, protocol).await;
-        let gantry = Scenario::new()
-            .port("shop", web("web", protocol).backends(&addresses(&backends)))
-            .start()
-            .await;
-        let proxy = addr(&gantry, "shop", "web");
+        let (_origins, gantry, proxy) = shop(protocol, 1, |port| port).await;
         for &engine in engines.iter().filter(|e| **e != Engine::WebSocket) {
             let (status, body) = put_expecting_continue(engine, proxy).await;
             assert_eq!(status, 200, "{engine:?} to {protocol:?}");

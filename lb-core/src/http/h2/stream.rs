@@ -36,14 +36,13 @@ use crate::http::exchange::{
 };
 use crate::http::forwarding::ClientIp;
 use crate::http::h2c::forward::{is_grpc, send_data};
-use crate::http::relay::forward::{choose, Chosen};
+use crate::http::relay::forward::{choose, redial, Chosen};
 use crate::http::relay::framing::Body;
 use crate::http::relay::idle;
 use crate::http::relay::response::{self, Exchange, Response};
 use crate::metrics::Rejection;
 use crate::pool::attempt::{Attempt, Attempts, NoBackend};
 use crate::route::Route;
-use crate::tcp;
 use lb_config::BackendProtocol;
 
 /// Room read at a time from a backend's response.
@@ -281,11 +280,8 @@ impl Run<'_> {
                 // A kept connection the backend had closed: once more on a fresh one.
                 Err(failure) => match next_try(failure, reused, resend) {
                     NextTry::FreshConnection => {
-                        upstream_in.clear();
-                        let timeout = self.route.port.settings.timeouts.connect;
-                        match tcp::dial(&backend, timeout).await {
-                            Ok(fresh) => upstream = fresh,
-                            Err(_) => return Turn::Retry(attempt),
+                        if !redial(self.route, &backend, &mut upstream, &mut upstream_in).await {
+                            return Turn::Retry(attempt);
                         }
                         reused = false;
                     }

@@ -31,6 +31,7 @@ use crate::http::exchange::{
 use crate::http::forwarding::ClientIp;
 use crate::metrics::Rejection;
 use crate::pool::attempt::{Attempt, Attempts, NoBackend};
+use crate::pool::BackendState;
 use crate::route::Route;
 use crate::tcp;
 
@@ -96,22 +97,13 @@ pub struct Client<'a, C> {
 }
 
 /// Relays the request whose complete head starts `buffers.client_in`.
-pub async fn relay<C>(route: &Route, client: Client<'_, C>, buffers: &mut Buffers) -> After
+pub async fn relay<C>(route: &Route, mut client: Client<'_, C>, buffers: &mut Buffers) -> After
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let request = match request::parse(
-        &buffers.client_in,
-        route,
-        Some(client.ip),
-        &mut buffers.upstream_out,
-    ) {
-        Ok(request) => request,
-        Err(why) => {
-            refuse(route, client.io, why).await;
-            return After::Close;
-        }
+    let Some(request) = parse_or_refuse(route, &mut client, buffers).await else {
+        return After::Close;
     };
     let limits = &route.port.settings.limits;
     let mut body = Body::new(request.framing, limits.max_header_bytes as usize);
@@ -188,6 +180,32 @@ where
         .await
 }
 
+/// Parses and checks the request whose complete head starts `buffers.client_in`, writing its
+/// head for an HTTP/1 backend to `buffers.upstream_out`; a request refused is answered (and
+/// the connection closes): `None`. Both relays start here.
+pub(super) async fn parse_or_refuse<C>(
+    route: &Route,
+    client: &mut Client<'_, C>,
+    buffers: &mut Buffers,
+) -> Option<Request>
+where
+    C: AsyncWrite + Unpin,
+{
+    let parsed = request::parse(
+        &buffers.client_in,
+        route,
+        Some(client.ip),
+        &mut buffers.upstream_out,
+    );
+    match parsed {
+        Ok(request) => Some(request),
+        Err(why) => {
+            refuse(route, client.io, why).await;
+            None
+        }
+    }
+}
+
 /// How a request's turn with one backend ended: finished (answered or failed), or to be
 /// tried on another backend, this attempt having failed before any answer.
 enum Ended {
@@ -247,6 +265,25 @@ pub(crate) async fn choose(
     }
 }
 
+/// A fresh connection to `backend` in place of a kept one found dead (the retry rule's
+/// [`NextTry::FreshConnection`]), what was read from the dead one dropped; `false` when the
+/// backend cannot be reached now (the request then goes to another).
+pub(crate) async fn redial(
+    route: &Route,
+    backend: &BackendState,
+    upstream: &mut TcpStream,
+    upstream_in: &mut BytesMut,
+) -> bool {
+    upstream_in.clear();
+    match tcp::dial(backend, route.port.settings.timeouts.connect).await {
+        Ok(fresh) => {
+            *upstream = fresh;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// The state of one request while it runs.
 struct Run<'r> {
     route: &'r Route,
@@ -291,11 +328,9 @@ impl Run<'_> {
                 Ok(response) => break response,
                 Err(failure) => match next_try(failure, reused, resendable) {
                     NextTry::FreshConnection => {
-                        buffers.upstream_in.clear();
-                        let timeout = self.route.port.settings.timeouts.connect;
-                        match tcp::dial(&backend, timeout).await {
-                            Ok(fresh) => upstream = fresh,
-                            Err(_) => return Ended::Retry(attempt),
+                        let route = self.route;
+                        if !redial(route, &backend, &mut upstream, &mut buffers.upstream_in).await {
+                            return Ended::Retry(attempt);
                         }
                         reused = false;
                     }

@@ -19,9 +19,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::forward::{access_line, READ_CHUNK};
+use super::forward::{access_line, parse_or_refuse, READ_CHUNK};
 use super::framing::{parse_length, Body, Framing};
-use super::request::{self, HEADER_SLOTS, HOP_BY_HOP};
+use super::request::{HEADER_SLOTS, HOP_BY_HOP};
 use super::response::HeadOut;
 use super::{refuse, After, Buffers, Client};
 use crate::http::exchange::{pick_context, strip_port, Engine, Failure, Record};
@@ -31,22 +31,13 @@ use crate::metrics::Rejection;
 use crate::route::Route;
 
 /// Relays the request whose complete head starts `buffers.client_in` to an h2c backend.
-pub async fn relay<C>(route: &Route, client: Client<'_, C>, buffers: &mut Buffers) -> After
+pub async fn relay<C>(route: &Route, mut client: Client<'_, C>, buffers: &mut Buffers) -> After
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let request = match request::parse(
-        &buffers.client_in,
-        route,
-        Some(client.ip),
-        &mut buffers.upstream_out,
-    ) {
-        Ok(request) => request,
-        Err(why) => {
-            refuse(route, client.io, why).await;
-            return After::Close;
-        }
+    let Some(request) = parse_or_refuse(route, &mut client, buffers).await else {
+        return After::Close;
     };
     let Some(upstream) = backend_request(&buffers.upstream_out) else {
         refuse(route, client.io, Rejection::Malformed).await;
