@@ -477,7 +477,7 @@ async fn a_client_expecting_100_continue_gets_it_before_sending_on_every_engine(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_access_log_has_the_same_fields_on_every_engine() {
+async fn the_access_log_and_the_metrics_count_every_engine_alike() {
     access_log::capture();
     for (protocol, engines) in BACKENDS {
         let service = format!("parity-log-{protocol:?}").to_lowercase();
@@ -529,6 +529,24 @@ async fn the_access_log_has_the_same_fields_on_every_engine() {
                     "{engine:?} to {protocol:?}: {field} missing from {line}"
                 );
             }
+        }
+        // The same record counted the requests, by the status class each engine answered.
+        let text = gantry.metrics().render();
+        let count = |class: &str| {
+            let series = format!(
+                "gantry_requests_total{{backend=\"{}\",class=\"{class}\",port=\"web\",service=\"{service}\"}}",
+                backends[0].addr
+            );
+            crate::support::metric(&text, &series)
+        };
+        let upgrades = engines.iter().filter(|e| **e == Engine::WebSocket).count();
+        assert_eq!(
+            count("2xx"),
+            (engines.len() - upgrades) as f64,
+            "{protocol:?}"
+        );
+        if upgrades > 0 {
+            assert_eq!(count("1xx"), upgrades as f64, "{protocol:?}: the 101s");
         }
         gantry.shutdown(Duration::from_secs(1)).await;
     }
