@@ -236,7 +236,7 @@ import sys
 pairs = sys.argv[1:]
 r = {pairs[i]: pairs[i + 1].split() for i in range(0, len(pairs), 2)}
 print(f"{'test':<22}{'target':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>11}   gantry/haproxy")
-names = {"http": "http keep-alive", "tcp": "tcp (http over L4)", "tls": "tls new conn/s", "h2": "h2 tls (mean/max)", "grpc": "grpc h2->h2c (mean/max)"}
+names = {"http": "http keep-alive", "tcp": "tcp (http over L4)", "tls": "tls new conn/s", "h2": "h2 tls (mean/max)", "grpc": "grpc h2c (mean/max)"}
 for test in ("http", "tcp", "tls", "h2", "grpc"):
     for target in ("direct", "haproxy", "pingora", "native", "gantry"):
         row = r.get(f"{test}_{target}")
