@@ -7,6 +7,7 @@
 #   UDP=0 bash bench/compare.sh         # without the UDP row
 #   CELLS="h2_haproxy h2_gantry" bash bench/compare.sh   # only these cells
 #   H2_CONNECTIONS=100 bash bench/compare.sh             # h2load connections (default 20)
+#   PROFILE=dist bash bench/compare.sh  # the build that ships (default: release, faster to build)
 #
 # One nginx origin on loopback serves a small response. wrk drives, in turn:
 #   http   HTTP/1.1 keep-alive requests: direct to nginx, through HAProxy, through pingora
@@ -39,9 +40,12 @@ if [ "$WORKERS" = 1 ]; then PROXY_CPUS=0 LOAD_CPUS=1; else PROXY_CPUS=0-$(($(npr
 install_missing haproxy:haproxy nginx:nginx-light wrk:wrk h2load:nghttp2-client \
   openssl:openssl taskset:util-linux python3:python3
 bash .ci/setup
-cargo build --release --locked -p gantry --bin gantry --example pingora_baseline >&2
-GANTRY=$PWD/target/release/gantry
-PINGORA=$PWD/target/release/examples/pingora_baseline
+# PROFILE=dist measures the build that ships (fat LTO, one codegen unit: images, packages);
+# `release` builds in a minute instead of ten, for day-to-day comparisons.
+PROFILE=${PROFILE:-release}
+cargo build --profile "$PROFILE" --locked -p gantry --bin gantry --example pingora_baseline >&2
+GANTRY=$PWD/target/$PROFILE/gantry
+PINGORA=$PWD/target/$PROFILE/examples/pingora_baseline
 
 
 ORIGIN=$(free_port); ORIGIN_H2C=$(free_port); ADMIN=$(free_port)
@@ -227,7 +231,7 @@ for cell in "${cells[@]}"; do
 done
 
 echo
-echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(haproxy -v | head -1 | cut -d' ' -f1-3); $WORKERS worker(s) each; wrk -t$WORKERS -c$CONNECTIONS -d$DURATION, median of $ROUNDS interleaved rounds"
+echo "$(date -u +%Y-%m-%d) $(nproc) CPUs; $(haproxy -v | head -1 | cut -d' ' -f1-3); gantry built with --profile $PROFILE; $WORKERS worker(s) each; wrk -t$WORKERS -c$CONNECTIONS -d$DURATION, median of $ROUNDS interleaved rounds"
 pairs=()
 for key in "${!result[@]}"; do pairs+=("$key" "${result[$key]}"); done
 [ "${#pairs[@]}" -gt 0 ] || { echo "no cells measured" >&2; exit 1; }
