@@ -253,6 +253,37 @@ async fn http1_clients_reach_h2c_backends_over_one_kept_connection() {
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A malformed chunked body from an HTTP/1 client of an h2c port is refused with 400 (the
+/// stream to the backend is reset), and the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_to_an_h2c_backend_is_400() {
+    let origin = HttpOrigin::start("grpc", OriginProtocol::H2c).await;
+    let gantry = Scenario::new()
+        .port(
+            "api",
+            Port::http("grpc")
+                .set("backend_protocol", "h2c")
+                .backends(&[origin.addr]),
+        )
+        .start()
+        .await;
+    let proxy = addr(&gantry, "api", "grpc");
+    // A chunk size that is not hexadecimal.
+    let request = "POST /echo HTTP/1.1\r\nHost: api.example\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+    let answer = raw_exchange(proxy, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    let text = gantry.metrics().render();
+    assert_eq!(
+        metric(
+            &text,
+            "gantry_requests_rejected_total{port=\"grpc\",reason=\"malformed\",service=\"api\"}"
+        ),
+        1.0
+    );
+    gantry.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_clients_and_h2c_backends_carry_grpc_trailers() {
     let origin = HttpOrigin::start("grpc", OriginProtocol::H2c).await;
