@@ -8,7 +8,7 @@
 //!   it is tested with plain objects and no server.
 //! - [`client`]: the connection, from a kubeconfig or in-cluster.
 //!
-//! Its tests, and lb-core's, run against the API server of the `lb-k8s-testing` crate.
+//! Its tests, and the gantry crate's, run against the API server of the `lb-k8s-testing` crate.
 //!
 //! What it does follows the rules in `docs/dev/kubernetes-semantics.md`; users' view is
 //! `docs/kubernetes.md`.

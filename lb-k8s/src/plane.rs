@@ -1,6 +1,6 @@
 //! What the Kubernetes source needs of the appliance it feeds: the same checks the file's
-//! services get, and a way to serve a set of services beside the file's. `lb-core`
-//! implements it; tests can implement it without sockets.
+//! services get, and a way to serve a set of services beside the file's. The appliance
+//! (`gantry`) implements it; tests can implement it without sockets.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

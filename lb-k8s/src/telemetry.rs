@@ -1,4 +1,5 @@
-//! What the Kubernetes source reports for metrics; `lb-core` turns it into Prometheus series.
+//! What the Kubernetes source reports for metrics; the appliance (`gantry`) turns it into
+//! Prometheus series.
 //! Every method has a no-op default, so tests and tools can ignore what they do not need.
 
 /// The source's metrics.
