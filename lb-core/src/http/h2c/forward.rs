@@ -5,8 +5,10 @@
 //! direction waits for the receiver (flow-control window, or socket) instead of buffering.
 //!
 //! The client's side is two small traits, [`ClientBody`] (where the request body comes from)
-//! and [`ClientAnswer`] (where the response goes), so that an HTTP/2 stream
-//! ((the HTTP/2 server's `to_h2c`)) and an HTTP/1 request ((the HTTP/1 relay's `to_h2c`)) share this one loop.
+//! and [`ClientAnswer`] (where the response goes), so that an HTTP/2 stream (`http/h2/to_h2c.rs`)
+//! and an HTTP/1 request (`http/relay/to_h2c.rs`) share this one loop. A client that expects
+//! `100-continue` gets Gantry's own `100` once the backend's stream is open: the `h2` client
+//! keeps a backend's informational responses apart.
 //!
 //! The exchange's rules hold ([`crate::http::exchange`]): a failed connect goes to another
 //! backend; a stream the backend refuses (`REFUSED_STREAM`: nothing was processed) too, whatever
