@@ -16,7 +16,19 @@ use crate::support::origin::{
 use crate::support::scenario::{Port, Scenario};
 use crate::support::{addr, eventually, metric, Refusing};
 
-/// An address nothing listens on: bound, then closed.
+/// A Gantry with one `http` port, `api/grpc`, whose backend (`backend`) speaks h2c.
+async fn h2c_port(backend: std::net::SocketAddr) -> gantry::Gantry {
+    Scenario::new()
+        .port(
+            "api",
+            Port::http("grpc")
+                .set("backend_protocol", "h2c")
+                .backends(&[backend]),
+        )
+        .start()
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_rotate_across_backends_on_new_and_kept_alive_connections() {
     let origins = [
@@ -209,15 +221,7 @@ async fn a_websocket_upgrade_is_tunnelled_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_clients_reach_h2c_backends_over_one_kept_connection() {
     let origin = HttpOrigin::start("grpc", OriginProtocol::H2c).await;
-    let gantry = Scenario::new()
-        .port(
-            "api",
-            Port::http("grpc")
-                .set("backend_protocol", "h2c")
-                .backends(&[origin.addr]),
-        )
-        .start()
-        .await;
+    let gantry = h2c_port(origin.addr).await;
     let proxy = addr(&gantry, "api", "grpc");
     let requests = concat!(
         "GET /plain HTTP/1.1\r\nHost: api.example\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n",
@@ -253,20 +257,58 @@ async fn http1_clients_reach_h2c_backends_over_one_kept_connection() {
     gantry.shutdown(Duration::from_secs(1)).await;
 }
 
+/// An h2c backend that sends a body with a `204` (which has none; the `h2` crate refuses one
+/// on an answer to `HEAD` by itself): its bytes never reach the HTTP/1 client, where they
+/// would be read as the next response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_on_a_204_from_an_h2c_backend_never_reaches_the_client() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let serving = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    let response = http::Response::builder()
+                        .status(204)
+                        .header("x-origin", "liar")
+                        .body(())
+                        .expect("response");
+                    if let Ok(mut send) = respond.send_response(response, false) {
+                        let _ =
+                            send.send_data(Bytes::from_static(b"HTTP/1.1 200 junk\r\n\r\n"), true);
+                    }
+                }
+            });
+        }
+    });
+    let gantry = h2c_port(backend).await;
+    let proxy = addr(&gantry, "api", "grpc");
+    let requests = concat!(
+        "GET /a HTTP/1.1\r\nHost: api.example\r\n\r\n",
+        "GET /b HTTP/1.1\r\nHost: api.example\r\nconnection: close\r\n\r\n",
+    );
+    let answer = raw_exchange(proxy, requests.as_bytes()).await;
+    assert!(!answer.contains("junk"), "{answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 204 No Content\r\n").count(),
+        2,
+        "two answers, each a head alone: {answer}"
+    );
+    gantry.shutdown(Duration::from_secs(1)).await;
+    serving.abort();
+}
+
 /// A malformed chunked body from an HTTP/1 client of an h2c port is refused with 400 (the
 /// stream to the backend is reset), and the connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_chunked_body_to_an_h2c_backend_is_400() {
     let origin = HttpOrigin::start("grpc", OriginProtocol::H2c).await;
-    let gantry = Scenario::new()
-        .port(
-            "api",
-            Port::http("grpc")
-                .set("backend_protocol", "h2c")
-                .backends(&[origin.addr]),
-        )
-        .start()
-        .await;
+    let gantry = h2c_port(origin.addr).await;
     let proxy = addr(&gantry, "api", "grpc");
     // A chunk size that is not hexadecimal.
     let request = "POST /echo HTTP/1.1\r\nHost: api.example\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
@@ -287,15 +329,7 @@ async fn a_malformed_chunked_body_to_an_h2c_backend_is_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_clients_and_h2c_backends_carry_grpc_trailers() {
     let origin = HttpOrigin::start("grpc", OriginProtocol::H2c).await;
-    let gantry = Scenario::new()
-        .port(
-            "api",
-            Port::http("grpc")
-                .set("backend_protocol", "h2c")
-                .backends(&[origin.addr]),
-        )
-        .start()
-        .await;
+    let gantry = h2c_port(origin.addr).await;
     let proxy = addr(&gantry, "api", "grpc");
     let stream = TcpStream::connect(proxy).await.expect("connect");
     let mut h2 = H2::over(stream).await;

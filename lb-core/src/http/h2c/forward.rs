@@ -27,7 +27,7 @@ use lb_policy::{Outcome, PickContext, ResponseHeader as AffinityHeader};
 use tokio::time::Instant;
 
 use super::ready;
-use crate::http::exchange::{may_resend, Failure, Record};
+use crate::http::exchange::{may_resend, next_try, Failure, NextTry, Record};
 use crate::pool::attempt::{Attempts, NoBackend};
 use crate::route::Route;
 
@@ -118,7 +118,6 @@ pub(crate) async fn forward<B: ClientBody, A: ClientAnswer>(
             route,
             affinity: affinity.as_ref(),
             grpc: client.grpc,
-            request_headers: client.request.headers(),
             bytes_up: &bytes_up,
         };
         let request = copy(client.request);
@@ -126,24 +125,18 @@ pub(crate) async fn forward<B: ClientBody, A: ClientAnswer>(
             .exchange(send, request, client.body, client.answer, record)
             .await;
         record.bytes_received += bytes_up.load(Ordering::Relaxed);
-        let early = match ended {
+        let (failure, resendable) = match ended {
             Ok(()) => break None,
             Err(Early::Answered(failure)) => break failure,
-            Err(early) => early,
+            // A refused stream processed nothing: any method may go elsewhere, if it had no
+            // body to send again.
+            Err(Early::Refused) => (closed(), body_empty),
+            Err(Early::Failed(failure)) => (failure, resend),
         };
-        // A refused stream processed nothing; one that failed may be sent again by the rule.
-        let retry = match early {
-            Early::Refused => body_empty,
-            Early::Failed(Failure::Backend {
-                timed_out: false, ..
-            }) => resend,
-            _ => false,
-        };
-        if !retry {
-            break Some(match early {
-                Early::Failed(failure) => failure,
-                _ => closed(),
-            });
+        match next_try(failure, false, resendable) {
+            NextTry::GiveUp(failure) => break Some(failure),
+            // `ready` replaces a connection that broke: either way the attempt loop picks again.
+            NextTry::FreshConnection | NextTry::OtherBackend => {}
         }
         // The attempt loop tells the backend's observers.
         if !attempts.failed(&route.pool, attempt, Outcome::ConnectFailed) {
@@ -193,8 +186,6 @@ struct Turn<'t> {
     /// The affinity's header for the response (a `Set-Cookie`).
     affinity: Option<&'t AffinityHeader>,
     grpc: bool,
-    /// The request's header fields.
-    request_headers: &'t http::HeaderMap,
     /// Request body bytes sent up so far.
     bytes_up: &'t AtomicU64,
 }
@@ -211,6 +202,7 @@ impl Turn<'_> {
     ) -> Result<(), Early> {
         let timeouts = self.route.port.settings.timeouts;
         let body_empty = body.is_empty();
+        let expects_continue = expects_continue(request.headers());
         let (response, mut upstream) = match send.send_request(request, body_empty) {
             Ok(pair) => pair,
             Err(err) => return Err(early(&err)),
@@ -218,8 +210,7 @@ impl Turn<'_> {
         // An h2c backend's own `100` is not relayed (the `h2` client keeps informational
         // responses apart): Gantry answers the expectation once the stream is open, as a
         // proxy may (RFC 9110 §10.1.1).
-        if !body_empty && expects_continue(self.request_headers) && answer.proceed().await.is_err()
-        {
+        if !body_empty && expects_continue && answer.proceed().await.is_err() {
             upstream.send_reset(Reason::CANCEL);
             return Err(Early::Answered(Some(Failure::ClientGone)));
         }

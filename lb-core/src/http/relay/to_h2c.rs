@@ -78,6 +78,7 @@ where
         http10: request.http10,
         keep_alive: request.keep_alive && !*client.drain.borrow(),
         chunked: false,
+        body_allowed: true,
         whole: false,
         continued: request.http10,
         idle: timeouts.client_idle,
@@ -247,6 +248,9 @@ struct Answer<W> {
     keep_alive: bool,
     /// The body goes in chunked coding.
     chunked: bool,
+    /// The response may have a body (not `HEAD`, 1xx, 204 or 304): any data a backend sends
+    /// otherwise is dropped, never written where the client reads the next response.
+    body_allowed: bool,
     /// The response went out whole.
     whole: bool,
     /// The client was told to send its body (or is an HTTP/1.0 one, which must not be).
@@ -286,6 +290,7 @@ impl<W: AsyncWrite + Unpin> ClientAnswer for Answer<W> {
         let (parts, ()) = response.into_parts();
         let status = parts.status.as_u16();
         let no_body = self.head_method || status == 204 || status == 304 || status < 200;
+        self.body_allowed = !no_body;
         let length = parts
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -319,7 +324,7 @@ impl<W: AsyncWrite + Unpin> ClientAnswer for Answer<W> {
     }
 
     async fn data(&mut self, data: Bytes, within: Duration) -> Result<(), Failure> {
-        if data.is_empty() {
+        if data.is_empty() || !self.body_allowed {
             // An empty frame (HTTP/2 may end a stream with one) would be the last chunk.
             return Ok(());
         }
