@@ -13,8 +13,8 @@ use lb_policy::{
     Stickiness,
 };
 
-use super::bindings::{v1, v2};
-use super::convert::{to_v1, to_v2};
+use super::bindings::{v1, v2, v3};
+use super::convert::{to_v1, to_v2, to_v3};
 use super::faults::FaultKind;
 use super::policy::{Configured, Kind, PerThread};
 
@@ -25,6 +25,7 @@ impl Kind for AffinityKind {
     const NAME: &'static str = "affinity";
     type V1 = v1::AffinityWorld;
     type V2 = v2::AffinityWorld;
+    type V3 = v3::AffinityWorld;
     type Settings = u32;
 
     fn from_v1(settings: v1::TableSettings) -> u32 {
@@ -34,6 +35,45 @@ impl Kind for AffinityKind {
     fn from_v2(settings: v2::TableSettings) -> u32 {
         settings.idle_timeout_seconds
     }
+
+    fn from_v3(settings: v3::TableSettings) -> u32 {
+        settings.idle_timeout_seconds
+    }
+}
+
+/// `stick` on a resource-based version's policy (0.2.0 and 0.3.0 differ only in names).
+macro_rules! stick {
+    ($version:ident, $convert:ident, $policy:expr, $cx:expr) => {{
+        let request = $convert::request($cx);
+        let answer = $policy.call($cx.headers, |bindings, store, affinity| {
+            bindings
+                .gantry_plugins_affinities()
+                .affinity()
+                .call_stick(store, affinity, &request)
+        })?;
+        Ok(match answer {
+            $version::Stickiness::None => Answer::None,
+            $version::Stickiness::Remembered(key) => Answer::Remembered(key),
+            $version::Stickiness::Named(id) => Answer::Named(id),
+        })
+    }};
+}
+
+/// `assigned` on a resource-based version's policy.
+macro_rules! assigned {
+    ($version:ident, $convert:ident, $policy:expr, $cx:expr, $id:expr) => {{
+        let request = $convert::request($cx);
+        let header = $policy.call($cx.headers, |bindings, store, affinity| {
+            bindings
+                .gantry_plugins_affinities()
+                .affinity()
+                .call_assigned(store, affinity, &request, $id)
+        })?;
+        Ok(header.map(|h: $version::Header| Header {
+            name: h.name,
+            value: h.value,
+        }))
+    }};
 }
 
 /// An affinity plugin with one port's parameters, and the port's table.
@@ -119,20 +159,8 @@ impl WasmAffinity {
                     v1::Stickiness::Named(id) => Answer::Named(id),
                 })
             }
-            PerThread::V2(policy) => {
-                let request = to_v2::request(cx);
-                let answer = policy.call(cx.headers, |bindings, store, affinity| {
-                    bindings
-                        .gantry_plugins_affinities()
-                        .affinity()
-                        .call_stick(store, affinity, &request)
-                })?;
-                Ok(match answer {
-                    v2::Stickiness::None => Answer::None,
-                    v2::Stickiness::Remembered(key) => Answer::Remembered(key),
-                    v2::Stickiness::Named(id) => Answer::Named(id),
-                })
-            }
+            PerThread::V2(policy) => stick!(v2, to_v2, policy, cx),
+            PerThread::V3(policy) => stick!(v3, to_v3, policy, cx),
         }
     }
 
@@ -148,19 +176,8 @@ impl WasmAffinity {
                     value: h.value,
                 }))
             }
-            PerThread::V2(policy) => {
-                let request = to_v2::request(cx);
-                let header = policy.call(cx.headers, |bindings, store, affinity| {
-                    bindings
-                        .gantry_plugins_affinities()
-                        .affinity()
-                        .call_assigned(store, affinity, &request, id)
-                })?;
-                Ok(header.map(|h: v2::Header| Header {
-                    name: h.name,
-                    value: h.value,
-                }))
-            }
+            PerThread::V2(policy) => assigned!(v2, to_v2, policy, cx, id),
+            PerThread::V3(policy) => assigned!(v3, to_v3, policy, cx, id),
         }
     }
 }

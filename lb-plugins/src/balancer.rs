@@ -2,16 +2,18 @@
 //! parameters; for each backend set it builds a balancer whose picks are the plugin's. A
 //! trap, a missed deadline or an id outside the set is a fault: that call is answered by the
 //! native round-robin, and after `quarantine_after` faults in a row the plugin is not called
-//! again.
+//! again. A 0.3.0 plugin may state a pick plan for the set ([`crate::plan`]): first picks are
+//! then placed by the host from it, and only later attempts call the plugin.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use lb_config::Backend;
 use lb_policy::{BackendFigures, Balancer, BalancerFactory, PickContext, RoundRobin};
 
-use super::bindings::{v1, v2};
-use super::convert::{to_v1, to_v2};
+use super::bindings::{v1, v2, v3};
+use super::convert::{to_v1, to_v2, to_v3};
 use super::faults::FaultKind;
+use super::plan::{PickPlan, Rule};
 use super::policy::{Configured, Kind, PerThread};
 
 /// The balancer kind.
@@ -21,10 +23,12 @@ impl Kind for BalancerKind {
     const NAME: &'static str = "balancer";
     type V1 = v1::BalancerWorld;
     type V2 = v2::BalancerWorld;
+    type V3 = v3::BalancerWorld;
     type Settings = ();
 
     fn from_v1(_settings: ()) {}
     fn from_v2(_settings: ()) {}
+    fn from_v3(_settings: ()) {}
 }
 
 /// A balancer plugin with one port's parameters.
@@ -40,6 +44,7 @@ impl BalancerFactory for WasmBalancerFactory {
             plugin: self.0.per_thread(backends, figures.clone()),
             fallback: RoundRobin.build(backends, figures),
             count: backends.len(),
+            plan: OnceLock::new(),
         })
     }
 
@@ -53,6 +58,21 @@ struct WasmBalancer {
     plugin: PerThread<BalancerKind>,
     fallback: Box<dyn Balancer>,
     count: usize,
+    /// The plugin's pick plan for this set, asked once (at activation, or by the first pick).
+    plan: OnceLock<Option<PickPlan>>,
+}
+
+/// `pick` on a resource-based version's balancer (0.2.0 and 0.3.0 differ only in names).
+macro_rules! pick {
+    ($convert:ident, $policy:expr, $cx:expr, $attempt:expr) => {{
+        let request = $convert::request($cx);
+        $policy.call($cx.headers, |bindings, store, balancer| {
+            bindings
+                .gantry_plugins_balancers()
+                .balancer()
+                .call_pick(store, balancer, &request, $attempt)
+        })
+    }};
 }
 
 impl WasmBalancer {
@@ -64,16 +84,47 @@ impl WasmBalancer {
                     bindings.call_pick(store, &request, attempt)
                 })
             }
-            PerThread::V2(policy) => {
-                let request = to_v2::request(cx);
-                policy.call(cx.headers, |bindings, store, balancer| {
-                    bindings
-                        .gantry_plugins_balancers()
-                        .balancer()
-                        .call_pick(store, balancer, &request, attempt)
-                })
-            }
+            PerThread::V2(policy) => pick!(to_v2, policy, cx, attempt),
+            PerThread::V3(policy) => pick!(to_v3, policy, cx, attempt),
         }
+    }
+
+    /// The plan for this set, asking the plugin the first time. Only 0.3.0 plugins have
+    /// plans; a fault or an unusable plan is recorded, and leaves the set without one.
+    fn plan(&self) -> Option<&PickPlan> {
+        self.plan.get_or_init(|| self.ask_plan()).as_ref()
+    }
+
+    fn ask_plan(&self) -> Option<PickPlan> {
+        let PerThread::V3(policy) = &self.plugin else {
+            return None;
+        };
+        let faults = self.plugin.faults();
+        if faults.is_quarantined() {
+            return None;
+        }
+        let answer = policy.call_once_per_set(|bindings, store, balancer| {
+            bindings
+                .gantry_plugins_balancers()
+                .balancer()
+                .call_plan(store, balancer)
+        });
+        let (rule, ids) = match answer {
+            Ok(None) => return None,
+            Ok(Some(v3::PickPlan::Rotation(ids))) => (Rule::Rotation, ids),
+            Ok(Some(v3::PickPlan::ByHash(ids))) => (Rule::ByHash, ids),
+            Ok(Some(v3::PickPlan::ByRandom(ids))) => (Rule::ByRandom, ids),
+            Err(kind) => {
+                faults.record(kind);
+                return None;
+            }
+        };
+        let plan = PickPlan::checked(rule, ids, self.count);
+        if plan.is_none() {
+            tracing::warn!(plugin = %self.plugin.name(), "plugin answered a pick plan it cannot use (empty, too long, or naming a backend outside the set); it is asked every pick instead");
+            faults.record(FaultKind::InvalidAnswer);
+        }
+        plan
     }
 }
 
@@ -84,12 +135,19 @@ impl Balancer for WasmBalancer {
 
     fn activate(&self) {
         self.plugin.prepare();
+        // Asked here, off the request path, so no request waits for it.
+        let _ = self.plan();
     }
 
     fn pick(&self, cx: &PickContext<'_>, attempt: u32) -> Option<usize> {
         let faults = self.plugin.faults();
         if faults.is_quarantined() {
             return self.fallback.pick(cx, attempt);
+        }
+        if attempt == 0 {
+            if let (Some(plan), PerThread::V3(policy)) = (self.plan(), &self.plugin) {
+                return Some(plan.pick(cx.hash_key, || policy.next_in_sequence()));
+            }
         }
         match self.call_pick(cx, attempt) {
             Ok(Some(id)) if (id as usize) < self.count => {

@@ -1,12 +1,12 @@
 //! Host values as each contract version's WIT values: backends, addresses and the request
-//! summary. The versions' types have the same shape; one definition serves both.
+//! summary. The versions' types have the same shape; one definition serves them all.
 
 use std::net::{IpAddr, SocketAddr};
 
 use lb_config::{Backend, Protocol};
 use lb_policy::PickContext;
 
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 
 macro_rules! conversions {
     ($module:ident, $version:ident, $udp:ident) => {
@@ -68,3 +68,4 @@ macro_rules! conversions {
 // never what a 0.1.0 plugin is told of a UDP flow.
 conversions!(to_v1, v1, Tcp);
 conversions!(to_v2, v2, Udp);
+conversions!(to_v3, v3, Udp);

@@ -1,6 +1,6 @@
 //! Health policies run by a plugin: one state per port policy, shared by every thread (a
 //! single instance of its own for a 0.1.0 plugin, one resource in a shared instance for a
-//! 0.2.0 one). A fault leaves the verdict unchanged for that call; a quarantined health plugin
+//! 0.2.0 or 0.3.0 one). A fault leaves the verdict unchanged for that call; a quarantined health plugin
 //! holds no backend out (`Verdict::Healthy` for every later result), so a broken plugin
 //! cannot take a whole service down.
 
@@ -13,7 +13,7 @@ use lb_policy::{
     BackendFigures, HealthPolicy, HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict,
 };
 
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 use super::faults::FaultKind;
 use super::policy::{Configured, Kind, Single};
 
@@ -76,6 +76,7 @@ impl Kind for HealthKind {
     const NAME: &'static str = "health";
     type V1 = v1::HealthWorld;
     type V2 = v2::HealthWorld;
+    type V3 = v3::HealthWorld;
     type Settings = Result<HealthSettings, String>;
 
     fn from_v1(settings: v1::HealthSettings) -> Self::Settings {
@@ -85,6 +86,10 @@ impl Kind for HealthKind {
 
     fn from_v2(settings: v2::HealthSettings) -> Self::Settings {
         health_settings!(v2, settings, |plan: &v2::ProbePlan| plan.port)
+    }
+
+    fn from_v3(settings: v3::HealthSettings) -> Self::Settings {
+        health_settings!(v3, settings, |plan: &v3::ProbePlan| plan.port)
     }
 }
 
@@ -110,6 +115,22 @@ macro_rules! from_wit {
             $version::Verdict::Eject(ms) => Verdict::Eject(Duration::from_millis(u64::from(ms))),
         }
     };
+}
+
+/// `probed` or `observed` on a resource-based version's checker (0.2.0 and 0.3.0 differ only
+/// in names).
+macro_rules! judged {
+    ($version:ident, $policy:expr, $call:expr, $id:expr, $outcome:expr) => {{
+        let outcome = to_wit!($version, $outcome);
+        let verdict = $policy.call(None, |bindings, store, checker| {
+            let checks = bindings.gantry_plugins_health_checks();
+            match $call {
+                Call::Probed => checks.checker().call_probed(store, checker, $id, outcome),
+                Call::Observed => checks.checker().call_observed(store, checker, $id, outcome),
+            }
+        })?;
+        Ok(from_wit!($version, verdict))
+    }};
 }
 
 /// A health plugin with one port's parameters.
@@ -147,19 +168,8 @@ impl WasmHealthPolicy {
                 })?;
                 Ok(from_wit!(v1, verdict))
             }
-            Single::V2(policy) => {
-                let outcome = to_wit!(v2, outcome);
-                let verdict = policy.call(None, |bindings, store, checker| {
-                    let checks = bindings.gantry_plugins_health_checks();
-                    match call {
-                        Call::Probed => checks.checker().call_probed(store, checker, id, outcome),
-                        Call::Observed => {
-                            checks.checker().call_observed(store, checker, id, outcome)
-                        }
-                    }
-                })?;
-                Ok(from_wit!(v2, verdict))
-            }
+            Single::V2(policy) => judged!(v2, policy, call, id, outcome),
+            Single::V3(policy) => judged!(v3, policy, call, id, outcome),
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 use super::ticker::CallActivity;
 
 /// Log lines one instance may write per second; the rest are dropped (and counted in the
@@ -57,6 +57,12 @@ impl CallContext {
         })
     }
 
+    /// The next value of the shared counter `host.sequence` answers.
+    pub(crate) fn next_in_sequence(&self) -> u64 {
+        // Relaxed: a rotation needs distinct values, not ordering with other memory.
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// A context with no backends (configuring, before any set is given).
     pub(crate) fn empty() -> Arc<Self> {
         Self::new(Arc::new(NoFigures))
@@ -69,6 +75,21 @@ impl BackendFigures for NoFigures {
     fn figures(&self, _index: usize) -> Option<Figures> {
         None
     }
+}
+
+/// A fresh random seed (never 0) from the process's random keys.
+pub(crate) fn random_seed() -> u64 {
+    RandomState::new().hash_one(Instant::now()) | 1
+}
+
+/// The next bits of a xorshift64* generator whose state is `state` (never 0).
+pub(crate) fn xorshift(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
 /// The state of one plugin instance.
@@ -105,7 +126,7 @@ impl HostState {
             budget: Duration::ZERO,
             cpu_mark: None,
             // Seeded per instance from the process's random keys; xorshift after that.
-            random: RandomState::new().hash_one(Instant::now()) | 1,
+            random: random_seed(),
             log_window: Instant::now(),
             log_lines: 0,
             log_dropped: 0,
@@ -123,12 +144,7 @@ impl HostState {
     /// The next bits of the instance's fast generator (xorshift64*): plenty for spreading
     /// load; not for secrets.
     pub(super) fn next_random(&mut self) -> u64 {
-        let mut x = self.random;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.random = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        xorshift(&mut self.random)
     }
 
     /// Whether one more log line fits this second's allowance.
@@ -187,8 +203,7 @@ impl HostState {
     }
 
     fn next_in_sequence(&self) -> u64 {
-        // Relaxed: a rotation needs distinct values, not ordering with other memory.
-        self.context.sequence.fetch_add(1, Ordering::Relaxed)
+        self.context.next_in_sequence()
     }
 
     fn figures_of(&self, id: u32) -> Option<Figures> {
@@ -265,6 +280,7 @@ macro_rules! host_imports {
 
 host_imports!(v1);
 host_imports!(v2);
+host_imports!(v3);
 
 #[cfg(test)]
 mod tests {

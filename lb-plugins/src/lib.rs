@@ -13,10 +13,11 @@
 //! what runs a policy, and [`PluginHost::commit`] shows the metrics of the plugins a model uses
 //! and forgets the others.
 //!
-//! Two contract versions are served: plugins built against `gantry:plugins@0.2.0` share one
-//! instance per worker thread among all ports, each port a resource in it (`v2`); plugins
-//! built against the frozen 0.1.0 get instances of their own per port (`v1`). Each call's
-//! deadline counts the plugin's own CPU time (`cpu`).
+//! Three contract versions are served: plugins built against `gantry:plugins@0.3.0` or
+//! `@0.2.0` share one instance per worker thread among all ports, each port a resource in it
+//! (`instances`); 0.3.0 balancers may also state a pick plan the host evaluates natively
+//! (`balancer`). Plugins built against the frozen 0.1.0 get instances of their own per port
+//! (`v1`). Each call's deadline counts the plugin's own CPU time (`cpu`).
 
 mod affinity;
 mod balancer;
@@ -27,12 +28,13 @@ pub mod faults;
 pub mod fuzzing;
 mod health;
 mod host;
+mod instances;
+mod plan;
 mod policy;
 pub mod sandbox;
 mod stores;
 mod ticker;
 mod v1;
-mod v2;
 mod wasi;
 
 #[cfg(test)]
@@ -118,7 +120,7 @@ impl PluginHost {
     }
 
     /// A host whose instances are capped by `limits`, serving `workers` worker threads (a
-    /// 0.2.0 plugin has one instance per worker). Compiles in memory only.
+    /// 0.2.0 or 0.3.0 plugin has one instance per worker). Compiles in memory only.
     pub fn new(
         limits: &PluginLimits,
         telemetry: Arc<dyn PluginTelemetry>,

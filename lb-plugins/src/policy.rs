@@ -9,12 +9,12 @@ use std::sync::Arc;
 use lb_config::Backend;
 use lb_policy::BackendFigures;
 
-use super::convert::{to_v1, to_v2};
+use super::convert::to_v1;
 use super::faults::Faults;
 use super::host::CallContext;
+use super::instances::{self, Placement, PortPolicy, Shared};
 use super::stores::Stores;
-use super::v2::{Placement, PortPolicy, Shared};
-use super::{v1, v2, PluginError};
+use super::{v1, PluginError};
 
 /// A plugin kind: one world in each contract version.
 pub(crate) trait Kind: Send + Sync + 'static {
@@ -23,14 +23,18 @@ pub(crate) trait Kind: Send + Sync + 'static {
     /// The kind's 0.1.0 world.
     type V1: v1::World;
     /// The kind's 0.2.0 world.
-    type V2: v2::World;
+    type V2: instances::World;
+    /// The kind's 0.3.0 world.
+    type V3: instances::World;
     /// What the plugin's `configure` tells the host, whatever the version.
     type Settings: Clone + Send + Sync + 'static;
 
     /// The settings of a 0.1.0 plugin.
     fn from_v1(settings: <Self::V1 as v1::World>::Settings) -> Self::Settings;
     /// The settings of a 0.2.0 plugin.
-    fn from_v2(settings: <Self::V2 as v2::World>::Settings) -> Self::Settings;
+    fn from_v2(settings: <Self::V2 as instances::World>::Settings) -> Self::Settings;
+    /// The settings of a 0.3.0 plugin.
+    fn from_v3(settings: <Self::V3 as instances::World>::Settings) -> Self::Settings;
 }
 
 /// A compiled plugin prepared for kind `K` in the version it was built against.
@@ -47,11 +51,16 @@ pub(crate) enum Loaded<K: Kind> {
         shared: Arc<Shared<K::V2>>,
         reads_headers: bool,
     },
+    /// Built against 0.3.0: as 0.2.0.
+    V3 {
+        shared: Arc<Shared<K::V3>>,
+        reads_headers: bool,
+    },
 }
 
 impl<K: Kind> Loaded<K> {
-    /// Prepares a compiled component for `K`: as 0.2.0 when it exports that world, else as
-    /// 0.1.0; otherwise says why it is not a plugin of this kind.
+    /// Prepares a compiled component for `K` in the newest version whose world it exports;
+    /// otherwise says why it is not a plugin of this kind.
     pub(crate) fn prepare(
         name: Arc<str>,
         faults: Arc<Faults>,
@@ -60,28 +69,40 @@ impl<K: Kind> Loaded<K> {
         workers: usize,
     ) -> Result<Self, String> {
         let reads_headers = super::sandbox::reads_headers(pre.component());
-        match <K::V2 as v2::World>::prepare(pre.clone()) {
-            Ok(pre) => Ok(Loaded::V2 {
-                shared: Arc::new(Shared::new(name, pre, faults, stores.clone(), workers)),
+        let stores = stores.clone();
+        if let Ok(v3) = <K::V3 as instances::World>::prepare(pre.clone()) {
+            let shared = Shared::new(name, v3, faults, stores, workers);
+            return Ok(Loaded::V3 {
+                shared: Arc::new(shared),
+                reads_headers,
+            });
+        }
+        let newest = match <K::V2 as instances::World>::prepare(pre.clone()) {
+            Ok(v2) => {
+                let shared = Shared::new(name, v2, faults, stores, workers);
+                return Ok(Loaded::V2 {
+                    shared: Arc::new(shared),
+                    reads_headers,
+                });
+            }
+            Err(newest) => newest,
+        };
+        match <K::V1 as v1::World>::prepare(pre) {
+            Ok(pre) => Ok(Loaded::V1 {
+                name,
+                faults,
+                pre,
                 reads_headers,
             }),
-            Err(newest) => match <K::V1 as v1::World>::prepare(pre) {
-                Ok(pre) => Ok(Loaded::V1 {
-                    name,
-                    faults,
-                    pre,
-                    reads_headers,
-                }),
-                Err(_) => Err(format!(
-                    "is not a{} {} plugin of gantry:plugins@0.2.0 or @0.1.0: {newest:#}",
-                    if K::NAME.starts_with(['a', 'e', 'i', 'o', 'u']) {
-                        "n"
-                    } else {
-                        ""
-                    },
-                    K::NAME
-                )),
-            },
+            Err(_) => Err(format!(
+                "is not a{} {} plugin of gantry:plugins@0.3.0, @0.2.0 or @0.1.0: {newest:#}",
+                if K::NAME.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    "n"
+                } else {
+                    ""
+                },
+                K::NAME
+            )),
         }
     }
 
@@ -90,6 +111,7 @@ impl<K: Kind> Loaded<K> {
         match self {
             Loaded::V1 { name, .. } => name,
             Loaded::V2 { shared, .. } => shared.name(),
+            Loaded::V3 { shared, .. } => shared.name(),
         }
     }
 
@@ -98,18 +120,21 @@ impl<K: Kind> Loaded<K> {
         match self {
             Loaded::V1 { faults, .. } => faults,
             Loaded::V2 { shared, .. } => shared.faults(),
+            Loaded::V3 { shared, .. } => shared.faults(),
         }
     }
 
     /// Whether its contract has the `udp` protocol (0.2.0 on).
     pub(crate) fn knows_udp(&self) -> bool {
-        matches!(self, Loaded::V2 { .. })
+        matches!(self, Loaded::V2 { .. } | Loaded::V3 { .. })
     }
 
     /// Whether it can ask for the request's headers (see [`super::sandbox::reads_headers`]).
     fn reads_headers(&self) -> bool {
         match self {
-            Loaded::V1 { reads_headers, .. } | Loaded::V2 { reads_headers, .. } => *reads_headers,
+            Loaded::V1 { reads_headers, .. }
+            | Loaded::V2 { reads_headers, .. }
+            | Loaded::V3 { reads_headers, .. } => *reads_headers,
         }
     }
 
@@ -151,6 +176,17 @@ impl<K: Kind> Loaded<K> {
                     },
                 })
             }
+            Loaded::V3 { shared, .. } => {
+                let settings = shared.check(params)?;
+                Ok(Configured {
+                    settings: K::from_v3(settings),
+                    reads_headers,
+                    runner: Runner::V3 {
+                        shared: shared.clone(),
+                        params: params.to_vec(),
+                    },
+                })
+            }
         }
     }
 }
@@ -170,6 +206,10 @@ enum Runner<K: Kind> {
         shared: Arc<Shared<K::V2>>,
         params: Vec<(String, String)>,
     },
+    V3 {
+        shared: Arc<Shared<K::V3>>,
+        params: Vec<(String, String)>,
+    },
 }
 
 impl<K: Kind> Configured<K> {
@@ -178,6 +218,7 @@ impl<K: Kind> Configured<K> {
         match &self.runner {
             Runner::V1(recipe) => recipe.name(),
             Runner::V2 { shared, .. } => shared.name(),
+            Runner::V3 { shared, .. } => shared.name(),
         }
     }
 
@@ -196,7 +237,14 @@ impl<K: Kind> Configured<K> {
             Runner::V2 { shared, params } => PerThread::V2(PortPolicy::new(
                 shared.clone(),
                 params,
-                to_v2::backends(backends),
+                backends,
+                context,
+                Placement::Everywhere,
+            )),
+            Runner::V3 { shared, params } => PerThread::V3(PortPolicy::new(
+                shared.clone(),
+                params,
+                backends,
                 context,
                 Placement::Everywhere,
             )),
@@ -211,7 +259,14 @@ impl<K: Kind> Configured<K> {
             Runner::V2 { shared, params } => Single::V2(PortPolicy::new(
                 shared.clone(),
                 params,
-                Vec::new(),
+                &[],
+                CallContext::empty(),
+                Placement::Home(home),
+            )),
+            Runner::V3 { shared, params } => Single::V3(PortPolicy::new(
+                shared.clone(),
+                params,
+                &[],
                 CallContext::empty(),
                 Placement::Home(home),
             )),
@@ -225,6 +280,8 @@ pub(crate) enum PerThread<K: Kind> {
     V1(Arc<v1::Generation<K::V1>>),
     /// A resource in each worker's shared instance.
     V2(PortPolicy<K::V2>),
+    /// As 0.2.0.
+    V3(PortPolicy<K::V3>),
 }
 
 impl<K: Kind> PerThread<K> {
@@ -233,6 +290,7 @@ impl<K: Kind> PerThread<K> {
         match self {
             PerThread::V1(generation) => generation.faults(),
             PerThread::V2(policy) => policy.faults(),
+            PerThread::V3(policy) => policy.faults(),
         }
     }
 
@@ -241,6 +299,7 @@ impl<K: Kind> PerThread<K> {
         match self {
             PerThread::V1(generation) => generation.name(),
             PerThread::V2(policy) => policy.name(),
+            PerThread::V3(policy) => policy.name(),
         }
     }
 
@@ -249,6 +308,7 @@ impl<K: Kind> PerThread<K> {
         match self {
             PerThread::V1(generation) => generation.prepare(),
             PerThread::V2(policy) => policy.prepare(),
+            PerThread::V3(policy) => policy.prepare(),
         }
     }
 }
@@ -259,6 +319,8 @@ pub(crate) enum Single<K: Kind> {
     V1(v1::Exclusive<K::V1>),
     /// One resource in a shared instance.
     V2(PortPolicy<K::V2>),
+    /// As 0.2.0.
+    V3(PortPolicy<K::V3>),
 }
 
 impl<K: Kind> Single<K> {
@@ -267,6 +329,7 @@ impl<K: Kind> Single<K> {
         match self {
             Single::V1(exclusive) => exclusive.faults(),
             Single::V2(policy) => policy.faults(),
+            Single::V3(policy) => policy.faults(),
         }
     }
 
@@ -275,6 +338,7 @@ impl<K: Kind> Single<K> {
         match self {
             Single::V1(exclusive) => exclusive.name(),
             Single::V2(policy) => policy.name(),
+            Single::V3(policy) => policy.name(),
         }
     }
 
@@ -287,7 +351,8 @@ impl<K: Kind> Single<K> {
         let context = CallContext::new(figures);
         match self {
             Single::V1(exclusive) => exclusive.set_backends(to_v1::backends(backends), context),
-            Single::V2(policy) => policy.set_backends(to_v2::backends(backends), context),
+            Single::V2(policy) => policy.set_backends(backends, context),
+            Single::V3(policy) => policy.set_backends(backends, context),
         }
     }
 }

@@ -22,7 +22,7 @@ use wasmtime::{
     PoolingAllocationConfig,
 };
 
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 use super::host::HostState;
 use super::stores::Stores;
 use super::ticker::{CallActivity, EpochTicker};
@@ -47,10 +47,10 @@ fn cache_folder(cache: &PluginCache) -> Option<PathBuf> {
     }
 }
 
-/// Instance slots in the pool. Plugins built against 0.2.0 take one per worker thread per
-/// plugin (and one briefly to check a port's parameters); 0.1.0 plugins, one per worker thread
-/// per port. Beyond it instantiation fails, which the host treats as a fault and answers
-/// with its native policy.
+/// Instance slots in the pool. Plugins built against 0.2.0 or later take one per worker
+/// thread per plugin (and one briefly to check a port's parameters); 0.1.0 plugins, one per
+/// worker thread per port. Beyond it instantiation fails, which the host treats as a fault
+/// and answers with its native policy.
 const POOLED_INSTANCES: u32 = 1000;
 
 /// Interface prefixes a plugin may import.
@@ -117,10 +117,12 @@ impl Sandbox {
         SandboxWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         // Adds the shared `types` and `host` imports, which every plugin world of a version
-        // has, for both versions (below 1.0 each minor version is its own import name).
+        // has, for every version (below 1.0 each minor version is its own import name).
         v1::BalancerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         v2::BalancerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        v3::BalancerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         let activity = Arc::new(CallActivity::default());
         let ticker = EpochTicker::start(engine.clone(), activity.clone());
@@ -179,7 +181,7 @@ impl Sandbox {
         }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             invalid(format!(
-                "imports what gantry:plugins@0.1.0 and @0.2.0 do not provide: {e:#}"
+                "imports what gantry:plugins@0.1.0, @0.2.0 and @0.3.0 do not provide: {e:#}"
             ))
         })?;
         if let Ok(mut compiled) = self.compiled.lock() {

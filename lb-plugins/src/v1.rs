@@ -1,6 +1,6 @@
 //! Running plugins built against the frozen `gantry:plugins@0.1.0`, in which an instance holds
 //! one port's state: instances grow with ports × workers, as they always did for these
-//! plugins (0.2.0 plugins share one instance per worker; see [`crate::v2`]).
+//! plugins (0.2.0 plugins share one instance per worker; see [`crate::instances`]).
 //!
 //! A [`Recipe`] is a plugin with one port's parameters: everything an instance is made from
 //! but the backend set. A [`Generation`] is the recipe given one backend set. When the route

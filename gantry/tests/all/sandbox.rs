@@ -338,45 +338,120 @@ async fn a_faulting_affinity_plugin_leaves_requests_balanced_and_is_quarantined(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_built_against_the_frozen_0_1_0_contract_still_serves() {
+async fn plugins_built_against_the_earlier_contracts_still_serve() {
     let origins = [
         HttpOrigin::start("a", OriginProtocol::Http1).await,
         HttpOrigin::start("b", OriginProtocol::Http1).await,
         HttpOrigin::start("c", OriginProtocol::Http1).await,
     ];
     let backends: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
+    // 0.1.0: an instance per port; 0.2.0: a resource per port, and no pick plan.
+    for fixture in ["legacy-rotate", "legacy-v2-rotate"] {
+        let gantry = Scenario::new()
+            .plugin("legacy", &plugin(fixture))
+            .port(
+                "web",
+                Port::http("http")
+                    .backends(&backends)
+                    .set("balancer", "{ policy: legacy, params: { offset: 1 } }"),
+            )
+            .start()
+            .await;
+        let mut client = H1::connect(addr(&gantry, "web", "http"))
+            .await
+            .expect("connect");
+        let mut served = Vec::new();
+        for _ in 0..6 {
+            served.push(
+                client
+                    .get("/")
+                    .await
+                    .expect("answered")
+                    .header("x-origin")
+                    .to_owned(),
+            );
+        }
+        // The plugin's rotation, shifted by its offset: not the native round-robin's a, b, c.
+        assert_eq!(served, ["b", "c", "a", "b", "c", "a"], "{fixture}");
+        let text = gantry.metrics().render();
+        for kind in ["trap", "deadline", "invalid_answer", "instantiate"] {
+            let series = format!("gantry_plugin_faults_total{{kind=\"{kind}\",plugin=\"legacy\"}}");
+            assert_eq!(metric(&text, &series), 0.0, "{fixture}: {kind}");
+        }
+        gantry.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancers_plan_places_first_picks_and_its_pick_places_the_retries() {
+    // `misbehave` picks its first backend but plans a rotation over its last one alone, so
+    // where a request lands says which of the two placed it.
+    let (first, last) = (
+        HttpOrigin::start("first", OriginProtocol::Http1).await,
+        HttpOrigin::start("last", OriginProtocol::Http1).await,
+    );
+    let refusing = crate::support::Refusing::new();
     let gantry = Scenario::new()
-        .plugin("legacy", &plugin("legacy-rotate"))
+        .plugin("bad", &plugin("misbehave"))
         .port(
             "web",
-            Port::http("http")
-                .backends(&backends)
-                .set("balancer", "{ policy: legacy, params: { offset: 1 } }"),
+            Port::http("live")
+                .backends(&[first.addr, last.addr])
+                .set("balancer", "{ policy: bad, params: { plan: last } }"),
+        )
+        .port(
+            "web",
+            Port::http("dead")
+                .backends(&[first.addr, refusing.addr])
+                .set("balancer", "{ policy: bad, params: { plan: last } }"),
         )
         .start()
         .await;
-    let mut client = H1::connect(addr(&gantry, "web", "http"))
-        .await
-        .expect("connect");
-    let mut served = Vec::new();
-    for _ in 0..6 {
-        served.push(
-            client
-                .get("/")
-                .await
-                .expect("answered")
-                .header("x-origin")
-                .to_owned(),
-        );
+    for (port, expected) in [("live", "last"), ("dead", "first")] {
+        let mut client = H1::connect(addr(&gantry, "web", port))
+            .await
+            .expect("connect");
+        for _ in 0..10 {
+            let answer = client.get("/").await.expect("answered");
+            assert_eq!(answer.status, StatusCode::OK, "{port}");
+            // live: the plan placed every request; dead: the plan's backend refuses, and the
+            // plugin's own pick placed the next attempt.
+            assert_eq!(answer.header("x-origin"), expected, "{port}");
+        }
     }
-    // The plugin's rotation, shifted by its offset: not the native round-robin's a, b, c.
-    assert_eq!(served, ["b", "c", "a", "b", "c", "a"]);
-    let text = gantry.metrics().render();
-    for kind in ["trap", "deadline", "invalid_answer", "instantiate"] {
-        let series = format!("gantry_plugin_faults_total{{kind=\"{kind}\",plugin=\"legacy\"}}");
-        assert_eq!(metric(&text, &series), 0.0, "{kind}");
-    }
+    assert_eq!(faults(&gantry, "invalid_answer"), 0.0);
+    assert_eq!(faults(&gantry, "trap"), 0.0);
     gantry.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_that_names_no_backend_or_traps_is_one_fault_and_pick_serves() {
+    let (first, last) = (
+        HttpOrigin::start("first", OriginProtocol::Http1).await,
+        HttpOrigin::start("last", OriginProtocol::Http1).await,
+    );
+    for (plan, kind) in [("invalid", "invalid_answer"), ("trap", "trap")] {
+        let gantry = config(
+            &plugin("misbehave"),
+            &format!("{{ plan: {plan} }}"),
+            &[&first, &last],
+        )
+        .start()
+        .await;
+        let mut client = H1::connect(addr(&gantry, "web", "http"))
+            .await
+            .expect("connect");
+        for _ in 0..10 {
+            let answer = client.get("/").await.expect("answered");
+            assert_eq!(answer.status, StatusCode::OK, "{plan}");
+            // The plugin's pick, not the native fallback's rotation.
+            assert_eq!(answer.header("x-origin"), "first", "{plan}");
+        }
+        // Asked once for the set: one fault, far from quarantine.
+        assert_eq!(faults(&gantry, kind), 1.0, "{plan}");
+        assert_eq!(quarantined(&gantry), 0.0, "{plan}");
+        gantry.shutdown(Duration::from_secs(1)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

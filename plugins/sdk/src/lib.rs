@@ -27,7 +27,7 @@
 //! a health policy implements [`health::Health`] and is exported with [`export_health!`].
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file is the plugin.
-//! The contract is the WIT package `gantry:plugins@0.2.0` in `plugins-wit/0.2.0`, where each
+//! The contract is the WIT package `gantry:plugins@0.3.0` in `plugins-wit/0.3.0`, where each
 //! port's policy is a resource, so one plugin instance per worker thread serves every port;
 //! its documentation says what each call means and promises. A value of your type is made
 //! per port (and per backend set), so keep per-port state in it, never in statics.
@@ -47,7 +47,7 @@ pub mod balancer_bindings {
     #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
         world: "balancer",
-        path: "../../plugins-wit/0.2.0",
+        path: "../../plugins-wit/0.3.0",
         pub_export_macro: true,
         export_macro_name: "__export_balancer_world",
         default_bindings_module: "gantry_plugin_sdk::balancer_bindings",
@@ -61,10 +61,10 @@ pub mod affinity_bindings {
     #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
         world: "affinity",
-        path: "../../plugins-wit/0.2.0",
+        path: "../../plugins-wit/0.3.0",
         with: {
-            "gantry:plugins/types@0.2.0": crate::balancer_bindings::gantry::plugins::types,
-            "gantry:plugins/host@0.2.0": crate::balancer_bindings::gantry::plugins::host,
+            "gantry:plugins/types@0.3.0": crate::balancer_bindings::gantry::plugins::types,
+            "gantry:plugins/host@0.3.0": crate::balancer_bindings::gantry::plugins::host,
         },
         pub_export_macro: true,
         export_macro_name: "__export_affinity_world",
@@ -79,10 +79,10 @@ pub mod health_bindings {
     #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
         world: "health",
-        path: "../../plugins-wit/0.2.0",
+        path: "../../plugins-wit/0.3.0",
         with: {
-            "gantry:plugins/types@0.2.0": crate::balancer_bindings::gantry::plugins::types,
-            "gantry:plugins/host@0.2.0": crate::balancer_bindings::gantry::plugins::host,
+            "gantry:plugins/types@0.3.0": crate::balancer_bindings::gantry::plugins::types,
+            "gantry:plugins/host@0.3.0": crate::balancer_bindings::gantry::plugins::host,
         },
         pub_export_macro: true,
         export_macro_name: "__export_health_world",
@@ -118,11 +118,31 @@ pub trait Balancer: Sized + 'static {
     /// The id of the backend for this request, or `None` to let Gantry choose. `attempt`
     /// counts earlier answers for the same request that Gantry could not use.
     fn pick(&mut self, request: &Request, attempt: u32) -> Option<u32>;
+
+    /// How Gantry may place first picks itself, asked once after each `set_backends`: a
+    /// [`PickPlan`] that is this policy's whole answer for `attempt` 0 (a rotation over
+    /// `host::sequence`, a table indexed by the request's `hash_key`, or a random entry), so
+    /// no call into the plugin is made per request; `pick` is still called for later
+    /// attempts. The default, `None`, has `pick` called for every request: keep it for a
+    /// policy that reads figures, headers or state of its own.
+    fn plan(&self) -> Option<PickPlan> {
+        None
+    }
 }
 
 /// The generated export interface of the `balancer` world.
 #[doc(hidden)]
 pub use balancer_bindings::exports::gantry::plugins::balancers as __balancers;
+
+/// How Gantry may place a balancer's first picks without calling it (see
+/// [`Balancer::plan`]): `Rotation(ids)` takes `ids[host::sequence() mod len]`, `ByHash(ids)`
+/// takes `ids[request.hash_key mod len]`, `ByRandom(ids)` takes `ids[random mod len]`. Weights
+/// are repetitions of an id. At most 1,048,576 ids, each in the set; anything else is counted
+/// as a fault and `pick` is called instead.
+pub use balancer_bindings::exports::gantry::plugins::balancers::PickPlan;
+
+/// The most ids a [`PickPlan`] may hold.
+pub const MAX_PLAN_IDS: usize = 1 << 20;
 
 /// One port's policy value inside its resource. The host never calls a plugin instance
 /// re-entrantly, so the cell is never borrowed twice.
@@ -143,6 +163,10 @@ impl<B: Balancer> __balancers::GuestBalancer for PolicyCell<B> {
 
     fn pick(&self, request: Request, attempt: u32) -> Option<u32> {
         self.0.borrow_mut().pick(&request, attempt)
+    }
+
+    fn plan(&self) -> Option<PickPlan> {
+        self.0.borrow().plan()
     }
 }
 

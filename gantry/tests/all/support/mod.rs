@@ -23,7 +23,6 @@ use std::time::Duration;
 use gantry::Gantry;
 use lb_config::Model;
 
-/// Parses test YAML (absolute paths only).
 /// An address that refuses connections for as long as this value lives: a socket bound to it
 /// but not listening, so the kernel resets every connection. (A port merely freed could be
 /// taken meanwhile by another test's listener, which would then answer.)
@@ -46,6 +45,7 @@ impl Refusing {
     }
 }
 
+/// Parses test YAML (absolute paths only).
 pub fn model(yaml: &str) -> Model {
     lb_config::parse_str(yaml, Path::new("/"))
         .unwrap_or_else(|err| panic!("test config: {err}\n{yaml}"))

@@ -1,5 +1,5 @@
 //! Test fixture: a balancer written against `gantry:plugins@0.1.0` directly (the SDK now
-//! targets 0.2.0), as a plugin built before 0.2.0 was published would be. It rotates over the
+//! targets 0.3.0), as a plugin built before 0.2.0 was published would be. It rotates over the
 //! backends with weight above 0 by the host's shared `sequence`; its one parameter, `offset`,
 //! shifts the rotation, so a test can tell its picks from the native round-robin's.
 

@@ -9,9 +9,20 @@
 //! header lookups, figures), `giant_strings` (hands the host a 4 MiB log line and a 4 MiB
 //! header name on every pick, then answers the first backend). In every mode, `hoard_mib`
 //! makes the policy keep that many MiB from the moment it is given its backends (a large
-//! table).
+//! table), and `plan` says what it answers when asked for its pick plan: `none` (the default),
+//! `last` (a rotation over its last backend alone, unlike its picks, so a test can tell which
+//! one placed a request), `invalid` (a rotation naming a backend that does not exist) or
+//! `trap` (panics).
 
-use gantry_plugin_sdk::{export_balancer, host, Backend, Balancer, Params, Request};
+use gantry_plugin_sdk::{export_balancer, host, Backend, Balancer, Params, PickPlan, Request};
+
+/// What `plan` answers.
+enum Plan {
+    None,
+    Last,
+    Invalid,
+    Trap,
+}
 
 enum Mode {
     Good,
@@ -27,6 +38,8 @@ enum Mode {
 
 struct Misbehave {
     mode: Mode,
+    plan: Plan,
+    last: Option<u32>,
     hoard_mib: usize,
     first: Option<u32>,
     hoard: Vec<Vec<u8>>,
@@ -48,8 +61,17 @@ impl Balancer for Misbehave {
             "reject" => return Err("mode `reject` refuses every configuration".into()),
             other => return Err(format!("unknown mode `{other}`")),
         };
+        let plan = match params.get("plan").unwrap_or("none") {
+            "none" => Plan::None,
+            "last" => Plan::Last,
+            "invalid" => Plan::Invalid,
+            "trap" => Plan::Trap,
+            other => return Err(format!("unknown plan `{other}`")),
+        };
         Ok(Misbehave {
             mode,
+            plan,
+            last: None,
             hoard_mib: params.parse_or("hoard_mib", 0)?,
             first: None,
             hoard: Vec::new(),
@@ -62,6 +84,7 @@ impl Balancer for Misbehave {
             panic!("misbehave: trapping on a backend set as asked");
         }
         self.first = backends.first().map(|b| b.id);
+        self.last = backends.last().map(|b| b.id);
         if matches!(self.mode, Mode::GiantStrings) && self.giant.is_empty() {
             self.giant = "g".repeat(4 << 20);
         }
@@ -108,6 +131,15 @@ impl Balancer for Misbehave {
                 let _ = host::request_header(&self.giant);
                 self.first
             }
+        }
+    }
+
+    fn plan(&self) -> Option<PickPlan> {
+        match self.plan {
+            Plan::None => None,
+            Plan::Last => self.last.map(|id| PickPlan::Rotation(vec![id])),
+            Plan::Invalid => Some(PickPlan::Rotation(vec![9_999])),
+            Plan::Trap => panic!("misbehave: trapping in plan as asked"),
         }
     }
 }

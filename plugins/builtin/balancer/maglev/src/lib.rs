@@ -9,8 +9,12 @@
 //! Parameters: `table_size` (prime, default 65537; raised to the next prime ≥ 100·n when the
 //! backend set is larger).
 //! The key is the host's `hash-key`: the client IP, or the port's `hash_key` header/cookie.
+//! The table is also the balancer's plan, so Gantry places first picks from it without
+//! calling the plugin; later attempts (a key whose backend is down) are the plugin's.
 
-use gantry_plugin_sdk::{backend_key, export_balancer, Backend, Balancer, Params, Request};
+use gantry_plugin_sdk::{
+    backend_key, export_balancer, Backend, Balancer, Params, PickPlan, Request, MAX_PLAN_IDS,
+};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 const DEFAULT_TABLE_SIZE: u64 = 65_537;
@@ -59,6 +63,11 @@ impl Balancer for Maglev {
             xxh3_64_with_seed(&request.hash_key.to_le_bytes(), u64::from(attempt))
         };
         Some(self.table[(key % self.table.len() as u64) as usize])
+    }
+
+    fn plan(&self) -> Option<PickPlan> {
+        let fits = !self.table.is_empty() && self.table.len() <= MAX_PLAN_IDS;
+        fits.then(|| PickPlan::ByHash(self.table.clone()))
     }
 }
 

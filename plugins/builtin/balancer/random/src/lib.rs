@@ -1,11 +1,18 @@
 //! `builtin:random`: each pick draws a backend at random, in proportion to its weight. No
-//! state shared between picks, so no coordination between worker threads is needed.
+//! state shared between picks, so no coordination between worker threads is needed. Its plan
+//! lists each backend as many times as its share of the weights (divided by their greatest
+//! common divisor), so Gantry draws first picks itself without calling the plugin.
 
-use gantry_plugin_sdk::{export_balancer, host, weighted, Backend, Balancer, Params, Request};
+use gantry_plugin_sdk::{
+    export_balancer, host, weighted, Backend, Balancer, Params, PickPlan, Request, MAX_PLAN_IDS,
+};
 
 struct WeightedRandom {
     /// Backend ids with the running total of weights up to and including each.
     cumulative: Vec<(u64, u32)>,
+    /// Each backend id repeated in proportion to its weight; empty when that would not fit
+    /// in a plan.
+    draws: Vec<u32>,
 }
 
 impl Balancer for WeightedRandom {
@@ -13,6 +20,7 @@ impl Balancer for WeightedRandom {
         params.reject_unknown(&[])?;
         Ok(WeightedRandom {
             cumulative: Vec::new(),
+            draws: Vec::new(),
         })
     }
 
@@ -24,6 +32,14 @@ impl Balancer for WeightedRandom {
                 (total, id)
             })
             .collect();
+        let divisor = weighted(&backends).fold(0, |g, (_, w)| gcd(g, w)).max(1);
+        self.draws.clear();
+        if total / u64::from(divisor) <= MAX_PLAN_IDS as u64 {
+            for (id, weight) in weighted(&backends) {
+                let times = (weight / divisor) as usize;
+                self.draws.extend(std::iter::repeat_n(id, times));
+            }
+        }
     }
 
     fn pick(&mut self, _request: &Request, _attempt: u32) -> Option<u32> {
@@ -31,6 +47,18 @@ impl Balancer for WeightedRandom {
         let draw = host::random() % total;
         let slot = self.cumulative.partition_point(|(upto, _)| *upto <= draw);
         self.cumulative.get(slot).map(|(_, id)| *id)
+    }
+
+    fn plan(&self) -> Option<PickPlan> {
+        (!self.draws.is_empty()).then(|| PickPlan::ByRandom(self.draws.clone()))
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 

@@ -1,9 +1,12 @@
 //! `builtin:round-robin`: smooth weighted round-robin (nginx's algorithm). The whole cycle is
 //! computed when the backend set changes, so a pick is an index into it, chosen by the host's
 //! shared `sequence` so that the rotation runs across all worker threads, not per thread.
-//! Weights 5, 1, 1 give `a a b a c a a`: interleaved, never bunched.
+//! Weights 5, 1, 1 give `a a b a c a a`: interleaved, never bunched. The cycle is also the
+//! balancer's plan, so Gantry places first picks from it without calling the plugin.
 
-use gantry_plugin_sdk::{export_balancer, host, weighted, Backend, Balancer, Params, Request};
+use gantry_plugin_sdk::{
+    export_balancer, host, weighted, Backend, Balancer, Params, PickPlan, Request, MAX_PLAN_IDS,
+};
 
 struct RoundRobin {
     cycle: Vec<u32>,
@@ -44,6 +47,11 @@ impl Balancer for RoundRobin {
         }
         let turn = host::sequence() % self.cycle.len() as u64;
         Some(self.cycle[turn as usize])
+    }
+
+    fn plan(&self) -> Option<PickPlan> {
+        let fits = !self.cycle.is_empty() && self.cycle.len() <= MAX_PLAN_IDS;
+        fits.then(|| PickPlan::Rotation(self.cycle.clone()))
     }
 }
 

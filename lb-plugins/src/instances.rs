@@ -1,6 +1,7 @@
-//! Running plugins built against `gantry:plugins@0.2.0`: one instance per plugin per worker
-//! thread, and in it one resource per port policy, so the cost of plugins grows with the
-//! number of plugins and workers, not of ports.
+//! Running plugins built against `gantry:plugins@0.2.0` or `@0.3.0` (the same life; 0.3.0
+//! adds the balancer's plan): one instance per plugin per worker thread, and in it one
+//! resource per port policy, so the cost of plugins grows with the number of plugins and
+//! workers, not of ports.
 //!
 //! A [`Shared`] plugin has one *slot* per worker thread, each holding (behind its own lock,
 //! which only that worker takes on the request path) an instance and the resources made in
@@ -23,18 +24,30 @@ use arc_swap::ArcSwap;
 use wasmtime::component::{InstancePre, ResourceAny};
 use wasmtime::Store;
 
-use super::bindings::v2;
+use lb_config::Backend;
+
+use super::bindings::{v2, v3};
+use super::convert::{to_v2, to_v3};
 use super::faults::{classify, FaultKind, Faults};
 use super::host::{CallContext, HostState, CURRENT_HEADERS};
 use super::stores::{begin_call, Stores};
 use super::PluginError;
 
-/// What every 0.2.0 world exports besides its policy's own calls.
+/// What every world of 0.2.0 and later exports besides its policy's own calls.
 pub(crate) trait World: Sized + Send + 'static {
     /// The world's pre-instantiated form.
     type Pre: Clone + Send + Sync + 'static;
     /// What `configure` returns besides the policy.
     type Settings: Clone + Send + Sync + 'static;
+    /// The version's operator parameter.
+    type Parameter: Send + Sync + 'static;
+    /// The version's backend.
+    type Backend: Clone + Send + Sync + 'static;
+
+    /// The operator's parameters as this version passes them.
+    fn parameters(params: &[(String, String)]) -> Vec<Self::Parameter>;
+    /// A backend set as this version passes it.
+    fn backends(backends: &[Backend]) -> Vec<Self::Backend>;
 
     /// Checks that a compiled component exports this world.
     fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre>;
@@ -44,27 +57,43 @@ pub(crate) trait World: Sized + Send + 'static {
     fn configure(
         &self,
         store: &mut Store<HostState>,
-        params: &[v2::Parameter],
+        params: &[Self::Parameter],
     ) -> wasmtime::Result<Result<(ResourceAny, Self::Settings), String>>;
     /// Calls the policy's `set-backends`.
     fn set_backends(
         &self,
         store: &mut Store<HostState>,
         policy: ResourceAny,
-        backends: &[v2::Backend],
+        backends: &[Self::Backend],
     ) -> wasmtime::Result<()>;
 }
 
-/// The 0.2.0 worlds' generated bindings differ only in names: the exported interface, its
-/// resource, and what `configure` returns beside the resource. One definition serves them.
+/// The worlds' generated bindings differ only in names: the version, the exported interface,
+/// its resource, and what `configure` returns beside the resource. One definition serves them.
 macro_rules! world {
-    ($world:ty, $pre:ty, $settings:ty, $interface:ident, $resource:ident, $split:expr) => {
-        impl World for $world {
-            type Pre = $pre;
+    ($version:ident, $convert:ident, $world:ident, $pre:ident, $settings:ty, $interface:ident, $resource:ident, $split:expr) => {
+        impl World for $version::$world {
+            type Pre = $version::$pre<HostState>;
             type Settings = $settings;
+            type Parameter = $version::Parameter;
+            type Backend = $version::Backend;
+
+            fn parameters(params: &[(String, String)]) -> Vec<$version::Parameter> {
+                params
+                    .iter()
+                    .map(|(name, value)| $version::Parameter {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect()
+            }
+
+            fn backends(backends: &[Backend]) -> Vec<$version::Backend> {
+                $convert::backends(backends)
+            }
 
             fn prepare(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-                <$pre>::new(pre)
+                <$version::$pre<HostState>>::new(pre)
             }
 
             fn instantiate(
@@ -77,7 +106,7 @@ macro_rules! world {
             fn configure(
                 &self,
                 store: &mut Store<HostState>,
-                params: &[v2::Parameter],
+                params: &[$version::Parameter],
             ) -> wasmtime::Result<Result<(ResourceAny, $settings), String>> {
                 let answer = self.$interface().call_configure(store, params)?;
                 Ok(answer.map($split))
@@ -87,7 +116,7 @@ macro_rules! world {
                 &self,
                 store: &mut Store<HostState>,
                 policy: ResourceAny,
-                backends: &[v2::Backend],
+                backends: &[$version::Backend],
             ) -> wasmtime::Result<()> {
                 self.$interface()
                     .$resource()
@@ -98,25 +127,61 @@ macro_rules! world {
 }
 
 world!(
-    v2::BalancerWorld,
-    v2::BalancerPre<HostState>,
+    v2,
+    to_v2,
+    BalancerWorld,
+    BalancerPre,
     (),
     gantry_plugins_balancers,
     balancer,
     |policy| (policy, ())
 );
 world!(
-    v2::AffinityWorld,
-    v2::AffinityPre<HostState>,
+    v2,
+    to_v2,
+    AffinityWorld,
+    AffinityPre,
     v2::TableSettings,
     gantry_plugins_affinities,
     affinity,
     |answer| answer
 );
 world!(
-    v2::HealthWorld,
-    v2::HealthPre<HostState>,
+    v2,
+    to_v2,
+    HealthWorld,
+    HealthPre,
     v2::HealthSettings,
+    gantry_plugins_health_checks,
+    checker,
+    |answer| answer
+);
+world!(
+    v3,
+    to_v3,
+    BalancerWorld,
+    BalancerPre,
+    (),
+    gantry_plugins_balancers,
+    balancer,
+    |policy| (policy, ())
+);
+world!(
+    v3,
+    to_v3,
+    AffinityWorld,
+    AffinityPre,
+    v3::TableSettings,
+    gantry_plugins_affinities,
+    affinity,
+    |answer| answer
+);
+world!(
+    v3,
+    to_v3,
+    HealthWorld,
+    HealthPre,
+    v3::HealthSettings,
     gantry_plugins_health_checks,
     checker,
     |answer| answer
@@ -143,7 +208,7 @@ impl<W> Slot<W> {
     }
 }
 
-/// A 0.2.0 plugin loaded for one world: its slots and its fault record.
+/// A 0.2.0 or 0.3.0 plugin loaded for one world: its slots and its fault record.
 pub(crate) struct Shared<W: World> {
     name: Arc<str>,
     pre: W::Pre,
@@ -235,7 +300,7 @@ impl<W: World> Shared<W> {
         let Instance { store, bindings } = &mut scratch;
         let _call = begin_call(store, self.stores.deadlines().setup());
         let (policy, settings) = bindings
-            .configure(store, &parameters(params))
+            .configure(store, &W::parameters(params))
             .map_err(invalid)?
             .map_err(|message| PluginError::Rejected {
                 plugin: self.name.to_string(),
@@ -259,8 +324,8 @@ pub(crate) enum Placement {
 
 /// What a policy's resources are made from besides its parameters: its backends and what
 /// the host functions answer for while it runs.
-struct Inputs {
-    backends: Vec<v2::Backend>,
+struct Inputs<B> {
+    backends: Vec<B>,
     context: Arc<CallContext>,
 }
 
@@ -273,8 +338,8 @@ struct Inputs {
 pub(crate) struct PortPolicy<W: World> {
     id: u64,
     shared: Arc<Shared<W>>,
-    params: Vec<v2::Parameter>,
-    inputs: ArcSwap<Inputs>,
+    params: Vec<W::Parameter>,
+    inputs: ArcSwap<Inputs<W::Backend>>,
     placement: Placement,
     /// Instances of its own, once isolated.
     own: OnceLock<Box<[Mutex<Slot<W>>]>>,
@@ -285,14 +350,17 @@ impl<W: World> PortPolicy<W> {
     pub(crate) fn new(
         shared: Arc<Shared<W>>,
         params: &[(String, String)],
-        backends: Vec<v2::Backend>,
+        backends: &[Backend],
         context: Arc<CallContext>,
         placement: Placement,
     ) -> Self {
         PortPolicy {
             id: NEXT_POLICY.fetch_add(1, Ordering::Relaxed),
-            params: parameters(params),
-            inputs: ArcSwap::from_pointee(Inputs { backends, context }),
+            params: W::parameters(params),
+            inputs: ArcSwap::from_pointee(Inputs {
+                backends: W::backends(backends),
+                context,
+            }),
             placement: match placement {
                 Placement::Home(slot) => Placement::Home(slot % shared.slots.len()),
                 Placement::Everywhere => Placement::Everywhere,
@@ -429,6 +497,30 @@ impl<W: World> PortPolicy<W> {
         headers: Option<&http::HeaderMap>,
         call: impl FnOnce(&W, &mut Store<HostState>, ResourceAny) -> wasmtime::Result<R>,
     ) -> Result<R, FaultKind> {
+        self.run(headers, self.shared.stores.deadlines().call(), call)
+    }
+
+    /// Runs `call` as [`Self::call`] does, under the setup deadline: for a call made once per
+    /// backend set (a balancer's `plan`), not per request.
+    pub(crate) fn call_once_per_set<R>(
+        &self,
+        call: impl FnOnce(&W, &mut Store<HostState>, ResourceAny) -> wasmtime::Result<R>,
+    ) -> Result<R, FaultKind> {
+        self.run(None, self.shared.stores.deadlines().setup(), call)
+    }
+
+    /// The next value of the policy's shared counter: what `host.sequence` answers, for a
+    /// pick the host places itself.
+    pub(crate) fn next_in_sequence(&self) -> u64 {
+        self.inputs.load().context.next_in_sequence()
+    }
+
+    fn run<R>(
+        &self,
+        headers: Option<&http::HeaderMap>,
+        budget: std::time::Duration,
+        call: impl FnOnce(&W, &mut Store<HostState>, ResourceAny) -> wasmtime::Result<R>,
+    ) -> Result<R, FaultKind> {
         let slots = self.all_slots();
         let index = match self.placement {
             Placement::Everywhere => thread_slot() % slots.len(),
@@ -440,7 +532,7 @@ impl<W: World> PortPolicy<W> {
             return Err(FaultKind::Instantiate);
         };
         store.data_mut().set_context(&self.inputs.load().context);
-        let _call = begin_call(store, self.shared.stores.deadlines().call());
+        let _call = begin_call(store, budget);
         let result = match headers {
             Some(headers) => CURRENT_HEADERS.set(headers, || call(bindings, store, resource)),
             None => call(bindings, store, resource),
@@ -455,11 +547,14 @@ impl<W: World> PortPolicy<W> {
     /// survives the change.
     pub(crate) fn set_backends(
         &self,
-        backends: Vec<v2::Backend>,
+        backends: &[Backend],
         context: Arc<CallContext>,
     ) -> Result<(), FaultKind> {
-        let set = backends.clone();
-        self.inputs.store(Arc::new(Inputs { backends, context }));
+        let set = W::backends(backends);
+        self.inputs.store(Arc::new(Inputs {
+            backends: set.clone(),
+            context,
+        }));
         for index in self.slots() {
             let mut slot = lock(&self.all_slots()[index]);
             let Some(resource) = slot.policies.get(&self.id).copied() else {
@@ -503,15 +598,4 @@ impl<W: World> Drop for PortPolicy<W> {
             }
         }
     }
-}
-
-/// The operator's parameters as the contract passes them.
-fn parameters(params: &[(String, String)]) -> Vec<v2::Parameter> {
-    params
-        .iter()
-        .map(|(name, value)| v2::Parameter {
-            name: name.clone(),
-            value: value.clone(),
-        })
-        .collect()
 }
