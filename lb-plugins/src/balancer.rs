@@ -120,7 +120,9 @@ impl WasmBalancer {
             }
         };
         let plan = PickPlan::checked(rule, ids, self.count);
-        if plan.is_none() {
+        if let Some(plan) = &plan {
+            tracing::debug!(plugin = %self.plugin.name(), ?rule, ids = plan.len(), "first picks are placed from the plugin's plan");
+        } else {
             tracing::warn!(plugin = %self.plugin.name(), "plugin answered a pick plan it cannot use (empty, too long, or naming a backend outside the set); it is asked every pick instead");
             faults.record(FaultKind::InvalidAnswer);
         }

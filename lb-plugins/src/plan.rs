@@ -43,6 +43,11 @@ impl PickPlan {
         })
     }
 
+    /// How many ids it lists.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
     /// The backend index for a first pick with `hash_key`; `sequence` is asked only by a
     /// rotation, so the shared counter moves only when it is used.
     pub(crate) fn pick(&self, hash_key: u64, sequence: impl FnOnce() -> u64) -> usize {
