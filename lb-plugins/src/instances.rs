@@ -126,66 +126,44 @@ macro_rules! world {
     };
 }
 
-world!(
-    v2,
-    to_v2,
-    BalancerWorld,
-    BalancerPre,
-    (),
-    gantry_plugins_balancers,
-    balancer,
-    |policy| (policy, ())
-);
-world!(
-    v2,
-    to_v2,
-    AffinityWorld,
-    AffinityPre,
-    v2::TableSettings,
-    gantry_plugins_affinities,
-    affinity,
-    |answer| answer
-);
-world!(
-    v2,
-    to_v2,
-    HealthWorld,
-    HealthPre,
-    v2::HealthSettings,
-    gantry_plugins_health_checks,
-    checker,
-    |answer| answer
-);
-world!(
-    v3,
-    to_v3,
-    BalancerWorld,
-    BalancerPre,
-    (),
-    gantry_plugins_balancers,
-    balancer,
-    |policy| (policy, ())
-);
-world!(
-    v3,
-    to_v3,
-    AffinityWorld,
-    AffinityPre,
-    v3::TableSettings,
-    gantry_plugins_affinities,
-    affinity,
-    |answer| answer
-);
-world!(
-    v3,
-    to_v3,
-    HealthWorld,
-    HealthPre,
-    v3::HealthSettings,
-    gantry_plugins_health_checks,
-    checker,
-    |answer| answer
-);
+/// The three worlds of one resource-based version.
+macro_rules! worlds {
+    ($version:ident, $convert:ident) => {
+        world!(
+            $version,
+            $convert,
+            BalancerWorld,
+            BalancerPre,
+            (),
+            gantry_plugins_balancers,
+            balancer,
+            |policy| (policy, ())
+        );
+        world!(
+            $version,
+            $convert,
+            AffinityWorld,
+            AffinityPre,
+            $version::TableSettings,
+            gantry_plugins_affinities,
+            affinity,
+            |answer| answer
+        );
+        world!(
+            $version,
+            $convert,
+            HealthWorld,
+            HealthPre,
+            $version::HealthSettings,
+            gantry_plugins_health_checks,
+            checker,
+            |answer| answer
+        );
+    };
+}
+
+worlds!(v2, to_v2);
+worlds!(v3, to_v3);
 
 /// One instance: its store and its bindings.
 struct Instance<W> {
