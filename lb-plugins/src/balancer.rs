@@ -110,7 +110,10 @@ impl WasmBalancer {
                 .call_plan(store, balancer)
         });
         let (rule, ids) = match answer {
-            Ok(None) => return None,
+            Ok(None) => {
+                faults.success();
+                return None;
+            }
             Ok(Some(v3::PickPlan::Rotation(ids))) => (Rule::Rotation, ids),
             Ok(Some(v3::PickPlan::ByHash(ids))) => (Rule::ByHash, ids),
             Ok(Some(v3::PickPlan::ByRandom(ids))) => (Rule::ByRandom, ids),
@@ -121,6 +124,7 @@ impl WasmBalancer {
         };
         let plan = PickPlan::checked(rule, ids, self.count);
         if let Some(plan) = &plan {
+            faults.success();
             tracing::debug!(plugin = %self.plugin.name(), ?rule, ids = plan.len(), "first picks are placed from the plugin's plan");
         } else {
             tracing::warn!(plugin = %self.plugin.name(), "plugin answered a pick plan it cannot use (empty, too long, or naming a backend outside the set); it is asked every pick instead");
