@@ -122,7 +122,7 @@ impl WasmBalancer {
                 return None;
             }
         };
-        let plan = PickPlan::checked(rule, ids, self.count);
+        let plan = PickPlan::checked(rule, ids, self.count, policy.context());
         if let Some(plan) = &plan {
             faults.success();
             tracing::debug!(plugin = %self.plugin.name(), ?rule, ids = plan.len(), "first picks are placed from the plugin's plan");
@@ -151,8 +151,8 @@ impl Balancer for WasmBalancer {
             return self.fallback.pick(cx, attempt);
         }
         if attempt == 0 {
-            if let (Some(plan), PerThread::V3(policy)) = (self.plan(), &self.plugin) {
-                return Some(plan.pick(cx.hash_key, || policy.next_in_sequence()));
+            if let Some(plan) = self.plan() {
+                return Some(plan.pick(cx.hash_key));
             }
         }
         match self.call_pick(cx, attempt) {

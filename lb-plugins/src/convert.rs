@@ -1,5 +1,6 @@
-//! Host values as each contract version's WIT values: backends, addresses and the request
-//! summary. The versions' types have the same shape; one definition serves them all.
+//! Host values as each contract version's WIT values: operator parameters, backends,
+//! addresses and the request summary. The versions' types have the same shape; one
+//! definition serves them all.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -13,6 +14,17 @@ macro_rules! conversions {
         /// Conversions into this contract version's values.
         pub(crate) mod $module {
             use super::*;
+
+            /// The operator's parameters of a port's policy.
+            pub(crate) fn parameters(params: &[(String, String)]) -> Vec<$version::Parameter> {
+                params
+                    .iter()
+                    .map(|(name, value)| $version::Parameter {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect()
+            }
 
             /// A backend set, ids in order.
             pub(crate) fn backends(backends: &[Backend]) -> Vec<$version::Backend> {

@@ -79,13 +79,7 @@ macro_rules! world {
             type Backend = $version::Backend;
 
             fn parameters(params: &[(String, String)]) -> Vec<$version::Parameter> {
-                params
-                    .iter()
-                    .map(|(name, value)| $version::Parameter {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
-                    .collect()
+                $convert::parameters(params)
             }
 
             fn backends(backends: &[Backend]) -> Vec<$version::Backend> {
@@ -487,10 +481,10 @@ impl<W: World> PortPolicy<W> {
         self.run(None, self.shared.stores.deadlines().setup(), call)
     }
 
-    /// The next value of the policy's shared counter: what `host.sequence` answers, for a
-    /// pick the host places itself.
-    pub(crate) fn next_in_sequence(&self) -> u64 {
-        self.inputs.load().context.next_in_sequence()
+    /// What the host functions answer for while this policy runs (its backends' figures,
+    /// its shared sequence), for what the host does on its behalf: a pick plan's rotation.
+    pub(crate) fn context(&self) -> Arc<CallContext> {
+        self.inputs.load().context.clone()
     }
 
     fn run<R>(

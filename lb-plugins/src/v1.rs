@@ -20,6 +20,7 @@ use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
 use super::bindings::v1;
+use super::convert::to_v1;
 use super::faults::{classify, FaultKind, Faults};
 use super::host::{CallContext, HostState, CURRENT_HEADERS};
 use super::stores::{begin_call, Stores};
@@ -127,13 +128,7 @@ impl<W: World> Recipe<W> {
             name,
             faults,
             pre,
-            params: params
-                .iter()
-                .map(|(name, value)| v1::Parameter {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            params: to_v1::parameters(params),
             stores,
             workers: workers.max(1),
         };
