@@ -208,6 +208,20 @@ pub fn weighted(backends: &[Backend]) -> impl Iterator<Item = (u32, u32)> + '_ {
         .map(|b| (b.id, b.weight))
 }
 
+/// The greatest common divisor of the weights of the backends that take work (1 when none
+/// do): dividing every weight by it keeps their proportions with the fewest repetitions, for
+/// a rotation cycle or a random-draw table.
+pub fn weight_divisor(backends: &[Backend]) -> u32 {
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    weighted(backends).fold(0, |g, (_, w)| gcd(g, w)).max(1)
+}
+
 /// `ip:port` of a backend: the identity consistent-hashing plugins hash, so that every replica
 /// and every reload places a backend at the same points whatever its id.
 pub fn backend_key(backend: &Backend) -> String {

@@ -4,7 +4,8 @@
 //! common divisor), so Gantry draws first picks itself without calling the plugin.
 
 use gantry_plugin_sdk::{
-    export_balancer, host, weighted, Backend, Balancer, Params, PickPlan, Request, MAX_PLAN_IDS,
+    export_balancer, host, weight_divisor, weighted, Backend, Balancer, Params, PickPlan, Request,
+    MAX_PLAN_IDS,
 };
 
 struct WeightedRandom {
@@ -32,7 +33,7 @@ impl Balancer for WeightedRandom {
                 (total, id)
             })
             .collect();
-        let divisor = weighted(&backends).fold(0, |g, (_, w)| gcd(g, w)).max(1);
+        let divisor = weight_divisor(&backends);
         self.draws.clear();
         if total / u64::from(divisor) <= MAX_PLAN_IDS as u64 {
             for (id, weight) in weighted(&backends) {
@@ -51,14 +52,6 @@ impl Balancer for WeightedRandom {
 
     fn plan(&self) -> Option<PickPlan> {
         (!self.draws.is_empty()).then(|| PickPlan::ByRandom(self.draws.clone()))
-    }
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
     }
 }
 

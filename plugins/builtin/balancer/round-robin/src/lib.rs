@@ -5,7 +5,8 @@
 //! balancer's plan, so Gantry places first picks from it without calling the plugin.
 
 use gantry_plugin_sdk::{
-    export_balancer, host, weighted, Backend, Balancer, Params, PickPlan, Request, MAX_PLAN_IDS,
+    export_balancer, host, weight_divisor, weighted, Backend, Balancer, Params, PickPlan, Request,
+    MAX_PLAN_IDS,
 };
 
 struct RoundRobin {
@@ -20,7 +21,7 @@ impl Balancer for RoundRobin {
 
     fn set_backends(&mut self, backends: Vec<Backend>) {
         let members: Vec<(u32, u32)> = weighted(&backends).collect();
-        let divisor = members.iter().fold(0, |g, (_, w)| gcd(g, *w)).max(1);
+        let divisor = weight_divisor(&backends);
         let weights: Vec<i64> = members
             .iter()
             .map(|(_, w)| i64::from(w / divisor))
@@ -52,14 +53,6 @@ impl Balancer for RoundRobin {
     fn plan(&self) -> Option<PickPlan> {
         let fits = !self.cycle.is_empty() && self.cycle.len() <= MAX_PLAN_IDS;
         fits.then(|| PickPlan::Rotation(self.cycle.clone()))
-    }
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
     }
 }
 
