@@ -168,16 +168,27 @@ impl Sandbox {
         };
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| invalid(format!("not a WebAssembly component: {e:#}")))?;
-        let component_type = component.component_type();
-        for (import, _) in component_type.imports(&self.engine) {
-            if !ALLOWED_IMPORTS
-                .iter()
-                .any(|prefix| import.starts_with(prefix))
-            {
-                return Err(invalid(format!(
-                    "imports `{import}`, which plugins cannot have (they may import only gantry:plugins, wasi:io, wasi:cli and wasi:random)"
-                )));
-            }
+        // Every refused import is named at once: a component from another language's tool
+        // chain often brings several (clocks, files, sockets), and fixing one at a time
+        // would take as many builds.
+        let refused: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(import, _)| import)
+            .filter(|import| {
+                !ALLOWED_IMPORTS
+                    .iter()
+                    .any(|prefix| import.starts_with(prefix))
+            })
+            .map(|import| format!("`{import}`"))
+            .collect();
+        if !refused.is_empty() {
+            return Err(invalid(format!(
+                "imports {}, which plugins cannot have (they may import only gantry:plugins, \
+                 wasi:io, wasi:cli and wasi:random; a Python plugin is built with \
+                 `componentize-py ... componentize --stub-wasi`)",
+                refused.join(", ")
+            )));
         }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             invalid(format!(
