@@ -65,6 +65,10 @@ include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 /// `CRATE_NAME.wasm`: for tests and benchmarks that load one as a user's file.
 pub const BUILT_PLUGIN_DIR: &str = env!("GANTRY_PLUGIN_DIR");
 
+/// Where `plugins/python/build.sh` puts the Python plugins (`NAME.wasm`), for tests: the
+/// outer build's `target/plugins-python`, as `.ci/setup` builds them.
+pub const PYTHON_PLUGIN_DIR: &str = env!("GANTRY_PYTHON_PLUGIN_DIR");
+
 /// The names of the embedded built-ins of one kind (`balancer`, `affinity`).
 pub fn builtin_names(kind: &str) -> impl Iterator<Item = &'static str> + '_ {
     BUILTINS

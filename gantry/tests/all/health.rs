@@ -1,10 +1,12 @@
 //! Health policies through real sockets: active HTTP checks take a backend out and bring it
 //! back, TCP checks find a dead backend, passive outlier ejection takes out a failing backend
-//! but never more than its share, and the state shows in metrics and `/config`.
+//! but never more than its share, the state shows in metrics and `/config`, and a health
+//! policy written in Python judges the probes itself.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
+use crate::sandbox::python_plugin;
 use crate::support::client::{get, tcp_exchange};
 use crate::support::origin::{HttpOrigin, OriginProtocol, TcpOrigin};
 use crate::support::scenario::{Port, Scenario};
@@ -251,5 +253,67 @@ async fn a_backend_whose_health_is_told_on_another_port_is_probed_there() {
         healthy(&gantry, "web", served.addr) == 1.0
     })
     .await;
+    gantry.shutdown(std::time::Duration::from_secs(1)).await;
+}
+
+/// A health policy written in Python (plugins/python/examples/http_verdict) decides what
+/// Gantry's HTTP probes mean: a 503 ejects the backend at once, another bad status takes it
+/// out after `fall` probes, a good one brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_health_policy_decides_what_probe_answers_mean() {
+    let a = HttpOrigin::start("a", OriginProtocol::Http1).await;
+    let b = HttpOrigin::start("b", OriginProtocol::Http1).await;
+    let gantry = Scenario::new()
+        .plugin("verdict", &python_plugin("http_verdict"))
+        .port(
+            "s",
+            Port::http("web").backends(&[a.addr, b.addr]).set(
+                "health",
+                "[{ policy: verdict, params: { path: /healthz, interval_ms: 100, \
+                 timeout_ms: 100, fall: 2, rise: 1, eject_seconds: 1 } }]",
+            ),
+        )
+        .start()
+        .await;
+    let web = addr(&gantry, "s", "web");
+    let ejections = |gantry: &gantry::Gantry| {
+        metric(
+            &gantry.metrics().render(),
+            &format!(
+                "gantry_backend_ejections_total{{backend=\"{}\",port=\"web\",service=\"s\"}}",
+                a.addr
+            ),
+        )
+    };
+    assert_eq!(ejections(&gantry), 0.0);
+
+    a.set_health(503);
+    eventually("the 503 to eject a", || async {
+        ejections(&gantry) >= 1.0 && healthy(&gantry, "web", a.addr) == 0.0
+    })
+    .await;
+    let served_before = a.requests();
+    for _ in 0..10 {
+        assert_eq!(get(web, "/").await.header("x-origin"), "b");
+    }
+    assert_eq!(
+        a.requests(),
+        served_before,
+        "an ejected backend gets no traffic"
+    );
+
+    a.set_health(200);
+    eventually("a to come back", || async {
+        healthy(&gantry, "web", a.addr) == 1.0
+    })
+    .await;
+    // Another bad status is judged by `fall`: unhealthy, not ejected.
+    let ejected = ejections(&gantry);
+    a.set_health(500);
+    eventually("a 500 to take a out", || async {
+        healthy(&gantry, "web", a.addr) == 0.0
+    })
+    .await;
+    assert_eq!(ejections(&gantry), ejected, "a 500 is no ejection");
     gantry.shutdown(std::time::Duration::from_secs(1)).await;
 }

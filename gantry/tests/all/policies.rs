@@ -1,9 +1,10 @@
-//! The built-in policies and the example plugin through real sockets: weighted splits,
-//! least-request, consistent hashing by header, the canary example, and a plugin replaced
-//! live under load.
+//! The built-in policies and the example plugins through real sockets: weighted splits,
+//! least-request, consistent hashing by header, the canary example (in Rust and in Python),
+//! and a plugin replaced live under load.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use lb_config::{Change, PortAspect, PortAspects};
 
-use crate::sandbox::plugin;
+use crate::sandbox::{plugin, python_plugin};
 use crate::support::client::{get, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
@@ -186,6 +187,19 @@ async fn hash_policies_keep_each_key_on_its_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_canary_example_plugin_routes_by_header() {
+    canary_routes_by_header(&plugin("canary")).await;
+}
+
+/// The same policy written in Python (plugins/python/examples/canary), built with
+/// componentize-py: the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_canary_example_routes_by_header() {
+    canary_routes_by_header(&python_plugin("canary")).await;
+}
+
+/// Canary requests (header `x-canary: always`) reach only the canary backend; the others
+/// rotate over the rest.
+async fn canary_routes_by_header(file: &Path) {
     let (a, b, canary) = (
         HttpOrigin::start("a", OriginProtocol::Http1).await,
         HttpOrigin::start("b", OriginProtocol::Http1).await,
@@ -198,7 +212,7 @@ async fn the_canary_example_plugin_routes_by_header() {
             canary.addr.port()
         ),
     )
-    .plugin("canary", &plugin("canary"))
+    .plugin("canary", file)
     .start()
     .await;
     let proxy = addr(&gantry, "web", "http");

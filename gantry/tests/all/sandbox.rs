@@ -21,6 +21,18 @@ pub fn plugin(name: &str) -> PathBuf {
     Path::new(lb_plugins::BUILT_PLUGIN_DIR).join(format!("{}.wasm", name.replace('-', "_")))
 }
 
+/// A Python plugin built from `plugins/python/` (examples and testing), by folder name.
+pub fn python_plugin(name: &str) -> PathBuf {
+    let file = Path::new(lb_plugins::PYTHON_PLUGIN_DIR).join(format!("{name}.wasm"));
+    assert!(
+        file.exists(),
+        "{} is missing: the Python plugins are built by `bash .ci/setup` \
+         (plugins/python/build.sh)",
+        file.display()
+    );
+    file
+}
+
 /// Port `web/http` balanced by plugin `bad` (from `plugin_file`) with these parameters.
 fn config(plugin_file: &Path, params: &str, backends: &[&HttpOrigin]) -> Scenario {
     let backends: Vec<SocketAddr> = backends.iter().map(|o| o.addr).collect();
@@ -71,30 +83,39 @@ async fn every_kind_of_plugin_fault_is_answered_by_the_fallback_and_quarantined(
         HttpOrigin::start("a", OriginProtocol::Http1).await,
         HttpOrigin::start("b", OriginProtocol::Http1).await,
     );
-    for (mode, kind) in [
-        ("trap", "trap"),
-        ("loop", "deadline"),
-        ("grow", "trap"),
-        ("invalid", "invalid_answer"),
+    let rust = plugin("misbehave");
+    let python = python_plugin("misbehave");
+    for (file, mode, kind) in [
+        (&rust, "trap", "trap"),
+        (&rust, "loop", "deadline"),
+        (&rust, "grow", "trap"),
+        (&rust, "invalid", "invalid_answer"),
         // Host calls in a loop: each returns at once, the call's deadline still ends it.
-        ("host_flood", "deadline"),
+        (&rust, "host_flood", "deadline"),
+        // The same guarantees for a plugin written in Python: an exception out of `pick`
+        // ends the call as a trap; a `while True` loop is interrupted at its deadline.
+        (&python, "trap", "trap"),
+        (&python, "loop", "deadline"),
     ] {
-        let gantry = start_with_mode(mode, &[&a, &b]).await;
+        let gantry = config(file, &format!("{{ mode: {mode} }}"), &[&a, &b])
+            .start()
+            .await;
+        let case = format!("{} in mode {mode}", file.display());
         let mut client = H1::connect(addr(&gantry, "web", "http"))
             .await
             .expect("connect");
         let mut served = Vec::new();
         for _ in 0..12 {
             let answer = client.get("/").await.expect("answered");
-            assert_eq!(answer.status, StatusCode::OK, "mode {mode}");
+            assert_eq!(answer.status, StatusCode::OK, "{case}");
             served.push(answer.header("x-origin").to_owned());
         }
         assert!(
             faults(&gantry, kind) >= 5.0,
-            "mode {mode}: {} {kind} faults",
+            "{case}: {} {kind} faults",
             faults(&gantry, kind)
         );
-        assert_eq!(quarantined(&gantry), 1.0, "mode {mode}");
+        assert_eq!(quarantined(&gantry), 1.0, "{case}");
         // The native round-robin answered: both backends served.
         assert!(
             served.contains(&"a".to_owned()) && served.contains(&"b".to_owned()),
@@ -224,6 +245,11 @@ async fn unusable_plugins_are_refused_at_load_with_the_reason() {
         "{refused}"
     );
     assert!(refused.contains("which plugins cannot have"), "{refused}");
+    // Every refused import is named, not only the first.
+    assert!(
+        refused.contains("`wasi:filesystem/preopens@") && refused.contains("`wasi:clocks/"),
+        "{refused}"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let garbage = dir.path().join("garbage.wasm");
