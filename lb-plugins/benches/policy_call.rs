@@ -9,6 +9,13 @@
 //! first pick (placed by the host from the plugin's plan when it states one, 0.3.0) and a
 //! retry (`attempt` 1, always a call into the plugin), with the ratio of each p50 to the
 //! native one. The contract's target is p50 ≤ 1 µs per call.
+//!
+//! Then one policy written in each language, the canary balancer (which reads a header, so
+//! every pick is a call): in Rust (`plugins/examples/canary`) and in Python
+//! (`plugins/python/examples/canary`, built by `bash .ci/setup`). For each, the load (compile,
+//! instantiate, `configure`, `set-backends`) timed once, and the process's resident memory
+//! grown by it (the compiled code and one instance: the bench runs one worker), then the call
+//! cost as above.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -16,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lb_config::{Backend, BalancerPolicy, HashKey, PolicySource, Protocol};
-use lb_plugins::{builtin_names, NoTelemetry, PluginHost};
+use lb_plugins::{builtin_names, NoTelemetry, PluginHost, BUILT_PLUGIN_DIR, PYTHON_PLUGIN_DIR};
 use lb_policy::{BackendFigures, Balancer, BalancerFactory, Figures, PickContext, RoundRobin};
 
 /// Calls measured per policy, after as many warm-up calls.
@@ -107,6 +114,84 @@ fn main() {
             );
         }
     }
+
+    println!();
+    println!("one policy per language: the canary balancer (a call per pick)");
+    println!(
+        "{:<26} {:>8} {:>8} {:>8}   load ms, resident MiB",
+        "", "p50", "p90", "p99"
+    );
+    for (label, folder) in [
+        ("rust: canary", BUILT_PLUGIN_DIR),
+        ("python: canary", PYTHON_PLUGIN_DIR),
+    ] {
+        let file = std::path::Path::new(folder).join("canary.wasm");
+        if !file.exists() {
+            fail(&format!(
+                "{} is missing (the Python plugins are built by `bash .ci/setup`)",
+                file.display()
+            ));
+        }
+        let policy = file_policy(&file);
+        let resident_before = resident_bytes();
+        let started = Instant::now();
+        let factory = host
+            .factory(&policy, Protocol::Http)
+            .unwrap_or_else(|e| fail(&format!("{label}: {e}")));
+        let balancer = factory.build(&backends, Arc::new(Busy));
+        balancer.activate();
+        let load = started.elapsed();
+        let grown = resident_bytes().saturating_sub(resident_before);
+        report(
+            label,
+            balancer.as_ref(),
+            0,
+            calls,
+            timer,
+            Some(native_p50),
+            &headers,
+        );
+        println!(
+            "{:<26} {:>8} {:>8} {:>8}   {:.0} ms, {:.1} MiB",
+            "  load",
+            "",
+            "",
+            "",
+            load.as_secs_f64() * 1e3,
+            grown as f64 / (1024.0 * 1024.0)
+        );
+    }
+}
+
+/// The canary plugin in `file` as a port's balancer (canary port 8081: none of the bench's
+/// backends, so every pick rotates over all of them after reading the header), loaded as a
+/// configuration file names it.
+fn file_policy(file: &std::path::Path) -> BalancerPolicy {
+    let text = format!(
+        "plugins: {{ canary: {{ file: \"{}\" }} }}\n\
+         services: [{{ name: web, address: 127.0.0.1, ports: [{{ port: 8080, protocol: http, \
+         backends: [\"127.0.0.1:1\"], \
+         balancer: {{ policy: canary, params: {{ canary_port: 8081 }} }} }}] }}]\n",
+        file.display()
+    );
+    let model = lb_config::parse_str(&text, std::path::Path::new("/"))
+        .unwrap_or_else(|problems| fail(&format!("{}: {problems:?}", file.display())));
+    model
+        .services
+        .values()
+        .flat_map(|service| service.ports.values())
+        .map(|port| port.balancer.clone())
+        .next()
+        .unwrap_or_else(|| fail("the configuration has no port"))
+}
+
+/// The process's resident memory, bytes (0 where /proc is not there; pages of 4 KiB, as on
+/// the x86-64 and arm64 Linux machines the bench runs on).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
 }
 
 /// The median cost of reading the clock twice, which every sample includes.
