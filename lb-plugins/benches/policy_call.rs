@@ -14,8 +14,8 @@
 //! every pick is a call): in Rust (`plugins/examples/canary`) and in Python
 //! (`plugins/python/examples/canary`, built by `bash .ci/setup`). For each, the load (compile,
 //! instantiate, `configure`, `set-backends`) timed once, and the process's resident memory
-//! grown by it (the compiled code and one instance: the bench runs one worker), then the call
-//! cost as above.
+//! grown by it (the compiler's working memory, kept by the allocator, the compiled code and
+//! one instance: the bench runs one worker), then the call cost as above.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
