@@ -75,12 +75,18 @@ fn main() {
 
     let built = target_dir.join("wasm32-wasip2").join("release");
     println!("cargo:rustc-env=GANTRY_PLUGIN_DIR={}", built.display());
-    // The Python plugins are built apart (plugins/python/build.sh, run by .ci/setup): their
-    // tool chain comes from PyPI, which a cargo build must not need.
-    println!(
-        "cargo:rustc-env=GANTRY_PYTHON_PLUGIN_DIR={}",
-        shared_target_dir(&out_dir).join("plugins-python").display()
-    );
+    // The Python and JavaScript plugins are built apart (plugins/python/build.sh and
+    // plugins/js/build.sh, run by .ci/setup): their tool chains come from PyPI and npm, which
+    // a cargo build must not need.
+    for (variable, folder) in [
+        ("GANTRY_PYTHON_PLUGIN_DIR", "plugins-python"),
+        ("GANTRY_JS_PLUGIN_DIR", "plugins-js"),
+    ] {
+        println!(
+            "cargo:rustc-env={variable}={}",
+            shared_target_dir(&out_dir).join(folder).display()
+        );
+    }
     let mut table = String::from("/// Built-in policies: (kind, name, component bytes).\npub(crate) const BUILTINS: &[(&str, &str, &[u8])] = &[\n");
     for (kind, name) in &builtins {
         let file = built.join(format!("{}.wasm", name.replace('-', "_")));

@@ -11,8 +11,9 @@
 //! native one. The contract's target is p50 ≤ 1 µs per call.
 //!
 //! Then one policy written in each language, the canary balancer (which reads a header, so
-//! every pick is a call): in Rust (`plugins/examples/canary`) and in Python
-//! (`plugins/python/examples/canary`, built by `bash .ci/setup`). For each, the load (compile,
+//! every pick is a call): in Rust (`plugins/examples/canary`), in Python
+//! (`plugins/python/examples/canary`) and in JavaScript (`plugins/js/examples/canary`; both
+//! built by `bash .ci/setup`). For each, the load (compile,
 //! instantiate, `configure`, `set-backends`) timed once, and the process's resident memory
 //! grown by it (the compiler's working memory, kept by the allocator, the compiled code and
 //! one instance: the bench runs one worker), then the call cost as above.
@@ -23,7 +24,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lb_config::{Backend, BalancerPolicy, HashKey, PolicySource, Protocol};
-use lb_plugins::{builtin_names, NoTelemetry, PluginHost, BUILT_PLUGIN_DIR, PYTHON_PLUGIN_DIR};
+use lb_plugins::{
+    builtin_names, NoTelemetry, PluginHost, BUILT_PLUGIN_DIR, JS_PLUGIN_DIR, PYTHON_PLUGIN_DIR,
+};
 use lb_policy::{BackendFigures, Balancer, BalancerFactory, Figures, PickContext, RoundRobin};
 
 /// Calls measured per policy, after as many warm-up calls.
@@ -124,11 +127,12 @@ fn main() {
     for (label, folder) in [
         ("rust: canary", BUILT_PLUGIN_DIR),
         ("python: canary", PYTHON_PLUGIN_DIR),
+        ("javascript: canary", JS_PLUGIN_DIR),
     ] {
         let file = std::path::Path::new(folder).join("canary.wasm");
         if !file.exists() {
             fail(&format!(
-                "{} is missing (the Python plugins are built by `bash .ci/setup`)",
+                "{} is missing (the Python and JavaScript plugins are built by `bash .ci/setup`)",
                 file.display()
             ));
         }

@@ -69,6 +69,10 @@ pub const BUILT_PLUGIN_DIR: &str = env!("GANTRY_PLUGIN_DIR");
 /// outer build's `target/plugins-python`, as `.ci/setup` builds them.
 pub const PYTHON_PLUGIN_DIR: &str = env!("GANTRY_PYTHON_PLUGIN_DIR");
 
+/// Where `plugins/js/build.sh` puts the JavaScript plugins (`NAME.wasm`), for tests: the
+/// outer build's `target/plugins-js`, as `.ci/setup` builds them.
+pub const JS_PLUGIN_DIR: &str = env!("GANTRY_JS_PLUGIN_DIR");
+
 /// The names of the embedded built-ins of one kind (`balancer`, `affinity`).
 pub fn builtin_names(kind: &str) -> impl Iterator<Item = &'static str> + '_ {
     BUILTINS

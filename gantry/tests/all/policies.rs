@@ -1,6 +1,6 @@
 //! The built-in policies and the example plugins through real sockets: weighted splits,
-//! least-request, consistent hashing by header, the canary example (in Rust and in Python),
-//! and a plugin replaced live under load.
+//! least-request, consistent hashing by header, the canary example (in Rust, Python and
+//! JavaScript), and a plugin replaced live under load.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use lb_config::{Change, PortAspect, PortAspects};
 
-use crate::sandbox::{plugin, python_plugin};
+use crate::sandbox::{js_plugin, plugin, python_plugin};
 use crate::support::client::{get, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
@@ -195,6 +195,12 @@ async fn the_canary_example_plugin_routes_by_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_canary_example_routes_by_header() {
     canary_routes_by_header(&python_plugin("canary")).await;
+}
+
+/// And in JavaScript (plugins/js/examples/canary), built with jco and QuickJS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_canary_example_routes_by_header() {
+    canary_routes_by_header(&js_plugin("canary")).await;
 }
 
 /// Canary requests (header `x-canary: always`) reach only the canary backend; the others

@@ -23,11 +23,21 @@ pub fn plugin(name: &str) -> PathBuf {
 
 /// A Python plugin built from `plugins/python/` (examples and testing), by folder name.
 pub fn python_plugin(name: &str) -> PathBuf {
-    let file = Path::new(lb_plugins::PYTHON_PLUGIN_DIR).join(format!("{name}.wasm"));
+    built_apart(lb_plugins::PYTHON_PLUGIN_DIR, name)
+}
+
+/// A JavaScript plugin built from `plugins/js/` (examples and testing), by folder name.
+pub fn js_plugin(name: &str) -> PathBuf {
+    built_apart(lb_plugins::JS_PLUGIN_DIR, name)
+}
+
+/// `NAME.wasm` in `folder`, where `.ci/setup` builds the plugins of other languages.
+fn built_apart(folder: &str, name: &str) -> PathBuf {
+    let file = Path::new(folder).join(format!("{name}.wasm"));
     assert!(
         file.exists(),
-        "{} is missing: the Python plugins are built by `bash .ci/setup` \
-         (plugins/python/build.sh)",
+        "{} is missing: the Python and JavaScript plugins are built by `bash .ci/setup` \
+         (plugins/python/build.sh, plugins/js/build.sh)",
         file.display()
     );
     file
@@ -85,6 +95,7 @@ async fn every_kind_of_plugin_fault_is_answered_by_the_fallback_and_quarantined(
     );
     let rust = plugin("misbehave");
     let python = python_plugin("misbehave");
+    let js = js_plugin("misbehave");
     for (file, mode, kind) in [
         (&rust, "trap", "trap"),
         (&rust, "loop", "deadline"),
@@ -96,6 +107,9 @@ async fn every_kind_of_plugin_fault_is_answered_by_the_fallback_and_quarantined(
         // ends the call as a trap; a `while True` loop is interrupted at its deadline.
         (&python, "trap", "trap"),
         (&python, "loop", "deadline"),
+        // And in JavaScript (QuickJS): a `throw` out of `pick`, a `for (;;) {}`.
+        (&js, "trap", "trap"),
+        (&js, "loop", "deadline"),
     ] {
         let gantry = config(file, &format!("{{ mode: {mode} }}"), &[&a, &b])
             .start()

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the JavaScript policy plugins (the examples and the test plugins) into components with
+# jco and its QuickJS backend (componentize-qjs), both pinned in plugins/js/package.json and
+# package-lock.json, installed once from npm into ~/.cache/gantry-ci. Offline once installed.
+#
+#   bash plugins/js/build.sh [OUT]    # OUT defaults to target/plugins-js
+#
+# Each plugin is a folder with an `app.js` exporting `balancers` (the balancer world). A
+# plugin is built again only when its folder, the SDK (gantry-plugin.js) or the contract
+# changed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
+CONTRACT=$PWD/plugins-wit/0.3.0
+install_missing node:nodejs npm:npm
+# The tool chain, once per lock file.
+tools=${XDG_CACHE_HOME:-$HOME/.cache}/gantry-ci/js-$(sha256sum plugins/js/package-lock.json | cut -c1-16)
+if [ ! -x "$tools/node_modules/.bin/jco" ]; then
+  mkdir -p "$tools"
+  cp plugins/js/package.json plugins/js/package-lock.json "$tools/"
+  (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error) >&2
+fi
+OUT=${1:-target/plugins-js}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+for app in plugins/js/examples/*/app.js plugins/js/testing/*/app.js; do
+  folder=$(dirname "$app")
+  name=$(basename "$folder")
+  grep -q '^export const balancers = ' "$app" || {
+    echo "$app exports no balancers (only balancer plugins are built so far)" >&2
+    exit 1
+  }
+  wasm=$OUT/$name.wasm
+  if [ -f "$wasm" ] && [ -z "$(find "$folder" plugins/js/gantry-plugin.js "$CONTRACT" -newer "$wasm" -type f | head -1)" ]; then
+    continue
+  fi
+  echo "building the JavaScript plugin $name" >&2
+  # QuickJS (1.6 MB components) rather than StarlingMonkey, whose components leaked memory on
+  # every call in our runs; --backend-qjs-disable-async: the sandbox serves synchronous calls
+  # only; --backend-qjs-stub-wasi: the plugin imports only Gantry's host interface.
+  "$tools/node_modules/.bin/jco" componentize "$PWD/$app" --cwd "$PWD/plugins/js" \
+    --wit "$CONTRACT" -n balancer --backend qjs --backend-qjs-disable-async \
+    --backend-qjs-stub-wasi -o "$wasm.tmp" >&2
+  mv "$wasm.tmp" "$wasm"
+done
