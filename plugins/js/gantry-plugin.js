@@ -11,7 +11,8 @@
 // - `exportBalancer`: the object the balancer world exports, made from your class, whose
 //   constructor takes `Params`; anything it throws becomes the operator's error message at
 //   `gantry check`, never a trap (affinity and health policies: not yet);
-// - `requestHeader`, `sequence`, `logInfo` and friends over the host interface.
+// - `requestHeader`, `sequence`, `logInfo` and friends over the host interface, and a
+//   `console` whose lines go to Gantry's log (the sandbox has none).
 //
 // Numbers: the contract's u64 values (`sequence()`, `random()`, a request's `hashKey`) arrive
 // as JavaScript numbers, exact only up to 2^53; a modulo of `sequence()` is fine, but a
@@ -83,6 +84,16 @@ export const logDebug = (message) => host.log("debug", String(message));
 export const logInfo = (message) => host.log("info", String(message));
 export const logWarn = (message) => host.log("warn", String(message));
 export const logError = (message) => host.log("error", String(message));
+
+// QuickJS in the sandbox has no `console`: importing this module gives one that writes to
+// Gantry's log (tagged with the plugin's name), so `console.log` works as authors expect.
+globalThis.console ??= {
+  debug: (...parts) => logDebug(parts.join(" ")),
+  log: (...parts) => logInfo(parts.join(" ")),
+  info: (...parts) => logInfo(parts.join(" ")),
+  warn: (...parts) => logWarn(parts.join(" ")),
+  error: (...parts) => logError(parts.join(" ")),
+};
 
 /** Builds the policy; a refusal or a bug in the constructor becomes the operator's message. */
 function configured(Policy, parameters) {
