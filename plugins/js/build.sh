@@ -5,7 +5,8 @@
 #
 #   bash plugins/js/build.sh [OUT]    # OUT defaults to target/plugins-js
 #
-# Each plugin is a folder with an `app.js` exporting `balancers` (the balancer world). A
+# Each plugin is a folder with an `app.js` exporting `balancers` (the balancer world) or
+# `healthChecks` (the health world). A
 # plugin is built again only when its folder, the SDK (gantry-plugin.js) or the contract
 # changed.
 set -euo pipefail
@@ -29,20 +30,22 @@ OUT=$(cd "$OUT" && pwd)
 for app in plugins/js/examples/*/app.js plugins/js/testing/*/app.js; do
   folder=$(dirname "$app")
   name=$(basename "$folder")
-  grep -q '^export const balancers = ' "$app" || {
-    echo "$app exports no balancers (only balancer plugins are built so far)" >&2
+  if grep -q '^export const balancers = ' "$app"; then world=balancer
+  elif grep -q '^export const healthChecks = ' "$app"; then world=health
+  else
+    echo "$app exports neither balancers nor healthChecks" >&2
     exit 1
-  }
+  fi
   wasm=$OUT/$name.wasm
   if [ -f "$wasm" ] && [ -z "$(find "$folder" plugins/js/gantry-plugin.js "$CONTRACT" -newer "$wasm" -type f | head -1)" ]; then
     continue
   fi
-  echo "building the JavaScript plugin $name" >&2
+  echo "building the JavaScript plugin $name ($world)" >&2
   # QuickJS (1.6 MB components) rather than StarlingMonkey, whose components leaked memory on
   # every call in our runs; --backend-qjs-disable-async: the sandbox serves synchronous calls
   # only; --backend-qjs-stub-wasi: the plugin imports only Gantry's host interface.
   "$tools/node_modules/.bin/jco" componentize "$PWD/$app" --cwd "$PWD/plugins/js" \
-    --wit "$CONTRACT" -n balancer --backend qjs --backend-qjs-disable-async \
+    --wit "$CONTRACT" -n "$world" --backend qjs --backend-qjs-disable-async \
     --backend-qjs-stub-wasi -o "$wasm.tmp" >&2
   mv "$wasm.tmp" "$wasm"
 done

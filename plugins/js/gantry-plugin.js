@@ -8,9 +8,9 @@
 //
 // - `Params`: the operator's parameters, with typed getters whose errors name the parameter,
 //   and a check that refuses unknown names (a typo is an error, not a default);
-// - `exportBalancer`: the object the balancer world exports, made from your class, whose
-//   constructor takes `Params`; anything it throws becomes the operator's error message at
-//   `gantry check`, never a trap (affinity and health policies: not yet);
+// - `exportBalancer` and `exportHealth`: the object the balancer or health world exports,
+//   made from your class, whose constructor takes `Params`; anything it throws becomes the
+//   operator's error message at `gantry check`, never a trap (affinity policies: not yet);
 // - `requestHeader`, `sequence`, `logInfo` and friends over the host interface, and a
 //   `console` whose lines go to Gantry's log (the sandbox has none).
 //
@@ -112,3 +112,21 @@ export function exportBalancer(Policy) {
   }
   return { Balancer: Policy, configure: (parameters) => configured(Policy, parameters) };
 }
+
+/** The `healthChecks` export of the health world, serving `Policy` (a class with
+ * `settings()`, which says what the host probes, and `probed`/`observed`, which answer
+ * verdicts; `setBackends`, `probed` and `observed` default to doing nothing). Verdicts and
+ * outcomes are `{ tag, val }` objects: `{ tag: "eject", val: milliseconds }`. */
+export function exportHealth(Policy) {
+  Policy.prototype.setBackends ??= () => {};
+  Policy.prototype.probed ??= () => ({ tag: "unchanged" });
+  Policy.prototype.observed ??= () => ({ tag: "unchanged" });
+  return {
+    Checker: Policy,
+    configure(parameters) {
+      const made = configured(Policy, parameters);
+      return [made, made.settings()];
+    },
+  };
+}
+

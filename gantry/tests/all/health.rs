@@ -1,12 +1,13 @@
 //! Health policies through real sockets: active HTTP checks take a backend out and bring it
 //! back, TCP checks find a dead backend, passive outlier ejection takes out a failing backend
 //! but never more than its share, the state shows in metrics and `/config`, and a health
-//! policy written in Python judges the probes itself.
+//! policy written in Python or JavaScript judges the probes itself.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::Path;
 
-use crate::sandbox::python_plugin;
+use crate::sandbox::{js_plugin, python_plugin};
 use crate::support::client::{get, tcp_exchange};
 use crate::support::origin::{HttpOrigin, OriginProtocol, TcpOrigin};
 use crate::support::scenario::{Port, Scenario};
@@ -257,14 +258,25 @@ async fn a_backend_whose_health_is_told_on_another_port_is_probed_there() {
 }
 
 /// A health policy written in Python (plugins/python/examples/http_verdict) decides what
-/// Gantry's HTTP probes mean: a 503 ejects the backend at once, another bad status takes it
-/// out after `fall` probes, a good one brings it back.
+/// Gantry's HTTP probes mean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_health_policy_decides_what_probe_answers_mean() {
+    verdict_policy_judges_probes(&python_plugin("http_verdict")).await;
+}
+
+/// The same policy in JavaScript (plugins/js/examples/http_verdict).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_health_policy_decides_what_probe_answers_mean() {
+    verdict_policy_judges_probes(&js_plugin("http_verdict")).await;
+}
+
+/// The `http_verdict` example in `file`: a 503 ejects the backend at once, another bad status
+/// takes it out after `fall` probes, a good one brings it back.
+async fn verdict_policy_judges_probes(file: &Path) {
     let a = HttpOrigin::start("a", OriginProtocol::Http1).await;
     let b = HttpOrigin::start("b", OriginProtocol::Http1).await;
     let gantry = Scenario::new()
-        .plugin("verdict", &python_plugin("http_verdict"))
+        .plugin("verdict", file)
         .port(
             "s",
             Port::http("web").backends(&[a.addr, b.addr]).set(
