@@ -6,9 +6,8 @@
 #   bash plugins/js/build.sh [OUT]    # OUT defaults to target/plugins-js
 #
 # Each plugin is a folder with an `app.js` exporting `balancers` (the balancer world) or
-# `healthChecks` (the health world). A
-# plugin is built again only when its folder, the SDK (gantry-plugin.js) or the contract
-# changed.
+# `healthChecks` (the health world). A plugin is built again only when its folder, the SDK
+# (gantry-plugin.js) or the contract changed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=bench/lib.sh
