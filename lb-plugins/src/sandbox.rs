@@ -186,7 +186,8 @@ impl Sandbox {
             return Err(invalid(format!(
                 "imports {}, which plugins cannot have (they may import only gantry:plugins, \
                  wasi:io, wasi:cli and wasi:random; a Python plugin is built with \
-                 `componentize-py ... componentize --stub-wasi`)",
+                 `componentize-py ... componentize --stub-wasi`, a JavaScript one with \
+                 `jco componentize ... --backend-qjs-stub-wasi`)",
                 refused.join(", ")
             )));
         }

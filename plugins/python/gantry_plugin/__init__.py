@@ -98,7 +98,8 @@ class Params:
 
 
 def address_text(address: types.IpAddress) -> str:
-    """An address as text: ``10.0.0.1`` or ``fd00::1`` (uncompressed groups)."""
+    """An address as text: ``10.0.0.1``, or for IPv6 its eight groups in hexadecimal,
+    uncompressed (``fd00:0:0:0:0:0:0:1``)."""
     if isinstance(address, IpAddress_V4):
         return ".".join(str(part) for part in address.value)
     assert isinstance(address, IpAddress_V6)

@@ -15,9 +15,8 @@ class Canary(Balancer):
         params.reject_unknown(["header", "value", "canary_port"])
         self.header = params.get("header", "x-canary").lower()
         self.value = params.get("value", "always")
-        self.canary_port = params.integer("canary_port", default=-1, low=1, high=65535)
-        if self.canary_port < 0:
-            params.require("canary_port", "the port the canary backends listen on")
+        params.require("canary_port", "the port the canary backends listen on")
+        self.canary_port = params.integer("canary_port", default=0, low=1, high=65535)
         self.canary: list[int] = []
         self.stable: list[int] = []
 
