@@ -15,6 +15,12 @@ source bench/lib.sh
 
 CONTRACT=$PWD/plugins-wit/0.3.0
 install_missing node:nodejs npm:npm
+# jco's command line (commander 14, rolldown) needs Node.js 20 or later.
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "plugins/js/build.sh: jco needs Node.js 20 or later; this machine has $(node --version)" >&2
+  exit 1
+fi
 # The tool chain, once per lock file.
 tools=${XDG_CACHE_HOME:-$HOME/.cache}/gantry-ci/js-$(sha256sum plugins/js/package-lock.json | cut -c1-16)
 if [ ! -x "$tools/node_modules/.bin/jco" ]; then
