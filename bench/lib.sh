@@ -57,6 +57,13 @@ python_tool() {
   echo "$venv/bin/$command"
 }
 
+# Whether the built file $1 exists and no file under the other arguments (sources: folders
+# or files; compiled Python caches aside) is newer: what the plugin build scripts skip.
+up_to_date() {
+  local built=$1; shift
+  [ -f "$built" ] && [ -z "$(find "$@" -newer "$built" -type f -not -path '*/__pycache__/*' | head -1)" ]
+}
+
 # A TCP port free on 127.0.0.1 now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -13,10 +13,10 @@
 //! Then one policy written in each language, the canary balancer (which reads a header, so
 //! every pick is a call): in Rust (`plugins/examples/canary`), in Python
 //! (`plugins/python/examples/canary`) and in JavaScript (`plugins/js/examples/canary`; both
-//! built by `bash .ci/setup`). For each, the load (compile,
-//! instantiate, `configure`, `set-backends`) timed once, and the process's resident memory
-//! grown by it (the compiler's working memory, kept by the allocator, the compiled code and
-//! one instance: the bench runs one worker), then the call cost as above.
+//! built by `bash .ci/setup`). For each, the load (compile, instantiate, `configure`,
+//! `set-backends`) timed once, and the process's resident memory grown by it (the compiler's
+//! working memory, kept by the allocator, the compiled code and one instance: the bench runs
+//! one worker), then the call cost as above.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

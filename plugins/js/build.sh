@@ -9,7 +9,10 @@
 # `healthChecks` (the health world). A plugin is built again only when its folder, the SDK
 # (gantry-plugin.js) or the contract changed.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+# OUT as given (relative to where the script was called from), before moving to the repository.
+OUT=$(realpath -m "${1:-$repo/target/plugins-js}")
+cd "$repo"
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
@@ -28,9 +31,7 @@ if [ ! -x "$tools/node_modules/.bin/jco" ]; then
   cp plugins/js/package.json plugins/js/package-lock.json "$tools/"
   (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error) >&2
 fi
-OUT=${1:-target/plugins-js}
 mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
 
 for app in plugins/js/examples/*/app.js plugins/js/testing/*/app.js; do
   folder=$(dirname "$app")
@@ -42,7 +43,7 @@ for app in plugins/js/examples/*/app.js plugins/js/testing/*/app.js; do
     exit 1
   fi
   wasm=$OUT/$name.wasm
-  if [ -f "$wasm" ] && [ -z "$(find "$folder" plugins/js/gantry-plugin.js "$CONTRACT" -newer "$wasm" -type f | head -1)" ]; then
+  if up_to_date "$wasm" "$folder" plugins/js/gantry-plugin.js "$CONTRACT"; then
     continue
   fi
   echo "building the JavaScript plugin $name ($world)" >&2

@@ -9,14 +9,16 @@
 # from the class app.py exports (`Balancers`, `Affinities` or `HealthChecks`). A plugin is
 # built again only when its folder, the SDK (gantry_plugin) or the contract changed.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+# OUT as given (relative to where the script was called from), before moving to the repository.
+OUT=$(realpath -m "${1:-$repo/target/plugins-python}")
+cd "$repo"
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
 # The contract the Python plugins are built against, and the tool, pinned.
 CONTRACT=plugins-wit/0.3.0
 COMPONENTIZE_PY=$(python_tool componentize-py componentize-py==0.25.1)
-OUT=${1:-target/plugins-python}
 mkdir -p "$OUT"
 
 for app in plugins/python/examples/*/app.py plugins/python/testing/*/app.py; do
@@ -30,7 +32,7 @@ for app in plugins/python/examples/*/app.py plugins/python/testing/*/app.py; do
     exit 1
   fi
   wasm=$OUT/$name.wasm
-  if [ -f "$wasm" ] && [ -z "$(find "$folder" plugins/python/gantry_plugin "$CONTRACT" -newer "$wasm" -type f -not -path "*/__pycache__/*" | head -1)" ]; then
+  if up_to_date "$wasm" "$folder" plugins/python/gantry_plugin "$CONTRACT"; then
     continue
   fi
   echo "building the Python plugin $name ($world)" >&2

@@ -3,14 +3,14 @@
 // (`pick` never returns, so the call deadline interrupts it) or `none` (`pick` answers the
 // first backend in the set).
 
-import { exportBalancer } from "../../gantry-plugin.js";
+import { ConfigError, exportBalancer } from "../../gantry-plugin.js";
 
 class Misbehave {
   constructor(params) {
     params.rejectUnknown(["mode"]);
     this.mode = params.get("mode", "none");
     if (!["trap", "loop", "none"].includes(this.mode)) {
-      throw new Error(`parameter \`mode\`: \`${this.mode}\` is not trap, loop or none`);
+      throw new ConfigError(`parameter \`mode\`: \`${this.mode}\` is not trap, loop or none`);
     }
     this.first = undefined;
   }

@@ -7,7 +7,7 @@ is draining or overloaded) ejects it at once for ``eject_seconds`` (default 10) 
 waiting for ``fall``. ``rise`` (default 2) good answers in a row make it healthy again.
 """
 
-from gantry_plugin import HealthCheck, Params, export_health, log_info
+from gantry_plugin import ConfigError, HealthCheck, Params, export_health, log_info
 from wit_world.exports.health_checks import (
     HealthSettings,
     HttpProbe,
@@ -28,14 +28,16 @@ class HttpVerdict(HealthCheck):
         )
         self.path = params.get("path", "/healthz")
         if not self.path.startswith("/"):
-            raise ValueError(f"parameter `path`: `{self.path}` does not start with /")
+            raise ConfigError(f"parameter `path`: `{self.path}` does not start with /")
         self.interval_ms = params.integer("interval_ms", 2000, 100, 3_600_000)
         self.timeout_ms = params.integer("timeout_ms", 1000, 10, 60_000)
         statuses = params.get("healthy_statuses", "200,204")
         try:
             self.healthy = {int(s) for s in statuses.split(",") if s.strip()}
         except ValueError:
-            raise ValueError(f"parameter `healthy_statuses`: `{statuses}` is not a list of statuses") from None
+            raise ConfigError(
+                f"parameter `healthy_statuses`: `{statuses}` is not a list of statuses"
+            ) from None
         self.fall = params.integer("fall", 3, 1, 100)
         self.rise = params.integer("rise", 2, 1, 100)
         self.eject_seconds = params.integer("eject_seconds", 10, 1, 3600)

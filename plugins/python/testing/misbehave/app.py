@@ -3,7 +3,7 @@ Python plugin: ``mode`` is ``trap`` (``pick`` raises, which ends the call as a t
 (``pick`` never returns, so the call deadline interrupts it) or ``none`` (``pick`` answers
 the first backend in the set)."""
 
-from gantry_plugin import Balancer, Params, export_balancer
+from gantry_plugin import Balancer, ConfigError, Params, export_balancer
 
 
 class Misbehave(Balancer):
@@ -11,7 +11,7 @@ class Misbehave(Balancer):
         params.reject_unknown(["mode"])
         self.mode = params.get("mode", "none")
         if self.mode not in ("trap", "loop", "none"):
-            raise ValueError(f"parameter `mode`: `{self.mode}` is not trap, loop or none")
+            raise ConfigError(f"parameter `mode`: `{self.mode}` is not trap, loop or none")
         self.first = None
 
     def set_backends(self, backends):
