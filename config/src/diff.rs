@@ -211,6 +211,9 @@ aspect_set! {
         Affinity = "affinity",
         /// The health policies or their parameters (fresh verdicts).
         Health = "health",
+        /// A shadow policy, its parameters or its sampling (fresh shadows; what serves is
+        /// kept, affinity table included).
+        Shadow = "shadow",
     }
 }
 
@@ -348,6 +351,7 @@ fn port_change(before: &Port, after: &Port) -> Option<Change> {
     what.insert_if(PortAspect::Balancer, before.balancer != after.balancer);
     what.insert_if(PortAspect::Affinity, before.affinity != after.affinity);
     what.insert_if(PortAspect::Health, before.health != after.health);
+    what.insert_if(PortAspect::Shadow, before.shadow != after.shadow);
     (!what.is_empty()).then_some(Change::PortChanged { key, what })
 }
 

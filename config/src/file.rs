@@ -366,6 +366,21 @@ pub struct BalancerFile {
     /// What the request's hash key is made of: `client_ip` (default), `header:NAME` or
     /// `cookie:NAME` (falling back to the client IP when absent).
     pub hash_key: Option<String>,
+    /// A balancer run beside this one on the same picks, its answers only compared.
+    pub shadow: Option<ShadowFile>,
+}
+
+/// `ports[].balancer.shadow:` and `ports[].affinity.shadow:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowFile {
+    /// A policy of the same kind as the one it shadows. Required.
+    pub policy: Option<String>,
+    /// Parameters handed to its `configure`; values are scalars, passed as text.
+    pub params: Option<BTreeMap<String, serde_yaml::Value>>,
+    /// Share of the serving policy's calls the shadow also sees, percent (0.01 to 100).
+    /// Default 100.
+    pub sample_percent: Option<f64>,
 }
 
 /// `ports[].affinity:`
@@ -379,6 +394,8 @@ pub struct AffinityFile {
     pub params: Option<BTreeMap<String, serde_yaml::Value>>,
     /// Most keys the port's affinity table remembers (1 to 16777216). Default 262144.
     pub max_entries: Option<u32>,
+    /// An affinity run beside this one on the same requests, its answers only compared.
+    pub shadow: Option<ShadowFile>,
 }
 
 /// One entry of `ports[].health:`

@@ -598,3 +598,48 @@ fn source_ranges_are_networks_that_match_mapped_ipv4_clients() {
         "{problems}"
     );
 }
+
+#[test]
+fn a_shadow_is_checked_like_the_policy_it_stands_beside_and_diffs_alone() {
+    let port = |balancer: &str, affinity: &str| {
+        format!(
+            "services:\n  - name: web\n    ports:\n      - {{ name: http, port: 8080, backends: [\"127.0.0.1:9000\"], balancer: {balancer}, affinity: {affinity} }}\n"
+        )
+    };
+    let problems = problems_of(
+        &port(
+            "{ shadow: { policy: \"builtin:client-ip\", sample_percent: 250 } }",
+            "{ policy: \"builtin:client-ip\", shadow: { policy: \"native:round-robin\" } }",
+        ),
+        Path::new("/"),
+    );
+    assert_eq!(
+        problems,
+        [
+            "services[0].ports[0].balancer.shadow.policy: unknown built-in `client-ip`; built-ins are builtin:round-robin, builtin:random, builtin:least-request, builtin:maglev, builtin:ring-hash",
+            "services[0].ports[0].balancer.shadow.sample_percent: 250 is out of range 0.01..=100",
+            "services[0].ports[0].affinity.shadow.policy: `native:round-robin` is neither a built-in (builtin:client-ip, builtin:cookie), nor a plugin named under `plugins:`",
+        ]
+    );
+
+    let affinity = "{ policy: \"builtin:client-ip\" }";
+    let plain = parse(&port("{ policy: \"builtin:maglev\" }", affinity)).expect("valid");
+    let shadowed = parse(&port(
+        "{ policy: \"builtin:maglev\", shadow: { policy: \"builtin:ring-hash\", sample_percent: 0.5 } }",
+        "{ policy: \"builtin:client-ip\", shadow: { policy: \"builtin:cookie\" } }",
+    ))
+    .expect("valid");
+    let port_of = |model: &Model| model.ports().next().expect("a port").clone();
+    let shadow = port_of(&shadowed).shadow;
+    assert_eq!(shadow.balancer.map(|s| s.sample_per_million), Some(5_000));
+    assert_eq!(
+        shadow.affinity.map(|s| s.sample_per_million),
+        Some(1_000_000)
+    );
+    assert_eq!(port_of(&shadowed).balancer, port_of(&plain).balancer);
+    let changes = diff(&plain, &shadowed);
+    assert!(
+        matches!(&changes[..], [Change::PortChanged { what, .. }] if *what == PortAspects::of(&[PortAspect::Shadow])),
+        "{changes:?}"
+    );
+}

@@ -25,6 +25,8 @@ pub trait AdminView: Send + Sync {
     fn is_ready(&self) -> bool;
     /// The running configuration and listener state.
     fn config_json(&self) -> serde_json::Value;
+    /// The answer to `/explain` with this query string (see [`crate::explain`]).
+    fn explain(&self, query: &str) -> Result<serde_json::Value, crate::explain::ExplainError>;
     /// Whether a request with this `Authorization` value may read `/config` and `/metrics`
     /// ([`lb_config::Admin::access`]).
     fn authorized(&self, authorization: Option<&[u8]>) -> Authorization;
@@ -59,7 +61,7 @@ impl Authorization {
 
 /// The body of a 401 on an endpoint off loopback with no token configured.
 const TOKEN_NEEDED: &str = "this admin endpoint is not on a loopback address and has no token: \
-/config and /metrics are served only with one. Set admin.token_file (a file holding the token) \
+/config, /metrics and /explain are served only with one. Set admin.token_file (a file holding the token) \
 or admin.token_env (an environment variable holding it) and send `Authorization: Bearer TOKEN`; \
 or set admin.open: true to serve them to anyone who reaches this address \
 (docs/operations.md#admin-endpoints)\n";
@@ -101,7 +103,7 @@ impl ServeHttp for AdminApp {
             return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
         }
         let path = head.uri.path();
-        let guarded = matches!(path, "/metrics" | "/config");
+        let guarded = matches!(path, "/metrics" | "/config" | "/explain");
         let authorization = head
             .headers
             .get(http::header::AUTHORIZATION)
@@ -135,10 +137,38 @@ impl ServeHttp for AdminApp {
                 body.push(b'\n');
                 respond(StatusCode::OK, "application/json", body)
             }
+            "/explain" => {
+                // Loading a plugin for the first explanation may take a while: off the
+                // admin's event loop.
+                let (view, query) = (self.view.clone(), head.uri.query().unwrap_or("").to_owned());
+                let answer = tokio::task::spawn_blocking(move || view.explain(&query)).await;
+                match answer {
+                    Ok(Ok(json)) => {
+                        let mut body =
+                            serde_json::to_vec_pretty(&json).unwrap_or_else(|_| b"{}".to_vec());
+                        body.push(b'\n');
+                        respond(StatusCode::OK, "application/json", body)
+                    }
+                    Ok(Err(err)) => {
+                        use crate::explain::ExplainError;
+                        let status = match err {
+                            ExplainError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                            ExplainError::NotFound(_) => StatusCode::NOT_FOUND,
+                            ExplainError::Plugins(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                        };
+                        respond(status, "text/plain", format!("{err}\n"))
+                    }
+                    Err(_) => respond(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        "the explanation failed\n",
+                    ),
+                }
+            }
             _ => respond(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /metrics, /healthz, /readyz or /config\n",
+                "not found; try /metrics, /healthz, /readyz, /config or /explain\n",
             ),
         }
     }
@@ -182,7 +212,7 @@ pub fn config_document<'a>(
                 })
                 .collect();
             let affinity = route.policies.affinity.as_ref();
-            let state = serde_json::json!({
+            let mut state = serde_json::json!({
                 "address": l.address.to_string(),
                 "protocol": route.port.protocol.as_str(),
                 "policy": route.pool.policy(),
@@ -197,6 +227,15 @@ pub fn config_document<'a>(
                 "open_connections": l.open_connections,
                 "backends": backends,
             });
+            let shadow = &route.policies.shadow;
+            if shadow.balancer.is_some() || shadow.affinity.is_some() {
+                let affinity = shadow.affinity.as_ref().map(|(a, _)| a);
+                state["shadow"] = serde_json::json!({
+                    "balancer": shadow.balancer.as_ref().map(|(b, _)| b.name()),
+                    "affinity": affinity.map(|a| a.name()),
+                    "affinity_entries": affinity.and_then(|a| a.table()).map(|t| t.len()),
+                });
+            }
             (l.key.to_string(), state)
         })
         .collect();

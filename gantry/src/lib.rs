@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod demo;
+pub mod explain;
 pub mod handover;
 pub mod kube_metrics;
 pub mod kubernetes;

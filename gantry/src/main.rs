@@ -93,6 +93,40 @@ enum Command {
         #[arg(long)]
         control_socket: Option<PathBuf>,
     },
+    /// Ask a running Gantry which backend a request would reach now, and why (its affinity
+    /// lookup, its balancer's answers, the backends as the policies see them). Changes nothing.
+    Explain {
+        /// The admin endpoint of the running Gantry.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// A file holding the admin token, when the endpoint wants one.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// The port's name.
+        #[arg(long)]
+        port: String,
+        /// The client's address: an IP, or IP:port.
+        #[arg(long)]
+        client: String,
+        /// The TLS server name or HTTP `Host`.
+        #[arg(long)]
+        authority: Option<String>,
+        /// The request's path.
+        #[arg(long)]
+        path: Option<String>,
+        /// A request header, `name: value` (repeat for more).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// A cookie, `name=value` (repeat for more).
+        #[arg(long = "cookie")]
+        cookies: Vec<String>,
+        /// Print the whole answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start demo backends on loopback and Gantry balancing across them.
     Demo {
         /// The proxy's address.
@@ -116,6 +150,35 @@ fn main() -> ExitCode {
     raise_open_files();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Explain {
+            admin,
+            token_file,
+            service,
+            port,
+            client,
+            authority,
+            path,
+            headers,
+            cookies,
+            json,
+        } => {
+            // One spelling for the question, whichever way it came: the endpoint's query.
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("service", &service);
+            query.append_pair("port", &port);
+            query.append_pair("client", &client);
+            for (key, values) in [
+                ("authority", Vec::from_iter(authority)),
+                ("path", Vec::from_iter(path)),
+                ("header", headers),
+                ("cookie", cookies),
+            ] {
+                for value in values {
+                    query.append_pair(key, &value);
+                }
+            }
+            explain(admin, token_file.as_deref(), &query.finish(), json)
+        }
         Command::WithdrawRoutes { config } => withdraw_routes(&config),
         Command::RoutingGuard {
             daemon,
@@ -155,6 +218,38 @@ fn raise_open_files() {
             if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
                 tracing::warn!(%err, "could not raise the open-file limit");
             }
+        }
+    }
+}
+
+/// `gantry explain`: the question checked here, answered by the running Gantry.
+fn explain(admin: SocketAddr, token_file: Option<&Path>, query: &str, json: bool) -> ExitCode {
+    let request = match gantry::explain::ExplainRequest::from_query(query) {
+        Ok(request) => request,
+        Err(problem) => {
+            eprintln!("gantry explain: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = match token_file.map(std::fs::read_to_string).transpose() {
+        Ok(token) => token,
+        Err(err) => {
+            eprintln!("gantry explain: cannot read the token file: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match gantry::explain::ask(admin, token.as_deref(), &request) {
+        Ok(answer) if json => {
+            println!("{answer:#}");
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            print!("{}", gantry::explain::explain_text(&answer));
+            ExitCode::SUCCESS
+        }
+        Err(problem) => {
+            eprintln!("gantry explain: {problem}");
+            ExitCode::FAILURE
         }
     }
 }

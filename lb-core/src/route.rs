@@ -16,8 +16,8 @@ use lb_policy::{AffinityFactory, BalancerFactory};
 use pingora::listeners::tls::Acceptor;
 
 use crate::health::HealthChecker;
-use crate::metrics::{BackendMetrics, Metrics, PortMetrics};
-use crate::pool::{BackendPool, Policies, TrafficObserver};
+use crate::metrics::{BackendMetrics, Metrics, PortMetrics, ShadowRole};
+use crate::pool::{BackendPool, Policies, ShadowPolicies, TrafficObserver};
 use crate::tls::{Alpn, TlsEndpoint};
 
 /// A listener's serving state.
@@ -53,6 +53,18 @@ pub struct RoutePolicies {
     pub affinity: Option<Arc<dyn AffinityFactory>>,
     /// The port's health policies, in configuration order.
     pub health: Vec<Arc<HealthChecker>>,
+    /// Policies run beside the serving ones, their answers only compared.
+    pub shadow: ShadowFactories,
+}
+
+/// A port's shadow policies, each with the calls it sees per million (see
+/// [`crate::pool::ShadowPolicies`]).
+#[derive(Clone, Default)]
+pub struct ShadowFactories {
+    /// Shadows the balancer.
+    pub balancer: Option<(Arc<dyn BalancerFactory>, u32)>,
+    /// Shadows the session affinity.
+    pub affinity: Option<(Arc<dyn AffinityFactory>, u32)>,
 }
 
 /// Inputs to [`Route::build`] that come from outside the port's own model.
@@ -102,6 +114,13 @@ impl Route {
                         .iter()
                         .map(|checker| checker.clone() as Arc<dyn TrafficObserver>)
                         .collect(),
+                    shadow: ShadowPolicies {
+                        balancer: (policies.shadow.balancer.as_ref())
+                            .map(|(factory, rate)| (factory.as_ref(), *rate)),
+                        affinity: (policies.shadow.affinity.as_ref())
+                            .map(|(factory, rate)| (factory.as_ref(), *rate)),
+                        counters: metrics.shadow.clone(),
+                    },
                 },
                 previous.map(|p| p.pool.as_ref()),
             )),
@@ -115,11 +134,11 @@ impl Route {
             (true, Some(endpoint)) => Some(endpoint.acceptor(alpn)?),
             _ => None,
         };
+        let shadows = &policies.shadow;
         let reads_headers = policies.balancer.reads_headers()
-            || policies
-                .affinity
-                .as_ref()
-                .is_some_and(|a| a.reads_headers())
+            || (policies.affinity.as_ref()).is_some_and(|a| a.reads_headers())
+            || (shadows.balancer.as_ref()).is_some_and(|(b, _)| b.reads_headers())
+            || (shadows.affinity.as_ref()).is_some_and(|(a, _)| a.reads_headers())
             || !matches!(port.balancer.hash_key, HashKey::ClientIp);
         Ok(Route {
             reads_headers,
@@ -140,6 +159,7 @@ impl Route {
             balancer: Arc::new(lb_policy::RoundRobin),
             affinity: None,
             health: Vec::new(),
+            shadow: ShadowFactories::default(),
         };
         let cx = RouteContext {
             tls: None,
@@ -178,6 +198,10 @@ impl Route {
         if !previous.is_some_and(|p| Arc::ptr_eq(&p.pool, &self.pool)) {
             self.pool.activate();
         }
+        let shadow = &self.policies.shadow;
+        let counters = &self.metrics.shadow;
+        counters.set_shadowed(ShadowRole::Balancer, shadow.balancer.is_some());
+        counters.set_shadowed(ShadowRole::Affinity, shadow.affinity.is_some());
         let key = &self.port.key;
         metrics.show_port(key, &self.metrics);
         metrics.show_unrouted(key, &self.unrouted);

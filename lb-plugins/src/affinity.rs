@@ -10,7 +10,7 @@ use std::time::Duration;
 use lb_config::Backend;
 use lb_policy::{
     Affinity, AffinityFactory, AffinityTable, BackendFigures, PickContext, ResponseHeader,
-    Stickiness,
+    Stickiness, Unanswered,
 };
 
 use super::bindings::{v1, v2, v3};
@@ -117,6 +117,10 @@ impl AffinityFactory for WasmAffinityFactory {
     fn reads_headers(&self) -> bool {
         self.configured.reads_headers
     }
+
+    fn quarantined(&self) -> bool {
+        self.configured.is_quarantined()
+    }
 }
 
 /// The affinity of one backend set, answered by the plugin.
@@ -180,17 +184,13 @@ impl WasmAffinity {
             PerThread::V3(policy) => assigned!(v3, to_v3, policy, cx, id),
         }
     }
-}
 
-impl Affinity for WasmAffinity {
-    fn activate(&self) {
-        self.plugin.prepare();
-    }
-
-    fn stick(&self, cx: &PickContext<'_>) -> Stickiness {
+    /// The plugin's `stick`, checked, its faults recorded. `alone`: no `assigned` follows
+    /// (a shadow's call), so an answer settles the request's fault record at once.
+    fn ask_stick(&self, cx: &PickContext<'_>, alone: bool) -> Result<Stickiness, Unanswered> {
         let faults = self.plugin.faults();
         if faults.is_quarantined() {
-            return Stickiness::None;
+            return Err(Unanswered::Quarantined);
         }
         let stickiness = match self.call_stick(cx) {
             Ok(Answer::None) => Ok(Stickiness::None),
@@ -202,22 +202,38 @@ impl Affinity for WasmAffinity {
             Ok(_) => Err(FaultKind::InvalidAnswer),
             Err(kind) => Err(kind),
         };
-        STICK_FAULTED.set(stickiness.is_err());
+        if !alone {
+            STICK_FAULTED.set(stickiness.is_err());
+        }
         match stickiness {
             Ok(stickiness) => {
                 // Faults count per request: an unstuck HTTP request goes on to `assigned`,
                 // which then speaks for the whole request, so a plugin failing in either call
                 // on every request still reaches its quarantine.
-                if !(cx.protocol.is_http() && stickiness == Stickiness::None) {
+                if alone || !(cx.protocol.is_http() && stickiness == Stickiness::None) {
                     faults.success();
                 }
-                stickiness
+                Ok(stickiness)
             }
             Err(kind) => {
                 faults.record(kind);
-                Stickiness::None
+                Err(Unanswered::Fault)
             }
         }
+    }
+}
+
+impl Affinity for WasmAffinity {
+    fn activate(&self) {
+        self.plugin.prepare();
+    }
+
+    fn stick(&self, cx: &PickContext<'_>) -> Stickiness {
+        self.ask_stick(cx, false).unwrap_or(Stickiness::None)
+    }
+
+    fn stick_answer(&self, cx: &PickContext<'_>) -> Result<Stickiness, Unanswered> {
+        self.ask_stick(cx, true)
     }
 
     fn assigned(&self, cx: &PickContext<'_>, index: usize) -> Option<ResponseHeader> {

@@ -8,7 +8,7 @@
 use std::sync::{Arc, OnceLock};
 
 use lb_config::Backend;
-use lb_policy::{BackendFigures, Balancer, BalancerFactory, PickContext, RoundRobin};
+use lb_policy::{BackendFigures, Balancer, BalancerFactory, PickContext, RoundRobin, Unanswered};
 
 use super::bindings::{v1, v2, v3};
 use super::convert::{to_v1, to_v2, to_v3};
@@ -50,6 +50,10 @@ impl BalancerFactory for WasmBalancerFactory {
 
     fn reads_headers(&self) -> bool {
         self.0.reads_headers
+    }
+
+    fn quarantined(&self) -> bool {
+        self.0.is_quarantined()
     }
 }
 
@@ -146,32 +150,33 @@ impl Balancer for WasmBalancer {
     }
 
     fn pick(&self, cx: &PickContext<'_>, attempt: u32) -> Option<usize> {
+        self.answer(cx, attempt)
+            .unwrap_or_else(|_| self.fallback.pick(cx, attempt))
+    }
+
+    fn answer(&self, cx: &PickContext<'_>, attempt: u32) -> Result<Option<usize>, Unanswered> {
         let faults = self.plugin.faults();
         if faults.is_quarantined() {
-            return self.fallback.pick(cx, attempt);
+            return Err(Unanswered::Quarantined);
         }
         if attempt == 0 {
             if let Some(plan) = self.plan() {
-                return Some(plan.pick(cx.hash_key));
+                return Ok(Some(plan.pick(cx.hash_key)));
             }
         }
-        match self.call_pick(cx, attempt) {
+        let kind = match self.call_pick(cx, attempt) {
             Ok(Some(id)) if (id as usize) < self.count => {
                 faults.success();
-                Some(id as usize)
+                return Ok(Some(id as usize));
             }
             Ok(None) => {
                 faults.success();
-                None
+                return Ok(None);
             }
-            Ok(Some(_)) => {
-                faults.record(FaultKind::InvalidAnswer);
-                self.fallback.pick(cx, attempt)
-            }
-            Err(kind) => {
-                faults.record(kind);
-                self.fallback.pick(cx, attempt)
-            }
-        }
+            Ok(Some(_)) => FaultKind::InvalidAnswer,
+            Err(kind) => kind,
+        };
+        faults.record(kind);
+        Err(Unanswered::Fault)
     }
 }

@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 
 use lb_config::{
     AffinityPolicy, BalancerPolicy, FieldPath, HealthPolicy as HealthConfig, Model, PluginCache,
-    PluginLimits, PolicySource, Problems, Protocol,
+    PluginLimits, PolicySource, Problems, Protocol, ShadowPolicy,
 };
 use lb_policy::{AffinityFactory, BalancerFactory, HealthPolicy, RoundRobin};
 
@@ -165,9 +165,53 @@ impl PluginHost {
         if policy.policy == PolicySource::Native {
             return Ok(Arc::new(RoundRobin));
         }
-        let configured =
-            self.configure(&self.balancers, &policy.policy, &policy.params, protocol)?;
+        let configured = self.configure(
+            &self.balancers,
+            Role::Serving,
+            &policy.policy,
+            &policy.params,
+            protocol,
+        )?;
         Ok(Arc::new(WasmBalancerFactory(configured)))
+    }
+
+    /// The factory of a port's shadow balancer: a plugin loaded apart from any serving use of
+    /// the same file (instances, fault record, quarantine and metrics of its own, named
+    /// `shadow:NAME`), so nothing it does reaches serving.
+    pub fn shadow_factory(
+        &self,
+        shadow: &ShadowPolicy,
+        protocol: Protocol,
+    ) -> Result<Arc<dyn BalancerFactory>, PluginError> {
+        if shadow.policy == PolicySource::Native {
+            return Ok(Arc::new(RoundRobin));
+        }
+        let configured = self.configure(
+            &self.balancers,
+            Role::Shadow,
+            &shadow.policy,
+            &shadow.params,
+            protocol,
+        )?;
+        Ok(Arc::new(WasmBalancerFactory(configured)))
+    }
+
+    /// The factory of a port's shadow affinity, loaded apart as [`PluginHost::shadow_factory`]
+    /// says, with a table of its own holding up to `max_entries` keys.
+    pub fn shadow_affinity_factory(
+        &self,
+        shadow: &ShadowPolicy,
+        max_entries: u32,
+        protocol: Protocol,
+    ) -> Result<Arc<dyn AffinityFactory>, PluginError> {
+        let configured = self.configure(
+            &self.affinities,
+            Role::Shadow,
+            &shadow.policy,
+            &shadow.params,
+            protocol,
+        )?;
+        Ok(Arc::new(WasmAffinityFactory::new(configured, max_entries)))
     }
 
     /// The affinity factory for `policy` (with a fresh table), its parameters checked by the
@@ -177,8 +221,13 @@ impl PluginHost {
         policy: &AffinityPolicy,
         protocol: Protocol,
     ) -> Result<Arc<dyn AffinityFactory>, PluginError> {
-        let configured =
-            self.configure(&self.affinities, &policy.policy, &policy.params, protocol)?;
+        let configured = self.configure(
+            &self.affinities,
+            Role::Serving,
+            &policy.policy,
+            &policy.params,
+            protocol,
+        )?;
         Ok(Arc::new(WasmAffinityFactory::new(
             configured,
             policy.max_entries,
@@ -191,7 +240,13 @@ impl PluginHost {
         policy: &HealthConfig,
         protocol: Protocol,
     ) -> Result<Arc<dyn HealthPolicy>, PluginError> {
-        let configured = self.configure(&self.health, &policy.policy, &policy.params, protocol)?;
+        let configured = self.configure(
+            &self.health,
+            Role::Serving,
+            &policy.policy,
+            &policy.params,
+            protocol,
+        )?;
         let plugin = configured.name().to_string();
         let policy = WasmHealthPolicy::new(configured)
             .map_err(|message| PluginError::Invalid { plugin, message })?;
@@ -210,6 +265,7 @@ impl PluginHost {
     fn configure<K: Kind>(
         &self,
         loaded: &LoadedMap<K>,
+        role: Role,
         source: &PolicySource,
         params: &[(String, String)],
         protocol: Protocol,
@@ -222,20 +278,20 @@ impl PluginHost {
                 })
             }
             PolicySource::Builtin(name) => {
-                let identity = format!("builtin:{name}");
+                let identity = Identity::builtin(name).in_role(role);
                 let bytes = BUILTINS
                     .iter()
                     .find(|(kind, builtin, _)| *kind == K::NAME && builtin == name)
                     .map(|(_, _, bytes)| *bytes)
                     .ok_or_else(|| PluginError::Invalid {
-                        plugin: identity.clone(),
+                        plugin: identity.name.clone(),
                         message: format!("is not a {} built into this gantry", K::NAME),
                     })?;
-                self.load(loaded, &Identity::builtin(name), &identity, bytes)?
+                self.load(loaded, &identity, bytes)?
             }
             PolicySource::File(plugin) => {
-                let identity = Identity::file(&plugin.name, &plugin.sha256);
-                self.load(loaded, &identity, &plugin.name, &plugin.bytes)?
+                let identity = Identity::file(&plugin.name, &plugin.sha256).in_role(role);
+                self.load(loaded, &identity, &plugin.bytes)?
             }
         };
         if protocol.is_udp() && !plugin.knows_udp() {
@@ -251,9 +307,9 @@ impl PluginHost {
         &self,
         loaded: &LoadedMap<K>,
         identity: &Identity,
-        name: &str,
         bytes: &[u8],
     ) -> Result<Arc<Loaded<K>>, PluginError> {
+        let name = identity.name.as_str();
         let found = loaded
             .lock()
             .ok()
@@ -289,11 +345,16 @@ impl PluginHost {
     /// quarantine threshold to them, and forgets the plugins it no longer uses (a changed file
     /// is a new plugin).
     pub fn commit(&self, model: &Model) {
-        let used: Vec<Identity> = model
+        let serving = model
             .ports()
             .flat_map(lb_config::Port::policies)
-            .filter_map(Identity::of)
-            .collect();
+            .filter_map(|policy| Identity::of(policy, Role::Serving));
+        let shadows = model
+            .ports()
+            .flat_map(|port| [&port.shadow.balancer, &port.shadow.affinity])
+            .flatten()
+            .filter_map(|shadow| Identity::of(&shadow.policy, Role::Shadow));
+        let used: Vec<Identity> = serving.chain(shadows).collect();
         let plugins: Vec<String> = used.iter().map(|id| id.plugin.clone()).collect();
         let mut kept = Vec::new();
         let mut forgotten = Vec::new();
@@ -312,13 +373,24 @@ impl PluginHost {
     }
 }
 
+/// Whether a plugin serves or shadows: a shadow is loaded apart, so that nothing it does
+/// reaches a serving use of the same plugin.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Serving,
+    Shadow,
+}
+
 /// What a loaded plugin is kept under, and what its compiled code is shared under.
 struct Identity {
-    /// The plugin: `builtin:NAME`, or a user plugin's name and its file's SHA-256. Two names
-    /// for byte-identical files are two plugins, each with its own faults, quarantine and
-    /// metrics; a changed file is a new plugin.
+    /// The plugin: `builtin:NAME`, or a user plugin's name and its file's SHA-256; a shadow's
+    /// begins with `shadow `. Two names for byte-identical files are two plugins, each with
+    /// its own faults, quarantine and metrics; a changed file is a new plugin.
     plugin: String,
-    /// The code: `builtin:NAME`, or the file's SHA-256, compiled once for every name.
+    /// Its name in messages and metrics: `builtin:NAME` or the user's, `shadow:` before a
+    /// shadow's.
+    name: String,
+    /// The code: `builtin:NAME`, or the file's SHA-256, compiled once for every name and role.
     code: String,
 }
 
@@ -327,6 +399,7 @@ impl Identity {
         let identity = format!("builtin:{name}");
         Identity {
             plugin: identity.clone(),
+            name: identity.clone(),
             code: identity,
         }
     }
@@ -334,16 +407,29 @@ impl Identity {
     fn file(name: &str, sha256: &str) -> Identity {
         Identity {
             plugin: format!("{name} {sha256}"),
+            name: name.to_owned(),
             code: sha256.to_owned(),
         }
     }
 
-    fn of(policy: &PolicySource) -> Option<Identity> {
-        match policy {
-            PolicySource::Native => None,
-            PolicySource::Builtin(name) => Some(Identity::builtin(name)),
-            PolicySource::File(plugin) => Some(Identity::file(&plugin.name, &plugin.sha256)),
+    fn in_role(self, role: Role) -> Identity {
+        match role {
+            Role::Serving => self,
+            Role::Shadow => Identity {
+                plugin: format!("shadow {}", self.plugin),
+                name: format!("shadow:{}", self.name),
+                code: self.code,
+            },
         }
+    }
+
+    fn of(policy: &PolicySource, role: Role) -> Option<Identity> {
+        let identity = match policy {
+            PolicySource::Native => return None,
+            PolicySource::Builtin(name) => Identity::builtin(name),
+            PolicySource::File(plugin) => Identity::file(&plugin.name, &plugin.sha256),
+        };
+        Some(identity.in_role(role))
     }
 }
 
@@ -400,6 +486,18 @@ pub fn check(model: &Model) -> Problems {
         for (i, health) in port.health.iter().enumerate() {
             if let Err(err) = host.health_policy(health, port.protocol) {
                 problems.push(&at.field("health").index(i), err.to_string());
+            }
+        }
+        if let Some(shadow) = &port.shadow.balancer {
+            if let Err(err) = host.shadow_factory(shadow, port.protocol) {
+                problems.push(&at.field("balancer").field("shadow"), err.to_string());
+            }
+        }
+        if let (Some(shadow), Some(affinity)) = (&port.shadow.affinity, &port.affinity) {
+            if let Err(err) =
+                host.shadow_affinity_factory(shadow, affinity.max_entries, port.protocol)
+            {
+                problems.push(&at.field("affinity").field("shadow"), err.to_string());
             }
         }
     }

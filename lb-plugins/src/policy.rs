@@ -222,6 +222,15 @@ impl<K: Kind> Configured<K> {
         }
     }
 
+    /// Whether the plugin is quarantined.
+    pub(crate) fn is_quarantined(&self) -> bool {
+        match &self.runner {
+            Runner::V1(recipe) => recipe.faults().is_quarantined(),
+            Runner::V2 { shared, .. } => shared.faults().is_quarantined(),
+            Runner::V3 { shared, .. } => shared.faults().is_quarantined(),
+        }
+    }
+
     /// The plugin over `backends`, with state per worker thread. Computes only: it runs
     /// nothing until prepared (or called).
     pub(crate) fn per_thread(

@@ -145,6 +145,11 @@ impl<W: World> Recipe<W> {
         &self.name
     }
 
+    /// The plugin's fault record.
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
     /// A new instance, configured and (when there are any) given the backends.
     fn instantiate(
         &self,

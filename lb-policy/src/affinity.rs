@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use lb_config::Backend;
 
-use crate::{BackendFigures, PickContext};
+use crate::{BackendFigures, PickContext, Unanswered};
 
 /// What a request sticks by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +73,12 @@ pub trait Affinity: Send + Sync {
     /// What `cx` sticks by.
     fn stick(&self, cx: &PickContext<'_>) -> Stickiness;
 
+    /// The policy's own answer to [`Affinity::stick`], for a shadow's comparison (see
+    /// [`crate::Balancer::answer`]).
+    fn stick_answer(&self, cx: &PickContext<'_>) -> Result<Stickiness, Unanswered> {
+        Ok(self.stick(cx))
+    }
+
     /// `cx` was balanced to the backend at `index`; the header that brings the client back.
     fn assigned(&self, cx: &PickContext<'_>, index: usize) -> Option<ResponseHeader>;
 
@@ -96,6 +102,23 @@ pub trait AffinityFactory: Send + Sync {
     fn reads_headers(&self) -> bool {
         true
     }
+
+    /// Whether the policy is quarantined after repeated faults, so that no request sticks.
+    /// Never, unless a policy can fault.
+    fn quarantined(&self) -> bool {
+        false
+    }
+}
+
+/// What [`AffinityTable::peek`] found for a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peeked {
+    /// A live entry, remembered with this backend.
+    Hit(SocketAddr),
+    /// An entry past its idle timeout (a lookup would drop it), last with this backend.
+    Expired(SocketAddr),
+    /// No entry.
+    Miss,
 }
 
 /// Shards of the table: enough that worker threads rarely meet on one lock.
@@ -148,6 +171,21 @@ impl AffinityTable {
         }
         entry.last_used_ms = now_ms;
         Some(entry.backend)
+    }
+
+    /// What the table holds for `key` at `now_ms`, changing nothing: an entry found is
+    /// neither refreshed nor dropped (for `gantry explain`).
+    pub fn peek(&self, key: u64, now_ms: u64) -> Peeked {
+        let Ok(shard) = self.shard(key).lock() else {
+            return Peeked::Miss;
+        };
+        match shard.entries.get(&key) {
+            None => Peeked::Miss,
+            Some(entry) if now_ms.saturating_sub(entry.last_used_ms) > self.idle_ms => {
+                Peeked::Expired(entry.backend)
+            }
+            Some(entry) => Peeked::Hit(entry.backend),
+        }
     }
 
     /// Remembers `key` with `backend` from `now_ms`; false when the table is full.
@@ -207,7 +245,14 @@ mod tests {
         assert_eq!(table.lookup(7, 10_999), Some(at(1)));
         // The hit at 10.999 s restarted the timeout.
         assert_eq!(table.lookup(7, 20_999), Some(at(1)));
+        assert_eq!(table.peek(7, 20_999), Peeked::Hit(at(1)));
+        assert_eq!(
+            table.peek(7, 31_000),
+            Peeked::Expired(at(1)),
+            "a peek neither refreshed the entry nor drops it"
+        );
         assert_eq!(table.lookup(7, 31_000), None, "idle for more than 10 s");
+        assert_eq!(table.peek(7, 31_000), Peeked::Miss);
         assert!(table.is_empty(), "an expired entry found is dropped");
     }
 

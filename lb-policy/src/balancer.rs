@@ -82,6 +82,15 @@ fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h [u8]> {
         })
 }
 
+/// Why a policy has no answer of its own for a call (see [`Balancer::answer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unanswered {
+    /// The call faulted: a trap, a missed deadline, an answer outside the set.
+    Fault,
+    /// The policy is quarantined after repeated faults and is not called.
+    Quarantined,
+}
+
 /// Chooses a backend for each connection or request.
 pub trait Balancer: Send + Sync {
     /// The policy's name, for logs and `/config`.
@@ -92,6 +101,13 @@ pub trait Balancer: Send + Sync {
     /// use (a backend already tried, or backing off) is asked again with the next attempt.
     /// `None` means the policy has no answer; the host then scans for any usable backend.
     fn pick(&self, cx: &PickContext<'_>, attempt: u32) -> Option<usize>;
+
+    /// The policy's own answer to [`Balancer::pick`], for a shadow's comparison: where `pick`
+    /// would answer a fault with the fallback's choice, this says why the policy gave none.
+    /// A policy that cannot fault answers as `pick` does.
+    fn answer(&self, cx: &PickContext<'_>, attempt: u32) -> Result<Option<usize>, Unanswered> {
+        Ok(self.pick(cx, attempt))
+    }
 
     /// The balancer is about to serve: do what building must not (prepare what runs it).
     /// Called once, when the reload that built it commits. Nothing by default.
@@ -112,6 +128,12 @@ pub trait BalancerFactory: Send + Sync {
     /// building them. True unless a policy knows better.
     fn reads_headers(&self) -> bool {
         true
+    }
+
+    /// Whether the policy is quarantined after repeated faults, so that its picks are the
+    /// native round-robin's. Never, unless a policy can fault.
+    fn quarantined(&self) -> bool {
+        false
     }
 }
 

@@ -17,8 +17,10 @@ mod health;
 mod round_robin;
 
 pub use affinity::{
-    rendezvous, Affinity, AffinityFactory, AffinityTable, ResponseHeader, Stickiness,
+    rendezvous, Affinity, AffinityFactory, AffinityTable, Peeked, ResponseHeader, Stickiness,
 };
-pub use balancer::{hash_key, BackendFigures, Balancer, BalancerFactory, Figures, PickContext};
+pub use balancer::{
+    hash_key, BackendFigures, Balancer, BalancerFactory, Figures, PickContext, Unanswered,
+};
 pub use health::{HealthPolicy, HealthSettings, Outcome, ProbeKind, ProbePlan, Verdict};
 pub use round_robin::RoundRobin;

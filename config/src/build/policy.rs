@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::file::{AffinityFile, BalancerFile, HealthFile, PluginFile};
+use crate::file::{AffinityFile, BalancerFile, HealthFile, PluginFile, ShadowFile};
 use crate::lenient::Lenient;
 use crate::model::{
-    AffinityPolicy, BalancerPolicy, HashKey, HealthPolicy, PluginBinary, PolicySource,
+    AffinityPolicy, BalancerPolicy, HashKey, HealthPolicy, PluginBinary, PolicySource, ShadowPolicy,
 };
 use crate::problems::{FieldPath, Problems};
 
@@ -214,6 +214,50 @@ pub(super) fn build_health(
     Some(HealthPolicy {
         policy: policy?,
         params: params?,
+    })
+}
+
+/// What a shadow stands beside: its policy is one of the same kind.
+#[derive(Clone, Copy)]
+pub(super) enum Shadowed {
+    Balancer,
+    Affinity,
+}
+
+/// A `shadow:` of a balancer or an affinity; `None` when it has a problem (reported).
+pub(super) fn build_shadow(
+    file: ShadowFile,
+    shadowed: Shadowed,
+    plugins: &Plugins,
+    path: &FieldPath,
+    p: &mut Problems,
+) -> Option<ShadowPolicy> {
+    let policy = match (shadowed, file.policy) {
+        (Shadowed::Balancer, Some(text)) if text == "native:round-robin" => {
+            Some(PolicySource::Native)
+        }
+        (Shadowed::Balancer, text) => required_policy(text, BUILTIN_BALANCERS, plugins, path, p),
+        (Shadowed::Affinity, text) => required_policy(text, BUILTIN_AFFINITIES, plugins, path, p),
+    };
+    let params = build_params(file.params, path, p);
+    let sample_per_million = match file.sample_percent {
+        None => Some(1_000_000),
+        Some(percent) if (0.01..=100.0).contains(&percent) => {
+            // In range, so the product is within 100..=1_000_000 and the cast exact.
+            Some((percent * 10_000.0).round() as u32)
+        }
+        Some(percent) => {
+            p.push(
+                &path.field("sample_percent"),
+                format!("{percent} is out of range 0.01..=100"),
+            );
+            None
+        }
+    };
+    Some(ShadowPolicy {
+        policy: policy?,
+        params: params?,
+        sample_per_million: sample_per_million?,
     })
 }
 

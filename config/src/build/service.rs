@@ -9,12 +9,14 @@ use crate::file::{BackendProtocolFile, PortFile, ProtocolFile, ProxyProtocolFile
 use crate::lenient::Lenient;
 use crate::model::{
     BackendProtocol, FieldOrigin, ListenerKey, Port, PortSettings, Protocol, ProxyProtocol,
-    Service, ServiceSource,
+    Service, ServiceSource, Shadows,
 };
 use crate::problems::{FieldPath, Problems};
 
 use super::backends::build_backends;
-use super::policy::{build_affinity, build_balancer, build_health, Plugins};
+use super::policy::{
+    build_affinity, build_balancer, build_health, build_shadow, Plugins, Shadowed,
+};
 use super::settings::apply_settings;
 use super::tls::{build_tls, TlsOutcome};
 use super::{is_valid_name, take};
@@ -200,6 +202,7 @@ fn build_port(
     };
     let settings = apply_settings(cx.shared.defaults, &file.settings, path, p);
     let balancer_path = path.field("balancer");
+    let mut shadow = Shadows::default();
     let balancer = match file.balancer {
         Some(Lenient::Invalid {
             path: inner,
@@ -208,7 +211,12 @@ fn build_port(
             p.push_nested(&balancer_path, &inner, &message);
             None
         }
-        Some(Lenient::Parsed(spec)) => {
+        Some(Lenient::Parsed(mut spec)) => {
+            if let Some(file) = spec.shadow.take() {
+                let at = balancer_path.field("shadow");
+                shadow.balancer = build_shadow(file, Shadowed::Balancer, cx.shared.plugins, &at, p);
+                ok &= shadow.balancer.is_some();
+            }
             build_balancer(Some(spec), cx.shared.plugins, &balancer_path, p)
         }
         None => build_balancer(None, cx.shared.plugins, &balancer_path, p),
@@ -223,7 +231,12 @@ fn build_port(
             ok = false;
             None
         }
-        Some(Lenient::Parsed(spec)) => {
+        Some(Lenient::Parsed(mut spec)) => {
+            if let Some(file) = spec.shadow.take() {
+                let at = affinity_path.field("shadow");
+                shadow.affinity = build_shadow(file, Shadowed::Affinity, cx.shared.plugins, &at, p);
+                ok &= shadow.affinity.is_some();
+            }
             match build_affinity(spec, cx.shared.plugins, &affinity_path, p) {
                 Some(affinity) => Some(affinity),
                 None => {
@@ -278,6 +291,7 @@ fn build_port(
         balancer: balancer?,
         affinity,
         health,
+        shadow,
         settings,
         origin: FieldOrigin(path.clone()),
     })

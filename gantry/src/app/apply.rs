@@ -25,7 +25,7 @@ use super::{Gantry, LiveListener};
 use lb_core::health::HealthChecker;
 use lb_core::http_server::BoundServer;
 use lb_core::listener::Listener;
-use lb_core::route::{Carry, Route, RouteContext, RoutePolicies};
+use lb_core::route::{Carry, Route, RouteContext, RoutePolicies, ShadowFactories};
 use lb_core::tls::TlsEndpoint;
 
 /// Why a model could not be applied; the running model keeps serving.
@@ -127,19 +127,21 @@ struct Swap {
 }
 
 /// The aspects that name plugins.
-const POLICY_ASPECTS: [PortAspect; 3] = [
+const POLICY_ASPECTS: [PortAspect; 4] = [
     PortAspect::Balancer,
     PortAspect::Affinity,
     PortAspect::Health,
+    PortAspect::Shadow,
 ];
 
 /// The aspects a backend pool is built from: when none changed, a port keeps its pool.
-const POOL_ASPECTS: [PortAspect; 5] = [
+const POOL_ASPECTS: [PortAspect; 6] = [
     PortAspect::Backends,
     PortAspect::Settings,
     PortAspect::Balancer,
     PortAspect::Affinity,
     PortAspect::Health,
+    PortAspect::Shadow,
 ];
 
 impl Gantry {
@@ -413,10 +415,45 @@ impl Gantry {
                 checkers
             }
         };
+        // A shadow is rebuilt when it or what it stands beside changed; what serves is kept
+        // when only a shadow changed.
+        let shadow_kept = [
+            PortAspect::Shadow,
+            PortAspect::Balancer,
+            PortAspect::Affinity,
+        ]
+        .iter()
+        .all(|aspect| !fresh.contains(*aspect));
+        let shadow = match previous.filter(|_| shadow_kept) {
+            Some(previous) => previous.shadow.clone(),
+            None => ShadowFactories {
+                balancer: match &port.shadow.balancer {
+                    Some(shadow) => Some((
+                        (plugins.shadow_factory(shadow, port.protocol))
+                            .map_err(failed("balancer.shadow".into()))?,
+                        shadow.sample_per_million,
+                    )),
+                    None => None,
+                },
+                affinity: match (&port.shadow.affinity, &port.affinity) {
+                    (Some(shadow), Some(serving)) => Some((
+                        (plugins.shadow_affinity_factory(
+                            shadow,
+                            serving.max_entries,
+                            port.protocol,
+                        ))
+                        .map_err(failed("affinity.shadow".into()))?,
+                        shadow.sample_per_million,
+                    )),
+                    _ => None,
+                },
+            },
+        };
         Ok(RoutePolicies {
             balancer,
             affinity,
             health,
+            shadow,
         })
     }
 

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminApp, AdminView, ListenerState};
+use crate::explain::{ExplainError, ExplainRequest, Explainer};
 use lb_core::connection::ListenerShared;
 use lb_core::http_server::{BoundServer, SmallServer};
 use lb_core::listener::{Listener, OpenCount};
@@ -70,6 +71,8 @@ struct Inner {
     kubernetes_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Announces the served addresses through the routing daemon.
     routes: Routes,
+    /// Answers `/explain`, with plugin instances of its own.
+    explainer: Explainer,
 }
 
 #[derive(Clone)]
@@ -140,6 +143,7 @@ impl Gantry {
                 kubernetes_stop: CancellationToken::new(),
                 kubernetes_task: Mutex::new(None),
                 routes: Routes::new(),
+                explainer: Explainer::default(),
             }),
         };
         let admin = gantry
@@ -323,6 +327,18 @@ impl AdminView for Inner {
         let model = self.model.load_full();
         let routing = model.routing.as_ref().map(|_| self.routes.shown());
         admin::config_document(&model, listeners, leadership.as_ref(), routing.as_ref())
+    }
+
+    fn explain(&self, query: &str) -> Result<serde_json::Value, ExplainError> {
+        let request = ExplainRequest::from_query(query).map_err(ExplainError::BadRequest)?;
+        let key = ListenerKey {
+            service: request.service.clone(),
+            port: request.port.clone(),
+        };
+        let route = (self.live.load().get(&key))
+            .map(|listener| listener.shared.route.load_full())
+            .ok_or_else(|| ExplainError::NotFound(format!("no port {key} is served")))?;
+        self.explainer.explain(&self.model.load(), &route, &request)
     }
 
     fn authorized(&self, authorization: Option<&[u8]>) -> admin::Authorization {

@@ -99,7 +99,7 @@ async fn get_with(admin: SocketAddr, path: &str, authorization: Option<&str>) ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_configured_token_guards_config_and_metrics_but_not_the_probes() {
+async fn a_configured_token_guards_config_metrics_and_explain_but_not_the_probes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, "first-token-0123456789\n").expect("token");
@@ -107,14 +107,22 @@ async fn a_configured_token_guards_config_and_metrics_but_not_the_probes() {
     let gantry = scenario.start().await;
     let admin = gantry.admin_addr().expect("admin address");
 
-    for path in ["/metrics", "/config"] {
+    for (path, answered) in [
+        ("/metrics", StatusCode::OK),
+        ("/config", StatusCode::OK),
+        // Explanations too; this one's port does not exist.
+        (
+            "/explain?service=web&port=http&client=127.0.0.1",
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
         let refused = get_with(admin, path, None).await;
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{path}");
         assert!(refused.header("www-authenticate").starts_with("Bearer"));
         let wrong = get_with(admin, path, Some("Bearer first-token-0123456788")).await;
         assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{path}");
         let right = get_with(admin, path, Some("Bearer first-token-0123456789")).await;
-        assert_eq!(right.status, StatusCode::OK, "{path}");
+        assert_eq!(right.status, answered, "{path}");
     }
     assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
     assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);

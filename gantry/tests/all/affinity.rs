@@ -8,31 +8,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpSocket;
 
-use crate::support::client::{get, read_until_closed, H1};
+use crate::support::client::{exchange_from, get, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol, TcpOrigin};
 use crate::support::scenario::{Port, Scenario};
 use crate::support::{addr, metric, model};
-
-/// One TCP exchange through `proxy` from source address 127.0.0.`client`: the backend's name.
-async fn exchange_from(client: u8, proxy: SocketAddr) -> String {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(127, 0, 0, client)),
-            0,
-        ))
-        .expect("bind a loopback source address");
-    let mut stream = socket.connect(proxy).await.expect("connect");
-    stream.write_all(b"hi").await.expect("write");
-    stream.shutdown().await.expect("half-close");
-    let answer = read_until_closed(&mut stream).await;
-    let (name, echoed) = answer.split_once(':').expect("name:payload");
-    assert_eq!(echoed, "hi");
-    name.to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ip_affinity_keeps_each_client_on_one_backend_and_moves_it_off_a_failed_one() {

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use crate::support::certs::{Leaf, TestCa};
 use crate::support::client::{get, tls_connect, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
+use crate::support::steady::SteadyLoad;
 use crate::support::{access_log, addr, eventually, metric};
 
 /// The runtime settings of the configurations these tests start from a file.
@@ -29,69 +29,6 @@ async fn start_from(path: &Path, scenario: &Scenario) -> Gantry {
     scenario.write(path);
     let model = lb_config::load_file(path).expect("valid config");
     Gantry::start(model).await.expect("gantry starts")
-}
-
-/// Requests `port` in a loop (keep-alive, plus a new connection each tenth request) until
-/// stopped, counting successes and failures.
-struct Load {
-    ok: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    fn start(target: SocketAddr) -> Load {
-        let (ok, failed, stop) = (
-            Arc::<AtomicUsize>::default(),
-            Arc::<AtomicUsize>::default(),
-            Arc::<AtomicBool>::default(),
-        );
-        let (ok2, failed2, stop2) = (ok.clone(), failed.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            let mut kept = H1::connect(target).await.expect("connect");
-            let mut n = 0usize;
-            while !stop2.load(Ordering::SeqCst) {
-                n += 1;
-                let result = if n.is_multiple_of(10) {
-                    Ok(get(target, "/").await)
-                } else {
-                    kept.get("/").await
-                };
-                match result {
-                    Ok(answer) if answer.status == StatusCode::OK => {
-                        ok2.fetch_add(1, Ordering::SeqCst)
-                    }
-                    _ => failed2.fetch_add(1, Ordering::SeqCst),
-                };
-            }
-        });
-        Load {
-            ok,
-            failed,
-            stop,
-            task,
-        }
-    }
-
-    async fn wait_for_more(&self, more: usize) {
-        let target = self.ok.load(Ordering::SeqCst) + more;
-        let ok = self.ok.clone();
-        eventually("more requests under load", || {
-            let ok = ok.clone();
-            async move { ok.load(Ordering::SeqCst) >= target }
-        })
-        .await;
-    }
-
-    async fn finish(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.task.await.expect("load task");
-        (
-            self.ok.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-        )
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +53,7 @@ async fn a_reload_under_load_changes_only_what_changed_and_fails_no_request() {
     let changing = addr(&gantry, "web", "changing");
     let retired = addr(&gantry, "web", "retired");
 
-    let (stable_load, changing_load) = (Load::start(stable), Load::start(changing));
+    let (stable_load, changing_load) = (SteadyLoad::start(stable), SteadyLoad::start(changing));
     stable_load.wait_for_more(50).await;
     after.write(&config);
     let changes = gantry::reload::reload_from_file(&gantry, &config)

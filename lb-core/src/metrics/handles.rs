@@ -11,6 +11,8 @@ use prometheus::core::Metric;
 use prometheus::proto;
 use prometheus::{Histogram, HistogramOpts};
 
+use super::shadow::{ShadowCounters, ShadowPicks};
+
 /// A counter the data path bumps: one shared atomic and nothing else. A prometheus
 /// `IntCounter` carries its own descriptor (name, help, labels: some 350 bytes); these are
 /// shown under a family that has them (see `super::shown`), and a cluster's 100,000 backends,
@@ -199,7 +201,8 @@ impl AffinityOutcome {
         AffinityOutcome::Moved,
     ];
 
-    pub(super) fn label(self) -> &'static str {
+    /// The `outcome` label.
+    pub fn label(self) -> &'static str {
         match self {
             AffinityOutcome::Stuck => "stuck",
             AffinityOutcome::New => "new",
@@ -239,6 +242,8 @@ pub struct PortMetrics {
     pub(super) rejected: [Counter; Rejection::ALL.len()],
     /// Session-affinity decisions.
     pub affinity: AffinityCounters,
+    /// Comparisons of the port's shadow policies with its serving ones.
+    pub shadow: ShadowCounters,
     /// UDP flows open now.
     pub flows_active: Gauge,
     /// UDP flows started.
@@ -259,6 +264,7 @@ impl PortMetrics {
             tls_handshake_failures: counter(),
             rejected: std::array::from_fn(|_| counter()),
             affinity: AffinityCounters([counter(), counter(), counter()]),
+            shadow: ShadowCounters::default(),
             flows_active: gauge(),
             flows_created: counter(),
             flows_expired: counter(),
@@ -312,6 +318,8 @@ pub struct BackendMetrics {
     pub datagrams_received: Counter,
     /// UDP datagrams relayed from the backend to clients.
     pub datagrams_sent: Counter,
+    /// Picks of this backend on calls a shadow policy compared, by role and side.
+    pub shadow_picks: ShadowPicks,
 }
 
 impl BackendMetrics {
@@ -342,6 +350,7 @@ impl BackendMetrics {
             health_observations_dropped: counter(),
             datagrams_received: counter(),
             datagrams_sent: counter(),
+            shadow_picks: ShadowPicks::default(),
         };
         metrics.up.set(1);
         metrics.healthy.set(1);

@@ -6,6 +6,7 @@
 mod handles;
 mod log;
 mod routing;
+mod shadow;
 mod shown;
 
 use lb_config::ListenerKey;
@@ -16,6 +17,7 @@ pub use handles::{
     AffinityCounters, AffinityOutcome, BackendMetrics, Counter, Gauge, PortMetrics, Rejection,
     UdpDrop,
 };
+pub use shadow::{ShadowCounters, ShadowPicks, ShadowResult, ShadowRole, ShadowSide};
 
 use shown::{lock, Shown, ShownBackend};
 

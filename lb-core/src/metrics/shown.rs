@@ -13,6 +13,7 @@ use prometheus::proto::{LabelPair, MetricFamily, MetricType};
 use super::handles::{
     AffinityOutcome, BackendMetrics, PortMetrics, Rejection, UdpDrop, STATUS_CLASSES,
 };
+use super::shadow::{ShadowResult, ShadowRole, ShadowSide};
 
 /// `(service, port)`.
 pub(super) type PortKey = (String, String);
@@ -48,7 +49,7 @@ const PORT_LABELS: &[&str] = &["service", "port"];
 const BACKEND_LABELS: &[&str] = &["service", "port", "backend"];
 const PLUGIN_LABELS: &[&str] = &["plugin"];
 
-const PORT_FAMILIES: [Family; 11] = [
+const PORT_FAMILIES: [Family; 12] = [
     family("gantry_connections_total", "Client connections accepted.", COUNTER, &[]),
     family("gantry_connections_active", "Client connections open now.", GAUGE, &[]),
     family("gantry_tls_handshakes_total", "TLS handshakes completed.", COUNTER, &[]),
@@ -90,9 +91,15 @@ const PORT_FAMILIES: [Family; 11] = [
         COUNTER,
         &["reason"],
     ),
+    family(
+        "gantry_shadow_calls_total",
+        "Calls a shadow policy saw beside the serving one (role: balancer or affinity), by result: agree, disagree, fault (the shadow's call faulted), quarantined (not called).",
+        COUNTER,
+        &["role", "result"],
+    ),
 ];
 
-const BACKEND_FAMILIES: [Family; 13] = [
+const BACKEND_FAMILIES: [Family; 14] = [
     family(
         "gantry_backend_connections_total",
         "Connections opened to a backend (TCP) or requests sent to it (HTTP).",
@@ -170,6 +177,12 @@ const BACKEND_FAMILIES: [Family; 13] = [
         "UDP datagrams relayed from the backend to clients.",
         COUNTER,
         &[],
+    ),
+    family(
+        "gantry_shadow_picks_total",
+        "Picks of a backend on calls a shadow policy saw, by role and side (serving or shadow): each side's share of picks per backend.",
+        COUNTER,
+        &["role", "side"],
     ),
 ];
 
@@ -288,6 +301,8 @@ impl Collector for Shown {
             .collect();
         let (ports, rest) = out.split_at_mut(PORT_FAMILIES.len());
         let (backends, plugins) = rest.split_at_mut(BACKEND_FAMILIES.len());
+        // The shadowed roles of each port, for its backends' pick series.
+        let mut shadowed: BTreeMap<PortKey, Vec<ShadowRole>> = BTreeMap::new();
         for ((service, port), m) in lock(&self.ports).iter() {
             let l = [("service", service.as_str()), ("port", port.as_str())];
             ports[0].add(&l, &m.connections);
@@ -309,6 +324,25 @@ impl Collector for Shown {
             ports[9].add(&l, &m.flows_expired);
             for (why, counter) in UdpDrop::ALL.iter().zip(&m.udp_dropped) {
                 ports[10].add(&[l[0], l[1], ("reason", why.label())], counter);
+            }
+            let roles: Vec<ShadowRole> = ShadowRole::ALL
+                .into_iter()
+                .filter(|role| m.shadow.is_shadowed(*role))
+                .collect();
+            for role in &roles {
+                let calls = &m.shadow.calls[*role as usize];
+                for (result, counter) in ShadowResult::ALL.iter().zip(calls) {
+                    let l = [
+                        l[0],
+                        l[1],
+                        ("role", role.label()),
+                        ("result", result.label()),
+                    ];
+                    ports[11].add(&l, counter);
+                }
+            }
+            if !roles.is_empty() {
+                shadowed.insert((service.clone(), port.clone()), roles);
             }
         }
         for ((service, port, backend), shown) in lock(&self.backends).iter() {
@@ -335,6 +369,23 @@ impl Collector for Shown {
             }
             backends[11].add(&l, &m.datagrams_received);
             backends[12].add(&l, &m.datagrams_sent);
+            if shadowed.is_empty() || !is_backend {
+                continue;
+            }
+            let roles = shadowed.get(&(service.clone(), port.clone()));
+            for role in roles.into_iter().flatten() {
+                let picks = &m.shadow_picks.0[*role as usize];
+                for (side, counter) in ShadowSide::ALL.iter().zip(picks) {
+                    let l = [
+                        l[0],
+                        l[1],
+                        l[2],
+                        ("role", role.label()),
+                        ("side", side.label()),
+                    ];
+                    backends[13].add(&l, counter);
+                }
+            }
         }
         for (plugin, handles) in lock(&self.plugins).iter() {
             let l = ("plugin", plugin.as_str());

@@ -84,6 +84,12 @@ impl BackendState {
         self.show_health();
     }
 
+    /// The slots (health policies, in the port's order) holding the backend out now.
+    pub fn held_out_by(&self) -> impl Iterator<Item = usize> {
+        let bits = self.held_out.load(Ordering::Relaxed);
+        (0..8).filter(move |slot| bits & (1 << slot) != 0)
+    }
+
     /// Takes the backend out for `duration` (passive outlier ejection).
     pub(crate) fn eject(self: &Arc<Self>, duration: Duration) {
         self.metrics.ejections.inc();

@@ -13,6 +13,8 @@
 
 pub mod attempt;
 mod backend;
+mod explain;
+mod shadow;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,11 +24,17 @@ use lb_config::{Backend, Backoff};
 use lb_policy::clock::now_ms;
 use lb_policy::{
     Affinity, AffinityFactory, AffinityTable, BackendFigures, Balancer, BalancerFactory, Figures,
-    Outcome, PickContext, ResponseHeader, Stickiness,
+    Outcome, Peeked, PickContext, ResponseHeader, Stickiness,
 };
 
 pub use attempt::{Attempt, Attempts, NoBackend};
 pub use backend::{BackendLease, BackendState, HealthView};
+pub use explain::{
+    AffinityStep, BackendSeen, BalancerStep, ExplainPolicies, Explanation, PickSeen,
+};
+pub use shadow::ShadowPolicies;
+
+use shadow::{Sampling, ShadowAffinity, ShadowBalancer};
 
 use crate::metrics::{AffinityCounters, AffinityOutcome};
 
@@ -84,6 +92,8 @@ pub struct Policies<'a> {
     pub backoff: Backoff,
     /// Who hears how traffic went (the port's health policies that watch traffic).
     pub observers: Vec<Arc<dyn TrafficObserver>>,
+    /// Policies run beside the serving ones, their answers only compared.
+    pub shadow: ShadowPolicies<'a>,
 }
 
 /// The port's session affinity over one backend set.
@@ -92,6 +102,14 @@ struct Sticky {
     table: Option<Arc<AffinityTable>>,
     by_address: HashMap<SocketAddr, usize>,
     counters: AffinityCounters,
+}
+
+/// Where an affinity sends a request before any balancing.
+enum Placement {
+    /// To the backend at this index.
+    Stuck(usize),
+    /// Nowhere yet: it is placed, and counted so.
+    Place(AffinityOutcome),
 }
 
 /// The backend chosen for a unit of work.
@@ -110,6 +128,8 @@ pub struct BackendPool {
     weights: Vec<u32>,
     balancer: Box<dyn Balancer>,
     sticky: Option<Sticky>,
+    shadow_balancer: Option<ShadowBalancer>,
+    shadow_affinity: Option<ShadowAffinity>,
     retries: u32,
     backoff: Backoff,
     observers: Vec<Arc<dyn TrafficObserver>>,
@@ -133,7 +153,7 @@ impl BackendPool {
             })
             .collect();
         let figures = Arc::new(PoolFigures(states.clone()));
-        let sticky = policies.affinity.map(|factory| Sticky {
+        let sticky = |factory: &dyn AffinityFactory| Sticky {
             affinity: factory.build(backends, figures.clone()),
             table: factory.table().cloned(),
             by_address: backends
@@ -141,13 +161,24 @@ impl BackendPool {
                 .enumerate()
                 .map(|(i, b)| (b.address, i))
                 .collect(),
-            counters: policies.affinity_counters,
-        });
+            counters: policies.affinity_counters.clone(),
+        };
+        let shadow = &policies.shadow;
         BackendPool {
             backends: states,
             weights: backends.iter().map(|b| b.weight).collect(),
-            balancer: policies.balancer.build(backends, figures),
-            sticky,
+            balancer: policies.balancer.build(backends, figures.clone()),
+            sticky: policies.affinity.map(sticky),
+            shadow_balancer: shadow.balancer.map(|(factory, rate)| ShadowBalancer {
+                balancer: factory.build(backends, figures.clone()),
+                sampling: Sampling::new(rate),
+                counters: shadow.counters.clone(),
+            }),
+            shadow_affinity: shadow.affinity.map(|(factory, rate)| ShadowAffinity {
+                sticky: sticky(factory),
+                sampling: Sampling::new(rate),
+                counters: shadow.counters.clone(),
+            }),
             retries: policies.retries,
             backoff: policies.backoff,
             observers: policies.observers,
@@ -159,6 +190,12 @@ impl BackendPool {
         self.balancer.activate();
         if let Some(sticky) = &self.sticky {
             sticky.affinity.activate();
+        }
+        if let Some(shadow) = &self.shadow_balancer {
+            shadow.balancer.activate();
+        }
+        if let Some(shadow) = &self.shadow_affinity {
+            shadow.sticky.affinity.activate();
         }
     }
 
@@ -192,7 +229,7 @@ impl BackendPool {
     /// The backend to try next; `None` when no backend is left to try.
     pub fn select(&self, cx: &PickContext<'_>, tried: &Tried) -> Option<Selected> {
         let Some(sticky) = &self.sticky else {
-            let (index, backend) = self.balance(cx, tried)?;
+            let (index, backend) = self.balance(cx, tried, &mut Serving(self))?;
             return Some(Selected {
                 index,
                 backend,
@@ -200,25 +237,24 @@ impl BackendPool {
             });
         };
         let now = now_ms();
+        let selected = self.select_sticky(sticky, cx, tried, now)?;
+        if let Some(shadow) = &self.shadow_affinity {
+            shadow.compare(self, cx, tried, now, selected.index);
+        }
+        Some(selected)
+    }
+
+    /// The backend for `cx` on a port with session affinity.
+    fn select_sticky(
+        &self,
+        sticky: &Sticky,
+        cx: &PickContext<'_>,
+        tried: &Tried,
+        now: u64,
+    ) -> Option<Selected> {
         let stickiness = sticky.affinity.stick(cx);
-        let target = match stickiness {
-            Stickiness::None => None,
-            Stickiness::Remembered(key) => sticky
-                .table
-                .as_ref()
-                .and_then(|table| table.lookup(key, now))
-                .map(|address| sticky.by_address.get(&address).copied()),
-            Stickiness::Named(index) => Some(Some(index)),
-        };
-        let usable = |i: usize| {
-            i < self.backends.len()
-                && self.weights[i] > 0
-                && !tried.contains(i)
-                && self.backends[i].backing_off_until() <= now
-                && self.backends[i].is_healthy()
-        };
-        let outcome = match target {
-            Some(Some(index)) if usable(index) => {
+        let outcome = match self.place(sticky, stickiness, tried, now, TableRead::Lookup) {
+            Placement::Stuck(index) => {
                 sticky.counters.count(AffinityOutcome::Stuck);
                 return Some(Selected {
                     index,
@@ -226,25 +262,11 @@ impl BackendPool {
                     response_header: None,
                 });
             }
-            // Gone from the set, drained, already failed, backing off or unhealthy: move it.
-            Some(_) => AffinityOutcome::Moved,
-            None => AffinityOutcome::New,
+            Placement::Place(outcome) => outcome,
         };
-        // A key the table does not know (or whose backend cannot take it) gets the backend
-        // every replica would give it; a request that sticks by nothing is balanced.
-        let ranked = match stickiness {
-            Stickiness::Remembered(key) => lb_policy::rendezvous(
-                key,
-                (0..self.backends.len())
-                    .filter(|i| usable(*i))
-                    .map(|i| (i, self.backends[i].address, self.weights[i])),
-            )
-            .map(|i| (i, self.backends[i].clone())),
-            Stickiness::None | Stickiness::Named(_) => None,
-        };
-        let (index, backend) = match ranked {
-            Some(chosen) => chosen,
-            None => self.balance(cx, tried)?,
+        let (index, backend) = match self.ranked(stickiness, tried, now) {
+            Some(index) => (index, self.backends[index].clone()),
+            None => self.balance(cx, tried, &mut Serving(self))?,
         };
         sticky.counters.count(outcome);
         let response_header = match stickiness {
@@ -263,31 +285,174 @@ impl BackendPool {
         })
     }
 
-    /// The balancer's choice among the backends not tried yet.
-    fn balance(&self, cx: &PickContext<'_>, tried: &Tried) -> Option<(usize, Arc<BackendState>)> {
-        let usable = |i: usize| self.weights[i] > 0 && !tried.contains(i);
+    /// Why the backend at `index` may not take this unit of work now, if it may not: the one
+    /// rule for a sticky backend and a balancer's pick alike.
+    fn unusable(&self, index: usize, tried: &Tried, now: u64) -> Option<Unusable> {
+        let Some(backend) = self.backends.get(index) else {
+            return Some(Unusable::NotInSet);
+        };
+        if self.weights[index] == 0 {
+            Some(Unusable::Drained)
+        } else if tried.contains(index) {
+            Some(Unusable::AlreadyTried)
+        } else if backend.backing_off_until() > now {
+            Some(Unusable::BackingOff)
+        } else if !backend.is_healthy() {
+            Some(Unusable::Unhealthy)
+        } else {
+            None
+        }
+    }
+
+    /// Where `stickiness` sends a request under `sticky`: to its remembered or named backend
+    /// while that one is usable, or to be placed (a key the table does not know is new; one
+    /// whose backend is gone or cannot take it moves). A remembered key found restarts its
+    /// idle timeout, unless the table is only peeked at (`read`).
+    fn place(
+        &self,
+        sticky: &Sticky,
+        stickiness: Stickiness,
+        tried: &Tried,
+        now: u64,
+        read: TableRead,
+    ) -> Placement {
+        let target = match stickiness {
+            Stickiness::None => None,
+            Stickiness::Remembered(key) => (sticky.table.as_ref())
+                .and_then(|table| match read {
+                    TableRead::Lookup => table.lookup(key, now),
+                    TableRead::Peek => match table.peek(key, now) {
+                        Peeked::Hit(address) => Some(address),
+                        Peeked::Expired(_) | Peeked::Miss => None,
+                    },
+                })
+                .map(|address| sticky.by_address.get(&address).copied()),
+            Stickiness::Named(index) => Some(Some(index)),
+        };
+        match target {
+            Some(Some(index)) if self.unusable(index, tried, now).is_none() => {
+                Placement::Stuck(index)
+            }
+            // Gone from the set, drained, already failed, backing off or unhealthy: move it.
+            Some(_) => Placement::Place(AffinityOutcome::Moved),
+            None => Placement::Place(AffinityOutcome::New),
+        }
+    }
+
+    /// The backend a remembered key being placed goes to: the one every replica would give
+    /// it. `None` for a request that sticks by no key: it is balanced.
+    fn ranked(&self, stickiness: Stickiness, tried: &Tried, now: u64) -> Option<usize> {
+        let Stickiness::Remembered(key) = stickiness else {
+            return None;
+        };
+        lb_policy::rendezvous(
+            key,
+            (0..self.backends.len())
+                .filter(|i| self.unusable(*i, tried, now).is_none())
+                .map(|i| (i, self.backends[i].address, self.weights[i])),
+        )
+    }
+
+    /// The balancer's choice among the backends not tried yet, each step told to `trace`.
+    fn balance<T: BalanceTrace>(
+        &self,
+        cx: &PickContext<'_>,
+        tried: &Tried,
+        trace: &mut T,
+    ) -> Option<(usize, Arc<BackendState>)> {
         let now = now_ms();
-        let ready = |i: usize| self.backends[i].backing_off_until() <= now;
         let n = self.backends.len();
         for attempt in 0..n as u32 {
-            let Some(i) = self.balancer.pick(cx, attempt) else {
+            let Some(i) = trace.pick(cx, attempt) else {
                 break;
             };
-            if i < n && usable(i) && ready(i) && self.backends[i].is_healthy() {
-                return Some((i, self.backends[i].clone()));
+            match self.unusable(i, tried, now) {
+                None => return Some((i, self.backends[i].clone())),
+                Some(why) => trace.skipped(why),
             }
         }
         // The policy kept naming backends we cannot use: take any healthy one that is not
         // backing off; failing that (every backend unhealthy: health checks cannot be right
         // about all of them at once, so traffic goes on, as Envoy's panic threshold does) any
         // one not backing off; else fail open with the one whose back-off ends first.
+        let usable = |i: usize| self.weights[i] > 0 && !tried.contains(i);
+        let ready = |i: usize| self.backends[i].backing_off_until() <= now;
         let candidates = (0..n).filter(|i| usable(*i));
-        let pick = candidates
+        let (pick, scan) = candidates
             .clone()
             .find(|i| ready(*i) && self.backends[*i].is_healthy())
-            .or_else(|| candidates.clone().find(|i| ready(*i)))
-            .or_else(|| candidates.min_by_key(|i| self.backends[*i].backing_off_until()))?;
+            .map(|i| (i, Scan::Healthy))
+            .or_else(|| {
+                let i = candidates.clone().find(|i| ready(*i))?;
+                Some((i, Scan::AllUnhealthy))
+            })
+            .or_else(|| {
+                let i = candidates.min_by_key(|i| self.backends[*i].backing_off_until())?;
+                Some((i, Scan::FailOpen))
+            })?;
+        trace.scanned(scan);
         Some((pick, self.backends[pick].clone()))
+    }
+}
+
+/// How a selection reads the affinity table: serving looks a key up (a hit restarts its idle
+/// timeout, an expired entry is dropped); an explanation only peeks.
+#[derive(Clone, Copy)]
+enum TableRead {
+    Lookup,
+    Peek,
+}
+
+/// Why a backend may not take a unit of work now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unusable {
+    /// The policy named an index outside the set (or a sticky backend that left it).
+    NotInSet,
+    /// Its weight is 0.
+    Drained,
+    /// It already failed for this unit of work.
+    AlreadyTried,
+    /// It is skipped after failed connects.
+    BackingOff,
+    /// The port's health policies hold it out.
+    Unhealthy,
+}
+
+/// How the scan after the balancer's picks found a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scan {
+    /// The first healthy backend not backing off.
+    Healthy,
+    /// Every backend is unhealthy: the first not backing off (traffic goes on).
+    AllUnhealthy,
+    /// Every backend is backing off: the one whose back-off ends first.
+    FailOpen,
+}
+
+/// Hears each step of a balancing: serving's asks the balancer (and its shadow) and notes
+/// nothing else; an explanation notes everything.
+trait BalanceTrace {
+    /// The balancer's pick for `attempt`.
+    fn pick(&mut self, cx: &PickContext<'_>, attempt: u32) -> Option<usize>;
+    /// That pick could not be used.
+    fn skipped(&mut self, _why: Unusable) {}
+    /// The picks gave nothing usable; the scan chose.
+    fn scanned(&mut self, _how: Scan) {}
+}
+
+/// Serving's balancing: the pool's balancer, compared with its shadow.
+struct Serving<'p>(&'p BackendPool);
+
+impl BalanceTrace for Serving<'_> {
+    fn pick(&mut self, cx: &PickContext<'_>, attempt: u32) -> Option<usize> {
+        let pool = self.0;
+        let pick = pool.balancer.pick(cx, attempt);
+        if let Some(shadow) = &pool.shadow_balancer {
+            shadow.compare(cx, attempt, pick, &pool.backends);
+        }
+        pick
     }
 }
 

@@ -32,6 +32,7 @@ fn policies(retries: u32) -> Policies<'static> {
         retries,
         backoff: BACKOFF,
         observers: Vec::new(),
+        shadow: ShadowPolicies::default(),
     }
 }
 

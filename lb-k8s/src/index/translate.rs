@@ -247,6 +247,7 @@ fn translate_port(
                 policy: Some(c.policy.clone()),
                 params: Some(c.params.clone()),
                 hash_key: None,
+                shadow: None,
             })
         }),
         backends: backends
@@ -303,6 +304,7 @@ fn affinity_file(choice: &PolicyChoice) -> Lenient<AffinityFile> {
         policy: Some(choice.policy.clone()),
         params: Some(choice.params.clone()),
         max_entries: None,
+        shadow: None,
     })
 }
 

@@ -2,7 +2,7 @@
 //! ALPN, or h2c), raw sockets for malformed or slow input, and a TLS connector that trusts the
 //! test CA.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -246,4 +246,22 @@ pub async fn h2_client(proxy: SocketAddr) -> h2::client::SendRequest<Bytes> {
         let _ = connection.await;
     });
     send.ready().await.expect("ready")
+}
+
+/// One TCP exchange through `proxy` from source address 127.0.0.`client`: the backend's name.
+pub async fn exchange_from(client: u8, proxy: SocketAddr) -> String {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, client)),
+            0,
+        ))
+        .expect("bind a loopback source address");
+    let mut stream = socket.connect(proxy).await.expect("connect");
+    stream.write_all(b"hi").await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let answer = read_until_closed(&mut stream).await;
+    let (name, echoed) = answer.split_once(':').expect("name:payload");
+    assert_eq!(echoed, "hi");
+    name.to_owned()
 }

@@ -14,6 +14,7 @@ pub mod netns;
 pub mod origin;
 pub mod promtool;
 pub mod scenario;
+pub mod steady;
 pub mod udp;
 
 use std::future::Future;

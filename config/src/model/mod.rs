@@ -12,6 +12,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod policy;
+
+pub use self::policy::{
+    AffinityPolicy, BalancerPolicy, HashKey, HealthPolicy, PluginBinary, PolicySource,
+    ShadowPolicy, Shadows,
+};
 pub use crate::addresses::{AddressRange, Networks};
 use crate::problems::FieldPath;
 pub use crate::routing::{
@@ -406,6 +412,9 @@ pub struct Port {
     pub affinity: Option<AffinityPolicy>,
     /// Health policies; a backend is healthy when none of them holds it out.
     pub health: Vec<HealthPolicy>,
+    /// Policies run beside the serving ones, their answers only compared.
+    #[serde(skip_serializing_if = "Shadows::is_empty")]
+    pub shadow: Shadows,
     /// Timeouts, limits and retry policy.
     pub settings: PortSettings,
     /// Where in the file this port was written, for diagnostics about it found later.
@@ -436,110 +445,6 @@ impl PartialEq for FieldOrigin {
 impl fmt::Display for FieldOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
-    }
-}
-
-/// A port's balancing policy.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct BalancerPolicy {
-    /// Which plugin.
-    pub policy: PolicySource,
-    /// The operator's parameters, sorted by name.
-    pub params: Vec<(String, String)>,
-    /// What the request's hash key is made of.
-    pub hash_key: HashKey,
-}
-
-/// A port's session-affinity policy.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct AffinityPolicy {
-    /// Which plugin (never [`PolicySource::Native`]).
-    pub policy: PolicySource,
-    /// The operator's parameters, sorted by name.
-    pub params: Vec<(String, String)>,
-    /// Capacity of the port's table of remembered keys.
-    pub max_entries: u32,
-}
-
-/// One health policy of a port.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct HealthPolicy {
-    /// Which plugin (never [`PolicySource::Native`]).
-    pub policy: PolicySource,
-    /// The operator's parameters, sorted by name.
-    pub params: Vec<(String, String)>,
-}
-
-/// Where a policy plugin comes from.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PolicySource {
-    /// Gantry's own round-robin, no plugin involved (`native:round-robin`): what answers when
-    /// a plugin faults, and the baseline a plugin's cost is measured against.
-    Native,
-    /// Embedded in Gantry (`builtin:NAME`).
-    Builtin(String),
-    /// A user's component file, named under `plugins:`.
-    File(Arc<PluginBinary>),
-}
-
-impl Serialize for PolicySource {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            PolicySource::Native => s.serialize_str("native:round-robin"),
-            PolicySource::Builtin(name) => s.serialize_str(&format!("builtin:{name}")),
-            PolicySource::File(plugin) => plugin.serialize(s),
-        }
-    }
-}
-
-/// A user's plugin file, read and hashed when the configuration was loaded.
-#[derive(Clone, Serialize)]
-pub struct PluginBinary {
-    /// Its name under `plugins:`.
-    pub name: String,
-    /// The file.
-    pub file: PathBuf,
-    /// SHA-256 of the bytes, hex.
-    pub sha256: String,
-    /// The component, as read.
-    #[serde(skip)]
-    pub bytes: Arc<[u8]>,
-}
-
-impl PartialEq for PluginBinary {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && self.file == other.file && self.sha256 == other.sha256
-    }
-}
-
-impl fmt::Debug for PluginBinary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PluginBinary")
-            .field("name", &self.name)
-            .field("file", &self.file)
-            .field("sha256", &self.sha256)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What a request's hash key is computed from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HashKey {
-    /// The client's IP address.
-    ClientIp,
-    /// A request header (lowercase name); the client IP when absent.
-    Header(String),
-    /// A cookie; the client IP when absent.
-    Cookie(String),
-}
-
-impl Serialize for HashKey {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            HashKey::ClientIp => s.serialize_str("client_ip"),
-            HashKey::Header(name) => s.serialize_str(&format!("header:{name}")),
-            HashKey::Cookie(name) => s.serialize_str(&format!("cookie:{name}")),
-        }
     }
 }
 
