@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Builds the JavaScript policy plugins (the examples and the test plugins) into components with
-# jco and its QuickJS backend (componentize-qjs), both pinned in plugins/js/package.json and
-# package-lock.json, installed once from npm into ~/.cache/gantry-ci. Offline once installed.
+# Builds the JavaScript and TypeScript policy plugins (the examples and the test plugins) into
+# components with jco and its QuickJS backend (componentize-qjs), and the TypeScript compiler,
+# all pinned in plugins/js/package.json and package-lock.json, installed once from npm into
+# ~/.cache/gantry-ci. Offline once installed.
 #
 #   bash plugins/js/build.sh [OUT]    # OUT defaults to target/plugins-js
 #
-# Each plugin is a folder with an `app.js` exporting `balancers` (the balancer world) or
-# `healthChecks` (the health world). A plugin is built again only when its folder, the SDK
-# (gantry-plugin.js) or the contract changed.
+# Each plugin is a folder with an `app.js` or `app.ts` exporting `balancers` (the balancer
+# world), `affinities` (the affinity world) or `healthChecks` (the health world). TypeScript is
+# type-checked against gantry-plugin.d.ts and compiled by `tsc -p plugins/js` first. A plugin is
+# built again only when its folder, the SDK or the contract changed.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 # OUT as given (relative to where the script was called from), before moving to the repository.
@@ -33,24 +35,48 @@ if [ ! -x "$tools/node_modules/.bin/jco" ]; then
 fi
 mkdir -p "$OUT"
 
-for app in plugins/js/examples/*/app.js plugins/js/testing/*/app.js; do
+# TypeScript plugins: checked, then compiled to JavaScript beside a copy of the SDK, keeping
+# their relative imports.
+typescript=$OUT/.typescript
+sdk=(plugins/js/gantry-plugin.js plugins/js/gantry-plugin.d.ts plugins/js/tsconfig.json)
+compiled=0
+compile_typescript() {
+  if [ "$compiled" = 0 ]; then
+    rm -rf "$typescript"
+    "$tools/node_modules/.bin/tsc" -p plugins/js --noEmit false --outDir "$typescript" >&2
+    cp plugins/js/gantry-plugin.js "$typescript/"
+    compiled=1
+  fi
+}
+
+for app in plugins/js/examples/*/app.[jt]s plugins/js/testing/*/app.[jt]s; do
   folder=$(dirname "$app")
   name=$(basename "$folder")
   if grep -q '^export const balancers = ' "$app"; then world=balancer
+  elif grep -q '^export const affinities = ' "$app"; then world=affinity
   elif grep -q '^export const healthChecks = ' "$app"; then world=health
   else
-    echo "$app exports neither balancers nor healthChecks" >&2
+    echo "$app exports none of balancers, affinities, healthChecks" >&2
     exit 1
   fi
   wasm=$OUT/$name.wasm
-  if up_to_date "$wasm" "$folder" plugins/js/gantry-plugin.js "$CONTRACT"; then
+  if up_to_date "$wasm" "$folder" "${sdk[@]}" "$CONTRACT"; then
     continue
   fi
   echo "building the JavaScript plugin $name ($world)" >&2
+  root=$PWD/plugins/js
+  source=$PWD/$app
+  if [ "${app##*.}" = ts ]; then
+    compile_typescript
+    root=$typescript
+    source=$typescript/${folder#plugins/js/}/app.js
+  fi
   # QuickJS (1.6 MB components) rather than StarlingMonkey, whose components leaked memory on
   # every call in our runs; --backend-qjs-disable-async: the sandbox serves synchronous calls
-  # only; --backend-qjs-stub-wasi: the plugin imports only Gantry's host interface.
-  "$tools/node_modules/.bin/jco" componentize "$PWD/$app" --cwd "$PWD/plugins/js" \
+  # only; --backend-qjs-stub-wasi: the plugin imports only Gantry's host interface. TypeScript
+  # goes in compiled: jco's own TypeScript path cannot read the contract (1.35.0 gives its WIT
+  # reader no file system: "failed to get path metadata").
+  "$tools/node_modules/.bin/jco" componentize "$source" --cwd "$root" \
     --wit "$CONTRACT" -n "$world" --backend qjs --backend-qjs-disable-async \
     --backend-qjs-stub-wasi -o "$wasm.tmp" >&2
   mv "$wasm.tmp" "$wasm"

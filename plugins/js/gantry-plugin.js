@@ -8,16 +8,16 @@
 //
 // - `Params`: the operator's parameters, with typed getters whose errors name the parameter,
 //   and a check that refuses unknown names (a typo is an error, not a default);
-// - `exportBalancer` and `exportHealth`: the object the balancer or health world exports,
-//   made from your class, whose constructor takes `Params`; anything it throws becomes the
-//   operator's error message at `gantry check`, never a trap (affinity policies: not yet);
+// - `exportBalancer`, `exportAffinity` and `exportHealth`: the object the balancer, affinity
+//   or health world exports, made from your class, whose constructor takes `Params`; anything
+//   it throws becomes the operator's error message at `gantry check`, never a trap;
 // - `requestHeader`, `sequence`, `logInfo` and friends over the host interface, and a
 //   `console` whose lines go to Gantry's log (the sandbox has none).
 //
 // Numbers: the contract's u64 values (`sequence()`, `random()`, a request's `hashKey`) arrive
 // as JavaScript numbers, exact only up to 2^53; a modulo of `sequence()` is fine, but a
 // consistent-hash policy over `hashKey` sees its low bits rounded. See docs/plugins.md,
-// "JavaScript".
+// "JavaScript". TypeScript authors get these declarations from gantry-plugin.d.ts.
 
 import * as host from "gantry:plugins/host@0.3.0";
 
@@ -111,6 +111,22 @@ export function exportBalancer(Policy) {
     Policy.prototype.plan = () => undefined;
   }
   return { Balancer: Policy, configure: (parameters) => configured(Policy, parameters) };
+}
+
+/** The `affinities` export of the affinity world, serving `Policy` (a class with `stick`, and
+ * optionally `setBackends` and `assigned`). Its `idleTimeoutSeconds` (set in the constructor;
+ * 0 by default) is how long the host remembers a key: 0 keeps no table. `stick` answers
+ * `{ tag: "none" }`, `{ tag: "remembered", val: key }` or `{ tag: "named", val: id }`. */
+export function exportAffinity(Policy) {
+  Policy.prototype.setBackends ??= () => {};
+  Policy.prototype.assigned ??= () => null;
+  return {
+    Affinity: Policy,
+    configure(parameters) {
+      const made = configured(Policy, parameters);
+      return [made, { idleTimeoutSeconds: made.idleTimeoutSeconds ?? 0 }];
+    },
+  };
 }
 
 /** The `healthChecks` export of the health world, serving `Policy` (a class with

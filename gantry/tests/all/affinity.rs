@@ -1,14 +1,17 @@
 //! Session affinity through real sockets: client-IP affinity gives each client (by source
 //! address, 127.0.0.x) the backend rendezvous hashing ranks first for it (the same on every
 //! replica), keeps it there, and moves it when that backend fails; cookie affinity
-//! sets a cookie naming the backend, follows it, and replaces it when the backend leaves.
+//! sets a cookie naming the backend, follows it, and replaces it when the backend leaves; an
+//! affinity plugin written in Python or JavaScript keeps each user (by header) on a backend.
 //! (Expiry after the idle timeout is proven with a paused clock in `lb-core`'s unit tests.)
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
+use crate::sandbox::{js_plugin, python_plugin};
 use crate::support::client::{exchange_from, get, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol, TcpOrigin};
 use crate::support::scenario::{Port, Scenario};
@@ -238,4 +241,93 @@ fn an_affinity_must_name_an_affinity_plugin() {
         refused,
         "services[0].ports[0].affinity: plugin `builtin:client-ip` refused its parameters: parameter `timeout_seconds`: 86401 is out of range 1..=86400"
     );
+}
+
+/// The header affinity example (`plugins/{python,js}/examples/header_affinity`) from `file`:
+/// each user (`x-user`) stays on one backend, users spread, requests without the header are
+/// balanced, and the plugin never faults.
+async fn header_affinity_keeps_each_user_on_one_backend(file: &Path) {
+    let origins = [
+        HttpOrigin::start("a", OriginProtocol::Http1).await,
+        HttpOrigin::start("b", OriginProtocol::Http1).await,
+        HttpOrigin::start("c", OriginProtocol::Http1).await,
+    ];
+    let backends: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
+    let gantry = Scenario::new()
+        .plugin("users", file)
+        .port(
+            "web",
+            Port::http("http").backends(&backends).set(
+                "affinity",
+                "{ policy: users, params: { header: X-User, timeout_seconds: 600 } }",
+            ),
+        )
+        .start()
+        .await;
+    let mut client = H1::connect(addr(&gantry, "web", "http"))
+        .await
+        .expect("connect");
+    let mut served_as = async |user: Option<&str>| {
+        let mut request = Request::get("/").header("host", "web");
+        if let Some(user) = user {
+            request = request.header("x-user", user);
+        }
+        let request = request
+            .body(Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let answer = client.send(request).await.expect("answered");
+        assert_eq!(answer.status, StatusCode::OK);
+        answer.header("x-origin").to_owned()
+    };
+    let users = ["alice", "bob", "carol", "dave", "erin", "frank"];
+    let mut homes = Vec::new();
+    for user in users {
+        let home = served_as(Some(user)).await;
+        for _ in 0..4 {
+            assert_eq!(served_as(Some(user)).await, home, "{user}");
+        }
+        homes.push(home);
+    }
+    homes.sort();
+    homes.dedup();
+    assert!(homes.len() >= 2, "six users all on {homes:?}");
+    let mut anonymous = Vec::new();
+    for _ in 0..6 {
+        anonymous.push(served_as(None).await);
+    }
+    anonymous.sort();
+    anonymous.dedup();
+    assert_eq!(
+        anonymous,
+        ["a", "b", "c"],
+        "requests without the header are balanced"
+    );
+
+    let text = gantry.metrics().render();
+    let affinity = |outcome: &str| {
+        metric(
+            &text,
+            &format!(
+                "gantry_affinity_total{{outcome=\"{outcome}\",port=\"http\",service=\"web\"}}"
+            ),
+        )
+    };
+    // Each user's first request and each anonymous one found nothing to stick to.
+    assert_eq!(affinity("new"), 6.0 + 6.0);
+    assert_eq!(affinity("stuck"), 6.0 * 4.0);
+    for kind in ["trap", "deadline", "invalid_answer"] {
+        let series = format!("gantry_plugin_faults_total{{kind=\"{kind}\",plugin=\"users\"}}");
+        assert_eq!(metric(&text, &series), 0.0, "{kind}");
+    }
+    gantry.shutdown(std::time::Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_affinity_plugin_keeps_each_user_on_one_backend() {
+    header_affinity_keeps_each_user_on_one_backend(&python_plugin("header_affinity")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_affinity_plugin_keeps_each_user_on_one_backend() {
+    header_affinity_keeps_each_user_on_one_backend(&js_plugin("header_affinity")).await;
 }

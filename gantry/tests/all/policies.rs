@@ -203,6 +203,13 @@ async fn the_javascript_canary_example_routes_by_header() {
     canary_routes_by_header(&js_plugin("canary")).await;
 }
 
+/// And in TypeScript (plugins/js/examples/canary-ts), type-checked by tsc, compiled, built
+/// with jco.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_canary_example_routes_by_header() {
+    canary_routes_by_header(&js_plugin("canary-ts")).await;
+}
+
 /// Canary requests (header `x-canary: always`) reach only the canary backend; the others
 /// rotate over the rest.
 async fn canary_routes_by_header(file: &Path) {

@@ -153,8 +153,14 @@ class _HostLog:
             self._pending = ""
 
 
-sys.stdout = _HostLog(host.Level.INFO)
-sys.stderr = _HostLog(host.Level.WARN)
+def _log_to_host() -> None:
+    """Sends standard output and error to Gantry's log from now on. Done at the first call
+    from Gantry (every policy is configured first), not at import: the module is imported when
+    the component is built, where the host is absent and a message (an import error, say)
+    must reach the builder's terminal instead."""
+    if not isinstance(sys.stdout, _HostLog):
+        sys.stdout = _HostLog(host.Level.INFO)
+        sys.stderr = _HostLog(host.Level.WARN)
 
 
 class Balancer:
@@ -214,6 +220,7 @@ class HealthCheck:
 def _configured(policy: Callable[[Params], object], parameters: List[types.Parameter]):
     """Builds the policy; a refusal or a bug in the constructor becomes the operator's error
     message rather than a trap."""
+    _log_to_host()
     try:
         return policy(Params(parameters))
     except ConfigError as refused:
