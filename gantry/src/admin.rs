@@ -240,6 +240,7 @@ pub fn config_document<'a>(
         })
         .collect();
     let mut document = serde_json::json!({
+        "build": crate::build_info::BUILD,
         "config": model,
         "listeners": listeners,
     });

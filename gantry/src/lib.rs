@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod build_info;
 pub mod demo;
 pub mod explain;
 pub mod handover;

@@ -19,7 +19,7 @@ use lb_core::logging::{self, LogFormat};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
-#[command(name = "gantry", version, about = "Gantry load-balancer appliance")]
+#[command(name = "gantry", version = gantry::build_info::LONG_VERSION, about = "Gantry load-balancer appliance")]
 struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value = "text", global = true)]

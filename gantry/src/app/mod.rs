@@ -105,6 +105,7 @@ impl Gantry {
     ) -> Result<Gantry, ApplyError> {
         let metrics = Arc::new(Metrics::new());
         let kube = Arc::new(KubeMetrics::new(metrics.registry()));
+        crate::build_info::register(metrics.registry());
         let workers = model.runtime.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::support::addr;
 use crate::support::certs::TestCa;
 use crate::support::client::{get, get_request, Answer, H1};
 use crate::support::origin::{HttpOrigin, OriginProtocol};
 use crate::support::scenario::{Port, Scenario};
+use crate::support::{addr, metric};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_endpoints_report_health_metrics_and_the_redacted_config() {
@@ -66,6 +66,18 @@ async fn the_admin_endpoints_report_health_metrics_and_the_redacted_config() {
         addr(&gantry, "web", "http").to_string()
     );
     assert_eq!(listener["policy"], "builtin:round-robin");
+    // Which build answers: the same in /config and in the metrics.
+    let build = &json["build"];
+    assert_eq!(build["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(build["profile"], "dev");
+    let commit = build["commit"].as_str().expect("a commit");
+    assert_eq!(commit.len(), 40, "{build}");
+    let info = format!(
+        "gantry_build_info{{commit=\"{commit}\",dirty=\"{}\",profile=\"dev\",version=\"{}\"}}",
+        build["dirty"].as_str().expect("dirty"),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(metric(&gantry.metrics().render(), &info), 1.0);
     assert_eq!(listener["backends"][0]["address"], origin.addr.to_string());
     let cert = &json["config"]["services"]["web"]["ports"]["https"]["tls"]["certificates"][0];
     assert_eq!(cert["names"][0], "web.test");

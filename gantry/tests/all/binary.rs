@@ -24,6 +24,34 @@ fn check(config: &Path) -> std::process::Output {
         .expect("run gantry check")
 }
 
+/// `gantry --version` names the build: version, the commit of this checkout, whether it had
+/// changes not committed, and the profile (these tests run the `dev` build).
+#[test]
+fn the_version_names_the_commit_and_the_profile() {
+    let out = std::process::Command::new(GANTRY)
+        .arg("--version")
+        .output()
+        .expect("run gantry --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert_eq!(head.len(), 40, "the tests run in a git checkout");
+    let expected = format!(
+        "gantry {} (commit {head}, dirty ",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.starts_with(&expected), "{text}");
+    assert!(
+        text.ends_with(", profile dev)\n")
+            && (text.contains("dirty true") || text.contains("dirty false")),
+        "{text}"
+    );
+}
+
 /// Every `gantry check` the docs quote: a ```` ```console ```` block starting
 /// `$ gantry check --config NAME`, after a ```` ```yaml ```` block whose first line is
 /// `# NAME`. Returns (document, file name, file text, quoted output).
