@@ -20,4 +20,5 @@ rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
 CC_x86_64_unknown_linux_musl=musl-gcc \
   cargo build --profile "$PROFILE" --locked --target x86_64-unknown-linux-musl \
   -p gantry --bin gantry >&2
-strip -o target/gantry-static "target/x86_64-unknown-linux-musl/$PROFILE/gantry"
+strip --remove-section=.comment -o target/gantry-static \
+  "target/x86_64-unknown-linux-musl/$PROFILE/gantry"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Runs the image docker/build.sh wrote, with runc (RUNTIME=crun also works where cgroups
-# allow it) and no container daemon: its layer unpacked
-# as a read-only root, its user, entrypoint and environment as the image says, only
-# CAP_NET_BIND_SERVICE, the host's network, and a configuration mounted over
-# /etc/gantry/gantry.yaml, its admin token from the environment. Gantry proxies a request to an
-# nginx origin on loopback, /metrics counts it (read with the token; /config and /metrics
-# without it are refused), and SIGTERM stops it. Needs root.
+# Runs the image docker/build.sh wrote, with podman: loaded from its archive into a storage of
+# the test's own, run with a read-only root, its own user, only CAP_NET_BIND_SERVICE, no new
+# privileges, the host's network, and a configuration mounted over /etc/gantry/gantry.yaml with
+# its admin token from the environment. The image's labels name this commit; Gantry says the
+# same in /config; it proxies a request to an nginx origin on loopback, /metrics counts it
+# (read with the token; /config and /metrics without it are refused), and SIGTERM stops it
+# with status 0. Needs root.
 #
 #   bash docker/test.sh                   # ARCHIVE=target/gantry-oci.tar
 set -euo pipefail
@@ -14,13 +14,20 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 ARCHIVE=${ARCHIVE:-target/gantry-oci.tar}
-RUNTIME=${RUNTIME:-runc}
-install_missing "$RUNTIME:$RUNTIME" nginx:nginx-light curl:curl python3:python3
+install_missing podman:podman runc:runc nginx:nginx-light curl:curl python3:python3
 NAME=gantry-test-$$
-trap '"$RUNTIME" delete --force "$NAME" >/dev/null 2>&1 || true; cleanup' EXIT
+# podman with storage of its own. runc and cgroupfs, and limits no higher than this process
+# has: what works on machines with cgroup v1 and no CAP_SYS_RESOURCE (such as CI's), and
+# anywhere else.
+podman=(podman --root "$work/storage" --runroot "$work/run" --storage-driver vfs
+  --runtime runc --cgroup-manager cgroupfs)
+trap '"${podman[@]}" rm --force --time 0 "$NAME" >/dev/null 2>&1 || true; cleanup' EXIT
 
-mkdir -p "$work/oci" "$work/bundle/rootfs" "$work/nginx"
-tar -xf "$ARCHIVE" -C "$work/oci"
+mkdir -p "$work/nginx"
+image=$("${podman[@]}" load --quiet -i "$ARCHIVE" | sed -n 's/^Loaded image[^:]*: //p' | head -1)
+revision=$("${podman[@]}" image inspect --format '{{index .Labels "org.opencontainers.image.revision"}}' "$image")
+[ "$revision" = "$(git rev-parse HEAD)" ] \
+  || { echo "the image's revision label is $revision, not this commit"; exit 1; }
 ORIGIN=$(free_port); HTTP=$(free_port); ADMIN=$(free_port)
 origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"
 nginx -c "$work/nginx.conf" & pids+=($!)
@@ -38,55 +45,21 @@ services:
 CONF
 chmod 0644 "$work/gantry.yaml"
 
-# The image's layer as the root file system, and a runtime spec made from its config.
-python3 - "$work/oci" "$work/bundle" "$work/gantry.yaml" "$TOKEN" <<'PY'
-import json, os, sys, tarfile
-oci, bundle, config, token = sys.argv[1:]
-blob = lambda d: os.path.join(oci, "blobs", *d.split(":"))
-index = json.load(open(os.path.join(oci, "index.json")))
-manifest = json.load(open(blob(index["manifests"][0]["digest"])))
-image = json.load(open(blob(manifest["config"]["digest"])))["config"]
-for layer in manifest["layers"]:
-    with tarfile.open(blob(layer["digest"])) as tar:
-        tar.extractall(os.path.join(bundle, "rootfs"), filter="tar")
-uid, gid = (int(x) for x in image["User"].split(":"))
-caps = ["CAP_NET_BIND_SERVICE"]
-spec = {
-    "ociVersion": "1.0.2",
-    "process": {
-        "terminal": False,
-        "user": {"uid": uid, "gid": gid},
-        "args": image["Entrypoint"] + image["Cmd"],
-        "env": image["Env"] + ["PATH=/", f"GANTRY_ADMIN_TOKEN={token}"],
-        "cwd": image.get("WorkingDir") or "/",
-        "capabilities": {k: caps for k in ("bounding", "effective", "permitted", "ambient")},
-        "noNewPrivileges": True,
-    },
-    "root": {"path": "rootfs", "readonly": True},
-    "hostname": "gantry",
-    "mounts": [
-        {"destination": "/proc", "type": "proc", "source": "proc"},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
-        {"destination": "/var/cache/gantry", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", f"uid={uid}", f"gid={gid}", "mode=700"]},
-        {"destination": "/etc/gantry/gantry.yaml", "type": "bind", "source": config, "options": ["bind", "ro"]},
-    ],
-    # The host's network (as `--network host`): no network namespace.
-    "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")]},
-}
-json.dump(spec, open(os.path.join(bundle, "config.json"), "w"), indent=2)
-PY
-
-"$RUNTIME" run --bundle "$work/bundle" "$NAME" >"$work/gantry.log" 2>&1 &
-RUNNING=$!
+"${podman[@]}" run --detach --name "$NAME" --network host --read-only \
+  --cap-drop all --cap-add NET_BIND_SERVICE --security-opt no-new-privileges \
+  --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096 \
+  --tmpfs /var/cache/gantry:rw,mode=0700,U \
+  -v "$work/gantry.yaml:/etc/gantry/gantry.yaml:ro" -e "GANTRY_ADMIN_TOKEN=$TOKEN" \
+  "$image" >/dev/null
 for _ in $(seq 1 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$HTTP") 2>/dev/null && break
-  kill -0 "$RUNNING" 2>/dev/null || break
+  [ "$("${podman[@]}" inspect --format '{{.State.Running}}' "$NAME")" = true ] || break
   sleep 0.1
 done
-(exec 3<>"/dev/tcp/127.0.0.1/$HTTP") 2>/dev/null || { echo "gantry did not listen:"; cat "$work/gantry.log"; exit 1; }
+(exec 3<>"/dev/tcp/127.0.0.1/$HTTP") 2>/dev/null \
+  || { echo "gantry did not listen:"; "${podman[@]}" logs "$NAME"; exit 1; }
 answer=$(curl -fsS "http://127.0.0.1:$HTTP/")
-[ "$answer" = "hello from the origin" ] || { echo "unexpected answer: $answer"; cat "$work/gantry.log"; exit 1; }
+[ "$answer" = "hello from the origin" ] || { echo "unexpected answer: $answer"; "${podman[@]}" logs "$NAME"; exit 1; }
 # /config and /metrics without the token are refused; with it, served.
 for path in /config /metrics; do
   status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN$path")
@@ -98,15 +71,12 @@ status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN
 metrics=$(curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN/metrics")
 grep -q '^gantry_requests_total{backend="127.0.0.1:'"$ORIGIN"'",class="2xx",port="http",service="web"} 1$' \
   <<< "$metrics" || { echo "the request is not counted in /metrics"; exit 1; }
-"$RUNTIME" kill "$NAME" TERM
-wait "$RUNNING" || { echo "gantry did not exit 0 on SIGTERM"; cat "$work/gantry.log"; exit 1; }
-size=$(python3 - "$work/oci" <<'PY'
-import json, os, sys
-oci = sys.argv[1]
-blob = lambda d: os.path.join(oci, "blobs", *d.split(":"))
-index = json.load(open(os.path.join(oci, "index.json")))
-manifest = json.load(open(blob(index["manifests"][0]["digest"])))
-print(sum(l["size"] for l in manifest["layers"]) + manifest["config"]["size"])
-PY
-)
-echo "docker/test.sh: the image served a request through Gantry, counted it, and stopped on SIGTERM; $((size / 1024 / 1024)) MiB compressed ($size bytes)"
+# The build that runs is the one the label names.
+commit=$(curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN/config" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["build"]["commit"])')
+[ "$commit" = "$revision" ] || { echo "/config says commit $commit, the label $revision"; exit 1; }
+"${podman[@]}" kill --signal TERM "$NAME" >/dev/null
+status=$("${podman[@]}" wait "$NAME")
+[ "$status" = 0 ] || { echo "gantry exited $status on SIGTERM"; "${podman[@]}" logs "$NAME"; exit 1; }
+size=$(stat -c %s "$ARCHIVE")
+echo "docker/test.sh: the image (revision $revision) served a request through Gantry under podman, counted it, and stopped on SIGTERM; archive $((size / 1024 / 1024)) MiB"
