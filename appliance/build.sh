@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Gantry VM appliance: a UEFI-bootable qcow2 disk (target/gantry-appliance.qcow2)
 # made without root loop devices or mounts. Debian 12 from mmdebstrap with the cloud kernel,
-# systemd-networkd, cloud-init and OpenSSH; the static `gantry` (docker/static-binary.sh) and
-# its hardened unit; load-balancer sysctls. The root file system is written by `mke2fs -d`,
+# systemd-networkd, cloud-init and OpenSSH; Gantry from its Debian package (deploy/debian:
+# the static binary of the container image, its hardened unit, user and conffile); BIRD and
+# keepalived wiring; load-balancer sysctls. The root file system is written by `mke2fs -d`,
 # the EFI system partition (systemd-boot, the kernel and its initramfs) by mtools, and both
 # are placed in a GPT disk by sfdisk and dd. Needs root (mmdebstrap's root mode) and the
 # Debian mirror.
@@ -28,7 +29,12 @@ ESP_SERIAL=4741544e   # "GATN"
 install_missing mmdebstrap:mmdebstrap mke2fs:e2fsprogs sfdisk:fdisk mcopy:mtools \
   mkfs.vfat:dosfstools qemu-img:qemu-utils
 [ -f /usr/lib/systemd/boot/efi/systemd-bootx64.efi ] || install_packages systemd-boot-efi
-bash docker/static-binary.sh
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+# The package of this checkout (built here, quick once the binary is), unless DEB names one.
+if [ -z "${DEB:-}" ]; then
+  DEB=target/gantry_${VERSION}_amd64.deb
+  bash deploy/debian/build.sh >&2
+fi
 
 root="$work/root"
 # Debian without documentation, manuals or translations: an appliance is read by its logs.
@@ -44,14 +50,16 @@ mmdebstrap --variant=minbase --mode=root \
   --include=bird2,keepalived,nftables \
   "$SUITE" "$root" "$MIRROR" >&2
 
-# Gantry: binary, user, unit (ordered after cloud-init), default configuration.
-install -m 0755 target/gantry-static "$root/usr/bin/gantry"
-install -D -m 0644 appliance/gantry.sysusers "$root/usr/lib/sysusers.d/gantry.conf"
-chroot "$root" systemd-sysusers
-install -m 0644 appliance/gantry.service "$root/usr/lib/systemd/system/gantry.service"
+# Gantry itself: its Debian package (deploy/debian), installed as on any Debian host, so the
+# appliance and the package cannot differ: binary, unit, user, run-time folders, conffile.
+cp "$DEB" "$root/tmp/gantry.deb"
+chroot "$root" dpkg -i /tmp/gantry.deb >&2
+rm "$root/tmp/gantry.deb"
+# The appliance's own: its configuration (the admin endpoint on every address, behind a token
+# made at first boot), and the unit ordered after cloud-init.
+install -m 0644 appliance/files/gantry.yaml "$root/etc/gantry/gantry.yaml"
 install -D -m 0644 appliance/files/after-cloud-init.conf \
   "$root/usr/lib/systemd/system/gantry.service.d/appliance.conf"
-install -D -m 0644 appliance/files/gantry.yaml "$root/etc/gantry/gantry.yaml"
 install -m 0644 appliance/files/gantry-admin-token.service \
   "$root/usr/lib/systemd/system/gantry-admin-token.service"
 # The machine as a load balancer.
@@ -61,7 +69,6 @@ install -m 0644 appliance/files/dhcp.network "$root/etc/systemd/network/90-dhcp.
 install -m 0644 appliance/files/cloud.cfg "$root/etc/cloud/cloud.cfg.d/90-gantry.cfg"
 # Announcing the addresses through BIRD (docs/routing.md), and the second chance.
 install -m 0644 appliance/files/bird.conf "$root/etc/bird/bird.conf"
-install -D -m 0644 appliance/files/tmpfiles.conf "$root/usr/lib/tmpfiles.d/gantry.conf"
 install -m 0644 appliance/files/routing.conf \
   "$root/usr/lib/systemd/system/gantry.service.d/routing.conf"
 install -D -m 0755 appliance/files/gantry-second-chance "$root/usr/lib/gantry/gantry-second-chance"

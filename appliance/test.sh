@@ -16,6 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+# The package version the appliance must have installed (deploy/debian).
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
 IMAGE=${IMAGE:-target/gantry-appliance.qcow2}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-600}
@@ -81,6 +83,7 @@ runcmd:
       routing_dir=\$(stat -c %U /run/gantry/bird)
       vrrp_ready=\$(cat /run/gantry/keepalived/ready)
       gantry=\$(systemctl is-active gantry)
+      package=\$(dpkg-query -W -f=\\\${Status}/\\\${Version} gantry | tr ' ' _)
       handover=\$handover
       user=\$(stat -c %U /proc/\$pid)
       token_mode=\$(stat -c %a:%U:%G /etc/gantry/admin-token)
@@ -127,7 +130,8 @@ booted=$(($(date +%s) - started))
 check=$(grep -a 'appliance-check:' "$work/console.log" | tail -n 1 | tr -d '\r')
 for expected in somaxconn=65535 nonlocal_bind=1 tw_reuse=1 migrate_req=1 pool_routes=1 conntrack=absent gantry=active \
   arp_ignore=1 bird=active routing_dir=gantry vrrp_ready=1 \
-  handover=done user=gantry token_mode=640:root:gantry failed_units=; do
+  handover=done user=gantry token_mode=640:root:gantry failed_units= \
+  "package=install_ok_installed/$VERSION"; do
   [[ " $check " == *" $expected "* ]] || fail "inside the VM, expected $expected: $check"
 done
 root_mib=$(sed -n 's/.* root_mib=\([0-9]*\) .*/\1/p' <<< "$check")
