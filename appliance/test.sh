@@ -8,8 +8,9 @@
 # gantry handed over to a new process on SIGUSR2 (systemd follows it) and runs as its own user;
 # the image's sysctls are in force, nf_conntrack is not loaded, BIRD runs beside Gantry and the
 # routing folders are made (keepalived's says "not serving"),
-# no unit failed and the root file system grew to the disk; and the VM powers off cleanly
-# (ACPI) when asked. Software emulation by default (under a minute here), KVM with ACCEL=kvm.
+# no unit failed and the root file system grew to the disk; a newer Gantry package, installed
+# with apt inside the VM while requests flow through it (a new connection each), upgrades it by
+# the handover with no failed request; and the VM powers off cleanly (ACPI) when asked. Software emulation by default (under a minute here), KVM with ACCEL=kvm.
 #
 #   bash appliance/test.sh   # IMAGE=target/gantry-appliance.qcow2 BOOT_TIMEOUT=600 ACCEL=tcg|kvm
 set -euo pipefail
@@ -29,7 +30,12 @@ install_missing qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mcopy:mto
 # taking qemu-img with it: check again once the rest is in.
 install_missing qemu-img:qemu-utils
 
-ORIGIN=$(free_port); HTTP=$(free_port); ADMIN=$(free_port)
+ORIGIN=$(free_port); HTTP=$(free_port); ADMIN=$(free_port); UPGRADE=$(free_port)
+# A newer package of the same build, served to the VM (as 10.0.2.2:$UPGRADE) for the upgrade.
+mkdir -p "$work/upgrade"
+DEB_VERSION="$VERSION+upgrade1" OUT="$work/upgrade/gantry-new.deb" bash deploy/debian/build.sh >&2
+(cd "$work/upgrade" && exec python3 -m http.server --bind 127.0.0.1 "$UPGRADE" >/dev/null 2>&1) &
+pids+=($!)
 origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"
 mkdir -p "$work/nginx"
 nginx -c "$work/nginx.conf" & pids+=($!)
@@ -92,6 +98,24 @@ runcmd:
       failed_units=\$(systemctl list-units --state=failed --no-legend --plain | cut -d' ' -f1 | paste -sd, -)"
       > /dev/ttyS0;
       journalctl -u gantry -o cat --no-pager | tail -n 20 | sed 's/^/gantry-log: /' > /dev/ttyS0
+  # The upgrade: once the host's load runs (it serves /go), a newer package of Gantry is
+  # installed with apt while requests flow; its postinst hands the sockets over.
+  - - sh
+    - -c
+    - >-
+      for i in \$(seq 1 600); do curl -fsS -o /dev/null http://10.0.2.2:$UPGRADE/go && break; sleep 1; done;
+      curl -fsS -o /tmp/gantry-new.deb http://10.0.2.2:$UPGRADE/gantry-new.deb;
+      old=\$(systemctl show -p MainPID --value gantry);
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confold /tmp/gantry-new.deb > /dev/ttyS0 2>&1;
+      for i in \$(seq 1 60); do
+      pid=\$(systemctl show -p MainPID --value gantry);
+      [ "\$pid" != "\$old" ] && [ ! -e /proc/\$old ] && break; sleep 1; done;
+      echo "appliance-upgrade:
+      package=\$(dpkg-query -W -f=\\\${Status}/\\\${Version} gantry | tr ' ' _)
+      handover=\$([ "\$pid" != "\$old" ] && [ ! -e /proc/\$old ] && echo done || echo failed)
+      gantry=\$(systemctl is-active gantry)
+      failed_units=\$(systemctl list-units --state=failed --no-legend --plain | cut -d' ' -f1 | paste -sd, -)"
+      > /dev/ttyS0
 USER
 seed="$work/seed.img"
 mkfs.vfat -C -n CIDATA "$seed" 2048 >/dev/null
@@ -162,6 +186,58 @@ metrics=$(curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$ADMIN/m
 grep -q '^gantry_requests_total{backend="10.0.2.2:'"$ORIGIN"'",class="2xx",port="http",service="web"} 1$' \
   <<< "$metrics" || fail "the request is not counted in /metrics"
 
+# The upgrade under load: requests in a loop, a new connection each (so each one meets the
+# listener as it is at that moment), while the VM installs the newer package; none may fail.
+python3 - "$HTTP" "$work/load-stop" "$work/load-progress" > "$work/load.out" <<'PY' &
+import http.client, os, sys
+port, stop, progress = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ok = failed = 0
+while not os.path.exists(stop):
+    with open(progress + ".tmp", "w") as f:
+        f.write(f"{ok}\n")
+    os.replace(progress + ".tmp", progress)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        answer = conn.getresponse()
+        body = answer.read()
+        conn.close()
+        if answer.status == 200 and body.strip() == b"hello from the origin":
+            ok += 1
+        else:
+            failed += 1
+    except OSError:
+        failed += 1
+print(ok, failed)
+PY
+LOAD=$!
+pids+=("$LOAD")
+answered() { cat "$work/load-progress" 2>/dev/null || echo 0; }
+# Waits (60 s at most) until the load has had $1 more answers than now.
+more_answers() {
+  local target=$(($(answered) + $1))
+  for _ in $(seq 1 600); do [ "$(answered)" -ge "$target" ] && return 0; sleep 0.1; done
+  fail "the load got no answers"
+}
+more_answers 5
+touch "$work/upgrade/go"
+until grep -qs 'appliance-upgrade:' "$work/console.log"; do
+  kill -0 "$QEMU" 2>/dev/null || fail "QEMU exited during the upgrade"
+  [ $(($(date +%s) - started)) -lt $((BOOT_TIMEOUT + 300)) ] || fail "no upgrade within its time"
+  sleep 1
+done
+more_answers 5
+touch "$work/load-stop"
+wait "$LOAD"
+read -r load_ok load_failed < "$work/load.out"
+upgrade=$(grep -a 'appliance-upgrade:' "$work/console.log" | tail -n 1 | tr -d '\r')
+for expected in "package=install_ok_installed/$VERSION+upgrade1" handover=done gantry=active \
+  failed_units=; do
+  [[ " $upgrade " == *" $expected "* ]] || fail "after the upgrade, expected $expected: $upgrade"
+done
+[ "$load_failed" = 0 ] || fail "$load_failed of $((load_ok + load_failed)) requests failed during the upgrade"
+[ "$load_ok" -gt 0 ] || fail "no request was answered during the upgrade"
+
 # A clean ACPI power-off: systemd stops gantry (SIGTERM) and the machine halts.
 python3 - "$work/qmp.sock" <<'PY'
 import json, socket, sys
@@ -178,4 +254,5 @@ for _ in $(seq 1 120); do kill -0 "$QEMU" 2>/dev/null || break; sleep 1; done
 kill -0 "$QEMU" 2>/dev/null && fail "the VM did not power off within 120 s"
 wait "$QEMU" || fail "QEMU exited with an error"
 echo "appliance/test.sh: booted ($accel) in ${booted}s and served through Gantry; counted in" \
-  "/metrics (read with the admin token made on first boot; refused without it); $check; powered off cleanly"
+  "/metrics (read with the admin token made on first boot; refused without it); $check;" \
+  "upgraded to $VERSION+upgrade1 by apt under load, $load_ok requests answered, 0 failed; powered off cleanly"

@@ -3,18 +3,23 @@
 # here and the static binary (docker/static-binary.sh): /usr/bin/gantry, its hardened unit with
 # the handover as its upgrade, the gantry user (sysusers.d) and run-time folders (tmpfiles.d),
 # /etc/gantry/gantry.yaml as a conffile (loopback admin, nothing served), a man page, the docs
-# and example configurations. Reproducible: every date is the last commit's. Then lintian,
-# which must report nothing but the overrides below, each with its reason.
+# and example configurations. Reproducible: every date is the last commit's. Then lintian:
+# no error and no warning (the overrides in lintian-overrides, each with its reason); its
+# information tags are shown, not failed on (one, a "misspelling" in a dependency's strings
+# inside the binary, comes and goes with the build).
 #
 #   bash deploy/debian/build.sh               # PROFILE=dist (fat LTO: ~10 min on 2 cores)
 #   PROFILE=release bash deploy/debian/build.sh
 #   apt install ./target/gantry_0.1.0_amd64.deb
+#   DEB_VERSION=0.1.0+test1 bash deploy/debian/build.sh   # another version of the same build
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
-VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+# The package's version: the program's, unless DEB_VERSION says otherwise (a test that upgrades
+# builds a second, newer package of the same binary).
+VERSION=${DEB_VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}
 EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 REVISION=$(git rev-parse HEAD)
 OUT=${OUT:-target/gantry_${VERSION}_amd64.deb}
@@ -54,4 +59,4 @@ find "$pkg" -exec touch -h -d "@$EPOCH" {} +
 SOURCE_DATE_EPOCH=$EPOCH dpkg-deb --root-owner-group -Zxz --build "$pkg" "$OUT" >/dev/null
 
 lintian --fail-on error,warning --display-level '>=info' "$OUT"
-echo "$OUT: $(stat -c %s "$OUT") bytes, lintian clean at info level and above (overrides: $here/lintian-overrides)"
+echo "$OUT: $(stat -c %s "$OUT") bytes; lintian: no error, no warning (overrides: $here/lintian-overrides)"
