@@ -99,7 +99,9 @@ runcmd:
       > /dev/ttyS0;
       journalctl -u gantry -o cat --no-pager | tail -n 20 | sed 's/^/gantry-log: /' > /dev/ttyS0
   # The upgrade: once the host's load runs (it serves /go), a newer package of Gantry is
-  # installed with apt while requests flow; its postinst hands the sockets over.
+  # installed with apt while requests flow; its postinst hands the sockets over. The new
+  # process may first compile its plugins (a binary other than the one that filled the cache,
+  # under emulation: up to minutes), as the unit's TimeoutStartSec allows.
   - - sh
     - -c
     - >-
@@ -107,7 +109,7 @@ runcmd:
       curl -fsS -o /tmp/gantry-new.deb http://10.0.2.2:$UPGRADE/gantry-new.deb;
       old=\$(systemctl show -p MainPID --value gantry);
       DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confold /tmp/gantry-new.deb > /dev/ttyS0 2>&1;
-      for i in \$(seq 1 60); do
+      for i in \$(seq 1 300); do
       pid=\$(systemctl show -p MainPID --value gantry);
       [ "\$pid" != "\$old" ] && [ ! -e /proc/\$old ] && break; sleep 1; done;
       echo "appliance-upgrade:

@@ -30,7 +30,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=GANTRY_BUILD_DIRTY");
 
     let git = |args: &[&str]| {
+        // No optional locks: `git status` would otherwise refresh the index file it reads,
+        // and a changed index reruns this script and rebuilds the crate at every build.
         Command::new("git")
+            .arg("--no-optional-locks")
             .arg("-C")
             .arg(&repo)
             .args(args)
