@@ -31,9 +31,11 @@ install_missing qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mcopy:mto
 install_missing qemu-img:qemu-utils
 
 ORIGIN=$(free_port); HTTP=$(free_port); ADMIN=$(free_port); UPGRADE=$(free_port)
-# A newer package of the same build, served to the VM (as 10.0.2.2:$UPGRADE) for the upgrade.
+# A newer package of the binary the image holds (appliance/build.sh's), served to the VM (as
+# 10.0.2.2:$UPGRADE) for the upgrade.
 mkdir -p "$work/upgrade"
-DEB_VERSION="$VERSION+upgrade1" OUT="$work/upgrade/gantry-new.deb" bash deploy/debian/build.sh >&2
+DEB_VERSION="$VERSION+upgrade1" OUT="$work/upgrade/gantry-new.deb" \
+  GANTRY_STATIC=target/gantry-static bash deploy/debian/build.sh >&2
 (cd "$work/upgrade" && exec python3 -m http.server --bind 127.0.0.1 "$UPGRADE" >/dev/null 2>&1) &
 pids+=($!)
 origin_nginx_conf "$ORIGIN" > "$work/nginx.conf"

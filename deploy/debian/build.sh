@@ -11,7 +11,8 @@
 #   bash deploy/debian/build.sh               # PROFILE=dist (fat LTO: ~10 min on 2 cores)
 #   PROFILE=release bash deploy/debian/build.sh
 #   apt install ./target/gantry_0.1.0_amd64.deb
-#   DEB_VERSION=0.1.0+test1 bash deploy/debian/build.sh   # another version of the same build
+#   DEB_VERSION=0.1.0+test1 GANTRY_STATIC=target/gantry-static bash deploy/debian/build.sh
+#                                             # another version of the binary already built
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=bench/lib.sh
@@ -24,11 +25,15 @@ EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 REVISION=$(git rev-parse HEAD)
 OUT=${OUT:-target/gantry_${VERSION}_amd64.deb}
 install_missing dpkg-deb:dpkg lintian:lintian
-bash docker/static-binary.sh
+# The static binary: built here, unless GANTRY_STATIC names one already built.
+if [ -z "${GANTRY_STATIC:-}" ]; then
+  bash docker/static-binary.sh
+  GANTRY_STATIC=target/gantry-static
+fi
 
 pkg=$work/gantry
 here=deploy/debian
-install -D -m 0755 target/gantry-static "$pkg/usr/bin/gantry"
+install -D -m 0755 "$GANTRY_STATIC" "$pkg/usr/bin/gantry"
 install -D -m 0644 appliance/gantry.service "$pkg/lib/systemd/system/gantry.service"
 install -D -m 0644 appliance/gantry.sysusers "$pkg/usr/lib/sysusers.d/gantry.conf"
 install -D -m 0644 appliance/files/tmpfiles.conf "$pkg/usr/lib/tmpfiles.d/gantry.conf"
