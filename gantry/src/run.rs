@@ -42,6 +42,24 @@ pub enum StartError {
     Signals(std::io::Error),
 }
 
+/// The control socket, once the predecessor that said it is done has let it go. It gives the
+/// socket up before saying so, but the socket closes when its accept loop, another task, next
+/// runs: until then (a few milliseconds, longer on a starved machine) the name is still held.
+/// Seen in the appliance's upgrade test: the successor served without a control socket, and
+/// the next upgrade found nothing to take over from.
+async fn take_control_socket(name: &str, described: &str) -> Result<ControlServer, StartError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match ControlServer::bind_exclusive(name, described).await {
+            Ok(control) => return Ok(control),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// Serves the configuration file `config` (checked into `builder`, `baseline` taken before it
 /// was read) until signalled: holding the control socket, and first taking over from the Gantry
 /// that holds it when `options.takeover` says so (or this process was started by SIGUSR2).
@@ -75,8 +93,7 @@ pub async fn serve_file(
                     tracing::error!(error = %err, "the takeover ended early; serving what this process has")
                 }
             }
-            // The predecessor gave the control socket up before it said it was done.
-            let control = match ControlServer::bind_exclusive(name, &described).await {
+            let control = match take_control_socket(name, &described).await {
                 Ok(control) => Some(control),
                 Err(err) => {
                     tracing::error!(error = %err, "serving without a control socket: this process cannot be taken over");
